@@ -1,0 +1,198 @@
+"""Flat action spaces for (nested) native action spaces, and the conversion back before ``env.step``.
+
+The flat action space of a native space is:
+
+* ``Discrete(n)`` when the space is a single ``Discrete`` (a ``start`` offset is added back natively);
+* ``MultiDiscrete(nvec)`` when every leaf is discrete: ``Discrete``, ``MultiDiscrete``, ``MultiBinary`` (two choices
+  per bit) and integer ``Box`` leaves with finite bounds (``high - low + 1`` choices per element), concatenated
+  in leaf order;
+* ``Box`` when every leaf is a float ``Box``: leaves flattened and concatenated, dtype the widest float dtype
+  (at least ``float32``);
+* the **hybrid** layout when both kinds appear: one ``Box`` of shape ``(num_discrete + num_continuous,)``
+  whose first ``num_discrete`` entries hold the discrete choices as exact whole numbers (``0 <= a < nvec``) and
+  whose remaining entries hold the continuous values. Policies read ``ActionLayout.nvec`` and
+  ``ActionLayout.num_continuous`` to build a discrete head and a Gaussian head side by side.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+
+from shoal.emulation.flatten import _build
+from shoal.emulation.layout import Layout, Leaf, compile_layout, format_path, leaf_value
+from shoal.errors import APIUsageError, SpaceError
+
+__all__ = ["ActionLayout"]
+
+_FLOAT32_EXACT = 2**24
+
+
+@dataclass(frozen=True)
+class _Segment:
+    leaf: Leaf
+    start: int  # first entry in the flat action
+    stop: int
+    offset: np.ndarray | int  # added back to discrete choices (space.start / Box.low)
+
+
+class ActionLayout:
+    """How a native action space maps onto one flat action.
+
+    Attributes:
+        space: the native action space.
+        layout: its compiled :class:`Layout` (leaf paths and shapes).
+        kind: ``"discrete" | "multi_discrete" | "continuous" | "hybrid"``.
+        flat_space: the flat action space (see module docstring).
+        nvec: ``int64[num_discrete]`` number of choices per discrete entry (empty when there are none).
+        num_discrete, num_continuous: entries of each kind in a flat action.
+        low, high: bounds of the continuous entries (``float[num_continuous]``).
+    """
+
+    def __init__(self, space: spaces.Space) -> None:
+        self.space = space
+        self.layout: Layout = compile_layout(space)
+        discrete: list[tuple[Leaf, np.ndarray, np.ndarray]] = []
+        continuous: list[Leaf] = []
+        for leaf in self.layout.leaves:
+            if leaf.kind == "text":
+                raise SpaceError(f"Text action leaf at {format_path(leaf.path)} is not supported: map text "
+                                 "actions to a Discrete or MultiDiscrete choice in a wrapper")
+            if leaf.kind == "box" and np.issubdtype(leaf.dtype, np.floating):
+                continuous.append(leaf)
+            else:
+                nvec, offset = _discrete_choices(leaf)
+                discrete.append((leaf, nvec, offset))
+        self.nvec = np.concatenate([n for _, n, _ in discrete]).astype(np.int64) if discrete else np.zeros(0, np.int64)
+        self.num_discrete = int(self.nvec.size)
+        self.num_continuous = sum(leaf.size for leaf in continuous)
+        self._segments: list[_Segment] = []
+        cursor = 0
+        for leaf, nvec, offset in discrete:
+            self._segments.append(_Segment(leaf, cursor, cursor + nvec.size, offset))
+            cursor += nvec.size
+        for leaf in continuous:
+            self._segments.append(_Segment(leaf, cursor, cursor + leaf.size, 0))
+            cursor += leaf.size
+        self._segments.sort(key=lambda seg: self.layout.leaves.index(seg.leaf))
+        self.low = np.concatenate([np.asarray(lf.space.low, np.float64).reshape(-1) for lf in continuous]) \
+            if continuous else np.zeros(0)
+        self.high = np.concatenate([np.asarray(lf.space.high, np.float64).reshape(-1) for lf in continuous]) \
+            if continuous else np.zeros(0)
+        float_dtype = np.result_type(np.float32, *[leaf.dtype for leaf in continuous])
+        root_discrete = isinstance(space, spaces.Discrete)
+        if not continuous:
+            self.kind = "discrete" if root_discrete else "multi_discrete"
+            self.flat_space: spaces.Space = (
+                spaces.Discrete(int(space.n)) if root_discrete else spaces.MultiDiscrete(self.nvec)
+            )
+        elif not discrete:
+            self.kind = "continuous"
+            self.flat_space = spaces.Box(self.low.astype(float_dtype), self.high.astype(float_dtype),
+                                         (self.num_continuous,), float_dtype)
+        else:
+            self.kind = "hybrid"
+            if float_dtype == np.float32 and self.nvec.max() > _FLOAT32_EXACT:
+                float_dtype = np.dtype(np.float64)
+            low = np.concatenate([np.zeros(self.num_discrete), self.low])
+            high = np.concatenate([self.nvec - 1, self.high])
+            self.flat_space = spaces.Box(low.astype(float_dtype), high.astype(float_dtype), low.shape, float_dtype)
+        self.flat_dtype = np.dtype(self.flat_space.dtype)
+        self.flat_shape: tuple[int, ...] = tuple(self.flat_space.shape)
+        self._root_discrete_start = int(space.start) if root_discrete else None
+
+    # ----------------------------------------------------------------------------------------------------------
+
+    def to_native(self, flat: np.ndarray) -> Any:
+        """Convert one flat action (shape ``flat_shape``) into a sample of the native action space."""
+        if self._root_discrete_start is not None:
+            return np.int64(int(flat) + self._root_discrete_start)
+        flat = np.asarray(flat)
+        values = []
+        for seg in self._segments:
+            part = flat[seg.start : seg.stop]
+            leaf = seg.leaf
+            if seg.leaf.kind == "box" and np.issubdtype(leaf.dtype, np.floating):
+                values.append(part.reshape(leaf.shape).astype(leaf.dtype))
+            elif leaf.kind == "discrete":
+                values.append(np.int64(int(part[0]) + int(seg.offset)))
+            else:
+                values.append((part.astype(np.int64) + seg.offset).reshape(leaf.shape).astype(leaf.dtype))
+        return _build(self.layout.tree, values)
+
+    def from_native(self, sample: Any) -> np.ndarray:
+        """Convert a native action into its flat form (inverse of :meth:`to_native`)."""
+        out = np.zeros(self.flat_shape, self.flat_dtype)
+        if self._root_discrete_start is not None:
+            out[...] = int(sample) - self._root_discrete_start
+            return out
+        for seg in self._segments:
+            value = np.asarray(leaf_value(sample, seg.leaf.path)).reshape(-1)
+            out[seg.start : seg.stop] = value - seg.offset if seg.leaf.kind != "box" or not np.issubdtype(
+                seg.leaf.dtype, np.floating) else value
+        return out
+
+    def validate(self, actions: np.ndarray, num_rows: int, live: np.ndarray | None = None,
+                 names: list[str] | None = None) -> np.ndarray:
+        """Check a batch of flat actions ``[num_rows, *flat_shape]``; return it as an ndarray.
+
+        Discrete entries of live rows must be whole numbers in ``[0, nvec)``. Errors name the offending row (or
+        agent, when ``names`` is given) and the expected shape/range.
+        """
+        actions = np.asarray(actions)
+        expected = (num_rows, *self.flat_shape)
+        if actions.shape != expected:
+            if actions.size == math.prod(expected) and actions.ndim <= len(expected):
+                actions = actions.reshape(expected)
+            else:
+                raise APIUsageError(f"actions have shape {actions.shape}; expected {expected} "
+                                    f"(one flat action per slot for {self.flat_space!r})")
+        if self.kind in ("discrete", "multi_discrete"):
+            if not (np.issubdtype(actions.dtype, np.integer) or actions.dtype == np.bool_):
+                raise APIUsageError(f"actions have dtype {actions.dtype}; {self.flat_space!r} needs integer "
+                                    "actions (cast with .astype(np.int64))")
+            rows = actions if live is None else actions[live]
+            nvec = self.nvec if self.kind == "multi_discrete" else np.int64(self.flat_space.n)
+            bad = (rows < 0) | (rows >= nvec)
+            if bad.any():
+                self._range_error(actions, live, names, nvec)
+        elif self.kind == "hybrid":
+            part = actions[:, : self.num_discrete] if live is None else actions[live, : self.num_discrete]
+            if (part != np.round(part)).any() or (part < 0).any() or (part >= self.nvec).any():
+                self._range_error(actions[:, : self.num_discrete], live, names, self.nvec)
+        elif not np.issubdtype(actions.dtype, np.number):
+            raise APIUsageError(f"actions have dtype {actions.dtype}; {self.flat_space!r} needs numbers")
+        return actions
+
+    def _range_error(self, actions: np.ndarray, live: np.ndarray | None, names: list[str] | None,
+                     nvec: Any) -> None:
+        rows = np.arange(len(actions)) if live is None else np.flatnonzero(live)
+        for row in rows:
+            a = actions[row]
+            if ((a < 0) | (a >= nvec) | (a != np.round(a))).any():
+                who = names[row] if names else f"slot {row}"
+                raise APIUsageError(f"action {a.tolist()} for {who} is outside {self.flat_space!r}: each "
+                                    f"discrete entry must be a whole number in [0, {np.asarray(nvec).tolist()})")
+
+    def __repr__(self) -> str:
+        return f"ActionLayout(kind={self.kind!r}, flat={self.flat_space!r})"
+
+
+def _discrete_choices(leaf: Leaf) -> tuple[np.ndarray, np.ndarray]:
+    space = leaf.space
+    if leaf.kind == "discrete":
+        return np.array([space.n], np.int64), np.array(space.start)
+    if leaf.kind == "multi_discrete":
+        return np.asarray(space.nvec, np.int64).reshape(-1), np.asarray(space.start, np.int64).reshape(-1)
+    if leaf.kind == "multi_binary":
+        return np.full(leaf.size, 2, np.int64), np.zeros(leaf.size, np.int64)
+    low = np.asarray(space.low).reshape(-1)
+    high = np.asarray(space.high).reshape(-1)
+    if not (np.isfinite(low.astype(np.float64)).all() and np.isfinite(high.astype(np.float64)).all()):
+        raise SpaceError(f"integer Box action at {format_path(leaf.path)} needs finite bounds to be treated as "
+                         "discrete choices")
+    return (high.astype(np.int64) - low.astype(np.int64) + 1), low.astype(np.int64)
