@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -177,16 +178,51 @@ def unflatten(layout: Layout | spaces.Space, flat: np.ndarray) -> Any:
         ``dict``/``tuple`` nesting as in the space, with one array per leaf of shape ``[*batch, *leaf.shape]``
         and the leaf's dtype. Text leaves come back as their int32 codes (see :func:`to_native`).
     """
-    layout = compile_layout(layout)
-    _check_row(layout, flat, "flat observation")
-    batch = flat.shape[:-1]
-    views = []
-    for leaf in layout.leaves:
-        view = flat[..., leaf.start : leaf.stop]
-        if layout.is_bytes:
-            view = view.view(leaf.dtype)
-        views.append(view.reshape(batch + leaf.shape))
-    return _build(layout.tree, views)
+    if not isinstance(layout, Layout):
+        layout = compile_layout(layout)
+    if type(flat) is not np.ndarray or flat.dtype != layout.flat_dtype or flat.shape[-1] != layout.flat_size:
+        _check_row(layout, flat, "flat observation")
+    records = flat.view(_record_dtype(layout))[..., 0]
+    return _builder(layout)([records[name] for name in records.dtype.names])
+
+
+def _builder(layout: Layout) -> Callable[[list[Any]], Any]:
+    """``layout.tree`` compiled into a function from the leaf list to the nested structure (cached)."""
+    build = layout.__dict__.get("_builder")
+    if build is None:
+        build = layout.__dict__["_builder"] = _compile_tree(layout.tree)
+    return build
+
+
+def _compile_tree(node: _Node | int) -> Callable[[list[Any]], Any]:
+    if isinstance(node, int):
+        return operator.itemgetter(node)
+    if all(isinstance(child, int) for child in node.children):
+        indices = list(node.children)
+        if node.keys is None:
+            return lambda values: tuple([values[i] for i in indices])
+        pairs = list(zip(node.keys, indices, strict=True))
+        return lambda values: {key: values[i] for key, i in pairs}
+    children = [_compile_tree(child) for child in node.children]
+    if node.keys is None:
+        return lambda values: tuple([child(values) for child in children])
+    keyed = list(zip(node.keys, children, strict=True))
+    return lambda values: {key: child(values) for key, child in keyed}
+
+
+def _record_dtype(layout: Layout) -> np.dtype:
+    """A structured dtype with one field per leaf at its offset: one ``view`` then exposes every leaf."""
+    record = layout.__dict__.get("_record_dtype")
+    if record is None:
+        leaves = layout.leaves
+        record = np.dtype({
+            "names": [f"leaf{i}" for i in range(len(leaves))],
+            "formats": [(leaf.dtype, leaf.shape) for leaf in leaves],
+            "offsets": [leaf.byte_offset for leaf in leaves],
+            "itemsize": layout.nbytes,
+        })
+        layout.__dict__["_record_dtype"] = record
+    return record
 
 
 def _build(node: _Node | int, values: list[Any]) -> Any:

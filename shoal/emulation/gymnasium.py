@@ -9,12 +9,15 @@ import numpy as np
 
 from shoal.emulation.actions import ActionLayout
 from shoal.emulation.base import ACTION_MASK_KEY, Buffers, Emulator, State, split_action_mask
-from shoal.emulation.flatten import Flattener, flatten
+from shoal.emulation.flatten import Flattener
 from shoal.emulation.layout import compile_layout
-from shoal.emulation.stats import EpisodeStats
 from shoal.errors import APIUsageError
 
 __all__ = ["GymnasiumEmulator"]
+
+_ONE = (1,)
+
+_READY = State.READY
 
 StepResult = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]
 
@@ -47,12 +50,11 @@ class GymnasiumEmulator(Emulator):
                                 "shoal.emulate() to pick the emulator for PettingZoo envs")
         self.env = env
         obs_space, self._mask_in_obs = split_action_mask(env.observation_space, action_mask_key)
-        self._mask_key = action_mask_key
+        self._mask_key = action_mask_key if action_mask_key is not None else object()
         self.obs_layout = compile_layout(obs_space)
         self.action_layout = ActionLayout(env.action_space)
         self.num_agents = 1
         self.agents = ["agent_0"]
-        self.stats = EpisodeStats(1)
         self._check = check_observations
         self.buffers = Buffers.allocate(self.buffer_spec())
         if buffers is not None:
@@ -60,15 +62,18 @@ class GymnasiumEmulator(Emulator):
         else:
             self._bind()
         self._discrete_n = int(self.action_layout.flat_space.n) if self.action_layout.kind == "discrete" else 0
-        self._discrete_start = self._root_start()
-
-    def _root_start(self) -> int:
-        space = self.env.action_space
-        return int(space.start) if isinstance(space, gym.spaces.Discrete) else 0
+        self._discrete_start = int(env.action_space.start) if self._discrete_n else 0
+        self._mask_set = False
 
     def _bind(self) -> None:
-        self._writer = Flattener(self.obs_layout, self.buffers.obs[0])
-        self.buffers.agent_types[:] = 0
+        buffers = self.buffers
+        self._writer = Flattener(self.obs_layout, buffers.obs[0])
+        self._final_writer = Flattener(self.obs_layout, np.zeros_like(buffers.obs[0]))
+        # A single array leaf without a mask in the observation is written with one assignment.
+        self._plain = self._writer._single if not self._mask_in_obs else None
+        self._obs, self._rewards = buffers.obs, buffers.rewards
+        self._terminals, self._truncations = buffers.terminals, buffers.truncations
+        buffers.agent_types[:] = 0
 
     # ----------------------------------------------------------------------------------------------------------
 
@@ -77,12 +82,15 @@ class GymnasiumEmulator(Emulator):
         if self._mask_in_obs:
             mask = obs[self._mask_key]
             obs = {key: value for key, value in obs.items() if key != self._mask_key}
-        elif self._mask_key is not None and info and self._mask_key in info:
+        elif info and self._mask_key in info:
             mask = info[self._mask_key]
         self._writer.write(obs)
-        action_masks = self.buffers.action_masks
-        if action_masks is not None:
-            action_masks[0] = True if mask is None else np.asarray(mask).reshape(-1).astype(bool)
+        if mask is not None and self.buffers.action_masks is not None:
+            self.buffers.action_masks[0] = np.asarray(mask).reshape(-1).astype(bool)
+            self._mask_set = True
+        elif self._mask_set:
+            self.buffers.action_masks[0] = True
+            self._mask_set = False
 
     def _strip_mask(self, obs: Any) -> Any:
         if self._mask_in_obs:
@@ -108,17 +116,12 @@ class GymnasiumEmulator(Emulator):
         buffers.rewards[0] = 0.0
         buffers.terminals[0] = False
         buffers.truncations[0] = False
-        self.stats.reset()
+        self._return, self._length = 0.0, 0
         self._state = State.READY
         return buffers.obs, [info]
 
     def _native_action(self, actions: Any) -> Any:
-        if self._discrete_n:
-            actions = np.asarray(actions)
-            if actions.shape == (1,) and actions.dtype.kind in "iu":
-                a = int(actions[0])
-                if 0 <= a < self._discrete_n:
-                    return a + self._discrete_start
+        """Convert flat ``actions`` ``[1, *flat_shape]`` to the env's native action (validated)."""
         actions = self.action_layout.validate(actions, 1)
         return self.action_layout.to_native(actions[0])
 
@@ -128,21 +131,35 @@ class GymnasiumEmulator(Emulator):
         Returns:
             ``(obs [1, flat_size], rewards float32[1], terminals bool[1], truncations bool[1], infos [dict])``.
         """
-        if self._state is not State.READY:
+        if self._state is not _READY:
             self._require_ready("step")
-        obs, reward, terminated, truncated, info = self.env.step(self._native_action(actions))
-        buffers = self.buffers
-        buffers.rewards[0] = reward
-        buffers.terminals[0] = terminated
-        buffers.truncations[0] = truncated
-        self.stats.add(0, reward)
+        n = self._discrete_n
+        if n and type(actions) is np.ndarray and actions.shape == _ONE and type(index := actions.item()) is int:
+            # Fast path for Discrete: pass a numpy integer, which Discrete.contains checks quickest.
+            action = actions[0] if 0 <= index < n else self._native_action(actions)
+            if self._discrete_start:
+                action = action + self._discrete_start
+        else:
+            action = self._native_action(actions)
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self._rewards[0] = reward
+        self._terminals[0] = terminated
+        self._truncations[0] = truncated
+        self._return += reward
+        self._length += 1
         if terminated or truncated:
             info = dict(info)
-            info["final_observation"] = flatten(self.obs_layout, self._strip_mask(obs))
-            info["episode"] = self.stats.finish(0)
+            info["final_observation"] = self._final_writer.write(self._strip_mask(obs)).copy()
+            info["episode"] = {"return": float(self._return), "length": self._length}
+            self._return, self._length = 0.0, 0
             obs, reset_info = self.env.reset()
             info["reset_info"] = reset_info
             self._write(obs, reset_info)
+        elif self._plain is not None and not (info and self._mask_key in info):
+            try:
+                self._plain[...] = obs
+            except (ValueError, TypeError):
+                self._write(obs, info)  # raises the descriptive SpaceError
         else:
             self._write(obs, info)
-        return buffers.obs, buffers.rewards, buffers.terminals, buffers.truncations, [info]
+        return self._obs, self._rewards, self._terminals, self._truncations, [info]

@@ -105,7 +105,7 @@ class Layout:
     flat_size: int
     tree: _Node | int
 
-    @property
+    @functools.cached_property
     def is_bytes(self) -> bool:
         """True when leaves have mixed dtypes and the row is raw bytes."""
         return self.flat_dtype == np.uint8 and any(leaf.dtype != np.uint8 for leaf in self.leaves)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 __all__ = ["EpisodeStats"]
 
 
@@ -15,12 +13,13 @@ class EpisodeStats:
     """
 
     def __init__(self, num_slots: int) -> None:
-        self.returns = np.zeros(num_slots, dtype=np.float64)
-        self.lengths = np.zeros(num_slots, dtype=np.int64)
+        # Plain lists: per-step scalar updates on them are several times cheaper than on numpy arrays.
+        self.returns = [0.0] * num_slots
+        self.lengths = [0] * num_slots
 
     def add(self, slot: int, reward: float) -> None:
         """Record one action of ``slot`` that earned ``reward``."""
-        self.returns[slot] += reward
+        self.returns[slot] += float(reward)
         self.lengths[slot] += 1
 
     def add_reward(self, slot: int, reward: float) -> None:
@@ -36,5 +35,5 @@ class EpisodeStats:
 
     def reset(self) -> None:
         """Forget every running episode."""
-        self.returns[:] = 0.0
-        self.lengths[:] = 0
+        self.returns = [0.0] * len(self.returns)
+        self.lengths = [0] * len(self.lengths)

@@ -1,0 +1,89 @@
+"""Emulation overhead, side by side with the raw env and with gymnasium.spaces.flatten/unflatten.
+
+Targets: the emulated CartPole keeps >= 90% of the raw step rate; flatten+unflatten of a NetHack-like Dict is
+>= 5x faster than gymnasium.spaces.flatten + unflatten.
+
+    python benchmarks/emulation.py [--seconds 1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import line, rate
+from shoal.emulation import Flattener, compile_layout, emulate, unflatten
+from tests.zoo import NETHACK_SPACE
+
+
+def cartpole(seconds: float) -> tuple[float, float]:
+    raw = gym.make("CartPole-v1")
+    raw.reset(seed=0)
+    actions = np.random.default_rng(0).integers(0, 2, 4096)
+
+    def raw_steps() -> int:
+        for a in actions:
+            _, _, terminated, truncated, _ = raw.step(a)
+            if terminated or truncated:
+                raw.reset()
+        return len(actions)
+
+    env = emulate(gym.make("CartPole-v1"))
+    env.reset(seed=0)
+    batched = actions.reshape(-1, 1)
+
+    def emulated_steps() -> int:
+        for a in batched:
+            env.step(a)
+        return len(batched)
+
+    raw_rate, emu_rate = 0.0, 0.0
+    for _ in range(3):  # interleave to share the machine's noise fairly
+        raw_rate = max(raw_rate, rate(raw_steps, seconds, 1))
+        emu_rate = max(emu_rate, rate(emulated_steps, seconds, 1))
+    return raw_rate, emu_rate
+
+
+def nethack(seconds: float) -> tuple[float, float]:
+    space = NETHACK_SPACE
+    space.seed(0)
+    sample = space.sample()
+    layout = compile_layout(space)
+    row = np.zeros(layout.flat_size, layout.flat_dtype)
+    writer = Flattener(layout, row)
+
+    def shoal_round_trip() -> int:
+        for _ in range(100):
+            writer.write(sample)
+            unflatten(layout, row)
+        return 100
+
+    def gym_round_trip() -> int:
+        for _ in range(100):
+            gym.spaces.unflatten(space, gym.spaces.flatten(space, sample))
+        return 100
+
+    return rate(gym_round_trip, seconds), rate(shoal_round_trip, seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=1.0)
+    args = parser.parse_args()
+    raw_rate, emu_rate = cartpole(args.seconds)
+    print(line("CartPole-v1 raw env loop", raw_rate, "steps/s"))
+    print(line("CartPole-v1 shoal GymnasiumEmulator", emu_rate, "steps/s", raw_rate, "raw (target >= 0.90)"))
+    gym_rate, shoal_rate = nethack(args.seconds)
+    print(line("NetHack-like Dict gymnasium flatten+unflatten", gym_rate, "round trips/s"))
+    print(line("NetHack-like Dict shoal flatten+unflatten", shoal_rate, "round trips/s", gym_rate,
+               "gymnasium (target >= 5)"))
+
+
+if __name__ == "__main__":
+    main()

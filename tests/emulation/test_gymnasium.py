@@ -1,0 +1,149 @@
+"""GymnasiumEmulator in lock step with the raw env on real Gymnasium envs."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium import spaces
+
+from shoal.emulation import GymnasiumEmulator, compile_layout, emulate, flatten, to_native
+from shoal.errors import APIUsageError, EnvError
+from tests.emulation.helpers import assert_same_sample
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Blackjack-v1", "Taxi-v4", "FrozenLake-v1"])
+def test_lock_step_with_raw_env(env_id: str) -> None:
+    raw = gym.make(env_id)
+    emulated = emulate(gym.make(env_id))
+    assert isinstance(emulated, GymnasiumEmulator) and emulated.num_agents == 1
+    layout = compile_layout(raw.observation_space)
+    rng = np.random.default_rng(0)
+
+    raw_obs, raw_info = raw.reset(seed=11)
+    obs, infos = emulated.reset(seed=11)
+    assert_same_sample(raw.observation_space, raw_obs, to_native(layout, obs[0]))
+    episode_return, episode_length, episodes = 0.0, 0, 0
+    for _ in range(400):
+        action = int(rng.integers(raw.action_space.n))
+        raw_obs, reward, terminated, truncated, raw_info = raw.step(action)
+        obs, rewards, terminals, truncations, infos = emulated.step(np.array([action]))
+        episode_return += reward
+        episode_length += 1
+        assert rewards.dtype == np.float32 and rewards[0] == np.float32(reward)
+        assert (terminals[0], truncations[0]) == (terminated, truncated)
+        assert emulated.masks[0]
+        if terminated or truncated:
+            episodes += 1
+            final = infos[0]["final_observation"]
+            assert_same_sample(raw.observation_space, raw_obs, to_native(layout, final))
+            assert infos[0]["episode"] == pytest.approx({"return": episode_return, "length": episode_length})
+            episode_return, episode_length = 0.0, 0
+            raw_obs, raw_info = raw.reset()
+        assert_same_sample(raw.observation_space, raw_obs, to_native(layout, obs[0]))
+        if "action_mask" in raw_info:
+            np.testing.assert_array_equal(emulated.action_masks[0], raw_info["action_mask"].astype(bool))
+    assert episodes > 0
+
+
+def test_taxi_action_masks_come_from_infos() -> None:
+    env = emulate(gym.make("Taxi-v4"))
+    _, infos = env.reset(seed=3)
+    assert env.action_masks.shape == (1, 6)
+    np.testing.assert_array_equal(env.action_masks[0], infos[0]["action_mask"].astype(bool))
+    assert not env.action_masks[0].all(), "Taxi forbids some moves at every start state"
+
+
+def test_seeds_are_honoured() -> None:
+    a, b = emulate(gym.make("CartPole-v1")), emulate(gym.make("CartPole-v1"))
+    np.testing.assert_array_equal(a.reset(seed=5)[0], b.reset(seed=5)[0])
+    assert not np.array_equal(a.reset(seed=5)[0], b.reset(seed=6)[0])
+
+
+class NestedDictEnv(gym.Env):
+    """A nested Dict observation with an action mask and a hybrid Dict action."""
+
+    def __init__(self, bad_first_obs: bool = False) -> None:
+        self.observation_space = spaces.Dict(
+            {
+                "pos": spaces.Box(-1, 1, (2,), np.float32),
+                "inv": spaces.Tuple((spaces.Discrete(3), spaces.MultiBinary(2))),
+                "action_mask": spaces.MultiBinary(4),
+            }
+        )
+        self.action_space = spaces.Dict({"move": spaces.Discrete(4), "aim": spaces.Box(-1, 1, (1,), np.float32)})
+        self.bad_first_obs = bad_first_obs
+        self.received: list = []
+
+    def _obs(self, t: int) -> dict:
+        pos = np.array([5.0, 0.0] if self.bad_first_obs else [t / 10, -t / 10], np.float32)
+        return {"pos": pos, "inv": (t % 3, np.array([t % 2, 1], np.int8)),
+                "action_mask": np.array([1, t % 2, 1, 0], np.int8)}
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(0), {}
+
+    def step(self, action):
+        self.received.append(action)
+        self.t += 1
+        return self._obs(self.t), 1.0, False, self.t >= 3, {"t": self.t}
+
+
+def test_nested_dict_env_strips_the_mask_and_converts_hybrid_actions() -> None:
+    env = emulate(NestedDictEnv())
+    assert env.action_layout.kind == "hybrid"
+    obs, _ = env.reset(seed=0)
+    assert "action_mask" not in env.obs_layout.space.spaces
+    np.testing.assert_array_equal(env.action_masks[0], [True, False, True, False])
+    env.step(np.array([[2, 0.5]], np.float32))
+    action = env.env.unwrapped.received[-1]
+    assert int(action["move"]) == 2 and action["aim"].dtype == np.float32 and action["aim"][0] == 0.5
+    env.step(np.array([[1, 0.0]], np.float32))
+    _, _, _, truncations, infos = env.step(np.array([[0, 0.0]], np.float32))
+    assert truncations[0] and infos[0]["episode"] == {"return": 3.0, "length": 3}
+    final = to_native(env.obs_layout, infos[0]["final_observation"])
+    np.testing.assert_array_equal(final["pos"], np.array([0.3, -0.3], np.float32))
+    expected_first = {k: v for k, v in NestedDictEnv()._obs(0).items() if k != "action_mask"}
+    np.testing.assert_array_equal(obs[0], flatten(env.obs_layout, expected_first))
+
+
+def test_lifecycle_and_action_errors() -> None:
+    env = emulate(gym.make("CartPole-v1"))
+    with pytest.raises(APIUsageError, match=r"before reset\(\)"):
+        env.step(np.array([0]))
+    env.reset(seed=0)
+    with pytest.raises(APIUsageError, match="shape"):
+        env.step(np.array([0, 1, 0]))
+    with pytest.raises(APIUsageError, match="integer"):
+        env.step(np.array([0.5]))
+    with pytest.raises(APIUsageError, match=r"slot 0.*outside Discrete\(2\)"):
+        env.step(np.array([2]))
+    env.close()
+    with pytest.raises(APIUsageError, match=r"after close\(\)"):
+        env.step(np.array([0]))
+    env.close()  # idempotent
+    with pytest.raises(APIUsageError, match="max_agents"):
+        emulate(gym.make("CartPole-v1"), max_agents=4)
+    with pytest.raises(APIUsageError, match="cannot emulate"):
+        emulate(object())
+
+
+def test_first_observation_outside_its_space_is_reported() -> None:
+    with pytest.raises(EnvError, match=r"obs\['pos'\].*outside"):
+        emulate(NestedDictEnv(bad_first_obs=True)).reset(seed=0)
+
+
+def test_emulator_writes_into_buffers_it_is_handed() -> None:
+    env = emulate(gym.make("CartPole-v1"))
+    spec = env.buffer_spec()
+    from shoal.emulation import Buffers
+
+    big = {name: np.zeros((3, *shape), dtype) for name, (shape, dtype) in spec.items()}
+    env.attach(Buffers(**{name: array[1] for name, array in big.items()}))
+    obs, _ = env.reset(seed=0)
+    assert np.shares_memory(obs, big["obs"]) and big["obs"][1].any() and not big["obs"][0].any()
+    assert big["masks"][1].all()
+    with pytest.raises(APIUsageError, match="buffer 'obs'"):
+        env.attach(Buffers(**{**{n: a[1] for n, a in big.items()}, "obs": np.zeros((1, 5), np.float32)}))
