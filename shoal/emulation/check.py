@@ -95,7 +95,7 @@ def _check_gymnasium(env: gym.Env, steps: int, seed: int) -> list[str]:
             if bad:
                 problems.append(f"step {t}: observation outside observation_space: {bad}")
                 break
-            obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+            obs, reward, terminated, truncated, _ = env.step(env.action_space.sample())
             trace += [obs, float(reward), bool(terminated), bool(truncated)]
             if terminated or truncated:
                 obs, _info = env.reset()
