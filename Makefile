@@ -1,0 +1,36 @@
+# Two entry points: `make demo` trains PPO on CartPole-v1 and prints the evaluated mean return;
+# `make test` runs the linters and the test suite. Both install into a local virtualenv first.
+#
+# CONSTRAINTS pins the CPU build of torch on machines that carry it locally; set CONSTRAINTS= to let pip pick
+# any torch in the range pyproject.toml allows.
+
+PYTHON ?= python3
+VENV ?= .venv
+CONSTRAINTS ?= constraints.txt
+BIN := $(VENV)/bin
+PIP_CONSTRAINTS := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
+
+.PHONY: install demo test bench clean
+
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet $(PIP_CONSTRAINTS) -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/shoal train CartPole-v1 --total-steps 150000 --seed 1 --run-dir runs/cartpole-demo --eval-episodes 20
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+bench: install
+	for script in benchmarks/*.py; do \
+		case $$script in */common.py|*/__init__.py) continue;; esac; \
+		echo "== $$script"; $(BIN)/python $$script || exit 1; \
+	done
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache .hypothesis
