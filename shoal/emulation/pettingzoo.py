@@ -1,2 +1,765 @@
-class PettingZooEmulator:
-    pass
+"""PettingZooEmulator: a PettingZoo ``ParallelEnv`` or ``AECEnv`` as fixed slots of flat observations and actions.
+
+Slots
+    ``num_agents = max_agents or len(env.possible_agents)``. When there are at least as many slots as possible
+    agents, agent ``possible_agents[i]`` always sits in slot ``i`` (stable ids). Agents that are not in
+    ``possible_agents`` (spawning envs) take the lowest free slot, preferring slots no possible agent owns. An
+    agent keeps its slot for the whole episode; slots free up only when the env's episode ends. More live agents
+    than slots raises :class:`~shoal.errors.CapacityError`.
+
+Per step, for slot ``i``
+    * ``masks[i]``: the slot holds a live agent that must act now (parallel: every live agent; AEC: only the
+      agent whose turn it is). Its observation row and action-mask row are valid.
+    * ``rewards[i]``, ``terminals[i]``, ``truncations[i]`` belong to the slot's most recent action. In an AEC env
+      the reward an agent earns while others move is summed and delivered with its next turn or at its end.
+    * An agent that terminates or truncates is reported once (``terminals``/``truncations`` True, its last
+      reward, ``masks`` False, zero row, ``infos[i]["final_observation"]`` = its flat final observation and
+      ``infos[i]["episode"] = {"return", "length"}``); afterwards its slot is masked, zero-filled, reward 0.
+    * When the env's episode ends (``env.agents`` empty) the env is reset in the same step (no seed, its RNG
+      continues). That step's rewards/terminals/truncations describe the finished episode, while ``obs`` and
+      ``masks`` describe the new one; ``infos[i]["reset_info"]`` holds the new agent's reset info.
+
+Heterogeneous agents
+    Observation spaces (after removing the ``action_mask`` entry) must be equal, or all 1-D ``Box`` of one dtype,
+    which are zero-padded to the widest. Action spaces must be equal, or all discrete (padded to ``Discrete(max
+    n)`` or ``MultiDiscrete`` of the elementwise largest ``nvec``, the extra choices masked out statically), or all
+    1-D float ``Box`` (padded to the widest; extra entries ignored).
+
+Action masks
+    ``action_masks[i]`` is the legal-action mask of the live agent in slot ``i``: taken from the observation Dict
+    or its info under ``action_mask_key``, combined with the static mask of padded action spaces; all True when
+    the env gives none. Rows of masked (dead, waiting or empty) slots are all True, so a distribution built over
+    every row stays valid; those rows never reach the learner.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+from pettingzoo import AECEnv, ParallelEnv
+
+from shoal.emulation.actions import ActionLayout
+from shoal.emulation.base import ACTION_MASK_KEY, Buffers, Emulator, State, split_action_mask
+from shoal.emulation.flatten import Flattener
+from shoal.emulation.layout import Layout, compile_layout
+from shoal.emulation.stats import EpisodeStats
+from shoal.errors import APIUsageError, CapacityError, EnvError, SpaceError
+
+__all__ = ["PettingZooEmulator", "group_of"]
+
+StepResult = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]
+
+_GROUP_SUFFIX = re.compile(r"_\d+$")
+
+
+def group_of(agent: str) -> str:
+    """Agent group: the name without a trailing ``_<digits>`` (``"adversary_0"`` -> ``"adversary"``)."""
+    return _GROUP_SUFFIX.sub("", str(agent))
+
+
+@dataclass
+class _AgentSpec:
+    """Everything needed to read and drive one agent, computed once per agent."""
+
+    name: str
+    group: int
+    obs_space: spaces.Space  # as declared, action mask included (for the first-observation check)
+    obs_layout: Layout  # without the action mask; may be narrower than the padded row
+    layout_index: int  # index into PettingZooEmulator._layouts (one Flattener per slot and layout)
+    mask_in_obs: bool
+    action_space: spaces.Space
+    to_native: Callable[[np.ndarray], Any]  # flat action row -> native action of this agent
+    limit: int | np.ndarray | None  # padded discrete actions: exclusive upper bound per entry
+    mask_base: np.ndarray | None  # padded: static legal row with the agent's own entries False
+    mask_index: np.ndarray | None  # padded: positions of the agent's own mask entries in the row
+    static_mask: np.ndarray | None  # padded: legal row when the env gives no mask (None = all True)
+    discrete_n: int  # own Discrete(n, start): n (0 when the action space is not a single Discrete)
+    discrete_start: int
+
+
+class PettingZooEmulator(Emulator):
+    """Wrap a PettingZoo ``ParallelEnv`` or ``AECEnv`` as ``num_agents`` slots (see the module docstring).
+
+    Shapes for ``N = num_agents``: ``obs`` ``[N, obs_layout.flat_size]`` of ``obs_layout.flat_dtype``; actions
+    ``[N, *action_layout.flat_shape]``; ``rewards`` ``float32[N]``; ``terminals``, ``truncations``, ``masks``
+    ``bool[N]``; ``action_masks`` ``bool[N, mask_width]`` (None for continuous actions); ``agent_types``
+    ``int32[N]`` (index into ``agent_groups``; -1 for an empty slot). The returned arrays are the emulator's
+    buffers: they are overwritten by the next call, copy what you keep.
+
+    Args:
+        env: a ``pettingzoo.ParallelEnv`` or ``pettingzoo.AECEnv``.
+        max_agents: number of slots; default ``len(env.possible_agents)``.
+        buffers: arrays to write into (see :class:`Buffers`); allocated when omitted.
+        action_mask_key: key of the legal-action mask in Dict observations or infos; ``None`` disables it.
+        check_observations: check every agent's first observation against its observation space.
+
+    Attributes:
+        env: the wrapped env.
+        is_parallel: True for a ``ParallelEnv``, False for an ``AECEnv``.
+        slot_agents: name of the agent in each slot for the current episode (None for an empty slot).
+        agent_groups: group names (agent name without ``_<digits>``), by first appearance in ``possible_agents``.
+        obs_layouts: the (unpadded) observation layout of each group.
+        stats: per-slot :class:`EpisodeStats`.
+    """
+
+    def __init__(self, env: ParallelEnv | AECEnv, max_agents: int | None = None, buffers: Buffers | None = None,
+                 action_mask_key: str | None = ACTION_MASK_KEY, check_observations: bool = True) -> None:
+        if isinstance(env, ParallelEnv):
+            self.is_parallel = True
+        elif isinstance(env, AECEnv):
+            self.is_parallel = False
+        else:
+            raise APIUsageError(f"PettingZooEmulator needs a pettingzoo.ParallelEnv or AECEnv, got "
+                                f"{type(env).__name__}; use GymnasiumEmulator for gymnasium envs")
+        self.env = env
+        possible = list(env.possible_agents)
+        if not possible:
+            raise APIUsageError(f"{type(env).__name__}.possible_agents is empty: list the agents the env can have")
+        if max_agents is not None and (not isinstance(max_agents, int | np.integer) or max_agents < 1):
+            raise APIUsageError(f"max_agents must be a positive int or None, got {max_agents!r}")
+        self.num_agents = int(max_agents) if max_agents is not None else len(possible)
+        self.possible_agents = possible
+        self._mask_key = action_mask_key
+        self._check = check_observations
+        # Stable ids: possible agent i owns slot i when every possible agent fits.
+        self._reserved = {a: i for i, a in enumerate(possible)} if self.num_agents >= len(possible) else {}
+        self.agent_groups: list[str] = []
+        self._group_ids: dict[str, int] = {}
+        for agent in possible:
+            self._group_id(agent)
+
+        # Observation and action spaces of every possible agent, then the common (padded) flat forms.
+        self._layouts: list[Layout] = []
+        obs = {a: split_action_mask(env.observation_space(a), action_mask_key) for a in possible}
+        self._obs_pad = self._plan_observations({a: space for a, (space, _) in obs.items()})
+        acts = {a: ActionLayout(env.action_space(a)) for a in possible}
+        self._act_mode = self._plan_actions(acts)
+        self._discrete_fast = self._act_mode in ("same", "discrete_pad")  # cleared by any non-Discrete agent
+        self._specs: dict[str, _AgentSpec] = {}
+        self._spawned_specs: dict[str, _AgentSpec] = {}
+        self.obs_layouts: dict[str, Layout] = {}
+        for agent in possible:
+            self._specs[agent] = self._make_spec(agent, env.observation_space(agent), acts[agent])
+
+        n = self.num_agents
+        self.slot_agents: list[str | None] = [None] * n
+        self._slot_of: dict[str, int] = {}
+        self._slot_spec: list[_AgentSpec | None] = [None] * n
+        self._names = [f"empty slot {i}" for i in range(n)]
+        self._ended = [False] * n  # the slot's agent was reported terminated/truncated this episode
+        self._mask_dirty = [False] * n  # the action-mask row differs from all True
+        self._acting: list[int] = []  # parallel: slots with masks True
+        self._selected = -1  # AEC: slot whose turn it is
+        self._pending = [0.0] * n  # AEC: reward earned since the slot's last action
+        self.stats = EpisodeStats(n)
+        self._limits: np.ndarray | None = None
+        if self._act_mode == "discrete_pad":
+            self._limits = np.full(n, int(self.action_layout.flat_space.n), np.int64)
+        elif self._act_mode == "multi_pad":
+            self._limits = np.tile(self.action_layout.nvec, (n, 1))
+        self._default_limit = None if self._limits is None else self._limits[0].copy()
+        self.buffers = Buffers.allocate(self.buffer_spec())
+        if buffers is not None:
+            self.attach(buffers)
+        else:
+            self._bind()
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Spaces
+    # ----------------------------------------------------------------------------------------------------------
+
+    def _group_id(self, agent: str) -> int:
+        group = group_of(agent)
+        gid = self._group_ids.get(group)
+        if gid is None:
+            gid = self._group_ids[group] = len(self.agent_groups)
+            self.agent_groups.append(group)
+        return gid
+
+    def _layout_index(self, space: spaces.Space) -> int:
+        for i, layout in enumerate(self._layouts):
+            if layout.space == space:
+                return i
+        self._layouts.append(compile_layout(space))
+        return len(self._layouts) - 1
+
+    def _plan_observations(self, stripped: dict[str, spaces.Space]) -> bool:
+        """Set ``obs_layout`` from every agent's observation space; return True when rows are padded."""
+        agents = list(stripped)
+        first = stripped[agents[0]]
+        if all(stripped[a] == first for a in agents):
+            self.obs_layout = self._layouts[self._layout_index(first)]
+            return False
+
+        def paddable(space: spaces.Space) -> bool:
+            return isinstance(space, spaces.Box) and len(space.shape) == 1 and space.dtype == first.dtype
+
+        for agent in agents:
+            space = stripped[agent]
+            if not (paddable(first) and paddable(space)):
+                raise SpaceError(
+                    f"agents {agents[0]!r} and {agent!r} have different observation spaces ({first!r} vs "
+                    f"{space!r}); shoal only pads 1-D Box spaces of one dtype to a common width. Wrap the env so "
+                    "every agent has the same observation space (e.g. supersuit.pad_observations_v0) or emulate "
+                    "the groups separately."
+                )
+        width = max(stripped[a].shape[0] for a in agents)
+        low = np.full(width, np.inf)
+        high = np.full(width, -np.inf)
+        for agent in agents:
+            space = stripped[agent]
+            w = space.shape[0]
+            low[:w] = np.minimum(low[:w], np.asarray(space.low, np.float64))
+            high[:w] = np.maximum(high[:w], np.asarray(space.high, np.float64))
+            low[w:] = np.minimum(low[w:], 0.0)  # the zero padding must lie inside the padded space
+            high[w:] = np.maximum(high[w:], 0.0)
+        dtype = first.dtype
+        if np.issubdtype(dtype, np.integer):
+            info = np.iinfo(dtype)
+            low, high = np.clip(low, info.min, info.max), np.clip(high, info.min, info.max)
+        self.obs_layout = compile_layout(spaces.Box(low.astype(dtype), high.astype(dtype), (width,), dtype))
+        return True
+
+    def _plan_actions(self, layouts: dict[str, ActionLayout]) -> str:
+        """Set ``action_layout`` from every agent's action layout; return the padding mode."""
+        agents = list(layouts)
+        first = layouts[agents[0]]
+        if all(layouts[a].space == first.space for a in agents):
+            self.action_layout = first
+            return "same"
+        kinds = {layouts[a].kind for a in agents}
+        if kinds == {"discrete"}:
+            self.action_layout = ActionLayout(spaces.Discrete(max(int(layouts[a].flat_space.n) for a in agents)))
+            return "discrete_pad"
+        if kinds <= {"discrete", "multi_discrete"}:
+            width = max(layouts[a].num_discrete for a in agents)
+            nvec = np.ones(width, np.int64)
+            for agent in agents:
+                own = layouts[agent].nvec
+                nvec[: own.size] = np.maximum(nvec[: own.size], own)
+            self.action_layout = ActionLayout(spaces.MultiDiscrete(nvec))
+            return "multi_pad"
+        if kinds == {"continuous"}:
+            width = max(layouts[a].num_continuous for a in agents)
+            low, high = np.full(width, np.inf), np.full(width, -np.inf)
+            for agent in agents:
+                own = layouts[agent]
+                w = own.num_continuous
+                low[:w] = np.minimum(low[:w], own.low)
+                high[:w] = np.maximum(high[:w], own.high)
+            dtype = np.result_type(*[layouts[a].flat_dtype for a in agents])
+            self.action_layout = ActionLayout(spaces.Box(low.astype(dtype), high.astype(dtype), (width,), dtype))
+            return "box_pad"
+        other = next(a for a in agents if layouts[a].kind != first.kind)
+        raise SpaceError(
+            f"agents {agents[0]!r} and {other!r} have action spaces shoal cannot pad to one flat action "
+            f"({first.space!r} vs {layouts[other].space!r}): agents must share one action space, or all be "
+            "discrete, or all be 1-D float Box. Wrap the env so every agent has the same action space (e.g. "
+            "supersuit.pad_action_space_v0) or emulate the groups separately."
+        )
+
+    def _make_spec(self, agent: str, obs_space: spaces.Space, own: ActionLayout) -> _AgentSpec:
+        """Fit one agent's spaces into the common flat forms (raises :class:`SpaceError` if they do not fit)."""
+        stripped, mask_in_obs = split_action_mask(obs_space, self._mask_key)
+        index = self._layout_index(stripped)
+        layout = self._layouts[index]
+        if layout is not self.obs_layout:
+            row = self.obs_layout
+            if not (self._obs_pad and isinstance(stripped, spaces.Box) and len(stripped.shape) == 1
+                    and layout.flat_dtype == row.flat_dtype and layout.flat_size <= row.flat_size):
+                raise SpaceError(
+                    f"agent {agent!r} has observation space {stripped!r}, which does not fit the emulator's "
+                    f"observation row {row.flat_space!r}; give every agent the same observation space")
+        group = self._group_id(agent)
+        self.obs_layouts.setdefault(self.agent_groups[group], layout)
+        mode = self._act_mode
+        flat = self.action_layout
+        limit = mask_base = mask_index = static = None
+        if mode == "same":
+            if own.space != flat.space:
+                raise SpaceError(f"agent {agent!r} has action space {own.space!r}; the emulator's agents share "
+                                 f"{flat.space!r}")
+            to_native = flat.to_native
+        elif mode == "discrete_pad" and own.kind == "discrete":
+            n = int(own.flat_space.n)
+            to_native, limit = own.to_native, n
+            width = int(flat.flat_space.n)
+            static = np.arange(width) < n
+            mask_index = np.arange(n)
+        elif mode == "multi_pad" and own.kind in ("discrete", "multi_discrete") and _fits(own.nvec, flat.nvec):
+            k = own.num_discrete
+            limit = np.ones(flat.nvec.size, np.int64)
+            limit[:k] = own.nvec
+            offsets = np.concatenate([[0], np.cumsum(flat.nvec)[:-1]])
+            static = np.zeros(int(flat.nvec.sum()), bool)
+            mask_index = np.concatenate([offsets[j] + np.arange(limit[j]) for j in range(k)])
+            for j in range(flat.nvec.size):
+                static[offsets[j] : offsets[j] + limit[j]] = True
+            to_native = _first_entry(own.to_native) if own.kind == "discrete" else _leading(own.to_native, k)
+        elif mode == "box_pad" and own.kind == "continuous" and own.num_continuous <= flat.num_continuous:
+            to_native = _leading(own.to_native, own.num_continuous)
+        else:
+            raise SpaceError(f"agent {agent!r} has action space {own.space!r}, which does not fit the emulator's "
+                             f"flat action space {flat.flat_space!r}")
+        if static is not None:
+            mask_base = static.copy()
+            mask_base[mask_index] = False
+        root = own.space if isinstance(own.space, spaces.Discrete) else None
+        if root is None:
+            self._discrete_fast = False
+        return _AgentSpec(agent, group, obs_space, layout, index, mask_in_obs, own.space, to_native, limit,
+                          mask_base, mask_index, static, int(root.n) if root else 0, int(root.start) if root else 0)
+
+    def _spec(self, agent: str) -> _AgentSpec:
+        spec = self._specs.get(agent) or self._spawned_specs.get(agent)
+        if spec is None:
+            spec = self._make_spec(agent, self.env.observation_space(agent), ActionLayout(self.env.action_space(agent)))
+            self._spawned_specs[agent] = spec
+        return spec
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Buffers and slots
+    # ----------------------------------------------------------------------------------------------------------
+
+    def _bind(self) -> None:
+        obs = self.buffers.obs
+        self._rows: list[dict[int, Flattener]] = [
+            {i: Flattener(layout, obs[slot, : layout.flat_size]) for i, layout in enumerate(self._layouts)}
+            for slot in range(self.num_agents)
+        ]
+        self.buffers.agent_types[:] = -1
+        if self.buffers.action_masks is not None:
+            self.buffers.action_masks[:] = True
+
+    def _writer(self, slot: int, spec: _AgentSpec) -> Flattener:
+        writers = self._rows[slot]
+        writer = writers.get(spec.layout_index)
+        if writer is None:  # a spawned agent brought a new (narrower) layout
+            writer = writers[spec.layout_index] = Flattener(
+                spec.obs_layout, self.buffers.obs[slot, : spec.obs_layout.flat_size])
+        return writer
+
+    def _clear_slots(self) -> None:
+        """Forget the episode's slot assignment: every slot empty, masked and zero-filled."""
+        b = self.buffers
+        b.obs[...] = 0
+        b.masks[:] = False
+        b.agent_types[:] = -1
+        if b.action_masks is not None:
+            b.action_masks[:] = True
+        n = self.num_agents
+        self.slot_agents[:] = [None] * n
+        self._slot_of.clear()
+        self._slot_spec[:] = [None] * n
+        self._names[:] = [f"empty slot {i}" for i in range(n)]
+        self._ended[:] = [False] * n
+        self._mask_dirty[:] = [False] * n
+        self._pending[:] = [0.0] * n
+        self._acting = []
+        self._selected = -1
+        self._spawned_specs.clear()
+        if self._limits is not None:
+            self._limits[:] = self._default_limit
+        self.stats.reset()
+
+    def _assign(self, agent: str) -> int:
+        """Give ``agent`` a slot for the rest of the episode."""
+        slots = self.slot_agents
+        slot = self._reserved.get(agent, -1)
+        if slot < 0 or slots[slot] is not None:
+            first = len(self._reserved)  # prefer slots no possible agent owns
+            order = [*range(first, self.num_agents), *range(first)]
+            slot = next((i for i in order if slots[i] is None), -1)
+            if slot < 0:
+                raise CapacityError(
+                    f"agent {agent!r} appeared but all {self.num_agents} slots are taken (max_agents="
+                    f"{self.num_agents}, held by {slots}); raise max_agents to the largest number of agents an "
+                    f"episode can have, e.g. PettingZooEmulator(env, max_agents={2 * self.num_agents})")
+        spec = self._spec(agent)
+        slots[slot] = agent
+        self._slot_of[agent] = slot
+        self._slot_spec[slot] = spec
+        self._names[slot] = f"agent {agent!r} (slot {slot})"
+        self.buffers.agent_types[slot] = spec.group
+        if self._limits is not None:
+            self._limits[slot] = spec.limit
+        return slot
+
+    def _write_action_mask(self, slot: int, spec: _AgentSpec, mask: Any) -> None:
+        row = self.buffers.action_masks
+        if row is None:
+            return
+        row = row[slot]
+        if mask is not None:
+            mask = np.asarray(mask).reshape(-1)
+            try:
+                if spec.mask_index is None:
+                    row[:] = mask
+                else:
+                    row[:] = spec.mask_base
+                    row[spec.mask_index] = mask
+            except ValueError:
+                width = row.size if spec.mask_index is None else spec.mask_index.size
+                raise EnvError(
+                    f"agent {spec.name!r}: its {self._mask_key!r} has {mask.size} entries, but its action space "
+                    f"{spec.action_space!r} needs {width} (one per choice of each discrete entry)") from None
+            self._mask_dirty[slot] = True
+        elif spec.static_mask is not None:
+            row[:] = spec.static_mask
+            self._mask_dirty[slot] = True
+        elif self._mask_dirty[slot]:
+            row[:] = True
+            self._mask_dirty[slot] = False
+
+    def _write_live(self, slot: int, spec: _AgentSpec, obs: Any, info: Any) -> None:
+        """Write a live agent's observation and legal actions into its slot."""
+        self._writer(slot, spec).write(obs)
+        mask = None
+        key = self._mask_key
+        if key is not None:
+            if spec.mask_in_obs:
+                mask = obs[key]
+            elif info and key in info:
+                mask = info[key]
+        self._write_action_mask(slot, spec, mask)
+
+    def _idle(self, slot: int) -> None:
+        """Mask a slot and zero its rows (a dead agent, or an AEC agent waiting for its turn)."""
+        b = self.buffers
+        b.masks[slot] = False
+        b.obs[slot] = 0
+        if self._mask_dirty[slot]:
+            b.action_masks[slot] = True
+            self._mask_dirty[slot] = False
+
+    def _row_copy(self, slot: int, spec: _AgentSpec, obs: Any) -> np.ndarray:
+        """Flatten ``obs`` through the slot's row and return a copy of the (padded) row."""
+        self._writer(slot, spec).write(obs)
+        return self.buffers.obs[slot].copy()
+
+    def _report_end(self, slot: int, infos: list[dict[str, Any]], reward: float, terminated: bool,
+                    truncated: bool, info: Any, final: np.ndarray | None) -> None:
+        b = self.buffers
+        b.rewards[slot] = reward
+        b.terminals[slot] = terminated
+        b.truncations[slot] = truncated
+        out = dict(info) if info else {}
+        if final is not None:
+            out["final_observation"] = final
+        out["episode"] = self.stats.finish(slot)
+        infos[slot] = out
+        self._ended[slot] = True
+        self._idle(slot)
+
+    def _check_first(self, agent: str, obs: Any) -> None:
+        self.check_first_observation(self._spec(agent).obs_space, obs, f"agent {agent!r}")
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Public API
+    # ----------------------------------------------------------------------------------------------------------
+
+    def reset(self, seed: int | None = None, options: dict[str, Any] | None = None
+              ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """Reset the env (seeded when ``seed`` is given) and assign slots.
+
+        Returns:
+            ``obs`` ``[N, flat_size]`` (padded and absent slots zero-filled) and ``infos``, a list of ``N`` dicts
+            (the env's reset info for each agent's slot, ``{}`` elsewhere).
+        """
+        if self._state is State.CLOSED:
+            self._require_ready("reset")
+        self._clear_slots()
+        b = self.buffers
+        b.rewards[:] = 0.0
+        b.terminals[:] = False
+        b.truncations[:] = False
+        infos: list[dict[str, Any]] = [{} for _ in range(self.num_agents)]
+        if self.is_parallel:
+            obs, env_infos = self.env.reset(seed=seed, options=options)
+            self._start_parallel(obs, env_infos, infos, None)
+        else:
+            self.env.reset(seed=seed, options=options)
+            self._start_aec(infos, None)
+        self._state = State.READY
+        return b.obs, infos
+
+    def step(self, actions: np.ndarray) -> StepResult:
+        """Apply the flat ``actions`` ``[N, *action_layout.flat_shape]`` of the live slots (``masks``).
+
+        Rows of masked slots are ignored (any value). Episodes auto-reset in the same step.
+
+        Returns:
+            ``(obs [N, flat_size], rewards float32[N], terminals bool[N], truncations bool[N], infos)`` with
+            ``infos`` a list of ``N`` dicts.
+        """
+        if self._state is not State.READY:
+            self._require_ready("step")
+        if self.is_parallel:
+            return self._step_parallel(self._convert(actions, self._acting))
+        return self._step_aec(self._convert(actions, [self._selected]))
+
+    def _convert(self, actions: Any, live: list[int]) -> dict[int, Any]:
+        """Validate the flat actions and convert the rows of the ``live`` slots: slot -> native action."""
+        specs = self._slot_spec
+        if (self._discrete_fast and type(actions) is np.ndarray and actions.dtype.kind in "iu"
+                and actions.shape == (self.num_agents,)):
+            # Fast path for Discrete agents: plain ints, range-checked against each agent's own n.
+            values = actions.tolist()
+            out: dict[int, Any] = {}
+            for slot in live:
+                value = values[slot]
+                spec = specs[slot]
+                if not 0 <= value < spec.discrete_n:
+                    break
+                out[slot] = value + spec.discrete_start
+            else:
+                return out
+        actions = self._validate(actions)
+        return {slot: specs[slot].to_native(actions[slot]) for slot in live}
+
+    def _validate(self, actions: Any) -> np.ndarray:
+        actions = np.asarray(actions)
+        layout = self.action_layout
+        expected = (self.num_agents, *layout.flat_shape)
+        if actions.shape != expected and actions.size != int(np.prod(expected)):
+            raise APIUsageError(
+                f"actions have shape {actions.shape}; expected {expected}: one flat action of "
+                f"{layout.flat_space!r} per slot, in slot order {self.slot_agents} (rows of masked slots are "
+                "ignored but must be present)")
+        live = self.buffers.masks
+        actions = layout.validate(actions, self.num_agents, live=live, names=self._names)
+        if self._limits is not None:
+            bad = actions >= self._limits
+            if bad.ndim > 1:
+                bad = bad.any(axis=1)
+            bad &= live
+            if bad.any():
+                slot = int(np.flatnonzero(bad)[0])
+                spec = self._slot_spec[slot]
+                raise APIUsageError(
+                    f"action {actions[slot].tolist()} for {self._names[slot]} is outside its own action space "
+                    f"{spec.action_space!r}: entries must be below {np.asarray(spec.limit).tolist()} (the padded "
+                    "choices beyond it are illegal; use action_masks)")
+        return actions
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Parallel envs
+    # ----------------------------------------------------------------------------------------------------------
+
+    def _start_parallel(self, obs: dict[str, Any], env_infos: dict[str, Any], infos: list[dict[str, Any]],
+                        reset_key: str | None) -> None:
+        """Assign slots for a new episode's agents and write their first observations."""
+        if self._check:
+            for agent, value in obs.items():
+                self._check_first(agent, value)
+            self._check = False
+        masks = self.buffers.masks
+        acting = self._acting
+        env_infos = env_infos or {}
+        for agent, value in obs.items():
+            slot = self._assign(agent)
+            info = env_infos.get(agent)
+            self._write_live(slot, self._slot_spec[slot], value, info)
+            masks[slot] = True
+            acting.append(slot)
+            if reset_key is None:
+                infos[slot] = dict(info) if info else {}
+            else:
+                infos[slot][reset_key] = dict(info) if info else {}
+
+    def _step_parallel(self, actions: dict[int, Any]) -> StepResult:
+        env = self.env
+        specs = self._slot_spec
+        slot_agents = self.slot_agents
+        acting = self._acting
+        obs, rewards, terms, truncs, env_infos = env.step({slot_agents[s]: a for s, a in actions.items()})
+        b = self.buffers
+        n = self.num_agents
+        b.rewards[:] = 0.0
+        b.terminals[:] = False
+        b.truncations[:] = False
+        infos: list[dict[str, Any]] = [{} for _ in range(n)]
+        stats = self.stats
+        still: list[int] = []
+        seen = 0
+        for slot in acting:
+            agent = slot_agents[slot]
+            spec = specs[slot]
+            reward = rewards.get(agent, 0.0)
+            stats.add(slot, reward)
+            terminated = bool(terms.get(agent, False))
+            truncated = bool(truncs.get(agent, False))
+            value = obs.get(agent, _MISSING)
+            if value is not _MISSING:
+                seen += 1
+            info = env_infos.get(agent)
+            if terminated or truncated or value is _MISSING:
+                # An agent that vanished without a flag is reported as truncated (no final observation).
+                final = None if value is _MISSING else self._row_copy(slot, spec, value)
+                self._report_end(slot, infos, reward, terminated, truncated or not terminated, info, final)
+            else:
+                b.rewards[slot] = reward
+                self._write_live(slot, spec, value, info)
+                if info:
+                    infos[slot] = dict(info)
+                still.append(slot)
+        if len(obs) > seen:  # agents that spawned this step (or dead agents the env still observes: ignored)
+            for agent, value in obs.items():
+                if agent in self._slot_of:
+                    continue
+                slot = self._assign(agent)
+                spec = specs[slot]
+                info = env_infos.get(agent)
+                reward = rewards.get(agent, 0.0)
+                stats.add_reward(slot, reward)
+                terminated = bool(terms.get(agent, False))
+                truncated = bool(truncs.get(agent, False))
+                if terminated or truncated:  # born finished: reported once, never acts
+                    self._report_end(slot, infos, reward, terminated, truncated, info,
+                                     self._row_copy(slot, spec, value))
+                    continue
+                b.rewards[slot] = reward
+                self._write_live(slot, spec, value, info)
+                b.masks[slot] = True
+                if info:
+                    infos[slot] = dict(info)
+                still.append(slot)
+        self._acting = still
+        if not env.agents:
+            for slot in still:  # the episode ended under agents that were not flagged: truncated
+                self._report_end(slot, infos, float(b.rewards[slot]), False, True, infos[slot],
+                                 b.obs[slot].copy())
+            obs, env_infos = env.reset()
+            self._clear_slots()
+            self._start_parallel(obs, env_infos, infos, "reset_info")
+        return b.obs, b.rewards, b.terminals, b.truncations, infos
+
+    # ----------------------------------------------------------------------------------------------------------
+    # AEC envs
+    # ----------------------------------------------------------------------------------------------------------
+
+    def _start_aec(self, infos: list[dict[str, Any]], reset_key: str | None) -> None:
+        """Assign slots for a new episode's agents, then select the first live agent."""
+        env = self.env
+        self._src = src = _state_source(env)
+        if self._check:
+            for agent in src.agents:
+                self._check_first(agent, env.observe(agent))
+            self._check = False
+        env_infos = src.infos
+        for agent in src.agents:
+            slot = self._assign(agent)
+            info = env_infos.get(agent)
+            if reset_key is None:
+                infos[slot] = dict(info) if info else {}
+            else:
+                infos[slot][reset_key] = dict(info) if info else {}
+        self._advance(infos, fresh=True)
+
+    def _accumulate(self) -> None:
+        """Add ``env.rewards`` (the rewards of the last ``env.step``) to every slot's pending reward."""
+        slot_of = self._slot_of
+        pending = self._pending
+        stats = self.stats
+        for agent, reward in self._src.rewards.items():
+            if reward:
+                slot = slot_of.get(agent)
+                if slot is None:
+                    slot = self._assign(agent)
+                pending[slot] += reward
+                stats.add_reward(slot, reward)
+
+    def _step_aec(self, actions: dict[int, Any]) -> StepResult:
+        b = self.buffers
+        slot = self._selected
+        b.rewards[:] = 0.0
+        b.terminals[:] = False
+        b.truncations[:] = False
+        infos: list[dict[str, Any]] = [{} for _ in range(self.num_agents)]
+        self.stats.add(slot, 0.0)  # its reward arrives through env.rewards
+        self.env.step(actions[slot])
+        self._idle(slot)
+        self._selected = -1
+        self._accumulate()
+        self._advance(infos, fresh=False)
+        return b.obs, b.rewards, b.terminals, b.truncations, infos
+
+    def _advance(self, infos: list[dict[str, Any]], fresh: bool) -> None:
+        """Report finished agents (stepping them with ``None``) until a live agent is selected; auto-reset."""
+        env = self.env
+        src = self._src
+        b = self.buffers
+        pending = self._pending
+        while True:
+            if not src.agents:
+                for slot in range(self.num_agents):  # agents removed without being reported: truncated
+                    if self.slot_agents[slot] is not None and not self._ended[slot]:
+                        self._report_end(slot, infos, pending[slot], False, True, None, None)
+                env.reset()
+                self._clear_slots()
+                self._start_aec(infos, "reset_info")
+                return
+            agent = src.agent_selection
+            slot = self._slot_of.get(agent)
+            if slot is None:
+                slot = self._assign(agent)
+            spec = self._slot_spec[slot]
+            terminated = bool(src.terminations[agent])
+            truncated = bool(src.truncations[agent])
+            if terminated or truncated:
+                final = self._row_copy(slot, spec, env.observe(agent))
+                self._report_end(slot, infos, pending[slot], terminated, truncated, src.infos.get(agent), final)
+                pending[slot] = 0.0
+                env.step(None)
+                self._accumulate()
+                continue
+            info = src.infos.get(agent)
+            self._write_live(slot, spec, env.observe(agent), info)
+            b.masks[slot] = True
+            b.rewards[slot] += pending[slot]
+            pending[slot] = 0.0
+            self._selected = slot
+            if not fresh:
+                infos[slot] = dict(info) if info else {}
+            return
+
+
+_MISSING = object()
+_AEC_STATE = ("agents", "agent_selection", "rewards", "terminations", "truncations", "infos")
+
+
+def _defines(obj: Any, name: str) -> bool:
+    return name in getattr(obj, "__dict__", ()) or any(name in vars(cls) for cls in type(obj).__mro__[:-1])
+
+
+def _state_source(env: AECEnv) -> Any:
+    """The object in ``env``'s wrapper chain that holds the AEC state attributes (``agents``, ``rewards``...).
+
+    PettingZoo wrappers forward these through ``__getattr__``, several layers deep, on every read; reading them
+    from the outermost wrapper that really defines one of them (usually the unwrapped env) gives the same values
+    without the forwarding. Resolved after every ``env.reset()`` since wrappers may set them there.
+    """
+    obj = env
+    while not any(_defines(obj, name) for name in _AEC_STATE):
+        inner = getattr(obj, "__dict__", {}).get("env")
+        if not isinstance(inner, AECEnv):
+            break
+        obj = inner
+    return obj
+
+
+def _first_entry(fn: Callable[[Any], Any]) -> Callable[[np.ndarray], Any]:
+    return lambda row: fn(row[0])
+
+
+def _leading(fn: Callable[[np.ndarray], Any], k: int) -> Callable[[np.ndarray], Any]:
+    return lambda row: fn(row[:k])
+
+
+def _fits(own: np.ndarray, padded: np.ndarray) -> bool:
+    return own.size <= padded.size and bool((own <= padded[: own.size]).all())
