@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 install: $(VENV)/.installed
 
 demo: install
-	$(BIN)/shoal train CartPole-v1 --total-steps 150000 --seed 1 --run-dir runs/cartpole-demo --eval-episodes 20
+	$(BIN)/shoal train CartPole-v1 --total-steps 150000 --seed 1 --run-dir runs/cartpole-demo --overwrite --eval-episodes 20
 
 test: install
 	$(BIN)/ruff check .

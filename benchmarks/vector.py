@@ -1,0 +1,239 @@
+"""Vector env throughput in agent-steps/s, side by side with Gymnasium's and SuperSuit's vector envs.
+
+Targets (on a 2-core machine): shoal Multiprocessing on CartPole >= 1.6x the raw single-env loop and >= 10x
+Gymnasium's AsyncVectorEnv; on PettingZoo simple_spread_v3 >= 1.5x SuperSuit's concat_vec_envs_v1; the
+oversubscribed run (4 workers on 2 cores) >= 0.8x the best shoal run.
+
+Every configuration is built up front, then measured in interleaved rounds (best of ``--repeats``), so noise
+from other processes on the machine hits all of them alike.
+
+    python benchmarks/vector.py [--seconds 0.5] [--repeats 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import line, rate
+from shoal import vector
+
+CARTPOLE_ENVS = 1024  # shoal: many envs per worker message; Gymnasium's vector envs: one env per message
+GYM_ENVS = 8
+SPREAD_ENVS = 32
+ROUNDS = 64  # distinct pre-drawn action batches, cycled
+
+
+def cartpole() -> gym.Env:
+    return gym.make("CartPole-v1")
+
+
+def simple_spread() -> Any:
+    from mpe2 import simple_spread_v3
+
+    return simple_spread_v3.parallel_env(max_cycles=25, continuous_actions=False)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# One "runner" per configuration: setup returns (step_fn, close_fn); step_fn returns agent-steps done.
+# --------------------------------------------------------------------------------------------------------------
+
+Runner = tuple[Callable[[], int], Callable[[], None]]
+
+
+def raw_cartpole() -> Runner:
+    env = cartpole()
+    env.reset(seed=0)
+    actions = np.random.default_rng(0).integers(0, 2, 2048).tolist()
+
+    def steps() -> int:
+        for a in actions:
+            _, _, terminated, truncated, _ = env.step(a)
+            if terminated or truncated:
+                env.reset()
+        return len(actions)
+
+    return steps, env.close
+
+
+def raw_spread() -> Runner:
+    env = simple_spread()
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    actions = [{agent: int(a) for agent, a in zip(env.possible_agents, row, strict=True)}
+               for row in rng.integers(0, 5, (256, len(env.possible_agents)))]
+
+    def steps() -> int:
+        done = 0
+        for act in actions:
+            if not env.agents:
+                env.reset()
+            done += len(env.agents)
+            env.step(act)
+        return done
+
+    return steps, env.close
+
+
+def emulated(env_fn: Callable[[], Any], choices: int) -> Runner:
+    """One emulated env in this process: the per-core ceiling of every shoal backend."""
+    from shoal import emulate
+
+    env = emulate(env_fn())
+    env.reset(seed=0)
+    actions = np.random.default_rng(0).integers(0, choices, (256, env.num_agents))
+
+    def steps() -> int:
+        for a in actions:
+            env.step(a)
+        return len(actions) * env.num_agents
+
+    return steps, env.close
+
+
+def gymnasium_vector(kind: str) -> Runner:
+    fns = [cartpole] * GYM_ENVS
+    envs = gym.vector.SyncVectorEnv(fns) if kind == "sync" else gym.vector.AsyncVectorEnv(fns)
+    envs.reset(seed=0)
+    actions = np.random.default_rng(0).integers(0, 2, (ROUNDS, GYM_ENVS))
+
+    def steps() -> int:
+        for a in actions:
+            envs.step(a)
+        return ROUNDS * GYM_ENVS
+
+    return steps, envs.close
+
+
+def supersuit_spread() -> Runner:
+    import supersuit as ss
+
+    venv = ss.pettingzoo_env_to_vec_env_v1(simple_spread())
+    venv = ss.concat_vec_envs_v1(venv, SPREAD_ENVS, num_cpus=2, base_class="gymnasium")
+    venv.reset(seed=0)
+    actions = np.random.default_rng(0).integers(0, 5, (ROUNDS // 4, venv.num_envs))
+
+    def steps() -> int:
+        for a in actions:
+            venv.step(a)
+        return len(actions) * venv.num_envs  # rows are agents
+
+    return steps, venv.close
+
+
+def shoal_vector(env_fn: Callable[[], Any], num_envs: int, backend: str, **kwargs: Any) -> Runner:
+    vecenv = vector.make(env_fn, num_envs, backend=backend, **kwargs)
+    vecenv.reset(seed=0)
+    n = vecenv.single_action_space.n
+    actions = np.random.default_rng(0).integers(0, n, (ROUNDS, vecenv.num_agents))
+    rounds = ROUNDS if num_envs < 512 else ROUNDS // 8
+
+    def steps() -> int:
+        for a in actions[:rounds]:
+            vecenv.step(a)
+        return rounds * vecenv.num_agents  # every slot of these envs is a live agent
+
+    return steps, vecenv.close
+
+
+# --------------------------------------------------------------------------------------------------------------
+
+
+def measure(runners: dict[str, Callable[[], Runner]], seconds: float, repeats: int) -> dict[str, float]:
+    """Best-of-``repeats`` agent-steps/s of every runner, measured in interleaved rounds."""
+    built = {name: make() for name, make in runners.items()}
+    best = dict.fromkeys(runners, 0.0)
+    try:
+        for _ in range(repeats):
+            for name, (steps, _) in built.items():
+                best[name] = max(best[name], rate(steps, seconds, 1))
+    finally:
+        for _, close in built.values():
+            close()
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=0.5, help="length of one measurement")
+    parser.add_argument("--repeats", type=int, default=8, help="interleaved rounds; the best is kept")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print(f"# {cores} cores; agent-steps/s, best of {args.repeats} x {args.seconds:.1f}s")
+
+    mp = functools.partial(shoal_vector, backend="multiprocessing")
+    cart = measure({
+        "raw": raw_cartpole,
+        "emulated": functools.partial(emulated, cartpole, 2),
+        "gym_sync": functools.partial(gymnasium_vector, "sync"),
+        "gym_async": functools.partial(gymnasium_vector, "async"),
+        "serial": functools.partial(shoal_vector, cartpole, 256, "serial"),
+        "mp2": functools.partial(mp, cartpole, CARTPOLE_ENVS, num_workers=2),
+        "mp4": functools.partial(mp, cartpole, CARTPOLE_ENVS, num_workers=4),
+    }, args.seconds, args.repeats)
+    spread = measure({
+        "raw": raw_spread,
+        "emulated": functools.partial(emulated, simple_spread, 5),
+        "supersuit": supersuit_spread,
+        "serial": functools.partial(shoal_vector, simple_spread, SPREAD_ENVS, "serial"),
+        "mp2": functools.partial(mp, simple_spread, SPREAD_ENVS, num_workers=2),
+        "mp4": functools.partial(mp, simple_spread, SPREAD_ENVS, num_workers=4),
+    }, args.seconds, args.repeats)
+
+    unit = "agent-steps/s"
+    raw = cart["raw"]
+    print(line("CartPole-v1 raw single-env loop", raw, unit))
+    print(line("CartPole-v1 shoal emulated single-env loop", cart["emulated"], unit, raw, "raw"))
+    print(line(f"CartPole-v1 gymnasium SyncVectorEnv ({GYM_ENVS} envs)", cart["gym_sync"], unit, raw, "raw"))
+    print(line(f"CartPole-v1 gymnasium AsyncVectorEnv ({GYM_ENVS} envs)", cart["gym_async"], unit, raw, "raw"))
+    print(line("CartPole-v1 shoal Serial (256 envs)", cart["serial"], unit, raw, "raw"))
+    print(line(f"CartPole-v1 shoal Multiprocessing ({CARTPOLE_ENVS} envs, 2 workers)", cart["mp2"], unit, raw,
+               "raw"))
+    print(line(f"CartPole-v1 shoal Multiprocessing ({CARTPOLE_ENVS} envs, 4 workers)", cart["mp4"], unit, raw,
+               "raw"))
+    raw_s = spread["raw"]
+    print(line("simple_spread_v3 raw parallel-env loop", raw_s, unit))
+    print(line("simple_spread_v3 shoal emulated single-env loop", spread["emulated"], unit, raw_s, "raw"))
+    print(line(f"simple_spread_v3 SuperSuit concat_vec_envs_v1 ({SPREAD_ENVS} envs, 2 cpus)", spread["supersuit"],
+               unit, raw_s, "raw"))
+    print(line(f"simple_spread_v3 shoal Serial ({SPREAD_ENVS} envs)", spread["serial"], unit, raw_s, "raw"))
+    print(line(f"simple_spread_v3 shoal Multiprocessing ({SPREAD_ENVS} envs, 2 workers)", spread["mp2"], unit, raw_s,
+               "raw"))
+    print(line(f"simple_spread_v3 shoal Multiprocessing ({SPREAD_ENVS} envs, 4 workers)", spread["mp4"], unit, raw_s,
+               "raw"))
+
+    best_cart = max(cart["serial"], cart["mp2"], cart["mp4"])
+    best_spread = max(spread["serial"], spread["mp2"], spread["mp4"])
+    checks = [
+        ("CartPole Multiprocessing / raw single-env loop", max(cart["mp2"], cart["mp4"]) / raw, 1.6),
+        ("CartPole Multiprocessing / gymnasium AsyncVectorEnv", max(cart["mp2"], cart["mp4"]) / cart["gym_async"],
+         10.0),
+        ("simple_spread_v3 Multiprocessing / SuperSuit", max(spread["mp2"], spread["mp4"]) / spread["supersuit"],
+         1.5),
+        ("CartPole oversubscribed (4 workers) / best shoal run", cart["mp4"] / best_cart, 0.8),
+        ("simple_spread_v3 oversubscribed (4 workers) / best shoal run", spread["mp4"] / best_spread, 0.8),
+    ]
+    for name, ratio, target in checks:
+        verdict = "met" if ratio >= target else "MISSED"
+        print(f"{name:<62} {ratio:6.2f}x   (target >= {target}x: {verdict})")
+    # What no backend can beat: every core busy with the emulated env, nothing else.
+    print(f"{'ceiling: CartPole, ' + str(cores) + ' cores x emulated loop / raw loop':<62} "
+          f"{cores * cart['emulated'] / raw:6.2f}x")
+    print(f"{'ceiling: simple_spread_v3, ' + str(cores) + ' cores x emulated loop / SuperSuit':<62} "
+          f"{cores * spread['emulated'] / spread['supersuit']:6.2f}x")
+
+
+if __name__ == "__main__":
+    main()

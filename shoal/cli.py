@@ -1,0 +1,434 @@
+"""The ``shoal`` command line: ``shoal train|eval|league|plot|list``.
+
+Every command ends with one machine-readable JSON line on stdout (``--json`` prints only that line); human
+output (the live dashboard, summaries) goes before it, the dashboard to stderr. Errors print ``shoal: error:
+...`` on stderr and a JSON line with ``"ok": false``, and exit with status 2 (1 for an interrupted run).
+
+    shoal train CartPole-v1 --total-steps 150000 --seed 1 --run-dir runs/cartpole --eval-episodes 20
+    shoal train memory --recurrent --total-steps 50000
+    shoal train pettingzoo.butterfly.knights_archers_zombies_v11 --num-envs 2
+    shoal train mpe2.simple_spread_v3 --algo mappo
+    shoal train CartPole-v1 --run-dir runs/cartpole --resume
+    shoal eval runs/cartpole --episodes 100
+    shoal train pettingzoo.classic.connect_four_v3 --league --run-dir runs/c4
+    shoal eval runs/c4 --opponent heuristic --episodes 200
+    shoal league runs/c4 --plot
+    shoal plot runs/cartpole
+    shoal list
+
+``shoal train`` takes every field of :class:`~shoal.train.config.TrainConfig` as a ``--kebab-case`` flag
+(``shoal train --help`` lists them with their docstrings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from shoal.errors import APIUsageError, ShoalError
+
+__all__ = ["main"]
+
+log = logging.getLogger("shoal.cli")
+
+
+class _Exit(Exception):
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as a JSON line too."""
+
+    command = "shoal"
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        _fail(self.command, f"{message}", code=2)
+
+
+def _emit(payload: dict[str, Any]) -> None:
+    if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 speaks for every learner
+        return
+    sys.stdout.write(json.dumps(payload, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _fail(command: str, message: str, code: int = 2, **extra: Any) -> NoReturn:
+    sys.stderr.write(f"shoal: error: {message}\n")
+    _emit({"command": command, "ok": False, "error": message, **extra})
+    raise _Exit(code)
+
+
+def _say(args: argparse.Namespace, text: str) -> None:
+    if not getattr(args, "json", False) and os.environ.get("RANK", "0") == "0":
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# --
+# train
+# ------------------------------------------------------------------------------------------------------------
+# --
+
+#: Fields with their own, hand-written arguments (not auto-generated).
+_MANUAL = {"env", "resume"}
+
+
+def _parse_optional(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        return None if text.lower() in ("none", "null", "") else kind(text)
+
+    parse.__name__ = getattr(kind, "__name__", "value")
+    return parse
+
+
+def _parse_dict(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc}); e.g. '{{\"length\": 6}}'") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"length\": 6}'")
+    return value
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    from shoal.train.config import TrainConfig, field_docs
+
+    docs = field_docs(TrainConfig)
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in _MANUAL:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = str(f.type)
+        default = getattr(defaults, f.name)
+        help_text = docs.get(f.name, "")
+        help_text = f"{help_text} (default: {default!r})".replace("%", "%%")
+        if kind == "bool":
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
+            continue
+        optional = "None" in kind
+        base = kind.replace("| None", "").strip()
+        parse: Callable[[str], Any]
+        if base == "int":
+            parse = int
+        elif base == "float":
+            parse = float
+        elif base.startswith("dict"):
+            parse = _parse_dict
+        else:
+            parse = str
+        parser.add_argument(
+            flag,
+            dest=f.name,
+            type=_parse_optional(parse) if optional else parse,
+            default=argparse.SUPPRESS,
+            metavar=f.name.upper(),
+            help=help_text,
+        )
+
+
+def _slug(text: str) -> str:
+    return (
+        re.sub(
+            r"[^A-Za-z0-9_.-]+", "-", text.rsplit(".", 1)[-1] if text.startswith("pettingzoo.") else text
+        ).strip("-")
+        or "run"
+    )
+
+
+def _train_config(args: argparse.Namespace) -> Any:
+    from shoal.train.config import TrainConfig
+
+    overrides = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(TrainConfig)
+        if f.name not in _MANUAL and hasattr(args, f.name)
+    }
+    if args.resume:
+        if overrides.get("run_dir") is None:
+            raise APIUsageError("--resume needs --run-dir (the run to continue)")
+        config_file = Path(overrides["run_dir"]) / "config.json"
+        if not config_file.is_file():
+            raise APIUsageError(
+                f"--resume: {config_file} does not exist; is {overrides['run_dir']} a shoal run directory?"
+            )
+        saved = TrainConfig.load(config_file)
+        if saved.env != args.env:
+            raise APIUsageError(
+                f"--resume: the run in {overrides['run_dir']} trains {saved.env!r}, not {args.env!r}"
+            )
+        config = saved.replace(**overrides, resume=True)
+    else:
+        if overrides.get("run_dir") is None:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            overrides["run_dir"] = str(
+                Path("runs") / f"{_slug(args.env)}-s{overrides.get('seed', 0)}-{stamp}"
+            )
+        from shoal.train.mappo import algo_defaults  # --algo mappo: MAPPO's defaults for the flags not given
+
+        config = TrainConfig(env=args.env, **{**algo_defaults(overrides.get("algo", "ppo")), **overrides})
+    return config.validate()
+
+
+def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
+    from shoal.train.distributed import make_trainer
+    from shoal.train.logger import Dashboard
+
+    config = _train_config(args)
+    callbacks = []
+    if not args.json and not args.no_dashboard:
+        callbacks.append(
+            Dashboard(sys.stderr, title=f"shoal {config.algo} · {config.env} · {config.run_dir}")
+        )
+    trainer = make_trainer(config, callbacks=callbacks)  # one of several learners under torchrun
+    try:
+        result = trainer.train()
+    except KeyboardInterrupt:
+        checkpoint = trainer.last_checkpoint
+        _fail(
+            "train",
+            f"interrupted at step {trainer.global_step:,}; the last checkpoint is {checkpoint}",
+            code=1,
+            checkpoint=None if checkpoint is None else str(checkpoint),
+            run_dir=config.run_dir,
+        )
+    summary = result.summary()
+    _say(
+        args,
+        f"trained {summary['global_step']:,} steps in {summary['seconds']:.1f} s "
+        f"({summary['sps']:,.0f} steps/s); run directory {summary['run_dir']}",
+    )
+    if result.episode_return is not None:
+        _say(args, f"training episode return (last {config.stats_window}): {result.episode_return:.2f}")
+    if result.evaluation is not None:
+        _say(
+            args,
+            f"evaluation: mean return {result.evaluation['mean_return']:.2f} over "
+            f"{result.evaluation['episodes']} episodes",
+        )
+    return {"command": "train", "ok": True, **summary}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# --
+# eval, plot, list
+# ------------------------------------------------------------------------------------------------------------
+# --
+
+
+def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
+    from shoal.train.evaluate import evaluate_checkpoint
+
+    if args.episodes < 1:
+        raise APIUsageError(f"--episodes must be >= 1, got {args.episodes}")
+    if args.opponent is not None:
+        return _eval_match(args)
+    result = evaluate_checkpoint(
+        args.target, args.episodes, seed=args.seed, deterministic=not args.stochastic, device=args.device
+    )
+    _say(
+        args,
+        f"{result['env']}: mean return {result['mean_return']:.2f} ± {result['std_return']:.2f} over "
+        f"{result['episodes']} episodes ({'stochastic' if args.stochastic else 'deterministic'} actions; "
+        f"{result['checkpoint']})",
+    )
+    returns = result.pop("returns")
+    return {"command": "eval", "ok": True, **result, "returns": [round(r, 4) for r in returns]}
+
+
+def _eval_match(args: argparse.Namespace) -> dict[str, Any]:
+    """``shoal eval TARGET --opponent X``: games between two players, win rates with 95% Wilson intervals."""
+    from shoal.train.league import evaluate_match
+
+    result = evaluate_match(args.target, args.opponent, args.episodes, seed=args.seed,
+                            deterministic=not args.stochastic, device=args.device)
+    lo, hi = result["win_rate_ci"]
+    _say(
+        args,
+        f"{result['env']}: {result['player']} vs {result['opponent']} over {result['games']} games: "
+        f"{result['wins']} wins, {result['draws']} draws, {result['losses']} losses; win rate "
+        f"{result['win_rate']:.1%} (95% CI {lo:.1%}-{hi:.1%}), score {result['score']:.3f} "
+        f"(ELO difference {result['elo_difference']:+.0f}); "
+        f"{'stochastic' if args.stochastic else 'deterministic'} actions",
+    )
+    return {"command": "eval", "ok": True, **result}
+
+
+def cmd_league(args: argparse.Namespace) -> dict[str, Any]:
+    from shoal.train.league import format_league, load_league, plot_league
+
+    table = load_league(args.run_dir)
+    _say(args, format_league(table))
+    png = None
+    if args.plot:
+        png = plot_league(table, args.out or Path(args.run_dir) / "league.png")
+        _say(args, f"wrote {png}")
+    players = [{**row, "record": table.players[row["id"]].record} for row in table.rows()]
+    return {"command": "league", "ok": True, "run_dir": str(args.run_dir), "k": table.k,
+            "total_games": table.total_games, "players": players, "png": None if png is None else str(png)}
+
+
+def cmd_plot(args: argparse.Namespace) -> dict[str, Any]:
+    from shoal.train.plot import plot_run
+
+    path = plot_run(args.run_dir, args.out)
+    _say(args, f"wrote {path}")
+    return {"command": "plot", "ok": True, "png": str(path)}
+
+
+def cmd_list(args: argparse.Namespace) -> dict[str, Any]:
+    from shoal import envs
+    from shoal.train.resolve import list_envs
+
+    found = list_envs()
+    if not args.json:
+        lines = ["Built-in envs:"]
+        lines += [
+            f"  {entry.name:<14} {entry.api:<10} {entry.description}" for entry in envs.REGISTRY.values()
+        ]
+        gym_ids = found["gymnasium"]
+        shown = gym_ids if args.all else [i for i in gym_ids if "/" not in i][:12]
+        lines.append(
+            f"Gymnasium ids ({len(gym_ids)}{'' if args.all else ', a few shown; --all lists every one'}):"
+        )
+        lines += [f"  {name}" for name in shown]
+        lines.append(f"PettingZoo modules ({len(found['pettingzoo'])}):")
+        lines += [f"  {name}" for name in found["pettingzoo"]]
+        lines.append("Any 'module:attribute' returning a Gymnasium or PettingZoo env works too.")
+        sys.stdout.write("\n".join(lines) + "\n")
+    return {
+        "command": "list",
+        "ok": True,
+        "builtin": envs.names(),
+        "gymnasium": found["gymnasium"],
+        "pettingzoo": found["pettingzoo"],
+    }
+
+
+# ------------------------------------------------------------------------------------------------------------
+# --
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command."""
+    parser = _Parser(
+        prog="shoal", description="Train and evaluate RL policies on any Gymnasium or PettingZoo env."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = sub.add_parser(
+        "train",
+        help="train a policy (PPO)",
+        description="Train a policy with PPO. "
+        "ENV is a Gymnasium id, a PettingZoo module path or a built-in env (shoal list).",
+    )
+    train.command = "train"  # type: ignore[attr-defined]
+    train.add_argument("env", metavar="ENV")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --run-dir from its newest checkpoint (exactly, on the serial backend)",
+    )
+    train.add_argument("--no-dashboard", action="store_true", help="no live dashboard on stderr")
+    train.add_argument("--json", action="store_true", help="print only the final JSON line")
+    _add_config_flags(train)
+    train.set_defaults(handler=cmd_train)
+
+    evaluate = sub.add_parser(
+        "eval",
+        help="evaluate a run or checkpoint",
+        description="Report the mean episode return of a trained policy.",
+    )
+    evaluate.command = "eval"  # type: ignore[attr-defined]
+    evaluate.add_argument("target", metavar="RUN_OR_CHECKPOINT")
+    evaluate.add_argument("--episodes", type=int, default=10)
+    evaluate.add_argument("--seed", type=int, default=None, help="seed of the evaluation envs")
+    evaluate.add_argument(
+        "--stochastic", action="store_true", help="sample actions instead of taking the mode"
+    )
+    evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument(
+        "--opponent",
+        default=None,
+        metavar="RUN_DIR|CHECKPOINT|random|heuristic",
+        help="play games against this opponent (seats alternate) and report win/draw/loss rates with 95%% "
+        "confidence intervals; --episodes is the number of games",
+    )
+    evaluate.add_argument("--json", action="store_true", help="print only the final JSON line")
+    evaluate.set_defaults(handler=cmd_eval)
+
+    league = sub.add_parser(
+        "league",
+        help="print the league table of a self-play run",
+        description="Print the ELO league table of a run trained with --league (ratings, games, W/D/L against "
+        "each opponent).",
+    )
+    league.command = "league"  # type: ignore[attr-defined]
+    league.add_argument("run_dir", metavar="RUN_DIR")
+    league.add_argument("--plot", action="store_true", help="also write a PNG of the ratings over time")
+    league.add_argument("--out", default=None, help="PNG path (default RUN_DIR/league.png)")
+    league.add_argument("--json", action="store_true", help="print only the final JSON line")
+    league.set_defaults(handler=cmd_league)
+
+    plot = sub.add_parser(
+        "plot",
+        help="plot the learning curves of a run",
+        description="Write a PNG of every logged scalar of a run.",
+    )
+    plot.command = "plot"  # type: ignore[attr-defined]
+    plot.add_argument("run_dir", metavar="RUN_DIR")
+    plot.add_argument("--out", default=None, help="PNG path (default RUN_DIR/curves.png)")
+    plot.add_argument("--json", action="store_true", help="print only the final JSON line")
+    plot.set_defaults(handler=cmd_plot)
+
+    listing = sub.add_parser("list", help="list the envs shoal can train on")
+    listing.command = "list"  # type: ignore[attr-defined]
+    listing.add_argument("--all", action="store_true", help="list every Gymnasium id")
+    listing.add_argument("--json", action="store_true", help="print only the final JSON line")
+    listing.set_defaults(handler=cmd_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 on success)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        logging.basicConfig(
+            level=logging.ERROR if args.json else logging.WARNING,
+            stream=sys.stderr,
+            format="shoal: %(levelname)s: %(message)s",
+        )
+        try:
+            payload = args.handler(args)
+        except ShoalError as exc:
+            _fail(args.command, str(exc))
+        except FileNotFoundError as exc:
+            _fail(args.command, str(exc))
+        _emit(payload)
+        return 0
+    except _Exit as exc:
+        return exc.code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

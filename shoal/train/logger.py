@@ -1,0 +1,270 @@
+"""Scalar logging: a CSV of every scalar, TensorBoard events, W&B (offline), a terminal dashboard.
+
+The trainer calls :meth:`RunLogger.log` with a :class:`LogRecord`; every sink gets it. Library code writes
+nothing to the terminal by itself: the :class:`Dashboard` is a sink the command line installs on a stream.
+
+CSV format (``run_dir/scalars.csv``): one row per scalar, columns ``step,time,name,value`` (long format, so
+scalars may come and go). ``time`` is seconds since the run started (cumulative across resumes).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from shoal.errors import APIUsageError
+
+__all__ = ["CSVSink", "Dashboard", "LogRecord", "RunLogger", "TensorBoardSink", "WandbSink", "read_scalars"]
+
+log = logging.getLogger(__name__)
+
+CSV_NAME = "scalars.csv"
+
+
+@dataclass
+class LogRecord:
+    """One logging event.
+
+    Attributes:
+        step: global agent step.
+        scalars: name -> value (names are ``group/name``, e.g. ``charts/episode_return``,
+        ``losses/value_loss``).
+        total_steps: the step budget (for progress).
+        elapsed: seconds since the run started.
+        final: True for the record logged after the last update.
+    """
+
+    step: int
+    scalars: dict[str, float]
+    total_steps: int
+    elapsed: float
+    final: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+Sink = Callable[[LogRecord], None]
+
+
+class CSVSink:
+    """Append every scalar to ``run_dir/scalars.csv`` (rows past ``resume_step`` are dropped)."""
+
+    def __init__(self, run_dir: str | Path, resume_step: int | None = None) -> None:
+        self.path = Path(run_dir) / CSV_NAME
+        if resume_step is not None and self.path.exists():
+            rows = read_scalars(self.path)
+            kept = [r for r in rows if r["step"] <= resume_step]
+            with open(self.path, "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["step", "time", "name", "value"])
+                writer.writerows([[r["step"], r["time"], r["name"], r["value"]] for r in kept])
+        new = not self.path.exists()
+        self._file = open(self.path, "a", newline="")  # noqa: SIM115 - closed in close()
+        self._writer = csv.writer(self._file)
+        if new:
+            self._writer.writerow(["step", "time", "name", "value"])
+
+    def __call__(self, record: LogRecord) -> None:
+        t = f"{record.elapsed:.3f}"
+        self._writer.writerows(
+            [[record.step, t, name, repr(float(value))] for name, value in record.scalars.items()]
+        )
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_scalars(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a scalars CSV as dicts ``{"step": int, "time": float, "name": str, "value": float}``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CSV_NAME
+    out = []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            out.append(
+                {
+                    "step": int(row["step"]),
+                    "time": float(row["time"]),
+                    "name": row["name"],
+                    "value": float(row["value"]),
+                }
+            )
+    return out
+
+
+class TensorBoardSink:
+    """TensorBoard event files in ``run_dir/tensorboard`` (events past ``resume_step`` purged on resume)."""
+
+    def __init__(
+        self, run_dir: str | Path, config: dict[str, Any] | None = None, resume_step: int | None = None
+    ) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:  # pragma: no cover - depends on the installation
+            raise APIUsageError(
+                "tensorboard is not installed: pip install tensorboard (or pass "
+                "tensorboard=False / --no-tensorboard)"
+            ) from exc
+        self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=resume_step)
+        if config is not None and resume_step is None:
+            table = "|field|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in sorted(config.items()))
+            self.writer.add_text("config", table)
+
+    def __call__(self, record: LogRecord) -> None:
+        for name, value in record.scalars.items():
+            if math.isfinite(value):
+                self.writer.add_scalar(name, value, record.step)
+        if record.final:
+            self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class WandbSink:
+    """Weights & Biases in offline mode (``run_dir/wandb``); upload later with ``wandb sync``."""
+
+    def __init__(
+        self, run_dir: str | Path, project: str, config: dict[str, Any], name: str | None = None
+    ) -> None:
+        try:
+            import wandb
+        except ImportError as exc:
+            raise APIUsageError(
+                "wandb=True but the wandb package is not installed: pip install wandb"
+            ) from exc
+        self._wandb = wandb
+        self.run = wandb.init(
+            project=project, config=config, dir=str(run_dir), mode="offline", name=name, reinit=True
+        )
+
+    def __call__(self, record: LogRecord) -> None:
+        self.run.log({k: v for k, v in record.scalars.items() if math.isfinite(v)}, step=record.step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class RunLogger:
+    """Fan a :class:`LogRecord` out to every sink; sinks with a ``close`` are closed by :meth:`close`."""
+
+    def __init__(self, sinks: list[Sink] | None = None) -> None:
+        self.sinks: list[Sink] = list(sinks or [])
+
+    def log(self, record: LogRecord) -> None:
+        for sink in self.sinks:
+            sink(record)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            close = getattr(sink, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:  # closing one sink must not hide the others
+                    log.warning("closing a log sink failed", exc_info=True)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# --
+# Terminal dashboard
+# ------------------------------------------------------------------------------------------------------------
+# --
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if abs(value) >= 1e4:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}g}"
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+class Dashboard:
+    """A live terminal view of a run: progress bar, SPS, episode stats, losses, KL, clip fraction, time split.
+
+    On a TTY it redraws itself in place; otherwise (pipes, CI logs) it writes one compact line per record.
+
+    Args:
+        stream: where to draw (the command line passes ``sys.stderr``).
+        title: first line (env and algorithm).
+        live: force in-place redrawing on or off (default: ``stream.isatty()``).
+    """
+
+    def __init__(self, stream: TextIO, title: str = "", live: bool | None = None) -> None:
+        self.stream = stream
+        self.title = title
+        self.live = stream.isatty() if live is None else live
+        self._lines = 0
+        self._start = time.perf_counter()
+
+    @staticmethod
+    def _bar(fraction: float, width: int) -> str:
+        filled = round(min(max(fraction, 0.0), 1.0) * width)
+        return "█" * filled + "·" * (width - filled)
+
+    def render(self, record: LogRecord) -> list[str]:
+        """The dashboard's lines for ``record``."""
+        s = record.scalars
+        frac = min(1.0, record.step / max(1, record.total_steps))
+        sps = s.get("perf/sps", 0.0)
+        remaining = (record.total_steps - record.step) / sps if sps > 0 else math.inf
+        width = max(20, min(60, shutil.get_terminal_size((100, 20)).columns - 40))
+        env_t, act_t, learn_t = (
+            s.get("perf/env_fraction", 0.0),
+            s.get("perf/inference_fraction", 0.0),
+            s.get("perf/learn_fraction", 0.0),
+        )
+        lines = [
+            f" {self.title}",
+            f" [{self._bar(frac, width)}] {frac:6.1%}  {record.step:,}/{record.total_steps:,} steps",
+            f" SPS {sps:,.0f}   elapsed {_duration(record.elapsed)}   eta {_duration(remaining)}   "
+            f"update {int(s.get('charts/update', 0))}",
+            f" episode return {_fmt(s.get('charts/episode_return'))}   "
+            f"length {_fmt(s.get('charts/episode_length'))}"
+            f"   episodes {int(s.get('charts/episodes', 0)):,}",
+            f" policy loss {_fmt(s.get('losses/policy_loss'))}   "
+            f"value loss {_fmt(s.get('losses/value_loss'))}   "
+            f"entropy {_fmt(s.get('losses/entropy'))}",
+            f" KL {_fmt(s.get('losses/approx_kl'))}   clip frac {_fmt(s.get('losses/clipfrac'))}   "
+            f"explained var {_fmt(s.get('losses/explained_variance'))}   "
+            f"lr {_fmt(s.get('charts/learning_rate'))}",
+            f" time: env {env_t:.0%}   inference {act_t:.0%}   learn {learn_t:.0%}",
+        ]
+        return lines
+
+    def __call__(self, record: LogRecord) -> None:
+        if self.live:
+            lines = self.render(record)
+            if self._lines:
+                self.stream.write(f"\x1b[{self._lines}F")
+            self.stream.write("".join(f"\x1b[2K{line}\n" for line in lines))
+            self._lines = len(lines)
+        else:
+            s = record.scalars
+            frac = min(1.0, record.step / max(1, record.total_steps))
+            self.stream.write(
+                f"[{frac:6.1%}] step {record.step:,}  sps {s.get('perf/sps', 0.0):,.0f}  "
+                f"return {_fmt(s.get('charts/episode_return'))}  "
+                f"length {_fmt(s.get('charts/episode_length'))}  "
+                f"pg {_fmt(s.get('losses/policy_loss'))}  vf {_fmt(s.get('losses/value_loss'))}  "
+                f"kl {_fmt(s.get('losses/approx_kl'))}  clip {_fmt(s.get('losses/clipfrac'))}\n"
+            )
+        self.stream.flush()

@@ -1,0 +1,388 @@
+"""PPO: the clipped surrogate loss and one update over a rollout, readable top to bottom.
+
+An update, in phases:
+
+1. **Advantages**: GAE (or V-trace-clipped GAE) over the ``[S, H]`` segments of the rollout; value targets are
+   ``advantages + values``. Truncated episodes bootstrap from the value of their final observation (already in
+   ``next_values``), terminated ones do not.
+2. **Minibatches**: feed-forward policies shuffle single transitions; recurrent policies (and prioritized
+   sampling) draw whole segments, replayed from each segment's stored initial LSTM state (BPTT over the
+   segment, state zeroed where an episode starts).
+3. **Loss**: clipped policy surrogate (optionally dual-clipped), clipped value loss, entropy bonus, computed
+   only over valid transitions (padding is selected away with ``torch.where``, so its content cannot matter).
+4. **Step**: backward, global gradient-norm clipping, Adam step; early stop on ``target_kl``.
+5. **Statistics**: losses, approximate KL, clip fraction, explained variance.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from shoal.train.advantage import gae, vtrace_gae
+from shoal.train.config import TrainConfig
+
+__all__ = ["LossOutput", "masked_mean", "ppo_loss", "ppo_update"]
+
+
+def masked_mean(x: Tensor, valid: Tensor | None, weights: Tensor | None = None) -> Tensor:
+    """Mean of ``x`` over ``valid`` entries (all if None), optionally weighted; others never matter."""
+    if valid is None:
+        return x.mean() if weights is None else (x * weights).mean()
+    x = torch.where(valid, x, torch.zeros((), dtype=x.dtype, device=x.device))
+    if weights is not None:
+        x = x * torch.where(valid, weights, torch.zeros((), dtype=weights.dtype, device=weights.device))
+    return x.sum() / valid.sum().clamp(min=1)
+
+
+@dataclass
+class LossOutput:
+    """What :func:`ppo_loss` returns: the scalar ``loss`` to minimize and detached statistics."""
+
+    loss: Tensor
+    policy_loss: Tensor
+    value_loss: Tensor
+    entropy: Tensor
+    approx_kl: Tensor
+    old_approx_kl: Tensor
+    clipfrac: Tensor
+    ratio: Tensor
+
+
+def ppo_loss(
+    new_log_probs: Tensor,
+    old_log_probs: Tensor,
+    advantages: Tensor,
+    new_values: Tensor,
+    old_values: Tensor,
+    returns: Tensor,
+    entropy: Tensor,
+    valid: Tensor | None = None,
+    *,
+    clip_coef: float,
+    dual_clip: float | None = None,
+    clip_vloss: bool = True,
+    vf_clip_coef: float = 0.2,
+    vf_coef: float = 0.5,
+    ent_coef: float = 0.0,
+    norm_adv: bool = True,
+    weights: Tensor | None = None,
+) -> LossOutput:
+    """The PPO loss over one minibatch.
+
+    Args:
+        new_log_probs, old_log_probs: float ``[M]`` (any shape, the same for every argument) log-probabilities
+            of the taken actions under the current and the acting policy.
+        advantages, returns: float ``[M]`` advantage estimates and value targets.
+        new_values, old_values: float ``[M]`` current and acting-time values.
+        entropy: float ``[M]`` entropy of the current action distribution.
+        valid: bool ``[M]``: only these entries count; the others may hold anything (NaN included, except in
+            the three inputs that carry gradients, which must be finite). None: every entry is valid.
+        clip_coef: ratio clip ``epsilon``. dual_clip: constant ``c > 1`` bounding negative-advantage losses.
+        clip_vloss, vf_clip_coef: clip the value update around ``old_values``. vf_coef, ent_coef: weights.
+        norm_adv: normalize advantages over the valid entries of the minibatch.
+        weights: float ``[M]`` prioritized-sampling importance weights of the policy loss (None: 1).
+
+    Returns:
+        :class:`LossOutput`; ``ratio`` is ``exp(new - old)`` (detached) for V-trace.
+    """
+    if valid is not None:  # select padding away first: nothing downstream can see it
+        zero = torch.zeros((), dtype=new_log_probs.dtype, device=new_log_probs.device)
+        new_log_probs, old_log_probs, advantages, new_values, old_values, returns, entropy = (
+            torch.where(valid, x, zero)
+            for x in (new_log_probs, old_log_probs, advantages, new_values, old_values, returns, entropy)
+        )
+    with torch.no_grad():
+        adv = advantages
+        if norm_adv:
+            if valid is None:
+                std, mean = torch.std_mean(adv)
+                adv = (adv - mean) / (std + 1e-8)
+            else:
+                count = valid.sum().clamp(min=1)
+                mean = adv.sum() / count
+                var = torch.where(valid, (adv - mean) ** 2, 0.0).sum() / (count - 1).clamp(min=1)
+                adv = torch.where(valid, (adv - mean) / (var.sqrt() + 1e-8), 0.0)
+    logratio = new_log_probs - old_log_probs
+    ratio = logratio.exp()
+    # Policy: clipped surrogate (and dual clip for negative advantages).
+    surrogate = torch.min(ratio * adv, ratio.clamp(1 - clip_coef, 1 + clip_coef) * adv)
+    if dual_clip is not None:
+        surrogate = torch.where(adv < 0, torch.max(surrogate, dual_clip * adv), surrogate)
+    policy_loss = -masked_mean(surrogate, valid, weights)
+    # Value: squared error, optionally clipped around the old values.
+    value_error = (new_values - returns) ** 2
+    if clip_vloss:
+        clipped = old_values + (new_values - old_values).clamp(-vf_clip_coef, vf_clip_coef)
+        value_error = torch.max(value_error, (clipped - returns) ** 2)
+    value_loss = 0.5 * masked_mean(value_error, valid)
+    entropy_mean = masked_mean(entropy, valid)
+    loss = policy_loss + vf_coef * value_loss
+    if ent_coef:  # (a zero coefficient keeps the entropy out of the backward pass)
+        loss = loss - ent_coef * entropy_mean
+    with torch.no_grad():
+        excess = ratio - 1.0
+        approx_kl = masked_mean(excess - logratio, valid)
+        old_approx_kl = -masked_mean(logratio, valid)
+        clipfrac = masked_mean((excess.abs() > clip_coef).to(ratio.dtype), valid)
+    return LossOutput(
+        loss,
+        policy_loss.detach(),
+        value_loss.detach(),
+        entropy_mean.detach(),
+        approx_kl,
+        old_approx_kl,
+        clipfrac,
+        ratio.detach(),
+    )
+
+
+def _advantages(data: dict[str, Any], ratios: Tensor | None, cfg: TrainConfig) -> Tensor:
+    if ratios is None:
+        return gae(
+            data["rewards"],
+            data["values"],
+            data["next_values"],
+            data["dones"],
+            gamma=cfg.gamma,
+            lam=cfg.gae_lambda,
+        )
+    return vtrace_gae(
+        data["rewards"],
+        data["values"],
+        data["next_values"],
+        data["dones"],
+        ratios,
+        gamma=cfg.gamma,
+        lam=cfg.gae_lambda,
+        rho_clip=cfg.vtrace_rho_clip,
+        c_clip=cfg.vtrace_c_clip,
+    )
+
+
+def clip_grad_norm(params: list[Tensor], max_norm: float) -> Tensor:
+    """Scale the gradients of ``params`` so their global L2 norm is at most ``max_norm`` (0: no clipping).
+
+    The same as ``torch.nn.utils.clip_grad_norm_`` (coefficient ``max_norm / (norm + 1e-6)`` capped at 1) with
+    fused operations. Returns the norm before clipping (NaN when ``max_norm`` is 0).
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if max_norm <= 0 or not grads:
+        return torch.full((), math.nan)
+    first = grads[0]
+    if any(g.device != first.device or g.dtype != first.dtype for g in grads):
+        return nn.utils.clip_grad_norm_(params, max_norm)
+    norm = torch.stack(torch._foreach_norm(grads)).norm()
+    torch._foreach_mul_(grads, torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+    return norm
+
+
+def _sequence_forward(
+    policy: nn.Module, data: dict[str, Any], index: Tensor, use_masks: bool, use_ids: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Replay whole segments ``index`` ``[B]`` as sequences ``[H, B]`` from their stored initial LSTM states.
+
+    Returns ``(log_probs, entropy, values)``, each ``[B, H]``.
+    """
+    state = None
+    if data["states"] is not None:
+        state = (data["states"][0][index].unsqueeze(0), data["states"][1][index].unsqueeze(0))
+    out = policy(
+        data["obs"][index].transpose(0, 1),
+        state,
+        done=data["starts"][index].transpose(0, 1) if state is not None else None,
+        action_masks=data["action_masks"][index].transpose(0, 1) if use_masks else None,
+        action=data["actions"][index].transpose(0, 1),
+        agent_ids=data["agent_ids"][index].transpose(0, 1) if use_ids else None,
+        critic_obs=data["critic_obs"][index].transpose(0, 1) if data.get("critic_obs") is not None else None,
+    )
+    return out.log_prob.transpose(0, 1), out.entropy.transpose(0, 1), out.value.transpose(0, 1)
+
+
+def ppo_update(
+    policy: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: dict[str, Any],
+    cfg: TrainConfig,
+    generator: torch.Generator,
+    progress: float = 0.0,
+    value_norm: Any = None,
+) -> dict[str, float]:
+    """One PPO update on a rollout.
+
+    Args:
+        policy: a :class:`~shoal.policies.Policy` (or any module with the same ``forward`` contract).
+        optimizer: its optimizer (learning rate already set for this update).
+        data: :meth:`RolloutData.to_torch` output on the policy's device: ``[S, H, ...]`` tensors.
+        cfg: the training configuration (loss coefficients, epochs, minibatch size, advantage kind, ...).
+        generator: CPU ``torch.Generator`` for shuffling and prioritized sampling (part of the checkpoint).
+        progress: fraction of training done, in ``[0, 1]`` (anneals the prioritized-sampling beta).
+        value_norm: a :class:`~shoal.train.normalize.ValueNormalizer` when the critic predicts normalized values
+            (MAPPO): it is updated with this rollout's returns, and the loss compares the critic's outputs with
+            normalized returns and old values. ``data["critic_obs"]`` (optional) feeds a centralized critic.
+
+    Returns:
+        Mean statistics of the update: ``policy_loss``, ``value_loss``, ``entropy``, ``approx_kl``,
+        ``old_approx_kl``, ``clipfrac``, ``grad_norm``, ``explained_variance``, ``advantage_mean``,
+        ``epochs``, ``minibatches``.
+    """
+    device = data["values"].device
+    valid = data["valid"]
+    num_segments, horizon = valid.shape
+    prioritized = cfg.prio_alpha > 0
+    sequences = bool(getattr(policy, "is_recurrent", False)) or prioritized
+    use_masks = data["action_masks"] is not None and not bool(data["action_masks"].all())
+    use_ids = bool(getattr(policy, "num_agent_ids", 0))
+    loss_kwargs = dict(
+        clip_coef=cfg.clip_coef,
+        dual_clip=cfg.dual_clip,
+        clip_vloss=cfg.clip_vloss,
+        vf_clip_coef=cfg.vf_clip_coef,
+        vf_coef=cfg.vf_coef,
+        ent_coef=cfg.ent_coef,
+        norm_adv=cfg.norm_adv,
+    )
+
+    # ---- Phase 1: advantages and value targets -------------------------------------------------------------
+    vtrace = cfg.advantage == "vtrace"
+    ratios = torch.ones_like(data["values"]) if vtrace else None
+    advantages = _advantages(data, ratios, cfg)
+    returns = advantages + data["values"]
+    if value_norm is not None:  # the critic learns in units of these statistics (shoal.train.normalize)
+        value_norm.update(returns[valid])
+
+    # ---- Phase 2: minibatch plan ---------------------------------------------------------------------------
+    # Feed-forward policies shuffle single live transitions (padding is dropped here, once); recurrent
+    # policies and prioritized sampling draw whole segments and mask their padding in the loss.
+    if sequences:
+        per_batch = max(1, min(num_segments, cfg.minibatch_size // horizon))
+        num_minibatches = max(1, round(num_segments / per_batch))
+    else:
+        live = valid.reshape(-1).nonzero().squeeze(1)
+
+        def flat(x: Tensor) -> Tensor:
+            return x.reshape(num_segments * horizon, *x.shape[2:])[live]
+
+        flat_data = {"obs": flat(data["obs"]), "actions": flat(data["actions"])}
+        if use_masks:
+            flat_data["action_masks"] = flat(data["action_masks"])
+        if use_ids:
+            flat_data["agent_ids"] = flat(data["agent_ids"])
+        if data.get("critic_obs") is not None:
+            flat_data["critic_obs"] = flat(data["critic_obs"])
+        # log-probs, values, advantages, returns side by side: one gather per minibatch
+        columns = torch.stack(
+            [flat(data["log_probs"]), flat(data["values"]), flat(advantages), flat(returns)], 1
+        )
+        num_minibatches = max(1, round(len(live) / cfg.minibatch_size))
+
+    params = [p for p in policy.parameters() if p.requires_grad]
+    beta = cfg.prio_beta0 + (1.0 - cfg.prio_beta0) * min(max(progress, 0.0), 1.0)
+    history: list[Tensor] = []
+    epochs_done = 0
+    for _epoch in range(cfg.update_epochs):
+        epochs_done += 1
+        count = num_segments if sequences else len(live)
+        order = torch.tensor_split(torch.randperm(count, generator=generator).to(device), num_minibatches)
+        epoch_kl: list[Tensor] = []
+        for mb in range(num_minibatches):
+            # -- V-trace: advantages with the importance ratios of the current policy
+            if vtrace and (history or mb):
+                advantages = _advantages(data, ratios, cfg)
+                returns = advantages + data["values"]
+                if not sequences:
+                    columns[:, 2], columns[:, 3] = flat(advantages), flat(returns)
+
+            # -- choose the minibatch and run the current policy on it
+            weights = None
+            if sequences:
+                if prioritized:  # draw segments by advantage magnitude; importance weights correct the bias
+                    score = torch.where(valid, advantages.abs(), 0.0).sum(1).double().cpu()
+                    probs = (score + 1e-8) ** cfg.prio_alpha
+                    probs = probs / probs.sum()
+                    index = torch.multinomial(probs.float(), per_batch, False, generator=generator)
+                    weights = ((num_segments * probs[index]) ** -beta).float().to(device)[:, None]
+                    weights = weights.expand(-1, horizon)
+                    index = index.to(device)
+                else:
+                    index = order[mb]
+                new_log_probs, entropy, new_values = _sequence_forward(
+                    policy, data, index, use_masks, use_ids
+                )
+                mb_valid: Tensor | None = valid[index]
+                old_log_probs, old_values = data["log_probs"][index], data["values"][index]
+                mb_adv, mb_ret = advantages[index], returns[index]
+            else:
+                index = order[mb]
+                out = policy(
+                    flat_data["obs"][index],
+                    action=flat_data["actions"][index],
+                    action_masks=flat_data["action_masks"][index] if use_masks else None,
+                    agent_ids=flat_data["agent_ids"][index] if use_ids else None,
+                    critic_obs=flat_data["critic_obs"][index] if "critic_obs" in flat_data else None,
+                )
+                new_log_probs, entropy, new_values = out.log_prob, out.entropy, out.value
+                mb_valid = None
+                old_log_probs, old_values, mb_adv, mb_ret = columns[index].unbind(1)
+
+            # -- loss
+            if value_norm is not None:  # old values and returns in the critic's normalized units
+                old_values, mb_ret = value_norm.normalize(old_values), value_norm.normalize(mb_ret)
+            out_loss = ppo_loss(
+                new_log_probs,
+                old_log_probs,
+                mb_adv,
+                new_values,
+                old_values,
+                mb_ret,
+                entropy,
+                mb_valid,
+                weights=weights,
+                **loss_kwargs,
+            )
+
+            # -- step
+            for param in params:
+                param.grad = None
+            out_loss.loss.backward()
+            grad_norm = clip_grad_norm(params, cfg.max_grad_norm)
+            optimizer.step()
+            if ratios is not None:
+                if sequences:
+                    ratios[index] = torch.where(valid[index], out_loss.ratio, 1.0)
+                else:
+                    ratios.view(-1)[live[index]] = out_loss.ratio
+
+            history.append(
+                torch.stack(
+                    [
+                        out_loss.policy_loss,
+                        out_loss.value_loss,
+                        out_loss.entropy,
+                        out_loss.approx_kl,
+                        out_loss.old_approx_kl,
+                        out_loss.clipfrac,
+                        grad_norm.to(out_loss.loss.device).float(),
+                    ]
+                )
+            )
+            epoch_kl.append(out_loss.approx_kl)
+        if cfg.target_kl is not None and float(torch.stack(epoch_kl).mean()) > cfg.target_kl:
+            break
+
+    # ---- Phase 3: statistics -------------------------------------------------------------------------------
+    means = torch.stack(history).mean(0).tolist()
+    names = ("policy_loss", "value_loss", "entropy", "approx_kl", "old_approx_kl", "clipfrac", "grad_norm")
+    stats = dict(zip(names, means, strict=True))
+    v = data["values"][valid].double()
+    r = returns[valid].double()
+    var_r = float(r.var(unbiased=False)) if r.numel() else 0.0
+    stats["explained_variance"] = math.nan if var_r == 0 else 1.0 - float((r - v).var(unbiased=False)) / var_r
+    stats["advantage_mean"] = float(advantages[valid].mean()) if bool(valid.any()) else 0.0
+    stats["epochs"] = float(epochs_done)
+    stats["minibatches"] = float(len(history))
+    return stats

@@ -1,0 +1,942 @@
+"""The training loop: rollout -> PPO update -> logging -> checkpoint, until the step budget is spent.
+
+    result = shoal.train.train(TrainConfig(env="CartPole-v1", total_steps=150_000, run_dir="runs/cartpole"))
+
+One :class:`Trainer` owns the vector env, the policy, the optimizer and the :class:`RolloutBuffer`.
+
+Rollout (per env result)
+    1. *act*: the live rows (``masks``) of the last result run the policy (LSTM state per row, zeroed where an
+       episode starts); their pending transitions go to the buffer; actions are sent.
+    2. *finish*: the next result's rewards/terminals/truncations complete each row's pending transition; a
+       truncated episode gets the value of ``infos[r]["final_observation"]`` as its bootstrap.
+    3. the rollout ends once the buffer holds ``batch_size`` transitions; rows still waiting for a next value
+       get it from the current observation. With an asynchronous backend the next actions are sent before
+       learning, so the envs step while the learner updates (those transitions belong to the next rollout).
+
+Resume
+    Checkpoints hold the model, optimizer, RNG states, the rollout carry-over and, for the serial backend with
+    picklable envs, a snapshot of the envs: ``resume`` then continues exactly as an uninterrupted run would.
+    Otherwise the envs restart from a fresh reset (logged as a warning).
+
+Extending (MAPPO): :meth:`Trainer.critic_inputs` is the single place where a centralized critic input would be
+built from the env result; PPO returns None (the critic reads the actor's features).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import shutil
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from shoal.emulation.base import action_mask_width
+from shoal.errors import APIUsageError, CheckpointError
+from shoal.train.actor import Actor
+from shoal.train.agent_stats import AgentStats
+from shoal.train.buffer import RolloutBuffer
+from shoal.train.checkpoint import (
+    FORMAT,
+    check_signature,
+    checkpoint_path,
+    env_signature,
+    find_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    restore_env_state,
+    save_checkpoint,
+    snapshot_env_state,
+)
+from shoal.train.config import TrainConfig
+from shoal.train.logger import CSVSink, LogRecord, RunLogger, TensorBoardSink, WandbSink
+from shoal.train.ppo import ppo_update
+from shoal.train.resolve import resolve_env
+
+__all__ = ["TrainResult", "Trainer", "resolve_device", "train"]
+
+log = logging.getLogger(__name__)
+
+Callback = Callable[[LogRecord], None]
+
+# Config fields that may differ between a run and its resumption (everything else must match).
+_RESUMABLE_CHANGES = {
+    "total_steps",
+    "run_dir",
+    "resume",
+    "overwrite",
+    "log_interval",
+    "checkpoint_interval",
+    "keep_checkpoints",
+    "tensorboard",
+    "wandb",
+    "wandb_project",
+    "eval_episodes",
+    "device",
+    "trace_actor",
+    "torch_threads",
+    "stats_window",
+    "ray_address",
+}
+
+
+def _adam(policy: nn.Module, lr: float, eps: float) -> torch.optim.Optimizer:
+    """Adam, fused into one kernel per step where torch supports it (same math, less overhead)."""
+    try:
+        return torch.optim.Adam(policy.parameters(), lr=lr, eps=eps, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(policy.parameters(), lr=lr, eps=eps)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> cuda, then mps, then cpu; anything else is passed to ``torch.device`` (checked)."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise APIUsageError(
+            f"device={name!r} is not a torch device (try cpu, cuda, cuda:0, mps, auto)"
+        ) from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise APIUsageError(f"device={name!r} but CUDA is not available here; use --device cpu or auto")
+    if device.type == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise APIUsageError(f"device={name!r} but MPS is not available here; use --device cpu or auto")
+    return device
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes:
+        config: the configuration used.
+        policy: the trained policy (on its training device).
+        run_dir: the run directory, or None.
+        global_step: agent steps collected in total (across resumes); updates: updates done in total.
+        seconds: wall time of this call; sps: agent steps per second in this call.
+        episode_return, episode_length: mean over the last ``stats_window`` finished episodes (None if none).
+        episodes: episodes finished in total.
+        checkpoint: the last checkpoint written, or None.
+        evaluation: :func:`shoal.train.evaluate.evaluate` result when ``eval_episodes > 0``.
+        resumed_from: the checkpoint this run continued from, or None.
+        exact_resume: False when a resumed run had to restart its envs.
+    """
+
+    config: TrainConfig
+    policy: nn.Module
+    run_dir: Path | None
+    global_step: int
+    updates: int
+    seconds: float
+    sps: float
+    episode_return: float | None
+    episode_length: float | None
+    episodes: int
+    checkpoint: Path | None = None
+    evaluation: dict[str, Any] | None = None
+    resumed_from: Path | None = None
+    exact_resume: bool = True
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-serializable summary (what the command line prints)."""
+        return {
+            "env": self.config.env,
+            "algo": self.config.algo,
+            "run_dir": None if self.run_dir is None else str(self.run_dir),
+            "global_step": self.global_step,
+            "updates": self.updates,
+            "seconds": round(self.seconds, 3),
+            "sps": round(self.sps, 1),
+            "episode_return": self.episode_return,
+            "episode_length": self.episode_length,
+            "episodes": self.episodes,
+            "checkpoint": None if self.checkpoint is None else str(self.checkpoint),
+            "resumed_from": None if self.resumed_from is None else str(self.resumed_from),
+            "eval_mean_return": None if self.evaluation is None else self.evaluation["mean_return"],
+            "eval_episodes": None if self.evaluation is None else self.evaluation["episodes"],
+        }
+
+
+class _Carry:
+    """The last env result (copied where needed) and whether its live rows already acted."""
+
+    __slots__ = (
+        "acted",
+        "action_masks",
+        "agent_types",
+        "env_ids",
+        "infos",
+        "masks",
+        "obs",
+        "rewards",
+        "rows",
+        "terminals",
+        "truncations",
+    )
+
+    def __init__(self, batch: Any, rows: np.ndarray) -> None:
+        self.obs = batch.obs
+        self.rewards = batch.rewards
+        self.terminals = batch.terminals
+        self.truncations = batch.truncations
+        self.infos = batch.infos
+        self.env_ids = batch.env_ids
+        self.masks = batch.masks
+        self.action_masks = batch.action_masks
+        self.agent_types = batch.agent_types
+        self.rows = rows
+        self.acted = False
+
+    def state(self) -> dict[str, Any]:
+        def copy(x: np.ndarray | None) -> np.ndarray | None:
+            return None if x is None else np.array(x, copy=True)
+
+        return {
+            name: copy(getattr(self, name))
+            for name in (
+                "obs",
+                "rewards",
+                "terminals",
+                "truncations",
+                "env_ids",
+                "masks",
+                "action_masks",
+                "agent_types",
+                "rows",
+            )
+        } | {"acted": self.acted}
+
+
+class Trainer:
+    """PPO on any emulated env (single-agent, or parameter-shared over every agent slot).
+
+    Args:
+        config: the configuration (validated here).
+        env_fn: env constructor for the vector env; default ``resolve_env(config.env, config.env_kwargs)``.
+        policy: a policy to train; default ``Policy.from_env(vecenv, ...)`` from the config.
+        callbacks: called with every :class:`LogRecord` (e.g. the command line's dashboard).
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        env_fn: Callable[[], Any] | None = None,
+        policy: nn.Module | None = None,
+        callbacks: Sequence[Callback] = (),
+    ) -> None:
+        from shoal import vector
+        from shoal.policies import Policy
+        from shoal.train.distributed import vector_backend_kwargs
+
+        self.config = cfg = config.validate()
+        self.device = resolve_device(cfg.device)
+        if cfg.torch_threads:
+            torch.set_num_threads(cfg.torch_threads)
+        self._seed_everything(cfg.seed)
+        self.generator = torch.Generator().manual_seed(cfg.seed + 1)
+        self.env_fn = env_fn if env_fn is not None else resolve_env(cfg.env, cfg.env_kwargs)
+        self.run_dir = Path(cfg.run_dir) if cfg.run_dir is not None else None
+        self._resume_from: Path | None = None
+        if cfg.resume:
+            if self.run_dir is None:
+                raise APIUsageError("resume=True needs run_dir (the run to continue); give --run-dir")
+            self._resume_from = self._find_resume_checkpoint()
+
+        emulate_kwargs = {"max_agents": cfg.max_agents} if cfg.max_agents is not None else None
+        self.vecenv = vector.make(
+            self.env_fn,
+            cfg.num_envs,
+            backend=cfg.backend,
+            num_workers=cfg.num_workers,
+            batch_size=cfg.env_batch_size,
+            seed=self.env_seed,
+            emulate_kwargs=emulate_kwargs,
+            **vector_backend_kwargs(cfg),
+        )
+        try:
+            self._setup(policy, Policy)
+        except BaseException:
+            self.vecenv.close()
+            raise
+        self.callbacks = list(callbacks)
+        self.logger: RunLogger | None = None
+
+    # ---- setup ---------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _seed_everything(seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+
+    def _setup(self, policy: nn.Module | None, policy_cls: Any) -> None:
+        cfg, vec = self.config, self.vecenv
+        self.num_rows = vec.num_agents
+        self.agents_per_env = vec.agents_per_env
+        self.batch_size = cfg.batch_size or self.num_rows * cfg.horizon
+        if cfg.batch_size is None and cfg.minibatch_size > self.batch_size:
+            raise APIUsageError(
+                f"minibatch_size={cfg.minibatch_size} is larger than the batch of "
+                f"{self.batch_size} transitions (num_envs * agents_per_env * horizon); lower "
+                "--minibatch-size or raise --horizon / --batch-size"
+            )
+        if policy is None:
+            policy = policy_cls.from_env(
+                vec,
+                hidden_size=cfg.hidden_size,
+                recurrent=cfg.recurrent,
+                lstm_size=cfg.lstm_size,
+                num_agent_ids=self.agents_per_env if cfg.agent_ids else 0,
+            )
+        else:
+            layout = getattr(policy, "obs_layout", None)
+            if layout is not None and (
+                layout.flat_size != vec.obs_layout.flat_size or layout.flat_dtype != vec.obs_layout.flat_dtype
+            ):
+                raise APIUsageError(
+                    f"the policy was built for observations {layout} but the env gives "
+                    f"{vec.obs_layout}; build it with Policy.from_env(vecenv)"
+                )
+        self.policy = policy.to(self.device)
+        self.actor = Actor(self.policy, trace=cfg.trace_actor)
+        self.recurrent = bool(getattr(policy, "is_recurrent", False))
+        self.num_agent_ids = int(getattr(policy, "num_agent_ids", 0))
+        self.optimizer = _adam(self.policy, cfg.learning_rate, cfg.adam_eps)
+        state = self.policy.initial_state(self.num_rows, self.device) if self.recurrent else None
+        self.rnn_state: tuple[Tensor, Tensor] | None = state
+        state_size = int(state[0].shape[-1]) if state is not None else 0
+        action_layout = vec.action_layout
+        mask_width = action_mask_width(action_layout) if action_layout.kind != "continuous" else 0
+        self.buffer = RolloutBuffer(
+            self.num_rows,
+            cfg.horizon,
+            self.batch_size,
+            (vec.obs_layout.flat_size,),
+            vec.obs_layout.flat_dtype,
+            tuple(action_layout.flat_shape),
+            action_layout.flat_dtype,
+            mask_width,
+            state_size,
+        )
+        self.all_rows = self.buffer.all_rows  # the identity of this array marks "every row" (fast paths)
+        self.continuous = action_layout.kind in ("continuous", "hybrid")
+        self.overlap = cfg.backend != "serial"
+        self.global_step = 0
+        self.update = 0
+        self.episode_returns: deque[float] = deque(maxlen=cfg.stats_window)
+        self.episode_lengths: deque[float] = deque(maxlen=cfg.stats_window)
+        self.episodes = 0
+        self._carry: _Carry | None = None
+        self._elapsed_before = 0.0
+        self._times = {"env": 0.0, "inference": 0.0, "learn": 0.0}
+        self.exact_resume = True
+        self.last_checkpoint: Path | None = None
+        self.last_stats: dict[str, float] = {}
+        #: MAPPO: a ValueNormalizer when the critic predicts normalized values (shoal.train.normalize), else None
+        self.value_norm: Any = None
+        #: per-agent and per-team episode returns (multi-agent envs), or None
+        self.agent_stats = AgentStats.for_env(self.env_fn, vec.num_envs, self.agents_per_env, cfg.stats_window)
+        # Self-play (shoal.train.league): which live rows the learner drives, and actions for the others.
+        self.league: Any = None
+        if cfg.league:
+            from shoal.train.league import League
+
+            self.league = League(self)
+
+    @property
+    def env_seed(self) -> int:
+        """Seed of env 0 of this trainer's vector env (env ``i`` gets ``env_seed + i``): ``config.seed``.
+
+        Data-parallel learners offset it per rank (:class:`shoal.train.distributed.DistributedTrainer`).
+        """
+        return self.config.seed
+
+    def _find_resume_checkpoint(self) -> Path | None:
+        assert self.run_dir is not None
+        if not list_checkpoints(self.run_dir):
+            if (self.run_dir / "config.json").exists():
+                log.warning("resume: %s has no checkpoint yet; starting from scratch", self.run_dir)
+            return None
+        return find_checkpoint(self.run_dir)
+
+    # ---- env plumbing --------------------------------------------------------------------------------------
+
+    def _rows(self, env_ids: np.ndarray) -> np.ndarray:
+        if len(env_ids) == self.vecenv.num_envs:
+            return self.all_rows
+        a = self.agents_per_env
+        return (np.asarray(env_ids, np.int64)[:, None] * a + np.arange(a)).reshape(-1)
+
+    def _recv(self) -> _Carry:
+        t = time.perf_counter()
+        batch = self.vecenv.recv()
+        self._times["env"] += time.perf_counter() - t
+        return _Carry(batch, self._rows(batch.env_ids))
+
+    def _tensor(self, array: np.ndarray) -> Tensor:
+        return torch.from_numpy(array).to(self.device, non_blocking=True)
+
+    def critic_inputs(self, carry: _Carry, live: np.ndarray | slice) -> Tensor | None:
+        """Centralized critic input for the live rows of ``carry`` (None for PPO; MAPPO overrides this)."""
+        return None
+
+    # ---- rollout -------------------------------------------------------------------------------------------
+
+    def _act(self, carry: _Carry) -> None:
+        """Run the policy on ``carry``'s rows, record the live rows' pending transitions, send the actions.
+
+        Every row of the result goes through the policy (a fixed batch shape, so traces are reused); only live
+        rows are recorded and advance their LSTM state. Other rows' actions are ignored by the env.
+        """
+        t = time.perf_counter()
+        buffer = self.buffer
+        rows, masks = carry.rows, carry.masks if self.league is None else self.league.learner_masks(carry)
+        all_live = bool(masks.all())
+        state = done = index = None
+        if self.rnn_state is not None:
+            if rows is self.all_rows:
+                state = self.rnn_state
+            else:
+                index = torch.from_numpy(rows).to(self.device)
+                state = (self.rnn_state[0][:, index], self.rnn_state[1][:, index])
+            done = self._tensor(buffer.starts[rows])
+        action_masks = carry.action_masks
+        masks_t = None if action_masks is None or action_masks.all() else self._tensor(action_masks)
+        agent_ids = rows % self.agents_per_env if self.num_agent_ids else None
+        ids_t = None if agent_ids is None else self._tensor(agent_ids)
+        critic_obs = self.critic_inputs(carry, slice(None))
+        if critic_obs is None:
+            obs_t = self._tensor(carry.obs)
+            action, log_prob, value, new_state = self.actor(obs_t, state, done, masks_t, ids_t)
+        else:  # a centralized critic input: eager call
+            with torch.inference_mode():
+                out = self.policy(
+                    self._tensor(carry.obs),
+                    state,
+                    done=done,
+                    action_masks=masks_t,
+                    agent_ids=ids_t,
+                    critic_obs=critic_obs,
+                )
+            action, log_prob, value, new_state = out.action, out.log_prob, out.value, out.state
+        send = (self.policy.clip_action(action) if self.continuous else action).cpu().numpy()
+        actions = action.cpu().numpy() if self.continuous or action.device.type != "cpu" else send
+        log_probs = log_prob.float().cpu().numpy()
+        values = value.float().cpu().numpy()
+        if all_live:
+            state_before = None if state is None else (state[0][0].cpu().numpy(), state[1][0].cpu().numpy())
+            buffer.act(rows, carry.obs, actions, log_probs, values, action_masks, agent_ids, state_before)
+            if new_state is not None:
+                if index is None:
+                    self.rnn_state = new_state
+                else:
+                    with torch.inference_mode():
+                        self.rnn_state[0][:, index] = new_state[0]
+                        self.rnn_state[1][:, index] = new_state[1]
+        elif masks.any():
+            live = np.flatnonzero(masks)
+            state_before = (
+                None if state is None else (state[0][0, live].cpu().numpy(), state[1][0, live].cpu().numpy())
+            )
+            buffer.act(
+                rows[live],
+                carry.obs[live],
+                actions[live],
+                log_probs[live],
+                values[live],
+                None if action_masks is None else action_masks[live],
+                None if agent_ids is None else agent_ids[live],
+                state_before,
+            )
+            if new_state is not None:
+                live_t = torch.from_numpy(live).to(self.device)
+                target = torch.from_numpy(rows[live]).to(self.device)
+                with torch.inference_mode():
+                    self.rnn_state[0][:, target] = new_state[0][:, live_t]
+                    self.rnn_state[1][:, target] = new_state[1][:, live_t]
+        if self.league is not None:  # the opponents' rows: their actions replace the learner's
+            self.league.act(carry, send)
+        self._times["inference"] += time.perf_counter() - t
+        t = time.perf_counter()
+        self.vecenv.send(send)
+        self._times["env"] += time.perf_counter() - t
+        carry.acted = True
+
+    def _values(self, rows: np.ndarray, obs: np.ndarray, carry: _Carry | None, final: bool = False) -> np.ndarray:
+        """Critic values of ``obs`` for ``rows`` with their current LSTM state (no state update).
+
+        ``final``: ``obs`` are the final observations of episodes that ended in ``carry`` (a centralized critic
+        builds its input from them, see :mod:`shoal.train.mappo`).
+        """
+        state = None
+        done = None
+        if self.rnn_state is not None:
+            index = torch.from_numpy(rows).to(self.device)
+            state = (self.rnn_state[0][:, index], self.rnn_state[1][:, index])
+            done = self._tensor(self.buffer.starts[rows])
+        with torch.inference_mode():
+            kwargs: dict[str, Any] = {}
+            if self.num_agent_ids:
+                kwargs["agent_ids"] = self._tensor(rows % self.agents_per_env)
+            values = self.policy.value(self._tensor(np.ascontiguousarray(obs)), state, done=done, **kwargs)
+        return values.float().cpu().numpy()
+
+    def _finish(self, carry: _Carry) -> None:
+        """Complete the pending transitions answered by ``carry``; record finished episodes."""
+        t = time.perf_counter()
+        cfg, buffer = self.config, self.buffer
+        rows = carry.rows
+        terminals, truncations = carry.terminals, carry.truncations
+        ended = terminals | truncations
+        rewards = carry.rewards
+        if cfg.reward_scale != 1.0 or cfg.reward_clip is not None:
+            rewards = rewards * np.float32(cfg.reward_scale)
+            if cfg.reward_clip is not None:
+                rewards = np.clip(rewards, -cfg.reward_clip, cfg.reward_clip).astype(np.float32)
+        final_values = None
+        counted = ended if self.league is None else self.league.finish(carry)  # league: the learner's episodes
+        if ended.any():
+            truncated = np.flatnonzero(truncations & ~terminals & buffer.pending[rows])
+            if len(truncated):
+                final_obs = np.stack([carry.infos[k]["final_observation"] for k in truncated])
+                final_values = np.zeros(len(rows), np.float32)
+                final_values[truncated] = self._values(rows[truncated], final_obs, carry, final=True)
+            for k in np.flatnonzero(counted):
+                episode = carry.infos[k].get("episode")
+                if episode is not None:
+                    self.episode_returns.append(float(episode["return"]))
+                    self.episode_lengths.append(float(episode["length"]))
+                    self.episodes += 1
+            if self.agent_stats is not None:
+                self.agent_stats.record(rows, carry.env_ids, carry.infos, ended, carry.agent_types)
+        buffer.finish(rows, rewards, terminals, truncations, carry.masks, final_values)
+        self._times["inference"] += time.perf_counter() - t
+
+    def _start(self) -> None:
+        t = time.perf_counter()
+        self.vecenv.async_reset(self.env_seed)
+        self._times["env"] += time.perf_counter() - t
+        self._carry = self._recv()
+        self._finish(self._carry)
+
+    def collect(self) -> None:
+        """Fill the buffer with one rollout (see the module docstring)."""
+        buffer = self.buffer
+        if self._carry is None:
+            self._start()
+        buffer.begin()
+        carry = self._carry
+        while True:
+            if not carry.acted:
+                self._act(carry)
+            carry = self._recv()
+            self._finish(carry)
+            self._carry = carry
+            if buffer.full:
+                break
+        if self.overlap:  # act now: the envs step while the learner updates
+            self._act(carry)
+        else:
+            self._bootstrap(carry)
+
+    def _bootstrap(self, carry: _Carry) -> None:
+        waiting = self.buffer.waiting_rows()
+        if not len(waiting):
+            return
+        position = np.searchsorted(carry.rows, waiting)
+        if (position >= len(carry.rows)).any() or (
+            carry.rows[np.minimum(position, len(carry.rows) - 1)] != waiting
+        ).any():
+            raise RuntimeError(
+                "internal error: rows waiting for a bootstrap value are not in the last env result"
+            )
+        t = time.perf_counter()
+        self.buffer.bootstrap(waiting, self._values(waiting, carry.obs[position], carry))
+        self._times["inference"] += time.perf_counter() - t
+
+    # ---- learning ------------------------------------------------------------------------------------------
+
+    def learning_rate(self) -> float:
+        """The learning rate for the next update (linear decay over the step budget when ``anneal_lr``)."""
+        cfg = self.config
+        if not cfg.anneal_lr:
+            return cfg.learning_rate
+        return cfg.learning_rate * max(0.0, 1.0 - self.global_step / cfg.total_steps)
+
+    def learn(self) -> dict[str, float]:
+        """One PPO update on the buffer's rollout."""
+        t = time.perf_counter()
+        data = self.buffer.data()
+        lr = self.learning_rate()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.policy.train()
+        stats = ppo_update(
+            self.policy,
+            self.optimizer,
+            data.to_torch(self.device),
+            self.config,
+            self.generator,
+            progress=self.global_step / self.config.total_steps,
+            value_norm=self.value_norm,
+        )
+        self.global_step += data.num_transitions
+        self.update += 1
+        stats["learning_rate"] = lr
+        self._times["learn"] += time.perf_counter() - t
+        return stats
+
+    # ---- checkpoints ---------------------------------------------------------------------------------------
+
+    def checkpoint_payload(self) -> dict[str, Any]:
+        """Everything needed to continue this run exactly (see :mod:`shoal.train.checkpoint`)."""
+        from shoal import __version__
+
+        carry = self._carry
+        exact_env = None
+        if carry is not None and not carry.acted:
+            exact_env = snapshot_env_state(self.vecenv)
+        return {
+            "format": FORMAT,
+            "shoal_version": __version__,
+            "config": self.config.to_dict(),
+            "env_signature": env_signature(self.vecenv),
+            "policy_class": f"{type(self.policy).__module__}.{type(self.policy).__qualname__}",
+            "policy_config": dict(getattr(self.policy, "config", {})),
+            "model": self.policy.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "global_step": self.global_step,
+            "update": self.update,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+                "generator": self.generator.get_state(),
+            },
+            "trainer": {
+                "buffer": self.buffer.carry_state(),
+                "rnn_state": None
+                if self.rnn_state is None
+                else tuple(s.detach().cpu().clone() for s in self.rnn_state),
+                "carry": None if carry is None else carry.state(),
+                "episode_returns": list(self.episode_returns),
+                "episode_lengths": list(self.episode_lengths),
+                "episodes": self.episodes,
+                "elapsed": self._elapsed(),
+            },
+            "env_state": exact_env,
+            "league": None if self.league is None else self.league.state_dict(),
+        }
+
+    def save(self) -> Path | None:
+        """Write a checkpoint of the current update into ``run_dir`` (atomically); None without a run_dir."""
+        if self.run_dir is None:
+            return None
+        if self.league is not None:  # snapshots and league.json first: a checkpoint never lacks its pool
+            self.league.save(self.run_dir)
+        path = save_checkpoint(
+            checkpoint_path(self.run_dir, self.update),
+            self.checkpoint_payload(),
+            keep=self.config.keep_checkpoints,
+        )
+        self.last_checkpoint = path
+        log.debug("checkpoint %s", path)
+        return path
+
+    def _check_compatible(self, payload: dict[str, Any], source: Path) -> None:
+        saved = TrainConfig.from_dict(payload["config"])
+        cfg = self.config
+        check_signature(payload["env_signature"], env_signature(self.vecenv), str(source), cfg.env)
+        differing = [
+            f
+            for f in saved.to_dict()
+            if f not in _RESUMABLE_CHANGES and saved.to_dict()[f] != cfg.to_dict()[f]
+        ]
+        if differing:
+            detail = ", ".join(f"{f}={saved.to_dict()[f]!r} (now {cfg.to_dict()[f]!r})" for f in differing)
+            raise CheckpointError(
+                f"cannot resume {source}: the run was started with {detail}. Resume with the "
+                "run's own settings (omit those flags), or start a new run directory."
+            )
+        mine = dict(getattr(self.policy, "config", {}))
+        if payload["policy_config"] != mine:
+            raise CheckpointError(
+                f"{source} holds a policy built with {payload['policy_config']}, but this run builds {mine}"
+            )
+
+    def _load_payload(self, path: Path) -> dict[str, Any]:
+        """Read the checkpoint to continue from (data-parallel learners take their rank's part of it)."""
+        return load_checkpoint(path, map_location=self.device)
+
+    def restore(self, path: Path) -> None:
+        """Continue from the checkpoint at ``path`` (model, optimizer, RNG, rollout carry-over, envs)."""
+        payload = self._load_payload(path)
+        self._check_compatible(payload, path)
+        try:
+            self.policy.load_state_dict(payload["model"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"{path}: the saved weights do not fit this policy: {exc}") from exc
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.global_step = int(payload["global_step"])
+        self.update = int(payload["update"])
+        rng = payload["rng"]
+        torch.set_rng_state(rng["torch"].cpu())
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        self.generator.set_state(rng["generator"].cpu())
+        trainer = payload["trainer"]
+        self.episode_returns.extend(trainer["episode_returns"])
+        self.episode_lengths.extend(trainer["episode_lengths"])
+        self.episodes = int(trainer["episodes"])
+        self._elapsed_before = float(trainer["elapsed"])
+        self.last_checkpoint = path
+        if self.league is not None:
+            self.league.load_state_dict(payload.get("league"))
+
+        # The envs: a fresh reset, then (serial, picklable) the snapshot of where they were.
+        t = time.perf_counter()
+        self.vecenv.async_reset(self.env_seed)
+        batch = self.vecenv.recv()
+        self._times["env"] += time.perf_counter() - t
+        saved = trainer["carry"]
+        if (
+            payload.get("env_state") is not None
+            and saved is not None
+            and not saved["acted"]
+            and restore_env_state(self.vecenv, payload["env_state"])
+        ):
+            carry = _Carry(batch, self._rows(batch.env_ids))
+            for name in (
+                "obs",
+                "rewards",
+                "terminals",
+                "truncations",
+                "masks",
+                "action_masks",
+                "agent_types",
+            ):
+                if saved[name] is not None:
+                    getattr(carry, name)[...] = saved[name]
+            carry.infos = [{} for _ in carry.rows]  # outcomes were already applied before the checkpoint
+            self._carry = carry
+            self.buffer.load_carry_state(trainer["buffer"])
+            if self.rnn_state is not None and trainer["rnn_state"] is not None:
+                self.rnn_state = tuple(s.to(self.device) for s in trainer["rnn_state"])  # type: ignore[assignment]
+            self.exact_resume = True
+        else:
+            log.warning(
+                "resume from %s: the envs could not be restored (backend %r or unpicklable env), so they "
+                "restart from a fresh reset; training continues, but not exactly as an uninterrupted run",
+                path,
+                self.config.backend,
+            )
+            self.exact_resume = False
+            self._carry = _Carry(batch, self._rows(batch.env_ids))
+            if self.league is not None:  # fresh envs: every env gets a new seating
+                self.league.reset_envs()
+            self._finish(self._carry)
+
+    # ---- main loop -----------------------------------------------------------------------------------------
+
+    def _elapsed(self) -> float:
+        return self._elapsed_before + (time.perf_counter() - self._t0 if hasattr(self, "_t0") else 0.0)
+
+    def _open_run_dir(self) -> None:
+        cfg = self.config
+        sinks: list[Callback] = []
+        if self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            config_file = self.run_dir / "config.json"
+            if cfg.resume and config_file.exists():
+                pass  # keep the run's original config file
+            else:
+                existing = list_checkpoints(self.run_dir)
+                if existing and not cfg.overwrite:
+                    raise APIUsageError(
+                        f"{self.run_dir} already holds checkpoints of another run; pass --resume to continue "
+                        "it, --overwrite to start afresh there, or choose a new --run-dir"
+                    )
+                for path in existing:
+                    path.unlink()
+                for stale in (self.run_dir / "scalars.csv", self.run_dir / "curves.png"):
+                    stale.unlink(missing_ok=True)
+                if (self.run_dir / "tensorboard").is_dir():
+                    shutil.rmtree(self.run_dir / "tensorboard")
+                cfg.save(config_file)
+            resume_step = self.global_step if self._resume_from is not None else None
+            sinks.append(CSVSink(self.run_dir, resume_step))
+            if cfg.tensorboard:
+                sinks.append(TensorBoardSink(self.run_dir, cfg.to_dict(), resume_step))
+            if cfg.wandb:
+                sinks.append(
+                    WandbSink(self.run_dir, cfg.wandb_project, cfg.to_dict(), name=self.run_dir.name)
+                )
+        self.logger = RunLogger([*sinks, *self.callbacks])
+
+    def _scalars(self, stats: dict[str, float], steps_here: int, seconds_here: float) -> dict[str, float]:
+        times = self._times
+        busy = sum(times.values()) or 1.0
+        out = {
+            "charts/update": float(self.update),
+            "charts/episodes": float(self.episodes),
+            "charts/learning_rate": stats.get("learning_rate", math.nan),
+            "perf/sps": steps_here / seconds_here if seconds_here > 0 else 0.0,
+            "perf/env_fraction": times["env"] / busy,
+            "perf/inference_fraction": times["inference"] / busy,
+            "perf/learn_fraction": times["learn"] / busy,
+        }
+        if self.episode_returns:
+            out["charts/episode_return"] = float(np.mean(self.episode_returns))
+            out["charts/episode_length"] = float(np.mean(self.episode_lengths))
+        if self.agent_stats is not None:
+            out.update(self.agent_stats.scalars())
+        if self.league is not None:
+            out.update(self.league.scalars())
+        for name in (
+            "policy_loss",
+            "value_loss",
+            "entropy",
+            "approx_kl",
+            "old_approx_kl",
+            "clipfrac",
+            "explained_variance",
+            "grad_norm",
+        ):
+            if name in stats:
+                out[f"losses/{name}"] = float(stats[name])
+        return out
+
+    def train(self) -> TrainResult:
+        """Run until ``total_steps`` agent steps were collected; returns a :class:`TrainResult`."""
+        cfg = self.config
+        try:
+            if self._resume_from is not None:
+                self.restore(self._resume_from)
+            self._open_run_dir()
+            assert self.logger is not None
+            self._t0 = time.perf_counter()
+            start_step = self.global_step
+            last_log = -math.inf
+            stats: dict[str, float] = {}
+            while self.global_step < cfg.total_steps:
+                self.collect()
+                stats = self.learn()
+                self.last_stats = stats
+                if self.league is not None:  # snapshots into the opponent pool
+                    self.league.after_update()
+                done = self.global_step >= cfg.total_steps
+                if self.run_dir is not None and (
+                    done or (cfg.checkpoint_interval and self.update % cfg.checkpoint_interval == 0)
+                ):
+                    self.save()
+                now = time.perf_counter()
+                if done or now - last_log >= cfg.log_interval:
+                    last_log = now
+                    record = LogRecord(
+                        self.global_step,
+                        self._scalars(stats, self.global_step - start_step, now - self._t0),
+                        cfg.total_steps,
+                        self._elapsed(),
+                        final=done,
+                    )
+                    self.logger.log(record)
+            if self.run_dir is not None and (
+                self.last_checkpoint is None
+                or self.last_checkpoint != checkpoint_path(self.run_dir, self.update)
+            ):
+                self.save()
+            seconds = time.perf_counter() - self._t0
+            evaluation = None
+            if cfg.eval_episodes:
+                from shoal.train.evaluate import evaluate
+
+                evaluation = evaluate(
+                    self.policy,
+                    self.env_fn,
+                    cfg.eval_episodes,
+                    seed=cfg.seed + 10_007,
+                    device=self.device,
+                    max_agents=cfg.max_agents,
+                )
+                if self.run_dir is not None:
+                    record = LogRecord(
+                        self.global_step,
+                        {"eval/mean_return": evaluation["mean_return"]},
+                        cfg.total_steps,
+                        self._elapsed(),
+                        final=True,
+                    )
+                    for sink in self.logger.sinks[: len(self.logger.sinks) - len(self.callbacks)]:
+                        sink(record)
+            steps_here = self.global_step - start_step
+            return TrainResult(
+                config=cfg,
+                policy=self.policy,
+                run_dir=self.run_dir,
+                global_step=self.global_step,
+                updates=self.update,
+                seconds=seconds,
+                sps=steps_here / seconds if seconds > 0 else 0.0,
+                episode_return=float(np.mean(self.episode_returns)) if self.episode_returns else None,
+                episode_length=float(np.mean(self.episode_lengths)) if self.episode_lengths else None,
+                episodes=self.episodes,
+                checkpoint=self.last_checkpoint,
+                evaluation=evaluation,
+                resumed_from=self._resume_from,
+                exact_resume=self.exact_resume,
+            )
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close the vector env and the log sinks."""
+        if self.logger is not None:
+            self.logger.close()
+            self.logger = None
+        self.vecenv.close()
+
+
+def train(
+    config: TrainConfig | None = None,
+    env_fn: Callable[[], Any] | None = None,
+    policy: nn.Module | None = None,
+    *,
+    callbacks: Sequence[Callback] = (),
+    **overrides: Any,
+) -> TrainResult:
+    """Train with PPO; the one entry point of :mod:`shoal.train`.
+
+    Args:
+        config: the configuration (default :class:`TrainConfig`); ``overrides`` replace fields of it, e.g.
+            ``train(env="memory", recurrent=True)``.
+        env_fn: a callable returning a Gymnasium or PettingZoo env (default: resolved from ``config.env``).
+        policy: the policy to train (default: built from the env and the config).
+        callbacks: called with each :class:`~shoal.train.logger.LogRecord`.
+
+    Returns:
+        A :class:`TrainResult` with the trained policy, final statistics and the last checkpoint.
+    """
+    config = config if config is not None else TrainConfig()
+    if overrides:
+        config = config.replace(**overrides)
+    from shoal.train.distributed import make_trainer  # several learners under torchrun
+
+    return make_trainer(config, env_fn=env_fn, policy=policy, callbacks=callbacks).train()

@@ -1,0 +1,83 @@
+"""Vector envs: many emulated envs behind one batched API, in-process, in worker processes or on Ray (numpy only).
+
+    vecenv = shoal.vector.make(functools.partial(gymnasium.make, "CartPole-v1"), num_envs=256,
+                               backend="multiprocessing", num_workers=2)
+    obs, infos = vecenv.reset()                              # obs [256, 4]
+    obs, rewards, terminals, truncations, infos = vecenv.step(actions)
+
+See :class:`~shoal.vector.base.VecEnv` for the full API and :class:`Batch` for what ``recv()`` returns.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from shoal.errors import APIUsageError
+from shoal.vector.base import BACKENDS, Batch, VecEnv, check_kwargs, validate_config
+from shoal.vector.gymnasium_api import GymnasiumVectorEnv
+from shoal.vector.multiprocessing import MultiprocessingVecEnv
+from shoal.vector.ray import RayVecEnv
+from shoal.vector.serial import SerialVecEnv
+
+__all__ = [
+    # entry point
+    "make",
+    # results and protocol
+    "Batch",
+    "VecEnv",
+    # backends
+    "MultiprocessingVecEnv",
+    "RayVecEnv",
+    "SerialVecEnv",
+    # adapters
+    "GymnasiumVectorEnv",
+]
+
+_COMMON_KWARGS = ("emulate_kwargs",)
+
+
+def make(env_fn: Callable[[], Any] | Sequence[Callable[[], Any]], num_envs: int, backend: str = "serial",
+         num_workers: int | None = None, batch_size: int | None = None, seed: int | None = 0,
+         **backend_kwargs: Any) -> VecEnv:
+    """Create a vector env of ``num_envs`` emulated envs.
+
+    Args:
+        env_fn: a callable returning a ``gymnasium.Env``, a PettingZoo env or an emulated env (or a list of
+            ``num_envs`` such callables). Every env is wrapped with :func:`shoal.emulate`. For the
+            ``multiprocessing`` backend under ``context="spawn"``/``"forkserver"`` and for ``ray``, it must be
+            picklable: a module-level function or a ``functools.partial`` of one, not a lambda.
+        num_envs: number of envs.
+        backend: ``"serial"`` (in-process), ``"multiprocessing"`` (worker processes over shared memory) or
+            ``"ray"`` (Ray actors, possibly on other machines).
+        num_workers: groups of envs stepped together (processes, actors); must divide ``num_envs``. Default: 1
+            for serial; otherwise the largest divisor of ``num_envs`` not above the CPU count.
+        batch_size: envs per :meth:`~VecEnv.recv` batch: a multiple of ``num_envs // num_workers`` up to
+            ``num_envs`` (default, synchronous). Smaller batches return the workers that finish first.
+        seed: env ``i`` is reset with ``seed + i`` on its first reset (None: unseeded).
+        **backend_kwargs: ``emulate_kwargs`` (dict for :func:`shoal.emulate`, e.g. ``{"max_agents": 8}``) on every
+            backend; multiprocessing: ``context``, ``spin_us``, ``timeout``; ray: ``address``,
+            ``actor_options``, ``timeout``.
+
+    Raises:
+        APIUsageError: invalid combination of arguments, naming the argument and the valid choices.
+    """
+    if backend not in BACKENDS:
+        raise APIUsageError(f"backend={backend!r} is unknown; valid choices: {list(BACKENDS)}")
+    if backend == "serial":
+        cls: type[VecEnv] = SerialVecEnv
+        default_workers: int | Callable[[], int] = 1
+    elif backend == "multiprocessing":
+        cls = MultiprocessingVecEnv
+        default_workers = os.cpu_count() or 1
+    else:
+        from shoal.vector.ray import default_ray_workers
+
+        cls = RayVecEnv
+        address = backend_kwargs.get("address")
+        default_workers = lambda: default_ray_workers(address)  # noqa: E731 - only called if needed
+    check_kwargs(backend, backend_kwargs, (*_COMMON_KWARGS, *cls.KWARGS))
+    emulate_kwargs = backend_kwargs.pop("emulate_kwargs", None)
+    config = validate_config(env_fn, num_envs, num_workers, batch_size, seed, emulate_kwargs, default_workers)
+    return cls(config, **backend_kwargs)

@@ -1,0 +1,494 @@
+"""What every vector backend shares: the Batch it returns, argument validation, and the send/recv state machine.
+
+A vector env runs ``num_envs`` emulated envs in ``num_workers`` groups of ``envs_per_worker`` consecutive envs.
+Rows are env-major: env ``e`` owns rows ``e * agents_per_env`` to ``(e + 1) * agents_per_env - 1`` of every array.
+``recv()`` returns the ``batch_size // envs_per_worker`` groups that finished first (EnvPool-style); with
+``batch_size == num_envs`` every call covers all envs, which is what ``reset()``/``step()`` need.
+
+Backends implement three hooks: ``_submit(worker, seeds)`` (start a reset, or a step when ``seeds`` is None,
+reading actions from the shared ``actions`` array), ``_collect(k)`` (wait for ``k`` of the in-flight workers,
+oldest submissions first, and return their info pairs) and ``_shutdown()``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple
+
+import numpy as np
+from gymnasium import spaces
+
+from shoal.emulation import ActionLayout, Emulator, Layout
+from shoal.errors import APIUsageError, WorkerError
+from shoal.vector.buffers import BufferLayout
+from shoal.vector.group import InfoPairs
+
+__all__ = ["BACKENDS", "EMPTY_INFO", "Batch", "VecConfig", "VecEnv", "check_kwargs", "validate_config"]
+
+BACKENDS = ("serial", "multiprocessing", "ray")
+
+
+class _EmptyInfo(dict):
+    """The info of every row the env said nothing about: one shared, read-only empty dict.
+
+    Sharing it keeps a batch of thousands of rows cheap to build; mutating it raises instead of leaking into
+    other rows. Copy it (``dict(info)``) to add keys.
+    """
+
+    __slots__ = ()
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("rows without infos share one read-only empty dict; copy it first: info = dict(info)")
+
+    __setitem__ = __delitem__ = __ior__ = _read_only  # type: ignore[assignment]
+    clear = pop = popitem = setdefault = update = _read_only  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple:
+        return dict, ()
+
+    def __repr__(self) -> str:
+        return "{}"
+
+
+#: The shared read-only info of rows without infos (see :class:`_EmptyInfo`).
+EMPTY_INFO: dict[str, Any] = _EmptyInfo()
+
+
+class _BatchFields(NamedTuple):
+    obs: np.ndarray
+    rewards: np.ndarray
+    terminals: np.ndarray
+    truncations: np.ndarray
+    infos: list[dict[str, Any]]
+    env_ids: np.ndarray
+    masks: np.ndarray
+
+
+class Batch(_BatchFields):
+    """One result of :meth:`VecEnv.recv`; unpacks into exactly these 7 fields, in order.
+
+    For ``R = len(env_ids) * agents_per_env`` agent rows, env-major:
+
+    Attributes:
+        obs: ``[R, flat_size]`` of ``obs_layout.flat_dtype`` (unflatten with :func:`shoal.emulation.unflatten`).
+        rewards: ``float32[R]``; terminals, truncations: ``bool[R]`` (of each slot's most recent action).
+        infos: ``R`` dicts, one per agent row. Rows the env said nothing about share one read-only empty dict
+            (``EMPTY_INFO``); the others hold what the emulator reported (e.g. ``"episode"``,
+            ``"final_observation"``), numpy values kept.
+        env_ids: ``int64[len(env_ids)]`` the envs of this batch, ascending; row ``k`` belongs to env
+            ``env_ids[k // agents_per_env]``.
+        masks: ``bool[R]`` True where the row holds a live agent that must act now.
+        action_masks: ``bool[R, mask_width]`` legal actions, or None for continuous action spaces (attribute only).
+        agent_types: ``int32[R]`` agent-type id per row, -1 for an empty slot (attribute only).
+
+    Arrays may be views of the vector env's buffers: they are overwritten by the next ``send``/``step``; copy
+    what you keep.
+    """
+
+    action_masks: np.ndarray | None
+    agent_types: np.ndarray | None
+
+    def __new__(cls, obs: np.ndarray, rewards: np.ndarray, terminals: np.ndarray, truncations: np.ndarray,
+                infos: list[dict[str, Any]], env_ids: np.ndarray, masks: np.ndarray,
+                action_masks: np.ndarray | None = None, agent_types: np.ndarray | None = None) -> Batch:
+        self = super().__new__(cls, obs, rewards, terminals, truncations, infos, env_ids, masks)
+        self.action_masks = action_masks
+        self.agent_types = agent_types
+        return self
+
+    def _replace(self, **changes: Any) -> Batch:
+        extras = {"action_masks": self.action_masks, "agent_types": self.agent_types}
+        extras.update({k: changes.pop(k) for k in list(changes) if k in extras})
+        return Batch(*super()._replace(**changes), **extras)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Argument validation
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _choices(values: Sequence[int], limit: int = 24) -> str:
+    shown = ", ".join(str(v) for v in values[:limit])
+    return f"[{shown}{', ...' if len(values) > limit else ''}]"
+
+
+def divisors(n: int) -> list[int]:
+    """Every divisor of ``n``, ascending."""
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+@dataclass(frozen=True)
+class VecConfig:
+    """Validated arguments of :func:`shoal.vector.make`.
+
+    Attributes:
+        env_fns: one env constructor per env.
+        num_envs, num_workers, batch_size: as given (defaults resolved).
+        seed: base seed; env ``i`` is reset with ``seed + i`` on its first reset (None: unseeded).
+        emulate_kwargs: keywords for :func:`shoal.emulate`.
+    """
+
+    env_fns: tuple[Callable[[], Any], ...]
+    num_envs: int
+    num_workers: int
+    batch_size: int
+    seed: int | None
+    emulate_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def envs_per_worker(self) -> int:
+        return self.num_envs // self.num_workers
+
+    @property
+    def workers_per_batch(self) -> int:
+        return self.batch_size // self.envs_per_worker
+
+    def worker_envs(self, worker: int) -> range:
+        """Global indices of the envs ``worker`` steps."""
+        return range(worker * self.envs_per_worker, (worker + 1) * self.envs_per_worker)
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise APIUsageError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def check_seed(seed: Any, name: str = "seed") -> int | None:
+    """``seed`` as an int (non-negative) or None; raise :class:`APIUsageError` otherwise."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise APIUsageError(f"{name} must be a non-negative int or None, got {seed!r}")
+    return int(seed)
+
+
+def validate_config(env_fn: Callable[[], Any] | Sequence[Callable[[], Any]], num_envs: int,
+                    num_workers: int | None, batch_size: int | None, seed: int | None,
+                    emulate_kwargs: dict[str, Any] | None, default_workers: int | Callable[[], int]) -> VecConfig:
+    """Check the arguments of :func:`shoal.vector.make`; errors name the argument and the valid choices.
+
+    Args:
+        default_workers: upper bound for ``num_workers`` when it is None (the largest divisor of ``num_envs``
+            not above it is used), or a callable computing it (called only then).
+    """
+    num_envs = _positive_int("num_envs", num_envs)
+    if callable(env_fn):
+        env_fns = (env_fn,) * num_envs
+    elif isinstance(env_fn, Sequence) and env_fn and all(callable(fn) for fn in env_fn):
+        if len(env_fn) != num_envs:
+            raise APIUsageError(f"env_fn is a list of {len(env_fn)} callables but num_envs={num_envs}; "
+                                "give one callable per env or a single callable")
+        env_fns = tuple(env_fn)
+    else:
+        raise APIUsageError(f"env_fn must be a callable returning an env (or a list of them, one per env), got "
+                            f"{type(env_fn).__name__}; e.g. functools.partial(gymnasium.make, 'CartPole-v1')")
+    valid_workers = divisors(num_envs)
+    if num_workers is None:
+        bound = default_workers() if callable(default_workers) else default_workers
+        num_workers = max(d for d in valid_workers if d <= max(1, bound))
+    num_workers = _positive_int("num_workers", num_workers)
+    if num_envs % num_workers:
+        raise APIUsageError(f"num_workers={num_workers} does not divide num_envs={num_envs} (every worker steps "
+                            f"the same number of envs); valid choices: {_choices(valid_workers)}")
+    per_worker = num_envs // num_workers
+    valid_batches = [k * per_worker for k in range(1, num_workers + 1)]
+    if batch_size is None:
+        batch_size = num_envs
+    batch_size = _positive_int("batch_size", batch_size)
+    if batch_size not in valid_batches:
+        raise APIUsageError(f"batch_size={batch_size} does not tile the workers: num_envs={num_envs} over "
+                            f"num_workers={num_workers} gives {per_worker} envs per worker, so batch_size must be "
+                            f"a multiple of {per_worker} up to {num_envs}; valid choices: {_choices(valid_batches)}")
+    if emulate_kwargs is not None and not isinstance(emulate_kwargs, dict):
+        raise APIUsageError(f"emulate_kwargs must be a dict of keywords for shoal.emulate, got "
+                            f"{type(emulate_kwargs).__name__}")
+    return VecConfig(env_fns, num_envs, num_workers, batch_size, check_seed(seed), dict(emulate_kwargs or {}))
+
+
+def check_kwargs(backend: str, given: dict[str, Any], valid: Sequence[str]) -> None:
+    """Raise :class:`APIUsageError` naming any keyword of ``given`` that ``backend`` does not take."""
+    unknown = sorted(set(given) - set(valid))
+    if unknown:
+        raise APIUsageError(f"unknown keyword argument{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} for "
+                            f"backend={backend!r}; valid choices: {sorted(valid)}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The vector env
+# --------------------------------------------------------------------------------------------------------------
+
+
+class _State(enum.Enum):
+    NEEDS_RESET = "needs reset"  # nothing submitted yet
+    WAITING = "waiting"  # work submitted; recv() next
+    HAS_BATCH = "has batch"  # a batch was received; send() next
+    CLOSED = "closed"
+
+
+class VecEnv:
+    """Many emulated envs behind one batched API (see the module docstring for rows and batches).
+
+    Attributes:
+        backend: ``"serial" | "multiprocessing" | "ray"``.
+        num_envs, num_workers, envs_per_worker, batch_size: the configuration.
+        agents_per_env: slots per env (the emulator's ``num_agents``; 1 for Gymnasium envs).
+        num_agents: ``num_envs * agents_per_env`` rows when every env is in the batch.
+        single_observation_space: flat ``Box`` of one row; single_action_space: flat action space of one row.
+        obs_layout, action_layout: the emulator's layouts, to unflatten observations and actions.
+    """
+
+    backend: ClassVar[str] = ""
+    #: keyword arguments of :func:`shoal.vector.make` this backend takes (besides ``emulate_kwargs``)
+    KWARGS: ClassVar[tuple[str, ...]] = ()
+
+    def _setup(self, config: VecConfig, probe: Emulator, arrays: dict[str, np.ndarray]) -> None:
+        """Record the configuration and the buffers (called by the backends' constructors)."""
+        self.config = config
+        self.num_envs = config.num_envs
+        self.num_workers = config.num_workers
+        self.envs_per_worker = config.envs_per_worker
+        self.batch_size = config.batch_size
+        self.agents_per_env = int(probe.num_agents)
+        self.num_agents = self.num_envs * self.agents_per_env
+        self.obs_layout: Layout = probe.obs_layout
+        self.action_layout: ActionLayout = probe.action_layout
+        self.single_observation_space: spaces.Box = probe.single_observation_space
+        self.single_action_space: spaces.Space = probe.single_action_space
+        self._arrays = arrays
+        self._rows_per_worker = self.envs_per_worker * self.agents_per_env
+        self._in_flight: dict[int, None] = {}  # submission order, oldest first
+        self._seeded = False
+        self._last: Batch | None = None
+        self._last_workers: list[int] = []
+        self._last_rows: slice | np.ndarray = slice(0, 0)
+        self._state = _State.NEEDS_RESET
+
+    # ---- backend hooks -------------------------------------------------------------------------------------
+
+    def _submit(self, worker: int, seeds: list[int | None] | None) -> None:
+        """Start a reset of ``worker``'s envs (``seeds``, one per env) or a step (``seeds is None``)."""
+        raise NotImplementedError
+
+    def _collect(self, k: int) -> list[tuple[int, InfoPairs]]:
+        """Wait until ``k`` in-flight workers are done; return ``(worker, info_pairs)``, oldest submissions first."""
+        raise NotImplementedError
+
+    def _shutdown(self) -> None:
+        """Close every env and release every worker and buffer."""
+        raise NotImplementedError
+
+    # ---- state checks --------------------------------------------------------------------------------------
+
+    def _require_open(self, what: str) -> None:
+        if self._state is _State.CLOSED:
+            raise APIUsageError(f"{what}() called after close(); create a new vector env with shoal.vector.make")
+
+    def _require_sync(self, what: str) -> None:
+        if self.batch_size != self.num_envs:
+            raise APIUsageError(f"{what}() returns every env at once, so it needs batch_size == num_envs (got "
+                                f"batch_size={self.batch_size}, num_envs={self.num_envs}); use async_reset(), "
+                                "send() and recv() for partial batches")
+
+    # ---- async API -----------------------------------------------------------------------------------------
+
+    def async_reset(self, seed: int | None = None) -> None:
+        """Start resetting every env; :meth:`recv` returns the first batch.
+
+        Env ``i`` is reset with ``seed + i``. With ``seed=None`` the first reset uses the ``seed`` given to
+        :func:`~shoal.vector.make` and later resets continue each env's RNG. Work still in flight is awaited
+        and discarded first.
+        """
+        self._require_open("async_reset")
+        seed = check_seed(seed)
+        if seed is None and not self._seeded:
+            seed = self.config.seed
+        self._seeded = True
+        if self._in_flight:
+            self._guarded_collect(len(self._in_flight))
+        for worker in range(self.num_workers):
+            envs = self.config.worker_envs(worker)
+            self._guarded_submit(worker, [None if seed is None else seed + e for e in envs])
+        self._state = _State.WAITING
+
+    def send(self, actions: Any) -> None:
+        """Act in the envs of the last batch received.
+
+        Args:
+            actions: ``[R, *flat_action_shape]`` for exactly the ``R`` rows of the last batch (same ``env_ids``
+                order), dtype castable to ``single_action_space.dtype``. Rows that are not live (``masks``
+                False) are ignored.
+        """
+        self._require_open("send")
+        if self._state is not _State.HAS_BATCH:
+            hint = "call async_reset() (or reset()) first" if self._state is _State.NEEDS_RESET else \
+                "call recv() to get the batch to act on first"
+            raise APIUsageError(f"send() called without recv(): {hint}")
+        actions = self._check_actions(actions)
+        self._arrays["actions"][self._last_rows] = actions
+        for worker in self._last_workers:
+            self._guarded_submit(worker, None)
+        self._state = _State.WAITING
+
+    def recv(self) -> Batch:
+        """Wait for the next ``batch_size`` envs to finish and return their :class:`Batch`.
+
+        Raises:
+            WorkerError: an env raised or a worker died; the vector env is closed, the message carries the
+                worker's traceback.
+        """
+        self._require_open("recv")
+        if self._state is not _State.WAITING:
+            hint = "call async_reset() (or reset()) first" if self._state is _State.NEEDS_RESET else \
+                "call send(actions) for the batch you already received first"
+            raise APIUsageError(f"recv() called with nothing sent: {hint}")
+        done = self._guarded_collect(self.config.workers_per_batch)
+        batch = self._make_batch(done)
+        self._state = _State.HAS_BATCH
+        return batch
+
+    def _guarded_submit(self, worker: int, seeds: list[int | None] | None) -> None:
+        try:
+            self._submit(worker, seeds)
+        except WorkerError:
+            self.close()
+            raise
+        self._in_flight[worker] = None
+
+    def _guarded_collect(self, k: int) -> list[tuple[int, InfoPairs]]:
+        try:
+            done = self._collect(k)
+        except WorkerError:
+            self.close()
+            raise
+        for worker, _ in done:
+            del self._in_flight[worker]
+        return done
+
+    # ---- sync API ------------------------------------------------------------------------------------------
+
+    def reset(self, seed: int | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """Reset every env (see :meth:`async_reset` for seeds).
+
+        Returns:
+            ``obs`` ``[num_agents, flat_size]`` and ``infos`` (one dict per agent row).
+        """
+        self._require_open("reset")
+        self._require_sync("reset")
+        self.async_reset(seed)
+        batch = self.recv()
+        return batch.obs, batch.infos
+
+    def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
+        """Step every env with ``actions`` ``[num_agents, *flat_action_shape]``; envs auto-reset.
+
+        Returns:
+            ``(obs [num_agents, flat_size], rewards float32[num_agents], terminals bool[num_agents],
+            truncations bool[num_agents], infos)``; :attr:`masks`, :attr:`action_masks` and :attr:`agent_types`
+            describe the same result.
+        """
+        self._require_open("step")
+        self._require_sync("step")
+        if self._state is _State.NEEDS_RESET:
+            raise APIUsageError("step() called before reset(); call reset(seed=...) first")
+        if self._state is _State.WAITING:
+            raise APIUsageError("step() called while a batch is pending (after async_reset() or send()): call "
+                                "recv() first, or reset()")
+        self.send(actions)
+        batch = self.recv()
+        return batch.obs, batch.rewards, batch.terminals, batch.truncations, batch.infos
+
+    @property
+    def masks(self) -> np.ndarray | None:
+        """``bool[R]`` of the last result: True where the row holds a live agent that must act now."""
+        return None if self._last is None else self._last.masks
+
+    @property
+    def action_masks(self) -> np.ndarray | None:
+        """``bool[R, mask_width]`` legal actions of the last result (None for continuous action spaces)."""
+        return None if self._last is None else self._last.action_masks
+
+    @property
+    def agent_types(self) -> np.ndarray | None:
+        """``int32[R]`` agent-type ids of the last result (-1 for empty slots)."""
+        return None if self._last is None else self._last.agent_types
+
+    # ---- batches -------------------------------------------------------------------------------------------
+
+    def _check_actions(self, actions: Any) -> np.ndarray:
+        last = self._last
+        rows = len(last.masks)
+        expected = (rows, *self.action_layout.flat_shape)
+        array = actions if type(actions) is np.ndarray else np.asarray(actions)
+        if array.shape != expected:
+            nested = (rows // self.agents_per_env, self.agents_per_env, *self.action_layout.flat_shape)
+            if array.shape != nested:
+                ids = last.env_ids.tolist()
+                raise APIUsageError(
+                    f"send(actions): actions have shape {array.shape}; expected {expected}: one flat action for "
+                    f"{self.single_action_space!r} per agent row of the last batch (env_ids {ids[:8]}"
+                    f"{'...' if len(ids) > 8 else ''} times agents_per_env={self.agents_per_env})")
+            array = array.reshape(expected)
+        live = None if last.masks.all() else last.masks
+        try:
+            return self.action_layout.validate(array, rows, live=live)
+        except APIUsageError as exc:
+            raise APIUsageError(f"send(actions): {exc}") from None
+
+    def _make_batch(self, done: list[tuple[int, InfoPairs]]) -> Batch:
+        workers = sorted(worker for worker, _ in done)
+        per_rows = self._rows_per_worker
+        per_envs = self.envs_per_worker
+        if workers[-1] - workers[0] + 1 == len(workers):
+            rows: slice | np.ndarray = slice(workers[0] * per_rows, (workers[-1] + 1) * per_rows)
+            env_ids = np.arange(workers[0] * per_envs, (workers[-1] + 1) * per_envs)
+        else:
+            rows = np.concatenate([np.arange(w * per_rows, (w + 1) * per_rows) for w in workers])
+            env_ids = np.concatenate([np.arange(w * per_envs, (w + 1) * per_envs) for w in workers])
+        infos: list[dict[str, Any]] = [EMPTY_INFO] * (len(workers) * per_rows)
+        position = {worker: i * per_rows for i, worker in enumerate(workers)}
+        for worker, pairs in done:
+            base = position[worker]
+            for row, info in pairs:
+                infos[base + row] = info
+        arrays = self._arrays
+        action_masks = arrays.get("action_masks")
+        batch = Batch(arrays["obs"][rows], arrays["rewards"][rows], arrays["terminals"][rows],
+                      arrays["truncations"][rows], infos, env_ids, arrays["masks"][rows],
+                      action_masks=None if action_masks is None else action_masks[rows],
+                      agent_types=arrays["agent_types"][rows])
+        self._last = batch
+        self._last_workers = workers
+        self._last_rows = rows
+        return batch
+
+    # ---- lifecycle -----------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close every env, stop every worker and release the buffers. Safe to call twice."""
+        if getattr(self, "_state", _State.CLOSED) is _State.CLOSED:
+            return
+        self._state = _State.CLOSED
+        self._in_flight.clear()
+        self._shutdown()
+
+    @property
+    def closed(self) -> bool:
+        return self._state is _State.CLOSED
+
+    def __enter__(self) -> VecEnv:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(num_envs={self.num_envs}, agents_per_env={self.agents_per_env}, "
+                f"num_workers={self.num_workers}, batch_size={self.batch_size}, state={self._state.value!r})")
+
+
+def buffer_layout(probe: Emulator, num_envs: int) -> BufferLayout:
+    """The :class:`BufferLayout` for ``num_envs`` copies of ``probe``."""
+    return BufferLayout.build(probe.buffer_spec(), probe.action_layout, num_envs)

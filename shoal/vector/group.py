@@ -1,0 +1,105 @@
+"""EnvGroup: a run of consecutive envs stepped in one process, each writing straight into its rows of the buffers.
+
+Every backend is built from groups: the serial backend holds them all in-process, a multiprocessing worker holds
+one over a slice of shared memory, a Ray actor holds one over its own arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from shoal.emulation import Emulator, emulate
+from shoal.errors import APIUsageError
+from shoal.vector.buffers import env_buffers
+
+__all__ = ["EnvGroup", "InfoPairs", "make_emulator"]
+
+#: ``(row, info)`` for every agent row with a non-empty info dict; rows count from the group's first row.
+InfoPairs = list[tuple[int, dict[str, Any]]]
+
+
+def make_emulator(env_fn: Callable[[], Any], emulate_kwargs: dict[str, Any]) -> Emulator:
+    """Call ``env_fn`` and wrap what it returns with :func:`shoal.emulate` (an emulator is kept as is)."""
+    return emulate(env_fn(), **emulate_kwargs)
+
+
+class EnvGroup:
+    """Consecutive envs of one vector env, stepped in turn by the process that holds them.
+
+    Args:
+        env_fns: one callable per env of the group, each returning a gymnasium/PettingZoo env or an emulator.
+        arrays: the group's rows of every buffer (see :class:`~shoal.vector.buffers.BufferLayout`), including
+            ``actions`` ``[rows, *flat_action_shape]``, which :meth:`step` reads.
+        agents_per_env: slots per env (``A``); env ``i`` of the group owns rows ``[i * A, (i + 1) * A)``.
+        emulate_kwargs: keywords for :func:`shoal.emulate`.
+        first: an already built emulator to use as the group's first env (the serial backend's probe env).
+        first_env: global index of the group's first env, for error messages.
+    """
+
+    def __init__(self, env_fns: Sequence[Callable[[], Any]], arrays: dict[str, np.ndarray], agents_per_env: int,
+                 emulate_kwargs: dict[str, Any], first: Emulator | None = None, first_env: int = 0) -> None:
+        self.envs: list[Emulator] = []
+        self.agents_per_env = agents_per_env
+        try:
+            for i, env_fn in enumerate(env_fns):
+                env = first if i == 0 and first is not None else make_emulator(env_fn, emulate_kwargs)
+                self.envs.append(env)
+                buffers = env_buffers(arrays, i, agents_per_env)
+                try:
+                    env.attach(buffers)
+                except APIUsageError as exc:
+                    ours = {name: (a.shape, str(a.dtype)) for name, a in vars(buffers).items() if a is not None}
+                    theirs = {name: (shape, str(np.dtype(dtype))) for name, (shape, dtype) in env.buffer_spec().items()}
+                    differ = sorted(name for name in ours.keys() | theirs.keys() if ours.get(name) != theirs.get(name))
+                    ours = {name: ours.get(name) for name in differ}
+                    theirs = {name: theirs.get(name) for name in differ}
+                    raise APIUsageError(
+                        f"env {first_env + i} does not match env 0: its buffers (shape, dtype) are {theirs} but env "
+                        f"0's are {ours}. Every env of a vector env needs the same observation and action spaces "
+                        "and number of agents (max_agents).") from exc
+        except BaseException:
+            self.close()
+            raise
+        a = agents_per_env
+        self._actions = [arrays["actions"][i * a : (i + 1) * a] for i in range(len(self.envs))]
+
+    def reset(self, seeds: Sequence[int | None]) -> InfoPairs:
+        """Reset env ``i`` of the group with ``seeds[i]``; return the non-empty reset infos."""
+        pairs: InfoPairs = []
+        a = self.agents_per_env
+        for i, (env, seed) in enumerate(zip(self.envs, seeds, strict=True)):
+            for j, info in enumerate(env.reset(seed=seed)[1]):
+                if info:
+                    pairs.append((i * a + j, info))
+        return pairs
+
+    def step(self) -> InfoPairs:
+        """Step every env with its rows of ``arrays["actions"]``; return the non-empty step infos."""
+        pairs: InfoPairs = []
+        if self.agents_per_env == 1:
+            for i, (env, actions) in enumerate(zip(self.envs, self._actions, strict=True)):
+                info = env.step(actions)[4][0]
+                if info:
+                    pairs.append((i, info))
+            return pairs
+        a = self.agents_per_env
+        for i, (env, actions) in enumerate(zip(self.envs, self._actions, strict=True)):
+            for j, info in enumerate(env.step(actions)[4]):
+                if info:
+                    pairs.append((i * a + j, info))
+        return pairs
+
+    def close(self) -> None:
+        """Close every env (each is tried even if another fails; the first error is raised afterwards)."""
+        error: BaseException | None = None
+        for env in self.envs:
+            try:
+                env.close()
+            except Exception as exc:  # keep closing the others
+                error = error or exc
+        self.envs = []
+        if error is not None:
+            raise error

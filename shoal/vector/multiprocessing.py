@@ -1,0 +1,330 @@
+"""MultiprocessingVecEnv: worker processes stepping groups of envs straight into shared memory.
+
+The parent allocates one shared block for every buffer (observations, rewards, terminals, truncations, masks,
+agent types, action masks, actions) before starting the workers; each worker's emulators write into their rows
+of it, so nothing is copied on the worker side. See :mod:`shoal.vector.worker` for the wire protocol and the
+spin-then-block waiting scheme.
+
+Failure handling: a worker that raises sends its traceback and exits; a worker that dies is noticed through its
+process sentinel. Either way the parent raises :class:`~shoal.errors.WorkerError` and closes the vector env. If
+the vector env is garbage-collected or the interpreter exits without ``close()``, the workers are still closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import multiprocessing
+import os
+import pickle
+import select
+import time
+import weakref
+from multiprocessing.connection import Connection, wait
+from multiprocessing.reduction import ForkingPickler
+from typing import Any
+
+from shoal.errors import APIUsageError, WorkerError
+from shoal.vector.base import VecConfig, VecEnv, buffer_layout
+from shoal.vector.group import InfoPairs, make_emulator
+from shoal.vector.worker import (
+    CMD,
+    CMD_CLOSE,
+    CMD_RESET,
+    CMD_STEP,
+    DONE,
+    FLAG_STRIDE,
+    REPLY_ERROR,
+    REPLY_INFOS,
+    REPLY_OK,
+    flag_view,
+    worker_main,
+)
+
+__all__ = ["CONTEXTS", "MultiprocessingVecEnv", "default_spin_us"]
+
+CONTEXTS = ("fork", "spawn", "forkserver")
+_CLOSE_TIMEOUT_S = 5.0
+
+
+def _default_context() -> str:
+    return "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+def default_spin_us(num_workers: int) -> float:
+    """Spin only when every worker and the parent can have a core of their own; otherwise block at once."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 50.0 if num_workers + 1 <= cores else 0.0
+
+
+class _Workers:
+    """The processes, pipes and shared memory of one vector env; :meth:`shutdown` releases them all.
+
+    Kept apart from the vector env so a ``weakref.finalize`` can shut the workers down without keeping the
+    vector env alive.
+    """
+
+    def __init__(self) -> None:
+        self.procs: list[multiprocessing.process.BaseProcess] = []
+        self.conns: list[Connection] = []
+        self.block: Any = None
+        self.flags_block: Any = None
+        self.grace_s = _CLOSE_TIMEOUT_S  # how long close() waits for workers to finish before terminating them
+
+    def shutdown(self) -> None:
+        """Ask every worker to close its envs, wait up to a few seconds, then terminate stragglers."""
+        for conn in self.conns:
+            with contextlib.suppress(OSError):
+                conn.send_bytes(CMD_CLOSE)
+        deadline = time.monotonic() + self.grace_s
+        open_conns = list(self.conns)
+        running = {proc.sentinel: proc for proc in self.procs}
+        while running and time.monotonic() < deadline:
+            # Keep reading so no worker blocks on a full pipe while it finishes its last command.
+            for obj in wait([*open_conns, *running], timeout=max(0.0, deadline - time.monotonic())):
+                if obj in running:
+                    running.pop(obj).join(1.0)  # the sentinel fires just before the exit status is ready
+                    continue
+                try:
+                    obj.recv_bytes()
+                except (EOFError, OSError):
+                    open_conns.remove(obj)
+        for proc in self.procs:
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(1.0)
+            if proc.is_alive():
+                proc.kill()
+            proc.join()
+        for conn in self.conns:
+            conn.close()
+        for proc in self.procs:
+            proc.close()
+        self.procs, self.conns = [], []
+        self.block = self.flags_block = None
+
+
+class _Poller:
+    """Which workers' pipes and process sentinels are ready: one persistent ``select.poll`` where available.
+
+    Registering the descriptors once saves building a selector on every wait (what
+    ``multiprocessing.connection.wait`` does); elsewhere it falls back to that function.
+    """
+
+    def __init__(self, conns: list[Connection], sentinels: list[int]) -> None:
+        self._poll = select.poll() if hasattr(select, "poll") else None
+        self._index: dict[Any, tuple[bool, int]] = {}
+        for worker, (conn, sentinel) in enumerate(zip(conns, sentinels, strict=True)):
+            if self._poll is not None:
+                self._index[conn.fileno()] = (False, worker)
+                self._index[sentinel] = (True, worker)
+            else:
+                self._index[conn] = (False, worker)
+                self._index[sentinel] = (True, worker)
+        if self._poll is not None:
+            for fd in self._index:
+                self._poll.register(fd, select.POLLIN)
+
+    def wait(self, timeout: float | None) -> list[tuple[bool, int]]:
+        """``(is_sentinel, worker)`` of everything ready within ``timeout`` seconds (None: no limit)."""
+        if self._poll is None:
+            return [self._index[obj] for obj in wait(list(self._index), timeout)]
+        ms = -1 if timeout is None else max(0, int(timeout * 1000 + 0.999))
+        return [self._index[fd] for fd, _ in self._poll.poll(ms)]
+
+
+class MultiprocessingVecEnv(VecEnv):
+    """Run ``num_envs`` emulated envs in ``num_workers`` processes (see :class:`~shoal.vector.base.VecEnv`).
+
+    Args:
+        config: validated arguments of :func:`shoal.vector.make`.
+        context: multiprocessing start method, ``"fork"`` (default on Linux), ``"spawn"`` or ``"forkserver"``.
+            With spawn/forkserver the env constructors must be picklable (module-level functions or
+            ``functools.partial`` of them; not lambdas or local functions).
+        spin_us: microseconds each side spins on a shared flag before blocking on its pipe. Default: 50 when
+            ``num_workers + 1`` processes fit on the machine's cores, else 0 (spinning on an oversubscribed
+            machine steals the core the other side needs).
+        timeout: seconds to wait for workers before raising :class:`WorkerError` (None: wait for ever; dead
+            workers are detected either way).
+    """
+
+    backend = "multiprocessing"
+    KWARGS = ("context", "spin_us", "timeout")
+
+    def __init__(self, config: VecConfig, context: str | None = None, spin_us: float | None = None,
+                 timeout: float | None = None) -> None:
+        method = _default_context() if context is None else context
+        if method not in multiprocessing.get_all_start_methods() or method not in CONTEXTS:
+            valid = [m for m in CONTEXTS if m in multiprocessing.get_all_start_methods()]
+            raise APIUsageError(f"context={context!r} is not a start method of this platform; valid choices: {valid}")
+        if spin_us is not None and (not isinstance(spin_us, int | float) or spin_us < 0):
+            raise APIUsageError(f"spin_us must be a non-negative number of microseconds, got {spin_us!r}")
+        if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
+            raise APIUsageError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+        if method != "fork":
+            _check_picklable(config, method)
+        self.context = method
+        self.spin_us = default_spin_us(config.num_workers) if spin_us is None else float(spin_us)
+        self.timeout = timeout
+        ctx = multiprocessing.get_context(method)
+
+        probe = make_emulator(config.env_fns[0], config.emulate_kwargs)
+        try:
+            layout = buffer_layout(probe, config.num_envs)
+            self._workers = _Workers()
+            self._workers.block = ctx.RawArray(ctypes.c_uint8, layout.nbytes)
+            self._workers.flags_block = ctx.RawArray(ctypes.c_int64, config.num_workers * FLAG_STRIDE)
+            self._setup(config, probe, layout.views(self._workers.block))
+        finally:
+            probe.close()
+        self._finalizer = weakref.finalize(self, self._workers.shutdown)
+        self._flags = flag_view(self._workers.flags_block)
+        self._sent = [0] * config.num_workers  # commands submitted per worker (mirrors flags[w, CMD])
+        self._replies: dict[int, InfoPairs] = {}  # replies read but not yet returned by recv()
+        self._procs = self._workers.procs
+        self._conns = self._workers.conns
+        try:
+            self._start(ctx, layout)
+        except BaseException:
+            self.close()
+            raise
+
+    # ---- start ---------------------------------------------------------------------------------------------
+
+    def _start(self, ctx: multiprocessing.context.BaseContext, layout: Any) -> None:
+        config = self.config
+        spin_s = self.spin_us * 1e-6
+        for worker in range(config.num_workers):
+            parent_end, child_end = ctx.Pipe(duplex=True)
+            self._conns.append(parent_end)
+            envs = config.worker_envs(worker)
+            inherited = list(self._conns) if self.context == "fork" else []
+            proc = ctx.Process(
+                target=worker_main, name=f"shoal-vector-worker-{worker}", daemon=True,
+                args=(worker, config.env_fns[envs.start : envs.stop], envs.start, self._workers.block, layout,
+                      self._workers.flags_block, child_end, inherited, config.emulate_kwargs, spin_s))
+            try:
+                proc.start()
+            finally:
+                child_end.close()
+            self._procs.append(proc)
+        self._poller = _Poller(self._conns, [proc.sentinel for proc in self._procs])
+        # Each worker answers once when its envs are built (or sends the traceback of why they were not).
+        for worker in range(config.num_workers):
+            self._in_flight[worker] = None
+        try:
+            self._collect(config.num_workers, startup=True)
+        except WorkerError:
+            self.close()
+            raise
+        self._in_flight.clear()
+
+    # ---- hooks ---------------------------------------------------------------------------------------------
+
+    def _submit(self, worker: int, seeds: list[int | None] | None) -> None:
+        message = CMD_STEP if seeds is None else CMD_RESET + pickle.dumps(seeds)
+        self._sent[worker] += 1
+        self._flags[worker * FLAG_STRIDE + CMD] = self._sent[worker]
+        try:
+            self._conns[worker].send_bytes(message)
+        except OSError:
+            self._raise_dead(worker, "while receiving a command")
+
+    def _collect(self, k: int, startup: bool = False) -> list[tuple[int, InfoPairs]]:
+        replies = self._replies
+        in_flight = self._in_flight
+        pending = [w for w in in_flight if w not in replies]
+        if pending and not startup:
+            # A cheap look at the done flags, spinning on them for spin_us (often 0), before blocking.
+            flags, sent, spin_s = self._flags, self._sent, self.spin_us * 1e-6
+            deadline = 0.0
+            while True:
+                for w in [w for w in pending if flags[w * FLAG_STRIDE + DONE] == sent[w]]:
+                    replies[w] = self._read(w)
+                    pending.remove(w)
+                if len(in_flight) - len(pending) >= k or not spin_s:
+                    break
+                now = time.perf_counter()
+                deadline = deadline or now + spin_s
+                if now >= deadline:
+                    break
+        start = time.monotonic()
+        while len(in_flight) - len(pending) < k:
+            remaining = None if self.timeout is None else self.timeout - (time.monotonic() - start)
+            if remaining is not None and remaining <= 0:
+                raise self._timeout_error(pending)
+            dead = []
+            for is_sentinel, w in self._poller.wait(remaining):
+                if is_sentinel:
+                    dead.append(w)
+                elif w in pending:
+                    replies[w] = self._read(w)
+                    pending.remove(w)
+                else:  # only a failing worker speaks out of turn
+                    self._read(w)
+                    raise WorkerError(f"{self._who(w)} sent a reply it owed no one")
+            for w in dead:
+                self._raise_dead(w, "at startup" if startup else "while stepping its envs")
+        chosen = [w for w in in_flight if w in replies][:k]
+        return [(w, replies.pop(w)) for w in chosen]
+
+    def _read(self, worker: int) -> InfoPairs:
+        try:
+            message = self._conns[worker].recv_bytes()
+        except (EOFError, OSError):
+            self._raise_dead(worker, "before replying")
+        tag = message[:1]
+        if tag == REPLY_OK:
+            return []
+        if tag == REPLY_INFOS:
+            return pickle.loads(message[1:])
+        if tag == REPLY_ERROR:
+            text = message[1:].decode("utf-8", "replace")
+            raise WorkerError(f"{self._who(worker)} raised:\n{text}")
+        raise WorkerError(f"{self._who(worker)} sent an unreadable reply {message[:16]!r}")
+
+    # ---- errors --------------------------------------------------------------------------------------------
+
+    def _who(self, worker: int) -> str:
+        envs = self.config.worker_envs(worker)
+        return f"multiprocessing worker {worker} (pid {self._procs[worker].pid}, envs {envs.start}..{envs.stop - 1})"
+
+    def _raise_dead(self, worker: int, when: str) -> None:
+        conn = self._conns[worker]
+        try:  # a worker that raised sends its traceback before exiting: prefer that
+            while conn.poll(0):
+                message = conn.recv_bytes()
+                if message[:1] == REPLY_ERROR:
+                    raise WorkerError(f"{self._who(worker)} raised:\n{message[1:].decode('utf-8', 'replace')}")
+        except (EOFError, OSError):
+            pass
+        proc = self._procs[worker]
+        proc.join(1.0)
+        code = proc.exitcode
+        how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
+        raise WorkerError(f"{self._who(worker)} died {when}: it {how} without sending a traceback (a native crash "
+                          "prints one to the worker's stderr)")
+
+    def _timeout_error(self, pending: list[int]) -> WorkerError:
+        self._workers.grace_s = 0.2  # the late workers are stuck: do not wait long for them when closing
+        who = ", ".join(self._who(w) for w in pending)
+        return WorkerError(f"no reply within timeout={self.timeout}s from {who}; an env may be stuck")
+
+    # ---- lifecycle -----------------------------------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        self._replies.clear()
+        self._arrays = {}
+        self._finalizer()
+
+
+def _check_picklable(config: VecConfig, method: str) -> None:
+    for what, value in (("env_fn", config.env_fns), ("emulate_kwargs", config.emulate_kwargs)):
+        try:
+            ForkingPickler.dumps(value)
+        except Exception as exc:
+            raise APIUsageError(
+                f"{what} cannot be pickled, which context={method!r} needs to send it to the workers ({exc}). "
+                "Use a module-level function or a functools.partial of one (not a lambda or a local function), "
+                "or context='fork'.") from exc
+

@@ -1,0 +1,188 @@
+"""RayVecEnv: each worker a Ray actor hosting one group of envs, so rollouts can span the machines of a cluster.
+
+Connect first with ``ray.init(address=...)`` (or pass ``address=`` to :func:`shoal.vector.make`); without a running
+Ray, a local instance is started and left running for later vector envs (``ray.shutdown()`` stops it). Every node
+needs shoal and the env's packages installed, and ``env_fn`` must be picklable by cloudpickle. Ray is imported only
+when this backend is used.
+
+Same API and semantics as the other backends: an actor steps its envs into its own arrays and returns them with
+the non-empty infos; the parent copies them into its buffers, so batches, seeds and infos are identical.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from shoal.errors import APIUsageError, WorkerError
+from shoal.vector.base import VecConfig, VecEnv, buffer_layout
+from shoal.vector.buffers import BufferLayout
+from shoal.vector.group import EnvGroup, InfoPairs, make_emulator
+
+__all__ = ["RayVecEnv", "default_ray_workers"]
+
+_CLOSE_TIMEOUT_S = 5.0
+_log = logging.getLogger(__name__)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+Result = tuple[dict[str, np.ndarray], InfoPairs]
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError as exc:  # pragma: no cover - depends on the installation
+        raise APIUsageError("backend='ray' needs Ray: pip install 'shoal[ray]'") from exc
+    return ray
+
+
+def _connect(address: str | None) -> Any:
+    ray = _ray()
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, ignore_reinit_error=True)
+    return ray
+
+
+def default_ray_workers(address: str | None = None) -> int:
+    """The number of CPUs of the Ray cluster (connecting to it, or starting a local one, if needed)."""
+    return max(1, int(_connect(address).cluster_resources().get("CPU", 1)))
+
+
+class RayEnvGroup:
+    """The Ray actor: one :class:`EnvGroup` over arrays of its own (``agents_per_env`` rows per env)."""
+
+    def __init__(self, env_fns: Sequence[Callable[[], Any]], first_env: int, layout: BufferLayout,
+                 emulate_kwargs: dict[str, Any]) -> None:
+        self.arrays = layout.allocate()
+        self.group = EnvGroup(env_fns, self.arrays, layout.agents_per_env, emulate_kwargs, first_env=first_env)
+        self.outputs = {name: array for name, array in self.arrays.items() if name != "actions"}
+
+    def ready(self) -> bool:
+        return True
+
+    def reset(self, seeds: list[int | None]) -> Result:
+        return self.outputs, self.group.reset(seeds)
+
+    def step(self, actions: np.ndarray) -> Result:
+        self.arrays["actions"][...] = actions
+        return self.outputs, self.group.step()
+
+    def close(self) -> None:
+        self.group.close()
+
+
+_ACTOR_CLASS: Any = None
+
+
+def _actor_class(ray: Any) -> Any:
+    """``ray.remote(RayEnvGroup)``, defined once per process."""
+    global _ACTOR_CLASS
+    if _ACTOR_CLASS is None:
+        _ACTOR_CLASS = ray.remote(RayEnvGroup)
+    return _ACTOR_CLASS
+
+
+class RayVecEnv(VecEnv):
+    """Run ``num_envs`` emulated envs on ``num_workers`` Ray actors (see :class:`~shoal.vector.base.VecEnv`).
+
+    Args:
+        config: validated arguments of :func:`shoal.vector.make`.
+        address: Ray cluster to connect to when Ray is not initialized yet (None: start a local instance).
+        actor_options: passed to ``ActorClass.options`` (e.g. ``{"num_cpus": 1}``, ``{"resources": ...}``).
+        timeout: seconds to wait for actors before raising :class:`WorkerError` (None: wait for ever).
+    """
+
+    backend = "ray"
+    KWARGS = ("address", "actor_options", "timeout")
+
+    def __init__(self, config: VecConfig, address: str | None = None, actor_options: dict[str, Any] | None = None,
+                 timeout: float | None = None) -> None:
+        if actor_options is not None and not isinstance(actor_options, dict):
+            raise APIUsageError(f"actor_options must be a dict for ActorClass.options, got {actor_options!r}")
+        if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
+            raise APIUsageError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+        ray = _connect(address)
+        self._ray = ray
+        self.timeout = timeout
+        probe = make_emulator(config.env_fns[0], config.emulate_kwargs)
+        try:
+            self._setup(config, probe, buffer_layout(probe, config.num_envs).allocate())
+            group_layout = buffer_layout(probe, config.envs_per_worker)
+        finally:
+            probe.close()
+        actor_cls = _actor_class(ray).options(**(actor_options or {}))
+        self._actors: list[Any] = []
+        self._refs: dict[int, Any] = {}
+        rows = self.envs_per_worker * self.agents_per_env
+        self._rows = [slice(w * rows, (w + 1) * rows) for w in range(config.num_workers)]
+        try:
+            for worker in range(config.num_workers):
+                envs = config.worker_envs(worker)
+                self._actors.append(actor_cls.remote(config.env_fns[envs.start : envs.stop], envs.start,
+                                                     group_layout, config.emulate_kwargs))
+            for worker, actor in enumerate(self._actors):
+                self._refs[worker] = actor.ready.remote()
+                self._in_flight[worker] = None
+            self._collect(config.num_workers, startup=True)
+            self._in_flight.clear()
+        except BaseException:
+            self.close()
+            raise
+
+    def _submit(self, worker: int, seeds: list[int | None] | None) -> None:
+        actor = self._actors[worker]
+        if seeds is None:
+            self._refs[worker] = actor.step.remote(self._arrays["actions"][self._rows[worker]])
+        else:
+            self._refs[worker] = actor.reset.remote(seeds)
+
+    def _collect(self, k: int, startup: bool = False) -> list[tuple[int, InfoPairs]]:
+        ray = self._ray
+        order = list(self._in_flight)
+        refs = [self._refs[w] for w in order]
+        ready, _ = ray.wait(refs, num_returns=k, timeout=self.timeout)
+        if len(ready) < k:
+            late = [w for w in order if self._refs[w] not in ready]
+            raise WorkerError(f"no reply within timeout={self.timeout}s from Ray actors {late}; an env may be stuck")
+        ready_set = set(ready)
+        chosen = [w for w in order if self._refs[w] in ready_set][:k]
+        done = []
+        for worker in chosen:
+            try:
+                result = ray.get(self._refs.pop(worker))
+            except Exception as exc:
+                envs = self.config.worker_envs(worker)
+                raise WorkerError(f"Ray actor {worker} (envs {envs.start}..{envs.stop - 1}) failed "
+                                  f"{'at startup' if startup else 'while stepping its envs'}. Traceback of the "
+                                  f"actor (most recent call last):\n{_ANSI.sub('', str(exc))}") from exc
+            if startup:
+                done.append((worker, []))
+                continue
+            outputs, pairs = result
+            rows = self._rows[worker]
+            for name, array in outputs.items():
+                self._arrays[name][rows] = array
+            done.append((worker, pairs))
+        return done
+
+    def _shutdown(self) -> None:
+        ray = self._ray
+        actors, self._actors = self._actors, []
+        self._refs.clear()
+        closing = []
+        for actor in actors:
+            with contextlib.suppress(Exception):  # the actor is already gone
+                closing.append(actor.close.remote())
+        for ref in closing:
+            try:
+                ray.get(ref, timeout=_CLOSE_TIMEOUT_S)
+            except Exception as exc:  # best effort: the actors are killed below either way
+                _log.warning("closing a Ray env group failed: %s", exc)
+        for actor in actors:
+            with contextlib.suppress(Exception):  # already dead
+                ray.kill(actor)

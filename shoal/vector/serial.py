@@ -1,0 +1,80 @@
+"""SerialVecEnv: every env in this process, all writing into one set of buffers.
+
+Workers are in-process groups of consecutive envs, stepped lazily in submission order, so partial batches
+(``batch_size < num_envs``) behave as on the other backends, deterministically.
+"""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any
+
+from shoal.errors import WorkerError
+from shoal.vector.base import VecConfig, VecEnv, buffer_layout
+from shoal.vector.buffers import row_slice
+from shoal.vector.group import EnvGroup, InfoPairs, make_emulator
+
+__all__ = ["SerialVecEnv"]
+
+
+class SerialVecEnv(VecEnv):
+    """Run ``num_envs`` emulated envs in this process (see :class:`~shoal.vector.base.VecEnv` for the API).
+
+    Exceptions raised by an env are re-raised as :class:`~shoal.errors.WorkerError` (chained to the original)
+    and close the vector env, as on the other backends.
+    """
+
+    backend = "serial"
+    KWARGS: tuple[str, ...] = ()
+
+    def __init__(self, config: VecConfig, **kwargs: Any) -> None:
+        probe = make_emulator(config.env_fns[0], config.emulate_kwargs)
+        self._groups: list[EnvGroup] = []
+        try:
+            arrays = buffer_layout(probe, config.num_envs).allocate()
+            self._setup(config, probe, arrays)
+            a = self.agents_per_env
+            for worker in range(config.num_workers):
+                envs = config.worker_envs(worker)
+                self._groups.append(EnvGroup(
+                    [config.env_fns[e] for e in envs], row_slice(arrays, envs.start * a, envs.stop * a), a,
+                    config.emulate_kwargs, first=probe if worker == 0 else None, first_env=envs.start))
+        except BaseException:
+            if not self._groups:
+                probe.close()
+            self._close_groups()
+            raise
+        self._pending: dict[int, list[int | None] | None] = {}
+
+    def _submit(self, worker: int, seeds: list[int | None] | None) -> None:
+        self._pending[worker] = seeds
+
+    def _collect(self, k: int) -> list[tuple[int, InfoPairs]]:
+        done = []
+        for worker in list(self._in_flight)[:k]:
+            seeds = self._pending.pop(worker)
+            group = self._groups[worker]
+            try:
+                pairs = group.step() if seeds is None else group.reset(seeds)
+            except Exception as exc:
+                envs = self.config.worker_envs(worker)
+                raise WorkerError(f"an env of serial group {worker} (envs {envs.start}..{envs.stop - 1}) raised "
+                                  f"during {'step' if seeds is None else 'reset'}:\n{traceback.format_exc()}"
+                                  ) from exc
+            done.append((worker, pairs))
+        return done
+
+    def _close_groups(self) -> None:
+        groups, self._groups = self._groups, []
+        error: Exception | None = None
+        for group in groups:
+            try:
+                group.close()
+            except Exception as exc:  # close the other groups anyway
+                error = error or exc
+        if error is not None:
+            raise error
+
+    def _shutdown(self) -> None:
+        self._pending.clear()
+        self._close_groups()

@@ -1,0 +1,130 @@
+"""The multiprocessing worker: one process stepping a group of envs over shared memory, and its wire protocol.
+
+Messages are tiny byte strings over a duplex pipe; observations, rewards, masks and actions never travel, they
+live in the shared block. Commands (parent -> worker): ``b"s"`` step, ``b"r" + pickle(seeds)`` reset, ``b"c"``
+close. Replies (worker -> parent): ``b"k"`` done with no infos, ``b"i" + pickle(info_pairs)`` done with the
+non-empty infos as ``(row, dict)`` pairs, ``b"e" + traceback`` failed (the worker then exits).
+
+Waiting is spin-then-block on both sides. Each side bumps a counter in a shared ``int64`` flag array when it
+writes a message (``flags[w, CMD]`` by the parent, ``flags[w, DONE]`` by the worker); the other side may spin
+on it for ``spin_us`` microseconds, then blocks in the kernel. The messages alone are authoritative, so a zero
+spin is correct too, and the right choice when processes outnumber cores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import multiprocessing
+import pickle
+import signal
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
+from typing import Any
+
+from shoal.vector.buffers import BufferLayout, row_slice
+from shoal.vector.group import EnvGroup
+
+__all__ = ["CMD", "DONE", "FLAG_STRIDE", "flag_view", "worker_main"]
+
+CMD_STEP = b"s"
+CMD_RESET = b"r"
+CMD_CLOSE = b"c"
+REPLY_OK = b"k"
+REPLY_INFOS = b"i"
+REPLY_ERROR = b"e"
+
+#: Each worker owns ``FLAG_STRIDE`` int64 entries of the flag array (two cache lines): CMD and DONE.
+FLAG_STRIDE = 16
+CMD = 0
+DONE = 8
+
+_IDLE_CHECK_S = 1.0  # how often an idle worker checks that its parent is still alive
+
+
+def flag_view(block: Any) -> memoryview:
+    """An ``int64`` memoryview of the flag array (cheaper to index from Python than a numpy array)."""
+    return memoryview(block).cast("B").cast("q")
+
+
+def spin_until_changed(flags: memoryview, index: int, old: int, seconds: float) -> bool:
+    """Spin for up to ``seconds`` until ``flags[index] != old``; True if it changed."""
+    if flags[index] != old:
+        return True
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        if flags[index] != old:
+            return True
+    return False
+
+
+def worker_main(index: int, env_fns: Sequence[Callable[[], Any]], first_env: int, block: Any, layout: BufferLayout,
+                flags_block: Any, conn: Connection, inherited: Sequence[Connection], emulate_kwargs: dict[str, Any],
+                spin_s: float) -> None:
+    """Entry point of worker ``index``: build its envs over the shared ``block``, then serve commands.
+
+    Args:
+        index: worker number; its flags start at ``index * FLAG_STRIDE``.
+        env_fns: constructors of the worker's envs, global indices ``first_env ...``.
+        block: the shared block holding every buffer (see :class:`BufferLayout`).
+        flags_block: the shared ``int64`` flag array.
+        conn: this worker's end of its pipe to the parent.
+        inherited: parent-side pipe ends this process inherited through fork; closed at once, so the parent
+            alone holds them and a worker sees EOF when the parent goes away.
+        spin_s: seconds to spin on the command flag before blocking on the pipe.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and closes the workers
+    faulthandler.enable()  # a native crash prints its Python traceback to this worker's stderr
+    for other in inherited:
+        other.close()
+    group: EnvGroup | None = None
+    try:
+        arrays = layout.views(block)
+        a = layout.agents_per_env
+        rows = row_slice(arrays, first_env * a, (first_env + len(env_fns)) * a)
+        group = EnvGroup(env_fns, rows, a, emulate_kwargs, first_env=first_env)
+        conn.send_bytes(REPLY_OK)
+        _serve(group, conn, flag_view(flags_block), index * FLAG_STRIDE, spin_s)
+    except (EOFError, BrokenPipeError, KeyboardInterrupt):
+        pass  # the parent went away or closed us
+    except BaseException:
+        _report(conn, traceback.format_exc())
+    finally:
+        if group is not None:
+            try:
+                group.close()
+            except Exception:
+                _report(conn, "while closing the envs:\n" + traceback.format_exc())
+        conn.close()
+
+
+def _report(conn: Connection, text: str) -> None:
+    with contextlib.suppress(OSError):
+        conn.send_bytes(REPLY_ERROR + text.encode("utf-8", "replace"))
+
+
+def _serve(group: EnvGroup, conn: Connection, flags: memoryview, base: int, spin_s: float) -> None:
+    parent = multiprocessing.parent_process()
+    seen = 0
+    cmd_index, done_index = base + CMD, base + DONE
+    while True:
+        if spin_s > 0.0:
+            spin_until_changed(flags, cmd_index, seen, spin_s)
+        while not conn.poll(_IDLE_CHECK_S):
+            if parent is not None and not parent.is_alive():
+                return
+        message = conn.recv_bytes()
+        seen += 1
+        command = message[:1]
+        if command == CMD_STEP:
+            pairs = group.step()
+        elif command == CMD_RESET:
+            pairs = group.reset(pickle.loads(message[1:]))
+        elif command == CMD_CLOSE:
+            return
+        else:
+            raise RuntimeError(f"unknown command {message[:16]!r}")
+        conn.send_bytes(REPLY_INFOS + pickle.dumps(pairs, pickle.HIGHEST_PROTOCOL) if pairs else REPLY_OK)
+        flags[done_index] = seen

@@ -1,0 +1,173 @@
+"""The command line end to end: train, resume, eval, plot, list; errors end with a JSON line too."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shoal.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST = [
+    "--num-envs",
+    "2",
+    "--horizon",
+    "16",
+    "--minibatch-size",
+    "32",
+    "--update-epochs",
+    "2",
+    "--no-tensorboard",
+]
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    last = out.out.strip().splitlines()[-1]
+    return code, json.loads(last), out.out + out.err
+
+
+def test_train_eval_plot_on_cartpole(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = tmp_path / "cartpole"
+    code, payload, text = run(
+        capsys,
+        "train",
+        "CartPole-v1",
+        "--total-steps",
+        "128",
+        "--seed",
+        "3",
+        "--run-dir",
+        str(run_dir),
+        "--eval-episodes",
+        "3",
+        "--tensorboard",
+        *FAST[:-1],
+    )
+    assert code == 0 and payload["ok"] and payload["command"] == "train"
+    assert payload["global_step"] >= 128 and payload["eval_episodes"] == 3
+    assert "evaluation: mean return" in text and "steps" in text  # the dashboard and the summary
+    assert (run_dir / "config.json").is_file() and (run_dir / "scalars.csv").is_file()
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    # resume with a bigger budget continues from the checkpoint
+    code, payload, _ = run(
+        capsys,
+        "train",
+        "CartPole-v1",
+        "--run-dir",
+        str(run_dir),
+        "--resume",
+        "--total-steps",
+        "192",
+        "--json",
+    )
+    assert code == 0 and payload["resumed_from"] and payload["global_step"] >= 192
+    code, payload, text = run(capsys, "eval", str(run_dir), "--episodes", "4")
+    assert code == 0 and payload["episodes"] == 4 and payload["mean_return"] > 0
+    assert "mean return" in text
+    code, payload, _ = run(capsys, "plot", str(run_dir), "--json")
+    assert code == 0 and Path(payload["png"]).stat().st_size > 1000
+
+
+@pytest.mark.filterwarnings("ignore:The old environment creation API:DeprecationWarning")
+def test_train_knights_archers_zombies(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = tmp_path / "kaz"
+    code, payload, _ = run(
+        capsys,
+        "train",
+        "pettingzoo.butterfly.knights_archers_zombies_v11",
+        "--total-steps",
+        "256",
+        "--run-dir",
+        str(run_dir),
+        "--json",
+        *FAST,
+    )
+    assert code == 0 and payload["ok"] and payload["updates"] >= 2
+    code, payload, _ = run(capsys, "eval", payload["checkpoint"], "--episodes", "1", "--json")
+    assert code == 0 and payload["episodes"] == 1
+
+
+def test_json_flag_prints_only_the_json_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main(["train", "bandit", "--total-steps", "64", "--run-dir", str(tmp_path / "b"), "--json", *FAST])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and json.loads(out[0])["ok"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "CartPol-v1"], "Did you mean 'CartPole-v1'"),
+        (["train", "pettingzoo.butterfly.no_such_env_v1"], "unknown env"),
+        (["train", "CartPole-v1", "--algo", "mappo", "--critic-input", "global"], "critic_input"),
+        (["train", "CartPole-v1", "--resume"], "--resume needs --run-dir"),
+        (["train", "CartPole-v1", "--minibatch-size", "4096"], "minibatch_size"),
+        (["train", "CartPole-v1", "--recurrent", "--minibatch-size", "8"], "whole segments"),
+        (["train", "CartPole-v1", "--backend", "gpu"], "backend"),
+        (["eval", "/nonexistent/run"], "does not exist"),
+        (["plot", "/nonexistent/run"], "scalars.csv"),
+        (["train", "CartPole-v1", "--no-such-flag"], "unrecognized arguments"),
+    ],
+)
+def test_bad_input_gives_a_clear_error_and_a_json_line(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    code = main(argv)
+    out = capsys.readouterr()
+    payload = json.loads(out.out.strip().splitlines()[-1])
+    assert code == 2 and payload["ok"] is False
+    assert message in payload["error"] and message in out.err
+
+
+def test_resume_with_changed_settings_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = str(tmp_path / "r")
+    assert main(["train", "CartPole-v1", "--total-steps", "64", "--run-dir", run_dir, "--json", *FAST]) == 0
+    capsys.readouterr()
+    code, payload, _ = run(capsys, "train", "CartPole-v1", "--run-dir", run_dir, "--resume", "--gamma", "0.5")
+    assert code == 2 and "gamma=0.99" in payload["error"]
+    code, payload, _ = run(capsys, "train", "bandit", "--run-dir", run_dir, "--resume")
+    assert code == 2 and "trains 'CartPole-v1'" in payload["error"]
+
+
+def test_eval_refuses_a_checkpoint_of_another_policy_shape(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    run_dir = tmp_path / "r"
+    assert (
+        main(["train", "CartPole-v1", "--total-steps", "64", "--run-dir", str(run_dir), "--json", *FAST]) == 0
+    )
+    capsys.readouterr()
+    checkpoint = sorted((run_dir / "checkpoints").glob("*.pt"))[-1]
+    payload = torch.load(checkpoint, weights_only=False)
+    payload["env_signature"]["action_space"] = "Discrete(7)"
+    torch.save(payload, checkpoint)
+    code, result, _ = run(capsys, "eval", str(checkpoint))
+    assert code == 2 and "another env" in result["error"]
+
+
+def test_list_shows_builtin_envs(capsys: pytest.CaptureFixture[str]) -> None:
+    code, payload, text = run(capsys, "list")
+    assert code == 0 and {"bandit", "memory", "nested"} <= set(payload["builtin"])
+    assert "CartPole-v1" in payload["gymnasium"]
+    assert "pettingzoo.butterfly.knights_archers_zombies_v11" in payload["pettingzoo"]
+    assert "memory" in text
+
+
+def test_python_dash_m_shoal(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "shoal", "list", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["command"] == "list"

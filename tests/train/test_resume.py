@@ -1,0 +1,137 @@
+"""Checkpoints: resume equals uninterrupted training; writes are atomic; foreign checkpoints are refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from shoal.errors import APIUsageError, CheckpointError
+from shoal.train import TrainConfig, Trainer, train
+from shoal.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from shoal.train.evaluate import load_policy_from_checkpoint
+from shoal.train.logger import read_scalars
+
+
+class Crash(Exception):
+    pass
+
+
+def crash_after(update: int) -> Any:
+    def callback(record: Any) -> None:
+        if record.scalars["charts/update"] == update:
+            raise Crash(f"simulated crash after update {update}")
+
+    return callback
+
+
+def config(run_dir: Path, **overrides: Any) -> TrainConfig:
+    base: dict[str, Any] = dict(
+        env="CartPole-v1",
+        total_steps=64 * 6,
+        num_envs=4,
+        horizon=16,
+        minibatch_size=32,
+        update_epochs=2,
+        seed=5,
+        run_dir=str(run_dir),
+        checkpoint_interval=1,
+        keep_checkpoints=3,
+        log_interval=0.0,
+        tensorboard=False,
+    )
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def weights(result: Any) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in result.policy.state_dict().items()}
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"env": "memory", "recurrent": True},
+        {"env": "squad", "advantage": "vtrace", "prio_alpha": 0.5},
+    ],
+    ids=["cartpole", "memory-lstm", "squad-vtrace-prio"],
+)
+def test_resume_equals_uninterrupted_training(tmp_path: Path, overrides: dict[str, Any]) -> None:
+    whole = train(config(tmp_path / "whole", **overrides))
+    with pytest.raises(Crash):
+        train(config(tmp_path / "split", **overrides), callbacks=[crash_after(2)])
+    resumed = train(config(tmp_path / "split", resume=True, **overrides))
+    assert resumed.resumed_from is not None and resumed.exact_resume
+    assert resumed.global_step == whole.global_step and resumed.updates == whole.updates
+    a, b = weights(whole), weights(resumed)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    # the CSV holds each update once, in order, across the crash
+    steps = [r["step"] for r in read_scalars(tmp_path / "split") if r["name"] == "charts/update"]
+    assert steps == sorted(set(steps)) and len(steps) == whole.updates
+
+
+def test_a_crash_while_saving_keeps_the_last_good_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = train(config(tmp_path / "run", total_steps=64 * 2))
+    good = list_checkpoints(tmp_path / "run")[-1]
+    before = good.read_bytes()
+
+    def exploding_save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        f.write(b"partial garbage")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", exploding_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(good, {"anything": 1})
+    monkeypatch.undo()
+    assert good.read_bytes() == before
+    assert not list((tmp_path / "run" / "checkpoints").glob("*.tmp"))
+    assert load_checkpoint(good)["update"] == result.updates
+
+
+def test_checkpoint_contents_and_rotation(tmp_path: Path) -> None:
+    train(config(tmp_path / "run", total_steps=64 * 5))
+    files = list_checkpoints(tmp_path / "run")
+    assert [f.name for f in files] == ["update_000003.pt", "update_000004.pt", "update_000005.pt"]
+    payload = load_checkpoint(files[-1])
+    for key in ("model", "optimizer", "global_step", "rng", "config", "env_signature", "trainer"):
+        assert key in payload
+    assert payload["config"]["env"] == "CartPole-v1" and payload["global_step"] == 64 * 5
+    policy, cfg, _ = load_policy_from_checkpoint(tmp_path / "run")
+    assert cfg.total_steps == 64 * 5 and sum(p.numel() for p in policy.parameters()) > 0
+
+
+def test_resume_refuses_another_env_or_policy_shape(tmp_path: Path) -> None:
+    train(config(tmp_path / "run", total_steps=64))
+    with pytest.raises(CheckpointError, match="another env"):
+        Trainer(config(tmp_path / "run", env="bandit", resume=True)).train()
+    with pytest.raises(CheckpointError, match="hidden_size"):
+        Trainer(config(tmp_path / "run", hidden_size=32, resume=True)).train()
+    with pytest.raises(CheckpointError, match="not a shoal training checkpoint"):
+        bogus = tmp_path / "bogus.pt"
+        torch.save({"weights": 1}, bogus)
+        load_checkpoint(bogus)
+
+
+def test_new_run_refuses_to_overwrite_checkpoints_unless_asked(tmp_path: Path) -> None:
+    train(config(tmp_path / "run", total_steps=64 * 3))
+    with pytest.raises(APIUsageError, match="--resume"):
+        train(config(tmp_path / "run", total_steps=64))
+    result = train(config(tmp_path / "run", total_steps=64, overwrite=True))
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["update_000001.pt"]
+    assert result.updates == 1 and max(r["step"] for r in read_scalars(tmp_path / "run")) == 64
+
+
+def test_wandb_without_the_package_is_a_clear_error(tmp_path: Path) -> None:
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        with pytest.raises(APIUsageError, match="pip install wandb"):
+            train(config(tmp_path / "run", total_steps=64, wandb=True))
+    else:  # pragma: no cover - depends on the installation
+        pytest.skip("wandb is installed")

@@ -1,0 +1,133 @@
+"""Env constructors for the vector tests: module-level, so they pickle by reference under spawn and on Ray."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import warnings
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+__all__ = [
+    "CrashEnv",
+    "SlowEnv",
+    "cartpole",
+    "crash_in_worker",
+    "crash_on_make",
+    "kaz",
+    "nested",
+    "tictactoe",
+]
+
+KAZ_MAX_CYCLES = 40
+
+
+def cartpole() -> gym.Env:
+    """CartPole-v1 (TimeLimit 500)."""
+    return gym.make("CartPole-v1")
+
+
+def nested() -> gym.Env:
+    """shoal's nested, mixed-dtype Dict env (Dict observations and actions), short episodes."""
+    from shoal.envs.nested import NestedDictEnv
+
+    return NestedDictEnv(max_steps=7, terminate_prob=0.1)
+
+
+def kaz() -> Any:
+    """knights_archers_zombies_v11 as a ParallelEnv (4 agents, agents die), short episodes."""
+    with warnings.catch_warnings():  # pettingzoo flags its versioned-module imports as the "old API"
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from pettingzoo.butterfly import knights_archers_zombies_v11
+
+    return knights_archers_zombies_v11.parallel_env(max_cycles=KAZ_MAX_CYCLES)
+
+
+def tictactoe() -> Any:
+    """tictactoe_v3, a turn-based AEC env with legal-action masks (2 agents, one acts at a time)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from pettingzoo.classic import tictactoe_v3
+
+    return tictactoe_v3.env()
+
+
+def crash_on_make() -> gym.Env:
+    """An env constructor that raises."""
+    raise RuntimeError("boom while making the env")
+
+
+def crash_in_worker() -> gym.Env:
+    """CartPole in the main process (the parent's probe env), an error in any worker process."""
+    import multiprocessing
+
+    if multiprocessing.parent_process() is not None:
+        raise RuntimeError("boom while making the env in a worker")
+    return cartpole()
+
+
+class CrashEnv(gym.Env):
+    """A tiny env that misbehaves after ``after`` steps: ``how`` is "raise", "exit" (os._exit) or "kill" (SIGKILL).
+
+    Observation ``float32[2]`` = (step count, seed or -1); action ``Discrete(2)``; never ends on its own.
+    """
+
+    def __init__(self, after: int = 3, how: str = "raise", on_reset: bool = False) -> None:
+        self.observation_space = spaces.Box(-1e9, 1e9, (2,), np.float32)
+        self.action_space = spaces.Discrete(2)
+        self.after, self.how, self.on_reset = after, how, on_reset
+        self.t = 0
+        self.seed = -1
+
+    def _fail(self) -> None:
+        if self.how == "raise":
+            raise ValueError("CrashEnv failed on purpose")
+        if self.how == "exit":
+            os._exit(3)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        if self.on_reset:
+            self._fail()
+        self.t = 0
+        self.seed = -1 if seed is None else seed
+        return np.array([0, self.seed], np.float32), {"seed": np.int64(self.seed)}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        self.t += 1
+        if self.t >= self.after:
+            self._fail()
+        return np.array([self.t, self.seed], np.float32), 1.0, False, False, {}
+
+
+class SlowEnv(gym.Env):
+    """Sleeps ``delay`` seconds per step; reports its seed; episodes of ``length`` steps (terminated).
+
+    Observation ``float32[2]`` = (step count, seed); ``infos`` at reset: ``{"seed": seed}``.
+    """
+
+    def __init__(self, delay: float = 0.0, length: int = 5) -> None:
+        self.observation_space = spaces.Box(-1e9, 1e9, (2,), np.float32)
+        self.action_space = spaces.Discrete(3)
+        self.delay, self.length = delay, length
+        self.t = 0
+        self.seed = -1
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.t = 0
+        if seed is not None:
+            self.seed = seed
+        return np.array([0, self.seed], np.float32), {"seed": np.int64(self.seed)}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        if self.delay:
+            time.sleep(self.delay)
+        self.t += 1
+        return (np.array([self.t, self.seed], np.float32), float(action), self.t >= self.length, False,
+                {"action": np.int64(action)})
