@@ -8,7 +8,8 @@ Modules: :mod:`~shoal.train.config` (the typed config), :mod:`~shoal.train.buffe
 slot), :mod:`~shoal.train.advantage` (GAE, V-trace-clipped GAE), :mod:`~shoal.train.ppo` (loss and update),
 :mod:`~shoal.train.trainer` (the loop), :mod:`~shoal.train.checkpoint`, :mod:`~shoal.train.logger`,
 :mod:`~shoal.train.resolve` (ENV names -> constructors), :mod:`~shoal.train.evaluate`,
-:mod:`~shoal.train.plot`.
+:mod:`~shoal.train.plot`, :mod:`~shoal.train.mappo` (centralized critic, ``algo="mappo"``),
+:mod:`~shoal.train.normalize` (value normalization), :mod:`~shoal.train.agent_stats` (per-agent/team returns).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from shoal.train.advantage import gae, next_values_from, vtrace_gae
 from shoal.train.buffer import RolloutBuffer, RolloutData
 from shoal.train.config import TrainConfig
 from shoal.train.evaluate import evaluate, evaluate_checkpoint, load_policy_from_checkpoint
+from shoal.train.mappo import MAPPOTrainer, mappo_config
 from shoal.train.ppo import ppo_loss, ppo_update
 from shoal.train.resolve import EnvFn, list_envs, resolve_env
 from shoal.train.trainer import Trainer, TrainResult, train
@@ -31,6 +33,8 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "Trainer",
+    "MAPPOTrainer",
+    "mappo_config",
     # envs
     "EnvFn",
     "list_envs",

@@ -18,6 +18,7 @@ executes pickle (numpy arrays, env snapshots): load only checkpoints you trust.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import pickle
@@ -169,6 +170,32 @@ def check_signature(saved: dict[str, Any], current: dict[str, Any], source: str,
 # --
 
 
+def _new_object(cls: type) -> Any:
+    return cls.__new__(cls)
+
+
+def _set_dict(obj: Any, state: dict[str, Any]) -> None:
+    obj.__dict__.update(state)
+
+
+class _StatePickler(pickle.Pickler):
+    """Pickles ``EzPickle`` objects (most Gymnasium and PettingZoo envs) by their state: their own pickling keeps
+    only the constructor arguments, which would restore a fresh, never-reset env instead of the running one."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        from gymnasium.utils.ezpickle import EzPickle
+
+        if isinstance(obj, EzPickle) and not isinstance(obj, type) and hasattr(obj, "__dict__"):
+            return _new_object, (type(obj),), dict(obj.__dict__), None, None, _set_dict
+        return NotImplemented
+
+
+def _dumps_state(obj: Any) -> bytes:
+    out = io.BytesIO()
+    _StatePickler(out, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    return out.getvalue()
+
+
 def snapshot_env_state(vecenv: Any) -> bytes | None:
     """Pickle the emulated envs of a synchronous serial vector env and its buffers; None when impossible.
 
@@ -180,7 +207,7 @@ def snapshot_env_state(vecenv: Any) -> bytes | None:
         return None
     try:
         emulators = [
-            [pickle.dumps(env, protocol=pickle.HIGHEST_PROTOCOL) for env in group.envs] for group in groups
+            [_dumps_state(env) for env in group.envs] for group in groups
         ]
     except Exception as exc:  # unpicklable env: resume restarts the envs instead
         log.debug("env snapshot skipped: %s: %s", type(exc).__name__, exc)

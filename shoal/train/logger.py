@@ -188,6 +188,20 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return f"{value:.{digits}g}"
 
 
+def _agent_lines(scalars: dict[str, float], columns: int) -> list[str]:
+    """Dashboard lines of multi-agent runs: team returns, then agent returns (``teams/*``, ``agents/*``)."""
+    lines = []
+    for prefix, label in (("teams/", " teams "), ("agents/", " agents")):
+        parts = [f"{name[len(prefix):].rsplit('/', 1)[0]} {_fmt(value)}" for name, value in scalars.items()
+                 if name.startswith(prefix) and name.endswith("/episode_return")]
+        if prefix == "teams/" and "charts/team_return" in scalars:
+            parts.append(f"(all {_fmt(scalars['charts/team_return'])})")
+        if parts:
+            text = f"{label} " + "   ".join(parts)
+            lines.append(text if len(text) <= columns else text[: max(columns - 3, 10)] + "...")
+    return lines
+
+
 def _duration(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"
@@ -248,7 +262,7 @@ class Dashboard:
             f"lr {_fmt(s.get('charts/learning_rate'))}",
             f" time: env {env_t:.0%}   inference {act_t:.0%}   learn {learn_t:.0%}",
         ]
-        return lines
+        return lines + _agent_lines(s, shutil.get_terminal_size((100, 20)).columns)
 
     def __call__(self, record: LogRecord) -> None:
         if self.live:
@@ -265,6 +279,8 @@ class Dashboard:
                 f"return {_fmt(s.get('charts/episode_return'))}  "
                 f"length {_fmt(s.get('charts/episode_length'))}  "
                 f"pg {_fmt(s.get('losses/policy_loss'))}  vf {_fmt(s.get('losses/value_loss'))}  "
-                f"kl {_fmt(s.get('losses/approx_kl'))}  clip {_fmt(s.get('losses/clipfrac'))}\n"
+                f"kl {_fmt(s.get('losses/approx_kl'))}  clip {_fmt(s.get('losses/clipfrac'))}"
+                + "".join(f"\n{line}" for line in _agent_lines(s, 10_000))
+                + "\n"
             )
         self.stream.flush()

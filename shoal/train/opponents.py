@@ -1,0 +1,253 @@
+"""Opponents of a self-play league: how they are chosen (the mix) and how they act (players).
+
+The opponent mix
+    ``TrainConfig.league_opponents`` is a comma-separated list of ``name[:weight]`` entries (weights are
+    normalized; a bare name weighs 1). Each time an env starts an episode, one entry is drawn by weight for each
+    seat the learner does not take, then the entry picks the opponent:
+
+    * ``latest``: the newest snapshot of the learner;
+    * ``uniform``: a snapshot drawn uniformly from the whole history (fictitious self-play);
+    * ``pfsp``: prioritized fictitious self-play: snapshot ``j`` is drawn with probability proportional to
+      ``(1 - p_j) ** 2``, where ``p_j`` is the learner's expected score against ``j`` from the current ELO
+      ratings (AlphaStar's "hard" weighting: opponents the learner struggles against are played most; a
+      snapshot it always beats is almost never drawn);
+    * ``random`` / ``heuristic``: the scripted baseline of that name (see :mod:`shoal.train.heuristics`). Naming a
+      baseline also adds it to the league table as a fixed-rating anchor.
+
+    ``"latest:0.8,uniform:0.2"`` is the classic 80% latest / 20% past mix.
+
+Players
+    Anything with ``player_id``, ``bind(num_rows, agents_per_env)`` and ``act(obs, action_masks, rows, starts)``
+    (see :class:`Player`). :class:`PolicyPlayer` wraps a frozen policy (one batched forward per call, LSTM state
+    per vector row, zeroed where ``starts``), :class:`ScriptedPlayer` a numpy function.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from shoal.errors import APIUsageError
+from shoal.train.heuristics import ScriptedPolicy
+
+__all__ = [
+    "BASELINES",
+    "STRATEGIES",
+    "OpponentSampler",
+    "Player",
+    "PolicyPlayer",
+    "ScriptedPlayer",
+    "frozen_copy",
+    "parse_mix",
+]
+
+STRATEGIES = ("latest", "uniform", "pfsp")
+BASELINES = ("random", "heuristic")
+
+Mix = tuple[tuple[str, float], ...]
+
+
+def parse_mix(spec: str) -> Mix:
+    """Parse an opponent mix such as ``"latest:0.8,uniform:0.2"`` into ``(name, weight)`` pairs summing to 1.
+
+    Raises:
+        APIUsageError: unknown names, repeated names, or weights that are not positive numbers.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise APIUsageError(f"league_opponents must be a non-empty string like 'latest:0.8,uniform:0.2', got {spec!r}")
+    entries: dict[str, float] = {}
+    for part in spec.split(","):
+        name, _, weight_text = part.strip().partition(":")
+        name = name.strip()
+        if name not in STRATEGIES + BASELINES:
+            raise APIUsageError(f"league_opponents: unknown opponent {name!r} in {spec!r}; valid names: "
+                                f"{list(STRATEGIES + BASELINES)} (e.g. 'latest:0.8,uniform:0.2')")
+        if name in entries:
+            raise APIUsageError(f"league_opponents: {name!r} appears twice in {spec!r}")
+        try:
+            weight = float(weight_text) if weight_text.strip() else 1.0
+        except ValueError:
+            raise APIUsageError(f"league_opponents: weight {weight_text!r} of {name!r} is not a number") from None
+        if not (math.isfinite(weight) and weight > 0):
+            raise APIUsageError(f"league_opponents: weight of {name!r} must be > 0, got {weight_text!r}")
+        entries[name] = weight
+    total = sum(entries.values())
+    return tuple((name, weight / total) for name, weight in entries.items())
+
+
+class OpponentSampler:
+    """Draws opponent ids from a mix (see the module docstring).
+
+    Args:
+        mix: output of :func:`parse_mix`.
+        pfsp_power: exponent of the PFSP weighting ``(1 - p) ** pfsp_power``.
+    """
+
+    def __init__(self, mix: Mix, pfsp_power: float = 2.0) -> None:
+        self.mix = mix
+        self.names = [name for name, _ in mix]
+        self.weights = np.array([w for _, w in mix], np.float64)
+        self.pfsp_power = pfsp_power
+
+    @property
+    def baselines(self) -> list[str]:
+        """The scripted baselines the mix names (they join the league as anchors)."""
+        return [name for name in self.names if name in BASELINES]
+
+    def pfsp_weights(self, expected: np.ndarray) -> np.ndarray:
+        """Normalized PFSP weights from the learner's expected scores ``expected`` float ``[n]``."""
+        w = np.clip(1.0 - np.asarray(expected, np.float64), 0.0, 1.0) ** self.pfsp_power
+        total = w.sum()
+        return np.full(len(w), 1.0 / len(w)) if total <= 0 else w / total
+
+    def sample(self, rng: np.random.Generator, snapshots: Sequence[str],
+               expected_score: Callable[[str], float]) -> str:
+        """One opponent id: a snapshot (``snapshots`` oldest first, not empty) or a baseline name.
+
+        ``expected_score(id)`` is the learner's expected score against ``id`` (used by ``pfsp``).
+        """
+        if not snapshots:
+            raise APIUsageError("the league has no snapshot to play against yet")
+        name = self.names[0] if len(self.names) == 1 else self.names[int(rng.choice(len(self.names), p=self.weights))]
+        if name == "latest":
+            return snapshots[-1]
+        if name == "uniform":
+            return snapshots[int(rng.integers(len(snapshots)))]
+        if name == "pfsp":
+            weights = self.pfsp_weights(np.array([expected_score(s) for s in snapshots]))
+            return snapshots[int(rng.choice(len(snapshots), p=weights))]
+        return name
+
+
+class Player(Protocol):
+    """Something that picks actions for a batch of vector rows."""
+
+    player_id: str
+
+    def bind(self, num_rows: int, agents_per_env: int) -> None:
+        """Prepare for a vector env of ``num_rows`` rows, ``agents_per_env`` per env (per-row state)."""
+
+    def act(self, obs: np.ndarray, action_masks: np.ndarray | None, rows: np.ndarray,
+            starts: np.ndarray) -> np.ndarray:
+        """Actions for ``B`` rows.
+
+        Args:
+            obs: ``[B, flat_size]`` flat observation rows (the layout's flat dtype).
+            action_masks: bool ``[B, W]`` legal actions, or None.
+            rows: int64 ``[B]`` the vector rows (keys of per-row state).
+            starts: bool ``[B]`` True where the row's episode starts at this action (reset its state).
+
+        Returns:
+            ``[B, *flat_action_shape]`` flat actions ready to send (int64 ``[B]`` for ``Discrete``).
+        """
+        ...
+
+
+class ScriptedPlayer:
+    """A :class:`Player` backed by a numpy function ``fn(obs, action_masks, rng) -> actions`` (no state).
+
+    Args:
+        player_id: its id in the league. fn: the scripted policy. rng: the generator it draws from.
+    """
+
+    def __init__(self, player_id: str, fn: ScriptedPolicy, rng: np.random.Generator) -> None:
+        self.player_id = player_id
+        self.fn = fn
+        self.rng = rng
+
+    def bind(self, num_rows: int, agents_per_env: int) -> None:
+        pass
+
+    def act(self, obs: np.ndarray, action_masks: np.ndarray | None, rows: np.ndarray,
+            starts: np.ndarray) -> np.ndarray:
+        return self.fn(obs, action_masks, self.rng)
+
+
+class PolicyPlayer:
+    """A :class:`Player` backed by a (frozen) policy with the :class:`~shoal.policies.Policy` forward contract.
+
+    Each :meth:`act` is one batched forward over the given rows. A recurrent policy keeps an LSTM state per
+    vector row (``[1, num_rows, lstm_size]``), zeroed where ``starts`` is True, advanced only for the rows that
+    act. Gradients are never taken; the policy is put in eval mode.
+
+    Args:
+        player_id: its id in the league.
+        policy: the policy (not copied: pass a frozen copy when the original keeps training).
+        deterministic: take the most likely action instead of sampling.
+        device: where to run it (default: the policy's device).
+    """
+
+    def __init__(self, player_id: str, policy: nn.Module, deterministic: bool = False,
+                 device: torch.device | str | None = None) -> None:
+        self.player_id = player_id
+        self.policy = policy.eval()
+        self.deterministic = deterministic
+        self.device = torch.device(device) if device is not None else next(policy.parameters()).device
+        self.recurrent = bool(getattr(policy, "is_recurrent", False))
+        self.num_agent_ids = int(getattr(policy, "num_agent_ids", 0))
+        layout = getattr(policy, "action_layout", None)
+        self.continuous = layout is not None and layout.kind in ("continuous", "hybrid")
+        self.agents_per_env = 1
+        self.state: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def bind(self, num_rows: int, agents_per_env: int) -> None:
+        self.agents_per_env = agents_per_env
+        self.state = self.policy.initial_state(num_rows, self.device) if self.recurrent else None
+
+    def act(self, obs: np.ndarray, action_masks: np.ndarray | None, rows: np.ndarray,
+            starts: np.ndarray) -> np.ndarray:
+        device = self.device
+        with torch.inference_mode():
+            state = done = None
+            index = None
+            if self.recurrent:
+                if self.state is None:
+                    raise APIUsageError(f"player {self.player_id!r}: call bind(num_rows, agents_per_env) first")
+                index = torch.from_numpy(np.asarray(rows, np.int64)).to(device)
+                state = (self.state[0][:, index], self.state[1][:, index])
+                done = torch.from_numpy(np.asarray(starts, np.bool_)).to(device)
+            masks = None if action_masks is None or action_masks.all() else torch.from_numpy(action_masks).to(device)
+            ids = None
+            if self.num_agent_ids:
+                ids = torch.from_numpy(np.asarray(rows, np.int64) % self.agents_per_env).to(device)
+            out = self.policy(torch.from_numpy(np.ascontiguousarray(obs)).to(device), state, done=done,
+                              action_masks=masks, agent_ids=ids, deterministic=self.deterministic)
+            if index is not None and out.state is not None:
+                self.state[0][:, index] = out.state[0]
+                self.state[1][:, index] = out.state[1]
+            action = self.policy.clip_action(out.action) if self.continuous else out.action
+        return action.cpu().numpy()
+
+    def get_rows_state(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The LSTM state of ``rows`` as numpy ``(h, c)``, float32 ``[len(rows), lstm_size]`` each (None if not
+        recurrent)."""
+        if self.state is None:
+            return None
+        index = torch.from_numpy(np.asarray(rows, np.int64))
+        return self.state[0][0, index].cpu().numpy(), self.state[1][0, index].cpu().numpy()
+
+    def set_rows_state(self, rows: np.ndarray, state: tuple[np.ndarray, np.ndarray]) -> None:
+        """Write ``(h, c)`` float32 ``[len(rows), lstm_size]`` into the LSTM state of ``rows``."""
+        if self.state is None:
+            return
+        index = torch.from_numpy(np.asarray(rows, np.int64)).to(self.device)
+        with torch.inference_mode():
+            self.state[0][0, index] = torch.as_tensor(state[0], device=self.device)
+            self.state[1][0, index] = torch.as_tensor(state[1], device=self.device)
+
+
+def frozen_copy(policy: nn.Module, state_dict: dict[str, Any] | None = None) -> nn.Module:
+    """A deep copy of ``policy`` (with ``state_dict`` loaded when given) in eval mode, without gradients."""
+    import copy
+
+    frozen = copy.deepcopy(policy)
+    if state_dict is not None:
+        frozen.load_state_dict(state_dict)
+    frozen.eval()
+    frozen.requires_grad_(False)
+    return frozen
