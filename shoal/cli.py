@@ -287,6 +287,18 @@ def cmd_league(args: argparse.Namespace) -> dict[str, Any]:
             "total_games": table.total_games, "players": players, "png": None if png is None else str(png)}
 
 
+def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
+    from shoal.bench import measure_throughput
+    from shoal.train.resolve import resolve_env
+
+    env_fn = resolve_env(args.env)
+    result = measure_throughput(env_fn, num_envs=args.num_envs, backend=args.backend, num_workers=args.num_workers,
+                                seconds=args.seconds, seed=args.seed)
+    _say(args, f"{args.env}: {result['agent_steps_per_s']:,.0f} agent-steps/s ({args.backend}, "
+               f"{args.num_envs} envs)")
+    return {"command": "bench", "ok": True, "env": args.env, **result}
+
+
 def cmd_plot(args: argparse.Namespace) -> dict[str, Any]:
     from shoal.train.plot import plot_run
 
@@ -399,6 +411,18 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--out", default=None, help="PNG path (default RUN_DIR/curves.png)")
     plot.add_argument("--json", action="store_true", help="print only the final JSON line")
     plot.set_defaults(handler=cmd_plot)
+
+    bench = sub.add_parser("bench", help="measure an env's throughput under a vector backend",
+                           description="Step copies of ENV with random legal actions and print agent-steps/s.")
+    bench.command = "bench"  # type: ignore[attr-defined]
+    bench.add_argument("env", metavar="ENV", help="Gymnasium id, PettingZoo module path or built-in env name")
+    bench.add_argument("--num-envs", type=int, default=8)
+    bench.add_argument("--backend", default="serial", choices=["serial", "multiprocessing", "ray"])
+    bench.add_argument("--num-workers", type=int, default=None)
+    bench.add_argument("--seconds", type=float, default=3.0)
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--json", action="store_true", help="print only the final JSON line")
+    bench.set_defaults(handler=cmd_bench)
 
     listing = sub.add_parser("list", help="list the envs shoal can train on")
     listing.command = "list"  # type: ignore[attr-defined]
