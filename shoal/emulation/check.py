@@ -70,6 +70,24 @@ def _same(a: Any, b: Any) -> bool:
     return np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True)
 
 
+def _check_determinism(rollout: Any, seed: int, problems: list[str]) -> list[str]:
+    """Play ``rollout`` twice; report where the two traces first differ."""
+    first, second = rollout(), rollout()
+    if not problems and not _same(first, second):
+        pairs = enumerate(zip(first, second, strict=False))
+        index = next((i for i, (a, b) in pairs if not _same(a, b)), min(len(first), len(second)))
+        problems.append(f"not deterministic: reset(seed={seed}) and the same actions diverge at trace entry "
+                        f"{index}; seed every random source from reset(seed=...) (use self.np_random)")
+    return problems
+
+
+def _seeded_rng(env: Any, seed: int) -> np.random.Generator:
+    """Seed every agent's action space and return the generator for mask-aware sampling."""
+    for agent in env.possible_agents:
+        env.action_space(agent).seed(seed)
+    return np.random.default_rng(seed)
+
+
 def _sample_action(space: Any, rng: np.random.Generator, mask: Any = None) -> Any:
     if isinstance(space, gym.spaces.Discrete) and mask is not None:
         legal = np.flatnonzero(np.asarray(mask))
@@ -127,9 +145,7 @@ def _check_parallel(env: Any, steps: int, seed: int) -> list[str]:
         return problems
 
     def rollout() -> list[Any]:
-        rng = np.random.default_rng(seed)
-        for agent in env.possible_agents:
-            env.action_space(agent).seed(seed)
+        rng = _seeded_rng(env, seed)
         obs, infos = env.reset(seed=seed)
         trace: list[Any] = [obs]
         gone: set[str] = set()
@@ -156,11 +172,7 @@ def _check_parallel(env: Any, steps: int, seed: int) -> list[str]:
             trace += [obs, rewards, terms, truncs]
         return trace
 
-    first, second = rollout(), rollout()
-    if not problems and not _same(first, second):
-        problems.append(f"not deterministic: reset(seed={seed}) and the same actions give different trajectories; "
-                        "seed every random source from reset(seed=...)")
-    return problems
+    return _check_determinism(rollout, seed, problems)
 
 
 def _mask_of(obs: Any, info: Any) -> Any:
@@ -177,9 +189,7 @@ def _check_aec(env: Any, steps: int, seed: int) -> list[str]:
         return problems
 
     def rollout() -> list[Any]:
-        rng = np.random.default_rng(seed)
-        for agent in env.possible_agents:
-            env.action_space(agent).seed(seed)
+        rng = _seeded_rng(env, seed)
         env.reset(seed=seed)
         trace: list[Any] = []
         for t in range(steps):
@@ -197,8 +207,4 @@ def _check_aec(env: Any, steps: int, seed: int) -> list[str]:
             env.step(action)
         return trace
 
-    first, second = rollout(), rollout()
-    if not problems and not _same(first, second):
-        problems.append(f"not deterministic: reset(seed={seed}) and the same actions give different trajectories; "
-                        "seed every random source from reset(seed=...)")
-    return problems
+    return _check_determinism(rollout, seed, problems)
