@@ -10,17 +10,18 @@ simple_spread_v3 (3 agents, 3 landmarks, ``max_cycles=25``): every method is eva
 * ``IPPO``: parameter-shared PPO (agent ids, value normalization, MAPPO's defaults), local critic;
 * ``MAPPO``: the same plus the centralized critic (the env's ``state()``, agent-specific).
 
-IPPO and MAPPO train with the same seed and the same budget of agent steps, one after the other in this process
-(2 CPU cores, shared). For each the table gives the steps and minutes it took, its evaluation return with greedy
-and with sampled actions, the return of its last training episodes (sampled), its training curve at equal steps,
-and when its training return first reached the heuristic's. Targets: MAPPO reaches the heuristic's return within
-30 minutes, and is no worse than IPPO at equal steps.
+Both use ``gamma=0.95`` (25-step episodes). IPPO and MAPPO train with the same seed and the same budget of agent
+steps, side by side in two worker processes (one core each on a 2-core machine; ``--workers 1`` runs them one after
+the other), while the main process evaluates the scripted baselines. For each the table gives the steps and minutes
+it took, its evaluation return with greedy and with sampled actions, the return of its last training episodes
+(sampled), its training curve at equal steps, and when its training return first reached the heuristic's. Targets:
+MAPPO reaches the heuristic's return within 30 minutes, and is no worse than IPPO at equal steps.
 
 Then MAPPO on knights_archers_zombies_v11 (archers and knights die mid-episode): the mean team return (all agents
 of an env episode together) over the run; and on simple_tag_v3 (3 predators with 16-dim observations, 1 prey with
 14-dim ones, padded into one layout): the per-team returns over the run.
 
-    python benchmarks/mappo.py [--steps 2400000] [--seed 0] [--kaz-steps 400000] [--tag-steps 300000]
+    python benchmarks/mappo.py [--steps 4000000] [--seed 0] [--kaz-steps 400000] [--tag-steps 300000] [--workers 2]
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -130,23 +132,83 @@ class Curve:
         return None
 
 
+KEEP = ("charts/episode_return", "charts/team_return", "teams/adversary/episode_return", "teams/agent/episode_return")
+
+
 def run(config: TrainConfig) -> tuple[Any, Curve, float]:
+    """Train ``config``; returns the result, the curve (only the scalars this script reads) and the seconds."""
     curve = Curve()
     start = time.perf_counter()
     result = train(config, callbacks=[curve])
+    curve.points = [(s, t, {k: v for k, v in sc.items() if k in KEEP}) for s, t, sc in curve.points]
     return result, curve, time.perf_counter() - start
 
 
 def spread_config(algo: str, steps: int, seed: int) -> TrainConfig:
+    """IPPO (``"ppo"``) or MAPPO on simple_spread: MAPPO's defaults, value normalization, ``gamma=0.95`` (the
+    episodes last 25 steps; with 0.99 both learn to spread much later)."""
     common = dict(
-        env=SPREAD, env_kwargs={"max_cycles": 25}, total_steps=steps, seed=seed, log_interval=5.0, stats_window=300
+        env=SPREAD,
+        env_kwargs={"max_cycles": 25},
+        total_steps=steps,
+        seed=seed,
+        gamma=0.95,
+        log_interval=5.0,
+        stats_window=300,
     )
     if algo == "mappo":
         return mappo_config(**common)
     return TrainConfig(**{**MAPPO_DEFAULTS, "algo": "ppo", "value_norm": "running", **common})
 
 
-def fmt(x: float) -> str:
+def spread_evaluation(policy: nn.Module, args: dict[str, Any], deterministic: bool) -> float:
+    """Mean per-agent return over ``eval_episodes`` env episodes on the evaluation seeds."""
+    env_fn = resolve_env(SPREAD, {"max_cycles": 25})
+    episodes = args["eval_episodes"] * 3  # evaluate() counts agent-episodes
+    return evaluate(policy, env_fn, episodes, seed=args["eval_seed"], num_envs=8, deterministic=deterministic)[
+        "mean_return"
+    ]
+
+
+def job(name: str, args: dict[str, Any]) -> dict[str, Any]:
+    """One training job (in a worker process): ``"IPPO"``, ``"MAPPO"``, ``"kaz"`` or ``"tag"``."""
+    torch.set_num_threads(1)
+    if name in ("IPPO", "MAPPO"):
+        result, curve, seconds = run(spread_config("ppo" if name == "IPPO" else "mappo", args["steps"], args["seed"]))
+        return {
+            "method": name,
+            "steps": result.global_step,
+            "minutes": seconds / 60,
+            "greedy": spread_evaluation(result.policy, args, True),
+            "sampled": spread_evaluation(result.policy, args, False),
+            "train": result.episode_return,
+            "points": curve.points,
+        }
+    if name == "kaz":
+        cfg = mappo_config(
+            env=KAZ,
+            total_steps=args["kaz_steps"],
+            seed=args["seed"],
+            num_envs=8,
+            horizon=64,
+            minibatch_size=1024,
+            log_interval=5.0,
+            stats_window=20,
+        )
+    else:
+        cfg = mappo_config(
+            env=TAG,
+            env_kwargs={"max_cycles": 25},
+            total_steps=args["tag_steps"],
+            seed=args["seed"],
+            log_interval=5.0,
+            stats_window=100,
+        )
+    result, curve, seconds = run(cfg)
+    return {"steps": result.global_step, "minutes": seconds / 60, "episodes": result.episodes, "points": curve.points}
+
+
+def fmt(x: float | None) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.2f}"
 
 
@@ -157,70 +219,59 @@ def fmt(x: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=2_400_000, help="agent steps for IPPO and for MAPPO each")
+    parser.add_argument("--steps", type=int, default=4_000_000, help="agent steps for IPPO and for MAPPO each")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-episodes", type=int, default=200, help="env episodes per evaluation")
     parser.add_argument("--eval-seed", type=int, default=10_000)
     parser.add_argument("--kaz-steps", type=int, default=400_000, help="0 skips knights_archers_zombies")
     parser.add_argument("--tag-steps", type=int, default=300_000, help="0 skips simple_tag")
+    parser.add_argument("--workers", type=int, default=2, help="training processes (1: one job after the other)")
     parser.add_argument("--json", action="store_true", help="also print one JSON line of every figure")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    out: dict[str, Any] = {}
+    options = vars(args)
     wall = time.perf_counter()
 
-    # ---- simple_spread: random, heuristic, IPPO, MAPPO ---------------------------------------------------------
-    env_fn = resolve_env(SPREAD, {"max_cycles": 25})
-    agents = 3
-    episodes = args.eval_episodes * agents  # evaluate() counts agent-episodes
+    # ---- the trained jobs run in a pool: IPPO and MAPPO side by side, then KAZ and simple_tag ------------------
+    names = ["IPPO", "MAPPO"] + ["kaz"] * bool(args.kaz_steps) + ["tag"] * bool(args.tag_steps)
+    with ProcessPoolExecutor(max_workers=args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {name: pool.submit(job, name, options) for name in names}
+        # ---- meanwhile, the scripted baselines on the evaluation seeds ------------------------------------------
+        rows: list[dict[str, Any]] = []
+        for name, rule in (("random", random_rule), ("heuristic", heuristic_rule)):
+            start = time.perf_counter()
+            value = spread_evaluation(ScriptedPolicy(rule, 3, args.seed), options, True)
+            rows.append(
+                {
+                    "method": name,
+                    "steps": 0,
+                    "minutes": (time.perf_counter() - start) / 60,
+                    "greedy": value,
+                    "sampled": value,
+                    "train": math.nan,
+                }
+            )
+        results = {name: future.result() for name, future in futures.items()}
 
-    def evaluation(policy: nn.Module, deterministic: bool) -> float:
-        return evaluate(policy, env_fn, episodes, seed=args.eval_seed, num_envs=8, deterministic=deterministic)[
-            "mean_return"
-        ]
-
-    rows: list[dict[str, Any]] = []
-    for name, rule in (("random", random_rule), ("heuristic", heuristic_rule)):
-        start = time.perf_counter()
-        value = evaluation(ScriptedPolicy(rule, agents, args.seed), True)
-        rows.append(
-            {
-                "method": name,
-                "steps": 0,
-                "minutes": (time.perf_counter() - start) / 60,
-                "greedy": value,
-                "sampled": value,
-                "train": math.nan,
-                "reached": None,
-            }
-        )
+    # ---- simple_spread table ----------------------------------------------------------------------------------
     heuristic = rows[1]["greedy"]
+    how = f"side by side in {args.workers} processes" if args.workers > 1 else "one after the other"
     curves: dict[str, Curve] = {}
-    for name, algo in (("IPPO", "ppo"), ("MAPPO", "mappo")):
-        result, curve, seconds = run(spread_config(algo, args.steps, args.seed))
-        curves[name] = curve
-        rows.append(
-            {
-                "method": name,
-                "steps": result.global_step,
-                "minutes": seconds / 60,
-                "greedy": evaluation(result.policy, True),
-                "sampled": evaluation(result.policy, False),
-                "train": result.episode_return,
-                "reached": curve.first_reaching("charts/episode_return", heuristic),
-            }
-        )
-
+    for name in ("IPPO", "MAPPO"):
+        curves[name] = curve = Curve()
+        curve.points = results[name].pop("points")
+        rows.append({**results[name], "reached": curve.first_reaching("charts/episode_return", heuristic)})
     print(
         f"{SPREAD} (3 agents, max_cycles=25): mean per-agent episode return, {args.eval_episodes} evaluation "
-        f"episodes on seeds {args.eval_seed}+, seed {args.seed}, {args.steps:,} agent steps per trained method"
+        f"episodes on seeds {args.eval_seed}+; IPPO and MAPPO: seed {args.seed}, {args.steps:,} agent steps each, "
+        f"trained {how}"
     )
     print(
         f"{'method':<10} {'agent steps':>12} {'minutes':>8} {'eval greedy':>12} {'eval sampled':>13} "
         f"{'train (last 300)':>17}   training return first >= heuristic"
     )
     for row in rows:
-        reached = row["reached"]
+        reached = row.get("reached")
         when = (
             "-"
             if row["method"] in ("random", "heuristic")
@@ -230,66 +281,49 @@ def main() -> None:
             f"{row['method']:<10} {row['steps']:>12,} {row['minutes']:>8.1f} {fmt(row['greedy']):>12} "
             f"{fmt(row['sampled']):>13} {fmt(row['train']):>17}   {when}"
         )
-    marks = [args.steps * f for f in (0.25, 0.5, 0.75, 1.0)]
     print("training return (sampled actions, last 300 agent-episodes) at equal steps:")
     print(f"{'steps':>12} " + " ".join(f"{name:>8}" for name in curves))
-    for mark in marks:
+    for fraction in (0.25, 0.5, 0.75, 1.0):
+        mark = args.steps * fraction
         print(
             f"{int(mark):>12,} "
             + " ".join(f"{fmt(c.value_at(mark, 'charts/episode_return')):>8}" for c in curves.values())
         )
-    out["simple_spread"] = {"rows": [{**r, "reached": r["reached"]} for r in rows]}
+    out: dict[str, Any] = {"simple_spread": rows}
 
     # ---- knights_archers_zombies: agents die mid-episode --------------------------------------------------------
-    if args.kaz_steps:
-        cfg = mappo_config(
-            env=KAZ,
-            total_steps=args.kaz_steps,
-            seed=args.seed,
-            num_envs=8,
-            horizon=64,
-            minibatch_size=1024,
-            log_interval=5.0,
-            stats_window=20,
-        )
-        result, curve, seconds = run(cfg)
-        team = [(s, sc["charts/team_return"]) for s, _, sc in curve.points if "charts/team_return" in sc]
-        quarter = [curve.value_at(args.kaz_steps * f, "charts/team_return") for f in (0.25, 0.5, 0.75, 1.0)]
+    if "kaz" in results:
+        kaz = results["kaz"]
+        curve = Curve()
+        curve.points = kaz.pop("points")
+        team = [sc["charts/team_return"] for _, _, sc in curve.points if "charts/team_return" in sc]
+        quarters = [curve.value_at(args.kaz_steps * f, "charts/team_return") for f in (0.25, 0.5, 0.75, 1.0)]
         print(
-            f"{KAZ}: MAPPO, {result.global_step:,} agent steps in {seconds / 60:.1f} min, "
-            f"{result.episodes:,} agent-episodes; mean team return (last 20 env episodes) at 25/50/75/100%: "
-            + " / ".join(fmt(q) for q in quarter)
-            + f" (first logged {fmt(team[0][1]) if team else '-'})"
+            f"{KAZ}: MAPPO, {kaz['steps']:,} agent steps in {kaz['minutes']:.1f} min, {kaz['episodes']:,} "
+            "agent-episodes; mean team return (last 20 env episodes): first logged "
+            f"{fmt(team[0] if team else None)}, at 25/50/75/100% of the steps " + " / ".join(fmt(q) for q in quarters)
         )
-        out["kaz"] = {"steps": result.global_step, "minutes": seconds / 60, "team_return": quarter}
+        out["kaz"] = {**kaz, "team_return_first": team[0] if team else None, "team_return_quarters": quarters}
 
     # ---- simple_tag: heterogeneous agents ---------------------------------------------------------------------
-    if args.tag_steps:
-        cfg = mappo_config(
-            env=TAG,
-            env_kwargs={"max_cycles": 25},
-            total_steps=args.tag_steps,
-            seed=args.seed,
-            log_interval=5.0,
-            stats_window=100,
-        )
-        result, curve, seconds = run(cfg)
-        names = ("teams/adversary/episode_return", "teams/agent/episode_return")
-        first = next((sc for _, _, sc in curve.points if all(n in sc for n in names)), {})
-        last = curve.points[-1][2]
+    if "tag" in results:
+        tag = results["tag"]
+        teams = ("teams/adversary/episode_return", "teams/agent/episode_return")
+        points = tag.pop("points")
+        first = next((sc for _, _, sc in points if all(n in sc for n in teams)), {})
+        last = points[-1][2] if points else {}
         print(
-            f"{TAG}: MAPPO, 3 predators (obs 16) + 1 prey (obs 14) in one padded layout, {result.global_step:,} "
-            f"agent steps in {seconds / 60:.1f} min; team returns first -> last: predators "
-            f"{fmt(first.get(names[0], math.nan))} -> {fmt(last.get(names[0], math.nan))}, prey "
-            f"{fmt(first.get(names[1], math.nan))} -> {fmt(last.get(names[1], math.nan))}"
+            f"{TAG}: MAPPO, 3 predators (obs 16) + 1 prey (obs 14) in one padded layout, {tag['steps']:,} agent "
+            f"steps in {tag['minutes']:.1f} min; team returns first -> last logged: predators "
+            f"{fmt(first.get(teams[0]))} -> {fmt(last.get(teams[0]))}, prey {fmt(first.get(teams[1]))} -> "
+            f"{fmt(last.get(teams[1]))}"
         )
-        out["simple_tag"] = {"first": {n: first.get(n) for n in names}, "last": {n: last.get(n) for n in names}}
+        out["simple_tag"] = {**tag, "first": {n: first.get(n) for n in teams}, "last": {n: last.get(n) for n in teams}}
 
     print(f"total {(time.perf_counter() - wall) / 60:.1f} min")
     if args.json:
-        print(json.dumps(out, default=lambda x: None if isinstance(x, float) and math.isnan(x) else str(x)))
+        print(json.dumps(out, default=str))
 
 
 if __name__ == "__main__":
-    np.set_printoptions(precision=3)
     main()
