@@ -21,7 +21,7 @@ Then MAPPO on knights_archers_zombies_v11 (archers and knights die mid-episode):
 of an env episode together) over the run; and on simple_tag_v3 (3 predators with 16-dim observations, 1 prey with
 14-dim ones, padded into one layout): the per-team returns over the run.
 
-    python benchmarks/mappo.py [--steps 4000000] [--seed 0] [--kaz-steps 400000] [--tag-steps 300000] [--workers 2]
+    python benchmarks/mappo.py [--steps 4000000] [--seed 0] [--kaz-steps 600000] [--tag-steps 300000] [--workers 2]
 """
 
 from __future__ import annotations
@@ -192,8 +192,9 @@ def job(name: str, args: dict[str, Any]) -> dict[str, Any]:
             num_envs=8,
             horizon=64,
             minibatch_size=1024,
+            learning_rate=5e-4,
             log_interval=5.0,
-            stats_window=20,
+            stats_window=50,
         )
     else:
         cfg = mappo_config(
@@ -223,7 +224,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-episodes", type=int, default=200, help="env episodes per evaluation")
     parser.add_argument("--eval-seed", type=int, default=10_000)
-    parser.add_argument("--kaz-steps", type=int, default=400_000, help="0 skips knights_archers_zombies")
+    parser.add_argument("--kaz-steps", type=int, default=600_000, help="0 skips knights_archers_zombies")
     parser.add_argument("--tag-steps", type=int, default=300_000, help="0 skips simple_tag")
     parser.add_argument("--workers", type=int, default=2, help="training processes (1: one job after the other)")
     parser.add_argument("--json", action="store_true", help="also print one JSON line of every figure")
@@ -300,7 +301,7 @@ def main() -> None:
         quarters = [curve.value_at(args.kaz_steps * f, "charts/team_return") for f in (0.25, 0.5, 0.75, 1.0)]
         print(
             f"{KAZ}: MAPPO, {kaz['steps']:,} agent steps in {kaz['minutes']:.1f} min, {kaz['episodes']:,} "
-            "agent-episodes; mean team return (last 20 env episodes): first logged "
+            "agent-episodes; mean team return (last 50 env episodes): first logged "
             f"{fmt(team[0] if team else None)}, at 25/50/75/100% of the steps " + " / ".join(fmt(q) for q in quarters)
         )
         out["kaz"] = {**kaz, "team_return_first": team[0] if team else None, "team_return_quarters": quarters}

@@ -18,8 +18,9 @@ Resume
     picklable envs, a snapshot of the envs: ``resume`` then continues exactly as an uninterrupted run would.
     Otherwise the envs restart from a fresh reset (logged as a warning).
 
-Extending (MAPPO): :meth:`Trainer.critic_inputs` is the single place where a centralized critic input would be
-built from the env result; PPO returns None (the critic reads the actor's features).
+Extending (MAPPO): :meth:`Trainer.critic_inputs` is the single place where a centralized critic input is built
+from the env result; PPO returns None (the critic reads the actor's features). :class:`shoal.train.mappo.MAPPOTrainer`
+overrides it, :meth:`Trainer._values` (``final=True``: final observations) and sets :attr:`value_norm`.
 """
 
 from __future__ import annotations
