@@ -16,6 +16,7 @@ from shoal.errors import APIUsageError
 __all__ = ["GymnasiumEmulator"]
 
 _ONE = (1,)
+_MAX_TABLE = 1 << 16  # largest Discrete action space served by the lookup table in step()
 
 _READY = State.READY
 
@@ -62,7 +63,14 @@ class GymnasiumEmulator(Emulator):
         else:
             self._bind()
         self._discrete_n = int(self.action_layout.flat_space.n) if self.action_layout.kind == "discrete" else 0
-        self._discrete_start = int(env.action_space.start) if self._discrete_n else 0
+        # Native actions of a Discrete space by flat index, used by step() once the env is ready.
+        self._ready_choices: dict[int, Any] | None = None
+        if 0 < self._discrete_n <= _MAX_TABLE:
+            start, dtype = int(env.action_space.start), env.action_space.dtype.type
+            self._ready_choices = {i: dtype(start + i) for i in range(self._discrete_n)}
+        self._choices: dict[int, Any] | None = None
+        self._env_step = env.step
+        self._flags_up = False
         self._mask_set = False
 
     def _bind(self) -> None:
@@ -117,7 +125,9 @@ class GymnasiumEmulator(Emulator):
         buffers.terminals[0] = False
         buffers.truncations[0] = False
         self._return, self._length = 0.0, 0
+        self._flags_up = False
         self._state = State.READY
+        self._choices = self._ready_choices
         return buffers.obs, [info]
 
     def _native_action(self, actions: Any) -> Any:
@@ -131,31 +141,29 @@ class GymnasiumEmulator(Emulator):
         Returns:
             ``(obs [1, flat_size], rewards float32[1], terminals bool[1], truncations bool[1], infos [dict])``.
         """
-        if self._state is not _READY:
-            self._require_ready("step")
-        n = self._discrete_n
-        if n and type(actions) is np.ndarray and actions.shape == _ONE and type(index := actions.item()) is int:
-            # Fast path for Discrete: pass a numpy integer, which Discrete.contains checks quickest.
-            action = actions[0] if 0 <= index < n else self._native_action(actions)
-            if self._discrete_start:
-                action = action + self._discrete_start
-        else:
+        # Fast path for a Discrete action space: one lookup yields the native action (a numpy integer of the space's
+        # dtype, which Discrete.contains checks quickest). ``_choices`` is None unless the env is ready; any miss
+        # (not ready, not a [1] integer array, out of range) takes the checked path below.
+        action = None
+        try:
+            if actions.shape == _ONE and type(index := actions.item()) is int:
+                action = self._choices.get(index)
+        except (AttributeError, ValueError):
+            pass
+        if action is None:
+            if self._state is not _READY:
+                self._require_ready("step")
             action = self._native_action(actions)
-        obs, reward, terminated, truncated, info = self.env.step(action)
+        obs, reward, terminated, truncated, info = self._env_step(action)
         self._rewards[0] = reward
-        self._terminals[0] = terminated
-        self._truncations[0] = truncated
         self._return += reward
         self._length += 1
         if terminated or truncated:
-            info = dict(info)
-            info["final_observation"] = self._final_writer.write(self._strip_mask(obs)).copy()
-            info["episode"] = {"return": float(self._return), "length": self._length}
-            self._return, self._length = 0.0, 0
-            obs, reset_info = self.env.reset()
-            info["reset_info"] = reset_info
-            self._write(obs, reset_info)
-        elif self._plain is not None and not (info and self._mask_key in info):
+            return self._end_episode(obs, terminated, truncated, info)
+        if self._flags_up:
+            self._terminals[0] = self._truncations[0] = False
+            self._flags_up = False
+        if self._plain is not None and not (info and self._mask_key in info):
             try:
                 self._plain[...] = obs
             except (ValueError, TypeError):
@@ -163,3 +171,22 @@ class GymnasiumEmulator(Emulator):
         else:
             self._write(obs, info)
         return self._obs, self._rewards, self._terminals, self._truncations, [info]
+
+    def _end_episode(self, obs: Any, terminated: bool, truncated: bool, info: dict[str, Any]) -> StepResult:
+        """Record the finished episode in ``info`` and reset the env in the same step."""
+        self._terminals[0] = terminated
+        self._truncations[0] = truncated
+        self._flags_up = True
+        info = dict(info)
+        info["final_observation"] = self._final_writer.write(self._strip_mask(obs)).copy()
+        info["episode"] = {"return": float(self._return), "length": self._length}
+        self._return, self._length = 0.0, 0
+        obs, reset_info = self.env.reset()
+        info["reset_info"] = reset_info
+        self._write(obs, reset_info)
+        return self._obs, self._rewards, self._terminals, self._truncations, [info]
+
+    def close(self) -> None:
+        """Close the wrapped env; further calls raise :class:`APIUsageError`. Safe to call twice."""
+        self._choices = None
+        super().close()

@@ -118,8 +118,13 @@ def test_lifecycle_and_action_errors() -> None:
         env.step(np.array([0, 1, 0]))
     with pytest.raises(APIUsageError, match="integer"):
         env.step(np.array([0.5]))
-    with pytest.raises(APIUsageError, match=r"slot 0.*outside Discrete\(2\)"):
-        env.step(np.array([2]))
+    for bad in ([2], [3], [-1], [-3], [1 << 40]):  # past the end, negative, far outside
+        with pytest.raises(APIUsageError, match=r"slot 0.*outside Discrete\(2\)"):
+            env.step(np.array(bad))
+    with pytest.raises(APIUsageError, match="integer"):
+        env.step(np.array([1.0]))
+    with pytest.raises(APIUsageError, match="shape"):
+        env.step(np.array([[1]]))
     env.close()
     with pytest.raises(APIUsageError, match=r"after close\(\)"):
         env.step(np.array([0]))
@@ -147,3 +152,38 @@ def test_emulator_writes_into_buffers_it_is_handed() -> None:
     assert big["masks"][1].all()
     with pytest.raises(APIUsageError, match="buffer 'obs'"):
         env.attach(Buffers(**{**{n: a[1] for n, a in big.items()}, "obs": np.zeros((1, 5), np.float32)}))
+
+
+def test_discrete_start_flags_and_episode_boundaries_match_the_raw_env() -> None:
+    """A Discrete space with a non-zero start gets its offset back; flags are raised for one step only."""
+    space = gym.spaces.Discrete(3, start=-1)
+    raw = gym.wrappers.TimeLimit(_ChoiceEcho(space), max_episode_steps=3)
+    env = emulate(gym.wrappers.TimeLimit(_ChoiceEcho(space), max_episode_steps=3))
+    env.reset(seed=0)
+    raw.reset(seed=0)
+    for t, flat in enumerate([0, 2, 1, 1, 0, 2, 2]):
+        obs, rewards, terminals, truncations, infos = env.step(np.array([flat]))
+        raw_obs, raw_reward, _, raw_truncated, _ = raw.step(flat - 1)
+        assert rewards[0] == raw_reward == flat - 1
+        assert bool(truncations[0]) == raw_truncated == (t % 3 == 2)
+        assert not terminals[0]
+        if raw_truncated:
+            assert infos[0]["final_observation"][0] == flat - 1
+            raw_obs, _ = raw.reset()
+        np.testing.assert_array_equal(obs[0], raw_obs)
+
+
+class _ChoiceEcho(gym.Env):
+    """Observes and rewards the last action taken (0 after a reset)."""
+
+    def __init__(self, space: gym.spaces.Discrete) -> None:
+        self.action_space = space
+        self.observation_space = gym.spaces.Box(-5, 5, (1,), np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action: np.integer) -> tuple[np.ndarray, float, bool, bool, dict]:
+        assert self.action_space.contains(action), action
+        return np.full(1, action, np.float32), float(action), False, False, {}
