@@ -47,6 +47,7 @@ from shoal.emulation.actions import ActionLayout
 from shoal.emulation.base import ACTION_MASK_KEY, Buffers, Emulator, State, split_action_mask
 from shoal.emulation.flatten import Flattener
 from shoal.emulation.layout import Layout, compile_layout
+from shoal.emulation.parallel_step import direct_parallel_step as _direct_step
 from shoal.emulation.stats import EpisodeStats
 from shoal.errors import APIUsageError, CapacityError, EnvError, SpaceError
 
@@ -97,6 +98,9 @@ class PettingZooEmulator(Emulator):
         buffers: arrays to write into (see :class:`Buffers`); allocated when omitted.
         action_mask_key: key of the legal-action mask in Dict observations or infos; ``None`` disables it.
         check_observations: check every agent's first observation against its observation space.
+        direct_parallel_step: step a PettingZoo ``aec_to_parallel`` env without the work its wrapper discards
+            (same results, see :mod:`shoal.emulation.parallel_step`); turn off for an env whose ``observe()`` has
+            side effects.
 
     Attributes:
         env: the wrapped env.
@@ -108,7 +112,8 @@ class PettingZooEmulator(Emulator):
     """
 
     def __init__(self, env: ParallelEnv | AECEnv, max_agents: int | None = None, buffers: Buffers | None = None,
-                 action_mask_key: str | None = ACTION_MASK_KEY, check_observations: bool = True) -> None:
+                 action_mask_key: str | None = ACTION_MASK_KEY, check_observations: bool = True,
+                 direct_parallel_step: bool = True) -> None:
         if isinstance(env, ParallelEnv):
             self.is_parallel = True
         elif isinstance(env, AECEnv):
@@ -140,6 +145,10 @@ class PettingZooEmulator(Emulator):
         acts = {a: ActionLayout(env.action_space(a)) for a in possible}
         self._act_mode = self._plan_actions(acts)
         self._discrete_fast = self._act_mode in ("same", "discrete_pad")  # cleared by any non-Discrete agent
+        self._parallel_step = env.step if self.is_parallel else None
+        if self.is_parallel and direct_parallel_step:
+            checked = all(isinstance(env.action_space(a), spaces.Discrete | spaces.MultiDiscrete) for a in possible)
+            self._parallel_step = _direct_step(env, actions_checked=checked) or env.step
         self._specs: dict[str, _AgentSpec] = {}
         self._spawned_specs: dict[str, _AgentSpec] = {}
         self.obs_layouts: dict[str, Layout] = {}
@@ -577,7 +586,7 @@ class PettingZooEmulator(Emulator):
         specs = self._slot_spec
         slot_agents = self.slot_agents
         acting = self._acting
-        obs, rewards, terms, truncs, env_infos = env.step({slot_agents[s]: a for s, a in actions.items()})
+        obs, rewards, terms, truncs, env_infos = self._parallel_step({slot_agents[s]: a for s, a in actions.items()})
         b = self.buffers
         n = self.num_agents
         b.rewards[:] = 0.0
