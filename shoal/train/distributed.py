@@ -3,8 +3,9 @@
 Data-parallel learners (``torchrun``)
     Every process launched by ``torchrun`` (which sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``) runs a
     :class:`DistributedTrainer`: its own vector env, its own rollouts, and a copy of the policy wrapped in
-    :class:`~torch.nn.parallel.DistributedDataParallel`, so gradients are averaged over every learner and all
-    copies stay identical. The process group uses ``nccl`` when the learner's device is a GPU and ``gloo``
+    :class:`~torch.nn.parallel.DistributedDataParallel` (which gives every learner rank 0's initial
+    parameters); each update sums the learners' gradients (:func:`distributed_ppo_update`), so all copies stay
+    identical. The process group uses ``nccl`` when the learner's device is a GPU and ``gloo``
     otherwise. :func:`shoal.train.train` and ``shoal train`` switch to it by themselves under ``torchrun``:
 
         torchrun --nproc-per-node 2 -m shoal train CartPole-v1 --total-steps 300000 --run-dir runs/ddp
@@ -41,7 +42,6 @@ from __future__ import annotations
 import atexit
 import datetime
 import logging
-import math
 import os
 import random
 import time
@@ -60,7 +60,7 @@ from shoal.errors import APIUsageError, CheckpointError, ShoalError
 from shoal.train.checkpoint import checkpoint_path, load_checkpoint
 from shoal.train.config import TrainConfig
 from shoal.train.logger import LogRecord, RunLogger
-from shoal.train.ppo import _advantages, _sequence_forward, clip_grad_norm, ppo_loss
+from shoal.train.ppo import ppo_update
 from shoal.train.trainer import Trainer, resolve_device
 
 __all__ = [
@@ -232,11 +232,25 @@ def _world() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def _all_sum(values: Tensor) -> Tensor:
-    """Sum ``values`` over every learner (in place; identity for one learner)."""
-    if _world() > 1:
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
-    return values
+def _all_sum(tensors: list[Tensor]) -> None:
+    """Sum each tensor of ``tensors`` over every learner, in place (nothing for one learner): one all-reduce
+    per device and dtype, over the tensors flattened into one buffer."""
+    if _world() == 1:
+        return
+    groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+    for tensor in tensors:
+        groups.setdefault((tensor.device, tensor.dtype), []).append(tensor)
+    for group in groups.values():
+        flat = torch.cat([tensor.reshape(-1) for tensor in group])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        for tensor, part in zip(group, flat.split([tensor.numel() for tensor in group]), strict=True):
+            tensor.copy_(part.view_as(tensor))
+
+
+def _all_cat(values: Tensor) -> Tensor:
+    """The ``[N_r, ...]`` ``values`` of every learner concatenated in rank order (``[sum of N_r, ...]``, on
+    ``values``' device)."""
+    return torch.cat([part.to(values.device) for part in _all_gather(values.detach().cpu())])
 
 
 def _all_gather(obj: Any) -> list[Any]:
@@ -273,27 +287,6 @@ def _raise_if_any_failed(error: BaseException | None, what: str) -> None:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _moments(adv: Tensor, valid: Tensor | None, empty: bool) -> Tensor:
-    """float64 ``[count, sum, sum of squares]`` of the valid entries of ``adv`` (zeros for an empty minibatch)."""
-    if empty:
-        return adv.new_zeros(3, dtype=torch.float64)
-    a = adv.double() if valid is None else torch.where(valid, adv, 0.0).double()
-    n = a.new_tensor(float(a.numel()) if valid is None else float(valid.sum()))
-    return torch.stack([n, a.sum(), (a * a).sum()])
-
-
-def _normalize(adv: Tensor, valid: Tensor | None, union: Sequence[float]) -> Tensor:
-    """``adv`` normalized with the mean and unbiased std of the union's moments (as in
-    :func:`~shoal.train.ppo.ppo_loss`: ``(adv - mean) / (std + 1e-8)``, zero where not valid)."""
-    total, s1, s2 = union
-    if total == 0:
-        return adv
-    mean = s1 / total
-    std = math.sqrt(max(s2 - s1 * mean, 0.0) / max(total - 1.0, 1.0))
-    out = (adv - mean) / (std + 1e-8)
-    return out if valid is None else torch.where(valid, out, 0.0)
-
-
 def distributed_ppo_update(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -305,223 +298,25 @@ def distributed_ppo_update(
 ) -> dict[str, float]:
     """One PPO update of this learner's rollout, equal to one update on every learner's rollouts together.
 
-    :func:`shoal.train.ppo.ppo_update` phase by phase (with one learner, exactly its computation; a test
-    checks it bit for bit), plus what several learners must agree on. With ``W`` learners, minibatch ``k`` of
-    the update is the union of minibatch ``k`` of every learner:
-
-    * the number of minibatches is agreed: ``round(sum of counts / (W * unit))``, ``unit`` being
-      ``minibatch_size`` transitions (or segments of ``minibatch_size // horizon`` for recurrent policies and
-      prioritized sampling) -- the single-process count for the concatenated batch and ``W * minibatch_size``;
-    * advantages are normalized with the mean and (unbiased) std of the union (one all-reduce per minibatch);
-    * each learner's mean loss is scaled by ``W * n_local / n_union`` so DDP's gradient average is the gradient
-      of the mean over the union, however the live transitions split between learners;
-    * ``value_norm`` is updated with the value targets of every learner; early stopping on ``target_kl`` uses
-      the union's KL, so every learner stops at the same epoch; the statistics are those of the union.
-
-    Advantages, V-trace ratios and prioritized sampling stay per learner (segments are independent).
+    :func:`shoal.train.ppo.ppo_update` with this process group's collectives as its ``all_reduce`` and
+    ``all_gather`` hooks (see there for what the learners agree on): with ``W`` learners, minibatch ``k`` is the
+    union of every learner's minibatch ``k``, out of ``round(union count / (W * unit))``, i.e. the single-process
+    update on the concatenated batch with ``minibatch_size * W``. With one learner it is exactly ``ppo_update``.
 
     Args:
-        model: the policy, or its :class:`~torch.nn.parallel.DistributedDataParallel` wrapper (which
-            all-reduces the gradients during ``backward``).
+        model: the policy, or its :class:`~torch.nn.parallel.DistributedDataParallel` wrapper (its module is
+            updated; the gradients are summed over the learners by the update itself, not by DDP).
         optimizer, data, cfg, generator, progress, value_norm: as for :func:`~shoal.train.ppo.ppo_update`;
-            ``data`` is this learner's part of the batch.
+            ``data`` is this learner's part of the batch (``[S_r, H, ...]`` tensors).
 
     Returns:
         The statistics of :func:`~shoal.train.ppo.ppo_update`, over the union of every learner's batch.
     """
     policy = model.module if isinstance(model, DistributedDataParallel) else model
-    world = _world()
-    distributed = world > 1
-    device = data["values"].device
-    valid = data["valid"]
-    num_segments, horizon = valid.shape
-    prioritized = cfg.prio_alpha > 0
-    sequences = bool(getattr(policy, "is_recurrent", False)) or prioritized
-    use_masks = data["action_masks"] is not None and not bool(data["action_masks"].all())
-    use_ids = bool(getattr(policy, "num_agent_ids", 0))
-    loss_kwargs = dict(
-        clip_coef=cfg.clip_coef,
-        dual_clip=cfg.dual_clip,
-        clip_vloss=cfg.clip_vloss,
-        vf_clip_coef=cfg.vf_clip_coef,
-        vf_coef=cfg.vf_coef,
-        ent_coef=cfg.ent_coef,
-        norm_adv=cfg.norm_adv and not distributed,  # distributed: normalized over the union below
-    )
-
-    # ---- Phase 1: advantages and value targets (per learner: segments are independent) --------------------
-    vtrace = cfg.advantage == "vtrace"
-    ratios = torch.ones_like(data["values"]) if vtrace else None
-    advantages = _advantages(data, ratios, cfg)
-    returns = advantages + data["values"]
-    if value_norm is not None:  # distributed: the targets of every learner
-        targets = returns[valid]
-        if distributed:
-            targets = torch.cat([t.to(targets.device) for t in _all_gather(targets.detach().cpu())])
-        value_norm.update(targets)
-
-    # ---- Phase 2: minibatch plan, the number of minibatches agreed by every learner -----------------------
-    critic_obs = data.get("critic_obs")
-    if sequences:
-        per_batch = max(1, min(num_segments, cfg.minibatch_size // horizon))
-        count, unit = num_segments, per_batch
-    else:
-        live = valid.reshape(-1).nonzero().squeeze(1)
-
-        def flat(x: Tensor) -> Tensor:
-            return x.reshape(num_segments * horizon, *x.shape[2:])[live]
-
-        flat_data = {"obs": flat(data["obs"]), "actions": flat(data["actions"])}
-        if use_masks:
-            flat_data["action_masks"] = flat(data["action_masks"])
-        if use_ids:
-            flat_data["agent_ids"] = flat(data["agent_ids"])
-        if critic_obs is not None:
-            flat_data["critic_obs"] = flat(critic_obs)
-        columns = torch.stack([flat(data["log_probs"]), flat(data["values"]), flat(advantages), flat(returns)], 1)
-        count, unit = len(live), cfg.minibatch_size
-    total = count
-    if distributed:
-        total = float(_all_sum(torch.tensor([float(count)], dtype=torch.float64, device=device)))
-    num_minibatches = max(1, round(total / (world * unit)))
-
-    params = [p for p in policy.parameters() if p.requires_grad]
-    beta = cfg.prio_beta0 + (1.0 - cfg.prio_beta0) * min(max(progress, 0.0), 1.0)
-    history: list[Tensor] = []
-    epochs_done = 0
-    for _epoch in range(cfg.update_epochs):
-        epochs_done += 1
-        order = torch.tensor_split(torch.randperm(count, generator=generator).to(device), num_minibatches)
-        epoch_kl: list[Tensor] = []
-        union_moments: list[list[float]] | None = None
-        if distributed and not vtrace and not prioritized:  # advantages are fixed: one all-reduce per epoch
-            local = [
-                _moments(advantages[index], valid[index], False) if sequences else
-                _moments(columns[index, 2], None, len(index) == 0)
-                for index in order
-            ]
-            union_moments = _all_sum(torch.stack(local)).tolist()
-        for mb in range(num_minibatches):
-            if vtrace and (history or mb):
-                advantages = _advantages(data, ratios, cfg)
-                returns = advantages + data["values"]
-                if not sequences:
-                    columns[:, 2], columns[:, 3] = flat(advantages), flat(returns)
-
-            # -- choose the minibatch (an empty one still joins the gradient all-reduce, with weight 0)
-            weights = None
-            index = order[mb]
-            empty = len(index) == 0
-            if sequences:
-                if prioritized:
-                    score = torch.where(valid, advantages.abs(), 0.0).sum(1).double().cpu()
-                    probs = (score + 1e-8) ** cfg.prio_alpha
-                    probs = probs / probs.sum()
-                    index = torch.multinomial(probs.float(), per_batch, False, generator=generator)
-                    weights = ((num_segments * probs[index]) ** -beta).float().to(device)[:, None]
-                    weights = weights.expand(-1, horizon)
-                    index = index.to(device)
-                    empty = False
-                elif empty:  # a stand-in segment, all of it masked out
-                    index = torch.zeros(1, dtype=torch.long, device=device)
-                new_log_probs, entropy, new_values = _sequence_forward(model, data, index, use_masks, use_ids)
-                mb_valid: Tensor | None = valid[index] & (not empty)
-                old_log_probs, old_values = data["log_probs"][index], data["values"][index]
-                mb_adv, mb_ret = advantages[index], returns[index]
-            else:
-                out = model(
-                    flat_data["obs"][index],
-                    action=flat_data["actions"][index],
-                    action_masks=flat_data["action_masks"][index] if use_masks else None,
-                    agent_ids=flat_data["agent_ids"][index] if use_ids else None,
-                    critic_obs=flat_data["critic_obs"][index] if "critic_obs" in flat_data else None,
-                )
-                new_log_probs, entropy, new_values = out.log_prob, out.entropy, out.value
-                mb_valid = torch.ones(0, dtype=torch.bool, device=device) if empty else None
-                old_log_probs, old_values, mb_adv, mb_ret = columns[index].unbind(1)
-
-            # -- loss: advantages normalized over the union, the mean loss weighted by this learner's share
-            share = 1.0
-            if distributed:
-                mine = _moments(mb_adv, mb_valid, empty)
-                union = union_moments[mb] if union_moments is not None else _all_sum(mine.clone()).tolist()
-                if cfg.norm_adv:
-                    mb_adv = _normalize(mb_adv, mb_valid, union)
-                share = float(mine[0]) / union[0] if union[0] else 0.0
-            if value_norm is not None:
-                old_values, mb_ret = value_norm.normalize(old_values), value_norm.normalize(mb_ret)
-            out_loss = ppo_loss(
-                new_log_probs,
-                old_log_probs,
-                mb_adv,
-                new_values,
-                old_values,
-                mb_ret,
-                entropy,
-                mb_valid,
-                weights=weights,
-                **loss_kwargs,
-            )
-
-            # -- step (DDP averages the gradients over the learners during backward)
-            for param in params:
-                param.grad = None
-            (out_loss.loss * (share * world) if distributed else out_loss.loss).backward()
-            grad_norm = clip_grad_norm(params, cfg.max_grad_norm)
-            optimizer.step()
-            if ratios is not None:
-                if sequences:
-                    ratios[index] = torch.where(valid[index], out_loss.ratio, 1.0)
-                elif not empty:
-                    ratios.view(-1)[live[index]] = out_loss.ratio
-
-            row = torch.stack(
-                [
-                    out_loss.policy_loss,
-                    out_loss.value_loss,
-                    out_loss.entropy,
-                    out_loss.approx_kl,
-                    out_loss.old_approx_kl,
-                    out_loss.clipfrac,
-                    grad_norm.to(out_loss.loss.device).float(),
-                ]
-            )
-            history.append(row * share if distributed else row)  # the shares sum to 1 over the learners
-            epoch_kl.append(out_loss.approx_kl * share if distributed else out_loss.approx_kl)
-        if cfg.target_kl is not None:
-            kl = torch.stack(epoch_kl).mean()
-            if float(_all_sum(kl.double().reshape(1)) if distributed else kl) > cfg.target_kl:
-                break
-
-    # ---- Phase 3: statistics over the union -----------------------------------------------------------------
-    v = data["values"][valid].double()
-    r = returns[valid].double()
-    moments = torch.cat(
-        [
-            torch.stack(history).mean(0).double(),
-            torch.stack(
-                [
-                    r.new_tensor(float(r.numel())),
-                    r.sum(),
-                    (r * r).sum(),
-                    (r - v).sum(),
-                    ((r - v) ** 2).sum(),
-                    advantages[valid].double().sum(),
-                ]
-            ),
-        ]
-    )
-    means = (_all_sum(moments) if distributed else moments).tolist()
-    names = ("policy_loss", "value_loss", "entropy", "approx_kl", "old_approx_kl", "clipfrac", "grad_norm")
-    stats = dict(zip(names, means[:7], strict=True))
-    n, r_sum, r_sq, d_sum, d_sq, adv_sum = means[7:]
-    var_r = r_sq / n - (r_sum / n) ** 2 if n else 0.0
-    var_d = d_sq / n - (d_sum / n) ** 2 if n else 0.0
-    stats["explained_variance"] = math.nan if var_r <= 0 else 1.0 - var_d / var_r
-    stats["advantage_mean"] = adv_sum / n if n else 0.0
-    stats["epochs"] = float(epochs_done)
-    stats["minibatches"] = float(len(history))
-    return stats
+    if _world() == 1:
+        return ppo_update(policy, optimizer, data, cfg, generator, progress, value_norm)
+    return ppo_update(policy, optimizer, data, cfg, generator, progress, value_norm, all_reduce=_all_sum,
+                      all_gather=_all_cat)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -550,7 +345,8 @@ class DistributedTrainer(Trainer):
     Args:
         config, env_fn, policy: as for :class:`Trainer` (the same on every learner).
         callbacks: run on rank 0 only.
-        find_unused_parameters: passed to DDP, for policies with parameters the loss does not use.
+        find_unused_parameters: passed to DDP. (Not needed for policies with parameters the loss does not use:
+            the update gives those a zero gradient, the same on every learner.)
         timeout: seconds a collective waits for the other learners when this call creates the group.
     """
 
@@ -611,7 +407,8 @@ class DistributedTrainer(Trainer):
     # ---- learning ------------------------------------------------------------------------------------------
 
     def learn(self) -> dict[str, float]:
-        """One update over every learner's rollout (DDP), then gather step counts and finished episodes."""
+        """One update over every learner's rollout (:func:`distributed_ppo_update`), then gather step counts
+        and finished episodes."""
         t = time.perf_counter()
         data = self.buffer.data()
         lr = self.learning_rate()

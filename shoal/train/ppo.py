@@ -12,17 +12,23 @@ An update, in phases:
    only over valid transitions (padding is selected away with ``torch.where``, so its content cannot matter).
 4. **Step**: backward, global gradient-norm clipping, Adam step; early stop on ``target_kl``.
 5. **Statistics**: losses, approximate KL, clip fraction, explained variance.
+
+Data-parallel learners run the same update on their own parts of a batch, given an ``all_reduce`` (and, for
+value normalization, an ``all_gather``) collective: :func:`ppo_update` then computes the update over the union of
+every learner's part (see its docs and :func:`shoal.train.distributed.distributed_ppo_update`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from shoal.errors import APIUsageError
 from shoal.train.advantage import gae, vtrace_gae
 from shoal.train.config import TrainConfig
 
@@ -203,6 +209,27 @@ def _sequence_forward(
     return out.log_prob.transpose(0, 1), out.entropy.transpose(0, 1), out.value.transpose(0, 1)
 
 
+def _moments(adv: Tensor, valid: Tensor | None, empty: bool) -> Tensor:
+    """float64 ``[3]``: ``[count, sum, sum of squares]`` of the valid entries of ``adv`` (zeros when ``empty``)."""
+    if empty:
+        return adv.new_zeros(3, dtype=torch.float64)
+    a = adv.double() if valid is None else torch.where(valid, adv, 0.0).double()
+    n = a.new_tensor(float(a.numel()) if valid is None else float(valid.sum()))
+    return torch.stack([n, a.sum(), (a * a).sum()])
+
+
+def _normalize(adv: Tensor, valid: Tensor | None, union: Sequence[float]) -> Tensor:
+    """``adv`` normalized with the mean and unbiased std of the union's moments ``[count, sum, sum of squares]``
+    (as in :func:`ppo_loss`: ``(adv - mean) / (std + 1e-8)``, zero where not valid)."""
+    total, s1, s2 = union
+    if total == 0:
+        return adv
+    mean = s1 / total
+    std = math.sqrt(max(s2 - s1 * mean, 0.0) / max(total - 1.0, 1.0))
+    out = (adv - mean) / (std + 1e-8)
+    return out if valid is None else torch.where(valid, out, 0.0)
+
+
 def ppo_update(
     policy: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -211,6 +238,9 @@ def ppo_update(
     generator: torch.Generator,
     progress: float = 0.0,
     value_norm: Any = None,
+    *,
+    all_reduce: Callable[[list[Tensor]], None] | None = None,
+    all_gather: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, float]:
     """One PPO update on a rollout.
 
@@ -224,12 +254,39 @@ def ppo_update(
         value_norm: a :class:`~shoal.train.normalize.ValueNormalizer` when the critic predicts normalized values
             (MAPPO): it is updated with this rollout's returns, and the loss compares the critic's outputs with
             normalized returns and old values. ``data["critic_obs"]`` (optional) feeds a centralized critic.
+        all_reduce: for data-parallel learners (None: this process holds the whole batch). A collective that
+            sums every tensor of the list over the learners, in place; every learner calls it with tensors of the
+            same shapes in the same order: float64 ``[K]`` statistics, and the gradients (``[*param.shape]``
+            each, in ``policy.parameters()`` order; zeros for parameters the loss did not reach). With it,
+            ``data`` is this learner's part of a batch and the update is the one over the union of the ``W``
+            learners' parts, minibatch ``k`` being the union of every learner's minibatch ``k``:
+
+            * ``round(union count / (W * unit))`` minibatches, ``unit`` being ``minibatch_size`` transitions (or
+              segments of ``minibatch_size // horizon`` for recurrent policies and prioritized sampling);
+            * advantages normalized with the mean and unbiased std of the union's minibatch;
+            * each learner's mean loss weighted by its share of the union's valid entries, and the gradients
+              summed before clipping, so every learner takes the step of the mean loss over the union (a policy
+              wrapped in ``DistributedDataParallel`` must be passed unwrapped, or gradients are reduced twice);
+            * early stopping on the union's KL (every learner stops at the same epoch), statistics of the union.
+
+            Advantages, V-trace ratios and prioritized sampling stay per learner (segments are independent).
+        all_gather: with ``all_reduce`` and ``value_norm``: a collective returning the concatenation, in rank
+            order, of a float ``[N_r]`` tensor of every learner (``[sum of N_r]``, on the input's device), so
+            ``value_norm`` is updated with the value targets of every learner.
 
     Returns:
         Mean statistics of the update: ``policy_loss``, ``value_loss``, ``entropy``, ``approx_kl``,
         ``old_approx_kl``, ``clipfrac``, ``grad_norm``, ``explained_variance``, ``advantage_mean``,
-        ``epochs``, ``minibatches``.
+        ``epochs``, ``minibatches`` (with ``all_reduce``: of the union of every learner's batch, the same on
+        every learner).
+
+    Raises:
+        APIUsageError: ``all_reduce`` and ``value_norm`` without ``all_gather``.
     """
+    union = all_reduce is not None  # this learner's part of a batch shared by several learners
+    if union and value_norm is not None and all_gather is None:
+        raise APIUsageError("ppo_update with all_reduce and value_norm needs all_gather (the value targets of "
+                            "every learner)")
     device = data["values"].device
     valid = data["valid"]
     num_segments, horizon = valid.shape
@@ -244,7 +301,7 @@ def ppo_update(
         vf_clip_coef=cfg.vf_clip_coef,
         vf_coef=cfg.vf_coef,
         ent_coef=cfg.ent_coef,
-        norm_adv=cfg.norm_adv,
+        norm_adv=cfg.norm_adv and not union,  # union: normalized below, with the union's moments
     )
 
     # ---- Phase 1: advantages and value targets -------------------------------------------------------------
@@ -253,14 +310,18 @@ def ppo_update(
     advantages = _advantages(data, ratios, cfg)
     returns = advantages + data["values"]
     if value_norm is not None:  # the critic learns in units of these statistics (shoal.train.normalize)
-        value_norm.update(returns[valid])
+        targets = returns[valid]
+        if union:  # the targets of every learner
+            assert all_gather is not None
+            targets = all_gather(targets)
+        value_norm.update(targets)
 
     # ---- Phase 2: minibatch plan ---------------------------------------------------------------------------
     # Feed-forward policies shuffle single live transitions (padding is dropped here, once); recurrent
     # policies and prioritized sampling draw whole segments and mask their padding in the loss.
     if sequences:
         per_batch = max(1, min(num_segments, cfg.minibatch_size // horizon))
-        num_minibatches = max(1, round(num_segments / per_batch))
+        count, unit = num_segments, per_batch
     else:
         live = valid.reshape(-1).nonzero().squeeze(1)
 
@@ -278,7 +339,14 @@ def ppo_update(
         columns = torch.stack(
             [flat(data["log_probs"]), flat(data["values"]), flat(advantages), flat(returns)], 1
         )
-        num_minibatches = max(1, round(len(live) / cfg.minibatch_size))
+        count, unit = len(live), cfg.minibatch_size
+    if union:  # agreed by every learner: the single-process count for the union and W * minibatch_size
+        totals = torch.tensor([float(count), 1.0], dtype=torch.float64, device=device)
+        all_reduce([totals])
+        total, world = totals.tolist()
+        num_minibatches = max(1, round(total / (world * unit)))
+    else:
+        num_minibatches = max(1, round(count / unit))
 
     params = [p for p in policy.parameters() if p.requires_grad]
     beta = cfg.prio_beta0 + (1.0 - cfg.prio_beta0) * min(max(progress, 0.0), 1.0)
@@ -286,9 +354,18 @@ def ppo_update(
     epochs_done = 0
     for _epoch in range(cfg.update_epochs):
         epochs_done += 1
-        count = num_segments if sequences else len(live)
         order = torch.tensor_split(torch.randperm(count, generator=generator).to(device), num_minibatches)
         epoch_kl: list[Tensor] = []
+        union_moments: list[list[float]] | None = None
+        if union and not vtrace and not prioritized:  # advantages are fixed: one all-reduce per epoch
+            local = [
+                _moments(advantages[index], valid[index], False) if sequences else
+                _moments(columns[index, 2], None, len(index) == 0)
+                for index in order
+            ]
+            moments = torch.stack(local)
+            all_reduce([moments])
+            union_moments = moments.tolist()
         for mb in range(num_minibatches):
             # -- V-trace: advantages with the importance ratios of the current policy
             if vtrace and (history or mb):
@@ -297,8 +374,10 @@ def ppo_update(
                 if not sequences:
                     columns[:, 2], columns[:, 3] = flat(advantages), flat(returns)
 
-            # -- choose the minibatch and run the current policy on it
+            # -- choose the minibatch and run the current policy on it (union: an empty minibatch still joins the
+            #    collectives, with weight 0)
             weights = None
+            empty = False
             if sequences:
                 if prioritized:  # draw segments by advantage magnitude; importance weights correct the bias
                     score = torch.where(valid, advantages.abs(), 0.0).sum(1).double().cpu()
@@ -310,14 +389,17 @@ def ppo_update(
                     index = index.to(device)
                 else:
                     index = order[mb]
+                    if union and len(index) == 0:  # a stand-in segment, all of it masked out
+                        empty, index = True, torch.zeros(1, dtype=torch.long, device=device)
                 new_log_probs, entropy, new_values = _sequence_forward(
                     policy, data, index, use_masks, use_ids
                 )
-                mb_valid: Tensor | None = valid[index]
+                mb_valid: Tensor | None = torch.zeros_like(valid[index]) if empty else valid[index]
                 old_log_probs, old_values = data["log_probs"][index], data["values"][index]
                 mb_adv, mb_ret = advantages[index], returns[index]
             else:
                 index = order[mb]
+                empty = union and len(index) == 0
                 out = policy(
                     flat_data["obs"][index],
                     action=flat_data["actions"][index],
@@ -326,10 +408,22 @@ def ppo_update(
                     critic_obs=flat_data["critic_obs"][index] if "critic_obs" in flat_data else None,
                 )
                 new_log_probs, entropy, new_values = out.log_prob, out.entropy, out.value
-                mb_valid = None
+                mb_valid = torch.ones(0, dtype=torch.bool, device=device) if empty else None
                 old_log_probs, old_values, mb_adv, mb_ret = columns[index].unbind(1)
 
-            # -- loss
+            # -- loss (union: advantages normalized over the union, the mean loss weighted by this learner's share)
+            share = 1.0
+            if union:
+                mine = _moments(mb_adv, mb_valid, empty)
+                if union_moments is not None:
+                    moments_mb = union_moments[mb]
+                else:
+                    summed = mine.clone()
+                    all_reduce([summed])
+                    moments_mb = summed.tolist()
+                if cfg.norm_adv:
+                    mb_adv = _normalize(mb_adv, mb_valid, moments_mb)
+                share = float(mine[0]) / moments_mb[0] if moments_mb[0] else 0.0  # the shares sum to 1
             if value_norm is not None:  # old values and returns in the critic's normalized units
                 old_values, mb_ret = value_norm.normalize(old_values), value_norm.normalize(mb_ret)
             out_loss = ppo_loss(
@@ -345,44 +439,65 @@ def ppo_update(
                 **loss_kwargs,
             )
 
-            # -- step
+            # -- step (union: the sum of the learners' share-weighted gradients is the gradient over the union)
             for param in params:
                 param.grad = None
-            out_loss.loss.backward()
+            (out_loss.loss * share if union else out_loss.loss).backward()
+            if union:
+                for param in params:  # every learner reduces the same list of gradients
+                    if param.grad is None:
+                        param.grad = torch.zeros_like(param)
+                all_reduce([param.grad for param in params])
             grad_norm = clip_grad_norm(params, cfg.max_grad_norm)
             optimizer.step()
             if ratios is not None:
                 if sequences:
                     ratios[index] = torch.where(valid[index], out_loss.ratio, 1.0)
-                else:
+                elif not empty:
                     ratios.view(-1)[live[index]] = out_loss.ratio
 
-            history.append(
-                torch.stack(
-                    [
-                        out_loss.policy_loss,
-                        out_loss.value_loss,
-                        out_loss.entropy,
-                        out_loss.approx_kl,
-                        out_loss.old_approx_kl,
-                        out_loss.clipfrac,
-                        grad_norm.to(out_loss.loss.device).float(),
-                    ]
-                )
+            row = torch.stack(
+                [
+                    out_loss.policy_loss,
+                    out_loss.value_loss,
+                    out_loss.entropy,
+                    out_loss.approx_kl,
+                    out_loss.old_approx_kl,
+                    out_loss.clipfrac,
+                    grad_norm.to(out_loss.loss.device).float(),
+                ]
             )
-            epoch_kl.append(out_loss.approx_kl)
-        if cfg.target_kl is not None and float(torch.stack(epoch_kl).mean()) > cfg.target_kl:
-            break
+            history.append(row * share if union else row)  # union: summed over the learners below
+            epoch_kl.append(out_loss.approx_kl * share if union else out_loss.approx_kl)
+        if cfg.target_kl is not None:
+            kl = torch.stack(epoch_kl).mean()
+            if union:
+                kl = kl.double().reshape(1)
+                all_reduce([kl])
+            if float(kl) > cfg.target_kl:
+                break
 
-    # ---- Phase 3: statistics -------------------------------------------------------------------------------
-    means = torch.stack(history).mean(0).tolist()
+    # ---- Phase 3: statistics (union: of every learner's batch) ---------------------------------------------
     names = ("policy_loss", "value_loss", "entropy", "approx_kl", "old_approx_kl", "clipfrac", "grad_norm")
-    stats = dict(zip(names, means, strict=True))
     v = data["values"][valid].double()
     r = returns[valid].double()
-    var_r = float(r.var(unbiased=False)) if r.numel() else 0.0
-    stats["explained_variance"] = math.nan if var_r == 0 else 1.0 - float((r - v).var(unbiased=False)) / var_r
-    stats["advantage_mean"] = float(advantages[valid].mean()) if bool(valid.any()) else 0.0
+    if union:
+        parts = [r.new_tensor(float(r.numel())), r.sum(), (r * r).sum(), (r - v).sum(), ((r - v) ** 2).sum(),
+                 advantages[valid].double().sum()]
+        moments = torch.cat([torch.stack(history).mean(0).double(), torch.stack(parts)])
+        all_reduce([moments])
+        means = moments.tolist()
+        stats = dict(zip(names, means[:7], strict=True))
+        n, r_sum, r_sq, d_sum, d_sq, adv_sum = means[7:]
+        var_r = r_sq / n - (r_sum / n) ** 2 if n else 0.0
+        var_d = d_sq / n - (d_sum / n) ** 2 if n else 0.0
+        stats["explained_variance"] = math.nan if var_r <= 0 else 1.0 - var_d / var_r
+        stats["advantage_mean"] = adv_sum / n if n else 0.0
+    else:
+        stats = dict(zip(names, torch.stack(history).mean(0).tolist(), strict=True))
+        var_r = float(r.var(unbiased=False)) if r.numel() else 0.0
+        stats["explained_variance"] = math.nan if var_r == 0 else 1.0 - float((r - v).var(unbiased=False)) / var_r
+        stats["advantage_mean"] = float(advantages[valid].mean()) if bool(valid.any()) else 0.0
     stats["epochs"] = float(epochs_done)
     stats["minibatches"] = float(len(history))
     return stats
