@@ -18,18 +18,19 @@ executes pickle (numpy arrays, env snapshots): load only checkpoints you trust.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import pickle
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
-from shoal.errors import CheckpointError
+from shoal.errors import APIUsageError, CheckpointError
+
+if TYPE_CHECKING:
+    from shoal.vector import VecEnv
 
 __all__ = [
     "FORMAT",
@@ -170,6 +171,8 @@ def check_signature(saved: dict[str, Any], current: dict[str, Any], source: str,
 # --
 
 
+# Env snapshots written before the vector envs had get_state() refer to these two by name; keep them so that
+# older checkpoints still load.
 def _new_object(cls: type) -> Any:
     return cls.__new__(cls)
 
@@ -178,70 +181,29 @@ def _set_dict(obj: Any, state: dict[str, Any]) -> None:
     obj.__dict__.update(state)
 
 
-class _StatePickler(pickle.Pickler):
-    """Pickles ``EzPickle`` objects (most Gymnasium and PettingZoo envs) by their state: their own pickling keeps
-    only the constructor arguments, which would restore a fresh, never-reset env instead of the running one."""
+def snapshot_env_state(vecenv: VecEnv) -> bytes | None:
+    """Pickle :meth:`VecEnv.get_state() <shoal.vector.VecEnv.get_state>` of ``vecenv``; None when impossible.
 
-    def reducer_override(self, obj: Any) -> Any:
-        from gymnasium.utils.ezpickle import EzPickle
-
-        if isinstance(obj, EzPickle) and not isinstance(obj, type) and hasattr(obj, "__dict__"):
-            return _new_object, (type(obj),), dict(obj.__dict__), None, None, _set_dict
-        return NotImplemented
-
-
-def _dumps_state(obj: Any) -> bytes:
-    out = io.BytesIO()
-    _StatePickler(out, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
-    return out.getvalue()
-
-
-def snapshot_env_state(vecenv: Any) -> bytes | None:
-    """Pickle the emulated envs of a synchronous serial vector env and its buffers; None when impossible.
-
-    Only the serial backend with every env in one batch is supported (other backends keep their envs in other
-    processes). Envs that cannot be pickled (e.g. holding pygame surfaces) give None and a debug log line.
+    Only the serial backend with every env in one batch and picklable envs can be snapshotted (other backends
+    keep their envs in other processes; envs holding e.g. pygame surfaces cannot be pickled); a vector env that
+    is closed or has a batch in flight gives None too.
     """
-    groups = getattr(vecenv, "_groups", None)
-    if getattr(vecenv, "backend", None) != "serial" or groups is None or vecenv.batch_size != vecenv.num_envs:
-        return None
     try:
-        emulators = [
-            [_dumps_state(env) for env in group.envs] for group in groups
-        ]
-    except Exception as exc:  # unpicklable env: resume restarts the envs instead
-        log.debug("env snapshot skipped: %s: %s", type(exc).__name__, exc)
+        state = vecenv.get_state()
+    except APIUsageError as exc:  # closed, or not between batches: resume restarts the envs instead
+        log.debug("env snapshot skipped: %s", exc)
         return None
-    arrays = {name: np.array(array, copy=True) for name, array in vecenv._arrays.items()}
-    return pickle.dumps({"emulators": emulators, "arrays": arrays}, protocol=pickle.HIGHEST_PROTOCOL)
+    if state is None:
+        log.debug("env snapshot skipped: backend %r or unpicklable envs", vecenv.backend)
+        return None
+    return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def restore_env_state(vecenv: Any, blob: bytes) -> bool:
-    """Put the envs of :func:`snapshot_env_state` back into a freshly reset serial vector env.
+def restore_env_state(vecenv: VecEnv, blob: bytes) -> bool:
+    """Put the envs of :func:`snapshot_env_state` back into a freshly reset vector env (see
+    :meth:`VecEnv.set_state() <shoal.vector.VecEnv.set_state>`).
 
-    The vector env must have just returned its first batch (``async_reset`` + ``recv``). True on success.
+    The vector env must have just returned its first batch (``async_reset`` + ``recv``). True on success; False
+    when this vector env cannot take the snapshot (another backend, number of envs or buffer shapes).
     """
-    from shoal.vector.buffers import env_buffers
-
-    state = pickle.loads(blob)
-    groups = vecenv._groups
-    if [len(g.envs) for g in groups] != [len(g) for g in state["emulators"]]:
-        return False
-    agents = vecenv.agents_per_env
-    for name, array in state["arrays"].items():
-        if name not in vecenv._arrays or vecenv._arrays[name].shape != array.shape:
-            return False
-    env_index = 0
-    for group, blobs in zip(groups, state["emulators"], strict=True):
-        for i, raw in enumerate(blobs):
-            env = pickle.loads(raw)
-            env.attach(env_buffers(vecenv._arrays, env_index, agents))
-            old, group.envs[i] = group.envs[i], env
-            try:
-                old.close()
-            except Exception:  # the fresh env is discarded either way
-                log.debug("closing a replaced env failed", exc_info=True)
-            env_index += 1
-    for name, array in state["arrays"].items():
-        vecenv._arrays[name][...] = array
-    return True
+    return vecenv.set_state(pickle.loads(blob))

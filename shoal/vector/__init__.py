@@ -5,7 +5,8 @@
     obs, infos = vecenv.reset()                              # obs [256, 4]
     obs, rewards, terminals, truncations, infos = vecenv.step(actions)
 
-See :class:`~shoal.vector.base.VecEnv` for the full API and :class:`Batch` for what ``recv()`` returns.
+See :class:`~shoal.vector.base.VecEnv` for the full API and :class:`Batch` for what ``recv()`` returns;
+``vecenv.get_state()`` / ``set_state(state)`` snapshot and restore the envs of a serial vector env.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from shoal.errors import APIUsageError
-from shoal.vector.base import BACKENDS, Batch, VecEnv, check_kwargs, validate_config
+from shoal.vector.base import BACKENDS, Batch, VecEnv, VecState, check_kwargs, validate_config
 from shoal.vector.gymnasium_api import GymnasiumVectorEnv
 from shoal.vector.multiprocessing import MultiprocessingVecEnv
 from shoal.vector.ray import RayVecEnv
@@ -27,6 +28,7 @@ __all__ = [
     # results and protocol
     "Batch",
     "VecEnv",
+    "VecState",
     # backends
     "MultiprocessingVecEnv",
     "RayVecEnv",

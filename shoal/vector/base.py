@@ -7,7 +7,9 @@ Rows are env-major: env ``e`` owns rows ``e * agents_per_env`` to ``(e + 1) * ag
 
 Backends implement three hooks: ``_submit(worker, seeds)`` (start a reset, or a step when ``seeds`` is None,
 reading actions from the shared ``actions`` array), ``_collect(k)`` (wait for ``k`` of the in-flight workers,
-oldest submissions first, and return their info pairs) and ``_shutdown()``.
+oldest submissions first, and return their info pairs) and ``_shutdown()``. Backends that hold their envs in this
+process may also implement ``_snapshot_envs()`` and ``_restore_envs(snapshots)`` to support
+:meth:`VecEnv.get_state` / :meth:`VecEnv.set_state`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, TypedDict
 
 import numpy as np
 from gymnasium import spaces
@@ -25,7 +27,16 @@ from shoal.errors import APIUsageError, WorkerError
 from shoal.vector.buffers import BufferLayout
 from shoal.vector.group import InfoPairs
 
-__all__ = ["BACKENDS", "EMPTY_INFO", "Batch", "VecConfig", "VecEnv", "check_kwargs", "validate_config"]
+__all__ = [
+    "BACKENDS",
+    "EMPTY_INFO",
+    "Batch",
+    "VecConfig",
+    "VecEnv",
+    "VecState",
+    "check_kwargs",
+    "validate_config",
+]
 
 BACKENDS = ("serial", "multiprocessing", "ray")
 
@@ -221,6 +232,20 @@ def check_kwargs(backend: str, given: dict[str, Any], valid: Sequence[str]) -> N
 # --------------------------------------------------------------------------------------------------------------
 
 
+class VecState(TypedDict):
+    """A snapshot of every env of a vector env and of its buffers (see :meth:`VecEnv.get_state`); picklable.
+
+    Attributes:
+        emulators: per worker (group of envs), each env's emulator pickled with its running state, wrapped env
+            included (:func:`shoal.vector.snapshot.dumps_env`).
+        arrays: a copy of every buffer (``obs``, ``rewards``, ``terminals``, ``truncations``, ``masks``,
+            ``agent_types``, ``actions`` and, when present, ``action_masks``), all ``num_agents`` rows.
+    """
+
+    emulators: list[list[bytes]]
+    arrays: dict[str, np.ndarray]
+
+
 class _State(enum.Enum):
     NEEDS_RESET = "needs reset"  # nothing submitted yet
     WAITING = "waiting"  # work submitted; recv() next
@@ -279,6 +304,14 @@ class VecEnv:
     def _shutdown(self) -> None:
         """Close every env and release every worker and buffer."""
         raise NotImplementedError
+
+    def _snapshot_envs(self) -> list[list[bytes]] | None:
+        """Every env pickled with its running state, per worker; None when this backend or its envs cannot."""
+        return None
+
+    def _restore_envs(self, snapshots: list[list[bytes]]) -> bool:
+        """Replace every env by its snapshot (the buffers are restored by the caller); False when impossible."""
+        return False
 
     # ---- state checks --------------------------------------------------------------------------------------
 
@@ -414,6 +447,84 @@ class VecEnv:
     def agent_types(self) -> np.ndarray | None:
         """``int32[R]`` agent-type ids of the last result (-1 for empty slots)."""
         return None if self._last is None else self._last.agent_types
+
+    # ---- snapshots -----------------------------------------------------------------------------------------
+
+    def get_state(self) -> VecState | None:
+        """Snapshot every env where it is now, to continue later bit for bit with :meth:`set_state`.
+
+        Captures each emulator with the env it wraps, pickled by state (RNGs, episode progress, agents, episode
+        statistics), and a copy of every buffer: the observations, rewards, terminals, truncations, masks,
+        action masks and agent types of the last result, and the last actions. Infos are not captured.
+
+        Possible only on the ``serial`` backend (the others keep their envs in other processes), with
+        ``batch_size == num_envs`` and when every env can be pickled (envs holding e.g. pygame surfaces, open
+        files or lambdas cannot); otherwise returns None, so callers can fall back to a fresh reset.
+
+        Returns:
+            a picklable :class:`VecState`, or None when a snapshot is impossible (see above).
+
+        Raises:
+            APIUsageError: called after :meth:`close`, before the first :meth:`reset`/:meth:`async_reset`, or
+                while a batch is pending (call :meth:`recv` first).
+        """
+        self._require_open("get_state")
+        self._require_not_waiting("get_state")
+        if self._state is _State.NEEDS_RESET:
+            raise APIUsageError("get_state() called before reset(): there is no running env to snapshot yet; call "
+                                "reset(seed=...) first")
+        if self.batch_size != self.num_envs:
+            return None
+        emulators = self._snapshot_envs()
+        if emulators is None:
+            return None
+        arrays = {name: np.array(array, copy=True) for name, array in self._arrays.items()}
+        return VecState(emulators=emulators, arrays=arrays)
+
+    def set_state(self, state: VecState) -> bool:
+        """Put the envs and buffers of a :meth:`get_state` snapshot in place of this vector env's own.
+
+        Meant for a fresh vector env made like the one snapshotted (same env constructors, ``num_envs`` and
+        ``num_workers``): after it, :meth:`step` with the same actions gives bit-identical results to the
+        snapshotted env's. It may be called before the first reset or after a batch was received; afterwards
+        :attr:`masks`, :attr:`action_masks` and :attr:`agent_types` describe the snapshot's last result, a batch
+        received before still views the (restored) buffers, and the next call is :meth:`step`/:meth:`send`.
+        The replaced envs are closed. Nothing is changed when False is returned.
+
+        Returns:
+            True when restored; False when this vector env cannot take the snapshot: a backend other than
+            ``serial``, ``batch_size < num_envs``, or another number of envs per worker, buffer names, shapes
+            or dtypes.
+
+        Raises:
+            APIUsageError: ``state`` is not a snapshot of :meth:`get_state`; called after :meth:`close` or while a
+                batch is pending (call :meth:`recv` first).
+        """
+        self._require_open("set_state")
+        self._require_not_waiting("set_state")
+        if not (isinstance(state, dict) and isinstance(state.get("emulators"), list)
+                and isinstance(state.get("arrays"), dict)):
+            raise APIUsageError(f"set_state(state): state must be a dict returned by get_state() with keys "
+                                f"'emulators' and 'arrays', got {type(state).__name__}")
+        if self.batch_size != self.num_envs:
+            return False
+        for name, array in state["arrays"].items():
+            ours = self._arrays.get(name)
+            if ours is None or ours.shape != np.shape(array) or ours.dtype != np.asarray(array).dtype:
+                return False
+        if not self._restore_envs(state["emulators"]):
+            return False
+        for name, array in state["arrays"].items():
+            self._arrays[name][...] = array
+        self._seeded = True  # the restored envs carry their own RNGs
+        self._make_batch([(worker, []) for worker in range(self.num_workers)])
+        self._state = _State.HAS_BATCH
+        return True
+
+    def _require_not_waiting(self, what: str) -> None:
+        if self._state is _State.WAITING:
+            raise APIUsageError(f"{what}() called while a batch is pending (after async_reset() or send()): call "
+                                "recv() first")
 
     # ---- batches -------------------------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ one over a slice of shared memory, a Ray actor holds one over its own arrays.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -14,8 +15,11 @@ import numpy as np
 from shoal.emulation import Emulator, emulate
 from shoal.errors import APIUsageError
 from shoal.vector.buffers import env_buffers
+from shoal.vector.snapshot import dumps_env
 
 __all__ = ["EnvGroup", "InfoPairs", "make_emulator"]
+
+log = logging.getLogger(__name__)
 
 #: ``(row, info)`` for every agent row with a non-empty info dict; rows count from the group's first row.
 InfoPairs = list[tuple[int, dict[str, Any]]]
@@ -43,6 +47,7 @@ class EnvGroup:
                  emulate_kwargs: dict[str, Any], first: Emulator | None = None, first_env: int = 0) -> None:
         self.envs: list[Emulator] = []
         self.agents_per_env = agents_per_env
+        self._arrays = arrays
         try:
             for i, env_fn in enumerate(env_fns):
                 env = first if i == 0 and first is not None else make_emulator(env_fn, emulate_kwargs)
@@ -91,6 +96,29 @@ class EnvGroup:
                 if info:
                     pairs.append((i * a + j, info))
         return pairs
+
+    def snapshot(self) -> list[bytes]:
+        """Every env of the group pickled with its running state (see :func:`~shoal.vector.snapshot.dumps_env`).
+
+        Raises what pickling raises when an env cannot be pickled.
+        """
+        return [dumps_env(env) for env in self.envs]
+
+    def replace_envs(self, envs: Sequence[Emulator]) -> None:
+        """Use ``envs`` (e.g. unpickled from :meth:`snapshot`) in place of the group's envs, closing the old ones.
+
+        Each new env is attached to its rows of the group's buffers; the buffers' contents are not touched.
+        """
+        if len(envs) != len(self.envs):
+            raise APIUsageError(f"{len(envs)} envs to replace a group of {len(self.envs)} envs")
+        for i, env in enumerate(envs):
+            env.attach(env_buffers(self._arrays, i, self.agents_per_env))
+        old, self.envs = self.envs, list(envs)
+        for env in old:
+            try:
+                env.close()
+            except Exception:  # the replaced env is discarded either way
+                log.debug("closing a replaced env failed", exc_info=True)
 
     def close(self) -> None:
         """Close every env (each is tried even if another fails; the first error is raised afterwards)."""

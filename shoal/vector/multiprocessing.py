@@ -146,6 +146,9 @@ class MultiprocessingVecEnv(VecEnv):
             machine steals the core the other side needs).
         timeout: seconds to wait for workers before raising :class:`WorkerError` (None: wait for ever; dead
             workers are detected either way).
+
+    The envs live in the worker processes: :meth:`~shoal.vector.base.VecEnv.get_state` returns None and
+    :meth:`~shoal.vector.base.VecEnv.set_state` returns False (use the serial backend for env snapshots).
     """
 
     backend = "multiprocessing"

@@ -95,6 +95,9 @@ class RayVecEnv(VecEnv):
         address: Ray cluster to connect to when Ray is not initialized yet (None: start a local instance).
         actor_options: passed to ``ActorClass.options`` (e.g. ``{"num_cpus": 1}``, ``{"resources": ...}``).
         timeout: seconds to wait for actors before raising :class:`WorkerError` (None: wait for ever).
+
+    The envs live in the actors: :meth:`~shoal.vector.base.VecEnv.get_state` returns None and
+    :meth:`~shoal.vector.base.VecEnv.set_state` returns False (use the serial backend for env snapshots).
     """
 
     backend = "ray"

@@ -6,6 +6,7 @@ Workers are in-process groups of consecutive envs, stepped lazily in submission 
 
 from __future__ import annotations
 
+import logging
 import traceback
 from typing import Any
 
@@ -13,8 +14,11 @@ from shoal.errors import WorkerError
 from shoal.vector.base import VecConfig, VecEnv, buffer_layout
 from shoal.vector.buffers import row_slice
 from shoal.vector.group import EnvGroup, InfoPairs, make_emulator
+from shoal.vector.snapshot import loads_env
 
 __all__ = ["SerialVecEnv"]
+
+log = logging.getLogger(__name__)
 
 
 class SerialVecEnv(VecEnv):
@@ -22,6 +26,9 @@ class SerialVecEnv(VecEnv):
 
     Exceptions raised by an env are re-raised as :class:`~shoal.errors.WorkerError` (chained to the original)
     and close the vector env, as on the other backends.
+
+    The only backend supporting :meth:`~shoal.vector.base.VecEnv.get_state` and
+    :meth:`~shoal.vector.base.VecEnv.set_state` (synchronous batches, picklable envs).
     """
 
     backend = "serial"
@@ -63,6 +70,21 @@ class SerialVecEnv(VecEnv):
                                   ) from exc
             done.append((worker, pairs))
         return done
+
+    def _snapshot_envs(self) -> list[list[bytes]] | None:
+        try:
+            return [group.snapshot() for group in self._groups]
+        except Exception as exc:  # an unpicklable env: no snapshot
+            log.debug("env snapshot impossible: %s: %s", type(exc).__name__, exc)
+            return None
+
+    def _restore_envs(self, snapshots: list[list[bytes]]) -> bool:
+        if [len(group.envs) for group in self._groups] != [len(blobs) for blobs in snapshots]:
+            return False
+        envs = [[loads_env(raw) for raw in blobs] for blobs in snapshots]  # every env loads before any is replaced
+        for group, group_envs in zip(self._groups, envs, strict=True):
+            group.replace_envs(group_envs)
+        return True
 
     def _close_groups(self) -> None:
         groups, self._groups = self._groups, []
