@@ -20,10 +20,9 @@ Per step, for slot ``i``
       ``masks`` describe the new one; ``infos[i]["reset_info"]`` holds the new agent's reset info.
 
 Heterogeneous agents
-    Observation spaces (after removing the ``action_mask`` entry) must be equal, or all 1-D ``Box`` of one dtype,
-    which are zero-padded to the widest. Action spaces must be equal, or all discrete (padded to ``Discrete(max
-    n)`` or ``MultiDiscrete`` of the elementwise largest ``nvec``, the extra choices masked out statically), or all
-    1-D float ``Box`` (padded to the widest; extra entries ignored).
+    Observation spaces must be equal or 1-D ``Box`` of one dtype (zero-padded to the widest); action spaces
+    equal, all discrete (padded, the extra choices masked out statically) or all 1-D float ``Box`` (padded,
+    extra entries ignored). :mod:`shoal.emulation.agent_spaces` plans the padding.
 
 Action masks
     ``action_masks[i]`` is the legal-action mask of the live agent in slot ``i``: taken from the observation Dict
@@ -34,9 +33,6 @@ Action masks
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -44,43 +40,16 @@ from gymnasium import spaces
 from pettingzoo import AECEnv, ParallelEnv
 
 from shoal.emulation.actions import ActionLayout
-from shoal.emulation.base import ACTION_MASK_KEY, Buffers, Emulator, State, split_action_mask
+from shoal.emulation.agent_spaces import AgentSpaces, AgentSpec, group_of
+from shoal.emulation.base import ACTION_MASK_KEY, Buffers, Emulator, State
 from shoal.emulation.flatten import Flattener
-from shoal.emulation.layout import Layout, compile_layout
 from shoal.emulation.parallel_step import direct_parallel_step as _direct_step
 from shoal.emulation.stats import EpisodeStats
-from shoal.errors import APIUsageError, CapacityError, EnvError, SpaceError
+from shoal.errors import APIUsageError, CapacityError, EnvError
 
 __all__ = ["PettingZooEmulator", "group_of"]
 
 StepResult = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]
-
-_GROUP_SUFFIX = re.compile(r"_\d+$")
-
-
-def group_of(agent: str) -> str:
-    """Agent group: the name without a trailing ``_<digits>`` (``"adversary_0"`` -> ``"adversary"``)."""
-    return _GROUP_SUFFIX.sub("", str(agent))
-
-
-@dataclass
-class _AgentSpec:
-    """Everything needed to read and drive one agent, computed once per agent."""
-
-    name: str
-    group: int
-    obs_space: spaces.Space  # as declared, action mask included (for the first-observation check)
-    obs_layout: Layout  # without the action mask; may be narrower than the padded row
-    layout_index: int  # index into PettingZooEmulator._layouts (one Flattener per slot and layout)
-    mask_in_obs: bool
-    action_space: spaces.Space
-    to_native: Callable[[np.ndarray], Any]  # flat action row -> native action of this agent
-    limit: int | np.ndarray | None  # padded discrete actions: exclusive upper bound per entry
-    mask_base: np.ndarray | None  # padded: static legal row with the agent's own entries False
-    mask_index: np.ndarray | None  # padded: positions of the agent's own mask entries in the row
-    static_mask: np.ndarray | None  # padded: legal row when the env gives no mask (None = all True)
-    discrete_n: int  # own Discrete(n, start): n (0 when the action space is not a single Discrete)
-    discrete_start: int
 
 
 class PettingZooEmulator(Emulator):
@@ -133,32 +102,30 @@ class PettingZooEmulator(Emulator):
         self._check = check_observations
         # Stable ids: possible agent i owns slot i when every possible agent fits.
         self._reserved = {a: i for i, a in enumerate(possible)} if self.num_agents >= len(possible) else {}
-        self.agent_groups: list[str] = []
-        self._group_ids: dict[str, int] = {}
-        for agent in possible:
-            self._group_id(agent)
 
-        # Observation and action spaces of every possible agent, then the common (padded) flat forms.
-        self._layouts: list[Layout] = []
-        obs = {a: split_action_mask(env.observation_space(a), action_mask_key) for a in possible}
-        self._obs_pad = self._plan_observations({a: space for a, (space, _) in obs.items()})
-        acts = {a: ActionLayout(env.action_space(a)) for a in possible}
-        self._act_mode = self._plan_actions(acts)
-        self._discrete_fast = self._act_mode in ("same", "discrete_pad")  # cleared by any non-Discrete agent
+        # The common (padded) flat forms of every possible agent's spaces.
+        self._plan = plan = AgentSpaces({a: env.observation_space(a) for a in possible},
+                                        {a: env.action_space(a) for a in possible}, action_mask_key)
+        self.obs_layout = plan.obs_layout
+        self.action_layout = plan.action_layout
+        self.agent_groups = plan.agent_groups
+        self.obs_layouts = plan.obs_layouts
+        self._layouts = plan.layouts
+        self._specs: dict[str, AgentSpec] = plan.specs
+        self._spawned_specs: dict[str, AgentSpec] = {}
+        # Discrete agents take a fast path in _convert; cleared by any non-Discrete agent.
+        self._discrete_fast = plan.action_mode in ("same", "discrete_pad") and all(
+            spec.discrete_n for spec in self._specs.values())
         self._parallel_step = env.step if self.is_parallel else None
         if self.is_parallel and direct_parallel_step:
-            checked = all(isinstance(env.action_space(a), spaces.Discrete | spaces.MultiDiscrete) for a in possible)
+            checked = all(isinstance(spec.action_space, spaces.Discrete | spaces.MultiDiscrete)
+                          for spec in self._specs.values())
             self._parallel_step = _direct_step(env, actions_checked=checked) or env.step
-        self._specs: dict[str, _AgentSpec] = {}
-        self._spawned_specs: dict[str, _AgentSpec] = {}
-        self.obs_layouts: dict[str, Layout] = {}
-        for agent in possible:
-            self._specs[agent] = self._make_spec(agent, env.observation_space(agent), acts[agent])
 
         n = self.num_agents
         self.slot_agents: list[str | None] = [None] * n
         self._slot_of: dict[str, int] = {}
-        self._slot_spec: list[_AgentSpec | None] = [None] * n
+        self._slot_spec: list[AgentSpec | None] = [None] * n
         self._names = [f"empty slot {i}" for i in range(n)]
         self._ended = [False] * n  # the slot's agent was reported terminated/truncated this episode
         self._mask_dirty = [False] * n  # the action-mask row differs from all True
@@ -166,11 +133,7 @@ class PettingZooEmulator(Emulator):
         self._selected = -1  # AEC: slot whose turn it is
         self._pending = [0.0] * n  # AEC: reward earned since the slot's last action
         self.stats = EpisodeStats(n)
-        self._limits: np.ndarray | None = None
-        if self._act_mode == "discrete_pad":
-            self._limits = np.full(n, int(self.action_layout.flat_space.n), np.int64)
-        elif self._act_mode == "multi_pad":
-            self._limits = np.tile(self.action_layout.nvec, (n, 1))
+        self._limits = plan.slot_limits(n)
         self._default_limit = None if self._limits is None else self._limits[0].copy()
         self.buffers = Buffers.allocate(self.buffer_spec())
         if buffers is not None:
@@ -182,152 +145,13 @@ class PettingZooEmulator(Emulator):
     # Spaces
     # ----------------------------------------------------------------------------------------------------------
 
-    def _group_id(self, agent: str) -> int:
-        group = group_of(agent)
-        gid = self._group_ids.get(group)
-        if gid is None:
-            gid = self._group_ids[group] = len(self.agent_groups)
-            self.agent_groups.append(group)
-        return gid
-
-    def _layout_index(self, space: spaces.Space) -> int:
-        for i, layout in enumerate(self._layouts):
-            if layout.space == space:
-                return i
-        self._layouts.append(compile_layout(space))
-        return len(self._layouts) - 1
-
-    def _plan_observations(self, stripped: dict[str, spaces.Space]) -> bool:
-        """Set ``obs_layout`` from every agent's observation space; return True when rows are padded."""
-        agents = list(stripped)
-        first = stripped[agents[0]]
-        if all(stripped[a] == first for a in agents):
-            self.obs_layout = self._layouts[self._layout_index(first)]
-            return False
-
-        def paddable(space: spaces.Space) -> bool:
-            return isinstance(space, spaces.Box) and len(space.shape) == 1 and space.dtype == first.dtype
-
-        for agent in agents:
-            space = stripped[agent]
-            if not (paddable(first) and paddable(space)):
-                raise SpaceError(
-                    f"agents {agents[0]!r} and {agent!r} have different observation spaces ({first!r} vs "
-                    f"{space!r}); shoal only pads 1-D Box spaces of one dtype to a common width. Wrap the env so "
-                    "every agent has the same observation space (e.g. supersuit.pad_observations_v0) or emulate "
-                    "the groups separately."
-                )
-        width = max(stripped[a].shape[0] for a in agents)
-        low = np.full(width, np.inf)
-        high = np.full(width, -np.inf)
-        for agent in agents:
-            space = stripped[agent]
-            w = space.shape[0]
-            low[:w] = np.minimum(low[:w], np.asarray(space.low, np.float64))
-            high[:w] = np.maximum(high[:w], np.asarray(space.high, np.float64))
-            low[w:] = np.minimum(low[w:], 0.0)  # the zero padding must lie inside the padded space
-            high[w:] = np.maximum(high[w:], 0.0)
-        dtype = first.dtype
-        if np.issubdtype(dtype, np.integer):
-            info = np.iinfo(dtype)
-            low, high = np.clip(low, info.min, info.max), np.clip(high, info.min, info.max)
-        self.obs_layout = compile_layout(spaces.Box(low.astype(dtype), high.astype(dtype), (width,), dtype))
-        return True
-
-    def _plan_actions(self, layouts: dict[str, ActionLayout]) -> str:
-        """Set ``action_layout`` from every agent's action layout; return the padding mode."""
-        agents = list(layouts)
-        first = layouts[agents[0]]
-        if all(layouts[a].space == first.space for a in agents):
-            self.action_layout = first
-            return "same"
-        kinds = {layouts[a].kind for a in agents}
-        if kinds == {"discrete"}:
-            self.action_layout = ActionLayout(spaces.Discrete(max(int(layouts[a].flat_space.n) for a in agents)))
-            return "discrete_pad"
-        if kinds <= {"discrete", "multi_discrete"}:
-            width = max(layouts[a].num_discrete for a in agents)
-            nvec = np.ones(width, np.int64)
-            for agent in agents:
-                own = layouts[agent].nvec
-                nvec[: own.size] = np.maximum(nvec[: own.size], own)
-            self.action_layout = ActionLayout(spaces.MultiDiscrete(nvec))
-            return "multi_pad"
-        if kinds == {"continuous"}:
-            width = max(layouts[a].num_continuous for a in agents)
-            low, high = np.full(width, np.inf), np.full(width, -np.inf)
-            for agent in agents:
-                own = layouts[agent]
-                w = own.num_continuous
-                low[:w] = np.minimum(low[:w], own.low)
-                high[:w] = np.maximum(high[:w], own.high)
-            dtype = np.result_type(*[layouts[a].flat_dtype for a in agents])
-            self.action_layout = ActionLayout(spaces.Box(low.astype(dtype), high.astype(dtype), (width,), dtype))
-            return "box_pad"
-        other = next(a for a in agents if layouts[a].kind != first.kind)
-        raise SpaceError(
-            f"agents {agents[0]!r} and {other!r} have action spaces shoal cannot pad to one flat action "
-            f"({first.space!r} vs {layouts[other].space!r}): agents must share one action space, or all be "
-            "discrete, or all be 1-D float Box. Wrap the env so every agent has the same action space (e.g. "
-            "supersuit.pad_action_space_v0) or emulate the groups separately."
-        )
-
-    def _make_spec(self, agent: str, obs_space: spaces.Space, own: ActionLayout) -> _AgentSpec:
-        """Fit one agent's spaces into the common flat forms (raises :class:`SpaceError` if they do not fit)."""
-        stripped, mask_in_obs = split_action_mask(obs_space, self._mask_key)
-        index = self._layout_index(stripped)
-        layout = self._layouts[index]
-        if layout is not self.obs_layout:
-            row = self.obs_layout
-            if not (self._obs_pad and isinstance(stripped, spaces.Box) and len(stripped.shape) == 1
-                    and layout.flat_dtype == row.flat_dtype and layout.flat_size <= row.flat_size):
-                raise SpaceError(
-                    f"agent {agent!r} has observation space {stripped!r}, which does not fit the emulator's "
-                    f"observation row {row.flat_space!r}; give every agent the same observation space")
-        group = self._group_id(agent)
-        self.obs_layouts.setdefault(self.agent_groups[group], layout)
-        mode = self._act_mode
-        flat = self.action_layout
-        limit = mask_base = mask_index = static = None
-        if mode == "same":
-            if own.space != flat.space:
-                raise SpaceError(f"agent {agent!r} has action space {own.space!r}; the emulator's agents share "
-                                 f"{flat.space!r}")
-            to_native = flat.to_native
-        elif mode == "discrete_pad" and own.kind == "discrete":
-            n = int(own.flat_space.n)
-            to_native, limit = own.to_native, n
-            width = int(flat.flat_space.n)
-            static = np.arange(width) < n
-            mask_index = np.arange(n)
-        elif mode == "multi_pad" and own.kind in ("discrete", "multi_discrete") and _fits(own.nvec, flat.nvec):
-            k = own.num_discrete
-            limit = np.ones(flat.nvec.size, np.int64)
-            limit[:k] = own.nvec
-            offsets = np.concatenate([[0], np.cumsum(flat.nvec)[:-1]])
-            static = np.zeros(int(flat.nvec.sum()), bool)
-            mask_index = np.concatenate([offsets[j] + np.arange(limit[j]) for j in range(k)])
-            for j in range(flat.nvec.size):
-                static[offsets[j] : offsets[j] + limit[j]] = True
-            to_native = _first_entry(own.to_native) if own.kind == "discrete" else _leading(own.to_native, k)
-        elif mode == "box_pad" and own.kind == "continuous" and own.num_continuous <= flat.num_continuous:
-            to_native = _leading(own.to_native, own.num_continuous)
-        else:
-            raise SpaceError(f"agent {agent!r} has action space {own.space!r}, which does not fit the emulator's "
-                             f"flat action space {flat.flat_space!r}")
-        if static is not None:
-            mask_base = static.copy()
-            mask_base[mask_index] = False
-        root = own.space if isinstance(own.space, spaces.Discrete) else None
-        if root is None:
-            self._discrete_fast = False
-        return _AgentSpec(agent, group, obs_space, layout, index, mask_in_obs, own.space, to_native, limit,
-                          mask_base, mask_index, static, int(root.n) if root else 0, int(root.start) if root else 0)
-
-    def _spec(self, agent: str) -> _AgentSpec:
+    def _spec(self, agent: str) -> AgentSpec:
         spec = self._specs.get(agent) or self._spawned_specs.get(agent)
         if spec is None:
-            spec = self._make_spec(agent, self.env.observation_space(agent), ActionLayout(self.env.action_space(agent)))
+            env = self.env
+            spec = self._plan.fit(agent, env.observation_space(agent), ActionLayout(env.action_space(agent)))
+            if not spec.discrete_n:
+                self._discrete_fast = False
             self._spawned_specs[agent] = spec
         return spec
 
@@ -345,7 +169,7 @@ class PettingZooEmulator(Emulator):
         if self.buffers.action_masks is not None:
             self.buffers.action_masks[:] = True
 
-    def _writer(self, slot: int, spec: _AgentSpec) -> Flattener:
+    def _writer(self, slot: int, spec: AgentSpec) -> Flattener:
         writers = self._rows[slot]
         writer = writers.get(spec.layout_index)
         if writer is None:  # a spawned agent brought a new (narrower) layout
@@ -399,7 +223,7 @@ class PettingZooEmulator(Emulator):
             self._limits[slot] = spec.limit
         return slot
 
-    def _write_action_mask(self, slot: int, spec: _AgentSpec, mask: Any) -> None:
+    def _write_action_mask(self, slot: int, spec: AgentSpec, mask: Any) -> None:
         row = self.buffers.action_masks
         if row is None:
             return
@@ -425,7 +249,7 @@ class PettingZooEmulator(Emulator):
             row[:] = True
             self._mask_dirty[slot] = False
 
-    def _write_live(self, slot: int, spec: _AgentSpec, obs: Any, info: Any) -> None:
+    def _write_live(self, slot: int, spec: AgentSpec, obs: Any, info: Any) -> None:
         """Write a live agent's observation and legal actions into its slot."""
         self._writer(slot, spec).write(obs)
         mask = None
@@ -446,7 +270,7 @@ class PettingZooEmulator(Emulator):
             b.action_masks[slot] = True
             self._mask_dirty[slot] = False
 
-    def _row_copy(self, slot: int, spec: _AgentSpec, obs: Any) -> np.ndarray:
+    def _row_copy(self, slot: int, spec: AgentSpec, obs: Any) -> np.ndarray:
         """Flatten ``obs`` through the slot's row and return a copy of the (padded) row."""
         self._writer(slot, spec).write(obs)
         return self.buffers.obs[slot].copy()
@@ -761,14 +585,3 @@ def _state_source(env: AECEnv) -> Any:
         obj = inner
     return obj
 
-
-def _first_entry(fn: Callable[[Any], Any]) -> Callable[[np.ndarray], Any]:
-    return lambda row: fn(row[0])
-
-
-def _leading(fn: Callable[[np.ndarray], Any], k: int) -> Callable[[np.ndarray], Any]:
-    return lambda row: fn(row[:k])
-
-
-def _fits(own: np.ndarray, padded: np.ndarray) -> bool:
-    return own.size <= padded.size and bool((own <= padded[: own.size]).all())
