@@ -147,6 +147,11 @@ class TrainConfig:
     """Add an LSTM (BPTT over segments; state carried across rollouts, reset at episode starts)."""
     lstm_size: int = 64
     """LSTM hidden size."""
+    async_learner: bool = False
+    """Run PPO updates in a separate learner process while the next rollout is collected (PPO only; not with
+    ``league`` or several learners). Rollout ``k`` is then acted by the weights of update ``k - 1`` (one update of
+    policy lag, which PPO's clipping and V-trace correct for); runs stay deterministic and resumable. See
+    :mod:`shoal.train.learner_process`."""
     trace_actor: bool = True
     """Replay the acting pass of rollouts through verified TorchScript traces (same results, less overhead);
     policies that cannot be traced exactly act eagerly."""
@@ -284,6 +289,9 @@ class TrainConfig:
                                     f"{self.league_snapshot_interval!r}")
             if not (isinstance(self.league_k, int | float) and math.isfinite(self.league_k) and self.league_k > 0):
                 raise APIUsageError(f"league_k must be a positive number, got {self.league_k!r}")
+        if self.async_learner and (self.algo != "ppo" or self.league):
+            raise APIUsageError(f"async_learner=True supports algo='ppo' without league (got algo={self.algo!r}, "
+                                f"league={self.league}); drop --async-learner")
         if self.wandb and self.run_dir is None:
             raise APIUsageError("wandb=True needs a run_dir to hold the offline run (give --run-dir)")
         if not isinstance(self.env_kwargs, dict):

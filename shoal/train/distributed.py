@@ -541,6 +541,9 @@ def make_trainer(
 
     cls = trainer_class(config)
     if is_distributed():
+        if config.async_learner:
+            raise APIUsageError("async_learner=True runs one learner process; it cannot be combined with several "
+                                "data-parallel learners (torchrun): drop --async-learner")
         cls = distributed_class(cls)
     return cls(config, env_fn=env_fn, policy=policy, callbacks=callbacks)
 

@@ -58,6 +58,7 @@ from shoal.train.checkpoint import (
     snapshot_env_state,
 )
 from shoal.train.config import TrainConfig
+from shoal.train.learner_process import LearnerProcess
 from shoal.train.logger import CSVSink, LogRecord, RunLogger, TensorBoardSink, WandbSink
 from shoal.train.ppo import ppo_update
 from shoal.train.resolve import resolve_env
@@ -346,6 +347,11 @@ class Trainer:
         self._elapsed_before = 0.0
         self._times = {"env": 0.0, "inference": 0.0, "learn": 0.0}
         self.exact_resume = True
+        #: async_learner: the learner process (started by train()), its starting weights when resuming, and
+        #: whether it holds weights the acting policy has not loaded yet
+        self.learner: LearnerProcess | None = None
+        self._learner_weights: dict[str, Tensor] | None = None
+        self._learner_ahead = False
         self.last_checkpoint: Path | None = None
         self.last_stats: dict[str, float] = {}
         #: MAPPO: a ValueNormalizer when the critic predicts normalized values (shoal.train.normalize), else None
@@ -580,7 +586,9 @@ class Trainer:
         return cfg.learning_rate * max(0.0, 1.0 - self.global_step / cfg.total_steps)
 
     def learn(self) -> dict[str, float]:
-        """One PPO update on the buffer's rollout."""
+        """One PPO update on the buffer's rollout (handed to the learner process with ``async_learner``)."""
+        if self.learner is not None:
+            return self._learn_async()
         t = time.perf_counter()
         data = self.buffer.data()
         lr = self.learning_rate()
@@ -602,6 +610,37 @@ class Trainer:
         self._times["learn"] += time.perf_counter() - t
         return stats
 
+    def _learn_async(self) -> dict[str, float]:
+        """Collect the learner's last update, load its weights for acting, and hand it this rollout.
+
+        Returns the statistics of the previous update (``{}`` on the first call): this one is still running.
+        """
+        assert self.learner is not None
+        t = time.perf_counter()
+        data = self.buffer.data()
+        lr = self.learning_rate()
+        stats = dict(self.learner.result())
+        if self._learner_ahead:
+            self.learner.copy_weights_to(self.policy)
+        self.learner.submit(data, lr, progress=self.global_step / self.config.total_steps)
+        self._learner_ahead = True
+        self.global_step += data.num_transitions
+        self.update += 1
+        stats["learning_rate"] = lr
+        self._times["learn"] += time.perf_counter() - t
+        return stats
+
+    def _start_learner(self) -> None:
+        self.learner = LearnerProcess(
+            self.policy,
+            self._learner_weights,
+            self.config,
+            self.device,
+            self.optimizer.state_dict(),
+            self.generator.get_state(),
+        )
+        self._learner_weights = None
+
     # ---- checkpoints ---------------------------------------------------------------------------------------
 
     def checkpoint_payload(self) -> dict[str, Any]:
@@ -612,7 +651,7 @@ class Trainer:
         exact_env = None
         if carry is not None and not carry.acted:
             exact_env = snapshot_env_state(self.vecenv)
-        return {
+        payload = {
             "format": FORMAT,
             "shoal_version": __version__,
             "config": self.config.to_dict(),
@@ -644,6 +683,14 @@ class Trainer:
             "env_state": exact_env,
             "league": None if self.league is None else self.league.state_dict(),
         }
+        if self.learner is not None:  # the learner's side: weights, optimizer and shuffling after its last update
+            learner = self.learner.state_dict()
+            payload["model"] = learner["model"]
+            payload["optimizer"] = learner["optimizer"]
+            payload["rng"]["generator"] = learner["generator"]
+            payload["acting_model"] = self.policy.state_dict()
+            payload["learner_ahead"] = self._learner_ahead
+        return payload
 
     def save(self) -> Path | None:
         """Write a checkpoint of the current update into ``run_dir`` (atomically); None without a run_dir."""
@@ -690,9 +737,12 @@ class Trainer:
         payload = self._load_payload(path)
         self._check_compatible(payload, path)
         try:
-            self.policy.load_state_dict(payload["model"])
+            self.policy.load_state_dict(payload.get("acting_model", payload["model"]))
         except RuntimeError as exc:
             raise CheckpointError(f"{path}: the saved weights do not fit this policy: {exc}") from exc
+        if "acting_model" in payload:  # async_learner: the learner continues from its own weights
+            self._learner_weights = payload["model"]
+            self._learner_ahead = bool(payload["learner_ahead"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.global_step = int(payload["global_step"])
         self.update = int(payload["update"])
@@ -833,6 +883,8 @@ class Trainer:
                 self.restore(self._resume_from)
             self._open_run_dir()
             assert self.logger is not None
+            if self.config.async_learner and self.learner is None:
+                self._start_learner()
             self._t0 = time.perf_counter()
             start_step = self.global_step
             last_log = -math.inf
@@ -864,6 +916,10 @@ class Trainer:
                 or self.last_checkpoint != checkpoint_path(self.run_dir, self.update)
             ):
                 self.save()
+            if self.learner is not None:  # the trained weights: the learner's after its last update
+                self.last_stats = self.learner.result() or self.last_stats
+                self.learner.copy_weights_to(self.policy)
+                self._learner_ahead = False
             seconds = time.perf_counter() - self._t0
             evaluation = None
             if cfg.eval_episodes:
@@ -908,7 +964,10 @@ class Trainer:
             self.close()
 
     def close(self) -> None:
-        """Close the vector env and the log sinks."""
+        """Close the vector env, the learner process and the log sinks."""
+        if self.learner is not None:
+            self.learner.close()
+            self.learner = None
         if self.logger is not None:
             self.logger.close()
             self.logger = None

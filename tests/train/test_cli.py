@@ -75,7 +75,8 @@ def test_train_eval_plot_on_cartpole(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 @pytest.mark.filterwarnings("ignore:The old environment creation API:DeprecationWarning")
-def test_train_knights_archers_zombies(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("extra", [[], ["--async-learner"]], ids=["one-process", "async-learner"])
+def test_train_knights_archers_zombies(tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str]) -> None:
     run_dir = tmp_path / "kaz"
     code, payload, _ = run(
         capsys,
@@ -87,6 +88,7 @@ def test_train_knights_archers_zombies(tmp_path: Path, capsys: pytest.CaptureFix
         str(run_dir),
         "--json",
         *FAST,
+        *extra,
     )
     assert code == 0 and payload["ok"] and payload["updates"] >= 2
     code, payload, _ = run(capsys, "eval", payload["checkpoint"], "--episodes", "1", "--json")

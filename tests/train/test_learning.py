@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from shoal.train import TrainConfig, train
 
 
-def test_ppo_solves_a_contextual_bandit() -> None:
+@pytest.mark.parametrize("async_learner", [False, True], ids=["one-process", "async-learner"])
+def test_ppo_solves_a_contextual_bandit(async_learner: bool) -> None:
     start = time.perf_counter()
     result = train(
         TrainConfig(
@@ -22,13 +25,15 @@ def test_ppo_solves_a_contextual_bandit() -> None:
             seed=0,
             eval_episodes=40,
             log_interval=60,
+            async_learner=async_learner,
         )
     )
     assert result.evaluation is not None and result.evaluation["mean_return"] >= 0.95  # random: 0.25
     assert time.perf_counter() - start < 30
 
 
-def test_ppo_with_an_lstm_solves_the_memory_task() -> None:
+@pytest.mark.parametrize("async_learner", [False, True], ids=["one-process", "async-learner"])
+def test_ppo_with_an_lstm_solves_the_memory_task(async_learner: bool) -> None:
     start = time.perf_counter()
     result = train(
         TrainConfig(
@@ -44,6 +49,7 @@ def test_ppo_with_an_lstm_solves_the_memory_task() -> None:
             seed=0,
             eval_episodes=40,
             log_interval=60,
+            async_learner=async_learner,
         )
     )
     assert result.evaluation is not None and result.evaluation["mean_return"] >= 0.95  # memoryless: 0.5

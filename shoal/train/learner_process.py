@@ -1,0 +1,216 @@
+"""A PPO learner in its own process, so updates run on one core while the next rollout is collected on another.
+
+With ``TrainConfig(async_learner=True)`` the trainer hands each rollout to a :class:`LearnerProcess` and goes on
+collecting at once. The learner holds its own copy of the policy, the Adam optimizer and the shuffling generator;
+after each update it writes its weights into shared memory, and the trainer copies them into the acting policy
+when it hands over the next rollout. The schedule, with ``L_j`` the learner's weights after ``j`` updates:
+
+======================  ==========================  =====================================
+step                    acting policy               learner
+======================  ==========================  =====================================
+collect rollout 0       ``L_0``                     idle
+collect rollout 1       ``L_0``                     update 1 on rollout 0 -> ``L_1``
+collect rollout k       ``L_{k-1}``                 update k on rollout k-1 -> ``L_k``
+======================  ==========================  =====================================
+
+so rollout ``k`` is collected by ``L_{k-1}`` and trained on from ``L_k``: one update of policy lag. PPO's ratio
+is taken against the log-probabilities recorded while acting, so the clipped objective (and V-trace, with
+``advantage="vtrace"``) corrects for it as it does for any stale data. Runs are still deterministic: the hand-over
+points do not depend on timing. Rollouts travel through a pipe (pickled, one copy each way); weights through
+shared memory.
+
+A learner that raises or dies surfaces as :class:`~shoal.errors.WorkerError` with its traceback; nothing waits
+for ever on a dead process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pickle
+import traceback
+import weakref
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+import torch
+from torch import nn
+
+from shoal.errors import WorkerError
+from shoal.train.buffer import RolloutData
+from shoal.train.config import TrainConfig
+
+__all__ = ["LearnerProcess"]
+
+_UPDATE = b"u"
+_STATE = b"s"
+_CLOSE = b"c"
+_OK = b"k"
+_ERROR = b"e"
+_CLOSE_TIMEOUT_S = 5.0
+
+
+def _learner_main(conn: Connection, policy: nn.Module, shared: dict[str, torch.Tensor], cfg: TrainConfig,
+                  device: str, optimizer_state: dict[str, Any] | None, generator_state: torch.Tensor) -> None:
+    """Serve updates until told to close; report any exception with its traceback, then exit."""
+    from shoal.train.ppo import ppo_update
+    from shoal.train.trainer import _adam
+
+    try:
+        if cfg.torch_threads:
+            torch.set_num_threads(cfg.torch_threads)
+        policy = policy.to(device)
+        optimizer = _adam(policy, cfg.learning_rate, cfg.adam_eps)
+        if optimizer_state is not None:
+            optimizer.load_state_dict(optimizer_state)
+        generator = torch.Generator().manual_seed(0)
+        generator.set_state(generator_state)
+        policy.train()
+        while True:
+            message = conn.recv_bytes()
+            command = message[:1]
+            if command == _UPDATE:
+                data, lr, progress = pickle.loads(message[1:])
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                stats = ppo_update(policy, optimizer, data.to_torch(device), cfg, generator, progress=progress)
+                with torch.no_grad():
+                    for name, value in policy.state_dict().items():
+                        shared[name].copy_(value)
+                conn.send_bytes(_OK + pickle.dumps(stats))
+            elif command == _STATE:
+                state = {
+                    "model": {k: v.detach().cpu().clone() for k, v in policy.state_dict().items()},
+                    "optimizer": optimizer.state_dict(),
+                    "generator": generator.get_state(),
+                }
+                conn.send_bytes(_OK + pickle.dumps(state))
+            elif command == _CLOSE:
+                return
+            else:
+                raise RuntimeError(f"unknown command {message[:16]!r}")
+    except (EOFError, KeyboardInterrupt):
+        return  # the trainer went away
+    except BaseException:
+        with contextlib.suppress(OSError):
+            conn.send_bytes(_ERROR + traceback.format_exc().encode("utf-8", "replace"))
+    finally:
+        conn.close()
+
+
+class LearnerProcess:
+    """Runs :func:`~shoal.train.ppo.ppo_update` on rollouts in a child process (see the module docstring).
+
+    Args:
+        policy: the policy to train (a copy is taken; the caller's module is not touched).
+        weights: the learner's starting weights (a ``state_dict``), or None for ``policy``'s own.
+        cfg: the training configuration (loss coefficients, epochs, minibatches, learning-rate settings).
+        device: where the learner trains (``"cpu"``, ``"cuda:0"``, ...).
+        optimizer_state: Adam state to continue from (a checkpoint's), or None for a fresh optimizer.
+        generator_state: state of the CPU ``torch.Generator`` that shuffles minibatches.
+
+    The child is forked on CPU (fast start) and spawned when the device is CUDA (CUDA cannot be forked).
+    """
+
+    def __init__(self, policy: nn.Module, weights: dict[str, torch.Tensor] | None, cfg: TrainConfig,
+                 device: torch.device | str, optimizer_state: dict[str, Any] | None,
+                 generator_state: torch.Tensor) -> None:
+        import torch.multiprocessing as tmp
+
+        device = str(device)
+        method = "fork" if device == "cpu" and "fork" in tmp.get_all_start_methods() else "spawn"
+        ctx = tmp.get_context(method)
+        learner = _cpu_copy(policy)
+        if weights is not None:
+            learner.load_state_dict(weights)
+        self.shared = {k: v.detach().clone().share_memory_() for k, v in learner.state_dict().items()}
+        self._conn, child_end = ctx.Pipe(duplex=True)
+        self._proc = ctx.Process(
+            target=_learner_main, name="shoal-learner", daemon=True,
+            args=(child_end, learner, self.shared, cfg, device, optimizer_state, generator_state))
+        self._proc.start()
+        child_end.close()
+        self._finalizer = weakref.finalize(self, _shutdown, self._proc, self._conn)
+        self.busy = False  # an update was submitted and its result not read yet
+        self._result: dict[str, float] | None = None
+
+    def submit(self, data: RolloutData, learning_rate: float, progress: float) -> None:
+        """Start one update on ``data`` (the learner must be idle: call :meth:`result` first)."""
+        if self.busy:
+            raise RuntimeError("internal error: an update was submitted while the learner was busy")
+        self._send(_UPDATE + pickle.dumps((data, learning_rate, progress), pickle.HIGHEST_PROTOCOL))
+        self.busy = True
+        self._result = None
+
+    def result(self) -> dict[str, float]:
+        """Wait for the submitted update and return its statistics (again on later calls, until the next
+        :meth:`submit`); ``{}`` when nothing was submitted."""
+        if self.busy:
+            self._result = pickle.loads(self._receive())
+            self.busy = False
+        return self._result or {}
+
+    def copy_weights_to(self, policy: nn.Module) -> None:
+        """Load the learner's latest weights into ``policy`` (waits for a running update first)."""
+        self.result()
+        policy.load_state_dict(self.shared)
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"model", "optimizer", "generator"}`` of the learner after its last update (waits for it)."""
+        self.result()
+        self._send(_STATE)
+        return pickle.loads(self._receive())
+
+    def close(self) -> None:
+        """Stop the learner process (waits a few seconds for it, then terminates it). Safe to call twice."""
+        self._finalizer()
+
+    # ---- plumbing ------------------------------------------------------------------------------------------
+
+    def _send(self, message: bytes) -> None:
+        try:
+            self._conn.send_bytes(message)
+        except OSError:
+            self._raise_dead()
+
+    def _receive(self) -> bytes:
+        while True:
+            ready = wait([self._conn, self._proc.sentinel])
+            if self._conn in ready:
+                try:
+                    message = self._conn.recv_bytes()
+                except (EOFError, OSError):
+                    self._raise_dead()
+                if message[:1] == _ERROR:
+                    self.close()
+                    raise WorkerError("the learner process raised:\n" + message[1:].decode("utf-8", "replace"))
+                return message[1:]
+            if self._proc.sentinel in ready and not self._conn.poll(0):
+                self._raise_dead()
+
+    def _raise_dead(self) -> None:
+        self._proc.join(1.0)
+        code = self._proc.exitcode
+        self.close()
+        how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
+        raise WorkerError(f"the learner process {how} without a traceback (a native crash prints one to stderr)")
+
+
+def _cpu_copy(policy: nn.Module) -> nn.Module:
+    """A deep copy of ``policy`` on the CPU (the child moves it to its device)."""
+    import copy
+
+    clone = copy.deepcopy(policy)
+    return clone.to("cpu")
+
+
+def _shutdown(proc: Any, conn: Connection) -> None:
+    with contextlib.suppress(OSError):
+        conn.send_bytes(_CLOSE)
+    proc.join(_CLOSE_TIMEOUT_S)
+    if proc.is_alive():
+        proc.terminate()
+        proc.join(1.0)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+    conn.close()

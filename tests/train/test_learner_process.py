@@ -1,0 +1,125 @@
+"""The learner process: the same update as in-process PPO, one update of policy lag, errors that surface."""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import time
+from typing import Any
+
+import pytest
+import torch
+
+from shoal.errors import APIUsageError, WorkerError
+from shoal.train import TrainConfig, Trainer, train
+from shoal.train.learner_process import LearnerProcess
+from shoal.train.ppo import ppo_update
+from shoal.train.trainer import _adam
+
+
+def small(**overrides: Any) -> TrainConfig:
+    base: dict[str, Any] = dict(env="CartPole-v1", total_steps=64 * 8, num_envs=4, horizon=16, minibatch_size=32,
+                                update_epochs=2, seed=3, log_interval=0.0, tensorboard=False)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def reference_update(policy: torch.nn.Module, optimizer: torch.optim.Optimizer, data: Any, cfg: TrainConfig,
+                     generator: torch.Generator, lr: float, progress: float) -> dict[str, float]:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    policy.train()
+    return ppo_update(policy, optimizer, data.to_torch("cpu"), cfg, generator, progress=progress)
+
+
+def test_acting_lags_one_update_behind_an_in_process_reference() -> None:
+    """Rollout k is acted by the weights after k - 1 updates; each update equals ppo_update run in-process."""
+    cfg = small(async_learner=True)
+    trainer = Trainer(cfg)
+    try:
+        ref_policy = copy.deepcopy(trainer.policy)
+        ref_optimizer = _adam(ref_policy, cfg.learning_rate, cfg.adam_eps)
+        ref_generator = torch.Generator().manual_seed(0)
+        ref_generator.set_state(trainer.generator.get_state())
+        trainer._start_learner()
+        learner_weights = [copy.deepcopy(ref_policy.state_dict())]  # L_0, L_1, ...
+        previous: dict[str, float] = {}
+        for k in range(4):
+            acting = {n: v.clone() for n, v in trainer.policy.state_dict().items()}
+            assert same_weights(acting, learner_weights[max(k - 1, 0)]), f"rollout {k} acted by the wrong weights"
+            trainer.collect()
+            data, lr = trainer.buffer.data(), trainer.learning_rate()
+            progress = trainer.global_step / cfg.total_steps
+            expected = reference_update(ref_policy, ref_optimizer, data, cfg, ref_generator, lr, progress)
+            learner_weights.append(copy.deepcopy(ref_policy.state_dict()))
+            stats = trainer.learn()
+            assert {k: v for k, v in stats.items() if k != "learning_rate"} == previous  # the previous update's
+            assert trainer.learner is not None
+            assert trainer.learner.result() == expected
+            previous = expected
+        assert same_weights(trainer.learner.state_dict()["model"], learner_weights[-1])
+    finally:
+        trainer.close()
+
+
+def test_async_runs_are_deterministic_and_end_with_the_learners_weights() -> None:
+    first, second = train(small(async_learner=True)), train(small(async_learner=True))
+    assert same_weights(first.policy.state_dict(), second.policy.state_dict())
+    one_process = train(small())
+    assert not same_weights(first.policy.state_dict(), one_process.policy.state_dict())  # the lag changes the run
+    assert first.global_step == one_process.global_step and first.updates == one_process.updates
+
+
+def _learner(cfg: TrainConfig) -> tuple[Trainer, LearnerProcess]:
+    trainer = Trainer(cfg)
+    learner = LearnerProcess(trainer.policy, None, cfg, "cpu", None, trainer.generator.get_state())
+    return trainer, learner
+
+
+def test_an_exception_in_the_learner_surfaces_with_its_traceback() -> None:
+    trainer, learner = _learner(small())
+    try:
+        trainer.collect()
+        data = trainer.buffer.data()
+        data.obs = data.obs[:, :, :2]  # the policy expects 4 features
+        learner.submit(data, 1e-3, 0.0)
+        with pytest.raises(WorkerError, match=r"(?s)learner process raised:.*Traceback.*ppo_update"):
+            learner.result()
+    finally:
+        learner.close()
+        trainer.close()
+
+
+def test_a_killed_learner_is_reported_within_seconds() -> None:
+    trainer, learner = _learner(small())
+    try:
+        trainer.collect()
+        os.kill(learner._proc.pid, signal.SIGKILL)
+        start = time.monotonic()
+        with pytest.raises(WorkerError, match="killed by signal 9"):
+            learner.submit(trainer.buffer.data(), 1e-3, 0.0)
+            learner.result()
+        assert time.monotonic() - start < 10
+    finally:
+        learner.close()
+        trainer.close()
+
+
+def test_close_stops_the_learner_process() -> None:
+    trainer, learner = _learner(small())
+    proc = learner._proc
+    learner.close()
+    learner.close()  # idempotent
+    trainer.close()
+    assert not proc.is_alive() and proc.exitcode == 0
+
+
+@pytest.mark.parametrize("overrides", [{"league": True, "env": "pettingzoo.classic.tictactoe_v3"}, {"algo": "mappo"}])
+def test_async_learner_refuses_what_it_does_not_support(overrides: dict[str, Any]) -> None:
+    with pytest.raises(APIUsageError, match="async_learner"):
+        small(async_learner=True, **overrides).validate()
