@@ -2,8 +2,8 @@
 
 Targets (2 CPU cores): shoal reaches a mean return >= 475 over 100 evaluation episodes within 150k steps and
 90 s, and its end-to-end training steps/s is >= 2x the CleanRL-style loop's. shoal runs with its learner process
-(``async_learner=True``: updates on the second core while the next rollout is collected, one update of policy
-lag); the one-process trainer is measured too, for reference.
+(``async_learner=True``: updates on the second core while the next rollout is collected; the first half of each
+rollout is acted by the weights one update older); the one-process trainer is measured too, for reference.
 
 The CleanRL-style loop below follows CleanRL's ``ppo.py`` line by line (Gymnasium ``SyncVectorEnv`` with
 same-step autoreset and ``RecordEpisodeStatistics``, ``torch.distributions.Categorical``, GAE loop, shuffled

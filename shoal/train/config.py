@@ -149,9 +149,13 @@ class TrainConfig:
     """LSTM hidden size."""
     async_learner: bool = False
     """Run PPO updates in a separate learner process while the next rollout is collected (PPO only; not with
-    ``league`` or several learners). Rollout ``k`` is then acted by the weights of update ``k - 1`` (one update of
-    policy lag, which PPO's clipping and V-trace correct for); runs stay deterministic and resumable. See
+    ``league`` or several learners). Runs stay deterministic and resumable; see
     :mod:`shoal.train.learner_process`."""
+    async_handover: float = 0.5
+    """With ``async_learner``: the fraction of each rollout collected before the acting policy waits for the
+    update on the previous rollout and acts with its weights. Earlier transitions are acted by the weights one
+    update older (PPO's clipping corrects for that). 0: no overlap, the one-process trainer's exact computation;
+    1: full overlap, every transition one update stale."""
     trace_actor: bool = True
     """Replay the acting pass of rollouts through verified TorchScript traces (same results, less overhead);
     policies that cannot be traced exactly act eagerly."""
@@ -289,6 +293,8 @@ class TrainConfig:
                                     f"{self.league_snapshot_interval!r}")
             if not (isinstance(self.league_k, int | float) and math.isfinite(self.league_k) and self.league_k > 0):
                 raise APIUsageError(f"league_k must be a positive number, got {self.league_k!r}")
+        if not (isinstance(self.async_handover, int | float) and 0.0 <= self.async_handover <= 1.0):
+            raise APIUsageError(f"async_handover must be a fraction in [0, 1], got {self.async_handover!r}")
         if self.async_learner and (self.algo != "ppo" or self.league):
             raise APIUsageError(f"async_learner=True supports algo='ppo' without league (got algo={self.algo!r}, "
                                 f"league={self.league}); drop --async-learner")

@@ -548,7 +548,10 @@ class Trainer:
             self._start()
         buffer.begin()
         carry = self._carry
+        handover = self.config.async_handover * buffer.target
         while True:
+            if self._learner_ahead and buffer.stored >= handover:  # async_learner: act with the newest weights
+                self._take_learner_weights()
             if not carry.acted:
                 self._act(carry)
             carry = self._recv()
@@ -611,17 +614,18 @@ class Trainer:
         return stats
 
     def _learn_async(self) -> dict[str, float]:
-        """Collect the learner's last update, load its weights for acting, and hand it this rollout.
+        """Hand this rollout to the learner process once it is done with the previous one.
 
-        Returns the statistics of the previous update (``{}`` on the first call): this one is still running.
+        Returns the statistics of the previous update (``{}`` on the first call): this one is still running. The
+        acting policy takes its weights during the next rollout (see ``TrainConfig.async_handover``).
         """
         assert self.learner is not None
         t = time.perf_counter()
         data = self.buffer.data()
         lr = self.learning_rate()
         stats = dict(self.learner.result())
-        if self._learner_ahead:
-            self.learner.copy_weights_to(self.policy)
+        if self._learner_ahead:  # async_handover=1: the hand-over point is the end of the rollout
+            self._take_learner_weights()
         self.learner.submit(data, lr, progress=self.global_step / self.config.total_steps)
         self._learner_ahead = True
         self.global_step += data.num_transitions
@@ -629,6 +633,14 @@ class Trainer:
         stats["learning_rate"] = lr
         self._times["learn"] += time.perf_counter() - t
         return stats
+
+    def _take_learner_weights(self) -> None:
+        """Wait for the learner's running update and act with its weights from now on."""
+        assert self.learner is not None
+        t = time.perf_counter()
+        self.learner.copy_weights_to(self.policy)
+        self._learner_ahead = False
+        self._times["learn"] += time.perf_counter() - t
 
     def _start_learner(self) -> None:
         self.learner = LearnerProcess(

@@ -38,8 +38,9 @@ def reference_update(policy: torch.nn.Module, optimizer: torch.optim.Optimizer, 
 
 
 def test_acting_lags_one_update_behind_an_in_process_reference() -> None:
-    """Rollout k is acted by the weights after k - 1 updates; each update equals ppo_update run in-process."""
-    cfg = small(async_learner=True)
+    """Handover at the end: rollout k is acted by the weights after k - 1 updates; each update equals ppo_update
+    run in-process."""
+    cfg = small(async_learner=True, async_handover=1.0)
     trainer = Trainer(cfg)
     try:
         ref_policy = copy.deepcopy(trainer.policy)
@@ -65,6 +66,13 @@ def test_acting_lags_one_update_behind_an_in_process_reference() -> None:
         assert same_weights(trainer.learner.state_dict()["model"], learner_weights[-1])
     finally:
         trainer.close()
+
+
+@pytest.mark.parametrize("overrides", [{}, {"env": "memory", "recurrent": True}], ids=["cartpole", "memory-lstm"])
+def test_handover_at_the_start_is_the_one_process_computation(overrides: dict[str, Any]) -> None:
+    one_process = train(small(**overrides))
+    handover_first = train(small(async_learner=True, async_handover=0.0, **overrides))
+    assert same_weights(one_process.policy.state_dict(), handover_first.policy.state_dict())
 
 
 def test_async_runs_are_deterministic_and_end_with_the_learners_weights() -> None:
@@ -123,3 +131,5 @@ def test_close_stops_the_learner_process() -> None:
 def test_async_learner_refuses_what_it_does_not_support(overrides: dict[str, Any]) -> None:
     with pytest.raises(APIUsageError, match="async_learner"):
         small(async_learner=True, **overrides).validate()
+    with pytest.raises(APIUsageError, match=r"async_handover must be a fraction in \[0, 1\], got 1.5"):
+        small(async_learner=True, async_handover=1.5).validate()
