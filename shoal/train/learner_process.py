@@ -38,6 +38,7 @@ from torch import nn
 from shoal.errors import WorkerError
 from shoal.train.buffer import RolloutData
 from shoal.train.config import TrainConfig
+from shoal.vector.multiprocessing import force_stop
 
 __all__ = ["LearnerProcess"]
 
@@ -207,10 +208,5 @@ def _shutdown(proc: Any, conn: Connection) -> None:
     with contextlib.suppress(OSError):
         conn.send_bytes(_CLOSE)
     proc.join(_CLOSE_TIMEOUT_S)
-    if proc.is_alive():
-        proc.terminate()
-        proc.join(1.0)
-    if proc.is_alive():
-        proc.kill()
-        proc.join()
+    force_stop(proc)
     conn.close()

@@ -41,7 +41,7 @@ from shoal.vector.worker import (
     worker_main,
 )
 
-__all__ = ["CONTEXTS", "MultiprocessingVecEnv", "default_spin_us"]
+__all__ = ["CONTEXTS", "MultiprocessingVecEnv", "default_spin_us", "force_stop"]
 
 CONTEXTS = ("fork", "spawn", "forkserver")
 _CLOSE_TIMEOUT_S = 5.0
@@ -55,6 +55,16 @@ def default_spin_us(num_workers: int) -> float:
     """Spin only when every worker and the parent can have a core of their own; otherwise block at once."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return 50.0 if num_workers + 1 <= cores else 0.0
+
+
+def force_stop(proc: multiprocessing.process.BaseProcess) -> None:
+    """Terminate ``proc`` if it still runs, kill it if that does not work within a second, and reap it."""
+    if proc.is_alive():
+        proc.terminate()
+        proc.join(1.0)
+    if proc.is_alive():
+        proc.kill()
+    proc.join()
 
 
 class _Workers:
@@ -90,12 +100,7 @@ class _Workers:
                 except (EOFError, OSError):
                     open_conns.remove(obj)
         for proc in self.procs:
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(1.0)
-            if proc.is_alive():
-                proc.kill()
-            proc.join()
+            force_stop(proc)
         for conn in self.conns:
             conn.close()
         for proc in self.procs:
