@@ -10,7 +10,9 @@ Scalars (means over the last ``window`` episodes; names are ``group/name`` as ev
 
 An agent's return is counted when the emulator reports its end (``infos[r]["episode"]``, dead agents included);
 an env's episode is complete when its new episode starts (``"reset_info"`` in the infos of its rows), so team
-returns of envs whose agents die at different times are summed over the whole episode.
+returns of envs whose agents die at different times are summed over the whole episode. In self-play
+(``league``) runs only the learner's seats count: ``agents/<agent>/episode_return`` is the learner's return when
+it plays that agent.
 """
 
 from __future__ import annotations

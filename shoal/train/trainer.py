@@ -530,7 +530,7 @@ class Trainer:
                     self.episode_lengths.append(float(episode["length"]))
                     self.episodes += 1
             if self.agent_stats is not None:
-                self.agent_stats.record(rows, carry.env_ids, carry.infos, ended, carry.agent_types)
+                self.agent_stats.record(rows, carry.env_ids, carry.infos, counted, carry.agent_types)
         buffer.finish(rows, rewards, terminals, truncations, carry.masks, final_values)
         self._times["inference"] += time.perf_counter() - t
 

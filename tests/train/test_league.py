@@ -158,11 +158,21 @@ def test_opponents_stay_for_the_whole_episode_and_only_learner_rows_reach_the_bu
         league_act(carry, actions)
 
     league.act = act  # type: ignore[method-assign]
+    stats_episodes = [0]  # episodes the per-agent statistics counted
+    assert trainer.agent_stats is not None
+    stats_record = trainer.agent_stats.record
+
+    def record(rows: np.ndarray, env_ids: np.ndarray, infos: Any, ended: np.ndarray, *args: Any) -> None:
+        stats_episodes[0] += sum("episode" in infos[k] for k in np.flatnonzero(ended))
+        stats_record(rows, env_ids, infos, ended, *args)
+
+    trainer.agent_stats.record = record  # type: ignore[method-assign]
     monkeypatch.setattr(PolicyPlayer, "act", recording(PolicyPlayer))
     monkeypatch.setattr(ScriptedPlayer, "act", recording(ScriptedPlayer))
     result = trainer.train()
 
     assert result.updates >= 4 and len(league.snapshots) == result.updates + 1
+    assert stats_episodes[0] == result.episodes > 0  # per-agent statistics: the learner's episodes only
     # one batched forward per distinct opponent per step
     assert all(len(c) == len(set(c)) for c in calls)
     assert max(len(set(c)) for c in calls) >= 2
