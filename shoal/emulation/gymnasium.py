@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import gymnasium as gym
@@ -21,6 +22,13 @@ _MAX_TABLE = 1 << 16  # largest Discrete action space served by the lookup table
 _READY = State.READY
 
 StepResult = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]
+
+
+@functools.cache
+def _choices(n: int, start: int, dtype: np.dtype) -> dict[int, Any]:
+    """Flat index -> native action of ``Discrete(n, start)`` (numpy integers of ``dtype``), shared by every
+    emulator of such a space: many envs in one process then read one table that stays in cache. Read-only."""
+    return {i: dtype.type(start + i) for i in range(n)}
 
 
 class GymnasiumEmulator(Emulator):
@@ -66,8 +74,7 @@ class GymnasiumEmulator(Emulator):
         # Native actions of a Discrete space by flat index, used by step() once the env is ready.
         self._ready_choices: dict[int, Any] | None = None
         if 0 < self._discrete_n <= _MAX_TABLE:
-            start, dtype = int(env.action_space.start), env.action_space.dtype.type
-            self._ready_choices = {i: dtype(start + i) for i in range(self._discrete_n)}
+            self._ready_choices = _choices(self._discrete_n, int(env.action_space.start), env.action_space.dtype)
         self._choices: dict[int, Any] | None = None
         self._env_step = env.step
         self._flags_up = False
