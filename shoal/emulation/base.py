@@ -13,7 +13,7 @@ from shoal.emulation.actions import ActionLayout
 from shoal.emulation.layout import Layout, format_path
 from shoal.errors import APIUsageError, EnvError
 
-__all__ = ["Buffers", "Emulator", "find_violation", "split_action_mask"]
+__all__ = ["Buffers", "Emulator", "add_episode", "find_violation", "split_action_mask"]
 
 ACTION_MASK_KEY = "action_mask"
 
@@ -78,6 +78,25 @@ def action_mask_width(action_layout: ActionLayout) -> int:
     if action_layout.kind == "discrete":
         return int(action_layout.flat_space.n)
     return int(action_layout.nvec.sum())
+
+
+def add_episode(info: dict[str, Any], episode: dict[str, Any]) -> None:
+    """Report a finished episode's ``{"return", "length"}`` as ``info["episode"]`` without losing the env's own.
+
+    An env may report episodes under the same key (gymnasium's ``RecordEpisodeStatistics`` puts
+    ``{"r", "l", "t"}`` there): a dict without ``"return"``/``"length"`` keys is kept and extended with them; any
+    other value moves to ``info["env_episode"]``.
+    """
+    theirs = info.get("episode", _ABSENT)
+    if isinstance(theirs, dict) and not theirs.keys() & episode.keys():
+        info["episode"] = {**theirs, **episode}
+        return
+    if theirs is not _ABSENT:
+        info["env_episode"] = theirs
+    info["episode"] = episode
+
+
+_ABSENT = object()
 
 
 def split_action_mask(space: spaces.Space, key: str | None = ACTION_MASK_KEY) -> tuple[spaces.Space, bool]:

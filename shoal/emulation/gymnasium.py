@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 
 from shoal.emulation.actions import ActionLayout
-from shoal.emulation.base import ACTION_MASK_KEY, Buffers, Emulator, State, split_action_mask
+from shoal.emulation.base import ACTION_MASK_KEY, Buffers, Emulator, State, add_episode, split_action_mask
 from shoal.emulation.flatten import Flattener
 from shoal.emulation.layout import compile_layout
 from shoal.errors import APIUsageError
@@ -40,7 +40,8 @@ class GymnasiumEmulator(Emulator):
       are converted back to the env's native structure before ``env.step``.
     * Episodes auto-reset in the same step. That step's ``infos[0]`` holds the env's last step info plus
       ``"final_observation"`` (the flat final observation, a copy, for bootstrapping truncated episodes),
-      ``"episode"`` (``{"return", "length"}``) and ``"reset_info"``; ``obs`` already holds the new episode's
+      ``"episode"`` (``{"return", "length"}``, merged with an env's own ``"episode"`` dict: see
+      :func:`~shoal.emulation.base.add_episode`) and ``"reset_info"``; ``obs`` already holds the new episode's
       first observation.
 
     The returned arrays are the emulator's buffers: they are overwritten by the next call, copy what you keep.
@@ -186,7 +187,7 @@ class GymnasiumEmulator(Emulator):
         self._flags_up = True
         info = dict(info)
         info["final_observation"] = self._final_writer.write(self._strip_mask(obs)).copy()
-        info["episode"] = {"return": float(self._return), "length": self._length}
+        add_episode(info, {"return": float(self._return), "length": self._length})
         self._return, self._length = 0.0, 0
         obs, reset_info = self.env.reset()
         info["reset_info"] = reset_info

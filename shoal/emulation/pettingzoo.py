@@ -41,7 +41,7 @@ from pettingzoo import AECEnv, ParallelEnv
 
 from shoal.emulation.actions import ActionLayout
 from shoal.emulation.agent_spaces import AgentSpaces, AgentSpec, group_of
-from shoal.emulation.base import ACTION_MASK_KEY, Buffers, Emulator, State
+from shoal.emulation.base import ACTION_MASK_KEY, Buffers, Emulator, State, add_episode
 from shoal.emulation.flatten import Flattener
 from shoal.emulation.parallel_step import direct_parallel_step as _direct_step
 from shoal.emulation.stats import EpisodeStats
@@ -284,7 +284,7 @@ class PettingZooEmulator(Emulator):
         out = dict(info) if info else {}
         if final is not None:
             out["final_observation"] = final
-        out["episode"] = self.stats.finish(slot)
+        add_episode(out, self.stats.finish(slot))
         infos[slot] = out
         self._ended[slot] = True
         self._idle(slot)

@@ -187,3 +187,29 @@ class _ChoiceEcho(gym.Env):
     def step(self, action: np.integer) -> tuple[np.ndarray, float, bool, bool, dict]:
         assert self.action_space.contains(action), action
         return np.full(1, action, np.float32), float(action), False, False, {}
+
+
+def test_an_envs_own_episode_statistics_are_kept() -> None:
+    """gymnasium's RecordEpisodeStatistics reports {"r", "l", "t"} under "episode": shoal adds to it, drops nothing."""
+    env = emulate(gym.wrappers.RecordEpisodeStatistics(gym.make("CartPole-v1")))
+    env.reset(seed=0)
+    ends = 0
+    while ends < 3:
+        infos = env.step(np.array([0]))[4]
+        episode = infos[0].get("episode")
+        if episode is not None:
+            ends += 1
+            assert set(episode) == {"r", "l", "t", "return", "length"}
+            assert episode["return"] == float(episode["r"]) and episode["length"] == int(episode["l"])
+
+
+@pytest.mark.parametrize("theirs", [7, {"return": -1.0}], ids=["not-a-dict", "same-keys"])
+def test_an_envs_episode_value_that_cannot_be_merged_moves_to_env_episode(theirs: object) -> None:
+    from shoal.emulation.base import add_episode
+
+    info = {"episode": theirs, "other": 1}
+    add_episode(info, {"return": 2.0, "length": 3})
+    assert info == {"episode": {"return": 2.0, "length": 3}, "env_episode": theirs, "other": 1}
+    info = {}
+    add_episode(info, {"return": 2.0, "length": 3})
+    assert info == {"episode": {"return": 2.0, "length": 3}}

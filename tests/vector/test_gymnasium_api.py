@@ -92,3 +92,21 @@ def test_rejects_multi_agent_envs_and_partial_batches() -> None:
         GymnasiumVectorEnv(envs.cartpole, 2, num_workers=2, batch_size=1)
     with pytest.raises(APIUsageError, match="options"):
         GymnasiumVectorEnv(envs.cartpole, 2).reset(options={"x": 1})
+
+
+def _recorded_cartpole() -> gym.Env:
+    return gym.wrappers.RecordEpisodeStatistics(gym.make("CartPole-v1"))
+
+
+def test_an_envs_own_episode_keys_reach_final_info() -> None:
+    with GymnasiumVectorEnv([_recorded_cartpole] * 2) as envs_:
+        envs_.reset(seed=0)
+        for _ in range(200):
+            infos = envs_.step(np.zeros(2, np.int64))[4]
+            if "final_info" in infos:
+                done = infos["final_info"]["_episode"]
+                episode = infos["final_info"]["episode"]
+                assert {"r", "l", "t"} <= set(episode)
+                np.testing.assert_array_equal(episode["r"][done], episode["l"][done])  # CartPole: 1 per step
+                return
+    raise AssertionError("no episode ended")
