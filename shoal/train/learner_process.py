@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from shoal.errors import WorkerError
+from shoal.errors import APIUsageError, WorkerError
 from shoal.train.buffer import RolloutData
 from shoal.train.config import TrainConfig
 from shoal.vector.multiprocessing import force_stop
@@ -108,17 +108,21 @@ class LearnerProcess:
         device: where the learner trains (``"cpu"``, ``"cuda:0"``, ...).
         optimizer_state: Adam state to continue from (a checkpoint's), or None for a fresh optimizer.
         generator_state: state of the CPU ``torch.Generator`` that shuffles minibatches.
-
-    The child is forked on CPU (fast start) and spawned when the device is CUDA (CUDA cannot be forked).
+        start_method: ``"fork"``, ``"spawn"`` or ``"forkserver"``; default: fork on CPU (fast start), spawn for
+            other devices (CUDA cannot be forked). With spawn/forkserver the policy is pickled to the child, so its
+            class must be importable (defined in a module, not in ``__main__`` of an interactive session).
     """
 
     def __init__(self, policy: nn.Module, weights: dict[str, torch.Tensor] | None, cfg: TrainConfig,
                  device: torch.device | str, optimizer_state: dict[str, Any] | None,
-                 generator_state: torch.Tensor) -> None:
+                 generator_state: torch.Tensor, start_method: str | None = None) -> None:
         import torch.multiprocessing as tmp
 
         device = str(device)
-        method = "fork" if device == "cpu" and "fork" in tmp.get_all_start_methods() else "spawn"
+        methods = tmp.get_all_start_methods()
+        method = start_method or ("fork" if device == "cpu" and "fork" in methods else "spawn")
+        if method not in methods:
+            raise APIUsageError(f"start_method={method!r} is not available here; valid choices: {methods}")
         ctx = tmp.get_context(method)
         learner = _cpu_copy(policy)
         if weights is not None:

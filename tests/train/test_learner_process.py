@@ -89,6 +89,31 @@ def _learner(cfg: TrainConfig) -> tuple[Trainer, LearnerProcess]:
     return trainer, learner
 
 
+def test_a_spawned_learner_computes_what_a_forked_one_does() -> None:
+    """The start method used for CUDA devices (spawn: the policy and shared weights are pickled to the child)."""
+    cfg = small()
+    trainer = Trainer(cfg)
+    learners = [LearnerProcess(trainer.policy, None, cfg, "cpu", None, trainer.generator.get_state(), start_method=m)
+                for m in ("fork", "spawn")]
+    try:
+        trainer.collect()
+        data = trainer.buffer.data()
+        results = []
+        for learner in learners:
+            learner.submit(data, 1e-3, 0.0)
+            stats = learner.result()
+            policy = copy.deepcopy(trainer.policy)
+            learner.copy_weights_to(policy)
+            results.append((stats, policy.state_dict()))
+        assert results[0][0] == results[1][0]
+        assert same_weights(results[0][1], results[1][1])
+        assert not same_weights(results[0][1], trainer.policy.state_dict())  # the update changed the weights
+    finally:
+        for learner in learners:
+            learner.close()
+        trainer.close()
+
+
 def test_an_exception_in_the_learner_surfaces_with_its_traceback() -> None:
     trainer, learner = _learner(small())
     try:
