@@ -198,3 +198,17 @@ class GymnasiumEmulator(Emulator):
         """Close the wrapped env; further calls raise :class:`APIUsageError`. Safe to call twice."""
         self._choices = None
         super().close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()  # the action table and the bound step are rebuilt on load
+        for derived in ("_env_step", "_ready_choices", "_choices"):
+            state.pop(derived, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._env_step = self.env.step
+        n = self._discrete_n
+        space = self.env.action_space
+        self._ready_choices = _choices(n, int(space.start), space.dtype) if 0 < n <= _MAX_TABLE else None
+        self._choices = self._ready_choices if self._state is State.READY else None

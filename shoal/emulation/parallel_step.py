@@ -71,10 +71,18 @@ def direct_parallel_step(env: Any, actions_checked: bool) -> ParallelStep | None
     if isinstance(inner, base_wrapper) or getattr(inner, "unwrapped", None) is not inner:
         return None  # an unknown wrapper sits in the chain
     top, raw = env.aec_env, inner
-    sub_step = raw.step if actions_checked and all(type(w) in checks_only for w in chain) else top.step
-    observe = raw.observe
+    trusted = actions_checked and all(type(w) in checks_only for w in chain)
+    return _DirectStep(env, raw, raw.step if trusted else top.step)
 
-    def step(actions: dict[str, Any]) -> tuple[dict, dict, dict, dict, dict]:
+
+class _DirectStep:
+    """``aec_to_parallel_wrapper.step`` without the discarded work (a class, so emulators stay picklable)."""
+
+    def __init__(self, env: Any, raw: Any, sub_step: Callable[[Any], None]) -> None:
+        self.env, self.raw, self.sub_step = env, raw, sub_step
+
+    def __call__(self, actions: dict[str, Any]) -> tuple[dict, dict, dict, dict, dict]:
+        raw, sub_step = self.raw, self.sub_step
         rewards: defaultdict[str, float] = defaultdict(int)
         for agent in raw.agents:
             selected = raw.agent_selection
@@ -88,10 +96,8 @@ def direct_parallel_step(env: Any, actions_checked: bool) -> ParallelStep | None
         terminations = dict(raw.terminations)
         truncations = dict(raw.truncations)
         infos = dict(raw.infos)
-        observations = {agent: observe(agent) for agent in raw.agents}
+        observations = {agent: raw.observe(agent) for agent in raw.agents}
         while raw.agents and (raw.terminations[raw.agent_selection] or raw.truncations[raw.agent_selection]):
             sub_step(None)
-        env.agents = raw.agents
+        self.env.agents = raw.agents
         return observations, rewards, terminations, truncations, infos
-
-    return step

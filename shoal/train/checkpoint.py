@@ -196,7 +196,12 @@ def snapshot_env_state(vecenv: VecEnv) -> bytes | None:
     if state is None:
         log.debug("env snapshot skipped: backend %r or unpicklable envs", vecenv.backend)
         return None
-    return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+    return ENV_STATE_TAG + pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+#: Prefix of env snapshots. Snapshots pickle emulator internals, so they are only read back by the shoal that
+#: wrote them: change the tag whenever emulator or vector env attributes change.
+ENV_STATE_TAG = b"shoal-env-state-2\n"
 
 
 def restore_env_state(vecenv: VecEnv, blob: bytes) -> bool:
@@ -204,6 +209,15 @@ def restore_env_state(vecenv: VecEnv, blob: bytes) -> bool:
     :meth:`VecEnv.set_state() <shoal.vector.VecEnv.set_state>`).
 
     The vector env must have just returned its first batch (``async_reset`` + ``recv``). True on success; False
-    when this vector env cannot take the snapshot (another backend, number of envs or buffer shapes).
+    when this vector env cannot take the snapshot (another backend, number of envs or buffer shapes), when an
+    older shoal wrote it, or when it cannot be unpickled here (the caller then restarts the envs).
     """
-    return vecenv.set_state(pickle.loads(blob))
+    if not blob.startswith(ENV_STATE_TAG):
+        log.warning("the env snapshot was written by another version of shoal; the envs restart instead")
+        return False
+    try:
+        state = pickle.loads(blob[len(ENV_STATE_TAG):])
+    except Exception as exc:  # e.g. an env class that changed since: restart the envs instead
+        log.warning("cannot read the env snapshot (%s: %s); the envs restart instead", type(exc).__name__, exc)
+        return False
+    return vecenv.set_state(state)

@@ -293,11 +293,14 @@ class TrainConfig:
                                     f"{self.league_snapshot_interval!r}")
             if not (isinstance(self.league_k, int | float) and math.isfinite(self.league_k) and self.league_k > 0):
                 raise APIUsageError(f"league_k must be a positive number, got {self.league_k!r}")
-        if not (isinstance(self.async_handover, int | float) and 0.0 <= self.async_handover <= 1.0):
+        if isinstance(self.async_handover, bool) or not (
+            isinstance(self.async_handover, int | float) and 0.0 <= self.async_handover <= 1.0
+        ):
             raise APIUsageError(f"async_handover must be a fraction in [0, 1], got {self.async_handover!r}")
-        if self.async_learner and (self.algo != "ppo" or self.league):
-            raise APIUsageError(f"async_learner=True supports algo='ppo' without league (got algo={self.algo!r}, "
-                                f"league={self.league}); drop --async-learner")
+        if self.async_learner and (self.algo != "ppo" or self.league or self.value_norm not in ("auto", "none")):
+            raise APIUsageError(f"async_learner=True supports plain PPO: algo='ppo', no league, no value "
+                                f"normalization (got algo={self.algo!r}, league={self.league}, "
+                                f"value_norm={self.value_norm!r}); drop --async-learner")
         if self.wandb and self.run_dir is None:
             raise APIUsageError("wandb=True needs a run_dir to hold the offline run (give --run-dir)")
         if not isinstance(self.env_kwargs, dict):

@@ -48,14 +48,25 @@ _CLOSE = b"c"
 _OK = b"k"
 _ERROR = b"e"
 _CLOSE_TIMEOUT_S = 5.0
+_PARENT_CHECK_S = 1.0  # how often an idle learner checks that the trainer is still alive
 
 
 def _learner_main(conn: Connection, policy: nn.Module, shared: dict[str, torch.Tensor], cfg: TrainConfig,
-                  device: str, optimizer_state: dict[str, Any] | None, generator_state: torch.Tensor) -> None:
-    """Serve updates until told to close; report any exception with its traceback, then exit."""
+                  device: str, optimizer_state: dict[str, Any] | None, generator_state: torch.Tensor,
+                  inherited: Connection | None) -> None:
+    """Serve updates until told to close or the trainer dies; report any exception with its traceback, then exit.
+
+    ``inherited``: the trainer's end of the pipe, which a forked child holds a copy of; closed at once so the
+    trainer's death shows up as end-of-file here.
+    """
+    import multiprocessing
+
     from shoal.train.ppo import ppo_update
     from shoal.train.trainer import _adam
 
+    if inherited is not None:
+        inherited.close()
+    parent = multiprocessing.parent_process()
     try:
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
@@ -67,6 +78,9 @@ def _learner_main(conn: Connection, policy: nn.Module, shared: dict[str, torch.T
         generator.set_state(generator_state)
         policy.train()
         while True:
+            while not conn.poll(_PARENT_CHECK_S):
+                if parent is not None and not parent.is_alive():
+                    return
             message = conn.recv_bytes()
             command = message[:1]
             if command == _UPDATE:
@@ -108,9 +122,11 @@ class LearnerProcess:
         device: where the learner trains (``"cpu"``, ``"cuda:0"``, ...).
         optimizer_state: Adam state to continue from (a checkpoint's), or None for a fresh optimizer.
         generator_state: state of the CPU ``torch.Generator`` that shuffles minibatches.
-        start_method: ``"fork"``, ``"spawn"`` or ``"forkserver"``; default: fork on CPU (fast start), spawn for
-            other devices (CUDA cannot be forked). With spawn/forkserver the policy is pickled to the child, so its
-            class must be importable (defined in a module, not in ``__main__`` of an interactive session).
+        start_method: ``"fork"``, ``"spawn"`` or ``"forkserver"``; default: fork (fast start) when the learner
+            trains on the CPU with one torch thread, else spawn. CUDA cannot be forked, and a forked child that uses
+            torch's OpenMP threads can deadlock on the parent's thread pool. With spawn/forkserver the policy is
+            pickled to the child, so its class must be importable (defined in a module, not in ``__main__`` of an
+            interactive session), and the child needs a few seconds to import torch.
     """
 
     def __init__(self, policy: nn.Module, weights: dict[str, torch.Tensor] | None, cfg: TrainConfig,
@@ -120,9 +136,11 @@ class LearnerProcess:
 
         device = str(device)
         methods = tmp.get_all_start_methods()
-        method = start_method or ("fork" if device == "cpu" and "fork" in methods else "spawn")
+        forkable = device == "cpu" and cfg.torch_threads == 1 and "fork" in methods
+        method = start_method or ("fork" if forkable else "spawn")
         if method not in methods:
             raise APIUsageError(f"start_method={method!r} is not available here; valid choices: {methods}")
+        self.start_method = method
         ctx = tmp.get_context(method)
         learner = _cpu_copy(policy)
         if weights is not None:
@@ -131,7 +149,8 @@ class LearnerProcess:
         self._conn, child_end = ctx.Pipe(duplex=True)
         self._proc = ctx.Process(
             target=_learner_main, name="shoal-learner", daemon=True,
-            args=(child_end, learner, self.shared, cfg, device, optimizer_state, generator_state))
+            args=(child_end, learner, self.shared, cfg, device, optimizer_state, generator_state,
+                  self._conn if method == "fork" else None))
         self._proc.start()
         child_end.close()
         self._finalizer = weakref.finalize(self, _shutdown, self._proc, self._conn)

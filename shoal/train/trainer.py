@@ -643,6 +643,12 @@ class Trainer:
         self._times["learn"] += time.perf_counter() - t
 
     def _start_learner(self) -> None:
+        mappo = self.value_norm is not None or type(self).critic_inputs is not Trainer.critic_inputs
+        if mappo or self.league is not None:
+            raise APIUsageError(
+                "async_learner=True trains plain PPO: value normalization, a centralized critic (MAPPO) and "
+                "self-play leagues need the one-process trainer; drop --async-learner"
+            )
         self.learner = LearnerProcess(
             self.policy,
             self._learner_weights,
@@ -928,10 +934,13 @@ class Trainer:
                 or self.last_checkpoint != checkpoint_path(self.run_dir, self.update)
             ):
                 self.save()
-            if self.learner is not None:  # the trained weights: the learner's after its last update
+            if self.learner is not None:  # the learner's weights, optimizer and shuffling after its last update
                 self.last_stats = self.learner.result() or self.last_stats
                 self.learner.copy_weights_to(self.policy)
                 self._learner_ahead = False
+                learner = self.learner.state_dict()
+                self.optimizer.load_state_dict(learner["optimizer"])
+                self.generator.set_state(learner["generator"])
             seconds = time.perf_counter() - self._t0
             evaluation = None
             if cfg.eval_episodes:

@@ -139,9 +139,9 @@ def _to_gymnasium(info: dict[str, Any]) -> dict[str, Any]:
         return info
     final_info = {key: value for key, value in info.items() if key not in _SHOAL_KEYS}
     episode = info.get("episode")
-    if episode is not None:  # Gymnasium's names; an env's own extra keys (e.g. "t") are kept
-        extra = {k: v for k, v in episode.items() if k not in ("return", "length")}
-        final_info["episode"] = {**extra, "r": episode["return"], "l": episode["length"]}
+    if episode is not None:  # Gymnasium's names; an env's own keys (e.g. RecordEpisodeStatistics' "r", "t") win
+        theirs = {k: v for k, v in episode.items() if k not in ("return", "length")}
+        final_info["episode"] = {"r": episode["return"], "l": episode["length"], **theirs}
     out: dict[str, Any] = {"final_obs": info["final_observation"], "final_info": final_info}
     out.update(info.get("reset_info") or {})
     return out

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import importlib
+import pickle
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import pytest
-from pettingzoo.utils.conversions import aec_to_parallel_wrapper
-from pettingzoo.utils.wrappers import BaseWrapper, TerminateIllegalWrapper
+from pettingzoo import AECEnv
+from pettingzoo.utils.conversions import aec_to_parallel_wrapper, parallel_wrapper_fn
+from pettingzoo.utils.wrappers import (
+    AssertOutOfBoundsWrapper,
+    BaseWrapper,
+    OrderEnforcingWrapper,
+    TerminateIllegalWrapper,
+)
 
 from shoal.emulation import PettingZooEmulator
 from shoal.emulation.parallel_step import direct_parallel_step
@@ -113,3 +121,75 @@ def test_emulator_output_is_the_same_with_and_without_the_direct_step(module: st
             assert mine.keys() == theirs.keys()
             if "episode" in mine:
                 assert mine["episode"] == theirs["episode"]
+
+
+class _Tally(AECEnv):
+    """A tiny picklable AEC env: each agent adds its action to a shared tally; five cycles per episode."""
+
+    metadata = {"name": "tally", "is_parallelizable": True}
+
+    def __init__(self) -> None:
+        self.possible_agents = ["a_0", "a_1"]
+
+    def observation_space(self, agent: str) -> gym.spaces.Box:
+        return gym.spaces.Box(0, 100, (2,), np.float32)
+
+    def action_space(self, agent: str) -> gym.spaces.Discrete:
+        return gym.spaces.Discrete(3)
+
+    def reset(self, seed: int | None = None, options: dict | None = None) -> None:
+        self.agents = list(self.possible_agents)
+        self.tally, self.turns = 0, 0
+        self.rewards = dict.fromkeys(self.agents, 0.0)
+        self._cumulative_rewards = dict.fromkeys(self.agents, 0.0)
+        self.terminations = dict.fromkeys(self.agents, False)
+        self.truncations = dict.fromkeys(self.agents, False)
+        self.infos = {a: {} for a in self.agents}
+        self.agent_selection = self.agents[0]
+
+    def observe(self, agent: str) -> np.ndarray:
+        return np.array([self.tally, self.turns], np.float32)
+
+    def step(self, action: Any) -> None:
+        if self.terminations[self.agent_selection] or self.truncations[self.agent_selection]:
+            self._was_dead_step(action)
+            return
+        self.tally += int(action)
+        self.turns += 1
+        self.rewards = {a: float(action) if a == self.agent_selection else 0.0 for a in self.agents}
+        if self.turns >= 10:
+            self.truncations = dict.fromkeys(self.agents, True)
+        index = self.agents.index(self.agent_selection)
+        self.agent_selection = self.agents[(index + 1) % len(self.agents)]
+
+
+def _tally() -> Any:
+    return parallel_wrapper_fn(lambda: OrderEnforcingWrapper(AssertOutOfBoundsWrapper(_Tally())))()
+
+
+def test_a_vector_env_snapshot_with_the_direct_step_continues_identically() -> None:
+    """The direct step pickles with its env, so exact resume keeps working for picklable PettingZoo envs."""
+    import shoal.vector
+
+    vecenv = shoal.vector.make(_tally, 2, backend="serial")
+    reference = shoal.vector.make(_tally, 2, backend="serial", emulate_kwargs={"direct_parallel_step": False})
+    try:
+        for v in (vecenv, reference):
+            v.reset(seed=0)
+            v.step(np.array([1, 2, 0, 1]))
+        assert type(vecenv._groups[0].envs[0]._parallel_step).__name__ == "_DirectStep"
+        state = pickle.loads(pickle.dumps(vecenv.get_state()))
+        copy_ = shoal.vector.make(_tally, 2, backend="serial")
+        try:
+            assert copy_.set_state(state) is True
+            for t in range(12):
+                actions = np.array([t % 3, (t + 1) % 3, (t + 2) % 3, t % 2])
+                outputs = [v.step(actions) for v in (vecenv, copy_, reference)]
+                for other in outputs[1:]:
+                    for mine, theirs in zip(outputs[0][:4], other[:4], strict=True):
+                        np.testing.assert_array_equal(mine, theirs)
+        finally:
+            copy_.close()
+    finally:
+        vecenv.close()
+        reference.close()

@@ -152,9 +152,63 @@ def test_close_stops_the_learner_process() -> None:
     assert not proc.is_alive() and proc.exitcode == 0
 
 
-@pytest.mark.parametrize("overrides", [{"league": True, "env": "pettingzoo.classic.tictactoe_v3"}, {"algo": "mappo"}])
+@pytest.mark.parametrize("overrides", [{"league": True, "env": "pettingzoo.classic.tictactoe_v3"}, {"algo": "mappo"},
+                                       {"value_norm": "running"}])
 def test_async_learner_refuses_what_it_does_not_support(overrides: dict[str, Any]) -> None:
     with pytest.raises(APIUsageError, match="async_learner"):
         small(async_learner=True, **overrides).validate()
     with pytest.raises(APIUsageError, match=r"async_handover must be a fraction in \[0, 1\], got 1.5"):
         small(async_learner=True, async_handover=1.5).validate()
+
+
+def test_several_torch_threads_spawn_the_learner_and_training_completes() -> None:
+    """A forked child using OpenMP threads can deadlock on the parent's pool: only one-thread learners fork."""
+    trainer, learner = _learner(small(torch_threads=1))
+    assert learner.start_method == "fork"
+    learner.close()
+    trainer.close()
+    result = train(small(async_learner=True, torch_threads=2, hidden_size=256))
+    assert result.global_step >= 64 * 8
+
+
+_ORPHAN = """
+import sys, time
+sys.path.insert(0, {root!r})
+from shoal.train import TrainConfig, Trainer
+from shoal.train.learner_process import LearnerProcess
+cfg = TrainConfig(env="CartPole-v1", num_envs=2, horizon=16, minibatch_size=16, log_interval=0.0,
+                  tensorboard=False, backend="multiprocessing", num_workers=2)
+trainer = Trainer(cfg)
+learner = LearnerProcess(trainer.policy, None, cfg, "cpu", None, trainer.generator.get_state())
+print(learner._proc.pid, *[p.pid for p in trainer.vecenv._procs], flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_killed_trainer_takes_its_learner_and_env_workers_with_it() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[2])
+    proc = subprocess.Popen([sys.executable, "-c", _ORPHAN.format(root=root)], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(x) for x in proc.stdout.readline().split()]
+        assert len(pids) == 3
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 10
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [pid for pid in alive if _running(pid)]
+    assert not alive, f"processes {alive} outlived their trainer"
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False

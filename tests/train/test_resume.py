@@ -137,3 +137,29 @@ def test_wandb_without_the_package_is_a_clear_error(tmp_path: Path) -> None:
             train(config(tmp_path / "run", total_steps=64, wandb=True))
     else:  # pragma: no cover - depends on the installation
         pytest.skip("wandb is installed")
+
+
+def test_env_snapshots_of_another_shoal_version_restart_the_envs(caplog: pytest.LogCaptureFixture) -> None:
+    import pickle
+
+    import gymnasium as gym
+
+    from shoal import vector
+    from shoal.train.checkpoint import restore_env_state, snapshot_env_state
+
+    def make() -> Any:
+        v = vector.make(lambda: gym.make("CartPole-v1"), 2, backend="serial")
+        v.async_reset(0)
+        v.recv()
+        return v
+
+    source, fresh, old = make(), make(), make()
+    try:
+        blob = snapshot_env_state(source)
+        assert blob is not None and restore_env_state(fresh, blob)
+        untagged = pickle.dumps(source.get_state())  # what an older shoal wrote
+        assert not restore_env_state(old, untagged)
+        assert "another version of shoal" in caplog.text
+    finally:
+        for v in (source, fresh, old):
+            v.close()
