@@ -17,7 +17,9 @@ with the whole rollout. On CartPole with the default hyperparameters, ``h = 0.5`
 the one-process trainer while much of the learner's work hides behind the rollout; ``h = 1`` is faster still but
 learns less per step. Runs are deterministic for any ``h``: the hand-over points do not depend on timing.
 
-Rollouts travel through a pipe (pickled, one copy each way); weights through shared memory.
+Rollouts travel through a pipe (pickled, one copy each way); weights through shared memory. A checkpoint waits
+for the running update (it holds the learner's weights, optimizer and generator state, and the acting weights),
+and the statistics the trainer logs after an update are those of the update before it.
 
 A learner that raises or dies surfaces as :class:`~shoal.errors.WorkerError` with its traceback; nothing waits
 for ever on a dead process.
