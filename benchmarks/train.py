@@ -237,6 +237,8 @@ def main() -> None:
         help="steps for the CleanRL-style loop (default: the same budget)",
     )
     parser.add_argument("--skip-cleanrl", action="store_true")
+    parser.add_argument("--async-handover", type=float, default=TrainConfig.async_handover,
+                        help="fraction of each rollout acted by the weights one update older (learner process)")
     parser.add_argument("--more-seeds", default="2,3,4,5",
                         help="further seeds to train both shoal configurations with, to show how evenly each "
                              "solves the task (comma-separated; empty: none)")
@@ -244,7 +246,7 @@ def main() -> None:
     args = parser.parse_args()
 
     cfg = TrainConfig(env=ENV_ID, total_steps=args.total_steps, seed=args.seed, log_interval=0.0,
-                      async_learner=True)
+                      async_learner=True, async_handover=args.async_handover)
     # Both loops run with the trainer's torch thread count (1 is fastest for this network on 2 cores; with 2
     # threads the CleanRL-style loop slows down many times over on a busy 2-core machine, flattering shoal).
     torch.set_num_threads(cfg.torch_threads)
@@ -258,7 +260,7 @@ def main() -> None:
     print(
         f"PPO on {ENV_ID}: {cfg.num_envs} envs x horizon {cfg.horizon}, {cfg.update_epochs} epochs, "
         f"minibatch {cfg.minibatch_size}, lr {cfg.learning_rate}, {torch.get_num_threads()} torch "
-        f"thread(s), seed {cfg.seed}"
+        f"thread(s), seed {cfg.seed}, learner process handover {cfg.async_handover}"
     )
     print(
         line(
