@@ -207,6 +207,7 @@ class GymnasiumEmulator(Emulator):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self._bind()  # pickling copies each array on its own: take views of the restored buffers again
         self._env_step = self.env.step
         n = self._discrete_n
         space = self.env.action_space

@@ -160,14 +160,22 @@ class PettingZooEmulator(Emulator):
     # ----------------------------------------------------------------------------------------------------------
 
     def _bind(self) -> None:
+        self._make_writers()
+        self.buffers.agent_types[:] = -1
+        if self.buffers.action_masks is not None:
+            self.buffers.action_masks[:] = True
+
+    def _make_writers(self) -> None:
         obs = self.buffers.obs
         self._rows: list[dict[int, Flattener]] = [
             {i: Flattener(layout, obs[slot, : layout.flat_size]) for i, layout in enumerate(self._layouts)}
             for slot in range(self.num_agents)
         ]
-        self.buffers.agent_types[:] = -1
-        if self.buffers.action_masks is not None:
-            self.buffers.action_masks[:] = True
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Pickling copies each array on its own: point the row writers at the restored buffers again.
+        self.__dict__.update(state)
+        self._make_writers()
 
     def _writer(self, slot: int, spec: AgentSpec) -> Flattener:
         writers = self._rows[slot]

@@ -213,3 +213,21 @@ def test_an_envs_episode_value_that_cannot_be_merged_moves_to_env_episode(theirs
     info = {}
     add_episode(info, {"return": 2.0, "length": 3})
     assert info == {"episode": {"return": 2.0, "length": 3}}
+
+
+def test_a_pickled_emulator_continues_exactly_like_the_original() -> None:
+    import pickle
+
+    env = emulate(gym.make("CartPole-v1"))
+    env.reset(seed=3)
+    for _ in range(5):
+        env.step(np.array([1]))
+    copy_ = pickle.loads(pickle.dumps(env))
+    rng = np.random.default_rng(0)
+    for _ in range(60):  # crosses episode ends
+        action = np.array([rng.integers(2)])
+        mine, theirs = env.step(action), copy_.step(action)
+        for a, b in zip(mine[:4], theirs[:4], strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert mine[4][0].keys() == theirs[4][0].keys()
+    assert copy_.obs_layout.flat_size == 4 and copy_.buffers.obs is not env.buffers.obs

@@ -585,3 +585,28 @@ def test_writes_into_buffers_it_is_handed() -> None:
     obs, _ = env.reset(seed=0)
     assert np.shares_memory(obs, big["obs"]) and big["obs"][1].any() and not big["obs"][0].any()
     assert big["masks"][1].all() and big["agent_types"][1].tolist() == [0, 0, 0, 1]
+
+
+def test_a_pickled_aec_emulator_continues_exactly_like_the_original() -> None:
+    """PettingZoo envs pickle as their constructor call (EzPickle): shoal's snapshot pickler keeps their state."""
+    from pettingzoo.classic import connect_four_v3
+
+    from shoal.vector.snapshot import dumps_env, loads_env
+
+    env = PettingZooEmulator(connect_four_v3.env())
+    env.reset(seed=1)
+    rng = np.random.default_rng(0)
+
+    def legal() -> np.ndarray:
+        return np.array([rng.choice(np.flatnonzero(row)) if row.any() else 0 for row in env.action_masks])
+
+    for _ in range(6):
+        env.step(legal())
+    copy_ = loads_env(dumps_env(env))
+    for _ in range(80):  # crosses episode ends
+        actions = legal()
+        mine, theirs = env.step(actions), copy_.step(actions)
+        for a, b in zip(mine[:4], theirs[:4], strict=True):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(env.masks, copy_.masks)
+        np.testing.assert_array_equal(env.action_masks, copy_.action_masks)
