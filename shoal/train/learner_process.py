@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import pickle
+import signal
 import traceback
 import weakref
 from multiprocessing.connection import Connection, wait
@@ -66,6 +67,7 @@ def _learner_main(conn: Connection, policy: nn.Module, shared: dict[str, torch.T
     from shoal.train.ppo import ppo_update
     from shoal.train.trainer import _adam
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the trainer, which closes the learner
     if inherited is not None:
         inherited.close()
     parent = multiprocessing.parent_process()
@@ -105,7 +107,7 @@ def _learner_main(conn: Connection, policy: nn.Module, shared: dict[str, torch.T
                 return
             else:
                 raise RuntimeError(f"unknown command {message[:16]!r}")
-    except (EOFError, KeyboardInterrupt):
+    except EOFError:
         return  # the trainer went away
     except BaseException:
         with contextlib.suppress(OSError):
