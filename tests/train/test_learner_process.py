@@ -212,3 +212,33 @@ def _running(pid: int) -> bool:
             return f.read().split()[2] != "Z"  # a zombie has exited
     except FileNotFoundError:
         return False
+
+
+_INTERRUPTED = """
+import sys
+sys.path.insert(0, {root!r})
+from shoal.train import TrainConfig, train
+train(TrainConfig(env="CartPole-v1", total_steps=10_000_000, async_learner=True, log_interval=0.0,
+                  tensorboard=False))
+"""
+
+
+def test_ctrl_c_stops_training_and_every_process() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[2])
+    proc = subprocess.Popen([sys.executable, "-c", _INTERRUPTED.format(root=root)], start_new_session=True,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(4)
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends to the whole foreground group
+        err = proc.communicate(timeout=20)[1]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert "KeyboardInterrupt" in err
+    time.sleep(0.5)
+    group = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert not group, f"processes {group} outlived the interrupted run"
