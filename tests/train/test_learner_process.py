@@ -6,6 +6,7 @@ import copy
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -188,7 +189,6 @@ time.sleep(60)
 def test_a_killed_trainer_takes_its_learner_and_env_workers_with_it() -> None:
     import subprocess
     import sys
-    from pathlib import Path
 
     root = str(Path(__file__).resolve().parents[2])
     proc = subprocess.Popen([sys.executable, "-c", _ORPHAN.format(root=root)], stdout=subprocess.PIPE, text=True)
@@ -226,7 +226,6 @@ train(TrainConfig(env="CartPole-v1", total_steps=10_000_000, async_learner=True,
 def test_ctrl_c_stops_training_and_every_process() -> None:
     import subprocess
     import sys
-    from pathlib import Path
 
     root = str(Path(__file__).resolve().parents[2])
     proc = subprocess.Popen([sys.executable, "-c", _INTERRUPTED.format(root=root)], start_new_session=True,
@@ -240,5 +239,18 @@ def test_ctrl_c_stops_training_and_every_process() -> None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert "KeyboardInterrupt" in err
     time.sleep(0.5)
-    group = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    group = [pid for pid in _session(proc.pid) if _running(pid)]
     assert not group, f"processes {group} outlived the interrupted run"
+
+
+def _session(sid: int) -> list[int]:
+    """Pids of the processes in session ``sid`` (from /proc: field 6 of ``stat``)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:
+            pids.append(int(stat.parent.name))
+    return pids
