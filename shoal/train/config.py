@@ -148,7 +148,7 @@ class TrainConfig:
     lstm_size: int = 64
     """LSTM hidden size."""
     async_learner: bool = False
-    """Run PPO updates in a separate learner process while the next rollout is collected (PPO only; not with
+    """Run PPO/MAPPO updates in a separate learner process while the next rollout is collected (not with
     ``league`` or several learners). Runs stay deterministic and resumable; see
     :mod:`shoal.train.learner_process`."""
     async_handover: float = 0.5
@@ -297,10 +297,9 @@ class TrainConfig:
             isinstance(self.async_handover, int | float) and 0.0 <= self.async_handover <= 1.0
         ):
             raise APIUsageError(f"async_handover must be a fraction in [0, 1], got {self.async_handover!r}")
-        if self.async_learner and (self.algo != "ppo" or self.league or self.value_norm not in ("auto", "none")):
-            raise APIUsageError(f"async_learner=True supports plain PPO: algo='ppo', no league, no value "
-                                f"normalization (got algo={self.algo!r}, league={self.league}, "
-                                f"value_norm={self.value_norm!r}); drop --async-learner")
+        if self.async_learner and self.league:
+            raise APIUsageError("async_learner=True cannot train a self-play league (its opponents follow the "
+                                "learner's updates); drop --async-learner or --league")
         if self.wandb and self.run_dir is None:
             raise APIUsageError("wandb=True needs a run_dir to hold the offline run (give --run-dir)")
         if not isinstance(self.env_kwargs, dict):

@@ -1,8 +1,9 @@
-"""A PPO learner in its own process, so updates run on one core while the next rollout is collected on another.
+"""A PPO/MAPPO learner in its own process, so updates run on one core while the next rollout is collected on another.
 
 With ``TrainConfig(async_learner=True)`` the trainer hands each rollout to a :class:`LearnerProcess` and goes on
-collecting at once. The learner holds its own copy of the policy, the Adam optimizer and the shuffling generator;
-after each update it writes its weights into shared memory. With ``L_j`` the learner's weights after ``j``
+collecting at once. The learner holds its own copy of the policy, the Adam optimizer, the shuffling generator and
+(MAPPO) the value normalizer; after each update it writes the weights and the normalizer's statistics into shared
+memory, and the acting side takes both together. With ``L_j`` the learner's weights after ``j``
 updates and ``h = TrainConfig.async_handover``, rollout ``k`` runs like this:
 
 * while the first ``h`` of it is collected, the acting policy has weights ``L_{k-1}`` and the learner runs update
@@ -54,9 +55,9 @@ _CLOSE_TIMEOUT_S = 5.0
 _PARENT_CHECK_S = 1.0  # how often an idle learner checks that the trainer is still alive
 
 
-def _learner_main(conn: Connection, policy: nn.Module, shared: dict[str, torch.Tensor], cfg: TrainConfig,
-                  device: str, optimizer_state: dict[str, Any] | None, generator_state: torch.Tensor,
-                  inherited: Connection | None) -> None:
+def _learner_main(conn: Connection, models: tuple[nn.Module, nn.Module | None], shared: dict[str, torch.Tensor],
+                  cfg: TrainConfig, device: str, optimizer_state: dict[str, Any] | None,
+                  generator_state: torch.Tensor, inherited: Connection | None) -> None:
     """Serve updates until told to close or the trainer dies; report any exception with its traceback, then exit.
 
     ``inherited``: the trainer's end of the pipe, which a forked child holds a copy of; closed at once so the
@@ -74,7 +75,10 @@ def _learner_main(conn: Connection, policy: nn.Module, shared: dict[str, torch.T
     try:
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
+        policy, value_norm = models  # copied together: PopArt keeps a reference to the policy's critic layer
         policy = policy.to(device)
+        if value_norm is not None:
+            value_norm = value_norm.to(device)
         optimizer = _adam(policy, cfg.learning_rate, cfg.adam_eps)
         if optimizer_state is not None:
             optimizer.load_state_dict(optimizer_state)
@@ -91,14 +95,17 @@ def _learner_main(conn: Connection, policy: nn.Module, shared: dict[str, torch.T
                 data, lr, progress = pickle.loads(message[1:])
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                stats = ppo_update(policy, optimizer, data.to_torch(device), cfg, generator, progress=progress)
+                stats = ppo_update(policy, optimizer, data.to_torch(device), cfg, generator, progress=progress,
+                                   value_norm=value_norm)
                 with torch.no_grad():
-                    for name, value in policy.state_dict().items():
+                    for name, value in _state(policy, value_norm).items():
                         shared[name].copy_(value)
                 conn.send_bytes(_OK + pickle.dumps(stats))
             elif command == _STATE:
                 state = {
                     "model": {k: v.detach().cpu().clone() for k, v in policy.state_dict().items()},
+                    "value_norm": None if value_norm is None else {
+                        k: v.detach().cpu().clone() for k, v in value_norm.state_dict().items()},
                     "optimizer": optimizer.state_dict(),
                     "generator": generator.get_state(),
                 }
@@ -122,6 +129,9 @@ class LearnerProcess:
     Args:
         policy: the policy to train (a copy is taken; the caller's module is not touched).
         weights: the learner's starting weights (a ``state_dict``), or None for ``policy``'s own.
+        value_norm: the critic's :class:`~shoal.train.normalize.ValueNormalizer` (MAPPO), copied with the policy
+            (PopArt rescales the policy's critic layer), or None.
+        value_norm_state: the learner's starting normalizer state, or None for ``value_norm``'s own.
         cfg: the training configuration (loss coefficients, epochs, minibatches, learning-rate settings).
         device: where the learner trains (``"cpu"``, ``"cuda:0"``, ...).
         optimizer_state: Adam state to continue from (a checkpoint's), or None for a fresh optimizer.
@@ -135,7 +145,8 @@ class LearnerProcess:
 
     def __init__(self, policy: nn.Module, weights: dict[str, torch.Tensor] | None, cfg: TrainConfig,
                  device: torch.device | str, optimizer_state: dict[str, Any] | None,
-                 generator_state: torch.Tensor, start_method: str | None = None) -> None:
+                 generator_state: torch.Tensor, start_method: str | None = None,
+                 value_norm: nn.Module | None = None, value_norm_state: dict[str, torch.Tensor] | None = None) -> None:
         import torch.multiprocessing as tmp
 
         device = str(device)
@@ -146,14 +157,16 @@ class LearnerProcess:
             raise APIUsageError(f"start_method={method!r} is not available here; valid choices: {methods}")
         self.start_method = method
         ctx = tmp.get_context(method)
-        learner = _cpu_copy(policy)
+        learner, norm = _cpu_copy(policy, value_norm)
         if weights is not None:
             learner.load_state_dict(weights)
-        self.shared = {k: v.detach().clone().share_memory_() for k, v in learner.state_dict().items()}
+        if norm is not None and value_norm_state is not None:
+            norm.load_state_dict(value_norm_state)
+        self.shared = {k: v.detach().clone().share_memory_() for k, v in _state(learner, norm).items()}
         self._conn, child_end = ctx.Pipe(duplex=True)
         self._proc = ctx.Process(
             target=_learner_main, name="shoal-learner", daemon=True,
-            args=(child_end, learner, self.shared, cfg, device, optimizer_state, generator_state,
+            args=(child_end, (learner, norm), self.shared, cfg, device, optimizer_state, generator_state,
                   self._conn if method == "fork" else None))
         self._proc.start()
         child_end.close()
@@ -177,13 +190,17 @@ class LearnerProcess:
             self.busy = False
         return self._result or {}
 
-    def copy_weights_to(self, policy: nn.Module) -> None:
-        """Load the learner's latest weights into ``policy`` (waits for a running update first)."""
+    def copy_weights_to(self, policy: nn.Module, value_norm: nn.Module | None = None) -> None:
+        """Load the learner's latest weights into ``policy`` (and its normalizer statistics into ``value_norm``);
+        waits for a running update first."""
         self.result()
-        policy.load_state_dict(self.shared)
+        policy.load_state_dict({k: v for k, v in self.shared.items() if not k.startswith(_NORM)})
+        if value_norm is not None:
+            value_norm.load_state_dict({k[len(_NORM):]: v for k, v in self.shared.items() if k.startswith(_NORM)})
 
     def state_dict(self) -> dict[str, Any]:
-        """``{"model", "optimizer", "generator"}`` of the learner after its last update (waits for it)."""
+        """``{"model", "value_norm", "optimizer", "generator"}`` of the learner after its last update (waits for
+        it); ``value_norm`` is None without a normalizer."""
         self.result()
         self._send(_STATE)
         return pickle.loads(self._receive())
@@ -223,12 +240,24 @@ class LearnerProcess:
         raise WorkerError(f"the learner process {how} without a traceback (a native crash prints one to stderr)")
 
 
-def _cpu_copy(policy: nn.Module) -> nn.Module:
-    """A deep copy of ``policy`` on the CPU (the child moves it to its device)."""
+_NORM = "value_norm/"  # prefix of the normalizer's entries among the shared tensors
+
+
+def _state(policy: nn.Module, value_norm: nn.Module | None) -> dict[str, torch.Tensor]:
+    """The policy's ``state_dict`` and the normalizer's (prefixed), in one dict."""
+    state = dict(policy.state_dict())
+    if value_norm is not None:
+        state.update({_NORM + k: v for k, v in value_norm.state_dict().items()})
+    return state
+
+
+def _cpu_copy(policy: nn.Module, value_norm: nn.Module | None) -> tuple[nn.Module, nn.Module | None]:
+    """Deep copies of ``policy`` and ``value_norm`` on the CPU, made together so that references between them
+    (PopArt's to the critic layer) point into the copies. The child moves them to its device."""
     import copy
 
-    clone = copy.deepcopy(policy)
-    return clone.to("cpu")
+    policy, value_norm = copy.deepcopy((policy, value_norm))
+    return policy.to("cpu"), None if value_norm is None else value_norm.to("cpu")
 
 
 def _shutdown(proc: Any, conn: Connection) -> None:

@@ -351,6 +351,7 @@ class Trainer:
         #: whether it holds weights the acting policy has not loaded yet
         self.learner: LearnerProcess | None = None
         self._learner_weights: dict[str, Tensor] | None = None
+        self._learner_norm: dict[str, Tensor] | None = None
         self._learner_ahead = False
         self.last_checkpoint: Path | None = None
         self.last_stats: dict[str, float] = {}
@@ -638,17 +639,14 @@ class Trainer:
         """Wait for the learner's running update and act with its weights from now on."""
         assert self.learner is not None
         t = time.perf_counter()
-        self.learner.copy_weights_to(self.policy)
+        self.learner.copy_weights_to(self.policy, self.value_norm)
         self._learner_ahead = False
         self._times["learn"] += time.perf_counter() - t
 
     def _start_learner(self) -> None:
-        mappo = self.value_norm is not None or type(self).critic_inputs is not Trainer.critic_inputs
-        if mappo or self.league is not None:
-            raise APIUsageError(
-                "async_learner=True trains plain PPO: value normalization, a centralized critic (MAPPO) and "
-                "self-play leagues need the one-process trainer; drop --async-learner"
-            )
+        if self.league is not None:
+            raise APIUsageError("async_learner=True cannot train a self-play league (its opponents follow the "
+                                "learner's updates); drop --async-learner")
         self.learner = LearnerProcess(
             self.policy,
             self._learner_weights,
@@ -656,8 +654,10 @@ class Trainer:
             self.device,
             self.optimizer.state_dict(),
             self.generator.get_state(),
+            value_norm=self.value_norm,
+            value_norm_state=self._learner_norm,
         )
-        self._learner_weights = None
+        self._learner_weights = self._learner_norm = None
 
     # ---- checkpoints ---------------------------------------------------------------------------------------
 
@@ -707,6 +707,7 @@ class Trainer:
             payload["optimizer"] = learner["optimizer"]
             payload["rng"]["generator"] = learner["generator"]
             payload["acting_model"] = self.policy.state_dict()
+            payload["learner_value_norm"] = learner["value_norm"]  # MAPPO; the acting one is saved by MAPPOTrainer
             payload["learner_ahead"] = self._learner_ahead
         return payload
 
@@ -760,6 +761,7 @@ class Trainer:
             raise CheckpointError(f"{path}: the saved weights do not fit this policy: {exc}") from exc
         if "acting_model" in payload:  # async_learner: the learner continues from its own weights
             self._learner_weights = payload["model"]
+            self._learner_norm = payload.get("learner_value_norm")
             self._learner_ahead = bool(payload["learner_ahead"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.global_step = int(payload["global_step"])
@@ -936,7 +938,7 @@ class Trainer:
                 self.save()
             if self.learner is not None:  # the learner's weights, optimizer and shuffling after its last update
                 self.last_stats = self.learner.result() or self.last_stats
-                self.learner.copy_weights_to(self.policy)
+                self.learner.copy_weights_to(self.policy, self.value_norm)
                 self._learner_ahead = False
                 learner = self.learner.state_dict()
                 self.optimizer.load_state_dict(learner["optimizer"])

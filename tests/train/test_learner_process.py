@@ -14,6 +14,7 @@ import torch
 
 from shoal.errors import APIUsageError, WorkerError
 from shoal.train import TrainConfig, Trainer, train
+from shoal.train.distributed import make_trainer
 from shoal.train.learner_process import LearnerProcess
 from shoal.train.ppo import ppo_update
 from shoal.train.trainer import _adam
@@ -69,11 +70,24 @@ def test_acting_lags_one_update_behind_an_in_process_reference() -> None:
         trainer.close()
 
 
-@pytest.mark.parametrize("overrides", [{}, {"env": "memory", "recurrent": True}], ids=["cartpole", "memory-lstm"])
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"env": "memory", "recurrent": True}, {"env": "squad", "algo": "mappo"},
+     {"env": "squad", "value_norm": "popart"}],
+    ids=["cartpole", "memory-lstm", "squad-mappo", "squad-ippo-popart"],
+)
 def test_handover_at_the_start_is_the_one_process_computation(overrides: dict[str, Any]) -> None:
-    one_process = train(small(**overrides))
-    handover_first = train(small(async_learner=True, async_handover=0.0, **overrides))
+    """Handover 0: no overlap, so the learner process computes exactly the one-process run (MAPPO included: the
+    value normalizer's statistics travel with the weights)."""
+    one_process = make_trainer(small(**overrides))  # each seeds the global RNGs: build and run in turn
+    one_process.train()
+    handover_first = make_trainer(small(async_learner=True, async_handover=0.0, **overrides))
+    handover_first.train()
+    assert type(handover_first).__name__ == ("MAPPOTrainer" if overrides.get("env") == "squad" else "Trainer")
     assert same_weights(one_process.policy.state_dict(), handover_first.policy.state_dict())
+    if one_process.value_norm is not None:
+        assert same_weights(one_process.value_norm.state_dict(), handover_first.value_norm.state_dict())
+        assert float(one_process.value_norm.debias) > 0  # the statistics were updated
 
 
 def test_async_runs_are_deterministic_and_end_with_the_learners_weights() -> None:
@@ -153,11 +167,9 @@ def test_close_stops_the_learner_process() -> None:
     assert not proc.is_alive() and proc.exitcode == 0
 
 
-@pytest.mark.parametrize("overrides", [{"league": True, "env": "pettingzoo.classic.tictactoe_v3"}, {"algo": "mappo"},
-                                       {"value_norm": "running"}])
-def test_async_learner_refuses_what_it_does_not_support(overrides: dict[str, Any]) -> None:
-    with pytest.raises(APIUsageError, match="async_learner"):
-        small(async_learner=True, **overrides).validate()
+def test_async_learner_refuses_what_it_does_not_support() -> None:
+    with pytest.raises(APIUsageError, match="async_learner=True cannot train a self-play league"):
+        small(async_learner=True, league=True, env="pettingzoo.classic.tictactoe_v3").validate()
     with pytest.raises(APIUsageError, match=r"async_handover must be a fraction in \[0, 1\], got 1.5"):
         small(async_learner=True, async_handover=1.5).validate()
 
@@ -176,6 +188,7 @@ _ORPHAN = """
 import sys, time
 sys.path.insert(0, {root!r})
 from shoal.train import TrainConfig, Trainer
+from shoal.train.distributed import make_trainer
 from shoal.train.learner_process import LearnerProcess
 cfg = TrainConfig(env="CartPole-v1", num_envs=2, horizon=16, minibatch_size=16, log_interval=0.0,
                   tensorboard=False, backend="multiprocessing", num_workers=2)

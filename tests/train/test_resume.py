@@ -58,8 +58,9 @@ def weights(result: Any) -> dict[str, torch.Tensor]:
         {"env": "squad", "advantage": "vtrace", "prio_alpha": 0.5},
         {"async_learner": True},
         {"env": "memory", "recurrent": True, "async_learner": True},
+        {"env": "squad", "algo": "mappo", "async_learner": True},
     ],
-    ids=["cartpole", "memory-lstm", "squad-vtrace-prio", "cartpole-async", "memory-lstm-async"],
+    ids=["cartpole", "memory-lstm", "squad-vtrace-prio", "cartpole-async", "memory-lstm-async", "squad-mappo-async"],
 )
 def test_resume_equals_uninterrupted_training(tmp_path: Path, overrides: dict[str, Any]) -> None:
     whole = train(config(tmp_path / "whole", **overrides))
