@@ -87,6 +87,10 @@ class GymnasiumEmulator(Emulator):
         self._final_writer = Flattener(self.obs_layout, np.zeros_like(buffers.obs[0]))
         # A single array leaf without a mask in the observation is written with one assignment.
         self._plain = self._writer._single if not self._mask_in_obs else None
+        # Memoryviews write a same-typed value or row with less overhead than numpy's item assignment; anything
+        # else (another dtype or shape, a list) falls back to numpy's assignment, which converts or explains.
+        self._plain_mv = memoryview(self._plain) if self._plain is not None else None
+        self._reward_mv = memoryview(buffers.rewards)
         self._obs, self._rewards = buffers.obs, buffers.rewards
         self._terminals, self._truncations = buffers.terminals, buffers.truncations
         buffers.agent_types[:] = 0
@@ -163,7 +167,10 @@ class GymnasiumEmulator(Emulator):
                 self._require_ready("step")
             action = self._native_action(actions)
         obs, reward, terminated, truncated, info = self._env_step(action)
-        self._rewards[0] = reward
+        try:
+            self._reward_mv[0] = reward
+        except (TypeError, ValueError):
+            self._rewards[0] = reward
         self._return += reward
         self._length += 1
         if terminated or truncated:
@@ -173,9 +180,12 @@ class GymnasiumEmulator(Emulator):
             self._flags_up = False
         if self._plain is not None and not (info and self._mask_key in info):
             try:
-                self._plain[...] = obs
-            except (ValueError, TypeError):
-                self._write(obs, info)  # raises the descriptive SpaceError
+                self._plain_mv[:] = obs
+            except (ValueError, TypeError, NotImplementedError):
+                try:
+                    self._plain[...] = obs
+                except (ValueError, TypeError):
+                    self._write(obs, info)  # raises the descriptive SpaceError
         else:
             self._write(obs, info)
         return self._obs, self._rewards, self._terminals, self._truncations, [info]
@@ -200,8 +210,8 @@ class GymnasiumEmulator(Emulator):
         super().close()
 
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()  # the action table and the bound step are rebuilt on load
-        for derived in ("_env_step", "_ready_choices", "_choices"):
+        state = self.__dict__.copy()  # the action table, the bound step and the memoryviews are rebuilt on load
+        for derived in ("_env_step", "_ready_choices", "_choices", "_plain_mv", "_reward_mv"):
             state.pop(derived, None)
         return state
 

@@ -231,3 +231,30 @@ def test_a_pickled_emulator_continues_exactly_like_the_original() -> None:
             np.testing.assert_array_equal(a, b)
         assert mine[4][0].keys() == theirs[4][0].keys()
     assert copy_.obs_layout.flat_size == 4 and copy_.buffers.obs is not env.buffers.obs
+
+
+class _LooseTypes(gym.Env):
+    """Declares float32 observations but returns float64 ones, and rewards as numpy float32 (both common)."""
+
+    observation_space = gym.spaces.Box(-10, 10, (3,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(3, np.float32), {}
+
+    def step(self, action: np.integer) -> tuple[np.ndarray, np.float32, bool, bool, dict]:
+        self.t += 1
+        return np.full(3, self.t / 3, np.float64), np.float32(0.5 * self.t), False, self.t == 4, {}
+
+
+def test_loosely_typed_observations_and_rewards_are_converted() -> None:
+    env = emulate(_LooseTypes(), check_observations=False)
+    env.reset(seed=0)
+    for t in range(1, 4):
+        obs, rewards, _, _, _ = env.step(np.array([1]))
+        np.testing.assert_array_equal(obs[0], np.full(3, t / 3, np.float32))
+        assert rewards.dtype == np.float32 and rewards[0] == np.float32(0.5 * t)
+    infos = env.step(np.array([0]))[4]
+    assert infos[0]["episode"] == {"return": 5.0, "length": 4}
