@@ -72,14 +72,18 @@ class GymnasiumEmulator(Emulator):
         else:
             self._bind()
         self._discrete_n = int(self.action_layout.flat_space.n) if self.action_layout.kind == "discrete" else 0
-        # Native actions of a Discrete space by flat index, used by step() once the env is ready.
-        self._ready_choices: dict[int, Any] | None = None
-        if 0 < self._discrete_n <= _MAX_TABLE:
-            self._ready_choices = _choices(self._discrete_n, int(env.action_space.start), env.action_space.dtype)
-        self._choices: dict[int, Any] | None = None
-        self._env_step = env.step
+        self._link_env()
         self._flags_up = False
+        self._row_typed = False  # the env's observations have the row's dtype and shape (set by reset)
         self._mask_set = False
+
+    def _link_env(self) -> None:
+        """The bound ``env.step`` and the table of native Discrete actions by flat index (used by ``step``; the
+        table is live only while the env is ready)."""
+        self._env_step = self.env.step
+        n, space = self._discrete_n, self.env.action_space
+        self._ready_choices = _choices(n, int(space.start), space.dtype) if 0 < n <= _MAX_TABLE else None
+        self._choices = self._ready_choices if self._state is State.READY else None
 
     def _bind(self) -> None:
         buffers = self.buffers
@@ -87,8 +91,8 @@ class GymnasiumEmulator(Emulator):
         self._final_writer = Flattener(self.obs_layout, np.zeros_like(buffers.obs[0]))
         # A single array leaf without a mask in the observation is written with one assignment.
         self._plain = self._writer._single if not self._mask_in_obs else None
-        # Memoryviews write a same-typed value or row with less overhead than numpy's item assignment; anything
-        # else (another dtype or shape, a list) falls back to numpy's assignment, which converts or explains.
+        # Memoryviews write a value or a row of the same type with less overhead than numpy's assignment; step()
+        # uses the row's one when the env's observations have the row's dtype and shape (``_row_typed``).
         self._plain_mv = memoryview(self._plain) if self._plain is not None else None
         self._reward_mv = memoryview(buffers.rewards)
         self._obs, self._rewards = buffers.obs, buffers.rewards
@@ -131,6 +135,9 @@ class GymnasiumEmulator(Emulator):
             self.check_first_observation(self.env.observation_space, obs, f"{type(self.env.unwrapped).__name__}")
             self._check = False
         self._write(obs, info)
+        plain = self._plain
+        self._row_typed = plain is not None and type(obs) is np.ndarray and obs.dtype == plain.dtype and (
+            obs.shape == plain.shape)
         buffers = self.buffers
         buffers.masks[0] = True
         buffers.rewards[0] = 0.0
@@ -180,12 +187,12 @@ class GymnasiumEmulator(Emulator):
             self._flags_up = False
         if self._plain is not None and not (info and self._mask_key in info):
             try:
-                self._plain_mv[:] = obs
+                if self._row_typed:
+                    self._plain_mv[:] = obs
+                else:
+                    self._plain[...] = obs  # converts another dtype
             except (ValueError, TypeError, NotImplementedError):
-                try:
-                    self._plain[...] = obs
-                except (ValueError, TypeError):
-                    self._write(obs, info)  # raises the descriptive SpaceError
+                self._write(obs, info)  # converts what it can, else raises the descriptive SpaceError
         else:
             self._write(obs, info)
         return self._obs, self._rewards, self._terminals, self._truncations, [info]
@@ -218,8 +225,4 @@ class GymnasiumEmulator(Emulator):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._bind()  # pickling copies each array on its own: take views of the restored buffers again
-        self._env_step = self.env.step
-        n = self._discrete_n
-        space = self.env.action_space
-        self._ready_choices = _choices(n, int(space.start), space.dtype) if 0 < n <= _MAX_TABLE else None
-        self._choices = self._ready_choices if self._state is State.READY else None
+        self._link_env()
