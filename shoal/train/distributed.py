@@ -44,7 +44,6 @@ import datetime
 import logging
 import os
 import random
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -406,29 +405,14 @@ class DistributedTrainer(Trainer):
 
     # ---- learning ------------------------------------------------------------------------------------------
 
-    def learn(self) -> dict[str, float]:
-        """One update over every learner's rollout (:func:`distributed_ppo_update`), then gather step counts
-        and finished episodes."""
-        t = time.perf_counter()
-        data = self.buffer.data()
-        lr = self.learning_rate()
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.policy.train()
-        stats = distributed_ppo_update(
-            self.ddp,
-            self.optimizer,
-            data.to_torch(self.device),
-            self.config,
-            self.generator,
-            progress=self.global_step / self.config.total_steps,
-            value_norm=getattr(self, "value_norm", None),
-        )
-        self.global_step += self._gather_progress(data.num_transitions)
-        self.update += 1
-        stats["learning_rate"] = lr
-        self._times["learn"] += time.perf_counter() - t
-        return stats
+    def _update(self, data: dict[str, Any], progress: float) -> dict[str, float]:
+        """One update over every learner's rollout (:func:`distributed_ppo_update`)."""
+        return distributed_ppo_update(self.ddp, self.optimizer, data, self.config, self.generator,
+                                      progress=progress, value_norm=getattr(self, "value_norm", None))
+
+    def _steps_done(self, transitions: int) -> int:
+        """Every learner's transitions of this update; finished episodes are shared too."""
+        return self._gather_progress(transitions)
 
     def _gather_progress(self, transitions: int) -> int:
         """Share this update's transitions and finished episodes; returns the transitions of every learner.

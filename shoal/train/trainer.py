@@ -599,20 +599,21 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.policy.train()
-        stats = ppo_update(
-            self.policy,
-            self.optimizer,
-            data.to_torch(self.device),
-            self.config,
-            self.generator,
-            progress=self.global_step / self.config.total_steps,
-            value_norm=self.value_norm,
-        )
-        self.global_step += data.num_transitions
+        stats = self._update(data.to_torch(self.device), progress=self.global_step / self.config.total_steps)
+        self.global_step += self._steps_done(data.num_transitions)
         self.update += 1
         stats["learning_rate"] = lr
         self._times["learn"] += time.perf_counter() - t
         return stats
+
+    def _update(self, data: dict[str, Any], progress: float) -> dict[str, float]:
+        """The update itself on :meth:`RolloutData.to_torch` data (data-parallel learners override it)."""
+        return ppo_update(self.policy, self.optimizer, data, self.config, self.generator, progress=progress,
+                          value_norm=self.value_norm)
+
+    def _steps_done(self, transitions: int) -> int:
+        """Agent steps this update adds to ``global_step`` (data-parallel learners add every learner's)."""
+        return transitions
 
     def _learn_async(self) -> dict[str, float]:
         """Hand this rollout to the learner process once it is done with the previous one.
