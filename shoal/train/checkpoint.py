@@ -181,6 +181,11 @@ def _set_dict(obj: Any, state: dict[str, Any]) -> None:
     obj.__dict__.update(state)
 
 
+#: Prefix of env snapshots. Snapshots pickle emulator internals, so they are only read back by the shoal that
+#: wrote them: change the tag whenever emulator or vector env attributes change.
+ENV_STATE_TAG = b"shoal-env-state-2\n"
+
+
 def snapshot_env_state(vecenv: VecEnv) -> bytes | None:
     """Pickle :meth:`VecEnv.get_state() <shoal.vector.VecEnv.get_state>` of ``vecenv``; None when impossible.
 
@@ -197,11 +202,6 @@ def snapshot_env_state(vecenv: VecEnv) -> bytes | None:
         log.debug("env snapshot skipped: backend %r or unpicklable envs", vecenv.backend)
         return None
     return ENV_STATE_TAG + pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-#: Prefix of env snapshots. Snapshots pickle emulator internals, so they are only read back by the shoal that
-#: wrote them: change the tag whenever emulator or vector env attributes change.
-ENV_STATE_TAG = b"shoal-env-state-2\n"
 
 
 def restore_env_state(vecenv: VecEnv, blob: bytes) -> bool:

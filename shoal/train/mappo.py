@@ -526,7 +526,7 @@ class MAPPOTrainer(Trainer):
     # ---- setup ---------------------------------------------------------------------------------------------
 
     def _setup(self, policy: nn.Module | None, policy_cls: Any) -> None:
-        cfg, vec = self.config, self.vecenv
+        vec = self.vecenv
         agents = vec.agents_per_env
         self.num_types = len(self.env_info.groups)
         state_space = self.env_info.state_space if self.critic_mode == "state" else None
@@ -536,14 +536,7 @@ class MAPPOTrainer(Trainer):
         if self.centralized:
             self.critic_size = critic_input_size(vec.obs_layout, agents, self.num_types, self.state_size)
             if policy is None:
-                policy = policy_cls.from_env(
-                    vec,
-                    hidden_size=cfg.hidden_size,
-                    recurrent=cfg.recurrent,
-                    lstm_size=cfg.lstm_size,
-                    num_agent_ids=agents if cfg.agent_ids else 0,
-                    critic_input_size=self.critic_size,
-                )
+                policy = self._default_policy(policy_cls, critic_input_size=self.critic_size)
             elif getattr(policy, "critic_input_size", None) != self.critic_size:
                 raise APIUsageError(
                     f"MAPPO feeds the critic rows of {self.critic_size} floats ({self.critic_mode} input for "

@@ -298,13 +298,7 @@ class Trainer:
                 "--minibatch-size or raise --horizon / --batch-size"
             )
         if policy is None:
-            policy = policy_cls.from_env(
-                vec,
-                hidden_size=cfg.hidden_size,
-                recurrent=cfg.recurrent,
-                lstm_size=cfg.lstm_size,
-                num_agent_ids=self.agents_per_env if cfg.agent_ids else 0,
-            )
+            policy = self._default_policy(policy_cls)
         else:
             layout = getattr(policy, "obs_layout", None)
             if layout is not None and (
@@ -365,6 +359,18 @@ class Trainer:
             from shoal.train.league import League
 
             self.league = League(self)
+
+    def _default_policy(self, policy_cls: Any, **extra: Any) -> nn.Module:
+        """``policy_cls.from_env`` with the config's sizes (``extra``: further keywords, e.g. a critic input)."""
+        cfg = self.config
+        return policy_cls.from_env(
+            self.vecenv,
+            hidden_size=cfg.hidden_size,
+            recurrent=cfg.recurrent,
+            lstm_size=cfg.lstm_size,
+            num_agent_ids=self.vecenv.agents_per_env if cfg.agent_ids else 0,
+            **extra,
+        )
 
     @property
     def env_seed(self) -> int:
@@ -644,10 +650,7 @@ class Trainer:
         self._learner_ahead = False
         self._times["learn"] += time.perf_counter() - t
 
-    def _start_learner(self) -> None:
-        if self.league is not None:
-            raise APIUsageError("async_learner=True cannot train a self-play league (its opponents follow the "
-                                "learner's updates); drop --async-learner")
+    def _start_learner(self) -> None:  # (TrainConfig.validate refuses a league with async_learner)
         self.learner = LearnerProcess(
             self.policy,
             self._learner_weights,
