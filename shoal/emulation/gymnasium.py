@@ -173,6 +173,23 @@ class GymnasiumEmulator(Emulator):
             if self._state is not _READY:
                 self._require_ready("step")
             action = self._native_action(actions)
+        return self._obs, self._rewards, self._terminals, self._truncations, [self.step_native(action)]
+
+    @property
+    def native_actions(self) -> dict[int, Any] | None:
+        """Flat index -> native action of a ``Discrete`` action space while the env is ready, else None.
+
+        The table is shared (read-only) by every emulator of the same space; with :meth:`step_native` it lets a
+        caller that validated a batch of actions at once (a vector env) skip the per-step check of :meth:`step`.
+        """
+        return self._choices
+
+    def step_native(self, action: Any) -> dict[str, Any]:
+        """Step with ``action`` already in the env's native structure and already validated (the env must be
+        ready); write the results into the buffers, auto-reset at episode end, and return ``infos[0]``.
+
+        :meth:`step` is ``step_native`` after checking and converting the flat action.
+        """
         obs, reward, terminated, truncated, info = self._env_step(action)
         try:
             self._reward_mv[0] = reward
@@ -195,10 +212,10 @@ class GymnasiumEmulator(Emulator):
                 self._write(obs, info)  # converts what it can, else raises the descriptive SpaceError
         else:
             self._write(obs, info)
-        return self._obs, self._rewards, self._terminals, self._truncations, [info]
+        return info
 
-    def _end_episode(self, obs: Any, terminated: bool, truncated: bool, info: dict[str, Any]) -> StepResult:
-        """Record the finished episode in ``info`` and reset the env in the same step."""
+    def _end_episode(self, obs: Any, terminated: bool, truncated: bool, info: dict[str, Any]) -> dict[str, Any]:
+        """Record the finished episode in ``info`` and reset the env in the same step; return the new info."""
         self._terminals[0] = terminated
         self._truncations[0] = truncated
         self._flags_up = True
@@ -209,7 +226,7 @@ class GymnasiumEmulator(Emulator):
         obs, reset_info = self.env.reset()
         info["reset_info"] = reset_info
         self._write(obs, reset_info)
-        return self._obs, self._rewards, self._terminals, self._truncations, [info]
+        return info
 
     def close(self) -> None:
         """Close the wrapped env; further calls raise :class:`APIUsageError`. Safe to call twice."""

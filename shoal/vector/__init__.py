@@ -59,7 +59,7 @@ def make(env_fn: Callable[[], Any] | Sequence[Callable[[], Any]], num_envs: int,
             ``num_envs`` (default, synchronous). Smaller batches return the workers that finish first.
         seed: env ``i`` is reset with ``seed + i`` on its first reset (None: unseeded).
         **backend_kwargs: ``emulate_kwargs`` (dict for :func:`shoal.emulate`, e.g. ``{"max_agents": 8}``) on every
-            backend; multiprocessing: ``context``, ``spin_us``, ``timeout``; ray: ``address``,
+            backend; multiprocessing: ``context``, ``spin_us``, ``worker_spin_us``, ``timeout``; ray: ``address``,
             ``actor_options``, ``timeout``.
 
     Raises:

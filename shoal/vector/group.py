@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from shoal.emulation import Emulator, emulate
+from shoal.emulation import Emulator, GymnasiumEmulator, emulate
 from shoal.errors import APIUsageError
 from shoal.vector.buffers import env_buffers
 from shoal.vector.snapshot import dumps_env
@@ -48,6 +48,9 @@ class EnvGroup:
         self.envs: list[Emulator] = []
         self.agents_per_env = agents_per_env
         self._arrays = arrays
+        self._flat_actions = arrays["actions"]
+        self._native_table: dict[int, Any] | None = None
+        self._native_steps: list[Callable[[Any], dict[str, Any]]] = []
         try:
             for i, env_fn in enumerate(env_fns):
                 env = first if i == 0 and first is not None else make_emulator(env_fn, emulate_kwargs)
@@ -71,6 +74,17 @@ class EnvGroup:
         a = agents_per_env
         self._actions = [arrays["actions"][i * a : (i + 1) * a] for i in range(len(self.envs))]
 
+    def _link_native(self) -> None:
+        """Use the one-lookup step when every env is a ready single-agent Discrete emulator sharing one action
+        table (actions were validated by the vector env); otherwise each env's checked ``step``."""
+        tables = {id(env.native_actions) if isinstance(env, GymnasiumEmulator) and env.native_actions is not None
+                  else None for env in self.envs}
+        if self.envs and None not in tables and len(tables) == 1 and self._flat_actions.ndim == 1:
+            self._native_table = self.envs[0].native_actions
+            self._native_steps = [env.step_native for env in self.envs]
+        else:
+            self._native_table, self._native_steps = None, []
+
     def reset(self, seeds: Sequence[int | None]) -> InfoPairs:
         """Reset env ``i`` of the group with ``seeds[i]``; return the non-empty reset infos."""
         pairs: InfoPairs = []
@@ -79,11 +93,24 @@ class EnvGroup:
             for j, info in enumerate(env.reset(seed=seed)[1]):
                 if info:
                     pairs.append((i * a + j, info))
+        self._link_native()
         return pairs
 
     def step(self) -> InfoPairs:
         """Step every env with its rows of ``arrays["actions"]``; return the non-empty step infos."""
         pairs: InfoPairs = []
+        table = self._native_table
+        if table is not None:
+            # One Python int per env and one lookup: no per-env array view, shape check or result tuple.
+            for i, (step_native, index) in enumerate(zip(self._native_steps, self._flat_actions.tolist(),
+                                                         strict=True)):
+                action = table.get(index)
+                # An index outside the table (only possible when the group is driven directly) takes the
+                # checked step, which names it.
+                info = step_native(action) if action is not None else self.envs[i].step(self._actions[i])[4][0]
+                if info:
+                    pairs.append((i, info))
+            return pairs
         if self.agents_per_env == 1:
             for i, (env, actions) in enumerate(zip(self.envs, self._actions, strict=True)):
                 info = env.step(actions)[4][0]
@@ -114,6 +141,7 @@ class EnvGroup:
         for i, env in enumerate(envs):
             env.attach(env_buffers(self._arrays, i, self.agents_per_env))
         old, self.envs = self.envs, list(envs)
+        self._link_native()
         for env in old:
             try:
                 env.close()
@@ -129,5 +157,6 @@ class EnvGroup:
             except Exception as exc:  # keep closing the others
                 error = error or exc
         self.envs = []
+        self._link_native()
         if error is not None:
             raise error

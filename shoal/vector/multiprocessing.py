@@ -39,9 +39,10 @@ from shoal.vector.worker import (
     REPLY_OK,
     flag_view,
     worker_main,
+    yield_core,
 )
 
-__all__ = ["CONTEXTS", "MultiprocessingVecEnv", "default_spin_us", "force_stop"]
+__all__ = ["CONTEXTS", "MultiprocessingVecEnv", "default_spin_us", "default_worker_spin_us", "force_stop"]
 
 CONTEXTS = ("fork", "spawn", "forkserver")
 _CLOSE_TIMEOUT_S = 5.0
@@ -51,10 +52,24 @@ def _default_context() -> str:
     return "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
 
 
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def default_spin_us(num_workers: int) -> float:
-    """Spin only when every worker and the parent can have a core of their own; otherwise block at once."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return 50.0 if num_workers + 1 <= cores else 0.0
+    """The parent spins only when every worker and the parent can have a core of their own; otherwise it blocks
+    at once (while the workers step, the cores are theirs)."""
+    return 50.0 if num_workers + 1 <= _cores() else 0.0
+
+
+def default_worker_spin_us(num_workers: int) -> float:
+    """Workers spin 2 ms, yielding their core between looks, unless they outnumber the cores more than twice.
+
+    A worker that sleeps between steps wakes up through the kernel (tens of microseconds, more in a VM) and
+    with colder caches; one that spins and yields is there at once and still gives its core to any process
+    that needs it.
+    """
+    return 2000.0 if num_workers <= 2 * _cores() else 0.0
 
 
 def force_stop(proc: multiprocessing.process.BaseProcess) -> None:
@@ -119,6 +134,7 @@ class _Poller:
     def __init__(self, conns: list[Connection], sentinels: list[int]) -> None:
         self._poll = select.poll() if hasattr(select, "poll") else None
         self._index: dict[Any, tuple[bool, int]] = {}
+        self._single: dict[int, Any] = {}  # worker -> poll of its pipe and every sentinel
         for worker, (conn, sentinel) in enumerate(zip(conns, sentinels, strict=True)):
             if self._poll is not None:
                 self._index[conn.fileno()] = (False, worker)
@@ -130,12 +146,27 @@ class _Poller:
             for fd in self._index:
                 self._poll.register(fd, select.POLLIN)
 
-    def wait(self, timeout: float | None) -> list[tuple[bool, int]]:
-        """``(is_sentinel, worker)`` of everything ready within ``timeout`` seconds (None: no limit)."""
+    def wait(self, timeout: float | None, worker: int | None = None) -> list[tuple[bool, int]]:
+        """``(is_sentinel, worker)`` of everything ready within ``timeout`` seconds (None: no limit).
+
+        With ``worker``, only that worker's pipe is watched (every sentinel still is).
+        """
         if self._poll is None:
-            return [self._index[obj] for obj in wait(list(self._index), timeout)]
+            objs = list(self._index) if worker is None else [
+                obj for obj, (is_sentinel, w) in self._index.items() if is_sentinel or w == worker]
+            return [self._index[obj] for obj in wait(objs, timeout)]
+        poll = self._poll if worker is None else self._one(worker)
         ms = -1 if timeout is None else max(0, int(timeout * 1000 + 0.999))
-        return [self._index[fd] for fd, _ in self._poll.poll(ms)]
+        return [self._index[fd] for fd, _ in poll.poll(ms)]
+
+    def _one(self, worker: int) -> Any:
+        poll = self._single.get(worker)
+        if poll is None:
+            poll = self._single[worker] = select.poll()
+            for fd, (is_sentinel, w) in self._index.items():
+                if is_sentinel or w == worker:
+                    poll.register(fd, select.POLLIN)
+        return poll
 
 
 class MultiprocessingVecEnv(VecEnv):
@@ -146,9 +177,12 @@ class MultiprocessingVecEnv(VecEnv):
         context: multiprocessing start method, ``"fork"`` (default on Linux), ``"spawn"`` or ``"forkserver"``.
             With spawn/forkserver the env constructors must be picklable (module-level functions or
             ``functools.partial`` of them; not lambdas or local functions).
-        spin_us: microseconds each side spins on a shared flag before blocking on its pipe. Default: 50 when
-            ``num_workers + 1`` processes fit on the machine's cores, else 0 (spinning on an oversubscribed
-            machine steals the core the other side needs).
+        spin_us: microseconds the parent spins on the workers' done flags before blocking on a pipe. Default:
+            50 when ``num_workers + 1`` processes fit on the machine's cores, else 0 (while the workers step,
+            the cores are theirs).
+        worker_spin_us: microseconds a worker spins on its command flag after replying, yielding its core
+            between looks, before blocking on its pipe. Default: 2000 unless the workers outnumber the cores
+            more than twice (then 0).
         timeout: seconds to wait for workers before raising :class:`WorkerError` (None: wait for ever; dead
             workers are detected either way).
 
@@ -157,22 +191,25 @@ class MultiprocessingVecEnv(VecEnv):
     """
 
     backend = "multiprocessing"
-    KWARGS = ("context", "spin_us", "timeout")
+    KWARGS = ("context", "spin_us", "worker_spin_us", "timeout")
 
     def __init__(self, config: VecConfig, context: str | None = None, spin_us: float | None = None,
-                 timeout: float | None = None) -> None:
+                 worker_spin_us: float | None = None, timeout: float | None = None) -> None:
         method = _default_context() if context is None else context
         if method not in multiprocessing.get_all_start_methods() or method not in CONTEXTS:
             valid = [m for m in CONTEXTS if m in multiprocessing.get_all_start_methods()]
             raise APIUsageError(f"context={context!r} is not a start method of this platform; valid choices: {valid}")
-        if spin_us is not None and (not isinstance(spin_us, int | float) or spin_us < 0):
-            raise APIUsageError(f"spin_us must be a non-negative number of microseconds, got {spin_us!r}")
+        for name, value in (("spin_us", spin_us), ("worker_spin_us", worker_spin_us)):
+            if value is not None and (not isinstance(value, int | float) or value < 0):
+                raise APIUsageError(f"{name} must be a non-negative number of microseconds, got {value!r}")
         if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
             raise APIUsageError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
         if method != "fork":
             _check_picklable(config, method)
         self.context = method
         self.spin_us = default_spin_us(config.num_workers) if spin_us is None else float(spin_us)
+        self.worker_spin_us = default_worker_spin_us(config.num_workers) if worker_spin_us is None else \
+            float(worker_spin_us)
         self.timeout = timeout
         ctx = multiprocessing.get_context(method)
 
@@ -201,7 +238,7 @@ class MultiprocessingVecEnv(VecEnv):
 
     def _start(self, ctx: multiprocessing.context.BaseContext, layout: Any) -> None:
         config = self.config
-        spin_s = self.spin_us * 1e-6
+        spin_s = self.worker_spin_us * 1e-6
         for worker in range(config.num_workers):
             parent_end, child_end = ctx.Pipe(duplex=True)
             self._conns.append(parent_end)
@@ -242,27 +279,32 @@ class MultiprocessingVecEnv(VecEnv):
         replies = self._replies
         in_flight = self._in_flight
         pending = [w for w in in_flight if w not in replies]
-        if pending and not startup:
-            # A cheap look at the done flags, spinning on them for spin_us (often 0), before blocking.
-            flags, sent, spin_s = self._flags, self._sent, self.spin_us * 1e-6
-            deadline = 0.0
-            while True:
+        flags, sent = self._flags, self._sent
+        spin_s = 0.0 if startup else self.spin_us * 1e-6
+        deadline = 0.0
+        start = time.monotonic()
+        while True:
+            # The done flags say which replies are already in their pipes (a worker sets its flag after writing).
+            if not startup:
                 for w in [w for w in pending if flags[w * FLAG_STRIDE + DONE] == sent[w]]:
                     replies[w] = self._read(w)
                     pending.remove(w)
-                if len(in_flight) - len(pending) >= k or not spin_s:
-                    break
+            if len(in_flight) - len(pending) >= k:
+                break
+            if spin_s:  # spin on the flags for spin_us, yielding the core, before blocking
                 now = time.perf_counter()
                 deadline = deadline or now + spin_s
-                if now >= deadline:
-                    break
-        start = time.monotonic()
-        while len(in_flight) - len(pending) < k:
+                if now < deadline:
+                    yield_core()
+                    continue
             remaining = None if self.timeout is None else self.timeout - (time.monotonic() - start)
             if remaining is not None and remaining <= 0:
                 raise self._timeout_error(pending)
+            # Waiting for all of them: sleep on one pipe only (plus every sentinel, so a death still wakes us); the
+            # others' replies are then read through their flags without waking this process once per worker.
+            watch = pending[0] if not startup and k >= len(in_flight) else None
             dead = []
-            for is_sentinel, w in self._poller.wait(remaining):
+            for is_sentinel, w in self._poller.wait(remaining, watch):
                 if is_sentinel:
                     dead.append(w)
                 elif w in pending:

@@ -6,9 +6,10 @@ close. Replies (worker -> parent): ``b"k"`` done with no infos, ``b"i" + pickle(
 non-empty infos as ``(row, dict)`` pairs, ``b"e" + traceback`` failed (the worker then exits).
 
 Waiting is spin-then-block on both sides. Each side bumps a counter in a shared ``int64`` flag array when it
-writes a message (``flags[w, CMD]`` by the parent, ``flags[w, DONE]`` by the worker); the other side may spin
-on it for ``spin_us`` microseconds, then blocks in the kernel. The messages alone are authoritative, so a zero
-spin is correct too, and the right choice when processes outnumber cores.
+writes a message (``flags[w, CMD]`` by the parent, ``flags[w, DONE]`` by the worker, after the message); the
+other side may spin on it, yielding its core between looks, then blocks in the kernel. The messages alone are
+authoritative, so a zero spin is correct too. A parent waiting for every worker sleeps on one pipe (and every
+worker's sentinel) and reads the other replies through their flags, so each step wakes it once.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import multiprocessing
+import os
 import pickle
 import signal
 import time
@@ -27,7 +29,7 @@ from typing import Any
 from shoal.vector.buffers import BufferLayout, row_slice
 from shoal.vector.group import EnvGroup
 
-__all__ = ["CMD", "DONE", "FLAG_STRIDE", "flag_view", "worker_main"]
+__all__ = ["CMD", "DONE", "FLAG_STRIDE", "flag_view", "spin_until_changed", "worker_main", "yield_core"]
 
 CMD_STEP = b"s"
 CMD_RESET = b"r"
@@ -49,14 +51,20 @@ def flag_view(block: Any) -> memoryview:
     return memoryview(block).cast("B").cast("q")
 
 
+#: Gives the core to any other runnable process; spinning through it costs a busy core only when it is idle.
+yield_core: Callable[[], None] = getattr(os, "sched_yield", lambda: time.sleep(0))
+
+
 def spin_until_changed(flags: memoryview, index: int, old: int, seconds: float) -> bool:
-    """Spin for up to ``seconds`` until ``flags[index] != old``; True if it changed."""
+    """Spin for up to ``seconds`` until ``flags[index] != old``, yielding the core between looks; True if it
+    changed."""
     if flags[index] != old:
         return True
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline:
         if flags[index] != old:
             return True
+        yield_core()
     return False
 
 

@@ -33,6 +33,7 @@ BACKENDS = ["serial", "multiprocessing"]
     ({"num_envs": 2, "backend": "multiprocessing", "address": "x"}, r"address.*'context', 'emulate_kwargs'"),
     ({"num_envs": 2, "backend": "multiprocessing", "context": "thread"}, r"context='thread'.*'spawn'"),
     ({"num_envs": 2, "backend": "multiprocessing", "spin_us": -1}, r"spin_us"),
+    ({"num_envs": 2, "backend": "multiprocessing", "worker_spin_us": "fast"}, r"worker_spin_us must be a non-neg"),
     ({"num_envs": 2, "seed": -1}, r"seed must be a non-negative int"),
     ({"num_envs": 2, "emulate_kwargs": 3}, r"emulate_kwargs must be a dict"),
 ])

@@ -14,7 +14,8 @@ import pytest
 
 import shoal.vector
 from shoal.errors import WorkerError
-from shoal.vector.multiprocessing import default_spin_us
+from shoal.vector import multiprocessing as mp_backend
+from shoal.vector.multiprocessing import default_spin_us, default_worker_spin_us
 from tests.vector import envs_for_tests as envs
 from tests.vector.helpers import assert_same_rollout, sync_rollout
 from tests.vector.procs import child_pids, open_fds, shm_files, wait_gone, workers_only
@@ -85,13 +86,25 @@ def test_async_batches_cover_every_env_and_infos_keep_numpy() -> None:
         assert seeds == {env: 10 + env for env in range(8)}  # distinct seeds, seed + index
 
 
-def test_oversubscribed_workers_do_not_spin() -> None:
-    assert default_spin_us(64) == 0.0
+def test_oversubscribed_workers_do_not_spin(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mp_backend, "_cores", lambda: 2)
+    assert default_spin_us(64) == 0.0 and default_spin_us(2) == 0.0 and default_spin_us(1) == 50.0
+    # Workers spin (yielding their core) up to twice as many as cores, then block at once.
+    assert default_worker_spin_us(4) == 2000.0 and default_worker_spin_us(5) == 0.0
     with shoal.vector.make(envs.cartpole, 8, backend="multiprocessing", num_workers=8) as vecenv:
-        assert vecenv.spin_us == 0.0
+        assert vecenv.spin_us == 0.0 and vecenv.worker_spin_us == 0.0
         vecenv.reset()
         for _ in range(20):
             vecenv.step(np.zeros(8, np.int64))
+
+
+@pytest.mark.parametrize("spins", [{"spin_us": 0, "worker_spin_us": 0}, {"spin_us": 300, "worker_spin_us": 5000}])
+def test_spinning_or_blocking_gives_the_same_rollout(spins: dict) -> None:
+    with shoal.vector.make(envs.cartpole, 4, backend="serial") as vecenv:
+        expected = sync_rollout(vecenv, 80)
+    with shoal.vector.make(envs.cartpole, 4, backend="multiprocessing", num_workers=2, **spins) as vecenv:
+        assert vecenv.worker_spin_us == spins["worker_spin_us"]
+        assert_same_rollout(sync_rollout(vecenv, 80), expected)
 
 
 def test_repeated_make_close_leaves_nothing_behind() -> None:

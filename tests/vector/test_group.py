@@ -1,0 +1,89 @@
+"""EnvGroup: the one-lookup stepping path for single-agent Discrete envs agrees exactly with each env's own step."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from shoal.emulation import GymnasiumEmulator, emulate
+from shoal.errors import APIUsageError
+from shoal.vector.buffers import BufferLayout
+from shoal.vector.group import EnvGroup
+from tests.vector import envs_for_tests as envs
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _group(env_fn, num_envs: int) -> tuple[EnvGroup, dict[str, np.ndarray]]:
+    probe = emulate(env_fn())
+    layout = BufferLayout.build(probe.buffer_spec(), probe.action_layout, num_envs)
+    probe.close()
+    arrays = layout.allocate()
+    return EnvGroup([env_fn] * num_envs, arrays, layout.agents_per_env, {}), arrays
+
+
+def test_native_path_matches_each_emulators_checked_step() -> None:
+    n, steps = 6, 300
+    group, arrays = _group(envs.cartpole, n)
+    singles = [GymnasiumEmulator(envs.cartpole()) for _ in range(n)]
+    group.reset(list(range(n)))
+    for i, env in enumerate(singles):
+        env.reset(seed=i)
+    assert group._native_table is not None  # CartPole takes the one-lookup path
+    rng = np.random.default_rng(0)
+    episodes = 0
+    for _ in range(steps):
+        actions = rng.integers(0, 2, n)
+        arrays["actions"][:] = actions
+        pairs = dict(group.step())
+        for i, env in enumerate(singles):
+            obs, rewards, terminals, truncations, infos = env.step(actions[i : i + 1])
+            np.testing.assert_array_equal(arrays["obs"][i], obs[0])
+            assert (arrays["rewards"][i], arrays["terminals"][i], arrays["truncations"][i]) == (
+                rewards[0], terminals[0], truncations[0])
+            if infos[0]:
+                assert pairs[i]["episode"] == infos[0]["episode"]
+                np.testing.assert_array_equal(pairs[i]["final_observation"], infos[0]["final_observation"])
+                episodes += 1
+            else:
+                assert i not in pairs
+    assert episodes > 20  # episodes ended and auto-reset along the way
+    group.close()
+    for env in singles:
+        env.close()
+
+
+def test_envs_without_a_shared_discrete_table_take_the_checked_step() -> None:
+    group, arrays = _group(envs.nested, 2)  # MultiDiscrete actions
+    group.reset([0, 1])
+    assert group._native_table is None
+    arrays["actions"][:] = 0
+    group.step()
+    group.close()
+
+
+def test_out_of_range_action_in_a_directly_driven_group_is_named() -> None:
+    group, arrays = _group(envs.cartpole, 2)
+    group.reset([0, 1])
+    arrays["actions"][:] = [0, 7]
+    with pytest.raises(APIUsageError, match=r"action 7 .*outside Discrete\(2\)"):
+        group.step()
+    group.close()
+
+
+def test_closed_group_forgets_the_native_path() -> None:
+    group, _ = _group(envs.cartpole, 2)
+    group.reset([0, 1])
+    group.close()
+    assert group._native_table is None and group._native_steps == []
+
+
+def test_native_actions_is_live_only_while_ready() -> None:
+    env = GymnasiumEmulator(gym.make("CartPole-v1"))
+    assert env.native_actions is None
+    env.reset(seed=0)
+    table = env.native_actions
+    assert table is not None and sorted(table) == [0, 1] and env.env.action_space.contains(table[1])
+    env.close()
+    assert env.native_actions is None
