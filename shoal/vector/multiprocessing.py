@@ -134,7 +134,6 @@ class _Poller:
     def __init__(self, conns: list[Connection], sentinels: list[int]) -> None:
         self._poll = select.poll() if hasattr(select, "poll") else None
         self._index: dict[Any, tuple[bool, int]] = {}
-        self._single: dict[int, Any] = {}  # worker -> poll of its pipe and every sentinel
         for worker, (conn, sentinel) in enumerate(zip(conns, sentinels, strict=True)):
             if self._poll is not None:
                 self._index[conn.fileno()] = (False, worker)
@@ -146,27 +145,12 @@ class _Poller:
             for fd in self._index:
                 self._poll.register(fd, select.POLLIN)
 
-    def wait(self, timeout: float | None, worker: int | None = None) -> list[tuple[bool, int]]:
-        """``(is_sentinel, worker)`` of everything ready within ``timeout`` seconds (None: no limit).
-
-        With ``worker``, only that worker's pipe is watched (every sentinel still is).
-        """
+    def wait(self, timeout: float | None) -> list[tuple[bool, int]]:
+        """``(is_sentinel, worker)`` of everything ready within ``timeout`` seconds (None: no limit)."""
         if self._poll is None:
-            objs = list(self._index) if worker is None else [
-                obj for obj, (is_sentinel, w) in self._index.items() if is_sentinel or w == worker]
-            return [self._index[obj] for obj in wait(objs, timeout)]
-        poll = self._poll if worker is None else self._one(worker)
+            return [self._index[obj] for obj in wait(list(self._index), timeout)]
         ms = -1 if timeout is None else max(0, int(timeout * 1000 + 0.999))
-        return [self._index[fd] for fd, _ in poll.poll(ms)]
-
-    def _one(self, worker: int) -> Any:
-        poll = self._single.get(worker)
-        if poll is None:
-            poll = self._single[worker] = select.poll()
-            for fd, (is_sentinel, w) in self._index.items():
-                if is_sentinel or w == worker:
-                    poll.register(fd, select.POLLIN)
-        return poll
+        return [self._index[fd] for fd, _ in self._poll.poll(ms)]
 
 
 class MultiprocessingVecEnv(VecEnv):
@@ -181,8 +165,9 @@ class MultiprocessingVecEnv(VecEnv):
             50 when ``num_workers + 1`` processes fit on the machine's cores, else 0 (while the workers step,
             the cores are theirs).
         worker_spin_us: microseconds a worker spins on its command flag after replying, yielding its core
-            between looks, before blocking on its pipe. Default: 2000 unless the workers outnumber the cores
-            more than twice (then 0).
+            between looks, before blocking on its pipe; also how long the parent, once one worker has replied,
+            spins on the others' done flags before sleeping. Default: 2000 unless the workers outnumber the
+            cores more than twice (then 0).
         timeout: seconds to wait for workers before raising :class:`WorkerError` (None: wait for ever; dead
             workers are detected either way).
 
@@ -281,6 +266,10 @@ class MultiprocessingVecEnv(VecEnv):
         pending = [w for w in in_flight if w not in replies]
         flags, sent = self._flags, self._sent
         spin_s = 0.0 if startup else self.spin_us * 1e-6
+        # Once a worker of this wait has replied, its core is free: spin (yielding) on the others' flags as long
+        # as a worker would, instead of sleeping until their replies wake this process.
+        tail_s = 0.0 if startup else self.worker_spin_us * 1e-6
+        waiting_for = len(pending)
         deadline = 0.0
         start = time.monotonic()
         while True:
@@ -291,20 +280,20 @@ class MultiprocessingVecEnv(VecEnv):
                     pending.remove(w)
             if len(in_flight) - len(pending) >= k:
                 break
-            if spin_s:  # spin on the flags for spin_us, yielding the core, before blocking
+            if tail_s and len(pending) < waiting_for:
+                spin_s, tail_s, deadline = tail_s, 0.0, 0.0
+            if spin_s:  # spin on the flags, yielding the core, before blocking
                 now = time.perf_counter()
                 deadline = deadline or now + spin_s
                 if now < deadline:
                     yield_core()
                     continue
+                spin_s = 0.0
             remaining = None if self.timeout is None else self.timeout - (time.monotonic() - start)
             if remaining is not None and remaining <= 0:
                 raise self._timeout_error(pending)
-            # Waiting for all of them: sleep on one pipe only (plus every sentinel, so a death still wakes us); the
-            # others' replies are then read through their flags without waking this process once per worker.
-            watch = pending[0] if not startup and k >= len(in_flight) else None
             dead = []
-            for is_sentinel, w in self._poller.wait(remaining, watch):
+            for is_sentinel, w in self._poller.wait(remaining):
                 if is_sentinel:
                     dead.append(w)
                 elif w in pending:
