@@ -159,6 +159,9 @@ class TrainConfig:
     trace_actor: bool = True
     """Replay the acting pass of rollouts through verified TorchScript traces (same results, less overhead);
     policies that cannot be traced exactly act eagerly."""
+    trace_learner: bool = True
+    """Replay each PPO minibatch's evaluation pass and loss (feed-forward policies) through verified TorchScript
+    traces: the same losses and gradients, less overhead; a policy whose trace differs updates eagerly."""
     agent_ids: bool = False
     """Feed the slot index of each agent to the policy (an embedding), so shared parameters can specialize."""
     critic_input: str = "auto"

@@ -66,6 +66,7 @@ def _learner_main(conn: Connection, models: tuple[nn.Module, nn.Module | None], 
     import multiprocessing
 
     from shoal.train.ppo import ppo_update
+    from shoal.train.traced_loss import LossTracer
     from shoal.train.trainer import _adam
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the trainer, which closes the learner
@@ -84,6 +85,7 @@ def _learner_main(conn: Connection, models: tuple[nn.Module, nn.Module | None], 
             optimizer.load_state_dict(optimizer_state)
         generator = torch.Generator().manual_seed(0)
         generator.set_state(generator_state)
+        tracer = LossTracer(enabled=cfg.trace_learner)
         policy.train()
         while True:
             while not conn.poll(_PARENT_CHECK_S):
@@ -96,7 +98,7 @@ def _learner_main(conn: Connection, models: tuple[nn.Module, nn.Module | None], 
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 stats = ppo_update(policy, optimizer, data.to_torch(device), cfg, generator, progress=progress,
-                                   value_norm=value_norm)
+                                   value_norm=value_norm, tracer=tracer)
                 with torch.no_grad():
                     for name, value in _state(policy, value_norm).items():
                         shared[name].copy_(value)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -32,7 +32,10 @@ from shoal.errors import APIUsageError
 from shoal.train.advantage import gae, vtrace_gae
 from shoal.train.config import TrainConfig
 
-__all__ = ["LossOutput", "masked_mean", "ppo_loss", "ppo_update"]
+if TYPE_CHECKING:
+    from shoal.train.traced_loss import LossTracer
+
+__all__ = ["LossOutput", "masked_mean", "minibatch_loss", "ppo_loss", "ppo_update"]
 
 
 def masked_mean(x: Tensor, valid: Tensor | None, weights: Tensor | None = None) -> Tensor:
@@ -147,6 +150,19 @@ def ppo_loss(
     )
 
 
+def minibatch_loss(policy: nn.Module, obs: Tensor, actions: Tensor, action_masks: Tensor | None,
+                   agent_ids: Tensor | None, critic_obs: Tensor | None, old_log_probs: Tensor, old_values: Tensor,
+                   advantages: Tensor, returns: Tensor, loss_kwargs: dict[str, Any]) -> LossOutput:
+    """Evaluate ``actions`` under ``policy`` and return :func:`~shoal.train.ppo.ppo_loss` over the minibatch.
+
+    ``obs`` ``[M, flat_size]``, ``actions`` ``[M, *flat_action_shape]``, optional ``action_masks`` ``bool[M, W]``,
+    ``agent_ids`` ``int64[M]``, ``critic_obs`` ``float[M, C]``; the other four float ``[M]``. Every entry counts.
+    """
+    out = policy(obs, action=actions, action_masks=action_masks, agent_ids=agent_ids, critic_obs=critic_obs)
+    return ppo_loss(out.log_prob, old_log_probs, advantages, out.value, old_values, returns, out.entropy, None,
+                    **loss_kwargs)
+
+
 def _advantages(data: dict[str, Any], ratios: Tensor | None, cfg: TrainConfig) -> Tensor:
     if ratios is None:
         return gae(
@@ -241,6 +257,7 @@ def ppo_update(
     *,
     all_reduce: Callable[[list[Tensor]], None] | None = None,
     all_gather: Callable[[Tensor], Tensor] | None = None,
+    tracer: LossTracer | None = None,
 ) -> dict[str, float]:
     """One PPO update on a rollout.
 
@@ -273,6 +290,10 @@ def ppo_update(
         all_gather: with ``all_reduce`` and ``value_norm``: a collective returning the concatenation, in rank
             order, of a float ``[N_r]`` tensor of every learner (``[sum of N_r]``, on the input's device), so
             ``value_norm`` is updated with the value targets of every learner.
+        tracer: computes each minibatch's :func:`minibatch_loss` of a feed-forward policy through verified
+            TorchScript traces (:class:`~shoal.train.traced_loss.LossTracer`; the same numbers and gradients with
+            less overhead). None: eagerly. Recurrent policies, prioritized sampling and ``all_reduce`` always
+            run eagerly.
 
     Returns:
         Mean statistics of the update: ``policy_loss``, ``value_loss``, ``entropy``, ``approx_kl``,
@@ -378,6 +399,7 @@ def ppo_update(
             #    collectives, with weight 0)
             weights = None
             empty = False
+            out_loss: LossOutput | None = None
             if sequences:
                 if prioritized:  # draw segments by advantage magnitude; importance weights correct the bias
                     score = torch.where(valid, advantages.abs(), 0.0).sum(1).double().cpu()
@@ -400,44 +422,55 @@ def ppo_update(
             else:
                 index = order[mb]
                 empty = union and len(index) == 0
-                out = policy(
+                mb_inputs = (
                     flat_data["obs"][index],
-                    action=flat_data["actions"][index],
-                    action_masks=flat_data["action_masks"][index] if use_masks else None,
-                    agent_ids=flat_data["agent_ids"][index] if use_ids else None,
-                    critic_obs=flat_data["critic_obs"][index] if "critic_obs" in flat_data else None,
+                    flat_data["actions"][index],
+                    flat_data["action_masks"][index] if use_masks else None,
+                    flat_data["agent_ids"][index] if use_ids else None,
+                    flat_data["critic_obs"][index] if "critic_obs" in flat_data else None,
                 )
-                new_log_probs, entropy, new_values = out.log_prob, out.entropy, out.value
-                mb_valid = torch.ones(0, dtype=torch.bool, device=device) if empty else None
-                old_log_probs, old_values, mb_adv, mb_ret = columns[index].unbind(1)
+                if not union:  # the policy's pass and the loss in one call, replayed through a trace if given
+                    mb_columns = columns[index]
+                    if value_norm is not None:  # old values and returns in the critic's normalized units
+                        olp, ov, adv, ret = mb_columns.unbind(1)
+                        mb_columns = torch.stack([olp, value_norm.normalize(ov), adv, value_norm.normalize(ret)], 1)
+                    out_loss = minibatch_loss(policy, *mb_inputs, *mb_columns.unbind(1), loss_kwargs) \
+                        if tracer is None else tracer.loss(policy, *mb_inputs, mb_columns, loss_kwargs)
+                else:
+                    out = policy(mb_inputs[0], action=mb_inputs[1], action_masks=mb_inputs[2],
+                                 agent_ids=mb_inputs[3], critic_obs=mb_inputs[4])
+                    new_log_probs, entropy, new_values = out.log_prob, out.entropy, out.value
+                    mb_valid = torch.ones(0, dtype=torch.bool, device=device) if empty else None
+                    old_log_probs, old_values, mb_adv, mb_ret = columns[index].unbind(1)
 
             # -- loss (union: advantages normalized over the union, the mean loss weighted by this learner's share)
             share = 1.0
-            if union:
-                mine = _moments(mb_adv, mb_valid, empty)
-                if union_moments is not None:
-                    moments_mb = union_moments[mb]
-                else:
-                    summed = mine.clone()
-                    all_reduce([summed])
-                    moments_mb = summed.tolist()
-                if cfg.norm_adv:
-                    mb_adv = _normalize(mb_adv, mb_valid, moments_mb)
-                share = float(mine[0]) / moments_mb[0] if moments_mb[0] else 0.0  # the shares sum to 1
-            if value_norm is not None:  # old values and returns in the critic's normalized units
-                old_values, mb_ret = value_norm.normalize(old_values), value_norm.normalize(mb_ret)
-            out_loss = ppo_loss(
-                new_log_probs,
-                old_log_probs,
-                mb_adv,
-                new_values,
-                old_values,
-                mb_ret,
-                entropy,
-                mb_valid,
-                weights=weights,
-                **loss_kwargs,
-            )
+            if out_loss is None:
+                if union:
+                    mine = _moments(mb_adv, mb_valid, empty)
+                    if union_moments is not None:
+                        moments_mb = union_moments[mb]
+                    else:
+                        summed = mine.clone()
+                        all_reduce([summed])
+                        moments_mb = summed.tolist()
+                    if cfg.norm_adv:
+                        mb_adv = _normalize(mb_adv, mb_valid, moments_mb)
+                    share = float(mine[0]) / moments_mb[0] if moments_mb[0] else 0.0  # the shares sum to 1
+                if value_norm is not None:  # old values and returns in the critic's normalized units
+                    old_values, mb_ret = value_norm.normalize(old_values), value_norm.normalize(mb_ret)
+                out_loss = ppo_loss(
+                    new_log_probs,
+                    old_log_probs,
+                    mb_adv,
+                    new_values,
+                    old_values,
+                    mb_ret,
+                    entropy,
+                    mb_valid,
+                    weights=weights,
+                    **loss_kwargs,
+                )
 
             # -- step (union: the sum of the learners' share-weighted gradients is the gradient over the union)
             for param in params:

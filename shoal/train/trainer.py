@@ -62,6 +62,7 @@ from shoal.train.learner_process import LearnerProcess
 from shoal.train.logger import CSVSink, LogRecord, RunLogger, TensorBoardSink, WandbSink
 from shoal.train.ppo import ppo_update
 from shoal.train.resolve import resolve_env
+from shoal.train.traced_loss import LossTracer
 
 __all__ = ["TrainResult", "Trainer", "resolve_device", "train"]
 
@@ -84,6 +85,7 @@ _RESUMABLE_CHANGES = {
     "eval_episodes",
     "device",
     "trace_actor",
+    "trace_learner",
     "torch_threads",
     "stats_window",
     "ray_address",
@@ -310,6 +312,7 @@ class Trainer:
                 )
         self.policy = policy.to(self.device)
         self.actor = Actor(self.policy, trace=cfg.trace_actor)
+        self.loss_tracer = LossTracer(enabled=cfg.trace_learner)
         self.recurrent = bool(getattr(policy, "is_recurrent", False))
         self.num_agent_ids = int(getattr(policy, "num_agent_ids", 0))
         self.optimizer = _adam(self.policy, cfg.learning_rate, cfg.adam_eps)
@@ -615,7 +618,7 @@ class Trainer:
     def _update(self, data: dict[str, Any], progress: float) -> dict[str, float]:
         """The update itself on :meth:`RolloutData.to_torch` data (data-parallel learners override it)."""
         return ppo_update(self.policy, self.optimizer, data, self.config, self.generator, progress=progress,
-                          value_norm=self.value_norm)
+                          value_norm=self.value_norm, tracer=self.loss_tracer)
 
     def _steps_done(self, transitions: int) -> int:
         """Agent steps this update adds to ``global_step`` (data-parallel learners add every learner's)."""
