@@ -370,6 +370,7 @@ def ppo_update(
         num_minibatches = max(1, round(count / unit))
 
     params = [p for p in policy.parameters() if p.requires_grad]
+    signature = tracer.policy_signature(policy) if tracer is not None else None  # fixed during the update
     beta = cfg.prio_beta0 + (1.0 - cfg.prio_beta0) * min(max(progress, 0.0), 1.0)
     history: list[Tensor] = []
     epochs_done = 0
@@ -435,7 +436,7 @@ def ppo_update(
                         olp, ov, adv, ret = mb_columns.unbind(1)
                         mb_columns = torch.stack([olp, value_norm.normalize(ov), adv, value_norm.normalize(ret)], 1)
                     out_loss = minibatch_loss(policy, *mb_inputs, *mb_columns.unbind(1), loss_kwargs) \
-                        if tracer is None else tracer.loss(policy, *mb_inputs, mb_columns, loss_kwargs)
+                        if tracer is None else tracer.loss(policy, *mb_inputs, mb_columns, loss_kwargs, signature)
                 else:
                     out = policy(mb_inputs[0], action=mb_inputs[1], action_masks=mb_inputs[2],
                                  agent_ids=mb_inputs[3], critic_obs=mb_inputs[4])

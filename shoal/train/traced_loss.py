@@ -2,13 +2,20 @@
 
 For a small network most of an update's time is Python and dispatch overhead: the policy's evaluation pass and
 the loss are a few dozen tiny tensor operations per minibatch. Tracing them once per input signature (minibatch
-shape, which optional inputs are given, loss coefficients) and replaying the trace removes the Python part of
-the forward pass; autograd runs the same operations backwards. Every trace is checked on its first use against
-the eager computation, loss statistics and every gradient, and must match them exactly; a policy that cannot be
-traced, or whose trace differs (data-dependent control flow, random numbers), keeps running eagerly. Traces share
-the policy's parameters, so optimizer steps and ``load_state_dict`` are seen at once. Traces run without the
-TorchScript graph executor's optimizations: after its profiling runs it would swap autograd for its own symbolic
-gradients, which differ from eager ones.
+shape, which optional inputs are given, loss coefficients, the train/eval mode of every submodule, the
+parameter tensors) and replaying the trace removes the Python part of the forward pass; autograd runs the same
+operations backwards.
+
+A trace is used only after it matched the eager computation exactly (every output and every gradient) twice:
+on the minibatch it was traced with and on the next minibatch of its signature, whose other data exposes
+branches on tensor values. A policy that cannot be traced, or whose trace differs (control flow on values,
+random numbers), keeps running eagerly. The checks leave no trace of their own: gradients, random generators and
+module buffers (e.g. batch-norm statistics) are restored afterwards.
+
+Traces share the policy's parameters, so optimizer steps and in-place ``load_state_dict`` are seen at once;
+replacing a parameter or submodule changes the signature. Traces run without the TorchScript graph executor's
+optimizations: after its profiling runs it would swap autograd for its own symbolic gradients, which differ
+from eager ones.
 """
 
 from __future__ import annotations
@@ -45,100 +52,124 @@ class _Minibatch(nn.Module):
         old_log_probs, old_values, advantages, returns = columns.unbind(1)
         out = minibatch_loss(self.policy, obs, actions, masks, ids, critic, old_log_probs, old_values, advantages,
                              returns, self.loss_kwargs)
-        return _as_tuple(out)
-
-
-def _as_tuple(out: LossOutput) -> tuple[Tensor, ...]:
-    return (out.loss, out.policy_loss, out.value_loss, out.entropy, out.approx_kl, out.old_approx_kl, out.clipfrac,
-            out.ratio)
+        # A trace does not record torch.no_grad(): detach the statistics explicitly, as the eager loss has them.
+        return (out.loss, *(x.detach() for x in (out.policy_loss, out.value_loss, out.entropy, out.approx_kl,
+                                                 out.old_approx_kl, out.clipfrac, out.ratio)))
 
 
 class LossTracer:
     """Computes :func:`~shoal.train.ppo.minibatch_loss`, through a verified trace per input signature where one
-    applies.
-
-    A signature's trace is checked against the eager computation on the minibatch it was traced with and again
-    on the next minibatch of that signature (other data, so a branch on tensor values shows up as a difference);
-    only then is it used. Until then, and for good if a check fails, the minibatch runs eagerly.
+    applies (see the module docs).
 
     Args:
         enabled: trace at all (False: always eager).
-        max_traces: signatures to trace at most; further signatures run eagerly.
+        max_traces: traces to build at most over the tracer's life; later signatures run eagerly (bounds the
+            work when signatures keep changing, e.g. minibatch sizes that follow a varying number of live
+            agents).
     """
 
     def __init__(self, enabled: bool = True, max_traces: int = 8) -> None:
         self.enabled = enabled and hasattr(torch, "jit")
         self.max_traces = max_traces
+        self._built = 0
         self._traces: dict[tuple, Any] = {}  # signature -> verified trace, or None: eager
         self._pending: dict[tuple, Any] = {}  # signature -> trace checked once, awaiting its second check
 
+    @staticmethod
+    def policy_signature(policy: nn.Module) -> tuple:
+        """What of ``policy`` a trace depends on besides its inputs: the object, every submodule's train/eval
+        mode and the identity of every parameter tensor (compute it once per update and pass it to
+        :meth:`loss`)."""
+        return (id(policy), tuple(module.training for module in policy.modules()),
+                tuple(id(param) for param in policy.parameters()))
+
     def loss(self, policy: nn.Module, obs: Tensor, actions: Tensor, action_masks: Tensor | None,
-             agent_ids: Tensor | None, critic_obs: Tensor | None, columns: Tensor,
-             loss_kwargs: dict[str, Any]) -> LossOutput:
+             agent_ids: Tensor | None, critic_obs: Tensor | None, columns: Tensor, loss_kwargs: dict[str, Any],
+             signature: tuple | None = None) -> LossOutput:
         """:func:`~shoal.train.ppo.minibatch_loss` with ``columns`` float ``[M, 4]``: old log-probs, old values,
-        advantages and returns side by side."""
+        advantages and returns side by side. ``signature``: :meth:`policy_signature` of ``policy`` as it is now
+        (computed when omitted)."""
         if self.enabled and not torch.compiler.is_compiling():
             extra = [x for x in (action_masks, agent_ids, critic_obs) if x is not None]
             inputs = (obs, actions, columns, *extra)
             flags = (action_masks is not None, agent_ids is not None, critic_obs is not None)
-            key = (id(policy), flags, tuple(sorted(loss_kwargs.items())),
+            key = (signature or self.policy_signature(policy), flags, tuple(sorted(loss_kwargs.items())),
                    *((tuple(x.shape), x.dtype, x.device) for x in inputs))
-            traced = self._traces.get(key, False)
-            if traced is False:
+            if key in self._traces:
+                traced = self._traces[key]
+                if traced is not None:
+                    with torch.jit.optimized_execution(False):
+                        return LossOutput(*traced(*inputs))
+            elif key in self._pending or self._built < self.max_traces:
                 self._check(key, policy, flags, loss_kwargs, inputs)
-            elif traced is not None:
-                with torch.jit.optimized_execution(False):
-                    return LossOutput(*traced(*inputs))
         return minibatch_loss(policy, obs, actions, action_masks, agent_ids, critic_obs, *columns.unbind(1),
                               loss_kwargs)
 
     def _check(self, key: tuple, policy: nn.Module, flags: tuple[bool, bool, bool], loss_kwargs: dict[str, Any],
                inputs: tuple[Tensor, ...]) -> None:
         """Trace the computation for ``key`` (first call) or take its pending trace (second call) and check it,
-        outputs and gradients, against the eager one on ``inputs``. Leaves the parameters' gradients and the
-        random state as it found them."""
+        outputs and gradients, against the eager one on ``inputs``; then restore gradients, random generators
+        and buffers."""
         traced = self._pending.pop(key, None)
         first = traced is None
-        if first and len(self._traces) + len(self._pending) >= self.max_traces:
-            self._traces[key] = None
-            return
+        if first:
+            self._built += 1
         module = _Minibatch(policy, flags, loss_kwargs)
         params = [p for p in policy.parameters() if p.requires_grad]
-        saved = [p.grad for p in params]
-        rng = torch.get_rng_state()
+        grads = [p.grad for p in params]
+        buffers = [(b, b.detach().clone()) for b in policy.buffers()]
+        device = inputs[0].device
+        devices = [device] if device.type == "cuda" else []
         same = False
-        try:
-            if first:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    traced = torch.jit.trace(module, inputs, check_trace=False)
-                torch.set_rng_state(rng)
-            expected, expected_grads = _run(module, inputs, params)
-            torch.set_rng_state(rng)
-            with torch.jit.optimized_execution(False):
-                got, got_grads = _run(traced, inputs, params)
-            same = all(torch.equal(a, b) for a, b in zip(expected, got, strict=True)) and all(
-                (a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))
-                for a, b in zip(expected_grads, got_grads, strict=True))
-            if not same:
-                log.info("the traced PPO loss differs from the eager one; updating eagerly")
-        except Exception as exc:  # any tracing problem: update eagerly
-            log.info("cannot trace the PPO loss (%s: %s); updating eagerly", type(exc).__name__, exc)
-        finally:
-            torch.set_rng_state(rng)
-            for param, grad in zip(params, saved, strict=True):
-                param.grad = grad
+        with torch.random.fork_rng(devices=devices):
+            rng = _rng_state(device)
+            try:
+                if first:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        traced = torch.jit.trace(module, inputs, check_trace=False)
+                _set_rng_state(device, rng)
+                expected, expected_grads = _run(module, inputs, params)
+                _set_rng_state(device, rng)
+                with torch.jit.optimized_execution(False):
+                    got, got_grads = _run(traced, inputs, params)
+                same = all(a.requires_grad == b.requires_grad and torch.equal(a, b)
+                           for a, b in zip(expected, got, strict=True)) and all(
+                    (a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))
+                    for a, b in zip(expected_grads, got_grads, strict=True))
+                if not same:
+                    log.info("the traced PPO loss differs from the eager one; updating eagerly")
+            except Exception as exc:  # any tracing problem: update eagerly
+                log.info("cannot trace the PPO loss (%s: %s); updating eagerly", type(exc).__name__, exc)
+            finally:
+                for param, grad in zip(params, grads, strict=True):
+                    param.grad = grad
+                with torch.no_grad():
+                    for buffer, value in buffers:
+                        buffer.copy_(value)
         if same and first:
             self._pending[key] = traced
         else:
             self._traces[key] = traced if same else None
 
 
+def _rng_state(device: torch.device) -> Tensor:
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def _set_rng_state(device: torch.device, state: Tensor) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
+
+
 def _run(module: Any, inputs: tuple[Tensor, ...], params: list[Tensor]) -> tuple[tuple[Tensor, ...],
                                                                                   list[Tensor | None]]:
-    """Outputs (detached) and the gradients of the loss (the first output) with respect to ``params``."""
+    """Outputs (the loss attached, the statistics as returned) and the gradients of the loss with respect to
+    ``params``."""
     for param in params:
         param.grad = None
     out = module(*inputs)
     out[0].backward()
-    return tuple(x.detach() for x in out), [None if p.grad is None else p.grad.clone() for p in params]
+    return tuple(out), [None if p.grad is None else p.grad.clone() for p in params]

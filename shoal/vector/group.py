@@ -30,6 +30,13 @@ def make_emulator(env_fn: Callable[[], Any], emulate_kwargs: dict[str, Any]) -> 
     return emulate(env_fn(), **emulate_kwargs)
 
 
+def _plain_gymnasium(env: Emulator) -> bool:
+    """A :class:`GymnasiumEmulator` stepping with the class's own ``step`` and ``step_native``."""
+    cls = type(env)
+    return issubclass(cls, GymnasiumEmulator) and cls.step is GymnasiumEmulator.step and (
+        cls.step_native is GymnasiumEmulator.step_native)
+
+
 class EnvGroup:
     """Consecutive envs of one vector env, stepped in turn by the process that holds them.
 
@@ -76,9 +83,10 @@ class EnvGroup:
 
     def _link_native(self) -> None:
         """Use the one-lookup step when every env is a ready single-agent Discrete emulator sharing one action
-        table (actions were validated by the vector env); otherwise each env's checked ``step``."""
-        tables = {id(env.native_actions) if isinstance(env, GymnasiumEmulator) and env.native_actions is not None
-                  else None for env in self.envs}
+        table (actions were validated by the vector env); otherwise each env's checked ``step`` (also for
+        subclasses that override ``step`` or ``step_native``, whose own code must run)."""
+        tables = {id(env.native_actions) if _plain_gymnasium(env) and env.native_actions is not None else None
+                  for env in self.envs}
         if self.envs and None not in tables and len(tables) == 1 and self._flat_actions.ndim == 1:
             self._native_table = self.envs[0].native_actions
             self._native_steps = [env.step_native for env in self.envs]

@@ -163,7 +163,8 @@ class MultiprocessingVecEnv(VecEnv):
             ``functools.partial`` of them; not lambdas or local functions).
         spin_us: microseconds the parent spins on the workers' done flags before blocking on a pipe. Default:
             50 when ``num_workers + 1`` processes fit on the machine's cores, else 0 (while the workers step,
-            the cores are theirs).
+            the cores are theirs). Once a worker has replied, the parent spins for ``worker_spin_us`` instead:
+            set both to 0 for no spinning at all.
         worker_spin_us: microseconds a worker spins on its command flag after replying, yielding its core
             between looks, before blocking on its pipe; also how long the parent, once one worker has replied,
             spins on the others' done flags before sleeping. Default: 2000 unless the workers outnumber the

@@ -8,8 +8,9 @@ non-empty infos as ``(row, dict)`` pairs, ``b"e" + traceback`` failed (the worke
 Waiting is spin-then-block on both sides. Each side bumps a counter in a shared ``int64`` flag array when it
 writes a message (``flags[w, CMD]`` by the parent, ``flags[w, DONE]`` by the worker, after the message); the
 other side may spin on it, yielding its core between looks, then blocks in the kernel. The messages alone are
-authoritative, so a zero spin is correct too. A parent waiting for several workers sleeps until the first
-replies, then spins on the others' flags (that worker's core is free), so each step wakes it once.
+authoritative, so a zero spin is correct too. A parent waiting for several workers spins for ``spin_us`` (often
+0), sleeps until the first replies, then spins for ``worker_spin_us`` on the others' flags (that worker's core
+is free, or shared with a spinner that yields), so each step wakes it once.
 """
 
 from __future__ import annotations

@@ -78,11 +78,13 @@ def test_ppo_update_with_the_tracer_is_bit_identical() -> None:
         "action_masks": None, "agent_ids": None, "states": None,
     }
     results = []
-    for model, tracer in ((policy, LossTracer()), (twin, None)):
+    tracer = LossTracer()
+    for model, used in ((policy, tracer), (twin, None)):
         optimizer = _adam(model, 1e-3, 1e-5)
         generator = torch.Generator().manual_seed(3)
-        stats = [ppo_update(model, optimizer, data, cfg, generator, tracer=tracer) for _ in range(3)]
+        stats = [ppo_update(model, optimizer, data, cfg, generator, tracer=used) for _ in range(3)]
         results.append((stats, [p.detach().clone() for p in model.parameters()]))
+    assert any(t is not None for t in tracer._traces.values())  # the traced update did run through a trace
     assert results[0][0] == results[1][0]
     for a, b in zip(results[0][1], results[1][1], strict=True):
         assert torch.equal(a, b)
@@ -127,7 +129,7 @@ def test_untraceable_policies_and_extra_signatures_run_eagerly() -> None:
         batch = _minibatch(gen, n=n)
         out = tracer.loss(policy, *batch, KWARGS)
         assert torch.equal(out.loss, minibatch_loss(policy, *batch[:5], *batch[5].unbind(1), KWARGS).loss)
-    assert sorted(t is not None for t in tracer._traces.values()) == [False, True]
+    assert tracer._built == 1 and [t is not None for t in tracer._traces.values()] == [True]  # 24 rows: eager
     odd, tracer = Untraceable(), LossTracer()
     batch = _minibatch(gen)
     out = tracer.loss(odd, *batch, KWARGS)
@@ -141,3 +143,54 @@ def test_disabled_tracer_never_traces() -> None:
     for _ in range(3):
         tracer.loss(policy, *_minibatch(torch.Generator().manual_seed(6)), KWARGS)
     assert tracer._traces == {} and tracer._pending == {}
+
+
+class _Normalized(nn.Module):
+    """A policy with a batch norm (a buffer updated by every training pass) and dropout (random, train only)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(6)
+        self.drop = nn.Dropout(0.5)
+        self.net = Policy(compile_layout(OBS), ActionLayout(gym.spaces.Discrete(3)), hidden_size=8)
+
+    def forward(self, obs: Tensor, **kwargs: object) -> object:
+        return self.net(self.drop(self.norm(obs)), **kwargs)
+
+
+def test_checks_leave_buffers_and_random_state_alone_and_modes_are_part_of_the_signature() -> None:
+    torch.manual_seed(0)
+    policy, twin = _Normalized(), None
+    twin = copy.deepcopy(policy)
+    tracer = LossTracer()
+    gen = torch.Generator().manual_seed(7)
+    batches = [_minibatch(gen) for _ in range(4)]
+    for mode in ("train", "eval", "train"):
+        policy.train(mode == "train")
+        twin.train(mode == "train")
+        for batch in batches:
+            torch.manual_seed(11)
+            got = tracer.loss(policy, *batch, KWARGS)
+            torch.manual_seed(11)
+            expected = minibatch_loss(twin, *batch[:5], *batch[5].unbind(1), KWARGS)
+            assert torch.equal(got.loss, expected.loss)
+            # the statistics are detached as the eager loss has them, traced or not
+            assert not got.approx_kl.requires_grad and not got.clipfrac.requires_grad
+            for a, b in zip(policy.buffers(), twin.buffers(), strict=True):
+                assert torch.equal(a, b)  # the checks did not move the batch-norm statistics
+    assert len(tracer._traces) + len(tracer._pending) == 2  # one signature per mode
+
+
+def test_replaced_parameters_get_a_new_trace() -> None:
+    torch.manual_seed(0)
+    policy = Policy(compile_layout(OBS), ActionLayout(gym.spaces.Discrete(3)), hidden_size=8)
+    tracer = LossTracer()
+    gen = torch.Generator().manual_seed(8)
+    batches = [_minibatch(gen) for _ in range(3)]
+    for batch in batches:
+        tracer.loss(policy, *batch, KWARGS)
+    head = policy.value_head
+    head.weight = nn.Parameter(head.weight.detach() * 3.0)  # a new tensor, not an in-place update
+    for batch in batches:
+        got = tracer.loss(policy, *batch, KWARGS)
+        assert torch.equal(got.loss, minibatch_loss(policy, *batch[:5], *batch[5].unbind(1), KWARGS).loss)

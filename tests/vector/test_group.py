@@ -87,3 +87,22 @@ def test_native_actions_is_live_only_while_ready() -> None:
     assert table is not None and sorted(table) == [0, 1] and env.env.action_space.contains(table[1])
     env.close()
     assert env.native_actions is None
+
+
+class _Shaped(GymnasiumEmulator):
+    """A subclass that changes what a step does: the group must run its ``step``."""
+
+    def step(self, actions: np.ndarray) -> tuple:
+        result = super().step(actions)
+        self.buffers.rewards[0] *= 10.0
+        return result
+
+
+def test_subclasses_that_override_step_keep_their_own_step() -> None:
+    group, arrays = _group(lambda: _Shaped(envs.cartpole()), 2)
+    group.reset([0, 1])
+    assert group._native_table is None
+    arrays["actions"][:] = 0
+    group.step()
+    assert arrays["rewards"].tolist() == [10.0, 10.0]
+    group.close()

@@ -99,12 +99,15 @@ def test_oversubscribed_workers_do_not_spin(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 @pytest.mark.parametrize("spins", [{"spin_us": 0, "worker_spin_us": 0}, {"spin_us": 300, "worker_spin_us": 5000}])
-def test_spinning_or_blocking_gives_the_same_rollout(spins: dict) -> None:
+def test_spinning_or_blocking_gives_the_same_rollout(spins: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    yields = []
+    monkeypatch.setattr(mp_backend, "yield_core", lambda: yields.append(1))  # the parent's spin loop
     with shoal.vector.make(envs.cartpole, 4, backend="serial") as vecenv:
         expected = sync_rollout(vecenv, 80)
     with shoal.vector.make(envs.cartpole, 4, backend="multiprocessing", num_workers=2, **spins) as vecenv:
         assert vecenv.worker_spin_us == spins["worker_spin_us"]
         assert_same_rollout(sync_rollout(vecenv, 80), expected)
+    assert bool(yields) == bool(spins["spin_us"])  # the parent spun only when asked to
 
 
 def test_repeated_make_close_leaves_nothing_behind() -> None:
