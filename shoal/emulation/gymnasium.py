@@ -185,11 +185,16 @@ class GymnasiumEmulator(Emulator):
         return self._choices
 
     def step_native(self, action: Any) -> dict[str, Any]:
-        """Step with ``action`` already in the env's native structure and already validated (the env must be
-        ready); write the results into the buffers, auto-reset at episode end, and return ``infos[0]``.
+        """Step with ``action`` already in the env's native structure and already validated; write the results
+        into the buffers, auto-reset at episode end, and return ``infos[0]``.
 
         :meth:`step` is ``step_native`` after checking and converting the flat action.
+
+        Raises:
+            APIUsageError: the env was not reset yet, or is closed.
         """
+        if self._state is not _READY:
+            self._require_ready("step_native")
         obs, reward, terminated, truncated, info = self._env_step(action)
         try:
             self._reward_mv[0] = reward

@@ -11,11 +11,12 @@ to trace simply keeps running eagerly. Traces share the policy's parameters, so 
 from __future__ import annotations
 
 import logging
-import warnings
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from shoal.train.tracing import rng_state, set_rng_state, trace
 
 __all__ = ["Actor"]
 
@@ -101,27 +102,14 @@ class Actor:
             self._traces[key] = None
             return None
         device = inputs[0].device
-        cuda = device.type == "cuda"
-
-        def get_rng() -> Tensor:
-            return torch.cuda.get_rng_state(device) if cuda else torch.get_rng_state()
-
-        def set_rng(state: Tensor) -> None:
-            if cuda:
-                torch.cuda.set_rng_state(state, device)
-            else:
-                torch.set_rng_state(state)
-
-        rng = get_rng()
+        rng = rng_state(device)
         traced = None
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                traced = torch.jit.trace(_Acting(self.policy, flags), tuple(inputs), check_trace=False)
-            set_rng(rng)
+            traced = trace(_Acting(self.policy, flags), tuple(inputs))
+            set_rng_state(device, rng)
             expected = self._eager(inputs[0], *args)
-            after_eager = get_rng()
-            set_rng(rng)
+            after_eager = rng_state(device)
+            set_rng_state(device, rng)
             got = traced(*inputs)
             same = all(torch.equal(a, b) for a, b in zip(expected[:3], got[:3], strict=True))
             if expected[3] is not None:
@@ -131,13 +119,13 @@ class Actor:
                     and torch.equal(expected[3][0], got[3])
                     and torch.equal(expected[3][1], got[4])
                 )
-            same = same and torch.equal(get_rng(), after_eager)
+            same = same and torch.equal(rng_state(device), after_eager)
             if not same:
                 log.info("the traced policy differs from the eager one; acting eagerly")
                 traced = None
         except Exception as exc:  # any tracing problem: act eagerly
             log.info("cannot trace the policy (%s: %s); acting eagerly", type(exc).__name__, exc)
             traced = None
-        set_rng(rng)
+        set_rng_state(device, rng)
         self._traces[key] = traced
         return traced

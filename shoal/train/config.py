@@ -240,6 +240,9 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise APIUsageError(f"{name} must be a non-negative int, got {value!r}")
+        for f in dataclasses.fields(self):
+            if f.type in ("bool", bool) and not isinstance(getattr(self, f.name), bool):
+                raise APIUsageError(f"{f.name} must be True or False, got {getattr(self, f.name)!r}")
         for name in ("batch_size", "num_workers", "env_batch_size", "max_agents"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):

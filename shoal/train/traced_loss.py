@@ -21,13 +21,14 @@ from eager ones.
 from __future__ import annotations
 
 import logging
-import warnings
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from shoal.errors import APIUsageError
 from shoal.train.ppo import LossOutput, minibatch_loss
+from shoal.train.tracing import rng_state, set_rng_state, trace
 
 __all__ = ["LossTracer"]
 
@@ -69,6 +70,9 @@ class LossTracer:
     """
 
     def __init__(self, enabled: bool = True, max_traces: int = 8) -> None:
+        if isinstance(max_traces, bool) or not isinstance(max_traces, int) or max_traces < 0:
+            raise APIUsageError(f"LossTracer(max_traces=) must be a non-negative int (0: never trace), got "
+                                f"{max_traces!r}")
         self.enabled = enabled and hasattr(torch, "jit")
         self.max_traces = max_traces
         self._built = 0
@@ -122,15 +126,13 @@ class LossTracer:
         devices = [device] if device.type == "cuda" else []
         same = False
         with torch.random.fork_rng(devices=devices):
-            rng = _rng_state(device)
+            rng = rng_state(device)
             try:
                 if first:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        traced = torch.jit.trace(module, inputs, check_trace=False)
-                _set_rng_state(device, rng)
+                    traced = trace(module, inputs)
+                set_rng_state(device, rng)
                 expected, expected_grads = _run(module, inputs, params)
-                _set_rng_state(device, rng)
+                set_rng_state(device, rng)
                 with torch.jit.optimized_execution(False):
                     got, got_grads = _run(traced, inputs, params)
                 same = all(a.requires_grad == b.requires_grad and torch.equal(a, b)
@@ -151,17 +153,6 @@ class LossTracer:
             self._pending[key] = traced
         else:
             self._traces[key] = traced if same else None
-
-
-def _rng_state(device: torch.device) -> Tensor:
-    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
-
-
-def _set_rng_state(device: torch.device, state: Tensor) -> None:
-    if device.type == "cuda":
-        torch.cuda.set_rng_state(state, device)
-    else:
-        torch.set_rng_state(state)
 
 
 def _run(module: Any, inputs: tuple[Tensor, ...], params: list[Tensor]) -> tuple[tuple[Tensor, ...],

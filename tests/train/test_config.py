@@ -35,6 +35,8 @@ def test_every_field_has_a_docstring() -> None:
         ({"recurrent": True, "horizon": 64, "minibatch_size": 32}, "whole segments"),
         ({"wandb": True}, "run_dir"),
         ({"reward_clip": -1.0}, "reward_clip"),
+        ({"trace_learner": "yes"}, "trace_learner must be True or False"),
+        ({"norm_adv": 1}, "norm_adv must be True or False"),
     ],
 )
 def test_validation_names_the_field(changes: dict, message: str) -> None:

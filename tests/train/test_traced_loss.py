@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from shoal.emulation import ActionLayout, compile_layout
+from shoal.errors import APIUsageError
 from shoal.policies import Policy
 from shoal.train import TrainConfig
 from shoal.train.ppo import minibatch_loss, ppo_update
@@ -194,3 +195,9 @@ def test_replaced_parameters_get_a_new_trace() -> None:
     for batch in batches:
         got = tracer.loss(policy, *batch, KWARGS)
         assert torch.equal(got.loss, minibatch_loss(policy, *batch[:5], *batch[5].unbind(1), KWARGS).loss)
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, True])
+def test_max_traces_must_be_a_count(bad: object) -> None:
+    with pytest.raises(APIUsageError, match=r"max_traces.*non-negative int"):
+        LossTracer(max_traces=bad)  # type: ignore[arg-type]

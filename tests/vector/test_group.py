@@ -87,6 +87,12 @@ def test_native_actions_is_live_only_while_ready() -> None:
     assert table is not None and sorted(table) == [0, 1] and env.env.action_space.contains(table[1])
     env.close()
     assert env.native_actions is None
+    with pytest.raises(APIUsageError, match=r"step_native\(\) called after close\(\)"):
+        env.step_native(table[1])
+    fresh = GymnasiumEmulator(gym.make("CartPole-v1"))
+    with pytest.raises(APIUsageError, match=r"step_native\(\) called before reset\(\)"):
+        fresh.step_native(table[0])
+    fresh.close()
 
 
 class _Shaped(GymnasiumEmulator):
