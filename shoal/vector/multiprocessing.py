@@ -2,8 +2,9 @@
 
 The parent allocates one shared block for every buffer (observations, rewards, terminals, truncations, masks,
 agent types, action masks, actions) before starting the workers; each worker's emulators write into their rows
-of it, so nothing is copied on the worker side. See :mod:`shoal.vector.worker` for the wire protocol and the
-spin-then-block waiting scheme.
+of it, so nothing is copied on the worker side. A second shared array, shaped like the observations, carries the
+final observations of episodes that ended (they reach ``infos`` as copies of its rows, not through the pipe).
+See :mod:`shoal.vector.worker` for the wire protocol and the spin-then-block waiting scheme.
 
 Failure handling: a worker that raises sends its traceback and exits; a worker that dies is noticed through its
 process sentinel. Either way the parent raises :class:`~shoal.errors.WorkerError` and closes the vector env. If
@@ -24,6 +25,8 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
+import numpy as np
+
 from shoal.errors import APIUsageError, WorkerError
 from shoal.vector.base import VecConfig, VecEnv, buffer_layout
 from shoal.vector.group import InfoPairs, make_emulator
@@ -37,7 +40,9 @@ from shoal.vector.worker import (
     REPLY_ERROR,
     REPLY_INFOS,
     REPLY_OK,
+    final_view,
     flag_view,
+    restore_final_observations,
     worker_main,
     yield_core,
 )
@@ -93,6 +98,7 @@ class _Workers:
         self.procs: list[multiprocessing.process.BaseProcess] = []
         self.conns: list[Connection] = []
         self.block: Any = None
+        self.final_block: Any = None
         self.flags_block: Any = None
         self.grace_s = _CLOSE_TIMEOUT_S  # how long close() waits for workers to finish before terminating them
 
@@ -121,7 +127,7 @@ class _Workers:
         for proc in self.procs:
             proc.close()
         self.procs, self.conns = [], []
-        self.block = self.flags_block = None
+        self.block = self.final_block = self.flags_block = None
 
 
 class _Poller:
@@ -204,6 +210,9 @@ class MultiprocessingVecEnv(VecEnv):
             layout = buffer_layout(probe, config.num_envs)
             self._workers = _Workers()
             self._workers.block = ctx.RawArray(ctypes.c_uint8, layout.nbytes)
+            obs = next(field for field in layout.fields if field[0] == "obs")
+            self._workers.final_block = ctx.RawArray(ctypes.c_uint8, max(1, int(np.prod(obs[1])) * obs[2].itemsize))
+            self._final = final_view(self._workers.final_block, layout)
             self._workers.flags_block = ctx.RawArray(ctypes.c_int64, config.num_workers * FLAG_STRIDE)
             self._setup(config, probe, layout.views(self._workers.block))
         finally:
@@ -233,7 +242,8 @@ class MultiprocessingVecEnv(VecEnv):
             proc = ctx.Process(
                 target=worker_main, name=f"shoal-vector-worker-{worker}", daemon=True,
                 args=(worker, config.env_fns[envs.start : envs.stop], envs.start, self._workers.block, layout,
-                      self._workers.flags_block, child_end, inherited, config.emulate_kwargs, spin_s))
+                      self._workers.final_block, self._workers.flags_block, child_end, inherited,
+                      config.emulate_kwargs, spin_s))
             try:
                 proc.start()
             finally:
@@ -317,7 +327,9 @@ class MultiprocessingVecEnv(VecEnv):
         if tag == REPLY_OK:
             return []
         if tag == REPLY_INFOS:
-            return pickle.loads(message[1:])
+            pairs, moved = pickle.loads(message[1:])
+            rows = self._rows_per_worker
+            return restore_final_observations(pairs, moved, self._final[worker * rows : (worker + 1) * rows])
         if tag == REPLY_ERROR:
             text = message[1:].decode("utf-8", "replace")
             raise WorkerError(f"{self._who(worker)} raised:\n{text}")

@@ -2,8 +2,12 @@
 
 Messages are tiny byte strings over a duplex pipe; observations, rewards, masks and actions never travel, they
 live in the shared block. Commands (parent -> worker): ``b"s"`` step, ``b"r" + pickle(seeds)`` reset, ``b"c"``
-close. Replies (worker -> parent): ``b"k"`` done with no infos, ``b"i" + pickle(info_pairs)`` done with the
-non-empty infos as ``(row, dict)`` pairs, ``b"e" + traceback`` failed (the worker then exits).
+close. Replies (worker -> parent): ``b"k"`` done with no infos, ``b"i" + pickle((info_pairs, moved))`` done with
+the non-empty infos as ``(row, dict)`` pairs, ``b"e" + traceback`` failed (the worker then exits).
+
+Final observations do not travel either: a worker writes each flat ``final_observation`` into its row of a second
+shared array (``final``, shaped like the observations), sends None in its place and lists the positions of those
+pairs in ``moved``; the parent puts a copy of the row back before the worker can step again.
 
 Waiting is spin-then-block on both sides. Each side bumps a counter in a shared ``int64`` flag array when it
 writes a message (``flags[w, CMD]`` by the parent, ``flags[w, DONE]`` by the worker, after the message); the
@@ -27,10 +31,13 @@ from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
-from shoal.vector.buffers import BufferLayout, row_slice
-from shoal.vector.group import EnvGroup
+import numpy as np
 
-__all__ = ["CMD", "DONE", "FLAG_STRIDE", "flag_view", "spin_until_changed", "worker_main", "yield_core"]
+from shoal.vector.buffers import BufferLayout, row_slice
+from shoal.vector.group import EnvGroup, InfoPairs
+
+__all__ = ["CMD", "DONE", "FLAG_STRIDE", "final_view", "flag_view", "restore_final_observations",
+           "spin_until_changed", "stash_final_observations", "worker_main", "yield_core"]
 
 CMD_STEP = b"s"
 CMD_RESET = b"r"
@@ -52,6 +59,41 @@ def flag_view(block: Any) -> memoryview:
     return memoryview(block).cast("B").cast("q")
 
 
+def final_view(block: Any, layout: BufferLayout) -> np.ndarray:
+    """The shared array of final observations inside ``block``: shaped and typed like ``layout``'s ``obs``."""
+    shape, dtype = next((shape, dtype) for name, shape, dtype, _ in layout.fields if name == "obs")
+    return np.frombuffer(block, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
+
+
+def stash_final_observations(pairs: InfoPairs, final: np.ndarray) -> list[int]:
+    """Move every info's ``final_observation`` that is a flat row of ``final`` into that row.
+
+    Args:
+        pairs: ``(row, info)`` pairs of one group, rows local to the group; the moved values become None.
+        final: the group's rows of the shared final-observation array.
+
+    Returns:
+        The positions in ``pairs`` of the moved final observations (any other value is left to pickling).
+    """
+    moved = []
+    row_shape, dtype = final.shape[1:], final.dtype
+    for k, (row, info) in enumerate(pairs):
+        value = info.get("final_observation")
+        if type(value) is np.ndarray and value.shape == row_shape and value.dtype == dtype:
+            final[row] = value
+            info["final_observation"] = None
+            moved.append(k)
+    return moved
+
+
+def restore_final_observations(pairs: InfoPairs, moved: list[int], final: np.ndarray) -> InfoPairs:
+    """Undo :func:`stash_final_observations` on the receiving side: each moved info gets a copy of its row."""
+    for k in moved:
+        row, info = pairs[k]
+        info["final_observation"] = final[row].copy()
+    return pairs
+
+
 #: Gives the core to any other runnable process; spinning through it costs a busy core only when it is idle.
 yield_core: Callable[[], None] = getattr(os, "sched_yield", lambda: time.sleep(0))
 
@@ -70,14 +112,15 @@ def spin_until_changed(flags: memoryview, index: int, old: int, seconds: float) 
 
 
 def worker_main(index: int, env_fns: Sequence[Callable[[], Any]], first_env: int, block: Any, layout: BufferLayout,
-                flags_block: Any, conn: Connection, inherited: Sequence[Connection], emulate_kwargs: dict[str, Any],
-                spin_s: float) -> None:
+                final_block: Any, flags_block: Any, conn: Connection, inherited: Sequence[Connection],
+                emulate_kwargs: dict[str, Any], spin_s: float) -> None:
     """Entry point of worker ``index``: build its envs over the shared ``block``, then serve commands.
 
     Args:
         index: worker number; its flags start at ``index * FLAG_STRIDE``.
         env_fns: constructors of the worker's envs, global indices ``first_env ...``.
         block: the shared block holding every buffer (see :class:`BufferLayout`).
+        final_block: the shared final-observation array (see :func:`final_view`).
         flags_block: the shared ``int64`` flag array.
         conn: this worker's end of its pipe to the parent.
         inherited: parent-side pipe ends this process inherited through fork; closed at once, so the parent
@@ -94,8 +137,9 @@ def worker_main(index: int, env_fns: Sequence[Callable[[], Any]], first_env: int
         a = layout.agents_per_env
         rows = row_slice(arrays, first_env * a, (first_env + len(env_fns)) * a)
         group = EnvGroup(env_fns, rows, a, emulate_kwargs, first_env=first_env)
+        final = final_view(final_block, layout)[first_env * a : (first_env + len(env_fns)) * a]
         conn.send_bytes(REPLY_OK)
-        _serve(group, conn, flag_view(flags_block), index * FLAG_STRIDE, spin_s)
+        _serve(group, final, conn, flag_view(flags_block), index * FLAG_STRIDE, spin_s)
     except (EOFError, BrokenPipeError, KeyboardInterrupt):
         pass  # the parent went away or closed us
     except BaseException:
@@ -114,7 +158,8 @@ def _report(conn: Connection, text: str) -> None:
         conn.send_bytes(REPLY_ERROR + text.encode("utf-8", "replace"))
 
 
-def _serve(group: EnvGroup, conn: Connection, flags: memoryview, base: int, spin_s: float) -> None:
+def _serve(group: EnvGroup, final: np.ndarray, conn: Connection, flags: memoryview, base: int,
+           spin_s: float) -> None:
     parent = multiprocessing.parent_process()
     seen = 0
     cmd_index, done_index = base + CMD, base + DONE
@@ -135,5 +180,9 @@ def _serve(group: EnvGroup, conn: Connection, flags: memoryview, base: int, spin
             return
         else:
             raise RuntimeError(f"unknown command {message[:16]!r}")
-        conn.send_bytes(REPLY_INFOS + pickle.dumps(pairs, pickle.HIGHEST_PROTOCOL) if pairs else REPLY_OK)
+        if pairs:
+            moved = stash_final_observations(pairs, final)
+            conn.send_bytes(REPLY_INFOS + pickle.dumps((pairs, moved), pickle.HIGHEST_PROTOCOL))
+        else:
+            conn.send_bytes(REPLY_OK)
         flags[done_index] = seen
