@@ -2,7 +2,9 @@
 
 Targets (on a 2-core machine): shoal Multiprocessing on CartPole >= 1.6x the raw single-env loop and >= 10x
 Gymnasium's AsyncVectorEnv; on PettingZoo simple_spread_v3 >= 1.5x SuperSuit's concat_vec_envs_v1; the
-oversubscribed run (4 workers on 2 cores) >= 0.8x the best shoal run.
+oversubscribed run (4 workers on 2 cores) >= 0.8x the best shoal run. Without a target, a third group shows an
+env with Atari-sized frames and short episodes, where every step ends some episodes and their final frames must
+reach the trainer.
 
 Every configuration is built up front, then measured in interleaved rounds (best of ``--repeats``), so noise
 from other processes on the machine hits all of them alike.
@@ -33,6 +35,29 @@ CARTPOLE_ENVS = 1024  # shoal: many envs per worker message; Gymnasium's vector 
 GYM_ENVS = 8
 SPREAD_ENVS = 32
 ROUNDS = 64  # distinct pre-drawn action batches, cycled
+FRAME_ENVS = 64
+
+
+class Frames(gym.Env):
+    """Atari-sized observations (uint8 [84, 84, 4]), 8-step episodes, next to no compute: what moving frames
+    costs."""
+
+    observation_space = gym.spaces.Box(0, 255, (84, 84, 4), np.uint8)
+    action_space = gym.spaces.Discrete(4)
+
+    def __init__(self) -> None:
+        self._frame = np.zeros((84, 84, 4), np.uint8)
+        self._t = 0
+
+    def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self._t = 0
+        return self._frame.copy(), {}
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        self._t += 1
+        self._frame[0, 0, 0] = self._t
+        return self._frame.copy(), 1.0, self._t >= 8, False, {}
 
 
 def cartpole() -> gym.Env:
@@ -102,16 +127,16 @@ def emulated(env_fn: Callable[[], Any], choices: int) -> Runner:
     return steps, env.close
 
 
-def gymnasium_vector(kind: str) -> Runner:
-    fns = [cartpole] * GYM_ENVS
+def gymnasium_vector(kind: str, env_fn: Callable[[], gym.Env] = cartpole, num_envs: int = GYM_ENVS) -> Runner:
+    fns = [env_fn] * num_envs
     envs = gym.vector.SyncVectorEnv(fns) if kind == "sync" else gym.vector.AsyncVectorEnv(fns)
     envs.reset(seed=0)
-    actions = np.random.default_rng(0).integers(0, 2, (ROUNDS, GYM_ENVS))
+    actions = np.random.default_rng(0).integers(0, 2, (ROUNDS, num_envs))
 
     def steps() -> int:
         for a in actions:
             envs.step(a)
-        return ROUNDS * GYM_ENVS
+        return ROUNDS * num_envs
 
     return steps, envs.close
 
@@ -192,6 +217,11 @@ def main() -> None:
         "mp4": functools.partial(mp, simple_spread, SPREAD_ENVS, num_workers=4),
     }, args.seconds, args.repeats)
 
+    frames = measure({
+        "gym_async": functools.partial(gymnasium_vector, "async", Frames, FRAME_ENVS),
+        "mp2": functools.partial(mp, Frames, FRAME_ENVS, num_workers=2),
+    }, args.seconds, max(2, args.repeats // 2))
+
     unit = "agent-steps/s"
     raw = cart["raw"]
     print(line("CartPole-v1 raw single-env loop", raw, unit))
@@ -213,6 +243,10 @@ def main() -> None:
                "raw"))
     print(line(f"simple_spread_v3 shoal Multiprocessing ({SPREAD_ENVS} envs, 4 workers)", spread["mp4"], unit, raw_s,
                "raw"))
+    print(line(f"84x84x4 frames, 8-step episodes: gymnasium AsyncVectorEnv ({FRAME_ENVS} envs)",
+               frames["gym_async"], unit))
+    print(line(f"84x84x4 frames, 8-step episodes: shoal Multiprocessing ({FRAME_ENVS} envs, 2 workers)",
+               frames["mp2"], unit, frames["gym_async"], "AsyncVectorEnv"))
 
     best_cart = max(cart["serial"], cart["mp2"], cart["mp4"])
     best_spread = max(spread["serial"], spread["mp2"], spread["mp4"])
