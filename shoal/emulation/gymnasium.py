@@ -207,7 +207,8 @@ class GymnasiumEmulator(Emulator):
         if self._flags_up:
             self._terminals[0] = self._truncations[0] = False
             self._flags_up = False
-        if self._plain is not None and not (info and self._mask_key in info):
+        # The one-assignment write only when no mask is involved: neither in this info nor left from the last.
+        if self._plain is not None and not self._mask_set and not (info and self._mask_key in info):
             try:
                 if self._row_typed:
                     self._plain_mv[:] = obs

@@ -54,6 +54,34 @@ def test_taxi_action_masks_come_from_infos() -> None:
     assert not env.action_masks[0].all(), "Taxi forbids some moves at every start state"
 
 
+class _MaskOnOddSteps(gym.Env):
+    """Box observations; a legal-action mask in ``info`` on odd steps only (all actions legal on the others)."""
+
+    observation_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = spaces.Discrete(3)
+
+    def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        self.t += 1
+        info = {"action_mask": np.array([1, 0, self.t % 3 == 1], np.int8)} if self.t % 2 else {}
+        return np.full(2, self.t / 10, np.float32), 0.0, False, self.t == 7, info
+
+
+def test_a_step_without_a_mask_in_info_makes_every_action_legal_again() -> None:
+    env = emulate(_MaskOnOddSteps())
+    env.reset(seed=0)
+    for t in range(1, 15):  # the episode truncates at t=7 and restarts: t % 7 counts its steps
+        obs = env.step(np.array([0]))[0]
+        k = t % 7
+        expected = [True, True, True] if k % 2 == 0 else [True, False, k % 3 == 1]
+        assert env.action_masks[0].tolist() == expected, t
+        np.testing.assert_array_equal(obs[0], np.full(2, k / 10, np.float32))
+
+
 def test_seeds_are_honoured() -> None:
     a, b = emulate(gym.make("CartPole-v1")), emulate(gym.make("CartPole-v1"))
     np.testing.assert_array_equal(a.reset(seed=5)[0], b.reset(seed=5)[0])
