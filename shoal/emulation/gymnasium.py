@@ -14,7 +14,7 @@ from shoal.emulation.flatten import Flattener
 from shoal.emulation.layout import compile_layout
 from shoal.errors import APIUsageError
 
-__all__ = ["GymnasiumEmulator"]
+__all__ = ["GymnasiumEmulator", "uses_own_step"]
 
 _ONE = (1,)
 _MAX_TABLE = 1 << 16  # largest Discrete action space served by the lookup table in step()
@@ -249,3 +249,11 @@ class GymnasiumEmulator(Emulator):
         self.__dict__.update(state)
         self._bind()  # pickling copies each array on its own: take views of the restored buffers again
         self._link_env()
+
+
+def uses_own_step(env: Any) -> bool:
+    """Whether ``env`` is a :class:`GymnasiumEmulator` stepping with the class's own ``step`` and ``step_native``
+    (a subclass that overrides either must have its code run, so callers that bypass ``step`` skip it)."""
+    cls = type(env)
+    return issubclass(cls, GymnasiumEmulator) and cls.step is GymnasiumEmulator.step and (
+        cls.step_native is GymnasiumEmulator.step_native)

@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from shoal.emulation import Emulator, GymnasiumEmulator, emulate
+from shoal.emulation import Emulator, emulate
+from shoal.emulation.gymnasium import uses_own_step
+from shoal.emulation.gymnasium_batch import GymnasiumBatch
 from shoal.errors import APIUsageError
 from shoal.vector.buffers import env_buffers
 from shoal.vector.snapshot import dumps_env
@@ -28,13 +30,6 @@ InfoPairs = list[tuple[int, dict[str, Any]]]
 def make_emulator(env_fn: Callable[[], Any], emulate_kwargs: dict[str, Any]) -> Emulator:
     """Call ``env_fn`` and wrap what it returns with :func:`shoal.emulate` (an emulator is kept as is)."""
     return emulate(env_fn(), **emulate_kwargs)
-
-
-def _plain_gymnasium(env: Emulator) -> bool:
-    """A :class:`GymnasiumEmulator` stepping with the class's own ``step`` and ``step_native``."""
-    cls = type(env)
-    return issubclass(cls, GymnasiumEmulator) and cls.step is GymnasiumEmulator.step and (
-        cls.step_native is GymnasiumEmulator.step_native)
 
 
 class EnvGroup:
@@ -58,6 +53,7 @@ class EnvGroup:
         self._flat_actions = arrays["actions"]
         self._native_table: dict[int, Any] | None = None
         self._native_steps: list[Callable[[Any], dict[str, Any]]] = []
+        self._batch: GymnasiumBatch | None = None
         try:
             for i, env_fn in enumerate(env_fns):
                 env = first if i == 0 and first is not None else make_emulator(env_fn, emulate_kwargs)
@@ -82,16 +78,19 @@ class EnvGroup:
         self._actions = [arrays["actions"][i * a : (i + 1) * a] for i in range(len(self.envs))]
 
     def _link_native(self) -> None:
-        """Use the one-lookup step when every env is a ready single-agent Discrete emulator sharing one action
-        table (actions were validated by the vector env); otherwise each env's checked ``step`` (also for
-        subclasses that override ``step`` or ``step_native``, whose own code must run)."""
-        tables = {id(env.native_actions) if _plain_gymnasium(env) and env.native_actions is not None else None
+        """Pick the fastest exact way to step: a :class:`GymnasiumBatch` when the envs allow one (plain Box
+        observations, one shared Discrete action table); else the one-lookup step when every env is a ready
+        single-agent Discrete emulator sharing one action table (actions were validated by the vector env); else
+        each env's checked ``step`` (also for subclasses that override ``step`` or ``step_native``, whose own code
+        must run)."""
+        tables = {id(env.native_actions) if uses_own_step(env) and env.native_actions is not None else None
                   for env in self.envs}
         if self.envs and None not in tables and len(tables) == 1 and self._flat_actions.ndim == 1:
             self._native_table = self.envs[0].native_actions
             self._native_steps = [env.step_native for env in self.envs]
+            self._batch = GymnasiumBatch.build(self.envs, self._arrays)
         else:
-            self._native_table, self._native_steps = None, []
+            self._native_table, self._native_steps, self._batch = None, [], None
 
     def reset(self, seeds: Sequence[int | None]) -> InfoPairs:
         """Reset env ``i`` of the group with ``seeds[i]``; return the non-empty reset infos."""
@@ -106,6 +105,8 @@ class EnvGroup:
 
     def step(self) -> InfoPairs:
         """Step every env with its rows of ``arrays["actions"]``; return the non-empty step infos."""
+        if self._batch is not None:
+            return self._batch.step(self._flat_actions)
         pairs: InfoPairs = []
         table = self._native_table
         if table is not None:
@@ -137,6 +138,8 @@ class EnvGroup:
 
         Raises what pickling raises when an env cannot be pickled.
         """
+        if self._batch is not None:
+            self._batch.flush()
         return [dumps_env(env) for env in self.envs]
 
     def replace_envs(self, envs: Sequence[Emulator]) -> None:

@@ -1,0 +1,174 @@
+"""GymnasiumBatch: many single-agent ``GymnasiumEmulator`` s over consecutive buffer rows, stepped as one.
+
+A vector env's group of emulators spends a good part of each step on per-env bookkeeping: a call into each
+emulator, one small write per buffer, the running episode return and length. For the common case (a plain Box
+observation, Discrete actions) a batch instead steps every env, then writes all observations and all rewards with
+one numpy assignment each and keeps the running lengths in one array. Only the envs whose episode ended, or whose
+info carries an action mask (or carried one last step), go through their own emulator. The buffers and infos come
+out exactly as if every emulator had stepped on its own.
+
+While a batch steps the envs, the running returns and lengths live in the batch: :meth:`GymnasiumBatch.flush`
+writes them back to the emulators (before they are pickled, or stepped one by one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from shoal.emulation.gymnasium import GymnasiumEmulator, uses_own_step
+from shoal.errors import APIUsageError
+
+__all__ = ["GymnasiumBatch"]
+
+#: ``(row, info)`` for every env with a non-empty info dict.
+InfoPairs = list[tuple[int, dict[str, Any]]]
+
+
+class GymnasiumBatch:
+    """Step ``envs`` together; env ``i`` owns row ``i`` of every array.
+
+    Build with :meth:`build`, which returns None when the envs do not fit (see there).
+    """
+
+    def __init__(self, envs: Sequence[GymnasiumEmulator], arrays: dict[str, np.ndarray], leaves: np.ndarray) -> None:
+        self.envs = list(envs)
+        self._steps = [env._env_step for env in self.envs]
+        table = self.envs[0].native_actions
+        assert table is not None
+        self._table = table
+        self._n_actions = len(table)
+        self._leaves = leaves
+        self._rewards = arrays["rewards"]
+        self._terminals, self._truncations = arrays["terminals"], arrays["truncations"]
+        self._mask_key = self.envs[0]._mask_key
+        self._obs_list: list[Any] = [None] * len(self.envs)
+        self._reward_list: list[Any] = [0.0] * len(self.envs)
+        self._returns = [env._return for env in self.envs]
+        self._lengths = np.array([env._length for env in self.envs], np.int64)
+        self._masked = {i for i, env in enumerate(self.envs) if env._mask_set}  # a mask is set in its row
+        self._flags_up = any(env._flags_up for env in self.envs)
+
+    @classmethod
+    def build(cls, envs: Sequence[Any], arrays: dict[str, np.ndarray]) -> GymnasiumBatch | None:
+        """A batch over ``envs`` and their rows of ``arrays`` (``obs`` ``[n, flat_size]``, ``rewards``,
+        ``terminals``, ``truncations`` ``[n]``), or None unless every env is a ready ``GymnasiumEmulator`` that
+        steps with the class's own code, all share one Discrete action table and one observation layout that is a
+        single array filling the row, and the rows are the envs' own buffers."""
+        if not envs or any(not uses_own_step(env) or env.native_actions is None for env in envs):
+            return None
+        first = envs[0]
+        table, kind = first.native_actions, _row_kind(first)
+        if kind is None or any(env.native_actions is not table or _row_kind(env) != kind for env in envs):
+            return None
+        leaf = first.obs_layout.leaves[0]
+        obs = arrays["obs"]
+        if obs.shape != (len(envs), first.obs_layout.flat_size):
+            return None
+        for i, env in enumerate(envs):
+            if not np.shares_memory(env.buffers.obs, obs[i]) or not np.shares_memory(env.buffers.rewards,
+                                                                                     arrays["rewards"][i : i + 1]):
+                return None
+        leaves = obs.view()
+        try:
+            leaves.shape = (len(envs), *leaf.shape)  # a view or an error, never a copy
+        except AttributeError:
+            return None
+        return cls(envs, arrays, leaves)
+
+    def step(self, actions: np.ndarray) -> InfoPairs:
+        """Step env ``i`` with the flat Discrete action ``actions[i]`` (``int[n]``); return the non-empty infos.
+
+        Raises:
+            APIUsageError: an action outside the Discrete space (no env is stepped then).
+        """
+        n = self._n_actions
+        if len(actions) and (actions.min() < 0 or actions.max() >= n):
+            env = int(np.flatnonzero((actions < 0) | (actions >= n))[0])
+            raise APIUsageError(f"flat action {actions[env]} of env {env} of this group is outside Discrete({n}): "
+                                f"valid flat actions are 0..{n - 1}")
+        indices = actions.tolist()
+        table, obs_list, reward_list, returns = self._table, self._obs_list, self._reward_list, self._returns
+        special: list[tuple[int, bool, bool, dict[str, Any]]] = []
+        for i, (env_step, index) in enumerate(zip(self._steps, indices, strict=True)):
+            obs, reward, terminated, truncated, info = env_step(table[index])
+            obs_list[i] = obs
+            reward_list[i] = reward
+            returns[i] += reward
+            if terminated or truncated or info:
+                special.append((i, terminated, truncated, info))
+        self._write_rewards()
+        self._lengths += 1
+        if self._flags_up:
+            self._terminals[:] = False
+            self._truncations[:] = False
+            self._flags_up = False
+        self._write_observations(special)
+        return self._finish(special)
+
+    def _write_rewards(self) -> None:
+        try:
+            self._rewards[:] = self._reward_list
+        except (TypeError, ValueError):
+            for i, reward in enumerate(self._reward_list):
+                self._rewards[i] = reward  # raises for the first reward that is not a number, as a lone env would
+
+    def _write_observations(self, special: list[tuple[int, bool, bool, dict[str, Any]]]) -> None:
+        try:
+            stacked = np.asarray(self._obs_list)
+        except (TypeError, ValueError):
+            stacked = None
+        if stacked is not None and stacked.shape == self._leaves.shape and stacked.dtype != object:
+            try:
+                self._leaves[...] = stacked
+                return
+            except (TypeError, ValueError):
+                pass
+        # Some observation does not fit: each env writes its own, and the first bad one is named.
+        infos = {i: info for i, _, _, info in special}
+        for i, (env, obs) in enumerate(zip(self.envs, self._obs_list, strict=True)):
+            env._write(obs, infos.get(i) or {})
+
+    def _finish(self, special: list[tuple[int, bool, bool, dict[str, Any]]]) -> InfoPairs:
+        pairs: InfoPairs = []
+        masked, key = self._masked, self._mask_key
+        handled = set()
+        for i, terminated, truncated, info in special:
+            env = self.envs[i]
+            if terminated or truncated:
+                env._return, env._length = self._returns[i], int(self._lengths[i])
+                info = env._end_episode(self._obs_list[i], terminated, truncated, info)
+                self._returns[i], self._lengths[i] = env._return, env._length
+                self._flags_up = True
+            elif key in info or i in masked:
+                env._write(self._obs_list[i], info)
+            handled.add(i)
+            masked.discard(i)
+            if env._mask_set:
+                masked.add(i)
+            if info:
+                pairs.append((i, info))
+        for i in [i for i in masked if i not in handled]:  # a mask left from an earlier step: all legal again
+            env = self.envs[i]
+            env._write(self._obs_list[i], {})
+            masked.discard(i)
+        return pairs
+
+    def flush(self) -> None:
+        """Write the running episode returns and lengths back into the emulators."""
+        for env, ret, length in zip(self.envs, self._returns, self._lengths.tolist(), strict=True):
+            env._return, env._length = ret, length
+
+
+def _row_kind(env: GymnasiumEmulator) -> tuple | None:
+    """Shape and dtype of the one array that fills ``env``'s observation row, or None if the row holds more (or
+    an action mask comes in the observation)."""
+    layout = env.obs_layout
+    if env._plain is None or layout.is_bytes or len(layout.leaves) != 1:
+        return None
+    leaf = layout.leaves[0]
+    if (leaf.start, leaf.stop) != (0, layout.flat_size):
+        return None
+    return leaf.shape, leaf.dtype

@@ -1,0 +1,186 @@
+"""GymnasiumBatch: stepping many emulators as one leaves the same buffers and infos as stepping each on its own."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium import spaces
+
+from shoal.emulation import Buffers, GymnasiumEmulator, emulate
+from shoal.emulation.gymnasium_batch import GymnasiumBatch
+from shoal.errors import APIUsageError, SpaceError
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Quirky(gym.Env):
+    """Box ``[2, 3]`` observations sent as float64 after the first (the space says float32), float32 or int
+    rewards, an
+    ``"action_mask"`` in ``info`` on some steps only, a ``"note"`` on others, and episodes that end by
+    termination or truncation."""
+
+    observation_space = spaces.Box(-10.0, 10.0, (2, 3), np.float32)
+    action_space = spaces.Discrete(3, start=-1)
+
+    def __init__(self, rewards: str = "float32") -> None:
+        self.rewards = rewards
+
+    def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.t = 0
+        self.limit = int(self.np_random.integers(3, 9))
+        obs = self.np_random.uniform(-1, 1, (2, 3)).astype(np.float32)
+        return obs, ({"start": self.limit} if self.limit % 2 else {})
+
+    def step(self, action: Any) -> tuple[np.ndarray, Any, bool, bool, dict]:
+        assert self.action_space.contains(action), action
+        self.t += 1
+        obs = self.np_random.uniform(-1, 1, (2, 3)) + int(action)
+        reward = np.float32(0.1 * self.t + int(action)) if self.rewards == "float32" else int(action) + 2
+        info: dict[str, Any] = {}
+        if self.t % 3 == 1:
+            info["action_mask"] = np.array([1, 0, self.t % 2], np.int8)
+        elif self.t % 4 == 2:
+            info["note"] = self.t
+        terminated = self.t >= self.limit and self.limit % 2 == 0
+        truncated = self.t >= self.limit and not terminated
+        return obs, reward, terminated, truncated, info
+
+
+def _rows(envs: list[GymnasiumEmulator]) -> dict[str, np.ndarray]:
+    """Every buffer of ``envs``, one row per env, each env attached to its row."""
+    spec = envs[0].buffer_spec()
+    arrays = {name: np.zeros((len(envs), *shape[1:]), dtype) for name, (shape, dtype) in spec.items()}
+    for i, env in enumerate(envs):
+        env.attach(Buffers(**{name: array[i : i + 1] for name, array in arrays.items()}))
+    return arrays
+
+
+def _same_info(expected: dict[str, Any], actual: dict[str, Any]) -> None:
+    assert list(actual) == list(expected)
+    for key, value in expected.items():
+        if isinstance(value, np.ndarray):
+            assert actual[key].dtype == value.dtype
+            np.testing.assert_array_equal(actual[key], value)
+        else:
+            assert actual[key] == value and type(actual[key]) is type(value), key
+
+
+CASES: dict[str, Callable[[], gym.Env]] = {
+    "cartpole_truncating": lambda: gym.make("CartPole-v1", max_episode_steps=12),
+    "quirky_float32_rewards": lambda: Quirky("float32"),
+    "quirky_int_rewards": lambda: Quirky("int"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_batch_steps_exactly_like_each_emulator_on_its_own(case: str) -> None:
+    n, steps = 5, 150
+    batched = [GymnasiumEmulator(CASES[case]()) for _ in range(n)]
+    alone = [GymnasiumEmulator(CASES[case]()) for _ in range(n)]
+    arrays = _rows(batched)
+    for i in range(n):
+        batched[i].reset(seed=i)
+        alone[i].reset(seed=i)
+    batch = GymnasiumBatch.build(batched, arrays)
+    assert batch is not None
+    choices = batched[0].action_layout.flat_space.n
+    rng = np.random.default_rng(0)
+    ended = masked = 0
+    for _ in range(steps):
+        actions = rng.integers(0, choices, n)
+        pairs = dict(batch.step(actions))
+        for i, env in enumerate(alone):
+            obs, rewards, terminals, truncations, infos = env.step(actions[i : i + 1])
+            np.testing.assert_array_equal(arrays["obs"][i], obs[0])
+            assert arrays["obs"].dtype == obs.dtype
+            assert (arrays["rewards"][i], arrays["terminals"][i], arrays["truncations"][i]) == (
+                rewards[0], terminals[0], truncations[0])
+            np.testing.assert_array_equal(arrays["action_masks"][i], env.action_masks[0])
+            if infos[0]:
+                _same_info(infos[0], pairs[i])
+                ended += "episode" in infos[0]
+            else:
+                assert i not in pairs
+            masked += not env.action_masks[0].all()
+    assert ended > 20 and (masked > 20 or case.startswith("cartpole"))
+    batch.flush()  # the running returns and lengths go back to the emulators
+    for mine, theirs in zip(batched, alone, strict=True):
+        assert (mine._return, mine._length) == (theirs._return, theirs._length)
+        assert type(mine._return) is type(theirs._return)
+
+
+def test_batches_are_only_built_for_plain_box_observations_and_one_discrete_table() -> None:
+    def build(env_fn: Callable[[], Any], reset: bool = True) -> GymnasiumBatch | None:
+        envs = [emulate(env_fn()) for _ in range(2)]
+        arrays = _rows(envs)
+        if reset:
+            for env in envs:
+                env.reset(seed=0)
+        return GymnasiumBatch.build(envs, arrays)
+
+    assert build(lambda: gym.make("CartPole-v1")) is not None
+    assert build(lambda: gym.make("CartPole-v1"), reset=False) is None  # not ready: no action table yet
+    assert build(lambda: gym.make("Blackjack-v1")) is None  # a Tuple observation: several leaves
+    assert build(lambda: gym.make("MountainCarContinuous-v0")) is None  # Box actions
+
+    class Shaped(GymnasiumEmulator):
+        def step_native(self, action: Any) -> dict[str, Any]:
+            return super().step_native(action)
+
+    assert build(lambda: Shaped(gym.make("CartPole-v1"))) is None  # its own step code must run
+
+
+def test_an_out_of_range_action_steps_no_env_and_names_the_env() -> None:
+    envs = [emulate(gym.make("CartPole-v1")) for _ in range(3)]
+    arrays = _rows(envs)
+    for env in envs:
+        env.reset(seed=0)
+    batch = GymnasiumBatch.build(envs, arrays)
+    assert batch is not None
+    before = arrays["obs"].copy()
+    with pytest.raises(APIUsageError, match=r"flat action 2 of env 1 .*Discrete\(2\).*0\.\.1"):
+        batch.step(np.array([0, 2, 1]))
+    np.testing.assert_array_equal(arrays["obs"], before)
+    batch.flush()
+    assert [env._length for env in envs] == [0, 0, 0]
+
+
+class _BadShapeAt3(gym.Env):
+    observation_space = spaces.Box(-1.0, 1.0, (4,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, bad: bool) -> None:
+        self.bad = bad
+
+    def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        self.t = 0
+        return np.zeros(4, np.float32), {}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        self.t += 1
+        obs = np.zeros(5 if self.bad and self.t == 3 else 4, np.float32)
+        return obs, 0.0, False, False, {}
+
+
+def test_an_observation_of_the_wrong_shape_is_named_as_a_lone_emulator_names_it() -> None:
+    alone = GymnasiumEmulator(_BadShapeAt3(bad=True))
+    alone.reset(seed=0)
+    envs = [GymnasiumEmulator(_BadShapeAt3(bad=i == 1)) for i in range(3)]
+    arrays = _rows(envs)
+    for env in envs:
+        env.reset(seed=0)
+    batch = GymnasiumBatch.build(envs, arrays)
+    assert batch is not None
+    for _ in range(2):
+        batch.step(np.zeros(3, np.int64))
+        alone.step(np.zeros(1, np.int64))
+    with pytest.raises(SpaceError) as theirs:
+        alone.step(np.zeros(1, np.int64))
+    with pytest.raises(SpaceError) as ours:
+        batch.step(np.zeros(3, np.int64))
+    assert str(ours.value) == str(theirs.value)
