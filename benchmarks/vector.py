@@ -172,6 +172,25 @@ def shoal_vector(env_fn: Callable[[], Any], num_envs: int, backend: str, **kwarg
     return steps, vecenv.close
 
 
+def shoal_async(env_fn: Callable[[], Any], num_envs: int, num_workers: int, batch_size: int) -> Runner:
+    """EnvPool-style stepping: each ``recv`` returns whichever ``batch_size`` envs finished first, and ``send``
+    acts in just those while the other workers keep stepping."""
+    vecenv = vector.make(env_fn, num_envs, backend="multiprocessing", num_workers=num_workers,
+                         batch_size=batch_size)
+    vecenv.async_reset(seed=0)
+    n = vecenv.single_action_space.n
+    rows = batch_size * vecenv.agents_per_env
+    actions = np.random.default_rng(0).integers(0, n, (ROUNDS, rows))
+
+    def steps() -> int:
+        for a in actions[: ROUNDS // 4]:
+            vecenv.recv()
+            vecenv.send(a)
+        return ROUNDS // 4 * rows
+
+    return steps, vecenv.close
+
+
 # --------------------------------------------------------------------------------------------------------------
 
 
@@ -207,6 +226,8 @@ def main() -> None:
         "serial": functools.partial(shoal_vector, cartpole, 256, "serial"),
         "mp2": functools.partial(mp, cartpole, CARTPOLE_ENVS, num_workers=2),
         "mp4": functools.partial(mp, cartpole, CARTPOLE_ENVS, num_workers=4),
+        "mp2_async": functools.partial(shoal_async, cartpole, CARTPOLE_ENVS, 2, CARTPOLE_ENVS // 2),
+        "mp4_async": functools.partial(shoal_async, cartpole, CARTPOLE_ENVS, 4, CARTPOLE_ENVS // 2),
     }, args.seconds, args.repeats)
     spread = measure({
         "raw": raw_spread,
@@ -233,6 +254,9 @@ def main() -> None:
                "raw"))
     print(line(f"CartPole-v1 shoal Multiprocessing ({CARTPOLE_ENVS} envs, 4 workers)", cart["mp4"], unit, raw,
                "raw"))
+    for name, workers in (("mp2_async", 2), ("mp4_async", 4)):
+        print(line(f"CartPole-v1 shoal Multiprocessing async ({CARTPOLE_ENVS} envs, {workers} workers, batches of "
+                   f"{CARTPOLE_ENVS // 2})", cart[name], unit, raw, "raw"))
     raw_s = spread["raw"]
     print(line("simple_spread_v3 raw parallel-env loop", raw_s, unit))
     print(line("simple_spread_v3 shoal emulated single-env loop", spread["emulated"], unit, raw_s, "raw"))
@@ -248,24 +272,25 @@ def main() -> None:
     print(line(f"84x84x4 frames, 8-step episodes: shoal Multiprocessing ({FRAME_ENVS} envs, 2 workers)",
                frames["mp2"], unit, frames["gym_async"], "AsyncVectorEnv"))
 
-    best_cart = max(cart["serial"], cart["mp2"], cart["mp4"])
+    mp_cart = max(("mp2", "mp4", "mp2_async", "mp4_async"), key=cart.__getitem__)
+    best_cart = max(cart["serial"], cart[mp_cart])
     best_spread = max(spread["serial"], spread["mp2"], spread["mp4"])
     checks = [
-        ("CartPole Multiprocessing / raw single-env loop", max(cart["mp2"], cart["mp4"]) / raw, 1.6),
-        ("CartPole Multiprocessing / gymnasium AsyncVectorEnv", max(cart["mp2"], cart["mp4"]) / cart["gym_async"],
+        (f"CartPole Multiprocessing ({mp_cart}) / raw single-env loop", cart[mp_cart] / raw, 1.6),
+        (f"CartPole Multiprocessing ({mp_cart}) / gymnasium AsyncVectorEnv", cart[mp_cart] / cart["gym_async"],
          10.0),
         ("simple_spread_v3 Multiprocessing / SuperSuit", max(spread["mp2"], spread["mp4"]) / spread["supersuit"],
          1.5),
-        ("CartPole oversubscribed (4 workers) / best shoal run", cart["mp4"] / best_cart, 0.8),
+        ("CartPole oversubscribed (4 workers, sync) / best shoal run", cart["mp4"] / best_cart, 0.8),
         ("simple_spread_v3 oversubscribed (4 workers) / best shoal run", spread["mp4"] / best_spread, 0.8),
     ]
     for name, ratio, target in checks:
         verdict = "met" if ratio >= target else "MISSED"
-        print(f"{name:<62} {ratio:6.2f}x   (target >= {target}x: {verdict})")
+        print(f"{name:<66} {ratio:6.2f}x   (target >= {target}x: {verdict})")
     # What no backend can beat: every core busy with the emulated env, nothing else.
-    print(f"{'ceiling: CartPole, ' + str(cores) + ' cores x emulated loop / raw loop':<62} "
+    print(f"{'ceiling: CartPole, ' + str(cores) + ' cores x emulated loop / raw loop':<66} "
           f"{cores * cart['emulated'] / raw:6.2f}x")
-    print(f"{'ceiling: simple_spread_v3, ' + str(cores) + ' cores x emulated loop / SuperSuit':<62} "
+    print(f"{'ceiling: simple_spread_v3, ' + str(cores) + ' cores x emulated loop / SuperSuit':<66} "
           f"{cores * spread['emulated'] / spread['supersuit']:6.2f}x")
 
 
