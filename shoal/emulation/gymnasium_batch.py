@@ -21,7 +21,11 @@ import numpy as np
 from shoal.emulation.gymnasium import GymnasiumEmulator, uses_own_step
 from shoal.errors import APIUsageError
 
-__all__ = ["GymnasiumBatch"]
+__all__ = ["MAX_ROW_BYTES", "GymnasiumBatch"]
+
+#: Largest observation row (bytes) a batch takes. Stacking the observations copies them once more before they
+#: reach the buffer: for small rows that is cheaper than a write per env, for frames it is not.
+MAX_ROW_BYTES = 1024
 
 #: ``(row, info)`` for every env with a non-empty info dict.
 InfoPairs = list[tuple[int, dict[str, Any]]]
@@ -56,7 +60,7 @@ class GymnasiumBatch:
         """A batch over ``envs`` and their rows of ``arrays`` (``obs`` ``[n, flat_size]``, ``rewards``,
         ``terminals``, ``truncations`` ``[n]``), or None unless every env is a ready ``GymnasiumEmulator`` that
         steps with the class's own code, all share one Discrete action table and one observation layout that is a
-        single array filling the row, and the rows are the envs' own buffers."""
+        single array filling a row of at most :data:`MAX_ROW_BYTES`, and the rows are the envs' own buffers."""
         if not envs or any(not uses_own_step(env) or env.native_actions is None for env in envs):
             return None
         first = envs[0]
@@ -65,7 +69,7 @@ class GymnasiumBatch:
             return None
         leaf = first.obs_layout.leaves[0]
         obs = arrays["obs"]
-        if obs.shape != (len(envs), first.obs_layout.flat_size):
+        if obs.shape != (len(envs), first.obs_layout.flat_size) or obs[0].nbytes > MAX_ROW_BYTES:
             return None
         for i, env in enumerate(envs):
             if not np.shares_memory(env.buffers.obs, obs[i]) or not np.shares_memory(env.buffers.rewards,

@@ -11,7 +11,7 @@ import pytest
 from gymnasium import spaces
 
 from shoal.emulation import Buffers, GymnasiumEmulator, emulate
-from shoal.emulation.gymnasium_batch import GymnasiumBatch
+from shoal.emulation.gymnasium_batch import MAX_ROW_BYTES, GymnasiumBatch
 from shoal.errors import APIUsageError, SpaceError
 
 pytestmark = pytest.mark.timeout(60)
@@ -49,6 +49,19 @@ class Quirky(gym.Env):
         terminated = self.t >= self.limit and self.limit % 2 == 0
         truncated = self.t >= self.limit and not terminated
         return obs, reward, terminated, truncated, info
+
+
+class _ConstantEnv(gym.Env):
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, observation_space: spaces.Box) -> None:
+        self.observation_space = observation_space
+
+    def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        return np.zeros(self.observation_space.shape, self.observation_space.dtype), {}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        return np.zeros(self.observation_space.shape, self.observation_space.dtype), 0.0, False, False, {}
 
 
 def _rows(envs: list[GymnasiumEmulator]) -> dict[str, np.ndarray]:
@@ -127,6 +140,9 @@ def test_batches_are_only_built_for_plain_box_observations_and_one_discrete_tabl
     assert build(lambda: gym.make("CartPole-v1"), reset=False) is None  # not ready: no action table yet
     assert build(lambda: gym.make("Blackjack-v1")) is None  # a Tuple observation: several leaves
     assert build(lambda: gym.make("MountainCarContinuous-v0")) is None  # Box actions
+    frames = spaces.Box(0, 255, (MAX_ROW_BYTES + 1,), np.uint8)  # large rows are written env by env
+    assert build(lambda: _ConstantEnv(frames)) is None
+    assert build(lambda: _ConstantEnv(spaces.Box(0, 255, (MAX_ROW_BYTES,), np.uint8))) is not None
 
     class Shaped(GymnasiumEmulator):
         def step_native(self, action: Any) -> dict[str, Any]:
