@@ -195,6 +195,7 @@ def _update_worker(rank: int, world: int, port: int, work: str) -> None:
                                        generator, value_norm=value_norm)
         out[name] = {"params": _params(policy), "stats": stats}
     torch.save(out, Path(work) / f"rank{rank}.pt")
+    dist.barrier()  # no rank tears its connections down while another still uses them
     dist.destroy_process_group()
 
 
@@ -277,6 +278,7 @@ def _train_worker(rank: int, world: int, port: int, root: str) -> None:
                      "episodes": result.episodes, "episode_return": result.episode_return,
                      "exact_resume": result.exact_resume, "checkpoint": str(result.checkpoint)}
     torch.save(out, base / f"rank{rank}.pt")
+    dist.barrier()  # no rank tears its connections down while another still uses them
     dist.destroy_process_group()
 
 
