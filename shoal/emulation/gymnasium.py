@@ -225,14 +225,20 @@ class GymnasiumEmulator(Emulator):
         self._terminals[0] = terminated
         self._truncations[0] = truncated
         self._flags_up = True
+        info, obs, reset_info = self._restart(info, self._final_writer.write(self._strip_mask(obs)).copy())
+        self._write(obs, reset_info)
+        return info
+
+    def _restart(self, info: dict[str, Any], final: np.ndarray) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+        """Report the finished episode (``final``: its flat last observation) in a copy of ``info`` and reset the
+        env; return that info, the new episode's first observation (not written yet) and the reset info."""
         info = dict(info)
-        info["final_observation"] = self._final_writer.write(self._strip_mask(obs)).copy()
+        info["final_observation"] = final
         add_episode(info, {"return": float(self._return), "length": self._length})
         self._return, self._length = 0.0, 0
         obs, reset_info = self.env.reset()
         info["reset_info"] = reset_info
-        self._write(obs, reset_info)
-        return info
+        return info, obs, reset_info
 
     def close(self) -> None:
         """Close the wrapped env; further calls raise :class:`APIUsageError`. Safe to call twice."""

@@ -13,6 +13,7 @@ writes them back to the emulators (before they are pickled, or stepped one by on
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,6 +46,7 @@ class GymnasiumBatch:
         self._table = table
         self._n_actions = len(table)
         self._leaves = leaves
+        self._leaf_shape, self._dtype = leaves.shape[1:], leaves.dtype
         self._rewards = arrays["rewards"]
         self._terminals, self._truncations = arrays["terminals"], arrays["truncations"]
         self._mask_key = self.envs[0]._mask_key
@@ -94,23 +96,48 @@ class GymnasiumBatch:
             raise APIUsageError(f"flat action {actions[env]} of env {env} of this group is outside Discrete({n}): "
                                 f"valid flat actions are 0..{n - 1}")
         indices = actions.tolist()
-        table, obs_list, reward_list, returns = self._table, self._obs_list, self._reward_list, self._returns
-        special: list[tuple[int, bool, bool, dict[str, Any]]] = []
-        for i, (env_step, index) in enumerate(zip(self._steps, indices, strict=True)):
-            obs, reward, terminated, truncated, info = env_step(table[index])
-            obs_list[i] = obs
-            reward_list[i] = reward
-            returns[i] += reward
-            if terminated or truncated or info:
-                special.append((i, terminated, truncated, info))
-        self._write_rewards()
-        self._lengths += 1
-        if self._flags_up:
+        if self._flags_up:  # the flags of the episodes that ended last step
             self._terminals[:] = False
             self._truncations[:] = False
             self._flags_up = False
+        self._lengths += 1
+        table, obs_list, reward_list, returns = self._table, self._obs_list, self._reward_list, self._returns
+        # (env, its info, the info that may carry its next action mask: the reset info after an episode ended)
+        special: list[tuple[int, dict[str, Any], dict[str, Any]]] = []
+        for i, (env_step, index) in enumerate(zip(self._steps, indices, strict=True)):
+            obs, reward, terminated, truncated, info = env_step(table[index])
+            reward_list[i] = reward
+            returns[i] += reward
+            if terminated or truncated:
+                # At once, while the env is still in cache; ``obs`` becomes the next episode's first observation.
+                info, obs, reset_info = self._end_episode(i, obs, terminated, truncated, info)
+                special.append((i, info, reset_info))
+            elif info:
+                special.append((i, info, info))
+            obs_list[i] = obs
+        self._write_rewards()
         self._write_observations(special)
         return self._finish(special)
+
+    def _end_episode(self, i: int, obs: Any, terminated: bool, truncated: bool, info: dict[str, Any]
+                     ) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+        """What ``GymnasiumEmulator._end_episode`` does for env ``i``, short of writing the new episode's first
+        observation (returned with the new info and the reset info), and touching as little of the emulator as
+        it can: an env out of cache costs more than the work."""
+        self._terminals[i] = terminated
+        self._truncations[i] = truncated
+        self._flags_up = True
+        env = self.envs[i]
+        final = None
+        if type(obs) is np.ndarray and obs.shape == self._leaf_shape:
+            with contextlib.suppress(TypeError, ValueError):
+                final = obs.astype(self._dtype).reshape(-1)  # what the emulator's flattener makes of it
+        if final is None:
+            final = env._final_writer.write(obs).copy()
+        env._return, env._length = self._returns[i], int(self._lengths[i])
+        out = env._restart(info, final)
+        self._returns[i], self._lengths[i] = 0.0, 0
+        return out
 
     def _write_rewards(self) -> None:
         try:
@@ -119,7 +146,7 @@ class GymnasiumBatch:
             for i, reward in enumerate(self._reward_list):
                 self._rewards[i] = reward  # raises for the first reward that is not a number, as a lone env would
 
-    def _write_observations(self, special: list[tuple[int, bool, bool, dict[str, Any]]]) -> None:
+    def _write_observations(self, special: list[tuple[int, dict[str, Any], dict[str, Any]]]) -> None:
         try:
             stacked = np.asarray(self._obs_list)
         except (TypeError, ValueError):
@@ -131,32 +158,28 @@ class GymnasiumBatch:
             except (TypeError, ValueError):
                 pass
         # Some observation does not fit: each env writes its own, and the first bad one is named.
-        infos = {i: info for i, _, _, info in special}
+        latest = {i: info for i, _, info in special}
         for i, (env, obs) in enumerate(zip(self.envs, self._obs_list, strict=True)):
-            env._write(obs, infos.get(i) or {})
+            env._write(obs, latest.get(i) or {})
 
-    def _finish(self, special: list[tuple[int, bool, bool, dict[str, Any]]]) -> InfoPairs:
+    def _finish(self, special: list[tuple[int, dict[str, Any], dict[str, Any]]]) -> InfoPairs:
+        """Action masks (from this step's infos, or reset to all legal when the last step had one and this one
+        has none) and the non-empty infos."""
         pairs: InfoPairs = []
         masked, key = self._masked, self._mask_key
         handled = set()
-        for i, terminated, truncated, info in special:
-            env = self.envs[i]
-            if terminated or truncated:
-                env._return, env._length = self._returns[i], int(self._lengths[i])
-                info = env._end_episode(self._obs_list[i], terminated, truncated, info)
-                self._returns[i], self._lengths[i] = env._return, env._length
-                self._flags_up = True
-            elif key in info or i in masked:
-                env._write(self._obs_list[i], info)
+        for i, info, latest in special:
+            if key in latest or i in masked:
+                env = self.envs[i]
+                env._write(self._obs_list[i], latest)
+                masked.discard(i)
+                if env._mask_set:
+                    masked.add(i)
             handled.add(i)
-            masked.discard(i)
-            if env._mask_set:
-                masked.add(i)
             if info:
                 pairs.append((i, info))
         for i in [i for i in masked if i not in handled]:  # a mask left from an earlier step: all legal again
-            env = self.envs[i]
-            env._write(self._obs_list[i], {})
+            self.envs[i]._write(self._obs_list[i], {})
             masked.discard(i)
         return pairs
 
