@@ -99,6 +99,21 @@ def add_episode(info: dict[str, Any], episode: dict[str, Any]) -> None:
 _ABSENT = object()
 
 
+def bad_reward(who: str, reward: Any) -> EnvError:
+    """The error for an env whose step returned ``reward`` that is not a single real number."""
+    return EnvError(f"{who} returned the reward {reward!r} ({type(reward).__name__}); a reward must be one real "
+                    "number (a Python or numpy float, int or bool, or a 0-d array of one). Fix the env's step(), "
+                    "or wrap it to sum or pick the reward it means.")
+
+
+def checked_reward(who: str, reward: Any) -> Any:
+    """``reward`` if it is one real number (a 0-d numeric array counts); else raise :func:`bad_reward`'s error."""
+    value = np.asarray(reward) if not isinstance(reward, str) else None
+    if value is None or value.shape != () or value.dtype.kind not in "biuf":
+        raise bad_reward(who, reward)
+    return reward
+
+
 def split_action_mask(space: spaces.Space, key: str | None = ACTION_MASK_KEY) -> tuple[spaces.Space, bool]:
     """Remove a legal-action-mask entry ``key`` from a Dict observation space.
 

@@ -9,7 +9,15 @@ import gymnasium as gym
 import numpy as np
 
 from shoal.emulation.actions import ActionLayout
-from shoal.emulation.base import ACTION_MASK_KEY, Buffers, Emulator, State, add_episode, split_action_mask
+from shoal.emulation.base import (
+    ACTION_MASK_KEY,
+    Buffers,
+    Emulator,
+    State,
+    add_episode,
+    checked_reward,
+    split_action_mask,
+)
 from shoal.emulation.flatten import Flattener
 from shoal.emulation.layout import compile_layout
 from shoal.errors import APIUsageError
@@ -77,6 +85,11 @@ class GymnasiumEmulator(Emulator):
         self._row_typed = False  # the env's observations have the row's dtype and shape (set by reset)
         self._mask_set = False
 
+    @property
+    def _who(self) -> str:
+        """The env's name for error messages."""
+        return type(self.env.unwrapped).__name__
+
     def _link_env(self) -> None:
         """The bound ``env.step`` and the table of native Discrete actions by flat index (used by ``step``; the
         table is live only while the env is ready)."""
@@ -132,7 +145,7 @@ class GymnasiumEmulator(Emulator):
             self._require_ready("reset")
         obs, info = self.env.reset(seed=seed, options=options)
         if self._check:
-            self.check_first_observation(self.env.observation_space, obs, f"{type(self.env.unwrapped).__name__}")
+            self.check_first_observation(self.env.observation_space, obs, self._who)
             self._check = False
         self._write(obs, info)
         plain = self._plain
@@ -198,8 +211,8 @@ class GymnasiumEmulator(Emulator):
         obs, reward, terminated, truncated, info = self._env_step(action)
         try:
             self._reward_mv[0] = reward
-        except (TypeError, ValueError):
-            self._rewards[0] = reward
+        except (TypeError, ValueError):  # a 0-d array, or not a number at all
+            self._rewards[0] = checked_reward(self._who, reward)
         self._return += reward
         self._length += 1
         if terminated or truncated:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from shoal.emulation.base import bad_reward, checked_reward
 from shoal.emulation.gymnasium import GymnasiumEmulator, uses_own_step
 from shoal.errors import APIUsageError
 
@@ -107,7 +108,10 @@ class GymnasiumBatch:
         for i, (env_step, index) in enumerate(zip(self._steps, indices, strict=True)):
             obs, reward, terminated, truncated, info = env_step(table[index])
             reward_list[i] = reward
-            returns[i] += reward
+            try:
+                returns[i] += reward
+            except TypeError:
+                raise bad_reward(f"env {i} of this group ({self.envs[i]._who})", reward) from None
             if terminated or truncated:
                 # At once, while the env is still in cache; ``obs`` becomes the next episode's first observation.
                 info, obs, reset_info = self._end_episode(i, obs, terminated, truncated, info)
@@ -144,7 +148,7 @@ class GymnasiumBatch:
             self._rewards[:] = self._reward_list
         except (TypeError, ValueError):
             for i, reward in enumerate(self._reward_list):
-                self._rewards[i] = reward  # raises for the first reward that is not a number, as a lone env would
+                self._rewards[i] = checked_reward(f"env {i} of this group ({self.envs[i]._who})", reward)
 
     def _write_observations(self, special: list[tuple[int, dict[str, Any], dict[str, Any]]]) -> None:
         try:

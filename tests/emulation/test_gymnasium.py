@@ -82,6 +82,37 @@ def test_a_step_without_a_mask_in_info_makes_every_action_legal_again() -> None:
         np.testing.assert_array_equal(obs[0], np.full(2, k / 10, np.float32))
 
 
+class _FixedReward(gym.Env):
+    observation_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, reward: object) -> None:
+        self.reward = reward
+
+    def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action: int) -> tuple[np.ndarray, object, bool, bool, dict]:
+        return np.zeros(2, np.float32), self.reward, False, False, {}
+
+
+@pytest.mark.parametrize("reward", [None, "3", np.array([1.0, 2.0])], ids=["none", "str", "vector"])
+def test_a_reward_that_is_not_one_number_is_named(reward: object) -> None:
+    env = emulate(_FixedReward(reward))
+    env.reset(seed=0)
+    with pytest.raises(EnvError, match=r"_FixedReward returned the reward .* must be one real number"):
+        env.step(np.array([0]))
+
+
+@pytest.mark.parametrize("reward", [np.array(2.5), np.float32(1.5), np.int8(-3), True, 7])
+def test_numeric_rewards_of_any_kind_are_kept(reward: object) -> None:
+    env = emulate(_FixedReward(reward))
+    env.reset(seed=0)
+    for _ in range(2):
+        rewards = env.step(np.array([0]))[1]
+    assert rewards[0] == np.float32(float(reward)) and env._return == 2 * float(reward)
+
+
 def test_seeds_are_honoured() -> None:
     a, b = emulate(gym.make("CartPole-v1")), emulate(gym.make("CartPole-v1"))
     np.testing.assert_array_equal(a.reset(seed=5)[0], b.reset(seed=5)[0])

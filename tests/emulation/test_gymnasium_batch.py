@@ -12,7 +12,7 @@ from gymnasium import spaces
 
 from shoal.emulation import Buffers, GymnasiumEmulator, emulate
 from shoal.emulation.gymnasium_batch import MAX_ROW_BYTES, GymnasiumBatch
-from shoal.errors import APIUsageError, SpaceError
+from shoal.errors import APIUsageError, EnvError, SpaceError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -200,3 +200,24 @@ def test_an_observation_of_the_wrong_shape_is_named_as_a_lone_emulator_names_it(
     with pytest.raises(SpaceError) as ours:
         batch.step(np.zeros(3, np.int64))
     assert str(ours.value) == str(theirs.value)
+
+
+class _RewardOf(_ConstantEnv):
+    def __init__(self, reward: object) -> None:
+        super().__init__(spaces.Box(-1.0, 1.0, (2,), np.float32))
+        self.reward = reward
+
+    def step(self, action: Any) -> tuple[np.ndarray, object, bool, bool, dict]:
+        return super().step(action)[0], self.reward, False, False, {}
+
+
+@pytest.mark.parametrize("reward", [None, np.array([1.0, 2.0])], ids=["none", "vector"])
+def test_a_reward_that_is_not_one_number_is_named_with_its_env(reward: object) -> None:
+    envs = [GymnasiumEmulator(_RewardOf(1.0 if i != 2 else reward)) for i in range(3)]
+    arrays = _rows(envs)
+    for env in envs:
+        env.reset(seed=0)
+    batch = GymnasiumBatch.build(envs, arrays)
+    assert batch is not None
+    with pytest.raises(EnvError, match=r"env 2 of this group \(_RewardOf\) returned the reward .* one real number"):
+        batch.step(np.zeros(3, np.int64))
