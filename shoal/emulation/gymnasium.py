@@ -22,7 +22,7 @@ from shoal.emulation.flatten import Flattener
 from shoal.emulation.layout import compile_layout
 from shoal.errors import APIUsageError
 
-__all__ = ["GymnasiumEmulator", "uses_own_step"]
+__all__ = ["GymnasiumEmulator", "restart", "uses_own_step"]
 
 _ONE = (1,)
 _MAX_TABLE = 1 << 16  # largest Discrete action space served by the lookup table in step()
@@ -238,20 +238,11 @@ class GymnasiumEmulator(Emulator):
         self._terminals[0] = terminated
         self._truncations[0] = truncated
         self._flags_up = True
-        info, obs, reset_info = self._restart(info, self._final_writer.write(self._strip_mask(obs)).copy())
+        final = self._final_writer.write(self._strip_mask(obs)).copy()
+        info, obs, reset_info = restart(self.env, info, final, self._return, self._length)
+        self._return, self._length = 0.0, 0
         self._write(obs, reset_info)
         return info
-
-    def _restart(self, info: dict[str, Any], final: np.ndarray) -> tuple[dict[str, Any], Any, dict[str, Any]]:
-        """Report the finished episode (``final``: its flat last observation) in a copy of ``info`` and reset the
-        env; return that info, the new episode's first observation (not written yet) and the reset info."""
-        info = dict(info)
-        info["final_observation"] = final
-        add_episode(info, {"return": float(self._return), "length": self._length})
-        self._return, self._length = 0.0, 0
-        obs, reset_info = self.env.reset()
-        info["reset_info"] = reset_info
-        return info, obs, reset_info
 
     def close(self) -> None:
         """Close the wrapped env; further calls raise :class:`APIUsageError`. Safe to call twice."""
@@ -276,3 +267,24 @@ def uses_own_step(env: Any) -> bool:
     cls = type(env)
     return issubclass(cls, GymnasiumEmulator) and cls.step is GymnasiumEmulator.step and (
         cls.step_native is GymnasiumEmulator.step_native)
+
+
+def restart(env: gym.Env, info: dict[str, Any], final: np.ndarray, episode_return: float, length: int
+            ) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    """Report a finished episode of ``env`` and reset it.
+
+    Args:
+        info: the info of the episode's last step (not modified).
+        final: the episode's last observation, flat (``[flat_size]``, a copy the caller hands over).
+
+    Returns:
+        ``(info, obs, reset_info)``: a copy of ``info`` with ``"final_observation"``, ``"episode"``
+        (``{"return", "length"}``, see :func:`~shoal.emulation.base.add_episode`) and ``"reset_info"``; the new
+        episode's first observation (native, not written anywhere yet); the reset info.
+    """
+    info = dict(info)
+    info["final_observation"] = final
+    add_episode(info, {"return": float(episode_return), "length": length})
+    obs, reset_info = env.reset()
+    info["reset_info"] = reset_info
+    return info, obs, reset_info

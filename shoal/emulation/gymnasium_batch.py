@@ -7,8 +7,8 @@ one numpy assignment each and keeps the running lengths in one array. Only the e
 info carries an action mask (or carried one last step), go through their own emulator. The buffers and infos come
 out exactly as if every emulator had stepped on its own.
 
-While a batch steps the envs, the running returns and lengths live in the batch: :meth:`GymnasiumBatch.flush`
-writes them back to the emulators (before they are pickled, or stepped one by one).
+While a batch steps the envs, the running returns and lengths (and which flags to clear) live in the batch:
+:meth:`GymnasiumBatch.flush` writes them back to the emulators (before they are pickled, or stepped one by one).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from shoal.emulation.base import bad_reward, checked_reward
-from shoal.emulation.gymnasium import GymnasiumEmulator, uses_own_step
+from shoal.emulation.gymnasium import GymnasiumEmulator, restart, uses_own_step
 from shoal.errors import APIUsageError
 
 __all__ = ["MAX_ROW_BYTES", "GymnasiumBatch"]
@@ -42,6 +42,7 @@ class GymnasiumBatch:
     def __init__(self, envs: Sequence[GymnasiumEmulator], arrays: dict[str, np.ndarray], leaves: np.ndarray) -> None:
         self.envs = list(envs)
         self._steps = [env._env_step for env in self.envs]
+        self._inner = [env.env for env in self.envs]
         table = self.envs[0].native_actions
         assert table is not None
         self._table = table
@@ -56,7 +57,8 @@ class GymnasiumBatch:
         self._returns = [env._return for env in self.envs]
         self._lengths = np.array([env._length for env in self.envs], np.int64)
         self._masked = {i for i, env in enumerate(self.envs) if env._mask_set}  # a mask is set in its row
-        self._flags_up = any(env._flags_up for env in self.envs)
+        self._flags_up = any(env._flags_up for env in self.envs) or bool(
+            self._terminals.any() or self._truncations.any())
 
     @classmethod
     def build(cls, envs: Sequence[Any], arrays: dict[str, np.ndarray]) -> GymnasiumBatch | None:
@@ -131,15 +133,13 @@ class GymnasiumBatch:
         self._terminals[i] = terminated
         self._truncations[i] = truncated
         self._flags_up = True
-        env = self.envs[i]
         final = None
         if type(obs) is np.ndarray and obs.shape == self._leaf_shape:
             with contextlib.suppress(TypeError, ValueError):
                 final = obs.astype(self._dtype).reshape(-1)  # what the emulator's flattener makes of it
         if final is None:
-            final = env._final_writer.write(obs).copy()
-        env._return, env._length = self._returns[i], int(self._lengths[i])
-        out = env._restart(info, final)
+            final = self.envs[i]._final_writer.write(obs).copy()
+        out = restart(self._inner[i], info, final, self._returns[i], int(self._lengths[i]))
         self._returns[i], self._lengths[i] = 0.0, 0
         return out
 
@@ -188,9 +188,11 @@ class GymnasiumBatch:
         return pairs
 
     def flush(self) -> None:
-        """Write the running episode returns and lengths back into the emulators."""
+        """Write the running episode returns and lengths back into the emulators, and tell them to clear the flags
+        of the episodes that ended on the last step."""
         for env, ret, length in zip(self.envs, self._returns, self._lengths.tolist(), strict=True):
             env._return, env._length = ret, length
+            env._flags_up = env._flags_up or self._flags_up
 
 
 def _row_kind(env: GymnasiumEmulator) -> tuple | None:

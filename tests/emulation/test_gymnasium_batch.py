@@ -221,3 +221,25 @@ def test_a_reward_that_is_not_one_number_is_named_with_its_env(reward: object) -
     assert batch is not None
     with pytest.raises(EnvError, match=r"env 2 of this group \(_RewardOf\) returned the reward .* one real number"):
         batch.step(np.zeros(3, np.int64))
+
+
+def test_a_batch_rebuilt_after_an_episode_end_clears_the_flags_like_the_emulators_would() -> None:
+    """A group rebuilds its batch from its emulators (after a snapshot is restored, say): the flags of the
+    episodes that ended on the last step must still be cleared on the next one."""
+    batched = [GymnasiumEmulator(gym.make("CartPole-v1", max_episode_steps=3)) for _ in range(2)]
+    alone = [GymnasiumEmulator(gym.make("CartPole-v1", max_episode_steps=3)) for _ in range(2)]
+    arrays = _rows(batched)
+    for i in range(2):
+        batched[i].reset(seed=i)
+        alone[i].reset(seed=i)
+    batch = GymnasiumBatch.build(batched, arrays)
+    assert batch is not None
+    for step in range(7):
+        if step % 3 == 0:  # every step after an episode end, and others
+            batch.flush()
+            batch = GymnasiumBatch.build(batched, arrays)
+            assert batch is not None
+        batch.step(np.zeros(2, np.int64))
+        for i, env in enumerate(alone):
+            _, _, terminals, truncations, _ = env.step(np.zeros(1, np.int64))
+            assert (arrays["terminals"][i], arrays["truncations"][i]) == (terminals[0], truncations[0]), (step, i)

@@ -48,11 +48,17 @@ class UnpicklableEnv(gym.Env):
         return np.zeros(2, np.float32), 1.0, False, False, {}
 
 
+def short_cartpole() -> gym.Env:
+    """CartPole whose episodes are truncated after 5 steps: a snapshot after 5 steps holds ended episodes."""
+    return gym.make("CartPole-v1", max_episode_steps=5)
+
+
 #: name -> (env constructor, num_envs, num_workers, steps before the snapshot, steps after it). The steps after
 #: the snapshot are enough for episodes to end and auto-reset.
 CASES: dict[str, tuple[Callable[[], Any], int, int, int, int]] = {
     "cartpole": (envs.cartpole, 4, 1, 7, 80),
     "cartpole_two_groups": (envs.cartpole, 4, 2, 5, 60),
+    "cartpole_snapshot_right_after_episode_ends": (short_cartpole, 4, 2, 5, 12),
     "nested_dict": (envs.nested, 3, 1, 4, 30),
     "tictactoe_aec_action_masks": (envs.tictactoe, 4, 2, 3, 30),
     "connect_four_aec_action_masks": (connect_four, 2, 1, 5, 60),
