@@ -152,14 +152,16 @@ class ActionLayout:
                 raise APIUsageError(f"actions have shape {actions.shape}; expected {expected} "
                                     f"(one flat action per slot for {self.flat_space!r})")
         if self.kind in ("discrete", "multi_discrete"):
-            if not (np.issubdtype(actions.dtype, np.integer) or actions.dtype == np.bool_):
+            if actions.dtype.kind not in "iub":
                 raise APIUsageError(f"actions have dtype {actions.dtype}; {self.flat_space!r} needs integer "
                                     "actions (cast with .astype(np.int64))")
             rows = actions if live is None else actions[live]
-            nvec = self.nvec if self.kind == "multi_discrete" else np.int64(self.flat_space.n)
-            bad = (rows < 0) | (rows >= nvec)
-            if bad.any():
-                self._range_error(actions, live, names, nvec)
+            if self.kind == "discrete":
+                n = self.flat_space.n
+                if rows.size and (rows.min() < 0 or rows.max() >= n):
+                    self._range_error(actions, live, names, np.int64(n))
+            elif ((rows < 0) | (rows >= self.nvec)).any():
+                self._range_error(actions, live, names, self.nvec)
         elif self.kind == "hybrid":
             part = actions[:, : self.num_discrete] if live is None else actions[live, : self.num_discrete]
             if (part != np.round(part)).any() or (part < 0).any() or (part >= self.nvec).any():
