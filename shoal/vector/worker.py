@@ -87,12 +87,10 @@ def stash_final_observations(pairs: InfoPairs, final: np.ndarray) -> list[int]:
 
 
 def restore_final_observations(pairs: InfoPairs, moved: list[int], final: np.ndarray) -> InfoPairs:
-    """Undo :func:`stash_final_observations` on the receiving side: each moved info gets a copy of its row (rows
-    of one array copied at once, so they outlive the shared rows)."""
-    if moved:
-        copies = final[[pairs[k][0] for k in moved]]
-        for k, copy in zip(moved, copies, strict=True):
-            pairs[k][1]["final_observation"] = copy
+    """Undo :func:`stash_final_observations` on the receiving side: each moved info gets a copy of its row."""
+    for k in moved:
+        row, info = pairs[k]
+        info["final_observation"] = final[row].copy()
     return pairs
 
 
