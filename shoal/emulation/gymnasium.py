@@ -126,8 +126,13 @@ class GymnasiumEmulator(Emulator):
             self.buffers.action_masks[0] = np.asarray(mask).reshape(-1).astype(bool)
             self._mask_set = True
         elif self._mask_set:
+            self._unmask()
+
+    def _unmask(self) -> None:
+        """Every action legal (the env gives no mask, or no longer)."""
+        if self.buffers.action_masks is not None:
             self.buffers.action_masks[0] = True
-            self._mask_set = False
+        self._mask_set = False
 
     def _strip_mask(self, obs: Any) -> Any:
         if self._mask_in_obs:
@@ -148,6 +153,8 @@ class GymnasiumEmulator(Emulator):
             self.check_first_observation(self.env.observation_space, obs, self._who)
             self._check = False
         self._write(obs, info)
+        if not self._mask_set:
+            self._unmask()  # all legal until the env says otherwise
         plain = self._plain
         self._row_typed = plain is not None and type(obs) is np.ndarray and obs.dtype == plain.dtype and (
             obs.shape == plain.shape)

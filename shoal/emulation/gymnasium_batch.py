@@ -1,11 +1,12 @@
 """GymnasiumBatch: many single-agent ``GymnasiumEmulator`` s over consecutive buffer rows, stepped as one.
 
 A vector env's group of emulators spends a good part of each step on per-env bookkeeping: a call into each
-emulator, one small write per buffer, the running episode return and length. For the common case (a plain Box
-observation, Discrete actions) a batch instead steps every env, then writes all observations and all rewards with
-one numpy assignment each and keeps the running lengths in one array. Only the envs whose episode ended, or whose
-info carries an action mask (or carried one last step), go through their own emulator. The buffers and infos come
-out exactly as if every emulator had stepped on its own.
+emulator, its checks, the running episode return and length. For the common case (a plain Box observation of at
+most :data:`MAX_ROW_BYTES`, Discrete actions) a batch runs one loop over the envs instead: each env steps and its
+observation and reward are written into its rows at once, as a lone emulator would; episode lengths are counted
+in one array, and an episode that ends is reported and reset inside the loop while the env is still in cache.
+Action masks from infos are applied after the loop. The buffers and infos come out exactly as if every emulator
+had stepped on its own.
 
 While a batch steps the envs, the running returns and lengths (and which flags to clear) live in the batch:
 :meth:`GymnasiumBatch.flush` writes them back to the emulators (before they are pickled, or stepped one by one).
@@ -25,12 +26,15 @@ from shoal.errors import APIUsageError
 
 __all__ = ["MAX_ROW_BYTES", "GymnasiumBatch"]
 
-#: Largest observation row (bytes) a batch takes. Stacking the observations copies them once more before they
-#: reach the buffer: for small rows that is cheaper than a write per env, for frames it is not.
+#: Largest observation row (bytes) a batch takes; larger rows (frames) spend their time copying, not in Python.
 MAX_ROW_BYTES = 1024
 
 #: ``(row, info)`` for every env with a non-empty info dict.
 InfoPairs = list[tuple[int, dict[str, Any]]]
+
+#: ``(env, its info, the info that may carry its action mask: the reset info after an episode ended, the
+#: observation just written)`` for every env that needs a look after the loop.
+_Special = list[tuple[int, dict[str, Any], dict[str, Any], Any]]
 
 
 class GymnasiumBatch:
@@ -41,19 +45,26 @@ class GymnasiumBatch:
 
     def __init__(self, envs: Sequence[GymnasiumEmulator], arrays: dict[str, np.ndarray], leaves: np.ndarray) -> None:
         self.envs = list(envs)
+        n = len(self.envs)
         self._steps = [env._env_step for env in self.envs]
         self._inner = [env.env for env in self.envs]
+        self._writers = [env._writer for env in self.envs]
         table = self.envs[0].native_actions
         assert table is not None
         self._table = table
         self._n_actions = len(table)
         self._leaves = leaves
         self._leaf_shape, self._dtype = leaves.shape[1:], leaves.dtype
+        # A memoryview write takes an observation of the row's exact type and length only, with the least
+        # overhead; other observations go through numpy, which converts (and broadcasts) them as the emulator does.
+        self._typed = len(self._leaf_shape) == 1 and all(env._row_typed for env in self.envs)
+        width = int(np.prod(self._leaf_shape))
+        self._flat = memoryview(leaves.reshape(-1)) if self._typed else memoryview(b"")
+        self._slices = [slice(i * width, (i + 1) * width) for i in range(n)] if self._typed else []
         self._rewards = arrays["rewards"]
+        self._reward_mv = memoryview(self._rewards)
         self._terminals, self._truncations = arrays["terminals"], arrays["truncations"]
         self._mask_key = self.envs[0]._mask_key
-        self._obs_list: list[Any] = [None] * len(self.envs)
-        self._reward_list: list[Any] = [0.0] * len(self.envs)
         self._returns = [env._return for env in self.envs]
         self._lengths = np.array([env._length for env in self.envs], np.int64)
         self._masked = {i for i, env in enumerate(self.envs) if env._mask_set}  # a mask is set in its row
@@ -64,13 +75,15 @@ class GymnasiumBatch:
     def build(cls, envs: Sequence[Any], arrays: dict[str, np.ndarray]) -> GymnasiumBatch | None:
         """A batch over ``envs`` and their rows of ``arrays`` (``obs`` ``[n, flat_size]``, ``rewards``,
         ``terminals``, ``truncations`` ``[n]``), or None unless every env is a ready ``GymnasiumEmulator`` that
-        steps with the class's own code, all share one Discrete action table and one observation layout that is a
-        single array filling a row of at most :data:`MAX_ROW_BYTES`, and the rows are the envs' own buffers."""
-        if not envs or any(not uses_own_step(env) or env.native_actions is None for env in envs):
+        steps, ends episodes and writes observations with the class's own code, all share one Discrete action
+        table, one action-mask key and one observation layout that is a single array filling a row of at most
+        :data:`MAX_ROW_BYTES`, and the rows are the envs' own buffers."""
+        if not envs or any(not _batchable(env) or env.native_actions is None for env in envs):
             return None
         first = envs[0]
-        table, kind = first.native_actions, _row_kind(first)
-        if kind is None or any(env.native_actions is not table or _row_kind(env) != kind for env in envs):
+        table, kind, key = first.native_actions, _row_kind(first), _key(first)
+        if kind is None or any(env.native_actions is not table or _row_kind(env) != kind or _key(env) != key
+                               for env in envs):
             return None
         leaf = first.obs_layout.leaves[0]
         obs = arrays["obs"]
@@ -92,6 +105,7 @@ class GymnasiumBatch:
 
         Raises:
             APIUsageError: an action outside the Discrete space (no env is stepped then).
+            EnvError: an env returned a reward that is not one number.
         """
         n = self._n_actions
         if len(actions) and (actions.min() < 0 or actions.max() >= n):
@@ -104,26 +118,36 @@ class GymnasiumBatch:
             self._truncations[:] = False
             self._flags_up = False
         self._lengths += 1
-        table, obs_list, reward_list, returns = self._table, self._obs_list, self._reward_list, self._returns
-        # (env, its info, the info that may carry its next action mask: the reset info after an episode ended)
-        special: list[tuple[int, dict[str, Any], dict[str, Any]]] = []
+        table, returns, reward_mv = self._table, self._returns, self._reward_mv
+        typed, flat, slices, leaves = self._typed, self._flat, self._slices, self._leaves
+        special: _Special = []
         for i, (env_step, index) in enumerate(zip(self._steps, indices, strict=True)):
             obs, reward, terminated, truncated, info = env_step(table[index])
-            reward_list[i] = reward
+            try:
+                reward_mv[i] = reward
+            except (TypeError, ValueError):  # a 0-d array, or not a number at all
+                self._rewards[i] = checked_reward(self._who(i), reward)
             try:
                 returns[i] += reward
             except TypeError:
-                raise bad_reward(f"env {i} of this group ({self.envs[i]._who})", reward) from None
+                raise bad_reward(self._who(i), reward) from None
             if terminated or truncated:
                 # At once, while the env is still in cache; ``obs`` becomes the next episode's first observation.
                 info, obs, reset_info = self._end_episode(i, obs, terminated, truncated, info)
-                special.append((i, info, reset_info))
+                special.append((i, info, reset_info, obs))
             elif info:
-                special.append((i, info, info))
-            obs_list[i] = obs
-        self._write_rewards()
-        self._write_observations(special)
+                special.append((i, info, info, obs))
+            try:
+                if typed:
+                    flat[slices[i]] = obs
+                else:
+                    leaves[i] = obs
+            except (TypeError, ValueError, NotImplementedError):
+                self._writers[i].write(obs)  # converts what it can, else names the problem, as a lone env does
         return self._finish(special)
+
+    def _who(self, i: int) -> str:
+        return f"env {i} of this group ({self.envs[i]._who})"
 
     def _end_episode(self, i: int, obs: Any, terminated: bool, truncated: bool, info: dict[str, Any]
                      ) -> tuple[dict[str, Any], Any, dict[str, Any]]:
@@ -143,39 +167,16 @@ class GymnasiumBatch:
         self._returns[i], self._lengths[i] = 0.0, 0
         return out
 
-    def _write_rewards(self) -> None:
-        try:
-            self._rewards[:] = self._reward_list
-        except (TypeError, ValueError):
-            for i, reward in enumerate(self._reward_list):
-                self._rewards[i] = checked_reward(f"env {i} of this group ({self.envs[i]._who})", reward)
-
-    def _write_observations(self, special: list[tuple[int, dict[str, Any], dict[str, Any]]]) -> None:
-        try:
-            stacked = np.asarray(self._obs_list)
-        except (TypeError, ValueError):
-            stacked = None
-        if stacked is not None and stacked.shape == self._leaves.shape and stacked.dtype != object:
-            try:
-                self._leaves[...] = stacked
-                return
-            except (TypeError, ValueError):
-                pass
-        # Some observation does not fit: each env writes its own, and the first bad one is named.
-        latest = {i: info for i, _, info in special}
-        for i, (env, obs) in enumerate(zip(self.envs, self._obs_list, strict=True)):
-            env._write(obs, latest.get(i) or {})
-
-    def _finish(self, special: list[tuple[int, dict[str, Any], dict[str, Any]]]) -> InfoPairs:
-        """Action masks (from this step's infos, or reset to all legal when the last step had one and this one
-        has none) and the non-empty infos."""
+    def _finish(self, special: _Special) -> InfoPairs:
+        """Action masks (from this step's infos, or all legal again when the last step had one and this one has
+        none) and the non-empty infos."""
         pairs: InfoPairs = []
         masked, key = self._masked, self._mask_key
         handled = set()
-        for i, info, latest in special:
+        for i, info, latest, obs in special:
             if key in latest or i in masked:
                 env = self.envs[i]
-                env._write(self._obs_list[i], latest)
+                env._write(obs, latest)
                 masked.discard(i)
                 if env._mask_set:
                     masked.add(i)
@@ -183,7 +184,7 @@ class GymnasiumBatch:
             if info:
                 pairs.append((i, info))
         for i in [i for i in masked if i not in handled]:  # a mask left from an earlier step: all legal again
-            self.envs[i]._write(self._obs_list[i], {})
+            self.envs[i]._unmask()
             masked.discard(i)
         return pairs
 
@@ -193,6 +194,19 @@ class GymnasiumBatch:
         for env, ret, length in zip(self.envs, self._returns, self._lengths.tolist(), strict=True):
             env._return, env._length = ret, length
             env._flags_up = env._flags_up or self._flags_up
+
+
+def _batchable(env: Any) -> bool:
+    """A :class:`GymnasiumEmulator` whose class keeps the base class's stepping, episode-ending and writing code
+    (the batch does that work itself, so a subclass's own version of it must run through the emulator)."""
+    cls = type(env)
+    return uses_own_step(env) and cls._end_episode is GymnasiumEmulator._end_episode and (
+        cls._write is GymnasiumEmulator._write) and cls._unmask is GymnasiumEmulator._unmask
+
+
+def _key(env: GymnasiumEmulator) -> str | None:
+    """The env's action-mask key (None when masks are off)."""
+    return env._mask_key if isinstance(env._mask_key, str) else None
 
 
 def _row_kind(env: GymnasiumEmulator) -> tuple | None:

@@ -69,7 +69,8 @@ def stash_final_observations(pairs: InfoPairs, final: np.ndarray) -> list[int]:
     """Move every info's ``final_observation`` that is a flat row of ``final`` into that row.
 
     Args:
-        pairs: ``(row, info)`` pairs of one group, rows local to the group; the moved values become None.
+        pairs: ``(row, info)`` pairs of one group, rows local to the group; each info that had a value moved
+            is replaced by a copy holding None in its place (the info itself may belong to the env).
         final: the group's rows of the shared final-observation array.
 
     Returns:
@@ -81,7 +82,7 @@ def stash_final_observations(pairs: InfoPairs, final: np.ndarray) -> list[int]:
         value = info.get("final_observation")
         if type(value) is np.ndarray and value.shape == row_shape and value.dtype == dtype:
             final[row] = value
-            info["final_observation"] = None
+            pairs[k] = (row, {**info, "final_observation": None})  # a copy: the dict may be the env's own
             moved.append(k)
     return moved
 

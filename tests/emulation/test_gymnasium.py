@@ -71,6 +71,14 @@ class _MaskOnOddSteps(gym.Env):
         return np.full(2, self.t / 10, np.float32), 0.0, False, self.t == 7, info
 
 
+def test_every_action_is_legal_when_the_env_gives_no_mask() -> None:
+    env = emulate(gym.make("CartPole-v1"))
+    env.reset(seed=0)
+    assert env.action_masks.tolist() == [[True, True]]
+    env.step(np.array([1]))
+    assert env.action_masks.tolist() == [[True, True]]
+
+
 def test_a_step_without_a_mask_in_info_makes_every_action_legal_again() -> None:
     env = emulate(_MaskOnOddSteps())
     env.reset(seed=0)

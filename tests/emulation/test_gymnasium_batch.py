@@ -79,12 +79,34 @@ def _same_info(expected: dict[str, Any], actual: dict[str, Any]) -> None:
         if isinstance(value, np.ndarray):
             assert actual[key].dtype == value.dtype
             np.testing.assert_array_equal(actual[key], value)
+        elif isinstance(value, dict):
+            _same_info(value, actual[key])
         else:
             assert actual[key] == value and type(actual[key]) is type(value), key
 
 
+class SharedScratch(gym.Env):
+    """Every instance returns the same array object (a class-level scratch buffer, as a C env might)."""
+
+    observation_space = spaces.Box(-1e3, 1e3, (3,), np.float32)
+    action_space = spaces.Discrete(2)
+    scratch = np.zeros(3, np.float32)
+
+    def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.t, self.me = 0, float(seed or 0)
+        return np.full(3, self.me, np.float32), {}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        self.t += 1
+        SharedScratch.scratch[:] = self.me + self.t / 100 + int(action)
+        return SharedScratch.scratch, 1.0, self.t % 5 == 0, False, {}
+
+
 CASES: dict[str, Callable[[], gym.Env]] = {
     "cartpole_truncating": lambda: gym.make("CartPole-v1", max_episode_steps=12),
+    "taxi_discrete_obs_masks_every_step": lambda: gym.make("Taxi-v4", max_episode_steps=15),
+    "one_scratch_array_for_all_envs": SharedScratch,
     "quirky_float32_rewards": lambda: Quirky("float32"),
     "quirky_int_rewards": lambda: Quirky("int"),
 }
@@ -120,7 +142,7 @@ def test_a_batch_steps_exactly_like_each_emulator_on_its_own(case: str) -> None:
             else:
                 assert i not in pairs
             masked += not env.action_masks[0].all()
-    assert ended > 20 and (masked > 20 or case.startswith("cartpole"))
+    assert ended > 20 and (masked > 20 or not case.startswith(("quirky", "taxi")))
     batch.flush()  # the running returns and lengths go back to the emulators
     for mine, theirs in zip(batched, alone, strict=True):
         assert (mine._return, mine._length) == (theirs._return, theirs._length)
@@ -243,3 +265,57 @@ def test_a_batch_rebuilt_after_an_episode_end_clears_the_flags_like_the_emulator
         for i, env in enumerate(alone):
             _, _, terminals, truncations, _ = env.step(np.zeros(1, np.int64))
             assert (arrays["terminals"][i], arrays["truncations"][i]) == (terminals[0], truncations[0]), (step, i)
+
+
+class _TerminalReward(_ConstantEnv):
+    """Rewards 1.0, then a vector reward on the step that ends the episode."""
+
+    def __init__(self) -> None:
+        super().__init__(spaces.Box(-1.0, 1.0, (2,), np.float32))
+        self.t = 0
+
+    def step(self, action: Any) -> tuple[np.ndarray, object, bool, bool, dict]:
+        self.t += 1
+        reward = np.array([1.0, 2.0]) if self.t == 3 else 1.0
+        return super().step(action)[0], reward, self.t == 3, False, {}
+
+
+def test_a_bad_reward_on_the_step_that_ends_the_episode_is_named_too() -> None:
+    envs = [GymnasiumEmulator(_TerminalReward()) for _ in range(2)]
+    arrays = _rows(envs)
+    for env in envs:
+        env.reset(seed=0)
+    batch = GymnasiumBatch.build(envs, arrays)
+    assert batch is not None
+    for _ in range(2):
+        batch.step(np.zeros(2, np.int64))
+    with pytest.raises(EnvError, match=r"env 0 of this group \(_TerminalReward\) returned the reward array"):
+        batch.step(np.zeros(2, np.int64))
+
+
+class _Tagged(GymnasiumEmulator):
+    """Adds a tag to the info of every finished episode: code the batch must not bypass."""
+
+    def _end_episode(self, obs: Any, terminated: bool, truncated: bool, info: dict[str, Any]) -> dict[str, Any]:
+        return {**super()._end_episode(obs, terminated, truncated, info), "tag": 1}
+
+
+def test_subclasses_that_end_episodes_or_write_their_own_way_get_no_batch() -> None:
+    envs = [_Tagged(gym.make("CartPole-v1", max_episode_steps=2)) for _ in range(2)]
+    arrays = _rows(envs)
+    for env in envs:
+        env.reset(seed=0)
+    assert GymnasiumBatch.build(envs, arrays) is None
+
+
+def test_envs_with_different_action_mask_keys_get_no_batch() -> None:
+    envs = [GymnasiumEmulator(gym.make("CartPole-v1"), action_mask_key=key) for key in ("action_mask", "legal")]
+    arrays = _rows(envs)
+    for env in envs:
+        env.reset(seed=0)
+    assert GymnasiumBatch.build(envs, arrays) is None
+    unmasked = [GymnasiumEmulator(gym.make("CartPole-v1"), action_mask_key=None) for _ in range(2)]
+    arrays = _rows(unmasked)
+    for env in unmasked:
+        env.reset(seed=0)
+    assert GymnasiumBatch.build(unmasked, arrays) is not None  # masks off everywhere: one kind

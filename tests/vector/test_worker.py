@@ -60,3 +60,13 @@ def test_multiprocessing_final_observations_survive_later_episode_ends() -> None
     assert [(s, r, b) for s, r, _, b in kept["multiprocessing"]] == [(s, r, b) for s, r, _, b in kept["serial"]]
     for _, _, final, at_the_time in kept["multiprocessing"]:
         assert final.tobytes() == at_the_time
+
+
+def test_stashing_leaves_the_envs_own_info_dict_alone() -> None:
+    final = np.zeros((2, 2), np.float32)
+    theirs = {"final_observation": np.ones(2, np.float32), "kept": 1}  # e.g. a dict the env returns every step
+    pairs = [(1, theirs)]
+    assert stash_final_observations(pairs, final) == [0]
+    assert pairs[0][1]["final_observation"] is None and pairs[0][1]["kept"] == 1
+    np.testing.assert_array_equal(theirs["final_observation"], [1.0, 1.0])
+    np.testing.assert_array_equal(final[1], [1.0, 1.0])
