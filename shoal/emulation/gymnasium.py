@@ -15,6 +15,7 @@ from shoal.emulation.base import (
     Emulator,
     State,
     add_episode,
+    bad_reward,
     checked_reward,
     split_action_mask,
 )
@@ -220,7 +221,10 @@ class GymnasiumEmulator(Emulator):
             self._reward_mv[0] = reward
         except (TypeError, ValueError):  # a 0-d array, or not a number at all
             self._rewards[0] = checked_reward(self._who, reward)
-        self._return += reward
+        try:
+            self._return += reward
+        except TypeError:
+            raise bad_reward(self._who, reward) from None
         self._length += 1
         if terminated or truncated:
             return self._end_episode(obs, terminated, truncated, info)
@@ -235,6 +239,7 @@ class GymnasiumEmulator(Emulator):
                 else:
                     self._plain[...] = obs  # converts another dtype
             except (ValueError, TypeError, NotImplementedError):
+                self._row_typed = False  # the observations stopped matching the row exactly: numpy from now on
                 self._write(obs, info)  # converts what it can, else raises the descriptive SpaceError
         else:
             self._write(obs, info)

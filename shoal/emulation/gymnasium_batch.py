@@ -5,8 +5,8 @@ emulator, its checks, the running episode return and length. For the common case
 most :data:`MAX_ROW_BYTES`, Discrete actions) a batch runs one loop over the envs instead: each env steps and its
 observation and reward are written into its rows at once, as a lone emulator would; episode lengths are counted
 in one array, and an episode that ends is reported and reset inside the loop while the env is still in cache.
-Action masks from infos are applied after the loop. The buffers and infos come out exactly as if every emulator
-had stepped on its own.
+Only envs whose info carries an action mask (or that had one) go through their emulator's writing code. The
+buffers and infos come out exactly as if every emulator had stepped on its own.
 
 While a batch steps the envs, the running returns and lengths (and which flags to clear) live in the batch:
 :meth:`GymnasiumBatch.flush` writes them back to the emulators (before they are pickled, or stepped one by one).
@@ -31,11 +31,6 @@ MAX_ROW_BYTES = 1024
 
 #: ``(row, info)`` for every env with a non-empty info dict.
 InfoPairs = list[tuple[int, dict[str, Any]]]
-
-#: ``(env, its info, the info that may carry its action mask: the reset info after an episode ended, the
-#: observation just written)`` for every env that needs a look after the loop.
-_Special = list[tuple[int, dict[str, Any], dict[str, Any], Any]]
-
 
 class GymnasiumBatch:
     """Step ``envs`` together; env ``i`` owns row ``i`` of every array.
@@ -77,7 +72,7 @@ class GymnasiumBatch:
         ``terminals``, ``truncations`` ``[n]``), or None unless every env is a ready ``GymnasiumEmulator`` that
         steps, ends episodes and writes observations with the class's own code, all share one Discrete action
         table, one action-mask key and one observation layout that is a single array filling a row of at most
-        :data:`MAX_ROW_BYTES`, and the rows are the envs' own buffers."""
+        :data:`MAX_ROW_BYTES`, and the rows are the envs' own buffers, contiguous in memory."""
         if not envs or any(not _batchable(env) or env.native_actions is None for env in envs):
             return None
         first = envs[0]
@@ -87,7 +82,8 @@ class GymnasiumBatch:
             return None
         leaf = first.obs_layout.leaves[0]
         obs = arrays["obs"]
-        if obs.shape != (len(envs), first.obs_layout.flat_size) or obs[0].nbytes > MAX_ROW_BYTES:
+        if obs.shape != (len(envs), first.obs_layout.flat_size) or obs[0].nbytes > MAX_ROW_BYTES or (
+                not obs.flags.c_contiguous):
             return None
         for i, env in enumerate(envs):
             if not np.shares_memory(env.buffers.obs, obs[i]) or not np.shares_memory(env.buffers.rewards,
@@ -120,7 +116,9 @@ class GymnasiumBatch:
         self._lengths += 1
         table, returns, reward_mv = self._table, self._returns, self._reward_mv
         typed, flat, slices, leaves = self._typed, self._flat, self._slices, self._leaves
-        special: _Special = []
+        masked, key = self._masked, self._mask_key
+        pairs: InfoPairs = []
+        handled: set[int] = set()  # envs whose action mask was dealt with in the loop
         for i, (env_step, index) in enumerate(zip(self._steps, indices, strict=True)):
             obs, reward, terminated, truncated, info = env_step(table[index])
             try:
@@ -131,20 +129,34 @@ class GymnasiumBatch:
                 returns[i] += reward
             except TypeError:
                 raise bad_reward(self._who(i), reward) from None
+            latest = info  # the info that may carry the env's next action mask
             if terminated or truncated:
                 # At once, while the env is still in cache; ``obs`` becomes the next episode's first observation.
-                info, obs, reset_info = self._end_episode(i, obs, terminated, truncated, info)
-                special.append((i, info, reset_info, obs))
-            elif info:
-                special.append((i, info, info, obs))
+                info, obs, latest = self._end_episode(i, obs, terminated, truncated, info)
             try:
                 if typed:
                     flat[slices[i]] = obs
                 else:
                     leaves[i] = obs
             except (TypeError, ValueError, NotImplementedError):
+                if typed:  # this env's observations stopped matching the row exactly: numpy from now on
+                    typed = self._typed = False
                 self._writers[i].write(obs)  # converts what it can, else names the problem, as a lone env does
-        return self._finish(special)
+            if info:
+                pairs.append((i, info))
+                # Masks are read now: the env may reuse the arrays it returned at its next step or another env's.
+                if (latest and key in latest) or i in masked:
+                    env = self.envs[i]
+                    env._write(obs, latest)
+                    handled.add(i)
+                    masked.discard(i)
+                    if env._mask_set:
+                        masked.add(i)
+        if masked:
+            for i in [i for i in masked if i not in handled]:  # a mask left from an earlier step: all legal again
+                self.envs[i]._unmask()
+                masked.discard(i)
+        return pairs
 
     def _who(self, i: int) -> str:
         return f"env {i} of this group ({self.envs[i]._who})"
@@ -167,41 +179,20 @@ class GymnasiumBatch:
         self._returns[i], self._lengths[i] = 0.0, 0
         return out
 
-    def _finish(self, special: _Special) -> InfoPairs:
-        """Action masks (from this step's infos, or all legal again when the last step had one and this one has
-        none) and the non-empty infos."""
-        pairs: InfoPairs = []
-        masked, key = self._masked, self._mask_key
-        handled = set()
-        for i, info, latest, obs in special:
-            if key in latest or i in masked:
-                env = self.envs[i]
-                env._write(obs, latest)
-                masked.discard(i)
-                if env._mask_set:
-                    masked.add(i)
-            handled.add(i)
-            if info:
-                pairs.append((i, info))
-        for i in [i for i in masked if i not in handled]:  # a mask left from an earlier step: all legal again
-            self.envs[i]._unmask()
-            masked.discard(i)
-        return pairs
-
     def flush(self) -> None:
         """Write the running episode returns and lengths back into the emulators, and tell them to clear the flags
         of the episodes that ended on the last step."""
-        for env, ret, length in zip(self.envs, self._returns, self._lengths.tolist(), strict=True):
-            env._return, env._length = ret, length
-            env._flags_up = env._flags_up or self._flags_up
+        ended = (self._terminals | self._truncations).tolist() if self._flags_up else [False] * len(self.envs)
+        for env, ret, length, up in zip(self.envs, self._returns, self._lengths.tolist(), ended, strict=True):
+            env._return, env._length, env._flags_up = ret, length, up
 
 
 def _batchable(env: Any) -> bool:
     """A :class:`GymnasiumEmulator` whose class keeps the base class's stepping, episode-ending and writing code
     (the batch does that work itself, so a subclass's own version of it must run through the emulator)."""
     cls = type(env)
-    return uses_own_step(env) and cls._end_episode is GymnasiumEmulator._end_episode and (
-        cls._write is GymnasiumEmulator._write) and cls._unmask is GymnasiumEmulator._unmask
+    return uses_own_step(env) and all(getattr(cls, name) is getattr(GymnasiumEmulator, name)
+                                      for name in ("_end_episode", "_write", "_unmask", "_strip_mask"))
 
 
 def _key(env: GymnasiumEmulator) -> str | None:

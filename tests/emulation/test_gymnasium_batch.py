@@ -103,10 +103,48 @@ class SharedScratch(gym.Env):
         return SharedScratch.scratch, 1.0, self.t % 5 == 0, False, {}
 
 
+class SharedScratchMasked(SharedScratch):
+    """One observation array and one mask array for every instance, a mask in every info, episodes ending every
+    5 steps (a mask in the reset info on odd seeds only)."""
+
+    observation_space = spaces.Box(-1e3, 1e3, (3,), np.float32)
+    action_space = spaces.Discrete(3)
+    mask = np.zeros(3, np.int8)
+
+    def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        obs, _ = super().reset(seed=seed)
+        SharedScratchMasked.mask[:] = [1, 1, 0]
+        return obs, ({"action_mask": SharedScratchMasked.mask} if int(self.me) % 2 else {})
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        obs, reward, terminated, truncated, _ = super().step(action)
+        SharedScratchMasked.mask[:] = 0
+        SharedScratchMasked.mask[(int(self.me) + self.t) % 3] = 1
+        return obs, reward, terminated, truncated, {"action_mask": SharedScratchMasked.mask}
+
+
+class TypeDrift(gym.Env):
+    """float32 observations at reset (the row's type), float64 ones afterwards; ``None`` as the reset info."""
+
+    observation_space = spaces.Box(-10.0, 10.0, (4,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, Any]:
+        super().reset(seed=seed)
+        self.t = 0
+        return self.np_random.uniform(-1, 1, 4).astype(np.float32), None
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        self.t += 1
+        return self.np_random.uniform(-1, 1, 4) + int(action), 0.5, self.t % 7 == 0, False, {}
+
+
 CASES: dict[str, Callable[[], gym.Env]] = {
     "cartpole_truncating": lambda: gym.make("CartPole-v1", max_episode_steps=12),
     "taxi_discrete_obs_masks_every_step": lambda: gym.make("Taxi-v4", max_episode_steps=15),
     "one_scratch_array_for_all_envs": SharedScratch,
+    "one_scratch_array_and_one_mask_array_for_all_envs": SharedScratchMasked,
+    "observation_dtype_drifts_after_reset": TypeDrift,
     "quirky_float32_rewards": lambda: Quirky("float32"),
     "quirky_int_rewards": lambda: Quirky("int"),
 }
@@ -142,7 +180,7 @@ def test_a_batch_steps_exactly_like_each_emulator_on_its_own(case: str) -> None:
             else:
                 assert i not in pairs
             masked += not env.action_masks[0].all()
-    assert ended > 20 and (masked > 20 or not case.startswith(("quirky", "taxi")))
+    assert ended > 20 and (masked > 20 or not case.startswith(("quirky", "taxi", "one_scratch_array_and")))
     batch.flush()  # the running returns and lengths go back to the emulators
     for mine, theirs in zip(batched, alone, strict=True):
         assert (mine._return, mine._length) == (theirs._return, theirs._length)
@@ -305,6 +343,27 @@ def test_subclasses_that_end_episodes_or_write_their_own_way_get_no_batch() -> N
     arrays = _rows(envs)
     for env in envs:
         env.reset(seed=0)
+    assert GymnasiumBatch.build(envs, arrays) is None
+
+    class Stripped(GymnasiumEmulator):
+        def _strip_mask(self, obs: Any) -> Any:
+            return np.clip(obs, -0.01, 0.01)
+
+    envs = [Stripped(gym.make("CartPole-v1")) for _ in range(2)]
+    arrays = _rows(envs)
+    for env in envs:
+        env.reset(seed=0)
+    assert GymnasiumBatch.build(envs, arrays) is None
+
+
+def test_rows_that_are_not_contiguous_get_no_batch() -> None:
+    envs = [GymnasiumEmulator(gym.make("CartPole-v1")) for _ in range(3)]
+    spec = envs[0].buffer_spec()
+    arrays = {name: np.zeros((3, *shape[1:]), dtype) for name, (shape, dtype) in spec.items()}
+    arrays["obs"] = np.zeros((3, 8), np.float32)[:, :4]  # every other 4 floats
+    for i, env in enumerate(envs):
+        env.attach(Buffers(**{name: array[i : i + 1] for name, array in arrays.items()}))
+        env.reset(seed=i)
     assert GymnasiumBatch.build(envs, arrays) is None
 
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+import pickle
+
 import gymnasium as gym
 import numpy as np
 import pytest
 
+import shoal.vector
 from shoal.emulation import GymnasiumEmulator, emulate
+from shoal.emulation.gymnasium_batch import GymnasiumBatch
 from shoal.errors import APIUsageError
 from shoal.vector.buffers import BufferLayout
 from shoal.vector.group import EnvGroup
@@ -112,3 +117,44 @@ def test_subclasses_that_override_step_keep_their_own_step() -> None:
     group.step()
     assert arrays["rewards"].tolist() == [10.0, 10.0]
     group.close()
+
+
+def _rollout(env_fn, num_envs: int, steps: int) -> list[tuple]:
+    """Serial rollout with a snapshot restored into a fresh vector env half-way and a reset later on."""
+    out = []
+    rng = np.random.default_rng(0)
+    vecenv = shoal.vector.make(env_fn, num_envs, backend="serial", num_workers=2, seed=1)
+    vecenv.reset()
+    for step in range(steps):
+        if step == steps // 3:
+            state = pickle.loads(pickle.dumps(vecenv.get_state()))
+            vecenv.close()
+            vecenv = shoal.vector.make(env_fn, num_envs, backend="serial", num_workers=2, seed=1)
+            vecenv.reset()
+            assert vecenv.set_state(state)
+        if step == 2 * steps // 3:
+            vecenv.reset(seed=5)
+        obs, rewards, terminals, truncations, infos = vecenv.step(rng.integers(0, 2, num_envs))
+        episodes = [(row, info["episode"]["return"], info["episode"]["length"], info["final_observation"].tobytes())
+                    for row, info in enumerate(infos) if "episode" in info]
+        out.append((obs.tobytes(), rewards.tobytes(), terminals.tobytes(), truncations.tobytes(),
+                    vecenv.action_masks.tobytes(), episodes))
+    vecenv.close()
+    return out
+
+
+def test_a_vector_env_steps_the_same_with_and_without_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches on (checked to be used) and off give the same results across snapshots, restores and resets."""
+    env_fn = functools.partial(gym.make, "CartPole-v1", max_episode_steps=9)
+    group, _ = _group(env_fn, 2)
+    group.reset([0, 1])
+    assert group._batch is not None
+    group.close()
+    batched = _rollout(env_fn, 4, 90)
+    monkeypatch.setattr(GymnasiumBatch, "build", classmethod(lambda cls, envs, arrays: None))
+    group, _ = _group(env_fn, 2)
+    group.reset([0, 1])
+    assert group._batch is None
+    group.close()
+    assert _rollout(env_fn, 4, 90) == batched
+    assert sum(len(step[-1]) for step in batched) > 20
