@@ -13,7 +13,7 @@ Rollout (per env result)
        get it from the current observation. With an asynchronous backend the next actions are sent before
        learning, so the envs step while the learner updates (those transitions belong to the next rollout).
 
-Resume
+Resume (:mod:`shoal.train.trainer_checkpoints`)
     Checkpoints hold the model, optimizer, RNG states, the rollout carry-over and, for the serial backend with
     picklable envs, a snapshot of the envs: ``resume`` then continues exactly as an uninterrupted run would.
     Otherwise the envs restart from a fresh reset (logged as a warning).
@@ -32,7 +32,6 @@ import shutil
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,55 +40,26 @@ import torch
 from torch import Tensor, nn
 
 from shoal.emulation.base import action_mask_width
-from shoal.errors import APIUsageError, CheckpointError
+from shoal.errors import APIUsageError
 from shoal.train.actor import Actor
 from shoal.train.agent_stats import AgentStats
 from shoal.train.buffer import RolloutBuffer
-from shoal.train.checkpoint import (
-    FORMAT,
-    check_signature,
-    checkpoint_path,
-    env_signature,
-    find_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
-    restore_env_state,
-    save_checkpoint,
-    snapshot_env_state,
-)
+from shoal.train.carry import Carry
+from shoal.train.checkpoint import checkpoint_path, find_checkpoint, list_checkpoints
 from shoal.train.config import TrainConfig
 from shoal.train.learner_process import LearnerProcess
 from shoal.train.logger import CSVSink, LogRecord, RunLogger, TensorBoardSink, WandbSink
 from shoal.train.ppo import ppo_update
 from shoal.train.resolve import resolve_env
+from shoal.train.result import TrainResult
 from shoal.train.traced_loss import LossTracer
+from shoal.train.trainer_checkpoints import CheckpointMixin
 
 __all__ = ["TrainResult", "Trainer", "resolve_device", "train"]
 
 log = logging.getLogger(__name__)
 
 Callback = Callable[[LogRecord], None]
-
-# Config fields that may differ between a run and its resumption (everything else must match).
-_RESUMABLE_CHANGES = {
-    "total_steps",
-    "run_dir",
-    "resume",
-    "overwrite",
-    "log_interval",
-    "checkpoint_interval",
-    "keep_checkpoints",
-    "tensorboard",
-    "wandb",
-    "wandb_project",
-    "eval_episodes",
-    "device",
-    "trace_actor",
-    "trace_learner",
-    "torch_threads",
-    "stats_window",
-    "ray_address",
-}
 
 
 def _adam(policy: nn.Module, lr: float, eps: float) -> torch.optim.Optimizer:
@@ -123,110 +93,7 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-@dataclass
-class TrainResult:
-    """What :func:`train` returns.
-
-    Attributes:
-        config: the configuration used.
-        policy: the trained policy (on its training device).
-        run_dir: the run directory, or None.
-        global_step: agent steps collected in total (across resumes); updates: updates done in total.
-        seconds: wall time of this call; sps: agent steps per second in this call.
-        episode_return, episode_length: mean over the last ``stats_window`` finished episodes (None if none).
-        episodes: episodes finished in total.
-        checkpoint: the last checkpoint written, or None.
-        evaluation: :func:`shoal.train.evaluate.evaluate` result when ``eval_episodes > 0``.
-        resumed_from: the checkpoint this run continued from, or None.
-        exact_resume: False when a resumed run had to restart its envs.
-    """
-
-    config: TrainConfig
-    policy: nn.Module
-    run_dir: Path | None
-    global_step: int
-    updates: int
-    seconds: float
-    sps: float
-    episode_return: float | None
-    episode_length: float | None
-    episodes: int
-    checkpoint: Path | None = None
-    evaluation: dict[str, Any] | None = None
-    resumed_from: Path | None = None
-    exact_resume: bool = True
-
-    def summary(self) -> dict[str, Any]:
-        """A JSON-serializable summary (what the command line prints)."""
-        return {
-            "env": self.config.env,
-            "algo": self.config.algo,
-            "run_dir": None if self.run_dir is None else str(self.run_dir),
-            "global_step": self.global_step,
-            "updates": self.updates,
-            "seconds": round(self.seconds, 3),
-            "sps": round(self.sps, 1),
-            "episode_return": self.episode_return,
-            "episode_length": self.episode_length,
-            "episodes": self.episodes,
-            "checkpoint": None if self.checkpoint is None else str(self.checkpoint),
-            "resumed_from": None if self.resumed_from is None else str(self.resumed_from),
-            "eval_mean_return": None if self.evaluation is None else self.evaluation["mean_return"],
-            "eval_episodes": None if self.evaluation is None else self.evaluation["episodes"],
-        }
-
-
-class _Carry:
-    """The last env result (copied where needed) and whether its live rows already acted."""
-
-    __slots__ = (
-        "acted",
-        "action_masks",
-        "agent_types",
-        "env_ids",
-        "infos",
-        "masks",
-        "obs",
-        "rewards",
-        "rows",
-        "terminals",
-        "truncations",
-    )
-
-    def __init__(self, batch: Any, rows: np.ndarray) -> None:
-        self.obs = batch.obs
-        self.rewards = batch.rewards
-        self.terminals = batch.terminals
-        self.truncations = batch.truncations
-        self.infos = batch.infos
-        self.env_ids = batch.env_ids
-        self.masks = batch.masks
-        self.action_masks = batch.action_masks
-        self.agent_types = batch.agent_types
-        self.rows = rows
-        self.acted = False
-
-    def state(self) -> dict[str, Any]:
-        def copy(x: np.ndarray | None) -> np.ndarray | None:
-            return None if x is None else np.array(x, copy=True)
-
-        return {
-            name: copy(getattr(self, name))
-            for name in (
-                "obs",
-                "rewards",
-                "terminals",
-                "truncations",
-                "env_ids",
-                "masks",
-                "action_masks",
-                "agent_types",
-                "rows",
-            )
-        } | {"acted": self.acted}
-
-
-class Trainer:
+class Trainer(CheckpointMixin):
     """PPO on any emulated env (single-agent, or parameter-shared over every agent slot).
 
     Args:
@@ -340,7 +207,7 @@ class Trainer:
         self.episode_returns: deque[float] = deque(maxlen=cfg.stats_window)
         self.episode_lengths: deque[float] = deque(maxlen=cfg.stats_window)
         self.episodes = 0
-        self._carry: _Carry | None = None
+        self._carry: Carry | None = None
         self._elapsed_before = 0.0
         self._times = {"env": 0.0, "inference": 0.0, "learn": 0.0}
         self.exact_resume = True
@@ -399,22 +266,22 @@ class Trainer:
         a = self.agents_per_env
         return (np.asarray(env_ids, np.int64)[:, None] * a + np.arange(a)).reshape(-1)
 
-    def _recv(self) -> _Carry:
+    def _recv(self) -> Carry:
         t = time.perf_counter()
         batch = self.vecenv.recv()
         self._times["env"] += time.perf_counter() - t
-        return _Carry(batch, self._rows(batch.env_ids))
+        return Carry(batch, self._rows(batch.env_ids))
 
     def _tensor(self, array: np.ndarray) -> Tensor:
         return torch.from_numpy(array).to(self.device, non_blocking=True)
 
-    def critic_inputs(self, carry: _Carry, live: np.ndarray | slice) -> Tensor | None:
+    def critic_inputs(self, carry: Carry, live: np.ndarray | slice) -> Tensor | None:
         """Centralized critic input for the live rows of ``carry`` (None for PPO; MAPPO overrides this)."""
         return None
 
     # ---- rollout -------------------------------------------------------------------------------------------
 
-    def _act(self, carry: _Carry) -> None:
+    def _act(self, carry: Carry) -> None:
         """Run the policy on ``carry``'s rows, record the live rows' pending transitions, send the actions.
 
         Every row of the result goes through the policy (a fixed batch shape, so traces are reused); only live
@@ -494,7 +361,7 @@ class Trainer:
         self._times["env"] += time.perf_counter() - t
         carry.acted = True
 
-    def _values(self, rows: np.ndarray, obs: np.ndarray, carry: _Carry | None, final: bool = False) -> np.ndarray:
+    def _values(self, rows: np.ndarray, obs: np.ndarray, carry: Carry | None, final: bool = False) -> np.ndarray:
         """Critic values of ``obs`` for ``rows`` with their current LSTM state (no state update).
 
         ``final``: ``obs`` are the final observations of episodes that ended in ``carry`` (a centralized critic
@@ -513,7 +380,7 @@ class Trainer:
             values = self.policy.value(self._tensor(np.ascontiguousarray(obs)), state, done=done, **kwargs)
         return values.float().cpu().numpy()
 
-    def _finish(self, carry: _Carry) -> None:
+    def _finish(self, carry: Carry) -> None:
         """Complete the pending transitions answered by ``carry``; record finished episodes."""
         t = time.perf_counter()
         cfg, buffer = self.config, self.buffer
@@ -574,7 +441,7 @@ class Trainer:
         else:
             self._bootstrap(carry)
 
-    def _bootstrap(self, carry: _Carry) -> None:
+    def _bootstrap(self, carry: Carry) -> None:
         waiting = self.buffer.waiting_rows()
         if not len(waiting):
             return
@@ -665,172 +532,6 @@ class Trainer:
             value_norm_state=self._learner_norm,
         )
         self._learner_weights = self._learner_norm = None
-
-    # ---- checkpoints ---------------------------------------------------------------------------------------
-
-    def checkpoint_payload(self) -> dict[str, Any]:
-        """Everything needed to continue this run exactly (see :mod:`shoal.train.checkpoint`)."""
-        from shoal import __version__
-
-        carry = self._carry
-        exact_env = None
-        if carry is not None and not carry.acted:
-            exact_env = snapshot_env_state(self.vecenv)
-        payload = {
-            "format": FORMAT,
-            "shoal_version": __version__,
-            "config": self.config.to_dict(),
-            "env_signature": env_signature(self.vecenv),
-            "policy_class": f"{type(self.policy).__module__}.{type(self.policy).__qualname__}",
-            "policy_config": dict(getattr(self.policy, "config", {})),
-            "model": self.policy.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "global_step": self.global_step,
-            "update": self.update,
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "numpy": np.random.get_state(),
-                "python": random.getstate(),
-                "generator": self.generator.get_state(),
-            },
-            "trainer": {
-                "buffer": self.buffer.carry_state(),
-                "rnn_state": None
-                if self.rnn_state is None
-                else tuple(s.detach().cpu().clone() for s in self.rnn_state),
-                "carry": None if carry is None else carry.state(),
-                "episode_returns": list(self.episode_returns),
-                "episode_lengths": list(self.episode_lengths),
-                "episodes": self.episodes,
-                "elapsed": self._elapsed(),
-            },
-            "env_state": exact_env,
-            "league": None if self.league is None else self.league.state_dict(),
-        }
-        if self.learner is not None:  # the learner's side: weights, optimizer and shuffling after its last update
-            learner = self.learner.state_dict()
-            payload["model"] = learner["model"]
-            payload["optimizer"] = learner["optimizer"]
-            payload["rng"]["generator"] = learner["generator"]
-            payload["acting_model"] = self.policy.state_dict()
-            payload["learner_value_norm"] = learner["value_norm"]  # MAPPO; the acting one is saved by MAPPOTrainer
-            payload["learner_ahead"] = self._learner_ahead
-        return payload
-
-    def save(self) -> Path | None:
-        """Write a checkpoint of the current update into ``run_dir`` (atomically); None without a run_dir."""
-        if self.run_dir is None:
-            return None
-        if self.league is not None:  # snapshots and league.json first: a checkpoint never lacks its pool
-            self.league.save(self.run_dir)
-        path = save_checkpoint(
-            checkpoint_path(self.run_dir, self.update),
-            self.checkpoint_payload(),
-            keep=self.config.keep_checkpoints,
-        )
-        self.last_checkpoint = path
-        log.debug("checkpoint %s", path)
-        return path
-
-    def _check_compatible(self, payload: dict[str, Any], source: Path) -> None:
-        saved = TrainConfig.from_dict(payload["config"])
-        cfg = self.config
-        check_signature(payload["env_signature"], env_signature(self.vecenv), str(source), cfg.env)
-        differing = [
-            f
-            for f in saved.to_dict()
-            if f not in _RESUMABLE_CHANGES and saved.to_dict()[f] != cfg.to_dict()[f]
-        ]
-        if differing:
-            detail = ", ".join(f"{f}={saved.to_dict()[f]!r} (now {cfg.to_dict()[f]!r})" for f in differing)
-            raise CheckpointError(
-                f"cannot resume {source}: the run was started with {detail}. Resume with the "
-                "run's own settings (omit those flags), or start a new run directory."
-            )
-        mine = dict(getattr(self.policy, "config", {}))
-        if payload["policy_config"] != mine:
-            raise CheckpointError(
-                f"{source} holds a policy built with {payload['policy_config']}, but this run builds {mine}"
-            )
-
-    def _load_payload(self, path: Path) -> dict[str, Any]:
-        """Read the checkpoint to continue from (data-parallel learners take their rank's part of it)."""
-        return load_checkpoint(path, map_location=self.device)
-
-    def restore(self, path: Path) -> None:
-        """Continue from the checkpoint at ``path`` (model, optimizer, RNG, rollout carry-over, envs)."""
-        payload = self._load_payload(path)
-        self._check_compatible(payload, path)
-        try:
-            self.policy.load_state_dict(payload.get("acting_model", payload["model"]))
-        except RuntimeError as exc:
-            raise CheckpointError(f"{path}: the saved weights do not fit this policy: {exc}") from exc
-        if "acting_model" in payload:  # async_learner: the learner continues from its own weights
-            self._learner_weights = payload["model"]
-            self._learner_norm = payload.get("learner_value_norm")
-            self._learner_ahead = bool(payload["learner_ahead"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.global_step = int(payload["global_step"])
-        self.update = int(payload["update"])
-        rng = payload["rng"]
-        torch.set_rng_state(rng["torch"].cpu())
-        if rng.get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
-        self.generator.set_state(rng["generator"].cpu())
-        trainer = payload["trainer"]
-        self.episode_returns.extend(trainer["episode_returns"])
-        self.episode_lengths.extend(trainer["episode_lengths"])
-        self.episodes = int(trainer["episodes"])
-        self._elapsed_before = float(trainer["elapsed"])
-        self.last_checkpoint = path
-        if self.league is not None:
-            self.league.load_state_dict(payload.get("league"))
-
-        # The envs: a fresh reset, then (serial, picklable) the snapshot of where they were.
-        t = time.perf_counter()
-        self.vecenv.async_reset(self.env_seed)
-        batch = self.vecenv.recv()
-        self._times["env"] += time.perf_counter() - t
-        saved = trainer["carry"]
-        if (
-            payload.get("env_state") is not None
-            and saved is not None
-            and not saved["acted"]
-            and restore_env_state(self.vecenv, payload["env_state"])
-        ):
-            carry = _Carry(batch, self._rows(batch.env_ids))
-            for name in (
-                "obs",
-                "rewards",
-                "terminals",
-                "truncations",
-                "masks",
-                "action_masks",
-                "agent_types",
-            ):
-                if saved[name] is not None:
-                    getattr(carry, name)[...] = saved[name]
-            carry.infos = [{} for _ in carry.rows]  # outcomes were already applied before the checkpoint
-            self._carry = carry
-            self.buffer.load_carry_state(trainer["buffer"])
-            if self.rnn_state is not None and trainer["rnn_state"] is not None:
-                self.rnn_state = tuple(s.to(self.device) for s in trainer["rnn_state"])  # type: ignore[assignment]
-            self.exact_resume = True
-        else:
-            log.warning(
-                "resume from %s: the envs could not be restored (backend %r or unpicklable env), so they "
-                "restart from a fresh reset; training continues, but not exactly as an uninterrupted run",
-                path,
-                self.config.backend,
-            )
-            self.exact_resume = False
-            self._carry = _Carry(batch, self._rows(batch.env_ids))
-            if self.league is not None:  # fresh envs: every env gets a new seating
-                self.league.reset_envs()
-            self._finish(self._carry)
 
     # ---- main loop -----------------------------------------------------------------------------------------
 

@@ -1,0 +1,232 @@
+"""The trainer's checkpoints: what a checkpoint holds, writing it, and continuing a run from one.
+
+:class:`CheckpointMixin` is part of :class:`shoal.train.trainer.Trainer`; it reads and sets the trainer's state
+(policy, optimizer, counters, RNG, rollout carry-over, envs). Subclasses extend :meth:`checkpoint_payload` and
+:meth:`restore` (MAPPO's value normalization) or :meth:`_load_payload` (one part per data-parallel learner).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from shoal.errors import CheckpointError
+from shoal.train.carry import Carry
+from shoal.train.checkpoint import (
+    FORMAT,
+    check_signature,
+    checkpoint_path,
+    env_signature,
+    load_checkpoint,
+    restore_env_state,
+    save_checkpoint,
+    snapshot_env_state,
+)
+from shoal.train.config import TrainConfig
+
+__all__ = ["RESUMABLE_CHANGES", "CheckpointMixin"]
+
+log = logging.getLogger("shoal.train.trainer")
+
+#: Config fields that may differ between a run and its resumption (everything else must match).
+RESUMABLE_CHANGES = {
+    "total_steps",
+    "run_dir",
+    "resume",
+    "overwrite",
+    "log_interval",
+    "checkpoint_interval",
+    "keep_checkpoints",
+    "tensorboard",
+    "wandb",
+    "wandb_project",
+    "eval_episodes",
+    "device",
+    "trace_actor",
+    "trace_learner",
+    "torch_threads",
+    "stats_window",
+    "ray_address",
+}
+
+
+class CheckpointMixin:
+    """Checkpoint writing and resuming for :class:`~shoal.train.trainer.Trainer` (see the module docstring)."""
+
+    # The trainer's state this mixin uses (set by Trainer.__init__).
+    config: TrainConfig
+    vecenv: Any
+    policy: Any
+    optimizer: Any
+    device: torch.device
+    run_dir: Path | None
+
+    def checkpoint_payload(self) -> dict[str, Any]:
+        """Everything needed to continue this run exactly (see :mod:`shoal.train.checkpoint`)."""
+        from shoal import __version__
+
+        carry = self._carry
+        exact_env = None
+        if carry is not None and not carry.acted:
+            exact_env = snapshot_env_state(self.vecenv)
+        payload = {
+            "format": FORMAT,
+            "shoal_version": __version__,
+            "config": self.config.to_dict(),
+            "env_signature": env_signature(self.vecenv),
+            "policy_class": f"{type(self.policy).__module__}.{type(self.policy).__qualname__}",
+            "policy_config": dict(getattr(self.policy, "config", {})),
+            "model": self.policy.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "global_step": self.global_step,
+            "update": self.update,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+                "generator": self.generator.get_state(),
+            },
+            "trainer": {
+                "buffer": self.buffer.carry_state(),
+                "rnn_state": None
+                if self.rnn_state is None
+                else tuple(s.detach().cpu().clone() for s in self.rnn_state),
+                "carry": None if carry is None else carry.state(),
+                "episode_returns": list(self.episode_returns),
+                "episode_lengths": list(self.episode_lengths),
+                "episodes": self.episodes,
+                "elapsed": self._elapsed(),
+            },
+            "env_state": exact_env,
+            "league": None if self.league is None else self.league.state_dict(),
+        }
+        if self.learner is not None:  # the learner's side: weights, optimizer and shuffling after its last update
+            learner = self.learner.state_dict()
+            payload["model"] = learner["model"]
+            payload["optimizer"] = learner["optimizer"]
+            payload["rng"]["generator"] = learner["generator"]
+            payload["acting_model"] = self.policy.state_dict()
+            payload["learner_value_norm"] = learner["value_norm"]  # MAPPO; the acting one is saved by MAPPOTrainer
+            payload["learner_ahead"] = self._learner_ahead
+        return payload
+
+    def save(self) -> Path | None:
+        """Write a checkpoint of the current update into ``run_dir`` (atomically); None without a run_dir."""
+        if self.run_dir is None:
+            return None
+        if self.league is not None:  # snapshots and league.json first: a checkpoint never lacks its pool
+            self.league.save(self.run_dir)
+        path = save_checkpoint(
+            checkpoint_path(self.run_dir, self.update),
+            self.checkpoint_payload(),
+            keep=self.config.keep_checkpoints,
+        )
+        self.last_checkpoint = path
+        log.debug("checkpoint %s", path)
+        return path
+
+    def _check_compatible(self, payload: dict[str, Any], source: Path) -> None:
+        saved = TrainConfig.from_dict(payload["config"])
+        cfg = self.config
+        check_signature(payload["env_signature"], env_signature(self.vecenv), str(source), cfg.env)
+        differing = [
+            f
+            for f in saved.to_dict()
+            if f not in RESUMABLE_CHANGES and saved.to_dict()[f] != cfg.to_dict()[f]
+        ]
+        if differing:
+            detail = ", ".join(f"{f}={saved.to_dict()[f]!r} (now {cfg.to_dict()[f]!r})" for f in differing)
+            raise CheckpointError(
+                f"cannot resume {source}: the run was started with {detail}. Resume with the "
+                "run's own settings (omit those flags), or start a new run directory."
+            )
+        mine = dict(getattr(self.policy, "config", {}))
+        if payload["policy_config"] != mine:
+            raise CheckpointError(
+                f"{source} holds a policy built with {payload['policy_config']}, but this run builds {mine}"
+            )
+
+    def _load_payload(self, path: Path) -> dict[str, Any]:
+        """Read the checkpoint to continue from (data-parallel learners take their rank's part of it)."""
+        return load_checkpoint(path, map_location=self.device)
+
+    def restore(self, path: Path) -> None:
+        """Continue from the checkpoint at ``path`` (model, optimizer, RNG, rollout carry-over, envs)."""
+        payload = self._load_payload(path)
+        self._check_compatible(payload, path)
+        try:
+            self.policy.load_state_dict(payload.get("acting_model", payload["model"]))
+        except RuntimeError as exc:
+            raise CheckpointError(f"{path}: the saved weights do not fit this policy: {exc}") from exc
+        if "acting_model" in payload:  # async_learner: the learner continues from its own weights
+            self._learner_weights = payload["model"]
+            self._learner_norm = payload.get("learner_value_norm")
+            self._learner_ahead = bool(payload["learner_ahead"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.global_step = int(payload["global_step"])
+        self.update = int(payload["update"])
+        rng = payload["rng"]
+        torch.set_rng_state(rng["torch"].cpu())
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        self.generator.set_state(rng["generator"].cpu())
+        trainer = payload["trainer"]
+        self.episode_returns.extend(trainer["episode_returns"])
+        self.episode_lengths.extend(trainer["episode_lengths"])
+        self.episodes = int(trainer["episodes"])
+        self._elapsed_before = float(trainer["elapsed"])
+        self.last_checkpoint = path
+        if self.league is not None:
+            self.league.load_state_dict(payload.get("league"))
+
+        # The envs: a fresh reset, then (serial, picklable) the snapshot of where they were.
+        t = time.perf_counter()
+        self.vecenv.async_reset(self.env_seed)
+        batch = self.vecenv.recv()
+        self._times["env"] += time.perf_counter() - t
+        saved = trainer["carry"]
+        if (
+            payload.get("env_state") is not None
+            and saved is not None
+            and not saved["acted"]
+            and restore_env_state(self.vecenv, payload["env_state"])
+        ):
+            carry = Carry(batch, self._rows(batch.env_ids))
+            for name in (
+                "obs",
+                "rewards",
+                "terminals",
+                "truncations",
+                "masks",
+                "action_masks",
+                "agent_types",
+            ):
+                if saved[name] is not None:
+                    getattr(carry, name)[...] = saved[name]
+            carry.infos = [{} for _ in carry.rows]  # outcomes were already applied before the checkpoint
+            self._carry = carry
+            self.buffer.load_carry_state(trainer["buffer"])
+            if self.rnn_state is not None and trainer["rnn_state"] is not None:
+                self.rnn_state = tuple(s.to(self.device) for s in trainer["rnn_state"])  # type: ignore[assignment]
+            self.exact_resume = True
+        else:
+            log.warning(
+                "resume from %s: the envs could not be restored (backend %r or unpicklable env), so they "
+                "restart from a fresh reset; training continues, but not exactly as an uninterrupted run",
+                path,
+                self.config.backend,
+            )
+            self.exact_resume = False
+            self._carry = Carry(batch, self._rows(batch.env_ids))
+            if self.league is not None:  # fresh envs: every env gets a new seating
+                self.league.reset_envs()
+            self._finish(self._carry)
