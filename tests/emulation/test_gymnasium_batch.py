@@ -73,6 +73,21 @@ def _rows(envs: list[GymnasiumEmulator]) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _try_batch(envs: list[GymnasiumEmulator]) -> tuple[GymnasiumBatch | None, dict[str, np.ndarray]]:
+    """Attach ``envs`` to rows of fresh arrays, reset env ``i`` with seed ``i``, and build a batch over them."""
+    arrays = _rows(envs)
+    for i, env in enumerate(envs):
+        env.reset(seed=i)
+    return GymnasiumBatch.build(envs, arrays), arrays
+
+
+def _batch(envs: list[GymnasiumEmulator]) -> tuple[GymnasiumBatch, dict[str, np.ndarray]]:
+    """:func:`_try_batch`, which must build one."""
+    batch, arrays = _try_batch(envs)
+    assert batch is not None
+    return batch, arrays
+
+
 def _same_info(expected: dict[str, Any], actual: dict[str, Any]) -> None:
     assert list(actual) == list(expected)
     for key, value in expected.items():
@@ -213,11 +228,7 @@ def test_batches_are_only_built_for_plain_box_observations_and_one_discrete_tabl
 
 def test_an_out_of_range_action_steps_no_env_and_names_the_env() -> None:
     envs = [emulate(gym.make("CartPole-v1")) for _ in range(3)]
-    arrays = _rows(envs)
-    for env in envs:
-        env.reset(seed=0)
-    batch = GymnasiumBatch.build(envs, arrays)
-    assert batch is not None
+    batch, arrays = _batch(envs)
     before = arrays["obs"].copy()
     with pytest.raises(APIUsageError, match=r"flat action 2 of env 1 .*Discrete\(2\).*0\.\.1"):
         batch.step(np.array([0, 2, 1]))
@@ -247,11 +258,7 @@ def test_an_observation_of_the_wrong_shape_is_named_as_a_lone_emulator_names_it(
     alone = GymnasiumEmulator(_BadShapeAt3(bad=True))
     alone.reset(seed=0)
     envs = [GymnasiumEmulator(_BadShapeAt3(bad=i == 1)) for i in range(3)]
-    arrays = _rows(envs)
-    for env in envs:
-        env.reset(seed=0)
-    batch = GymnasiumBatch.build(envs, arrays)
-    assert batch is not None
+    batch = _batch(envs)[0]
     for _ in range(2):
         batch.step(np.zeros(3, np.int64))
         alone.step(np.zeros(1, np.int64))
@@ -274,11 +281,7 @@ class _RewardOf(_ConstantEnv):
 @pytest.mark.parametrize("reward", [None, np.array([1.0, 2.0])], ids=["none", "vector"])
 def test_a_reward_that_is_not_one_number_is_named_with_its_env(reward: object) -> None:
     envs = [GymnasiumEmulator(_RewardOf(1.0 if i != 2 else reward)) for i in range(3)]
-    arrays = _rows(envs)
-    for env in envs:
-        env.reset(seed=0)
-    batch = GymnasiumBatch.build(envs, arrays)
-    assert batch is not None
+    batch = _batch(envs)[0]
     with pytest.raises(EnvError, match=r"env 2 of this group \(_RewardOf\) returned the reward .* one real number"):
         batch.step(np.zeros(3, np.int64))
 
@@ -320,11 +323,7 @@ class _TerminalReward(_ConstantEnv):
 
 def test_a_bad_reward_on_the_step_that_ends_the_episode_is_named_too() -> None:
     envs = [GymnasiumEmulator(_TerminalReward()) for _ in range(2)]
-    arrays = _rows(envs)
-    for env in envs:
-        env.reset(seed=0)
-    batch = GymnasiumBatch.build(envs, arrays)
-    assert batch is not None
+    batch = _batch(envs)[0]
     for _ in range(2):
         batch.step(np.zeros(2, np.int64))
     with pytest.raises(EnvError, match=r"env 0 of this group \(_TerminalReward\) returned the reward array"):
@@ -340,20 +339,14 @@ class _Tagged(GymnasiumEmulator):
 
 def test_subclasses_that_end_episodes_or_write_their_own_way_get_no_batch() -> None:
     envs = [_Tagged(gym.make("CartPole-v1", max_episode_steps=2)) for _ in range(2)]
-    arrays = _rows(envs)
-    for env in envs:
-        env.reset(seed=0)
-    assert GymnasiumBatch.build(envs, arrays) is None
+    assert _try_batch(envs)[0] is None
 
     class Stripped(GymnasiumEmulator):
         def _strip_mask(self, obs: Any) -> Any:
             return np.clip(obs, -0.01, 0.01)
 
     envs = [Stripped(gym.make("CartPole-v1")) for _ in range(2)]
-    arrays = _rows(envs)
-    for env in envs:
-        env.reset(seed=0)
-    assert GymnasiumBatch.build(envs, arrays) is None
+    assert _try_batch(envs)[0] is None
 
 
 def test_rows_that_are_not_contiguous_get_no_batch() -> None:
@@ -369,12 +362,6 @@ def test_rows_that_are_not_contiguous_get_no_batch() -> None:
 
 def test_envs_with_different_action_mask_keys_get_no_batch() -> None:
     envs = [GymnasiumEmulator(gym.make("CartPole-v1"), action_mask_key=key) for key in ("action_mask", "legal")]
-    arrays = _rows(envs)
-    for env in envs:
-        env.reset(seed=0)
-    assert GymnasiumBatch.build(envs, arrays) is None
+    assert _try_batch(envs)[0] is None
     unmasked = [GymnasiumEmulator(gym.make("CartPole-v1"), action_mask_key=None) for _ in range(2)]
-    arrays = _rows(unmasked)
-    for env in unmasked:
-        env.reset(seed=0)
-    assert GymnasiumBatch.build(unmasked, arrays) is not None  # masks off everywhere: one kind
+    assert _try_batch(unmasked)[0] is not None  # masks off everywhere: one kind
