@@ -33,27 +33,36 @@ def random_actions(vecenv: Any, rng: np.random.Generator, rows: int) -> np.ndarr
 
 
 def measure_throughput(env_fn: Callable[[], Any], *, num_envs: int = 8, backend: str = "serial",
-                       num_workers: int | None = None, seconds: float = 3.0, seed: int = 0) -> dict[str, Any]:
+                       num_workers: int | None = None, seconds: float = 3.0, seed: int = 0,
+                       batch_size: int | None = None) -> dict[str, Any]:
     """Step ``num_envs`` copies of ``env_fn`` with random actions for ``seconds``.
 
+    Args:
+        batch_size: envs per batch; below ``num_envs`` the loop is EnvPool-style (``recv`` whichever workers
+            finished first, ``send`` their actions) instead of stepping every env each time.
+
     Returns:
-        ``{"agent_steps_per_s", "env_steps_per_s", "steps", "seconds", "num_envs", "backend", "num_workers"}``:
-        agent steps count live (masked-in) agent rows only.
+        ``{"agent_steps_per_s", "env_steps_per_s", "steps", "seconds", "num_envs", "backend", "num_workers",
+        "batch_size"}``: agent steps count live (masked-in) agent rows only.
     """
     from shoal.vector import make
 
     if seconds <= 0:
         raise APIUsageError(f"seconds={seconds} must be positive")
     rng = np.random.default_rng(seed)
-    with make(env_fn, num_envs, backend=backend, num_workers=num_workers, seed=seed) as vecenv:
-        vecenv.reset(seed=seed)
+    with make(env_fn, num_envs, backend=backend, num_workers=num_workers, batch_size=batch_size,
+              seed=seed) as vecenv:
+        vecenv.async_reset(seed=seed)
         agent_steps = env_steps = 0
         start = time.perf_counter()
+        batch = vecenv.recv()
         while time.perf_counter() - start < seconds:
-            vecenv.step(random_actions(vecenv, rng, vecenv.num_agents))
-            agent_steps += int(vecenv.masks.sum())
-            env_steps += num_envs
+            vecenv.send(random_actions(vecenv, rng, len(batch.masks)))
+            batch = vecenv.recv()
+            agent_steps += int(batch.masks.sum())
+            env_steps += len(batch.env_ids)
         elapsed = time.perf_counter() - start
+        batch_size = vecenv.batch_size
     return {"agent_steps_per_s": agent_steps / elapsed, "env_steps_per_s": env_steps / elapsed,
             "steps": agent_steps, "seconds": elapsed, "num_envs": num_envs, "backend": backend,
-            "num_workers": num_workers}
+            "num_workers": num_workers, "batch_size": batch_size}

@@ -293,9 +293,10 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
 
     env_fn = resolve_env(args.env)
     result = measure_throughput(env_fn, num_envs=args.num_envs, backend=args.backend, num_workers=args.num_workers,
-                                seconds=args.seconds, seed=args.seed)
+                                seconds=args.seconds, seed=args.seed, batch_size=args.batch_size)
+    batches = "" if result["batch_size"] == args.num_envs else f", batches of {result['batch_size']}"
     _say(args, f"{args.env}: {result['agent_steps_per_s']:,.0f} agent-steps/s ({args.backend}, "
-               f"{args.num_envs} envs)")
+               f"{args.num_envs} envs{batches})")
     return {"command": "bench", "ok": True, "env": args.env, **result}
 
 
@@ -421,6 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--num-workers", type=int, default=None)
     bench.add_argument("--seconds", type=float, default=3.0)
     bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--batch-size", type=int, default=None,
+                       help="envs per batch; fewer than --num-envs steps EnvPool-style (whichever workers finish "
+                            "first)")
     bench.add_argument("--json", action="store_true", help="print only the final JSON line")
     bench.set_defaults(handler=cmd_bench)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from pettingzoo.classic import tictactoe_v3
 
 from shoal.bench import random_actions
@@ -31,3 +32,23 @@ def test_bench_command_prints_one_json_line(capsys) -> None:
     report = json.loads(lines[0])
     assert report["ok"] and report["command"] == "bench" and report["agent_steps_per_s"] > 0
     assert report["steps"] % 2 == 0
+
+
+
+def test_bench_in_envpool_style_batches(capsys) -> None:
+    argv = ["bench", "CartPole-v1", "--seconds", "0.3", "--num-envs", "4", "--backend", "multiprocessing",
+            "--num-workers", "2", "--batch-size", "2", "--json"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["ok"] and report["batch_size"] == 2 and report["agent_steps_per_s"] > 0
+    assert report["steps"] % 2 == 0 and report["steps"] > 0
+
+
+def test_bench_names_a_batch_size_that_does_not_tile_the_workers() -> None:
+    from shoal.bench import measure_throughput
+    from shoal.errors import APIUsageError
+    from shoal.train.resolve import resolve_env
+
+    with pytest.raises(APIUsageError, match="batch_size"):
+        measure_throughput(resolve_env("CartPole-v1"), num_envs=4, backend="multiprocessing", num_workers=2,
+                           batch_size=3, seconds=0.1)

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import io
 import multiprocessing
 import os
 import pickle
 import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -129,7 +131,7 @@ def worker_main(index: int, env_fns: Sequence[Callable[[], Any]], first_env: int
         spin_s: seconds to spin on the command flag before blocking on the pipe.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and closes the workers
-    faulthandler.enable()  # a native crash prints its Python traceback to this worker's stderr
+    _enable_faulthandler()
     for other in inherited:
         other.close()
     group: EnvGroup | None = None
@@ -152,6 +154,14 @@ def worker_main(index: int, env_fns: Sequence[Callable[[], Any]], first_env: int
             except Exception:
                 _report(conn, "while closing the envs:\n" + traceback.format_exc())
         conn.close()
+
+
+def _enable_faulthandler() -> None:
+    """Make a native crash print the worker's Python traceback to the process's real stderr (file descriptor 2):
+    ``sys.stderr`` may be an object without one (a notebook, a test runner capturing output)."""
+    stream = sys.__stderr__ if sys.__stderr__ is not None else sys.stderr
+    with contextlib.suppress(AttributeError, ValueError, OSError, io.UnsupportedOperation):
+        faulthandler.enable(file=stream)
 
 
 def _report(conn: Connection, text: str) -> None:

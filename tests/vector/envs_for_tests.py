@@ -71,7 +71,8 @@ def crash_in_worker() -> gym.Env:
 
 
 class CrashEnv(gym.Env):
-    """A tiny env that misbehaves after ``after`` steps: ``how`` is "raise", "exit" (os._exit) or "kill" (SIGKILL).
+    """A tiny env that misbehaves after ``after`` steps: ``how`` is "raise", "exit" (os._exit), "kill" (SIGKILL)
+    or "segv" (SIGSEGV, as a native crash).
 
     Observation ``float32[2]`` = (step count, seed or -1); action ``Discrete(2)``; never ends on its own.
     """
@@ -88,7 +89,7 @@ class CrashEnv(gym.Env):
             raise ValueError("CrashEnv failed on purpose")
         if self.how == "exit":
             os._exit(3)
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGSEGV if self.how == "segv" else signal.SIGKILL)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)

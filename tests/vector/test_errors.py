@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import io
 import subprocess
 import sys
 import time
@@ -148,6 +149,22 @@ def test_worker_that_dies_surfaces_fast(how: str, match: str) -> None:
             vecenv.step(np.zeros(2, np.int64))
     assert time.monotonic() - start < 10
     assert vecenv.closed and not workers_only(child_pids() - children)
+
+
+@pytest.mark.timeout(20)
+def test_a_native_crash_prints_the_workers_python_traceback_even_when_stderr_is_replaced(
+        monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture) -> None:
+    """A notebook or a capturing test runner gives ``sys.stderr`` no file descriptor; the workers still start,
+    and a native crash still prints where the worker was to the process's real stderr."""
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    env_fn = functools.partial(envs.CrashEnv, after=2, how="segv")
+    vecenv = shoal.vector.make(env_fn, 2, backend="multiprocessing", num_workers=2, context="fork")
+    vecenv.reset()
+    with pytest.raises(WorkerError, match="killed by signal 11"):
+        for _ in range(5):
+            vecenv.step(np.zeros(2, np.int64))
+    err = capfd.readouterr().err
+    assert "Segmentation fault" in err and "envs_for_tests.py" in err and "in _fail" in err
 
 
 @pytest.mark.timeout(20)
