@@ -161,6 +161,9 @@ def _enable_faulthandler() -> None:
     ``sys.stderr`` may be an object without one (a notebook, a test runner capturing output)."""
     stream = sys.__stderr__ if sys.__stderr__ is not None else sys.stderr
     with contextlib.suppress(AttributeError, ValueError, OSError, io.UnsupportedOperation):
+        # Disabled first: enabling again only changes the file, and a library loaded since the parent enabled it
+        # (Ray's core, for one) may have replaced its signal handlers.
+        faulthandler.disable()
         faulthandler.enable(file=stream)
 
 
