@@ -41,13 +41,17 @@ from pettingzoo import AECEnv, ParallelEnv
 
 from shoal.emulation.actions import ActionLayout
 from shoal.emulation.agent_spaces import AgentSpaces, AgentSpec, group_of
-from shoal.emulation.base import ACTION_MASK_KEY, Buffers, Emulator, State, add_episode
+from shoal.emulation.base import ACTION_MASK_KEY, Buffers, Emulator, State, add_episode, checked_reward
 from shoal.emulation.flatten import Flattener
 from shoal.emulation.parallel_step import direct_parallel_step as _direct_step
 from shoal.emulation.stats import EpisodeStats
 from shoal.errors import APIUsageError, CapacityError, EnvError
 
 __all__ = ["PettingZooEmulator", "group_of"]
+
+#: Rewards taken as they are; anything else must pass :func:`~shoal.emulation.base.checked_reward` (0-d arrays
+#: do, None, strings and vectors do not). Complex numbers are numbers but not rewards.
+_REAL = (float, int, np.floating, np.integer, np.bool_)
 
 StepResult = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]
 
@@ -432,6 +436,8 @@ class PettingZooEmulator(Emulator):
             agent = slot_agents[slot]
             spec = specs[slot]
             reward = rewards.get(agent, 0.0)
+            if not isinstance(reward, _REAL):
+                reward = checked_reward(f"agent {agent!r}", reward)
             stats.add(slot, reward)
             terminated = bool(terms.get(agent, False))
             truncated = bool(truncs.get(agent, False))
@@ -457,6 +463,8 @@ class PettingZooEmulator(Emulator):
                 spec = specs[slot]
                 info = env_infos.get(agent)
                 reward = rewards.get(agent, 0.0)
+                if not isinstance(reward, _REAL):
+                    reward = checked_reward(f"agent {agent!r}", reward)
                 stats.add_reward(slot, reward)
                 terminated = bool(terms.get(agent, False))
                 truncated = bool(truncs.get(agent, False))
@@ -508,6 +516,8 @@ class PettingZooEmulator(Emulator):
         pending = self._pending
         stats = self.stats
         for agent, reward in self._src.rewards.items():
+            if not isinstance(reward, _REAL):
+                reward = checked_reward(f"agent {agent!r}", reward)
             if reward:
                 slot = slot_of.get(agent)
                 if slot is None:

@@ -610,3 +610,43 @@ def test_a_pickled_aec_emulator_continues_exactly_like_the_original() -> None:
             np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(env.masks, copy_.masks)
         np.testing.assert_array_equal(env.action_masks, copy_.action_masks)
+
+
+class _BadReward(SpawnEnv):
+    """SpawnEnv whose step gives agent ``who`` the reward ``bad``."""
+
+    def __init__(self, bad: Any, who: str) -> None:
+        super().__init__()
+        self.bad, self.who = bad, who
+
+    def step(self, actions: dict[str, Any]) -> tuple[dict, dict, dict, dict, dict]:
+        obs, rewards, terms, truncs, infos = super().step(actions)
+        rewards[self.who] = self.bad
+        return obs, rewards, terms, truncs, infos
+
+
+@pytest.mark.parametrize("who", ["walker_1", "child_1"], ids=["live", "spawned"])
+@pytest.mark.parametrize("bad", [None, "3", np.array([1.0, 2.0]), 1j], ids=["none", "str", "vector", "complex"])
+def test_a_reward_that_is_not_one_number_is_named_with_its_agent(bad: Any, who: str) -> None:
+    env = PettingZooEmulator(_BadReward(bad, who), max_agents=6)
+    env.reset(seed=0)
+    with pytest.raises(EnvError, match=rf"agent '{who}' returned the reward .* must be one real number"):
+        env.step(np.array([1, 2, 0, 0, 0, 0]))
+
+
+def test_a_turn_based_env_names_a_bad_reward_too() -> None:
+    from pettingzoo.utils.conversions import parallel_to_aec
+
+    env = PettingZooEmulator(parallel_to_aec(_BadReward(None, "walker_1")), max_agents=6)
+    env.reset(seed=0)
+    with pytest.raises(EnvError, match=r"agent 'walker_1' returned the reward None"):
+        for _ in range(4):
+            env.step(np.zeros(6, np.int64))
+
+
+@pytest.mark.parametrize("good", [np.float32(1.5), np.int64(2), True, np.array(0.25)])
+def test_numeric_rewards_of_any_kind_reach_their_slot(good: Any) -> None:
+    env = PettingZooEmulator(_BadReward(good, "walker_1"), max_agents=6)
+    env.reset(seed=0)
+    rewards = env.step(np.array([1, 2, 0, 0, 0, 0]))[1]
+    assert rewards[1] == np.float32(float(good))
