@@ -6,6 +6,10 @@ oversubscribed run (4 workers on 2 cores) >= 0.8x the best shoal run. Without a 
 env with Atari-sized frames and short episodes, where every step ends some episodes and their final frames must
 reach the trainer.
 
+CartPole Multiprocessing runs twice per worker count: stepping every env each time (``step``), and EnvPool-style
+(``send``/``recv`` of the envs whose worker finished first, half of them per batch). The CartPole targets use the
+better of the runs and name it.
+
 Every configuration is built up front, then measured in interleaved rounds (best of ``--repeats``), so noise
 from other processes on the machine hits all of them alike.
 
