@@ -67,12 +67,8 @@ class ParallelSteps:
         for slot in acting:
             agent = slot_agents[slot]
             spec = specs[slot]
-            reward = rewards.get(agent, 0.0)
-            if not isinstance(reward, REAL):
-                reward = checked_reward(f"agent {agent!r}", reward)
+            reward, terminated, truncated = _outcome(agent, rewards, terms, truncs)
             stats.add(slot, reward)
-            terminated = bool(terms.get(agent, False))
-            truncated = bool(truncs.get(agent, False))
             value = obs.get(agent, _MISSING)
             if value is not _MISSING:
                 seen += 1
@@ -94,12 +90,8 @@ class ParallelSteps:
                 slot = self._assign(agent)
                 spec = specs[slot]
                 info = env_infos.get(agent)
-                reward = rewards.get(agent, 0.0)
-                if not isinstance(reward, REAL):
-                    reward = checked_reward(f"agent {agent!r}", reward)
+                reward, terminated, truncated = _outcome(agent, rewards, terms, truncs)
                 stats.add_reward(slot, reward)
-                terminated = bool(terms.get(agent, False))
-                truncated = bool(truncs.get(agent, False))
                 if terminated or truncated:  # born finished: reported once, never acts
                     self._report_end(slot, infos, reward, terminated, truncated, info,
                                      self._row_copy(slot, spec, value))
@@ -119,3 +111,12 @@ class ParallelSteps:
             self._clear_slots()
             self._start_parallel(obs, env_infos, infos, "reset_info")
         return b.obs, b.rewards, b.terminals, b.truncations, infos
+
+
+def _outcome(agent: str, rewards: dict[str, Any], terms: dict[str, Any], truncs: dict[str, Any]
+             ) -> tuple[Any, bool, bool]:
+    """``agent``'s reward (checked to be one number; 0 when absent), terminated and truncated flags of a step."""
+    reward = rewards.get(agent, 0.0)
+    if not isinstance(reward, REAL):
+        reward = checked_reward(f"agent {agent!r}", reward)
+    return reward, bool(terms.get(agent, False)), bool(truncs.get(agent, False))
