@@ -1,7 +1,9 @@
 """EnvGroup: a run of consecutive envs stepped in one process, each writing straight into its rows of the buffers.
 
 Every backend is built from groups: the serial backend holds them all in-process, a multiprocessing worker holds
-one over a slice of shared memory, a Ray actor holds one over its own arrays.
+one over a slice of shared memory, a Ray actor holds one over its own arrays. A group steps its envs the fastest
+exact way they allow (see :meth:`EnvGroup._link_native`): as one :class:`~shoal.emulation.gymnasium_batch.
+GymnasiumBatch`, through one shared Discrete action table, or through each env's checked ``step``.
 """
 
 from __future__ import annotations
