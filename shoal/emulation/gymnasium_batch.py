@@ -86,8 +86,9 @@ class GymnasiumBatch:
                 not obs.flags.c_contiguous):
             return None
         for i, env in enumerate(envs):
-            if not np.shares_memory(env.buffers.obs, obs[i]) or not np.shares_memory(env.buffers.rewards,
-                                                                                     arrays["rewards"][i : i + 1]):
+            own = env.buffers
+            if not all(np.shares_memory(getattr(own, name), arrays[name][i : i + 1])
+                       for name in ("obs", "rewards", "terminals", "truncations")):
                 return None
         leaves = obs.view()
         try:
@@ -99,17 +100,27 @@ class GymnasiumBatch:
     def step(self, actions: np.ndarray) -> InfoPairs:
         """Step env ``i`` with the flat Discrete action ``actions[i]`` (``int[n]``); return the non-empty infos.
 
+        If an env raises, the envs before it have stepped, it and the envs after it are left as they were (an env
+        that raised while ending its episode or writing its observation has counted the step, as a lone
+        emulator does), and the error propagates.
+
         Raises:
-            APIUsageError: an action outside the Discrete space (no env is stepped then).
+            APIUsageError: not one action per env, or an action outside the Discrete space (no env is stepped
+                then).
             EnvError: an env returned a reward that is not one number.
         """
         n = self._n_actions
+        if len(actions) != len(self.envs):
+            raise APIUsageError(f"{len(actions)} actions for a group of {len(self.envs)} envs: pass one flat "
+                                "action per env")
         if len(actions) and (actions.min() < 0 or actions.max() >= n):
             env = int(np.flatnonzero((actions < 0) | (actions >= n))[0])
             raise APIUsageError(f"flat action {actions[env]} of env {env} of this group is outside Discrete({n}): "
                                 f"valid flat actions are 0..{n - 1}")
         indices = actions.tolist()
-        if self._flags_up:  # the flags of the episodes that ended last step
+        raised: tuple[np.ndarray, np.ndarray] | None = None  # the flags of the episodes that ended last step
+        if self._flags_up:
+            raised = self._terminals.copy(), self._truncations.copy()
             self._terminals[:] = False
             self._truncations[:] = False
             self._flags_up = False
@@ -119,44 +130,67 @@ class GymnasiumBatch:
         masked, key = self._masked, self._mask_key
         pairs: InfoPairs = []
         handled: set[int] = set()  # envs whose action mask was dealt with in the loop
-        for i, (env_step, index) in enumerate(zip(self._steps, indices, strict=True)):
-            obs, reward, terminated, truncated, info = env_step(table[index])
-            try:
-                reward_mv[i] = reward
-            except (TypeError, ValueError):  # a 0-d array, or not a number at all
-                self._rewards[i] = checked_reward(self._who(i), reward)
-            try:
-                returns[i] += reward
-            except TypeError:
-                raise bad_reward(self._who(i), reward) from None
-            latest = info  # the info that may carry the env's next action mask
-            if terminated or truncated:
-                # At once, while the env is still in cache; ``obs`` becomes the next episode's first observation.
-                info, obs, latest = self._end_episode(i, obs, terminated, truncated, info)
-            try:
-                if typed:
-                    flat[slices[i]] = obs
-                else:
-                    leaves[i] = obs
-            except (TypeError, ValueError, NotImplementedError):
-                if typed:  # this env's observations stopped matching the row exactly: numpy from now on
-                    typed = self._typed = False
-                self._writers[i].write(obs)  # converts what it can, else names the problem, as a lone env does
-            if info:
-                pairs.append((i, info))
-                # Masks are read now: the env may reuse the arrays it returned at its next step or another env's.
-                if (latest and key in latest) or i in masked:
-                    env = self.envs[i]
-                    env._write(obs, latest)
-                    handled.add(i)
-                    masked.discard(i)
-                    if env._mask_set:
-                        masked.add(i)
+        i, counted = 0, False  # the env stepping, and whether its step counts yet (for _undo)
+        try:
+            for i, (env_step, index) in enumerate(zip(self._steps, indices, strict=True)):
+                counted = False
+                obs, reward, terminated, truncated, info = env_step(table[index])
+                try:
+                    reward_mv[i] = reward
+                except (TypeError, ValueError):  # a 0-d array, or not a number at all
+                    self._rewards[i] = checked_reward(self._who(i), reward)
+                try:
+                    returns[i] += reward
+                except TypeError:
+                    raise bad_reward(self._who(i), reward) from None
+                counted = True
+                latest = info  # the info that may carry the env's next action mask
+                if terminated or truncated:
+                    # At once, while the env is still in cache; ``obs`` becomes the next episode's first observation.
+                    info, obs, latest = self._end_episode(i, obs, terminated, truncated, info)
+                try:
+                    if typed:
+                        flat[slices[i]] = obs
+                    else:
+                        leaves[i] = obs
+                except (TypeError, ValueError, NotImplementedError):
+                    if typed:  # this env's observations stopped matching the row exactly: numpy from now on
+                        typed = self._typed = False
+                    self._writers[i].write(obs)  # converts what it can, else names the problem, as a lone env does
+                if info:
+                    pairs.append((i, info))
+                    # Masks are read now: the env may reuse the arrays it returned at its next step or another's.
+                    if (latest and key in latest) or i in masked:
+                        env = self.envs[i]
+                        env._write(obs, latest)
+                        handled.add(i)
+                        masked.discard(i)
+                        if env._mask_set:
+                            masked.add(i)
+        except BaseException:
+            self._undo(i, counted, raised, handled)
+            raise
+        self._clear_stale_masks(len(self.envs), handled)
+        return pairs
+
+    def _clear_stale_masks(self, stepped: int, handled: set[int]) -> None:
+        """All actions legal again for the first ``stepped`` envs whose mask is left from an earlier step."""
+        masked = self._masked
         if masked:
-            for i in [i for i in masked if i not in handled]:  # a mask left from an earlier step: all legal again
+            for i in [i for i in masked if i < stepped and i not in handled]:
                 self.envs[i]._unmask()
                 masked.discard(i)
-        return pairs
+
+    def _undo(self, i: int, counted: bool, raised: tuple[np.ndarray, np.ndarray] | None, handled: set[int]) -> None:
+        """After env ``i`` raised: envs ``0..i-1`` stay stepped; env ``i`` keeps its step only if it ``counted``
+        (it raised after its reward, as a lone emulator would have counted it); the later envs are put back."""
+        back = i + 1 if counted else i
+        self._lengths[back:] -= 1
+        if raised is not None:
+            self._terminals[back:] = raised[0][back:]
+            self._truncations[back:] = raised[1][back:]
+        self._flags_up = bool(self._terminals.any() or self._truncations.any())
+        self._clear_stale_masks(i, handled)
 
     def _who(self, i: int) -> str:
         return f"env {i} of this group ({self.envs[i]._who})"
@@ -172,7 +206,7 @@ class GymnasiumBatch:
         final = None
         if type(obs) is np.ndarray and obs.shape == self._leaf_shape:
             with contextlib.suppress(TypeError, ValueError):
-                final = obs.astype(self._dtype).reshape(-1)  # what the emulator's flattener makes of it
+                final = obs.reshape(-1).astype(self._dtype)  # what the emulator's flattener makes of it
         if final is None:
             final = self.envs[i]._final_writer.write(obs).copy()
         out = restart(self._inner[i], info, final, self._returns[i], int(self._lengths[i]))
@@ -195,9 +229,10 @@ def _batchable(env: Any) -> bool:
                                       for name in ("_end_episode", "_write", "_unmask", "_strip_mask"))
 
 
-def _key(env: GymnasiumEmulator) -> str | None:
-    """The env's action-mask key (None when masks are off)."""
-    return env._mask_key if isinstance(env._mask_key, str) else None
+def _key(env: GymnasiumEmulator) -> Any:
+    """The env's action-mask key (None when masks are off: the emulator then holds a bare ``object()`` that no
+    key equals)."""
+    return None if type(env._mask_key) is object else env._mask_key
 
 
 def _row_kind(env: GymnasiumEmulator) -> tuple | None:

@@ -98,6 +98,10 @@ class EnvGroup:
         """Reset env ``i`` of the group with ``seeds[i]``; return the non-empty reset infos."""
         pairs: InfoPairs = []
         a = self.agents_per_env
+        # Step one by one until every env is reset (an env that fails to reset leaves the others checked).
+        if self._batch is not None:
+            self._batch.flush()
+        self._native_table, self._native_steps, self._batch = None, [], None
         for i, (env, seed) in enumerate(zip(self.envs, seeds, strict=True)):
             for j, info in enumerate(env.reset(seed=seed)[1]):
                 if info:

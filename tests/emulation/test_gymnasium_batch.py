@@ -365,3 +365,95 @@ def test_envs_with_different_action_mask_keys_get_no_batch() -> None:
     assert _try_batch(envs)[0] is None
     unmasked = [GymnasiumEmulator(gym.make("CartPole-v1"), action_mask_key=None) for _ in range(2)]
     assert _try_batch(unmasked)[0] is not None  # masks off everywhere: one kind
+
+def test_keys_that_are_not_strings_are_compared_too() -> None:
+    mixed = [GymnasiumEmulator(gym.make("CartPole-v1"), action_mask_key=key) for key in (None, 0)]
+    assert _try_batch(mixed)[0] is None  # one env reads masks under key 0, the other reads none
+    same = [GymnasiumEmulator(gym.make("CartPole-v1"), action_mask_key=0) for _ in range(2)]
+    assert _try_batch(same)[0] is not None
+
+
+def test_one_action_per_env_or_no_env_steps() -> None:
+    envs = [emulate(gym.make("CartPole-v1")) for _ in range(3)]
+    batch, arrays = _batch(envs)
+    before = arrays["obs"].copy()
+    for actions in (np.zeros(2, np.int64), np.zeros(4, np.int64)):
+        with pytest.raises(APIUsageError, match=f"{len(actions)} actions for a group of 3 envs"):
+            batch.step(actions)
+    np.testing.assert_array_equal(arrays["obs"], before)
+    batch.flush()
+    assert [env._length for env in envs] == [0, 0, 0]
+
+
+def test_rows_of_other_flag_arrays_get_no_batch() -> None:
+    envs = [GymnasiumEmulator(gym.make("CartPole-v1")) for _ in range(2)]
+    arrays = _rows(envs)
+    for i, env in enumerate(envs):
+        env.reset(seed=i)
+    assert GymnasiumBatch.build(envs, {**arrays, "terminals": arrays["terminals"].copy()}) is None
+    assert GymnasiumBatch.build(envs, arrays) is not None
+
+
+class _Breaks(gym.Env):
+    """Episodes of 3 steps whose reset info carries an action mask; at global step ``fail_at`` the env raises in
+    ``step`` (``mode="step"``), returns an observation of the wrong shape (``"obs"``) or raises in the reset that
+    ends that step's episode (``"reset"``)."""
+
+    observation_space = spaces.Box(-1e3, 1e3, (3,), np.float32)
+    action_space = spaces.Discrete(3)
+
+    def __init__(self, fail_at: int | None = None, mode: str = "step") -> None:
+        self.fail_at, self.mode, self.n = fail_at, mode, 0
+
+    def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        if self.mode == "reset" and self.n == self.fail_at:
+            raise RuntimeError("reset broke")
+        self.t = 0
+        return np.full(3, self.n, np.float32), {"action_mask": np.array([1, 0, 1], np.int8)}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        self.n += 1
+        self.t += 1
+        if self.mode == "step" and self.n == self.fail_at:
+            raise RuntimeError("step broke")
+        shape = 5 if self.mode == "obs" and self.n == self.fail_at else 3
+        return np.full(shape, self.n + int(action), np.float32), float(action), self.t == 3, False, {}
+
+
+@pytest.mark.parametrize(("mode", "fail_at", "error"), [("step", 4, RuntimeError), ("obs", 4, SpaceError),
+                                                        ("reset", 6, RuntimeError)])
+def test_an_env_that_raises_leaves_every_env_as_stepping_one_by_one_would(mode: str, fail_at: int,
+                                                                         error: type) -> None:
+    # Env 2 of 4 breaks on a step that follows an episode end (flags up, masks from the reset info now stale).
+    def make() -> list[GymnasiumEmulator]:
+        return [GymnasiumEmulator(_Breaks(fail_at if i == 2 else None, mode)) for i in range(4)]
+
+    batched, alone = make(), make()
+    arrays, lone_arrays = _rows(batched), _rows(alone)
+    for i in range(4):
+        batched[i].reset(seed=i)
+        alone[i].reset(seed=i)
+    batch = GymnasiumBatch.build(batched, arrays)
+    assert batch is not None
+    actions = np.array([1, 2, 0, 1])
+    for _ in range(fail_at - 1):
+        batch.step(actions)
+        for i, env in enumerate(alone):
+            env.step(actions[i : i + 1])
+    with pytest.raises(error, match=r"broke|shape"):
+        batch.step(actions)
+    for i, env in enumerate(alone):
+        if i == 2:
+            with pytest.raises(error, match=r"broke|shape"):
+                env.step(actions[i : i + 1])
+            break
+        env.step(actions[i : i + 1])
+    for name, array in arrays.items():
+        np.testing.assert_array_equal(array, lone_arrays[name], err_msg=name)
+    if mode != "reset":
+        assert arrays["terminals"][3]  # env 3 did not step: its last episode end still shows
+    batch.flush()
+    for mine, theirs in zip(batched, alone, strict=True):
+        assert (mine._return, mine._length, mine._flags_up, mine._mask_set) == (
+            theirs._return, theirs._length, theirs._flags_up, theirs._mask_set)

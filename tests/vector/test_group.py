@@ -119,6 +119,45 @@ def test_subclasses_that_override_step_keep_their_own_step() -> None:
     group.close()
 
 
+class _SecondResetFails(gym.Wrapper):
+    """CartPole whose second reset raises."""
+
+    def __init__(self) -> None:
+        super().__init__(envs.cartpole())
+        self.resets = 0
+
+    def reset(self, **kwargs):
+        self.resets += 1
+        if self.resets == 2:
+            raise RuntimeError("second reset")
+        return self.env.reset(**kwargs)
+
+
+def test_a_reset_that_fails_part_way_leaves_no_stale_batch() -> None:
+    probe = emulate(envs.cartpole())
+    layout = BufferLayout.build(probe.buffer_spec(), probe.action_layout, 2)
+    probe.close()
+    arrays = layout.allocate()
+    group = EnvGroup([envs.cartpole, _SecondResetFails], arrays, layout.agents_per_env, {})
+    group.reset([0, 1])
+    assert group._batch is not None
+    arrays["actions"][:] = 0
+    for _ in range(5):
+        group.step()
+    with pytest.raises(RuntimeError, match="second reset"):
+        group.reset([2, 3])  # env 0 starts a new episode, env 1 fails
+    assert group._batch is None
+    steps = 0
+    while True:  # env 0's new episode counts from the reset, not from the episode before it
+        steps += 1
+        arrays["actions"][:] = steps % 2
+        info = dict(group.step()).get(0)
+        if info is not None and "episode" in info:
+            break
+    assert info["episode"]["length"] == steps and info["episode"]["return"] == float(steps)
+    group.close()
+
+
 def _rollout(env_fn, num_envs: int, steps: int) -> list[tuple]:
     """Serial rollout with a snapshot restored into a fresh vector env half-way and a reset later on."""
     out = []
