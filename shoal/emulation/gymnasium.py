@@ -23,9 +23,8 @@ from shoal.emulation.flatten import Flattener
 from shoal.emulation.layout import compile_layout
 from shoal.errors import APIUsageError
 
-__all__ = ["GymnasiumEmulator", "restart", "uses_own_step"]
+__all__ = ["GymnasiumEmulator", "flat_copy", "restart", "uses_own_step"]
 
-_ONE = (1,)
 _MAX_TABLE = 1 << 16  # largest Discrete action space served by the lookup table in step()
 
 _READY = State.READY
@@ -108,6 +107,10 @@ class GymnasiumEmulator(Emulator):
         # Memoryviews write a value or a row of the same type with less overhead than numpy's assignment; step()
         # uses the row's one when the env's observations have the row's dtype and shape (``_row_typed``).
         self._plain_mv = memoryview(self._plain) if self._plain is not None else None
+        row = buffers.obs[0]
+        # The shape and dtype of the one array that fills the row: a final observation of them is copied directly.
+        self._fill = (self._plain.shape, row.dtype) if self._plain is not None and self._plain.size == row.size and (
+            self._plain.dtype == row.dtype) else None
         self._reward_mv = memoryview(buffers.rewards)
         self._obs, self._rewards = buffers.obs, buffers.rewards
         self._terminals, self._truncations = buffers.terminals, buffers.truncations
@@ -182,14 +185,13 @@ class GymnasiumEmulator(Emulator):
             ``(obs [1, flat_size], rewards float32[1], terminals bool[1], truncations bool[1], infos [dict])``.
         """
         # Fast path for a Discrete action space: one lookup yields the native action (a numpy integer of the space's
-        # dtype, which Discrete.contains checks quickest). ``_choices`` is None unless the env is ready; any miss
-        # (not ready, not a [1] integer array, out of range) takes the checked path below.
-        action = None
+        # dtype, which Discrete.contains checks quickest). ``_choices`` is None unless the env is ready; anything
+        # else (not ready, not a [1] array of integers, out of range) takes the checked path below.
         try:
-            if actions.shape == _ONE and type(index := actions.item()) is int:
-                action = self._choices.get(index)
-        except (AttributeError, ValueError):
-            pass
+            (index,) = actions.tolist()
+            action = self._choices[index] if type(index) is int else None
+        except (AttributeError, TypeError, ValueError, KeyError):
+            action = None
         if action is None:
             if self._state is not _READY:
                 self._require_ready("step")
@@ -232,17 +234,17 @@ class GymnasiumEmulator(Emulator):
             self._terminals[0] = self._truncations[0] = False
             self._flags_up = False
         # The one-assignment write only when no mask is involved: neither in this info nor left from the last.
-        if self._plain is not None and not self._mask_set and not (info and self._mask_key in info):
+        if not self._mask_set and not (info and self._mask_key in info):
             try:
                 if self._row_typed:
                     self._plain_mv[:] = obs
-                else:
+                    return info
+                if self._plain is not None:
                     self._plain[...] = obs  # converts another dtype
+                    return info
             except (ValueError, TypeError, NotImplementedError):
                 self._row_typed = False  # the observations stopped matching the row exactly: numpy from now on
-                self._write(obs, info)  # converts what it can, else raises the descriptive SpaceError
-        else:
-            self._write(obs, info)
+        self._write(obs, info)  # converts what it can, else raises the descriptive SpaceError
         return info
 
     def _end_episode(self, obs: Any, terminated: bool, truncated: bool, info: dict[str, Any]) -> dict[str, Any]:
@@ -250,7 +252,9 @@ class GymnasiumEmulator(Emulator):
         self._terminals[0] = terminated
         self._truncations[0] = truncated
         self._flags_up = True
-        final = self._final_writer.write(self._strip_mask(obs)).copy()
+        final = flat_copy(obs, *self._fill) if self._fill is not None else None
+        if final is None:
+            final = self._final_writer.write(self._strip_mask(obs)).copy()
         info, obs, reset_info = restart(self.env, info, final, self._return, self._length)
         self._return, self._length = 0.0, 0
         self._write(obs, reset_info)
@@ -279,6 +283,17 @@ def uses_own_step(env: Any) -> bool:
     cls = type(env)
     return issubclass(cls, GymnasiumEmulator) and cls.step is GymnasiumEmulator.step and (
         cls.step_native is GymnasiumEmulator.step_native)
+
+
+def flat_copy(obs: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
+    """``obs`` as a new flat array of ``dtype`` if it is an array of ``shape`` that converts to it (what writing it
+    into a row of that shape and dtype and copying the row makes), else None."""
+    if type(obs) is np.ndarray and obs.shape == shape:
+        try:
+            return obs.reshape(-1).astype(dtype)
+        except (TypeError, ValueError):
+            return None
+    return None
 
 
 def restart(env: gym.Env, info: dict[str, Any], final: np.ndarray, episode_return: float, length: int

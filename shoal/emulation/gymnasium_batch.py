@@ -14,14 +14,13 @@ While a batch steps the envs, the running returns and lengths (and which flags t
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from shoal.emulation.base import bad_reward, checked_reward
-from shoal.emulation.gymnasium import GymnasiumEmulator, restart, uses_own_step
+from shoal.emulation.gymnasium import GymnasiumEmulator, flat_copy, restart, uses_own_step
 from shoal.errors import APIUsageError
 
 __all__ = ["MAX_ROW_BYTES", "GymnasiumBatch"]
@@ -203,10 +202,7 @@ class GymnasiumBatch:
         self._terminals[i] = terminated
         self._truncations[i] = truncated
         self._flags_up = True
-        final = None
-        if type(obs) is np.ndarray and obs.shape == self._leaf_shape:
-            with contextlib.suppress(TypeError, ValueError):
-                final = obs.reshape(-1).astype(self._dtype)  # what the emulator's flattener makes of it
+        final = flat_copy(obs, self._leaf_shape, self._dtype)
         if final is None:
             final = self.envs[i]._final_writer.write(obs).copy()
         out = restart(self._inner[i], info, final, self._returns[i], int(self._lengths[i]))
