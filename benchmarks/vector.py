@@ -8,7 +8,7 @@ reach the trainer.
 
 CartPole Multiprocessing runs twice per worker count: stepping every env each time (``step``), and EnvPool-style
 (``send``/``recv`` of the envs whose worker finished first, half of them per batch). The CartPole targets use the
-better of the runs and name it.
+better of the runs (of the 4-worker runs for the oversubscribed one) and name it.
 
 Every configuration is built up front, then measured in interleaved rounds of one short chunk each (the fastest
 chunk of ``--rounds`` counts), so noise from other tenants of the machine hits all of them alike and a burst of
@@ -286,6 +286,7 @@ def main() -> None:
                frames["mp2"], unit, frames["gym_async"], "AsyncVectorEnv"))
 
     mp_cart = max(("mp2", "mp4", "mp2_async", "mp4_async"), key=cart.__getitem__)
+    mp4_cart = max(("mp4", "mp4_async"), key=cart.__getitem__)  # 4 workers on 2 cores, the better way of stepping
     best_cart = max(cart["serial"], cart[mp_cart])
     best_spread = max(spread["serial"], spread["mp2"], spread["mp4"])
     checks = [
@@ -294,7 +295,7 @@ def main() -> None:
          10.0),
         ("simple_spread_v3 Multiprocessing / SuperSuit", max(spread["mp2"], spread["mp4"]) / spread["supersuit"],
          1.5),
-        ("CartPole oversubscribed (4 workers, sync) / best shoal run", cart["mp4"] / best_cart, 0.8),
+        (f"CartPole oversubscribed ({mp4_cart}) / best shoal run", cart[mp4_cart] / best_cart, 0.8),
         ("simple_spread_v3 oversubscribed (4 workers) / best shoal run", spread["mp4"] / best_spread, 0.8),
     ]
     for name, ratio, target in checks:
