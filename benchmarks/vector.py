@@ -211,7 +211,7 @@ def shoal_vector(env_fn: Callable[[], Any], num_envs: int, backend: str, **kwarg
     vecenv.reset(seed=0)
     n = vecenv.single_action_space.n
     actions = np.random.default_rng(0).integers(0, n, (ROUNDS, vecenv.num_agents))
-    rounds = ROUNDS if num_envs < 512 else ROUNDS // 8
+    rounds = ROUNDS // 8 if num_envs >= 512 else ROUNDS // 4  # chunks of tens of milliseconds, as for the others
 
     def steps() -> int:
         for a in actions[:rounds]:
