@@ -108,9 +108,12 @@ class GymnasiumEmulator(Emulator):
         # uses the row's one when the env's observations have the row's dtype and shape (``_row_typed``).
         self._plain_mv = memoryview(self._plain) if self._plain is not None else None
         row = buffers.obs[0]
-        # The shape and dtype of the one array that fills the row: a final observation of them is copied directly.
-        self._fill = (self._plain.shape, row.dtype) if self._plain is not None and self._plain.size == row.size and (
-            self._plain.dtype == row.dtype) else None
+        # The shape and dtype of the one array that fills the row: a final observation of them is copied directly
+        # (unless a subclass strips masks its own way, whose code must run).
+        plain = self._plain
+        own_strip = type(self)._strip_mask is GymnasiumEmulator._strip_mask
+        self._fill = (plain.shape, row.dtype) if plain is not None and own_strip and plain.size == row.size and (
+            plain.dtype == row.dtype) else None
         self._reward_mv = memoryview(buffers.rewards)
         self._obs, self._rewards = buffers.obs, buffers.rewards
         self._terminals, self._truncations = buffers.terminals, buffers.truncations

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -325,3 +327,29 @@ def test_loosely_typed_observations_and_rewards_are_converted() -> None:
         assert rewards.dtype == np.float32 and rewards[0] == np.float32(0.5 * t)
     infos = env.step(np.array([0]))[4]
     assert infos[0]["episode"] == {"return": 5.0, "length": 4}
+
+
+class _Clipped(GymnasiumEmulator):
+    """Strips its observations its own way: the final observation must come from that code."""
+
+    def _strip_mask(self, obs: Any) -> Any:
+        return np.clip(obs, -0.01, 0.01)
+
+
+def test_final_observations_of_a_plain_row_are_exact_copies_and_a_subclass_still_strips_its_own_way() -> None:
+    plain = GymnasiumEmulator(gym.make("CartPole-v1", max_episode_steps=2))
+    clipped = _Clipped(gym.make("CartPole-v1", max_episode_steps=2))
+    raw = gym.make("CartPole-v1", max_episode_steps=2)
+    for env in (plain, clipped, raw):
+        env.reset(seed=0)
+    raw.step(np.int64(1))
+    last = raw.step(np.int64(1))[0]
+    for env in (plain, clipped):
+        env.step(np.array([1]))
+    info = plain.step(np.array([1]))[4][0]
+    final = info["final_observation"]
+    np.testing.assert_array_equal(final, last)
+    assert final.dtype == np.float32 and final.shape == (4,) and final.base is None  # its own memory
+    assert not np.shares_memory(final, plain.buffers.obs)
+    clipped_final = clipped.step(np.array([1]))[4][0]["final_observation"]
+    np.testing.assert_array_equal(clipped_final, np.clip(last, -0.01, 0.01))
