@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import line, rate
 from shoal import vector
 from shoal.train import TrainConfig, train
+from shoal.vector.multiprocessing import available_cores
 
 ENV_ID = "CartPole-v1"
 UNIT = "steps/s"
@@ -120,7 +121,7 @@ def main() -> None:
     parser.add_argument("--skip-ray", action="store_true", help="only the learner comparison")
     args = parser.parse_args()
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = available_cores()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"# {cores} cores, load average {load:.1f} at start; agent-steps/s, best of {args.repeats}")
     start = time.perf_counter()

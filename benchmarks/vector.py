@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import sys
 import time
 import warnings
@@ -36,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import line
 from shoal import vector
+from shoal.vector.multiprocessing import available_cores
 
 CARTPOLE_ENVS = 1024  # shoal: many envs per worker message; Gymnasium's vector envs: one env per message
 GYM_ENVS = 8
@@ -100,11 +100,6 @@ def raw_cartpole() -> Runner:
     return steps, env.close
 
 
-def _cores() -> int:
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def _raw_cartpole_server(conn: Any) -> None:
     """Step the raw CartPole loop for four of its chunks (about as long as a Multiprocessing chunk) each time
     the parent asks, until it sends None."""
@@ -121,7 +116,7 @@ def raw_cartpole_per_core() -> Runner:
 
     ctx = multiprocessing.get_context("spawn")
     pipes, procs = [], []
-    for _ in range(_cores()):
+    for _ in range(available_cores()):
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=_raw_cartpole_server, args=(child,), daemon=True)
         proc.start()
@@ -269,7 +264,7 @@ def main() -> None:
                         help="interleaved rounds of one chunk per configuration; each one's fastest is kept")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    cores = _cores()
+    cores = available_cores()
     print(f"# {cores} cores; agent-steps/s, fastest chunk of {args.rounds} interleaved rounds")
 
     mp = functools.partial(shoal_vector, backend="multiprocessing")

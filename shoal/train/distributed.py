@@ -61,6 +61,7 @@ from shoal.train.config import TrainConfig
 from shoal.train.logger import LogRecord, RunLogger
 from shoal.train.ppo import ppo_update
 from shoal.train.trainer import Trainer, resolve_device
+from shoal.vector.multiprocessing import available_cores
 
 __all__ = [
     "RANK_SEED_STRIDE",
@@ -537,10 +538,6 @@ def make_trainer(
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _local_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def connect_ray(address: str | None = None, num_cpus: int | None = None, **init_kwargs: Any) -> Any:
     """Connect to Ray once: ``ray.init(address=address)``, or a local ``ray.init(num_cpus=...)`` without one.
 
@@ -575,7 +572,7 @@ def connect_ray(address: str | None = None, num_cpus: int | None = None, **init_
             kwargs["runtime_env"] = {"py_modules": [shoal]}
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus or _local_cpus(), **kwargs)
+        ray.init(num_cpus=num_cpus or available_cores(), **kwargs)
     return ray
 
 

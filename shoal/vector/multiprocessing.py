@@ -57,14 +57,15 @@ def _default_context() -> str:
     return "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
 
 
-def _cores() -> int:
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one, else the CPU count)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def default_spin_us(num_workers: int) -> float:
     """The parent spins only when every worker and the parent can have a core of their own; otherwise it blocks
     at once (while the workers step, the cores are theirs)."""
-    return 50.0 if num_workers + 1 <= _cores() else 0.0
+    return 50.0 if num_workers + 1 <= available_cores() else 0.0
 
 
 def default_worker_spin_us(num_workers: int) -> float:
@@ -74,7 +75,7 @@ def default_worker_spin_us(num_workers: int) -> float:
     with colder caches; one that spins and yields is there at once and still gives its core to any process
     that needs it.
     """
-    return 2000.0 if num_workers <= 2 * _cores() else 0.0
+    return 2000.0 if num_workers <= 2 * available_cores() else 0.0
 
 
 def force_stop(proc: multiprocessing.process.BaseProcess) -> None:

@@ -87,7 +87,7 @@ def test_async_batches_cover_every_env_and_infos_keep_numpy() -> None:
 
 
 def test_oversubscribed_workers_do_not_spin(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(mp_backend, "_cores", lambda: 2)
+    monkeypatch.setattr(mp_backend, "available_cores", lambda: 2)
     assert default_spin_us(64) == 0.0 and default_spin_us(2) == 0.0 and default_spin_us(1) == 50.0
     # Workers spin (yielding their core) up to twice as many as cores, then block at once.
     assert default_worker_spin_us(4) == 2000.0 and default_worker_spin_us(5) == 0.0
