@@ -88,6 +88,9 @@ def add_episode(info: dict[str, Any], episode: dict[str, Any]) -> None:
     other value moves to ``info["env_episode"]``.
     """
     theirs = info.get("episode", _ABSENT)
+    if theirs is _ABSENT:
+        info["episode"] = episode
+        return
     if isinstance(theirs, dict) and not theirs.keys() & episode.keys():
         info["episode"] = {**theirs, **episode}
         return

@@ -91,9 +91,8 @@ class GymnasiumEmulator(Emulator):
         return type(self.env.unwrapped).__name__
 
     def _link_env(self) -> None:
-        """The bound ``env.step`` and the table of native Discrete actions by flat index (used by ``step``; the
-        table is live only while the env is ready)."""
-        self._env_step = self.env.step
+        """The table of native Discrete actions by flat index (used by ``step``; live only while the env is
+        ready)."""
         n, space = self._discrete_n, self.env.action_space
         self._ready_choices = _choices(n, int(space.start), space.dtype) if 0 < n <= _MAX_TABLE else None
         self._choices = self._ready_choices if self._state is State.READY else None
@@ -176,8 +175,11 @@ class GymnasiumEmulator(Emulator):
         self._choices = self._ready_choices
         return buffers.obs, [info]
 
-    def _native_action(self, actions: Any) -> Any:
-        """Convert flat ``actions`` ``[1, *flat_shape]`` to the env's native action (validated)."""
+    def _checked_action(self, actions: Any) -> Any:
+        """The env's native action for flat ``actions`` ``[1, *flat_shape]`` (validated); raises unless the env
+        is ready."""
+        if self._state is not _READY:
+            self._require_ready("step")
         actions = self.action_layout.validate(actions, 1)
         return self.action_layout.to_native(actions[0])
 
@@ -189,66 +191,63 @@ class GymnasiumEmulator(Emulator):
         """
         # Fast path for a Discrete action space: one lookup yields the native action (a numpy integer of the space's
         # dtype, which Discrete.contains checks quickest). ``_choices`` is None unless the env is ready; anything
-        # else (not ready, not a [1] array of integers, out of range) takes the checked path below.
+        # else (not ready, not a [1] array of integers, out of range) takes the checked path.
         try:
             (index,) = actions.tolist()
             action = self._choices[index] if type(index) is int else None
         except (AttributeError, TypeError, ValueError, KeyError):
             action = None
         if action is None:
-            if self._state is not _READY:
-                self._require_ready("step")
-            action = self._native_action(actions)
-        return self._obs, self._rewards, self._terminals, self._truncations, [self.step_native(action)]
-
-    @property
-    def native_actions(self) -> dict[int, Any] | None:
-        """Flat index -> native action of a ``Discrete`` action space while the env is ready, else None.
-
-        The table is shared (read-only) by every emulator of the same space; with :meth:`step_native` it lets a
-        caller that validated a batch of actions at once (a vector env) skip the per-step check of :meth:`step`.
-        """
-        return self._choices
-
-    def step_native(self, action: Any) -> dict[str, Any]:
-        """Step with ``action`` already in the env's native structure and already validated; write the results
-        into the buffers, auto-reset at episode end, and return ``infos[0]``.
-
-        :meth:`step` is ``step_native`` after checking and converting the flat action.
-
-        Raises:
-            APIUsageError: the env was not reset yet, or is closed.
-        """
-        if self._state is not _READY:
-            self._require_ready("step_native")
-        obs, reward, terminated, truncated, info = self._env_step(action)
+            action = self._checked_action(actions)
+        obs, reward, terminated, truncated, info = self.env.step(action)
         try:
             self._reward_mv[0] = reward
         except (TypeError, ValueError):  # a 0-d array, or not a number at all
             self._rewards[0] = checked_reward(self._who, reward)
         try:
-            self._return += reward
+            self._return, self._length = self._return + reward, self._length + 1
         except TypeError:
             raise bad_reward(self._who, reward) from None
-        self._length += 1
         if terminated or truncated:
-            return self._end_episode(obs, terminated, truncated, info)
-        if self._flags_up:
-            self._terminals[0] = self._truncations[0] = False
-            self._flags_up = False
-        # The one-assignment write only when no mask is involved: neither in this info nor left from the last.
+            info = self._end_episode(obs, terminated, truncated, info)
+        else:
+            if self._flags_up:
+                self._terminals[0] = self._truncations[0] = False
+                self._flags_up = False
+            # The step's cost is mostly Python overhead: the common case (an observation of the row's exact type,
+            # no mask involved) is written here with one memoryview assignment, the rest by _observe.
+            if self._row_typed and not self._mask_set and not (info and self._mask_key in info):
+                try:
+                    self._plain_mv[:] = obs
+                except (ValueError, TypeError, NotImplementedError):
+                    self._observe(obs, info)
+            else:
+                self._observe(obs, info)
+        return self._obs, self._rewards, self._terminals, self._truncations, [info]
+
+    @property
+    def native_actions(self) -> dict[int, Any] | None:
+        """Flat index -> native action of a ``Discrete`` action space while the env is ready, else None.
+
+        The table is shared (read-only) by every emulator of the same space: a caller that validated a batch of
+        actions at once (:class:`~shoal.emulation.gymnasium_batch.GymnasiumBatch`) looks them up in it.
+        """
+        return self._choices
+
+    def _observe(self, obs: Any, info: dict[str, Any]) -> None:
+        """Write an observation (and the action mask in it or in ``info``) into the row, the quickest way that
+        fits: a memoryview assignment, a numpy one (converting another dtype), or the Flattener."""
         if not self._mask_set and not (info and self._mask_key in info):
             try:
                 if self._row_typed:
                     self._plain_mv[:] = obs
-                    return info
+                    return
                 if self._plain is not None:
-                    self._plain[...] = obs  # converts another dtype
-                    return info
+                    self._plain[...] = obs
+                    return
             except (ValueError, TypeError, NotImplementedError):
                 self._row_typed = False  # the observations stopped matching the row exactly: numpy from now on
         self._write(obs, info)  # converts what it can, else raises the descriptive SpaceError
-        return info
 
     def _end_episode(self, obs: Any, terminated: bool, truncated: bool, info: dict[str, Any]) -> dict[str, Any]:
         """Record the finished episode in ``info`` and reset the env in the same step; return the new info."""
@@ -260,7 +259,7 @@ class GymnasiumEmulator(Emulator):
             final = self._final_writer.write(self._strip_mask(obs)).copy()
         info, obs, reset_info = restart(self.env, info, final, self._return, self._length)
         self._return, self._length = 0.0, 0
-        self._write(obs, reset_info)
+        self._observe(obs, reset_info)
         return info
 
     def close(self) -> None:
@@ -269,8 +268,8 @@ class GymnasiumEmulator(Emulator):
         super().close()
 
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()  # the action table, the bound step and the memoryviews are rebuilt on load
-        for derived in ("_env_step", "_ready_choices", "_choices", "_plain_mv", "_reward_mv"):
+        state = self.__dict__.copy()  # the action table and the memoryviews are rebuilt on load
+        for derived in ("_ready_choices", "_choices", "_plain_mv", "_reward_mv"):
             state.pop(derived, None)
         return state
 
@@ -281,11 +280,10 @@ class GymnasiumEmulator(Emulator):
 
 
 def uses_own_step(env: Any) -> bool:
-    """Whether ``env`` is a :class:`GymnasiumEmulator` stepping with the class's own ``step`` and ``step_native``
-    (a subclass that overrides either must have its code run, so callers that bypass ``step`` skip it)."""
+    """Whether ``env`` is a :class:`GymnasiumEmulator` stepping with the class's own ``step`` (a subclass that
+    overrides it must have its code run, so callers that would bypass ``step`` do not)."""
     cls = type(env)
-    return issubclass(cls, GymnasiumEmulator) and cls.step is GymnasiumEmulator.step and (
-        cls.step_native is GymnasiumEmulator.step_native)
+    return issubclass(cls, GymnasiumEmulator) and cls.step is GymnasiumEmulator.step
 
 
 def flat_copy(obs: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
@@ -293,7 +291,8 @@ def flat_copy(obs: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray |
     into a row of that shape and dtype and copying the row makes), else None."""
     if type(obs) is np.ndarray and obs.shape == shape:
         try:
-            return obs.reshape(-1).astype(dtype)
+            copy = obs.astype(dtype)  # reshaping a 1-d array first would cost more than the copy
+            return copy if copy.ndim == 1 else copy.reshape(-1)
         except (TypeError, ValueError):
             return None
     return None

@@ -40,7 +40,7 @@ class GymnasiumBatch:
     def __init__(self, envs: Sequence[GymnasiumEmulator], arrays: dict[str, np.ndarray], leaves: np.ndarray) -> None:
         self.envs = list(envs)
         n = len(self.envs)
-        self._steps = [env._env_step for env in self.envs]
+        self._steps = [env.env.step for env in self.envs]
         self._inner = [env.env for env in self.envs]
         self._writers = [env._writer for env in self.envs]
         table = self.envs[0].native_actions

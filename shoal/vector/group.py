@@ -2,8 +2,8 @@
 
 Every backend is built from groups: the serial backend holds them all in-process, a multiprocessing worker holds
 one over a slice of shared memory, a Ray actor holds one over its own arrays. A group steps its envs the fastest
-exact way they allow (see :meth:`EnvGroup._link_native`): as one :class:`~shoal.emulation.gymnasium_batch.
-GymnasiumBatch`, through one shared Discrete action table, or through each env's checked ``step``.
+exact way they allow (see :meth:`EnvGroup._link_batch`): as one :class:`~shoal.emulation.gymnasium_batch.
+GymnasiumBatch`, or through each env's checked ``step``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 
 from shoal.emulation import Emulator, emulate
-from shoal.emulation.gymnasium import uses_own_step
 from shoal.emulation.gymnasium_batch import GymnasiumBatch
 from shoal.errors import APIUsageError
 from shoal.vector.buffers import env_buffers
@@ -53,8 +52,6 @@ class EnvGroup:
         self.agents_per_env = agents_per_env
         self._arrays = arrays
         self._flat_actions = arrays["actions"]
-        self._native_table: dict[int, Any] | None = None
-        self._native_steps: list[Callable[[Any], dict[str, Any]]] = []
         self._batch: GymnasiumBatch | None = None
         try:
             for i, env_fn in enumerate(env_fns):
@@ -79,20 +76,12 @@ class EnvGroup:
         a = agents_per_env
         self._actions = [arrays["actions"][i * a : (i + 1) * a] for i in range(len(self.envs))]
 
-    def _link_native(self) -> None:
-        """Pick the fastest exact way to step: a :class:`GymnasiumBatch` when the envs allow one (plain Box
-        observations, one shared Discrete action table); else the one-lookup step when every env is a ready
-        single-agent Discrete emulator sharing one action table (actions were validated by the vector env); else
-        each env's checked ``step`` (also for subclasses that override ``step`` or ``step_native``, whose own code
-        must run)."""
-        tables = {id(env.native_actions) if uses_own_step(env) and env.native_actions is not None else None
-                  for env in self.envs}
-        if self.envs and None not in tables and len(tables) == 1 and self._flat_actions.ndim == 1:
-            self._native_table = self.envs[0].native_actions
-            self._native_steps = [env.step_native for env in self.envs]
-            self._batch = GymnasiumBatch.build(self.envs, self._arrays)
-        else:
-            self._native_table, self._native_steps, self._batch = None, [], None
+    def _link_batch(self) -> None:
+        """Step the envs as one :class:`GymnasiumBatch` when they allow it (ready single-agent emulators with a
+        plain Box observation and one shared Discrete action table, stepping with the class's own code); else
+        each env's checked ``step`` runs."""
+        batchable = bool(self.envs) and self._flat_actions.ndim == 1
+        self._batch = GymnasiumBatch.build(self.envs, self._arrays) if batchable else None
 
     def reset(self, seeds: Sequence[int | None]) -> InfoPairs:
         """Reset env ``i`` of the group with ``seeds[i]``; return the non-empty reset infos."""
@@ -101,12 +90,12 @@ class EnvGroup:
         # Step one by one until every env is reset (an env that fails to reset leaves the others checked).
         if self._batch is not None:
             self._batch.flush()
-        self._native_table, self._native_steps, self._batch = None, [], None
+        self._batch = None
         for i, (env, seed) in enumerate(zip(self.envs, seeds, strict=True)):
             for j, info in enumerate(env.reset(seed=seed)[1]):
                 if info:
                     pairs.append((i * a + j, info))
-        self._link_native()
+        self._link_batch()
         return pairs
 
     def step(self) -> InfoPairs:
@@ -114,18 +103,6 @@ class EnvGroup:
         if self._batch is not None:
             return self._batch.step(self._flat_actions)
         pairs: InfoPairs = []
-        table = self._native_table
-        if table is not None:
-            # One Python int per env and one lookup: no per-env array view, shape check or result tuple.
-            for i, (step_native, index) in enumerate(zip(self._native_steps, self._flat_actions.tolist(),
-                                                         strict=True)):
-                action = table.get(index)
-                # An index outside the table (only possible when the group is driven directly) takes the
-                # checked step, which names it.
-                info = step_native(action) if action is not None else self.envs[i].step(self._actions[i])[4][0]
-                if info:
-                    pairs.append((i, info))
-            return pairs
         if self.agents_per_env == 1:
             for i, (env, actions) in enumerate(zip(self.envs, self._actions, strict=True)):
                 info = env.step(actions)[4][0]
@@ -158,7 +135,7 @@ class EnvGroup:
         for i, env in enumerate(envs):
             env.attach(env_buffers(self._arrays, i, self.agents_per_env))
         old, self.envs = self.envs, list(envs)
-        self._link_native()
+        self._link_batch()
         for env in old:
             try:
                 env.close()
@@ -174,6 +151,6 @@ class EnvGroup:
             except Exception as exc:  # keep closing the others
                 error = error or exc
         self.envs = []
-        self._link_native()
+        self._link_batch()
         if error is not None:
             raise error

@@ -220,8 +220,8 @@ def test_batches_are_only_built_for_plain_box_observations_and_one_discrete_tabl
     assert build(lambda: _ConstantEnv(spaces.Box(0, 255, (MAX_ROW_BYTES,), np.uint8))) is not None
 
     class Shaped(GymnasiumEmulator):
-        def step_native(self, action: Any) -> dict[str, Any]:
-            return super().step_native(action)
+        def step(self, actions: np.ndarray) -> tuple:
+            return super().step(actions)
 
     assert build(lambda: Shaped(gym.make("CartPole-v1"))) is None  # its own step code must run
 

@@ -28,14 +28,14 @@ def _group(env_fn, num_envs: int) -> tuple[EnvGroup, dict[str, np.ndarray]]:
     return EnvGroup([env_fn] * num_envs, arrays, layout.agents_per_env, {}), arrays
 
 
-def test_native_path_matches_each_emulators_checked_step() -> None:
+def test_batched_group_matches_each_emulators_own_step() -> None:
     n, steps = 6, 300
     group, arrays = _group(envs.cartpole, n)
     singles = [GymnasiumEmulator(envs.cartpole()) for _ in range(n)]
     group.reset(list(range(n)))
     for i, env in enumerate(singles):
         env.reset(seed=i)
-    assert group._native_table is not None  # CartPole takes the one-lookup path
+    assert group._batch is not None  # CartPole steps as one GymnasiumBatch
     rng = np.random.default_rng(0)
     episodes = 0
     for _ in range(steps):
@@ -59,13 +59,19 @@ def test_native_path_matches_each_emulators_checked_step() -> None:
         env.close()
 
 
-def test_envs_without_a_shared_discrete_table_take_the_checked_step() -> None:
+def test_envs_without_a_shared_discrete_table_take_each_emulators_step() -> None:
     group, arrays = _group(envs.nested, 2)  # MultiDiscrete actions
+    single = emulate(envs.nested())
     group.reset([0, 1])
-    assert group._native_table is None
-    arrays["actions"][:] = 0
-    group.step()
+    single.reset(seed=1)
+    assert group._batch is None
+    for t in range(5):
+        arrays["actions"][:] = t % 2
+        group.step()
+        obs = single.step(arrays["actions"][1:2])[0]
+        np.testing.assert_array_equal(arrays["obs"][1], obs[0])
     group.close()
+    single.close()
 
 
 def test_out_of_range_action_in_a_directly_driven_group_is_named() -> None:
@@ -77,11 +83,12 @@ def test_out_of_range_action_in_a_directly_driven_group_is_named() -> None:
     group.close()
 
 
-def test_closed_group_forgets_the_native_path() -> None:
+def test_closed_group_forgets_its_batch() -> None:
     group, _ = _group(envs.cartpole, 2)
     group.reset([0, 1])
+    assert group._batch is not None
     group.close()
-    assert group._native_table is None and group._native_steps == []
+    assert group._batch is None
 
 
 def test_native_actions_is_live_only_while_ready() -> None:
@@ -92,12 +99,8 @@ def test_native_actions_is_live_only_while_ready() -> None:
     assert table is not None and sorted(table) == [0, 1] and env.env.action_space.contains(table[1])
     env.close()
     assert env.native_actions is None
-    with pytest.raises(APIUsageError, match=r"step_native\(\) called after close\(\)"):
-        env.step_native(table[1])
-    fresh = GymnasiumEmulator(gym.make("CartPole-v1"))
-    with pytest.raises(APIUsageError, match=r"step_native\(\) called before reset\(\)"):
-        fresh.step_native(table[0])
-    fresh.close()
+    with pytest.raises(APIUsageError, match=r"step\(\) called after close\(\)"):
+        env.step(np.array([1]))
 
 
 class _Shaped(GymnasiumEmulator):
@@ -112,7 +115,7 @@ class _Shaped(GymnasiumEmulator):
 def test_subclasses_that_override_step_keep_their_own_step() -> None:
     group, arrays = _group(lambda: _Shaped(envs.cartpole()), 2)
     group.reset([0, 1])
-    assert group._native_table is None
+    assert group._batch is None
     arrays["actions"][:] = 0
     group.step()
     assert arrays["rewards"].tolist() == [10.0, 10.0]
