@@ -11,14 +11,13 @@ See :class:`~shoal.vector.base.VecEnv` for the full API and :class:`Batch` for w
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from shoal.errors import APIUsageError
 from shoal.vector.base import BACKENDS, Batch, VecEnv, VecState, check_kwargs, validate_config
 from shoal.vector.gymnasium_api import GymnasiumVectorEnv
-from shoal.vector.multiprocessing import MultiprocessingVecEnv
+from shoal.vector.multiprocessing import MultiprocessingVecEnv, available_cores
 from shoal.vector.ray import RayVecEnv
 from shoal.vector.serial import SerialVecEnv
 
@@ -54,7 +53,8 @@ def make(env_fn: Callable[[], Any] | Sequence[Callable[[], Any]], num_envs: int,
         backend: ``"serial"`` (in-process), ``"multiprocessing"`` (worker processes over shared memory) or
             ``"ray"`` (Ray actors, possibly on other machines).
         num_workers: groups of envs stepped together (processes, actors); must divide ``num_envs``. Default: 1
-            for serial; otherwise the largest divisor of ``num_envs`` not above the CPU count.
+            for serial; for multiprocessing the largest divisor of ``num_envs`` not above the cores this process
+            may run on (its CPU affinity); for ray, not above the cluster's CPUs.
         batch_size: envs per :meth:`~VecEnv.recv` batch: a multiple of ``num_envs // num_workers`` up to
             ``num_envs`` (default, synchronous). Smaller batches return the workers that finish first.
         seed: env ``i`` is reset with ``seed + i`` on its first reset (None: unseeded).
@@ -72,7 +72,7 @@ def make(env_fn: Callable[[], Any] | Sequence[Callable[[], Any]], num_envs: int,
         default_workers: int | Callable[[], int] = 1
     elif backend == "multiprocessing":
         cls = MultiprocessingVecEnv
-        default_workers = os.cpu_count() or 1
+        default_workers = available_cores()
     else:
         from shoal.vector.ray import default_ray_workers
 

@@ -98,6 +98,15 @@ def test_oversubscribed_workers_do_not_spin(monkeypatch: pytest.MonkeyPatch) -> 
             vecenv.step(np.zeros(8, np.int64))
 
 
+def test_default_workers_follow_the_cores_this_process_may_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The default is bounded by the CPU affinity, as the spin defaults are, not by the machine's CPU count.
+    monkeypatch.setattr(shoal.vector, "available_cores", lambda: 3)
+    with shoal.vector.make(envs.cartpole, 12, backend="multiprocessing") as vecenv:
+        assert vecenv.config.num_workers == 3
+    with shoal.vector.make(envs.cartpole, 8, backend="multiprocessing") as vecenv:
+        assert vecenv.config.num_workers == 2  # the largest divisor of 8 not above 3
+
+
 @pytest.mark.parametrize("spins", [{"spin_us": 0, "worker_spin_us": 0}, {"spin_us": 300, "worker_spin_us": 5000}])
 def test_spinning_or_blocking_gives_the_same_rollout(spins: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     yields = []
