@@ -94,8 +94,7 @@ def add_episode(info: dict[str, Any], episode: dict[str, Any]) -> None:
     if isinstance(theirs, dict) and not theirs.keys() & episode.keys():
         info["episode"] = {**theirs, **episode}
         return
-    if theirs is not _ABSENT:
-        info["env_episode"] = theirs
+    info["env_episode"] = theirs
     info["episode"] = episode
 
 

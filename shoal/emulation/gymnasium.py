@@ -61,6 +61,12 @@ class GymnasiumEmulator(Emulator):
         check_observations: check the first observation against the observation space.
     """
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "step_native" in vars(cls):
+            raise TypeError(f"{cls.__name__} defines step_native(), which GymnasiumEmulator has no hook for: that "
+                            "code would never run. Override step() (flat actions, see its docstring) instead.")
+
     def __init__(self, env: gym.Env, buffers: Buffers | None = None, action_mask_key: str | None = ACTION_MASK_KEY,
                  check_observations: bool = True) -> None:
         if not isinstance(env, gym.Env):
@@ -175,7 +181,7 @@ class GymnasiumEmulator(Emulator):
         self._choices = self._ready_choices
         return buffers.obs, [info]
 
-    def _checked_action(self, actions: Any) -> Any:
+    def _native_action(self, actions: Any) -> Any:
         """The env's native action for flat ``actions`` ``[1, *flat_shape]`` (validated); raises unless the env
         is ready."""
         if self._state is not _READY:
@@ -198,7 +204,7 @@ class GymnasiumEmulator(Emulator):
         except (AttributeError, TypeError, ValueError, KeyError):
             action = None
         if action is None:
-            action = self._checked_action(actions)
+            action = self._native_action(actions)
         obs, reward, terminated, truncated, info = self.env.step(action)
         try:
             self._reward_mv[0] = reward
@@ -220,6 +226,7 @@ class GymnasiumEmulator(Emulator):
                 try:
                     self._plain_mv[:] = obs
                 except (ValueError, TypeError, NotImplementedError):
+                    self._row_typed = False  # the observations stopped matching the row exactly: numpy from now on
                     self._observe(obs, info)
             else:
                 self._observe(obs, info)
@@ -235,8 +242,8 @@ class GymnasiumEmulator(Emulator):
         return self._choices
 
     def _observe(self, obs: Any, info: dict[str, Any]) -> None:
-        """Write an observation (and the action mask in it or in ``info``) into the row, the quickest way that
-        fits: a memoryview assignment, a numpy one (converting another dtype), or the Flattener."""
+        """Write a mid-episode observation (and the action mask in it or in ``info``) into the row, the quickest
+        way that fits: a memoryview assignment, a numpy one (converting another dtype), or :meth:`_write`."""
         if not self._mask_set and not (info and self._mask_key in info):
             try:
                 if self._row_typed:
@@ -259,7 +266,7 @@ class GymnasiumEmulator(Emulator):
             final = self._final_writer.write(self._strip_mask(obs)).copy()
         info, obs, reset_info = restart(self.env, info, final, self._return, self._length)
         self._return, self._length = 0.0, 0
-        self._observe(obs, reset_info)
+        self._write(obs, reset_info)
         return info
 
     def close(self) -> None:
@@ -290,9 +297,8 @@ def flat_copy(obs: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray |
     """``obs`` as a new flat array of ``dtype`` if it is an array of ``shape`` that converts to it (what writing it
     into a row of that shape and dtype and copying the row makes), else None."""
     if type(obs) is np.ndarray and obs.shape == shape:
-        try:
-            copy = obs.astype(dtype)  # reshaping a 1-d array first would cost more than the copy
-            return copy if copy.ndim == 1 else copy.reshape(-1)
+        try:  # reshaping a 1-d array would cost more than the copy
+            return obs.astype(dtype) if obs.ndim == 1 else obs.reshape(-1).astype(dtype)
         except (TypeError, ValueError):
             return None
     return None

@@ -217,12 +217,15 @@ class GymnasiumBatch:
             env._return, env._length, env._flags_up = ret, length, up
 
 
+#: The emulator methods whose work the batch does itself: a subclass that overrides one must step on its own.
+_BYPASSED = ("_native_action", "_observe", "_end_episode", "_write", "_unmask", "_strip_mask")
+
+
 def _batchable(env: Any) -> bool:
     """A :class:`GymnasiumEmulator` whose class keeps the base class's stepping, episode-ending and writing code
     (the batch does that work itself, so a subclass's own version of it must run through the emulator)."""
     cls = type(env)
-    return uses_own_step(env) and all(getattr(cls, name) is getattr(GymnasiumEmulator, name)
-                                      for name in ("_end_episode", "_write", "_unmask", "_strip_mask"))
+    return uses_own_step(env) and all(getattr(cls, name) is getattr(GymnasiumEmulator, name) for name in _BYPASSED)
 
 
 def _key(env: GymnasiumEmulator) -> Any:

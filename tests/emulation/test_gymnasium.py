@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from gymnasium import spaces
 
+import shoal.vector
 from shoal.emulation import GymnasiumEmulator, compile_layout, emulate, flatten, to_native
 from shoal.errors import APIUsageError, EnvError
 from tests.emulation.helpers import assert_same_sample
@@ -353,3 +354,32 @@ def test_final_observations_of_a_plain_row_are_exact_copies_and_a_subclass_still
     assert not np.shares_memory(final, plain.buffers.obs)
     clipped_final = clipped.step(np.array([1]))[4][0]["final_observation"]
     np.testing.assert_array_equal(clipped_final, np.clip(last, -0.01, 0.01))
+
+
+class _Shifted(GymnasiumEmulator):
+    """Shifts every observation its own _write stores (the first one of each episode)."""
+
+    def _write(self, obs: Any, info: dict[str, Any]) -> None:
+        super()._write(obs, info)
+        self.buffers.obs[0] += 100.0
+
+
+def test_a_subclass_write_runs_on_reset_and_auto_reset_alone_and_in_a_vector_env() -> None:
+    env = _Shifted(gym.make("CartPole-v1", max_episode_steps=3))
+    assert env.reset(seed=0)[0][0, 0] > 50  # CartPole's cart position is within +-4.8
+    for t in range(1, 8):
+        obs = env.step(np.array([0]))[0]
+        assert (obs[0, 0] > 50) == (t % 3 == 0), t  # shifted exactly when a new episode starts
+    with shoal.vector.make(lambda: _Shifted(gym.make("CartPole-v1", max_episode_steps=3)), 2) as vecenv:
+        assert (vecenv.reset()[0][:, 0] > 50).all()
+        for t in range(1, 8):
+            obs = vecenv.step(np.zeros(2, np.int64))[0]
+            assert ((obs[:, 0] > 50) == (t % 3 == 0)).all(), t
+
+
+def test_a_subclass_defining_step_native_is_refused() -> None:
+    with pytest.raises(TypeError, match=r"Legacy defines step_native\(\).*never run.*Override step\(\)"):
+
+        class Legacy(GymnasiumEmulator):
+            def step_native(self, action: Any) -> dict[str, Any]:
+                return {}
