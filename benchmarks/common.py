@@ -24,3 +24,9 @@ def line(name: str, value: float, unit: str, ref: float | None = None, ref_name:
     if ref:
         text += f"   {value / ref:6.2f}x {ref_name}"
     return text
+
+
+def verdict(name: str, ratio: float, target: float) -> str:
+    """One aligned target line: the ratio to three decimals (so a figure just under its target never prints as
+    meeting it) and whether it meets ``target``."""
+    return f"{name:<66} {ratio:7.3f}x   (target >= {target}x: {'met' if ratio >= target else 'MISSED'})"

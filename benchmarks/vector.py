@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import line
+from benchmarks.common import line, verdict
 from shoal import vector
 from shoal.vector.multiprocessing import available_cores
 
@@ -337,8 +337,7 @@ def main() -> None:
         ("simple_spread_v3 oversubscribed (4 workers) / best shoal run", spread["mp4"] / best_spread, 0.8),
     ]
     for name, ratio, target in checks:
-        verdict = "met" if ratio >= target else "MISSED"
-        print(f"{name:<66} {ratio:6.2f}x   (target >= {target}x: {verdict})")
+        print(verdict(name, ratio, target))
     # What no backend can beat: every core busy with the emulated env, nothing else; and what the cores delivered
     # together in this run (below the core count when another tenant of the machine took a share of them).
     print(f"{'measured: raw loop on each of the ' + str(cores) + ' cores at once / raw loop':<66} "
