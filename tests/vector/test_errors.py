@@ -157,8 +157,10 @@ def test_a_native_crash_prints_the_workers_python_traceback_even_when_stderr_is_
     """A notebook or a capturing test runner gives ``sys.stderr`` no file descriptor; the workers still start,
     and a native crash still prints where the worker was to the process's real stderr."""
     monkeypatch.setattr(sys, "stderr", io.StringIO())
+    # One worker crashes: two crashing at once would interleave their reports on the one stderr.
     env_fn = functools.partial(envs.CrashEnv, after=2, how="segv")
-    vecenv = shoal.vector.make(env_fn, 2, backend="multiprocessing", num_workers=2, context="fork")
+    healthy = functools.partial(envs.CrashEnv, after=10**9)
+    vecenv = shoal.vector.make([healthy, env_fn], 2, backend="multiprocessing", num_workers=2, context="fork")
     vecenv.reset()
     with pytest.raises(WorkerError, match="killed by signal 11"):
         for _ in range(5):
