@@ -242,19 +242,16 @@ class GymnasiumEmulator(Emulator):
         return self._choices
 
     def _observe(self, obs: Any, info: dict[str, Any]) -> None:
-        """Write a mid-episode observation (and the action mask in it or in ``info``) into the row, the quickest
-        way that fits: a memoryview assignment, a numpy one (converting another dtype), or :meth:`_write`."""
-        if not self._mask_set and not (info and self._mask_key in info):
+        """Write a mid-episode observation that ``step``'s memoryview write did not take (another dtype or shape
+        than the row's, or an action mask in it, in ``info`` or left from before): numpy's assignment converts a
+        plain one, :meth:`_write` does the rest (and raises the descriptive SpaceError)."""
+        if self._plain is not None and not self._mask_set and not (info and self._mask_key in info):
             try:
-                if self._row_typed:
-                    self._plain_mv[:] = obs
-                    return
-                if self._plain is not None:
-                    self._plain[...] = obs
-                    return
-            except (ValueError, TypeError, NotImplementedError):
-                self._row_typed = False  # the observations stopped matching the row exactly: numpy from now on
-        self._write(obs, info)  # converts what it can, else raises the descriptive SpaceError
+                self._plain[...] = obs
+                return
+            except (ValueError, TypeError):
+                pass
+        self._write(obs, info)
 
     def _end_episode(self, obs: Any, terminated: bool, truncated: bool, info: dict[str, Any]) -> dict[str, Any]:
         """Record the finished episode in ``info`` and reset the env in the same step; return the new info."""
