@@ -119,6 +119,9 @@ class GymnasiumEmulator(Emulator):
         own_strip = type(self)._strip_mask is GymnasiumEmulator._strip_mask
         self._fill = (plain.shape, row.dtype) if plain is not None and own_strip and plain.size == row.size and (
             plain.dtype == row.dtype) else None
+        # The new episode's first observation may take step()'s memoryview write too, unless a subclass writes
+        # observations its own way (its _write must run on every reset).
+        self._own_write = type(self)._write is GymnasiumEmulator._write
         self._reward_mv = memoryview(buffers.rewards)
         self._obs, self._rewards = buffers.obs, buffers.rewards
         self._terminals, self._truncations = buffers.terminals, buffers.truncations
@@ -263,6 +266,13 @@ class GymnasiumEmulator(Emulator):
             final = self._final_writer.write(self._strip_mask(obs)).copy()
         info, obs, reset_info = restart(self.env, info, final, self._return, self._length)
         self._return, self._length = 0.0, 0
+        if self._row_typed and self._own_write and not self._mask_set and not (
+                reset_info and self._mask_key in reset_info):
+            try:
+                self._plain_mv[:] = obs
+                return info
+            except (ValueError, TypeError, NotImplementedError):
+                pass  # _write converts it, or names the problem
         self._write(obs, reset_info)
         return info
 
@@ -314,9 +324,13 @@ def restart(env: gym.Env, info: dict[str, Any], final: np.ndarray, episode_retur
         (``{"return", "length"}``, see :func:`~shoal.emulation.base.add_episode`) and ``"reset_info"``; the new
         episode's first observation (native, not written anywhere yet); the reset info.
     """
-    info = dict(info)
-    info["final_observation"] = final
-    add_episode(info, {"return": float(episode_return), "length": length})
+    episode = {"return": float(episode_return), "length": length}
+    if info:
+        info = dict(info)
+        info["final_observation"] = final
+        add_episode(info, episode)
+    else:  # the usual empty info: the same dict, built at once
+        info = {"final_observation": final, "episode": episode}
     obs, reset_info = env.reset()
     info["reset_info"] = reset_info
     return info, obs, reset_info

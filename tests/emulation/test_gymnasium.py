@@ -11,7 +11,7 @@ from gymnasium import spaces
 
 import shoal.vector
 from shoal.emulation import GymnasiumEmulator, compile_layout, emulate, flatten, to_native
-from shoal.errors import APIUsageError, EnvError
+from shoal.errors import APIUsageError, EnvError, SpaceError
 from tests.emulation.helpers import assert_same_sample
 
 
@@ -328,6 +328,52 @@ def test_loosely_typed_observations_and_rewards_are_converted() -> None:
         assert rewards.dtype == np.float32 and rewards[0] == np.float32(0.5 * t)
     infos = env.step(np.array([0]))[4]
     assert infos[0]["episode"] == {"return": 5.0, "length": 4}
+
+
+class _ResetDrift(gym.Env):
+    """float32 observations, except that resets after the first return a list of floats, then a float64 array,
+    then (with ``bad=True``) an array of the wrong length; 2-step episodes."""
+
+    observation_space = gym.spaces.Box(-10, 10, (3,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, bad: bool = False) -> None:
+        self.resets, self.bad = 0, bad
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[Any, dict]:
+        super().reset(seed=seed)
+        self.t, self.resets = 0, self.resets + 1
+        value = self.resets + 0.25
+        if self.resets == 2:
+            return [value] * 3, {}
+        if self.resets == 3:
+            return np.full(3, value, np.float64), {}
+        if self.resets == 4 and self.bad:
+            return np.full(5, value, np.float32), {}
+        return np.full(3, value, np.float32), {}
+
+    def step(self, action: np.integer) -> tuple[np.ndarray, float, bool, bool, dict]:
+        self.t += 1
+        return np.full(3, -self.t, np.float32), 1.0, self.t == 2, False, {}
+
+
+def test_auto_reset_observations_of_another_type_are_converted_and_a_wrong_shape_is_named() -> None:
+    env = emulate(_ResetDrift(), check_observations=False)
+    env.reset(seed=0)
+    for episode in range(2, 6):
+        obs = env.step(np.array([0]))[0]
+        np.testing.assert_array_equal(obs[0], np.full(3, -1, np.float32))
+        obs, _, terminals, _, infos = env.step(np.array([1]))
+        assert terminals[0] and infos[0]["episode"] == {"return": 2.0, "length": 2}
+        np.testing.assert_array_equal(infos[0]["final_observation"], np.full(3, -2, np.float32))
+        np.testing.assert_array_equal(obs[0], np.full(3, episode + 0.25, np.float32))
+    broken = emulate(_ResetDrift(bad=True), check_observations=False)
+    broken.reset(seed=0)
+    for _ in range(4):
+        broken.step(np.array([0]))
+    broken.step(np.array([0]))
+    with pytest.raises(SpaceError, match="_ResetDrift|shape"):
+        broken.step(np.array([0]))
 
 
 class _Clipped(GymnasiumEmulator):
