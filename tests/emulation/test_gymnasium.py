@@ -372,7 +372,7 @@ def test_auto_reset_observations_of_another_type_are_converted_and_a_wrong_shape
     for _ in range(4):
         broken.step(np.array([0]))
     broken.step(np.array([0]))
-    with pytest.raises(SpaceError, match="_ResetDrift|shape"):
+    with pytest.raises(SpaceError, match=r"shape \(5,\)"):
         broken.step(np.array([0]))
 
 
