@@ -11,7 +11,7 @@ from gymnasium import spaces
 
 from shoal.emulation.actions import ActionLayout
 from shoal.emulation.layout import Layout, format_path
-from shoal.errors import APIUsageError, EnvError
+from shoal.errors import APIUsageError, EnvError, SpaceError
 
 __all__ = ["Buffers", "Emulator", "add_episode", "find_violation", "split_action_mask"]
 
@@ -106,6 +106,14 @@ def bad_reward(who: str, reward: Any) -> EnvError:
     return EnvError(f"{who} returned the reward {reward!r} ({type(reward).__name__}); a reward must be one real "
                     "number (a Python or numpy float, int or bool, or a 0-d array of one). Fix the env's step(), "
                     "or wrap it to sum or pick the reward it means.")
+
+
+def bad_observation(who: str, exc: SpaceError) -> SpaceError:
+    """The error for an env (or agent) ``who`` whose observation does not fit its observation space; ``exc``, the
+    :class:`~shoal.emulation.flatten.Flattener`'s error, says which leaf fails and how."""
+    return SpaceError(f"{who} returned an observation that does not fit its observation space: {exc}. Fix the env so "
+                      "that its observations match its observation_space (shape and dtype), or declare the space "
+                      "it really returns.")
 
 
 def checked_reward(who: str, reward: Any) -> Any:

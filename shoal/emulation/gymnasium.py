@@ -15,13 +15,14 @@ from shoal.emulation.base import (
     Emulator,
     State,
     add_episode,
+    bad_observation,
     bad_reward,
     checked_reward,
     split_action_mask,
 )
 from shoal.emulation.flatten import Flattener
 from shoal.emulation.layout import compile_layout
-from shoal.errors import APIUsageError
+from shoal.errors import APIUsageError, SpaceError
 
 __all__ = ["GymnasiumEmulator", "flat_copy", "restart", "uses_own_step"]
 
@@ -136,7 +137,10 @@ class GymnasiumEmulator(Emulator):
             obs = {key: value for key, value in obs.items() if key != self._mask_key}
         elif info and self._mask_key in info:
             mask = info[self._mask_key]
-        self._writer.write(obs)
+        try:
+            self._writer.write(obs)
+        except SpaceError as exc:
+            raise bad_observation(self._who, exc) from None
         if mask is not None and self.buffers.action_masks is not None:
             self.buffers.action_masks[0] = np.asarray(mask).reshape(-1).astype(bool)
             self._mask_set = True
@@ -263,7 +267,10 @@ class GymnasiumEmulator(Emulator):
         self._flags_up = True
         final = flat_copy(obs, *self._fill) if self._fill is not None else None
         if final is None:
-            final = self._final_writer.write(self._strip_mask(obs)).copy()
+            try:
+                final = self._final_writer.write(self._strip_mask(obs)).copy()
+            except SpaceError as exc:
+                raise bad_observation(self._who, exc) from None
         info, obs, reset_info = restart(self.env, info, final, self._return, self._length)
         self._return, self._length = 0.0, 0
         if self._row_typed and self._own_write and not self._mask_set and not (

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from shoal.emulation.base import bad_reward, checked_reward
+from shoal.emulation.base import bad_observation, bad_reward, checked_reward
 from shoal.emulation.gymnasium import GymnasiumEmulator, flat_copy, restart, uses_own_step
-from shoal.errors import APIUsageError
+from shoal.errors import APIUsageError, SpaceError
 
 __all__ = ["MAX_ROW_BYTES", "GymnasiumBatch"]
 
@@ -155,7 +155,10 @@ class GymnasiumBatch:
                 except (TypeError, ValueError, NotImplementedError):
                     if typed:  # this env's observations stopped matching the row exactly: numpy from now on
                         typed = self._typed = False
-                    self._writers[i].write(obs)  # converts what it can, else names the problem, as a lone env does
+                    try:  # converts what it can, else names the problem, as a lone env does
+                        self._writers[i].write(obs)
+                    except SpaceError as exc:
+                        raise bad_observation(self._who(i), exc) from None
                 if info:
                     pairs.append((i, info))
                     # Masks are read now: the env may reuse the arrays it returned at its next step or another's.
@@ -204,7 +207,10 @@ class GymnasiumBatch:
         self._flags_up = True
         final = flat_copy(obs, self._leaf_shape, self._dtype)
         if final is None:
-            final = self.envs[i]._final_writer.write(obs).copy()
+            try:
+                final = self.envs[i]._final_writer.write(obs).copy()
+            except SpaceError as exc:
+                raise bad_observation(self._who(i), exc) from None
         out = restart(self._inner[i], info, final, self._returns[i], int(self._lengths[i]))
         self._returns[i], self._lengths[i] = 0.0, 0
         return out

@@ -41,13 +41,13 @@ from pettingzoo import AECEnv, ParallelEnv
 
 from shoal.emulation.actions import ActionLayout
 from shoal.emulation.agent_spaces import AgentSpaces, AgentSpec, group_of
-from shoal.emulation.base import ACTION_MASK_KEY, Buffers, Emulator, State, add_episode
+from shoal.emulation.base import ACTION_MASK_KEY, Buffers, Emulator, State, add_episode, bad_observation
 from shoal.emulation.flatten import Flattener
 from shoal.emulation.parallel_step import direct_parallel_step as _direct_step
 from shoal.emulation.pettingzoo_aec import AECSteps
 from shoal.emulation.pettingzoo_parallel import ParallelSteps, StepResult
 from shoal.emulation.stats import EpisodeStats
-from shoal.errors import APIUsageError, CapacityError, EnvError
+from shoal.errors import APIUsageError, CapacityError, EnvError, SpaceError
 
 __all__ = ["PettingZooEmulator", "group_of"]
 
@@ -176,6 +176,12 @@ class PettingZooEmulator(ParallelSteps, AECSteps, Emulator):
         self.__dict__.update(state)
         self._make_writers()
 
+    def _agent_who(self, slot: int) -> str:
+        """The agent in ``slot`` and its env, for error messages."""
+        metadata = getattr(self.env, "metadata", None)
+        name = metadata.get("name") if isinstance(metadata, dict) else None
+        return f"agent {self.slot_agents[slot]!r} (slot {slot}) of {name or type(self.env).__name__}"
+
     def _writer(self, slot: int, spec: AgentSpec) -> Flattener:
         writers = self._rows[slot]
         writer = writers.get(spec.layout_index)
@@ -258,7 +264,10 @@ class PettingZooEmulator(ParallelSteps, AECSteps, Emulator):
 
     def _write_live(self, slot: int, spec: AgentSpec, obs: Any, info: Any) -> None:
         """Write a live agent's observation and legal actions into its slot."""
-        self._writer(slot, spec).write(obs)
+        try:
+            self._writer(slot, spec).write(obs)
+        except SpaceError as exc:
+            raise bad_observation(self._agent_who(slot), exc) from None
         mask = None
         key = self._mask_key
         if key is not None:
@@ -279,7 +288,10 @@ class PettingZooEmulator(ParallelSteps, AECSteps, Emulator):
 
     def _row_copy(self, slot: int, spec: AgentSpec, obs: Any) -> np.ndarray:
         """Flatten ``obs`` through the slot's row and return a copy of the (padded) row."""
-        self._writer(slot, spec).write(obs)
+        try:
+            self._writer(slot, spec).write(obs)
+        except SpaceError as exc:
+            raise bad_observation(self._agent_who(slot), exc) from None
         return self.buffers.obs[slot].copy()
 
     def _report_end(self, slot: int, infos: list[dict[str, Any]], reward: float, terminated: bool,

@@ -376,6 +376,36 @@ def test_auto_reset_observations_of_another_type_are_converted_and_a_wrong_shape
         broken.step(np.array([0]))
 
 
+class _WrongShapeAt(gym.Env):
+    """2-step episodes of Box(3) observations; the step ``at`` returns 5 entries instead."""
+
+    observation_space = gym.spaces.Box(-10, 10, (3,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, at: int) -> None:
+        self.at, self.n = at, 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(3, np.float32), {}
+
+    def step(self, action: np.integer) -> tuple[np.ndarray, float, bool, bool, dict]:
+        self.t, self.n = self.t + 1, self.n + 1
+        return np.zeros(5 if self.n == self.at else 3, np.float32), 1.0, self.t == 2, False, {}
+
+
+@pytest.mark.parametrize("at", [3, 4], ids=["mid_episode", "final"])
+def test_an_observation_that_does_not_fit_names_the_env_and_the_fix(at: int) -> None:
+    env = emulate(_WrongShapeAt(at))
+    env.reset(seed=0)
+    for _ in range(at - 1):
+        env.step(np.array([0]))
+    with pytest.raises(SpaceError, match=r"^_WrongShapeAt returned an observation that does not fit its observation "
+                                         r"space: value at obs \(shape \(5,\).*Fix the env"):
+        env.step(np.array([0]))
+
+
 class _Clipped(GymnasiumEmulator):
     """Strips its observations its own way: the final observation must come from that code."""
 

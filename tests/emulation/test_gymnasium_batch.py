@@ -259,7 +259,7 @@ class _BadShapeAt3(gym.Env):
         return obs, 0.0, False, False, {}
 
 
-def test_an_observation_of_the_wrong_shape_is_named_as_a_lone_emulator_names_it() -> None:
+def test_an_observation_of_the_wrong_shape_is_named_with_its_env_as_a_lone_emulator_names_it() -> None:
     alone = GymnasiumEmulator(_BadShapeAt3(bad=True))
     alone.reset(seed=0)
     envs = [GymnasiumEmulator(_BadShapeAt3(bad=i == 1)) for i in range(3)]
@@ -271,7 +271,10 @@ def test_an_observation_of_the_wrong_shape_is_named_as_a_lone_emulator_names_it(
         alone.step(np.zeros(1, np.int64))
     with pytest.raises(SpaceError) as ours:
         batch.step(np.zeros(3, np.int64))
-    assert str(ours.value) == str(theirs.value)
+    lone = str(theirs.value)
+    assert lone.startswith("_BadShapeAt3 returned an observation that does not fit its observation space")
+    assert "shape (5,)" in lone and "Fix the env" in lone
+    assert str(ours.value) == lone.replace("_BadShapeAt3", "env 1 of this group (_BadShapeAt3)", 1)
 
 
 class _RewardOf(_ConstantEnv):

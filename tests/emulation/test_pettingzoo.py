@@ -644,6 +644,36 @@ def test_a_turn_based_env_names_a_bad_reward_too() -> None:
             env.step(np.zeros(6, np.int64))
 
 
+class _BadObservation(SpawnEnv):
+    """SpawnEnv whose step ``at`` gives agent ``who`` an observation of 3 entries (the space has 2)."""
+
+    def __init__(self, who: str, at: int) -> None:
+        super().__init__()
+        self.who, self.at = who, at
+
+    def step(self, actions: dict[str, Any]) -> tuple[dict, dict, dict, dict, dict]:
+        obs, rewards, terms, truncs, infos = super().step(actions)
+        if self.t == self.at:
+            obs[self.who] = np.zeros(3, np.float32)
+        return obs, rewards, terms, truncs, infos
+
+
+# child_1 spawns on step 1 and dies on step 3: its last observation is the final one of its slot.
+@pytest.mark.parametrize(("who", "at"), [("walker_1", 2), ("child_1", 1), ("child_1", 3)],
+                         ids=["live", "spawning", "final"])
+@pytest.mark.parametrize("turns", [False, True], ids=["parallel", "aec"])
+def test_an_observation_that_does_not_fit_names_its_agent_and_env(who: str, at: int, turns: bool) -> None:
+    from pettingzoo.utils.conversions import parallel_to_aec
+
+    raw = _BadObservation(who, at)
+    env = PettingZooEmulator(parallel_to_aec(raw) if turns else raw, max_agents=6)
+    env.reset(seed=0)
+    with pytest.raises(SpaceError, match=rf"agent '{who}' \(slot \d\) of spawn_v0 returned an observation that does "
+                                         r"not fit its observation space: .*shape \(3,\).*Fix the env"):
+        for _ in range(12):
+            env.step(np.zeros(6, np.int64))
+
+
 @pytest.mark.parametrize("good", [np.float32(1.5), np.int64(2), True, np.array(0.25)])
 def test_numeric_rewards_of_any_kind_reach_their_slot(good: Any) -> None:
     env = PettingZooEmulator(_BadReward(good, "walker_1"), max_agents=6)
