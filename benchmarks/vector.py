@@ -10,6 +10,10 @@ CartPole Multiprocessing runs twice per worker count: stepping every env each ti
 (``send``/``recv`` of the envs whose worker finished first, half of them per batch). The CartPole targets use the
 better of the runs (of the 4-worker runs for the oversubscribed one) and name it.
 
+Besides the raw single-env loop, two figures show what the machine delivered during the run: the raw loop in one
+process per core at once, and the same over as many envs per process as a 2-worker run's (a vector env's working
+set, which another tenant's load on the shared cache and memory slows more than a single env).
+
 Every configuration is built up front, then measured in interleaved rounds of one short chunk each (the fastest
 chunk of ``--rounds`` counts), so noise from other tenants of the machine hits all of them alike and a burst of
 it slows a few chunks, not the figure.
@@ -84,6 +88,7 @@ Runner = tuple[Callable[[], int], Callable[[], None]]
 
 
 def raw_cartpole() -> Runner:
+    """The raw single-env loop every CartPole target compares with."""
     env = cartpole()
     env.reset(seed=0)
     # numpy integers, as Discrete.sample() and a policy's action array give them: CartPole checks them ~10% faster
@@ -100,25 +105,50 @@ def raw_cartpole() -> Runner:
     return steps, env.close
 
 
-def _raw_cartpole_server(conn: Any) -> None:
-    """Step the raw CartPole loop for four of its chunks (about as long as a Multiprocessing chunk) each time
-    the parent asks, until it sends None."""
-    steps, close = raw_cartpole()
+def raw_cartpoles(num_envs: int) -> Runner:
+    """The raw loop over ``num_envs`` CartPoles stepped in turn: a vector env worker's working set, which may
+    not fit in a core's cache, without anything else a worker does."""
+    envs = [cartpole() for _ in range(num_envs)]
+    for i, env in enumerate(envs):
+        env.reset(seed=i)
+    rng = np.random.default_rng(0)
+    rounds = [list(zip(envs, rng.integers(0, 2, num_envs), strict=True)) for _ in range(max(1, 2048 // num_envs))]
+
+    def steps() -> int:
+        for pairs in rounds:
+            for env, a in pairs:
+                _, _, terminated, truncated, _ = env.step(a)
+                if terminated or truncated:
+                    env.reset()
+        return len(rounds) * num_envs
+
+    def close() -> None:
+        for env in envs:
+            env.close()
+
+    return steps, close
+
+
+def _raw_cartpole_server(conn: Any, num_envs: int) -> None:
+    """Step the raw CartPole loop over ``num_envs`` envs for four of its chunks (about as long as a
+    Multiprocessing chunk) each time the parent asks, until it sends None."""
+    steps, close = raw_cartpole() if num_envs == 1 else raw_cartpoles(num_envs)
     while conn.recv() is not None:
         conn.send(sum(steps() for _ in range(4)))
     close()
 
 
-def raw_cartpole_per_core() -> Runner:
-    """The raw loop in one process per core, all stepping at once: what the machine's cores deliver together
-    during this run (another tenant's load on one core shows here first)."""
+def raw_cartpole_per_core(num_envs: int = 1) -> Runner:
+    """The raw loop (over ``num_envs`` envs) in one process per core, all stepping at once: what the machine's
+    cores deliver together during this run (another tenant's load on one core shows here first; with many envs,
+    its load on the shared cache and memory too)."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
     pipes, procs = [], []
     for _ in range(available_cores()):
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_raw_cartpole_server, args=(child,), daemon=True)
+        proc = ctx.Process(target=_raw_cartpole_server, args=(child, num_envs), daemon=True)
         proc.start()
         pipes.append(parent)
         procs.append(proc)
@@ -271,6 +301,8 @@ def main() -> None:
     cart = measure({
         "raw": raw_cartpole,
         "raw_per_core": raw_cartpole_per_core,
+        # The 2-worker runs' working set: half the envs in each process.
+        "raw_per_core_many": functools.partial(raw_cartpole_per_core, CARTPOLE_ENVS // 2),
         "emulated": functools.partial(emulated, cartpole, 2),
         "gym_sync": functools.partial(gymnasium_vector, "sync"),
         "gym_async": functools.partial(gymnasium_vector, "async"),
@@ -342,6 +374,8 @@ def main() -> None:
     # together in this run (below the core count when another tenant of the machine took a share of them).
     print(f"{'measured: raw loop on each of the ' + str(cores) + ' cores at once / raw loop':<66} "
           f"{cart['raw_per_core'] / raw:6.2f}x")
+    print(f"{'measured: the same over ' + str(CARTPOLE_ENVS // 2) + ' envs in each process / raw loop':<66} "
+          f"{cart['raw_per_core_many'] / raw:6.2f}x")
     print(f"{'ceiling: CartPole, ' + str(cores) + ' cores x emulated loop / raw loop':<66} "
           f"{cores * cart['emulated'] / raw:6.2f}x")
     print(f"{'ceiling: simple_spread_v3, ' + str(cores) + ' cores x emulated loop / SuperSuit':<66} "
