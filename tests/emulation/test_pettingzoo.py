@@ -366,6 +366,7 @@ class SpawnEnv(ParallelEnv):
     """Walkers that live until ``horizon``; a child spawns every step and dies ``lifetime`` steps later."""
 
     metadata = {"name": "spawn_v0"}
+    render_mode = None
 
     def __init__(self, initial: tuple[str, ...] = ("walker_0", "walker_1"), lifetime: int = 2, horizon: int = 4,
                  bad_first_obs: bool = False) -> None:
