@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -27,6 +28,7 @@ def line(name: str, value: float, unit: str, ref: float | None = None, ref_name:
 
 
 def verdict(name: str, ratio: float, target: float) -> str:
-    """One aligned target line: the ratio to three decimals (so a figure just under its target never prints as
-    meeting it) and whether it meets ``target``."""
-    return f"{name:<66} {ratio:7.3f}x   (target >= {target}x: {'met' if ratio >= target else 'MISSED'})"
+    """One aligned target line: the ratio, rounded down to three decimals (so a figure just under its target
+    never prints as meeting it: 0.8997 shows as 0.899), and whether it meets ``target``."""
+    shown = math.floor(ratio * 1000) / 1000
+    return f"{name:<66} {shown:7.3f}x   (target >= {target}x: {'met' if ratio >= target else 'MISSED'})"
