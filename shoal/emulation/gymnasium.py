@@ -24,7 +24,12 @@ from shoal.emulation.flatten import Flattener
 from shoal.emulation.layout import compile_layout
 from shoal.errors import APIUsageError, SpaceError
 
-__all__ = ["GymnasiumEmulator", "flat_copy", "restart", "uses_own_step"]
+try:  # the native row copy: numpy exports no buffer (it builds a format string for every fresh array it exports)
+    from shoal.emulation._rowcopy import copy_row
+except ImportError:  # built without a C compiler: memoryview assignments do the same, a little slower
+    copy_row = None
+
+__all__ = ["GymnasiumEmulator", "copy_row", "flat_copy", "restart", "uses_own_step"]
 
 _MAX_TABLE = 1 << 16  # largest Discrete action space served by the lookup table in step()
 
@@ -110,8 +115,9 @@ class GymnasiumEmulator(Emulator):
         self._final_writer = Flattener(self.obs_layout, np.zeros_like(buffers.obs[0]))
         # A single array leaf without a mask in the observation is written with one assignment.
         self._plain = self._writer._single if not self._mask_in_obs else None
-        # Memoryviews write a value or a row of the same type with less overhead than numpy's assignment; step()
-        # uses the row's one when the env's observations have the row's dtype and shape (``_row_typed``).
+        # copy_row (or, without the native module, a memoryview) writes a row of the same type with less overhead
+        # than numpy's assignment; step() uses it when the env's observations have the row's dtype and shape
+        # (``_row_typed``).
         self._plain_mv = memoryview(self._plain) if self._plain is not None else None
         row = buffers.obs[0]
         # The shape and dtype of the one array that fills the row: a final observation of them is copied directly
@@ -120,7 +126,7 @@ class GymnasiumEmulator(Emulator):
         own_strip = type(self)._strip_mask is GymnasiumEmulator._strip_mask
         self._fill = (plain.shape, row.dtype) if plain is not None and own_strip and plain.size == row.size and (
             plain.dtype == row.dtype) else None
-        # The new episode's first observation may take step()'s memoryview write too, unless a subclass writes
+        # The new episode's first observation may take step()'s direct copy too, unless a subclass writes
         # observations its own way (its _write must run on every reset).
         self._own_write = type(self)._write is GymnasiumEmulator._write
         self._reward_mv = memoryview(buffers.rewards)
@@ -228,10 +234,13 @@ class GymnasiumEmulator(Emulator):
                 self._terminals[0] = self._truncations[0] = False
                 self._flags_up = False
             # The step's cost is mostly Python overhead: the common case (an observation of the row's exact type,
-            # no mask involved) is written here with one memoryview assignment, the rest by _observe.
+            # no mask involved) is written here with one copy, the rest by _observe.
             if self._row_typed and not self._mask_set and not (info and self._mask_key in info):
                 try:
-                    self._plain_mv[:] = obs
+                    if copy_row is not None:
+                        copy_row(self._plain, obs)
+                    else:
+                        self._plain_mv[:] = obs
                 except (ValueError, TypeError, NotImplementedError):
                     self._row_typed = False  # the observations stopped matching the row exactly: numpy from now on
                     self._observe(obs, info)
@@ -249,7 +258,7 @@ class GymnasiumEmulator(Emulator):
         return self._choices
 
     def _observe(self, obs: Any, info: dict[str, Any]) -> None:
-        """Write a mid-episode observation that ``step``'s memoryview write did not take (another dtype or shape
+        """Write a mid-episode observation that ``step``'s direct copy did not take (another dtype or shape
         than the row's, or an action mask in it, in ``info`` or left from before): numpy's assignment converts a
         plain one, :meth:`_write` does the rest (and raises the descriptive SpaceError)."""
         if self._plain is not None and not self._mask_set and not (info and self._mask_key in info):
@@ -276,7 +285,10 @@ class GymnasiumEmulator(Emulator):
         if self._row_typed and self._own_write and not self._mask_set and not (
                 reset_info and self._mask_key in reset_info):
             try:
-                self._plain_mv[:] = obs
+                if copy_row is not None:
+                    copy_row(self._plain, obs)
+                else:
+                    self._plain_mv[:] = obs
                 return info
             except (ValueError, TypeError, NotImplementedError):
                 pass  # _write converts it, or names the problem

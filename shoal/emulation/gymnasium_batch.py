@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from shoal.emulation.base import bad_observation, bad_reward, checked_reward
-from shoal.emulation.gymnasium import GymnasiumEmulator, flat_copy, restart, uses_own_step
+from shoal.emulation.gymnasium import GymnasiumEmulator, copy_row, flat_copy, restart, uses_own_step
 from shoal.errors import APIUsageError, SpaceError
 
 __all__ = ["MAX_ROW_BYTES", "GymnasiumBatch"]
@@ -49,10 +49,12 @@ class GymnasiumBatch:
         self._n_actions = len(table)
         self._leaves = leaves
         self._leaf_shape, self._dtype = leaves.shape[1:], leaves.dtype
-        # A memoryview write takes an observation of the row's exact type and length only, with the least
-        # overhead; other observations go through numpy, which converts (and broadcasts) them as the emulator does.
+        # A direct copy (copy_row, or a memoryview write without the native module) takes an observation of the
+        # row's exact type and length only, with the least overhead; other observations go through numpy, which
+        # converts (and broadcasts) them as the emulator does.
         self._typed = len(self._leaf_shape) == 1 and all(env._row_typed for env in self.envs)
         width = int(np.prod(self._leaf_shape))
+        self._rows = list(leaves) if self._typed else []
         self._flat = memoryview(leaves.reshape(-1)) if self._typed else memoryview(b"")
         self._slices = [slice(i * width, (i + 1) * width) for i in range(n)] if self._typed else []
         self._rewards = arrays["rewards"]
@@ -126,6 +128,7 @@ class GymnasiumBatch:
         self._lengths += 1
         table, returns, reward_mv = self._table, self._returns, self._reward_mv
         typed, flat, slices, leaves = self._typed, self._flat, self._slices, self._leaves
+        native, rows = copy_row is not None, self._rows
         masked, key = self._masked, self._mask_key
         pairs: InfoPairs = []
         handled: set[int] = set()  # envs whose action mask was dealt with in the loop
@@ -149,7 +152,10 @@ class GymnasiumBatch:
                     info, obs, latest = self._end_episode(i, obs, terminated, truncated, info)
                 try:
                     if typed:
-                        flat[slices[i]] = obs
+                        if native:
+                            copy_row(rows[i], obs)
+                        else:
+                            flat[slices[i]] = obs
                     else:
                         leaves[i] = obs
                 except (TypeError, ValueError, NotImplementedError):

@@ -16,7 +16,7 @@ from tests.emulation.helpers import assert_same_sample
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Blackjack-v1", "Taxi-v4", "FrozenLake-v1"])
-def test_lock_step_with_raw_env(env_id: str) -> None:
+def test_lock_step_with_raw_env(env_id: str, row_copy: str) -> None:
     raw = gym.make(env_id)
     emulated = emulate(gym.make(env_id))
     assert isinstance(emulated, GymnasiumEmulator) and emulated.num_agents == 1
@@ -319,7 +319,7 @@ class _LooseTypes(gym.Env):
         return np.full(3, self.t / 3, np.float64), np.float32(0.5 * self.t), False, self.t == 4, {}
 
 
-def test_loosely_typed_observations_and_rewards_are_converted() -> None:
+def test_loosely_typed_observations_and_rewards_are_converted(row_copy: str) -> None:
     env = emulate(_LooseTypes(), check_observations=False)
     env.reset(seed=0)
     for t in range(1, 4):
@@ -357,7 +357,7 @@ class _ResetDrift(gym.Env):
         return np.full(3, -self.t, np.float32), 1.0, self.t == 2, False, {}
 
 
-def test_auto_reset_observations_of_another_type_are_converted_and_a_wrong_shape_is_named() -> None:
+def test_auto_reset_observations_of_another_type_are_converted_and_a_wrong_shape_is_named(row_copy: str) -> None:
     env = emulate(_ResetDrift(), check_observations=False)
     env.reset(seed=0)
     for episode in range(2, 6):

@@ -166,7 +166,7 @@ CASES: dict[str, Callable[[], gym.Env]] = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_a_batch_steps_exactly_like_each_emulator_on_its_own(case: str) -> None:
+def test_a_batch_steps_exactly_like_each_emulator_on_its_own(case: str, row_copy: str) -> None:
     n, steps = 5, 150
     batched = [GymnasiumEmulator(CASES[case]()) for _ in range(n)]
     alone = [GymnasiumEmulator(CASES[case]()) for _ in range(n)]
