@@ -33,4 +33,5 @@ bench: install
 	done
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache .hypothesis build
+	find shoal -name '*.so' -delete
