@@ -1,5 +1,5 @@
 /* copy_row(dst, src): copy the ndarray ``src`` into the ndarray ``dst`` when both hold the same dtype (the same
- * descriptor object), the same number of dimensions and bytes, and ``src`` is C-contiguous; raise TypeError or
+ * or an equivalent descriptor), the same shape, and both are C-contiguous (and ``dst`` writeable); raise TypeError or
  * ValueError otherwise, so that the caller converts ``src`` with numpy instead. ``dst`` is one of shoal's own
  * contiguous buffer rows. This is what a memoryview assignment does for a fresh observation array, without
  * exporting a buffer (numpy builds a format string for every new array it exports). */
@@ -20,7 +20,8 @@ static PyObject *copy_row(PyObject *module, PyObject *const *args, Py_ssize_t na
     }
     PyArrayObject *dst = (PyArrayObject *)args[0];
     PyArrayObject *src = (PyArrayObject *)args[1];
-    if (PyArray_DESCR(src) != PyArray_DESCR(dst) || PyArray_NDIM(src) != PyArray_NDIM(dst) ||
+    PyArray_Descr *have = PyArray_DESCR(src), *want = PyArray_DESCR(dst);
+    if ((have != want && !PyArray_EquivTypes(have, want)) || PyArray_NDIM(src) != PyArray_NDIM(dst) ||
         PyArray_NBYTES(src) != PyArray_NBYTES(dst) || !PyArray_IS_C_CONTIGUOUS(src) ||
         !PyArray_IS_C_CONTIGUOUS(dst) || !PyArray_ISWRITEABLE(dst)) {
         PyErr_SetString(PyExc_ValueError, "copy_row: src does not match dst's dtype, size and layout");
@@ -30,7 +31,7 @@ static PyObject *copy_row(PyObject *module, PyObject *const *args, Py_ssize_t na
         PyErr_SetString(PyExc_ValueError, "copy_row: src has another shape than dst");
         return NULL;
     }
-    memcpy(PyArray_DATA(dst), PyArray_DATA(src), (size_t)PyArray_NBYTES(src));
+    memmove(PyArray_DATA(dst), PyArray_DATA(src), (size_t)PyArray_NBYTES(src)); /* src may be a view of dst */
     Py_RETURN_NONE;
 }
 

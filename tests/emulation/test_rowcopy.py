@@ -51,6 +51,18 @@ def test_anything_else_is_refused_and_the_row_left_alone(src: np.ndarray) -> Non
 
 
 @needs_native
+def test_an_equivalent_dtype_object_and_a_view_of_the_row_itself_are_copied() -> None:
+    row = np.zeros(4, np.float32)
+    tagged = np.arange(4, dtype=np.dtype(np.float32, metadata={"unit": "m"}))  # another descriptor, same type
+    assert tagged.dtype is not row.dtype
+    copy_row(row, tagged)
+    np.testing.assert_array_equal(row, [0, 1, 2, 3])
+    block = np.arange(8, dtype=np.float32)
+    copy_row(block[2:6], block[0:4])  # overlapping memory
+    np.testing.assert_array_equal(block, [0, 1, 0, 1, 2, 3, 6, 7])
+
+
+@needs_native
 def test_shapes_must_match_not_only_sizes() -> None:
     row = np.zeros((2, 3), np.float32)
     with pytest.raises(ValueError, match="shape"):
