@@ -21,13 +21,17 @@ static PyObject *copy_row(PyObject *module, PyObject *const *args, Py_ssize_t na
     PyArrayObject *dst = (PyArrayObject *)args[0];
     PyArrayObject *src = (PyArrayObject *)args[1];
     PyArray_Descr *have = PyArray_DESCR(src), *want = PyArray_DESCR(dst);
+    if (PyDataType_REFCHK(have) || PyDataType_REFCHK(want)) {  /* object/StringDType items own references */
+        PyErr_SetString(PyExc_TypeError, "copy_row: arrays of objects are not copied bytewise");
+        return NULL;
+    }
     if ((have != want && !PyArray_EquivTypes(have, want)) || PyArray_NDIM(src) != PyArray_NDIM(dst) ||
         PyArray_NBYTES(src) != PyArray_NBYTES(dst) || !PyArray_IS_C_CONTIGUOUS(src) ||
         !PyArray_IS_C_CONTIGUOUS(dst) || !PyArray_ISWRITEABLE(dst)) {
         PyErr_SetString(PyExc_ValueError, "copy_row: src does not match dst's dtype, size and layout");
         return NULL;
     }
-    if (PyArray_NDIM(src) > 1 && memcmp(PyArray_DIMS(src), PyArray_DIMS(dst), PyArray_NDIM(src) * sizeof(npy_intp))) {
+    if (memcmp(PyArray_DIMS(src), PyArray_DIMS(dst), PyArray_NDIM(src) * sizeof(npy_intp))) {
         PyErr_SetString(PyExc_ValueError, "copy_row: src has another shape than dst");
         return NULL;
     }

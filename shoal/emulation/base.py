@@ -60,7 +60,7 @@ class Buffers:
         return cls(**{name: np.zeros(shape, dtype) for name, (shape, dtype) in spec.items()})
 
     def check(self, spec: dict[str, tuple[tuple, np.dtype]]) -> None:
-        """Raise :class:`APIUsageError` if any buffer's shape or dtype differs from ``spec``."""
+        """Raise :class:`APIUsageError` if any buffer's shape or dtype differs from ``spec``, or it is read-only."""
         for f in fields(self):
             array = getattr(self, f.name)
             if f.name not in spec:
@@ -71,6 +71,9 @@ class Buffers:
             if not isinstance(array, np.ndarray) or array.shape != shape or array.dtype != dtype:
                 got = (getattr(array, "shape", None), getattr(array, "dtype", type(array).__name__))
                 raise APIUsageError(f"buffer {f.name!r} has (shape, dtype) {got}; expected {(shape, dtype)}")
+            if not array.flags.writeable:
+                raise APIUsageError(f"buffer {f.name!r} is read-only; the emulator writes into every buffer it is "
+                                    "handed: pass writeable arrays")
 
 
 def action_mask_width(action_layout: ActionLayout) -> int:
@@ -111,9 +114,10 @@ def bad_reward(who: str, reward: Any) -> EnvError:
 def bad_observation(who: str, exc: SpaceError) -> SpaceError:
     """The error for an env (or agent) ``who`` whose observation does not fit its observation space; ``exc``, the
     :class:`~shoal.emulation.flatten.Flattener`'s error, says which leaf fails and how."""
-    return SpaceError(f"{who} returned an observation that does not fit its observation space: {exc}. Fix the env so "
-                      "that its observations match its observation_space (shape and dtype), or declare the space "
-                      "it really returns.")
+    reason = str(exc).rstrip(".")
+    return SpaceError(f"{who} returned an observation that does not fit its observation space: {reason}. Fix the "
+                      "env so that its observations match its observation_space (shape and dtype), or declare the "
+                      "space it really returns.")
 
 
 def checked_reward(who: str, reward: Any) -> Any:

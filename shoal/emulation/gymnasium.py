@@ -239,8 +239,10 @@ class GymnasiumEmulator(Emulator):
                 try:
                     if copy_row is not None:
                         copy_row(self._plain, obs)
-                    else:
+                    elif type(obs) is np.ndarray:  # as copy_row: other objects go through numpy
                         self._plain_mv[:] = obs
+                    else:
+                        raise TypeError(type(obs).__name__)
                 except (ValueError, TypeError, NotImplementedError):
                     self._row_typed = False  # the observations stopped matching the row exactly: numpy from now on
                     self._observe(obs, info)
@@ -283,12 +285,14 @@ class GymnasiumEmulator(Emulator):
         info, obs, reset_info = restart(self.env, info, final, self._return, self._length)
         self._return, self._length = 0.0, 0
         if self._row_typed and self._own_write and not self._mask_set and not (
-                reset_info and self._mask_key in reset_info):
+                reset_info and self._mask_key in reset_info) and "_write" not in self.__dict__:
             try:
                 if copy_row is not None:
                     copy_row(self._plain, obs)
-                else:
+                elif type(obs) is np.ndarray:
                     self._plain_mv[:] = obs
+                else:
+                    raise TypeError(type(obs).__name__)
                 return info
             except (ValueError, TypeError, NotImplementedError):
                 pass  # _write converts it, or names the problem

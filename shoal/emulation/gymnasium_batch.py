@@ -154,8 +154,10 @@ class GymnasiumBatch:
                     if typed:
                         if native:
                             copy_row(rows[i], obs)
-                        else:
+                        elif type(obs) is np.ndarray:  # as copy_row: other objects go through numpy
                             flat[slices[i]] = obs
+                        else:
+                            raise TypeError(type(obs).__name__)
                     else:
                         leaves[i] = obs
                 except (TypeError, ValueError, NotImplementedError):

@@ -180,7 +180,7 @@ class PettingZooEmulator(ParallelSteps, AECSteps, Emulator):
         """The agent in ``slot`` and its env, for error messages."""
         metadata = getattr(self.env, "metadata", None)
         name = metadata.get("name") if isinstance(metadata, dict) else None
-        return f"agent {self.slot_agents[slot]!r} (slot {slot}) of {name or type(self.env).__name__}"
+        return f"agent {self.slot_agents[slot]!r} (slot {slot}) of {name or type(self.env.unwrapped).__name__}"
 
     def _writer(self, slot: int, spec: AgentSpec) -> Flattener:
         writers = self._rows[slot]

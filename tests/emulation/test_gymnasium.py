@@ -10,7 +10,7 @@ import pytest
 from gymnasium import spaces
 
 import shoal.vector
-from shoal.emulation import GymnasiumEmulator, compile_layout, emulate, flatten, to_native
+from shoal.emulation import Buffers, GymnasiumEmulator, compile_layout, emulate, flatten, to_native
 from shoal.errors import APIUsageError, EnvError, SpaceError
 from tests.emulation.helpers import assert_same_sample
 
@@ -404,6 +404,52 @@ def test_an_observation_that_does_not_fit_names_the_env_and_the_fix(at: int) -> 
     with pytest.raises(SpaceError, match=r"^_WrongShapeAt returned an observation that does not fit its observation "
                                          r"space: value at obs \(shape \(5,\).*Fix the env"):
         env.step(np.array([0]))
+
+
+class _BytesObservations(gym.Env):
+    """Box(uint8) observations, sent as bytes after the reset (not an array of the space)."""
+
+    observation_space = gym.spaces.Box(0, 255, (4,), np.uint8)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        return np.arange(4, dtype=np.uint8), {}
+
+    def step(self, action: np.integer) -> tuple[bytes, float, bool, bool, dict]:
+        return bytes([9, 8, 7, 6]), 0.0, False, False, {}
+
+
+def test_an_observation_that_is_not_an_array_is_converted_by_numpy_with_or_without_the_native_copy(
+        row_copy: str) -> None:
+    env = emulate(_BytesObservations())
+    env.reset(seed=0)
+    with pytest.raises(SpaceError, match=r"^_BytesObservations returned an observation that does not fit"):
+        env.step(np.array([0]))
+
+
+def test_a_write_replaced_on_one_emulator_runs_on_auto_reset_too() -> None:
+    env = emulate(gym.make("CartPole-v1", max_episode_steps=3))
+    calls = []
+    original = env._write
+
+    def counting(obs: Any, info: dict) -> None:
+        calls.append(obs)
+        original(obs, info)
+
+    env._write = counting
+    env.reset(seed=0)
+    for _ in range(3):
+        env.step(np.array([0]))
+    assert len(calls) == 2  # the reset and the auto-reset
+
+
+def test_read_only_buffers_are_refused_when_handed_over() -> None:
+    env = emulate(gym.make("CartPole-v1"))
+    buffers = Buffers.allocate(env.buffer_spec())
+    buffers.obs.flags.writeable = False
+    with pytest.raises(APIUsageError, match=r"buffer 'obs' is read-only"):
+        env.attach(buffers)
 
 
 class _Clipped(GymnasiumEmulator):

@@ -277,6 +277,26 @@ def test_an_observation_of_the_wrong_shape_is_named_with_its_env_as_a_lone_emula
     assert str(ours.value) == lone.replace("_BadShapeAt3", "env 1 of this group (_BadShapeAt3)", 1)
 
 
+class _BytesAfterReset(_ConstantEnv):
+    """Box(uint8) rows; env ``bad`` sends bytes instead of an array from its second step."""
+
+    def __init__(self, bad: bool) -> None:
+        super().__init__(spaces.Box(0, 255, (4,), np.uint8))
+        self.bad, self.t = bad, 0
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        self.t += 1
+        obs = super().step(action)[0]
+        return (bytes(4) if self.bad and self.t >= 2 else obs), 0.0, False, False, {}
+
+
+def test_an_observation_that_is_not_an_array_is_named_with_or_without_the_native_copy(row_copy: str) -> None:
+    batch = _batch([GymnasiumEmulator(_BytesAfterReset(bad=i == 2)) for i in range(3)])[0]
+    batch.step(np.zeros(3, np.int64))
+    with pytest.raises(SpaceError, match=r"^env 2 of this group \(_BytesAfterReset\) returned an observation"):
+        batch.step(np.zeros(3, np.int64))
+
+
 class _RewardOf(_ConstantEnv):
     def __init__(self, reward: object) -> None:
         super().__init__(spaces.Box(-1.0, 1.0, (2,), np.float32))

@@ -675,6 +675,18 @@ def test_an_observation_that_does_not_fit_names_its_agent_and_env(who: str, at: 
             env.step(np.zeros(6, np.int64))
 
 
+def test_an_env_without_a_name_is_named_by_its_class_not_a_wrapper() -> None:
+    from pettingzoo.utils.conversions import parallel_to_aec
+
+    raw = _BadObservation("walker_1", 2)
+    raw.metadata = {}
+    env = PettingZooEmulator(parallel_to_aec(raw), max_agents=6)
+    env.reset(seed=0)
+    with pytest.raises(SpaceError, match=r"agent 'walker_1' \(slot 1\) of _BadObservation returned"):
+        for _ in range(12):
+            env.step(np.zeros(6, np.int64))
+
+
 @pytest.mark.parametrize("good", [np.float32(1.5), np.int64(2), True, np.array(0.25)])
 def test_numeric_rewards_of_any_kind_reach_their_slot(good: Any) -> None:
     env = PettingZooEmulator(_BadReward(good, "walker_1"), max_agents=6)

@@ -62,11 +62,36 @@ def test_an_equivalent_dtype_object_and_a_view_of_the_row_itself_are_copied() ->
     np.testing.assert_array_equal(block, [0, 1, 0, 1, 2, 3, 6, 7])
 
 
+class _Tracked:
+    pass
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [np.dtype(object), np.dtype([("a", np.float32), ("b", object)])],
+                         ids=["object", "struct_with_object"])
+def test_arrays_holding_python_objects_are_refused_not_copied_bytewise(dtype: np.dtype) -> None:
+    import sys
+
+    src, dst = np.empty(2, dtype), np.empty(2, dtype)
+    item = _Tracked()
+    if dtype.fields:
+        src["b"] = [item, item]
+    else:
+        src[:] = [item, item]
+    before = sys.getrefcount(item)
+    with pytest.raises(TypeError, match="objects"):
+        copy_row(dst, src)
+    assert sys.getrefcount(item) == before
+
+
 @needs_native
 def test_shapes_must_match_not_only_sizes() -> None:
     row = np.zeros((2, 3), np.float32)
     with pytest.raises(ValueError, match="shape"):
         copy_row(row, np.zeros((3, 2), np.float32))
+    empty = np.dtype([])  # items of zero bytes: every array of it has zero bytes
+    with pytest.raises(ValueError, match="shape"):
+        copy_row(np.zeros(3, empty), np.zeros(5, empty))
 
 
 @needs_native
