@@ -126,9 +126,6 @@ class GymnasiumEmulator(Emulator):
         own_strip = type(self)._strip_mask is GymnasiumEmulator._strip_mask
         self._fill = (plain.shape, row.dtype) if plain is not None and own_strip and plain.size == row.size and (
             plain.dtype == row.dtype) else None
-        # The new episode's first observation may take step()'s direct copy too, unless a subclass writes
-        # observations its own way (its _write must run on every reset).
-        self._own_write = type(self)._write is GymnasiumEmulator._write
         self._reward_mv = memoryview(buffers.rewards)
         self._obs, self._rewards = buffers.obs, buffers.rewards
         self._terminals, self._truncations = buffers.terminals, buffers.truncations
@@ -284,8 +281,11 @@ class GymnasiumEmulator(Emulator):
                 raise bad_observation(self._who, exc) from None
         info, obs, reset_info = restart(self.env, info, final, self._return, self._length)
         self._return, self._length = 0.0, 0
-        if self._row_typed and self._own_write and not self._mask_set and not (
-                reset_info and self._mask_key in reset_info) and "_write" not in self.__dict__:
+        # The new episode's first observation may take step()'s direct copy too, unless a subclass or this very
+        # object writes observations its own way (that _write must run on every reset). (Reading ``__dict__``
+        # instead would slow every later attribute access of the emulator.)
+        if self._row_typed and not self._mask_set and not (reset_info and self._mask_key in reset_info) and (
+                getattr(self._write, "__func__", None) is _BASE_WRITE):
             try:
                 if copy_row is not None:
                     copy_row(self._plain, obs)
@@ -314,6 +314,9 @@ class GymnasiumEmulator(Emulator):
         self.__dict__.update(state)
         self._bind()  # pickling copies each array on its own: take views of the restored buffers again
         self._link_env()
+
+
+_BASE_WRITE = GymnasiumEmulator._write
 
 
 def uses_own_step(env: Any) -> bool:
