@@ -281,20 +281,16 @@ class GymnasiumEmulator(Emulator):
                 raise bad_observation(self._who, exc) from None
         info, obs, reset_info = restart(self.env, info, final, self._return, self._length)
         self._return, self._length = 0.0, 0
-        # The new episode's first observation may take step()'s direct copy too, unless a subclass or this very
-        # object writes observations its own way (that _write must run on every reset). (Reading ``__dict__``
-        # instead would slow every later attribute access of the emulator.)
-        if self._row_typed and not self._mask_set and not (reset_info and self._mask_key in reset_info) and (
+        # With the native module, the new episode's first observation may take step()'s direct copy too, unless a
+        # subclass or this very object writes observations its own way (that _write must run on every reset).
+        # (Reading ``__dict__`` instead would slow every later attribute access of the emulator.)
+        if copy_row is not None and self._row_typed and not self._mask_set and not (
+                reset_info and self._mask_key in reset_info) and (
                 getattr(self._write, "__func__", None) is _BASE_WRITE):
             try:
-                if copy_row is not None:
-                    copy_row(self._plain, obs)
-                elif type(obs) is np.ndarray:
-                    self._plain_mv[:] = obs
-                else:
-                    raise TypeError(type(obs).__name__)
+                copy_row(self._plain, obs)
                 return info
-            except (ValueError, TypeError, NotImplementedError):
+            except (ValueError, TypeError):
                 pass  # _write converts it, or names the problem
         self._write(obs, reset_info)
         return info
