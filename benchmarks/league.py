@@ -44,8 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shoal.policies import Policy
 from shoal.train import TrainConfig, Trainer
-from shoal.train.league import format_league, make_scripted, play_match, plot_league
-from shoal.train.opponents import PolicyPlayer
+from shoal.train.selfplay.league import format_league, make_scripted, play_match, plot_league
+from shoal.train.selfplay.opponents import PolicyPlayer
 
 ENV = "pettingzoo.classic.connect_four_v3"
 
@@ -162,7 +162,7 @@ def main() -> None:
     run_dir = Path(args.run_dir) if args.run_dir else Path(tempfile.mkdtemp(prefix="shoal-league-")) / "c4"
     cfg = config(args, run_dir)
     from shoal import vector
-    from shoal.train.resolve import resolve_env
+    from shoal.train.runs.resolve import resolve_env
 
     env_fn = resolve_env(ENV)
     probe = vector.make(env_fn, 1, backend="serial")

@@ -2,7 +2,7 @@
 (knights_archers_zombies_v11) and heterogeneous agents (simple_tag_v3).
 
 simple_spread_v3 (3 agents, 3 landmarks, ``max_cycles=25``): every method is evaluated by
-:func:`shoal.train.evaluate` on the same env seeds (``--eval-seed``), reporting the mean per-agent episode return:
+:func:`shoal.train.runs.evaluate` on the same env seeds (``--eval-seed``), reporting the mean per-agent episode return:
 
 * ``random``: uniform actions (about -27);
 * ``heuristic``: agent ``i`` heads for landmark ``i`` (greedy axis move towards ``landmark - 0.5 * velocity``;
@@ -43,9 +43,9 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shoal.train import TrainConfig, evaluate, train
-from shoal.train.logger import LogRecord
-from shoal.train.mappo import MAPPO_DEFAULTS, mappo_config
-from shoal.train.resolve import resolve_env
+from shoal.train.mappo.trainer import MAPPO_DEFAULTS, mappo_config
+from shoal.train.runs.logger import LogRecord
+from shoal.train.runs.resolve import resolve_env
 
 SPREAD = "mpe2.simple_spread_v3"
 KAZ = "pettingzoo.butterfly.knights_archers_zombies_v11"
@@ -62,7 +62,7 @@ class _Out(NamedTuple):
 
 
 class ScriptedPolicy(nn.Module):
-    """A fixed rule behind the :class:`~shoal.policies.Policy` call contract (for :func:`shoal.train.evaluate`).
+    """A fixed rule behind the :class:`~shoal.policies.Policy` call contract (for :func:`shoal.train.runs.evaluate`).
 
     Args:
         rule: ``(obs float32 [B, 18], slot int64 [B], generator) -> actions int64 [B]``.

@@ -23,7 +23,7 @@ config = TrainConfig(
 )
 
 
-def show(record: shoal.train.logger.LogRecord) -> None:
+def show(record: shoal.train.runs.logger.LogRecord) -> None:
     scalars = record.scalars
     print(
         f"step {record.step:>7,}  return {scalars.get('charts/episode_return', 0):6.1f}  "

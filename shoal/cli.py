@@ -183,15 +183,15 @@ def _train_config(args: argparse.Namespace) -> Any:
             overrides["run_dir"] = str(
                 Path("runs") / f"{_slug(args.env)}-s{overrides.get('seed', 0)}-{stamp}"
             )
-        from shoal.train.mappo import algo_defaults  # --algo mappo: MAPPO's defaults for the flags not given
+        from shoal.train.mappo.trainer import algo_defaults  # --algo mappo: MAPPO's defaults for the flags not given
 
         config = TrainConfig(env=args.env, **{**algo_defaults(overrides.get("algo", "ppo")), **overrides})
     return config.validate()
 
 
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
-    from shoal.train.distributed import make_trainer
-    from shoal.train.logger import Dashboard
+    from shoal.train.runs.logger import Dashboard
+    from shoal.train.speed.distributed import make_trainer
 
     config = _train_config(args)
     callbacks = []
@@ -236,7 +236,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
-    from shoal.train.evaluate import evaluate_checkpoint
+    from shoal.train.runs.evaluate import evaluate_checkpoint
 
     if args.episodes < 1:
         raise APIUsageError(f"--episodes must be >= 1, got {args.episodes}")
@@ -257,7 +257,7 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
 
 def _eval_match(args: argparse.Namespace) -> dict[str, Any]:
     """``shoal eval TARGET --opponent X``: games between two players, win rates with 95% Wilson intervals."""
-    from shoal.train.league import evaluate_match
+    from shoal.train.selfplay.league import evaluate_match
 
     result = evaluate_match(args.target, args.opponent, args.episodes, seed=args.seed,
                             deterministic=not args.stochastic, device=args.device)
@@ -274,7 +274,7 @@ def _eval_match(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_league(args: argparse.Namespace) -> dict[str, Any]:
-    from shoal.train.league import format_league, load_league, plot_league
+    from shoal.train.selfplay.league import format_league, load_league, plot_league
 
     table = load_league(args.run_dir)
     _say(args, format_league(table))
@@ -289,7 +289,7 @@ def cmd_league(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
     from shoal.bench import measure_throughput
-    from shoal.train.resolve import resolve_env
+    from shoal.train.runs.resolve import resolve_env
 
     env_fn = resolve_env(args.env)
     result = measure_throughput(env_fn, num_envs=args.num_envs, backend=args.backend, num_workers=args.num_workers,
@@ -301,7 +301,7 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_plot(args: argparse.Namespace) -> dict[str, Any]:
-    from shoal.train.plot import plot_run
+    from shoal.train.runs.plot import plot_run
 
     path = plot_run(args.run_dir, args.out)
     _say(args, f"wrote {path}")
@@ -310,7 +310,7 @@ def cmd_plot(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_list(args: argparse.Namespace) -> dict[str, Any]:
     from shoal import envs
-    from shoal.train.resolve import list_envs
+    from shoal.train.runs.resolve import list_envs
 
     found = list_envs()
     if not args.json:

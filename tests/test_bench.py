@@ -47,7 +47,7 @@ def test_bench_in_envpool_style_batches(capsys) -> None:
 def test_bench_names_a_batch_size_that_does_not_tile_the_workers() -> None:
     from shoal.bench import measure_throughput
     from shoal.errors import APIUsageError
-    from shoal.train.resolve import resolve_env
+    from shoal.train.runs.resolve import resolve_env
 
     with pytest.raises(APIUsageError, match="batch_size"):
         measure_throughput(resolve_env("CartPole-v1"), num_envs=4, backend="multiprocessing", num_workers=2,

@@ -4,12 +4,12 @@
     result = train(TrainConfig(env="CartPole-v1", total_steps=150_000, run_dir="runs/cartpole"))
     result.evaluation, result.checkpoint
 
-Modules: :mod:`~shoal.train.config` (the typed config), :mod:`~shoal.train.buffer` (segments x horizon per
-slot), :mod:`~shoal.train.advantage` (GAE, V-trace-clipped GAE), :mod:`~shoal.train.ppo` (loss and update),
-:mod:`~shoal.train.trainer` (the loop), :mod:`~shoal.train.checkpoint`, :mod:`~shoal.train.logger`,
-:mod:`~shoal.train.resolve` (ENV names -> constructors), :mod:`~shoal.train.evaluate`,
-:mod:`~shoal.train.plot`, :mod:`~shoal.train.mappo` (centralized critic, ``algo="mappo"``),
-:mod:`~shoal.train.normalize` (value normalization), :mod:`~shoal.train.agent_stats` (per-agent/team returns).
+Modules: :mod:`~shoal.train.config` (the typed config), :mod:`~shoal.train.core.rollout` (segments x horizon per
+slot), :mod:`~shoal.train.core.advantage` (GAE, V-trace-clipped GAE), :mod:`~shoal.train.core.ppo` (loss and update),
+:mod:`~shoal.train.loop.trainer` (the loop), :mod:`~shoal.train.runs.checkpoint`, :mod:`~shoal.train.runs.logger`,
+:mod:`~shoal.train.runs.resolve` (ENV names -> constructors), :mod:`~shoal.train.runs.evaluate`,
+:mod:`~shoal.train.runs.plot`, :mod:`~shoal.train.mappo.trainer` (centralized critic, ``algo="mappo"``),
+:mod:`~shoal.train.core.normalize` (value normalization), :mod:`~shoal.train.runs.agent_stats` (per-agent/team returns).
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ import sys
 import types
 from typing import Any
 
-from shoal.train.advantage import gae, next_values_from, vtrace_gae
-from shoal.train.buffer import RolloutBuffer, RolloutData
 from shoal.train.config import TrainConfig
-from shoal.train.evaluate import evaluate, evaluate_checkpoint, load_policy_from_checkpoint
-from shoal.train.mappo import MAPPOTrainer, mappo_config
-from shoal.train.ppo import ppo_loss, ppo_update
-from shoal.train.resolve import EnvFn, list_envs, resolve_env
-from shoal.train.trainer import Trainer, TrainResult, train
+from shoal.train.core.advantage import gae, next_values_from, vtrace_gae
+from shoal.train.core.ppo import ppo_loss, ppo_update
+from shoal.train.core.rollout import RolloutBuffer, RolloutData
+from shoal.train.loop.trainer import Trainer, TrainResult, train
+from shoal.train.mappo.trainer import MAPPOTrainer, mappo_config
+from shoal.train.runs.evaluate import evaluate, evaluate_checkpoint, load_policy_from_checkpoint
+from shoal.train.runs.resolve import EnvFn, list_envs, resolve_env
 
 __all__ = [
     # entry point

@@ -46,8 +46,8 @@ class TrainConfig:
     """Keyword arguments for the env constructor."""
     algo: str = "ppo"
     """Algorithm: ``"ppo"`` (on PettingZoo envs IPPO: parameter-shared, every live slot a row) or ``"mappo"``
-    (PPO with a centralized critic and value normalization, :mod:`shoal.train.mappo`; the command line then
-    defaults to ``shoal.train.mappo.MAPPO_DEFAULTS`` for the flags not given)."""
+    (PPO with a centralized critic and value normalization, :mod:`shoal.train.mappo.trainer`; the command line then
+    defaults to ``shoal.train.mappo.trainer.MAPPO_DEFAULTS`` for the flags not given)."""
     total_steps: int = 150_000
     """Budget of agent steps: actions of live agents collected (env steps times live agents)."""
     seed: int = 0
@@ -150,7 +150,7 @@ class TrainConfig:
     async_learner: bool = False
     """Run PPO/MAPPO updates in a separate learner process while the next rollout is collected (not with
     ``league`` or several learners). Runs stay deterministic and resumable; see
-    :mod:`shoal.train.learner_process`."""
+    :mod:`shoal.train.speed.learner_process`."""
     async_handover: float = 0.5
     """With ``async_learner``: the fraction of each rollout collected before the acting policy waits for the
     update on the previous rollout and acts with its weights. Earlier transitions are acted by the weights one
@@ -171,7 +171,7 @@ class TrainConfig:
     """Value normalization: ``"running"`` (running mean/std of the returns), ``"popart"``, ``"none"`` or
     ``"auto"`` (running for MAPPO, none for PPO)."""
 
-    # ---- self-play league (shoal.train.league) -------------------------------------------------------------
+    # ---- self-play league (shoal.train.selfplay.league) -------------------------------------------------------------
     league: bool = False
     """Self-play league for PettingZoo games: per episode the learner takes a random seat, frozen snapshots of
     itself (or scripted baselines) take the others, only the learner's rows are trained on, and every game
@@ -290,7 +290,7 @@ class TrainConfig:
             raise APIUsageError(f"ray_address={self.ray_address!r} needs backend='ray' (got {self.backend!r}); "
                                 "add --backend ray")
         if self.league:
-            from shoal.train.opponents import parse_mix
+            from shoal.train.selfplay.opponents import parse_mix
 
             parse_mix(self.league_opponents)
             if isinstance(self.league_snapshot_interval, bool) or not isinstance(self.league_snapshot_interval, int) \

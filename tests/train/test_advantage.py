@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from shoal.train.advantage import gae, gae_reference, next_values_from, vtrace_gae, vtrace_gae_reference
+from shoal.train.core.advantage import gae, gae_reference, next_values_from, vtrace_gae, vtrace_gae_reference
 
 
 def random_rollout(seed: int, n: int = 7, t: int = 33) -> dict[str, np.ndarray]:

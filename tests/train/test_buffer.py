@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shoal.train.buffer import RolloutBuffer
+from shoal.train.core.rollout import RolloutBuffer
 
 T, F = True, False
 

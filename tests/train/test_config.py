@@ -11,8 +11,8 @@ import pytest
 from shoal.errors import APIUsageError
 from shoal.train import TrainConfig
 from shoal.train.config import field_docs
-from shoal.train.logger import CSVSink, Dashboard, LogRecord, read_scalars
-from shoal.train.plot import plot_run
+from shoal.train.runs.logger import CSVSink, Dashboard, LogRecord, read_scalars
+from shoal.train.runs.plot import plot_run
 
 
 def test_every_field_has_a_docstring() -> None:

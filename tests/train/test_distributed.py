@@ -22,8 +22,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from shoal.errors import APIUsageError
 from shoal.train import TrainConfig, Trainer, train
-from shoal.train.checkpoint import list_checkpoints, load_checkpoint
-from shoal.train.distributed import (
+from shoal.train.core.ppo import ppo_update
+from shoal.train.loop.trainer import _adam
+from shoal.train.runs.checkpoint import list_checkpoints, load_checkpoint
+from shoal.train.runs.logger import read_scalars
+from shoal.train.speed.distributed import (
     DistributedTrainer,
     distributed_ppo_update,
     env_seed,
@@ -34,9 +37,6 @@ from shoal.train.distributed import (
     rank_seed,
     torchrun_env,
 )
-from shoal.train.logger import read_scalars
-from shoal.train.ppo import ppo_update
-from shoal.train.trainer import _adam
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shoal.errors import APIUsageError
-from shoal.train.elo import LeagueTable, elo_update, expected_score, pairwise_scores
+from shoal.train.selfplay.elo import LeagueTable, elo_update, expected_score, pairwise_scores
 
 
 def test_textbook_cases() -> None:

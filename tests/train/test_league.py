@@ -18,16 +18,16 @@ from pettingzoo.utils import AgentSelector
 from shoal.cli import main
 from shoal.errors import APIUsageError, CheckpointError
 from shoal.train import TrainConfig, Trainer, train
-from shoal.train.elo import LeagueTable
-from shoal.train.heuristics import connect_four_heuristic, random_policy, tictactoe_heuristic
-from shoal.train.league import (
+from shoal.train.selfplay.elo import LeagueTable
+from shoal.train.selfplay.heuristics import connect_four_heuristic, random_policy, tictactoe_heuristic
+from shoal.train.selfplay.league import (
     LEARNER,
     load_league,
     make_scripted,
     play_match,
     wilson_interval,
 )
-from shoal.train.opponents import OpponentSampler, PolicyPlayer, ScriptedPlayer, parse_mix
+from shoal.train.selfplay.opponents import OpponentSampler, PolicyPlayer, ScriptedPlayer, parse_mix
 
 TICTACTOE = "pettingzoo.classic.tictactoe_v3"
 
@@ -252,7 +252,7 @@ def test_heuristics_win_and_block() -> None:
 
 
 def test_play_match_balances_seats_and_reports_intervals() -> None:
-    from shoal.train.resolve import resolve_env
+    from shoal.train.runs.resolve import resolve_env
 
     env_fn = resolve_env("pettingzoo.classic.connect_four_v3")
     rng = np.random.default_rng(1)
@@ -331,7 +331,7 @@ def test_rps_self_play_moves_toward_uniform() -> None:
     bonus they orbit it)."""
     from shoal import vector
     from shoal.policies import Policy
-    from shoal.train.resolve import resolve_env
+    from shoal.train.runs.resolve import resolve_env
 
     env_fn = resolve_env("pettingzoo.classic.rps_v2")
     probe = vector.make(env_fn, 1, backend="serial")

@@ -14,10 +14,10 @@ import torch
 
 from shoal.errors import APIUsageError, WorkerError
 from shoal.train import TrainConfig, Trainer, train
-from shoal.train.distributed import make_trainer
-from shoal.train.learner_process import LearnerProcess
-from shoal.train.ppo import ppo_update
-from shoal.train.trainer import _adam
+from shoal.train.core.ppo import ppo_update
+from shoal.train.loop.trainer import _adam
+from shoal.train.speed.distributed import make_trainer
+from shoal.train.speed.learner_process import LearnerProcess
 
 
 def small(**overrides: Any) -> TrainConfig:
@@ -188,8 +188,8 @@ _ORPHAN = """
 import sys, time
 sys.path.insert(0, {root!r})
 from shoal.train import TrainConfig, Trainer
-from shoal.train.distributed import make_trainer
-from shoal.train.learner_process import LearnerProcess
+from shoal.train.speed.distributed import make_trainer
+from shoal.train.speed.learner_process import LearnerProcess
 cfg = TrainConfig(env="CartPole-v1", num_envs=2, horizon=16, minibatch_size=16, log_interval=0.0,
                   tensorboard=False, backend="multiprocessing", num_workers=2)
 trainer = Trainer(cfg)

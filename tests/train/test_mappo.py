@@ -22,9 +22,9 @@ from shoal.envs.squad import SquadEnv
 from shoal.errors import APIUsageError
 from shoal.policies import Policy
 from shoal.train import TrainConfig, Trainer, train
-from shoal.train.agent_stats import AgentStats
-from shoal.train.logger import read_scalars
-from shoal.train.mappo import (
+from shoal.train.core.normalize import PopArt, ValueNormalizer
+from shoal.train.core.ppo import ppo_update
+from shoal.train.mappo.trainer import (
     GLOBAL_STATE_KEY,
     MAPPO_DEFAULTS,
     GlobalStateEnv,
@@ -34,8 +34,8 @@ from shoal.train.mappo import (
     mappo_config,
     trainer_class,
 )
-from shoal.train.normalize import PopArt, ValueNormalizer
-from shoal.train.ppo import ppo_update
+from shoal.train.runs.agent_stats import AgentStats
+from shoal.train.runs.logger import read_scalars
 
 # ------------------------------------------------------------------------------------------------------------
 # Test envs
@@ -576,7 +576,7 @@ def test_state_critic_input_needs_a_state() -> None:
 def test_dashboard_shows_team_and_agent_returns() -> None:
     import io
 
-    from shoal.train.logger import Dashboard, LogRecord
+    from shoal.train.runs.logger import Dashboard, LogRecord
 
     scalars = {
         "charts/team_return": 3.0,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from shoal.train import TrainConfig, Trainer
-from shoal.train.ppo import ppo_loss
+from shoal.train.core.ppo import ppo_loss
 
 
 def loss_and_grad(inputs: dict[str, torch.Tensor], valid: torch.Tensor, weight: torch.Tensor) -> tuple:
@@ -124,7 +124,7 @@ def test_masked_rows_ignored_with_a_recurrent_policy_and_prioritized_segments() 
 
 
 def test_clip_grad_norm_matches_torch() -> None:
-    from shoal.train.ppo import clip_grad_norm
+    from shoal.train.core.ppo import clip_grad_norm
 
     torch.manual_seed(0)
     a = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(3))]

@@ -10,9 +10,9 @@ import torch
 
 from shoal.errors import APIUsageError, CheckpointError
 from shoal.train import TrainConfig, Trainer, train
-from shoal.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from shoal.train.evaluate import load_policy_from_checkpoint
-from shoal.train.logger import read_scalars
+from shoal.train.runs.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from shoal.train.runs.evaluate import load_policy_from_checkpoint
+from shoal.train.runs.logger import read_scalars
 
 
 class Crash(Exception):
@@ -146,7 +146,7 @@ def test_env_snapshots_of_another_shoal_version_restart_the_envs(caplog: pytest.
     import gymnasium as gym
 
     from shoal import vector
-    from shoal.train.checkpoint import restore_env_state, snapshot_env_state
+    from shoal.train.runs.checkpoint import restore_env_state, snapshot_env_state
 
     def make() -> Any:
         v = vector.make(lambda: gym.make("CartPole-v1"), 2, backend="serial")

@@ -13,9 +13,9 @@ from shoal.emulation import ActionLayout, compile_layout
 from shoal.errors import APIUsageError
 from shoal.policies import Policy
 from shoal.train import TrainConfig
-from shoal.train.ppo import minibatch_loss, ppo_update
-from shoal.train.traced_loss import LossTracer
-from shoal.train.trainer import _adam
+from shoal.train.core.ppo import minibatch_loss, ppo_update
+from shoal.train.loop.trainer import _adam
+from shoal.train.speed.traced_loss import LossTracer
 
 KWARGS = dict(clip_coef=0.2, dual_clip=None, clip_vloss=True, vf_clip_coef=0.2, vf_coef=0.5, ent_coef=0.01,
               norm_adv=True)

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from shoal.errors import APIUsageError, CheckpointError
-from shoal.train.checkpoint import check_signature, env_signature, find_checkpoint, load_checkpoint
+from shoal.train.runs.checkpoint import check_signature, env_signature, find_checkpoint, load_checkpoint
 from shoal.train.config import TrainConfig
-from shoal.train.resolve import resolve_env
+from shoal.train.runs.resolve import resolve_env
 
 __all__ = ["evaluate", "evaluate_checkpoint", "load_policy_from_checkpoint"]
 

@@ -1,5 +1,6 @@
-"""Helpers shared by the verified TorchScript traces of acting (:mod:`shoal.train.actor`) and of the PPO loss
-(:mod:`shoal.train.traced_loss`): tracing without warnings, and the random state a check replays."""
+"""Helpers shared by the verified TorchScript traces of acting (:mod:`shoal.train.speed.traced_acting`) and of the PPO
+loss
+(:mod:`shoal.train.speed.traced_loss`): tracing without warnings, and the random state a check replays."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The trainer's checkpoints: what a checkpoint holds, writing it, and continuing a run from one.
 
-:class:`CheckpointMixin` is part of :class:`shoal.train.trainer.Trainer`; it reads and sets the trainer's state
+:class:`CheckpointMixin` is part of :class:`shoal.train.loop.trainer.Trainer`; it reads and sets the trainer's state
 (policy, optimizer, counters, RNG, rollout carry-over, envs). Subclasses extend :meth:`checkpoint_payload` and
 :meth:`restore` (MAPPO's value normalization) or :meth:`_load_payload` (one part per data-parallel learner).
 """
@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from shoal.errors import CheckpointError
-from shoal.train.carry import Carry
-from shoal.train.checkpoint import (
+from shoal.train.config import TrainConfig
+from shoal.train.loop.env_result import Carry
+from shoal.train.runs.checkpoint import (
     FORMAT,
     check_signature,
     checkpoint_path,
@@ -28,11 +29,10 @@ from shoal.train.checkpoint import (
     save_checkpoint,
     snapshot_env_state,
 )
-from shoal.train.config import TrainConfig
 
 __all__ = ["RESUMABLE_CHANGES", "CheckpointMixin"]
 
-log = logging.getLogger("shoal.train.trainer")
+log = logging.getLogger("shoal.train.loop.trainer")
 
 #: Config fields that may differ between a run and its resumption (everything else must match).
 RESUMABLE_CHANGES = {
@@ -57,7 +57,7 @@ RESUMABLE_CHANGES = {
 
 
 class CheckpointMixin:
-    """Checkpoint writing and resuming for :class:`~shoal.train.trainer.Trainer` (see the module docstring)."""
+    """Checkpoint writing and resuming for :class:`~shoal.train.loop.trainer.Trainer` (see the module docstring)."""
 
     # The trainer's state this mixin uses (set by Trainer.__init__).
     config: TrainConfig
@@ -68,7 +68,7 @@ class CheckpointMixin:
     run_dir: Path | None
 
     def checkpoint_payload(self) -> dict[str, Any]:
-        """Everything needed to continue this run exactly (see :mod:`shoal.train.checkpoint`)."""
+        """Everything needed to continue this run exactly (see :mod:`shoal.train.runs.checkpoint`)."""
         from shoal import __version__
 
         carry = self._carry

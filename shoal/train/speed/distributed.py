@@ -56,11 +56,11 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from shoal.errors import APIUsageError, CheckpointError, ShoalError
-from shoal.train.checkpoint import checkpoint_path, load_checkpoint
 from shoal.train.config import TrainConfig
-from shoal.train.logger import LogRecord, RunLogger
-from shoal.train.ppo import ppo_update
-from shoal.train.trainer import Trainer, resolve_device
+from shoal.train.core.ppo import ppo_update
+from shoal.train.loop.trainer import Trainer, resolve_device
+from shoal.train.runs.checkpoint import checkpoint_path, load_checkpoint
+from shoal.train.runs.logger import LogRecord, RunLogger
 from shoal.vector.multiprocessing import available_cores
 
 __all__ = [
@@ -298,7 +298,7 @@ def distributed_ppo_update(
 ) -> dict[str, float]:
     """One PPO update of this learner's rollout, equal to one update on every learner's rollouts together.
 
-    :func:`shoal.train.ppo.ppo_update` with this process group's collectives as its ``all_reduce`` and
+    :func:`shoal.train.core.ppo.ppo_update` with this process group's collectives as its ``all_reduce`` and
     ``all_gather`` hooks (see there for what the learners agree on): with ``W`` learners, minibatch ``k`` is the
     union of every learner's minibatch ``k``, out of ``round(union count / (W * unit))``, i.e. the single-process
     update on the concatenated batch with ``minibatch_size * W``. With one learner it is exactly ``ppo_update``.
@@ -306,11 +306,11 @@ def distributed_ppo_update(
     Args:
         model: the policy, or its :class:`~torch.nn.parallel.DistributedDataParallel` wrapper (its module is
             updated; the gradients are summed over the learners by the update itself, not by DDP).
-        optimizer, data, cfg, generator, progress, value_norm: as for :func:`~shoal.train.ppo.ppo_update`;
+        optimizer, data, cfg, generator, progress, value_norm: as for :func:`~shoal.train.core.ppo.ppo_update`;
             ``data`` is this learner's part of the batch (``[S_r, H, ...]`` tensors).
 
     Returns:
-        The statistics of :func:`~shoal.train.ppo.ppo_update`, over the union of every learner's batch.
+        The statistics of :func:`~shoal.train.core.ppo.ppo_update`, over the union of every learner's batch.
     """
     policy = model.module if isinstance(model, DistributedDataParallel) else model
     if _world() == 1:
@@ -336,7 +336,7 @@ def _fresh_rng(seed: int) -> dict[str, Any]:
 
 
 class DistributedTrainer(Trainer):
-    """A :class:`~shoal.train.trainer.Trainer` for one of several data-parallel learners (see the module docs).
+    """A :class:`~shoal.train.loop.trainer.Trainer` for one of several data-parallel learners (see the module docs).
 
     Joins the process group (from ``torchrun``'s environment) unless one exists, agrees with the other learners
     on the config (rank 0's ``run_dir`` wins, as its default holds a time stamp; any other difference is an
@@ -519,10 +519,10 @@ def make_trainer(
     policy: nn.Module | None = None,
     callbacks: Sequence[Callback] = (),
 ) -> Trainer:
-    """The trainer for ``config``: the algorithm's trainer (:func:`shoal.train.mappo.trainer_class`), as one of
+    """The trainer for ``config``: the algorithm's trainer (:func:`shoal.train.mappo.trainer.trainer_class`), as one of
     several data-parallel learners (:class:`DistributedTrainer`) under ``torchrun`` with ``WORLD_SIZE > 1`` or in
     such a process group."""
-    from shoal.train.mappo import trainer_class
+    from shoal.train.mappo.trainer import trainer_class
 
     cls = trainer_class(config)
     if is_distributed():

@@ -27,8 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from shoal.errors import APIUsageError
-from shoal.train.ppo import LossOutput, minibatch_loss
-from shoal.train.tracing import rng_state, set_rng_state, trace
+from shoal.train.core.ppo import LossOutput, minibatch_loss
+from shoal.train.speed.tracing import rng_state, set_rng_state, trace
 
 __all__ = ["LossTracer"]
 
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 
 class _Minibatch(nn.Module):
-    """:func:`~shoal.train.ppo.minibatch_loss` with positional tensor inputs and a tuple output (what
+    """:func:`~shoal.train.core.ppo.minibatch_loss` with positional tensor inputs and a tuple output (what
     ``torch.jit.trace`` needs)."""
 
     def __init__(self, policy: nn.Module, flags: tuple[bool, bool, bool], loss_kwargs: dict[str, Any]) -> None:
@@ -59,7 +59,7 @@ class _Minibatch(nn.Module):
 
 
 class LossTracer:
-    """Computes :func:`~shoal.train.ppo.minibatch_loss`, through a verified trace per input signature where one
+    """Computes :func:`~shoal.train.core.ppo.minibatch_loss`, through a verified trace per input signature where one
     applies (see the module docs).
 
     Args:
@@ -90,7 +90,7 @@ class LossTracer:
     def loss(self, policy: nn.Module, obs: Tensor, actions: Tensor, action_masks: Tensor | None,
              agent_ids: Tensor | None, critic_obs: Tensor | None, columns: Tensor, loss_kwargs: dict[str, Any],
              signature: tuple | None = None) -> LossOutput:
-        """:func:`~shoal.train.ppo.minibatch_loss` with ``columns`` float ``[M, 4]``: old log-probs, old values,
+        """:func:`~shoal.train.core.ppo.minibatch_loss` with ``columns`` float ``[M, 4]``: old log-probs, old values,
         advantages and returns side by side. ``signature``: :meth:`policy_signature` of ``policy`` as it is now
         (computed when omitted)."""
         if self.enabled and not torch.compiler.is_compiling():

@@ -6,7 +6,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from shoal.errors import APIUsageError
-from shoal.train.logger import CSV_NAME, read_scalars
+from shoal.train.runs.logger import CSV_NAME, read_scalars
 
 __all__ = ["plot_run"]
 

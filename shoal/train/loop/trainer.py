@@ -13,13 +13,14 @@ Rollout (per env result)
        get it from the current observation. With an asynchronous backend the next actions are sent before
        learning, so the envs step while the learner updates (those transitions belong to the next rollout).
 
-Resume (:mod:`shoal.train.trainer_checkpoints`)
+Resume (:mod:`shoal.train.loop.checkpoints`)
     Checkpoints hold the model, optimizer, RNG states, the rollout carry-over and, for the serial backend with
     picklable envs, a snapshot of the envs: ``resume`` then continues exactly as an uninterrupted run would.
     Otherwise the envs restart from a fresh reset (logged as a warning).
 
 Extending (MAPPO): :meth:`Trainer.critic_inputs` is the single place where a centralized critic input is built
-from the env result; PPO returns None (the critic reads the actor's features). :class:`shoal.train.mappo.MAPPOTrainer`
+from the env result; PPO returns None (the critic reads the actor's features).
+:class:`shoal.train.mappo.trainer.MAPPOTrainer`
 overrides it, :meth:`Trainer._values` (``final=True``: final observations) and sets :attr:`value_norm`.
 """
 
@@ -41,19 +42,19 @@ from torch import Tensor, nn
 
 from shoal.emulation.base import action_mask_width
 from shoal.errors import APIUsageError
-from shoal.train.actor import Actor
-from shoal.train.agent_stats import AgentStats
-from shoal.train.buffer import RolloutBuffer
-from shoal.train.carry import Carry
-from shoal.train.checkpoint import checkpoint_path, find_checkpoint, list_checkpoints
 from shoal.train.config import TrainConfig
-from shoal.train.learner_process import LearnerProcess
-from shoal.train.logger import CSVSink, LogRecord, RunLogger, TensorBoardSink, WandbSink
-from shoal.train.ppo import ppo_update
-from shoal.train.resolve import resolve_env
-from shoal.train.result import TrainResult
-from shoal.train.traced_loss import LossTracer
-from shoal.train.trainer_checkpoints import CheckpointMixin
+from shoal.train.core.ppo import ppo_update
+from shoal.train.core.rollout import RolloutBuffer
+from shoal.train.loop.checkpoints import CheckpointMixin
+from shoal.train.loop.env_result import Carry
+from shoal.train.loop.result import TrainResult
+from shoal.train.runs.agent_stats import AgentStats
+from shoal.train.runs.checkpoint import checkpoint_path, find_checkpoint, list_checkpoints
+from shoal.train.runs.logger import CSVSink, LogRecord, RunLogger, TensorBoardSink, WandbSink
+from shoal.train.runs.resolve import resolve_env
+from shoal.train.speed.learner_process import LearnerProcess
+from shoal.train.speed.traced_acting import Actor
+from shoal.train.speed.traced_loss import LossTracer
 
 __all__ = ["TrainResult", "Trainer", "resolve_device", "train"]
 
@@ -112,7 +113,7 @@ class Trainer(CheckpointMixin):
     ) -> None:
         from shoal import vector
         from shoal.policies import Policy
-        from shoal.train.distributed import vector_backend_kwargs
+        from shoal.train.speed.distributed import vector_backend_kwargs
 
         self.config = cfg = config.validate()
         self.device = resolve_device(cfg.device)
@@ -219,14 +220,14 @@ class Trainer(CheckpointMixin):
         self._learner_ahead = False
         self.last_checkpoint: Path | None = None
         self.last_stats: dict[str, float] = {}
-        #: MAPPO: a ValueNormalizer when the critic predicts normalized values (shoal.train.normalize), else None
+        #: MAPPO: a ValueNormalizer when the critic predicts normalized values (shoal.train.core.normalize), else None
         self.value_norm: Any = None
         #: per-agent and per-team episode returns (multi-agent envs), or None
         self.agent_stats = AgentStats.for_env(self.env_fn, vec.num_envs, self.agents_per_env, cfg.stats_window)
-        # Self-play (shoal.train.league): which live rows the learner drives, and actions for the others.
+        # Self-play (shoal.train.selfplay.league): which live rows the learner drives, and actions for the others.
         self.league: Any = None
         if cfg.league:
-            from shoal.train.league import League
+            from shoal.train.selfplay.league import League
 
             self.league = League(self)
 
@@ -246,7 +247,7 @@ class Trainer(CheckpointMixin):
     def env_seed(self) -> int:
         """Seed of env 0 of this trainer's vector env (env ``i`` gets ``env_seed + i``): ``config.seed``.
 
-        Data-parallel learners offset it per rank (:class:`shoal.train.distributed.DistributedTrainer`).
+        Data-parallel learners offset it per rank (:class:`shoal.train.speed.distributed.DistributedTrainer`).
         """
         return self.config.seed
 
@@ -365,7 +366,7 @@ class Trainer(CheckpointMixin):
         """Critic values of ``obs`` for ``rows`` with their current LSTM state (no state update).
 
         ``final``: ``obs`` are the final observations of episodes that ended in ``carry`` (a centralized critic
-        builds its input from them, see :mod:`shoal.train.mappo`).
+        builds its input from them, see :mod:`shoal.train.mappo.trainer`).
         """
         state = None
         done = None
@@ -654,7 +655,7 @@ class Trainer(CheckpointMixin):
             seconds = time.perf_counter() - self._t0
             evaluation = None
             if cfg.eval_episodes:
-                from shoal.train.evaluate import evaluate
+                from shoal.train.runs.evaluate import evaluate
 
                 evaluation = evaluate(
                     self.policy,
@@ -720,7 +721,7 @@ def train(
             ``train(env="memory", recurrent=True)``.
         env_fn: a callable returning a Gymnasium or PettingZoo env (default: resolved from ``config.env``).
         policy: the policy to train (default: built from the env and the config).
-        callbacks: called with each :class:`~shoal.train.logger.LogRecord`.
+        callbacks: called with each :class:`~shoal.train.runs.logger.LogRecord`.
 
     Returns:
         A :class:`TrainResult` with the trained policy, final statistics and the last checkpoint.
@@ -728,6 +729,6 @@ def train(
     config = config if config is not None else TrainConfig()
     if overrides:
         config = config.replace(**overrides)
-    from shoal.train.distributed import make_trainer  # several learners under torchrun
+    from shoal.train.speed.distributed import make_trainer  # several learners under torchrun
 
     return make_trainer(config, env_fn=env_fn, policy=policy, callbacks=callbacks).train()

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from shoal.train.tracing import rng_state, set_rng_state, trace
+from shoal.train.speed.tracing import rng_state, set_rng_state, trace
 
 __all__ = ["Actor"]
 

@@ -40,8 +40,8 @@ import torch
 from torch import nn
 
 from shoal.errors import APIUsageError, WorkerError
-from shoal.train.buffer import RolloutData
 from shoal.train.config import TrainConfig
+from shoal.train.core.rollout import RolloutData
 from shoal.vector.multiprocessing import force_stop
 
 __all__ = ["LearnerProcess"]
@@ -65,9 +65,9 @@ def _learner_main(conn: Connection, models: tuple[nn.Module, nn.Module | None], 
     """
     import multiprocessing
 
-    from shoal.train.ppo import ppo_update
-    from shoal.train.traced_loss import LossTracer
-    from shoal.train.trainer import _adam
+    from shoal.train.core.ppo import ppo_update
+    from shoal.train.loop.trainer import _adam
+    from shoal.train.speed.traced_loss import LossTracer
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the trainer, which closes the learner
     if inherited is not None:
@@ -126,12 +126,12 @@ def _learner_main(conn: Connection, models: tuple[nn.Module, nn.Module | None], 
 
 
 class LearnerProcess:
-    """Runs :func:`~shoal.train.ppo.ppo_update` on rollouts in a child process (see the module docstring).
+    """Runs :func:`~shoal.train.core.ppo.ppo_update` on rollouts in a child process (see the module docstring).
 
     Args:
         policy: the policy to train (a copy is taken; the caller's module is not touched).
         weights: the learner's starting weights (a ``state_dict``), or None for ``policy``'s own.
-        value_norm: the critic's :class:`~shoal.train.normalize.ValueNormalizer` (MAPPO), copied with the policy
+        value_norm: the critic's :class:`~shoal.train.core.normalize.ValueNormalizer` (MAPPO), copied with the policy
             (PopArt rescales the policy's critic layer), or None.
         value_norm_state: the learner's starting normalizer state, or None for ``value_norm``'s own.
         cfg: the training configuration (loss coefficients, epochs, minibatches, learning-rate settings).

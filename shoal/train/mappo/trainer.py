@@ -3,7 +3,7 @@
     shoal train mpe2.simple_spread_v3 --algo mappo          # MAPPO
     shoal train mpe2.simple_spread_v3                       # IPPO: parameter-shared PPO, every live slot a row
 
-    from shoal.train.mappo import mappo_config
+    from shoal.train.mappo.trainer import mappo_config
     shoal.train.train(mappo_config(env="mpe2.simple_spread_v3", total_steps=2_000_000))
 
 What MAPPO changes (Yu et al., "The Surprising Effectiveness of PPO in Cooperative Multi-Agent Games", 2022)
@@ -15,7 +15,7 @@ What MAPPO changes (Yu et al., "The Surprising Effectiveness of PPO in Cooperati
       id. Rows are env-major, so env ``e``'s slots are rows ``e * A .. e * A + A - 1`` of every batch: the input is
       built per env from that env's rows only. The actor sees only its own observation (plus the slot id
       embedding with ``agent_ids``).
-    * **How values are normalized** (:mod:`shoal.train.normalize`): the critic predicts normalized values
+    * **How values are normalized** (:mod:`shoal.train.core.normalize`): the critic predicts normalized values
       (running mean/std by default, or PopArt); the buffer stores them in return units.
     * **Defaults** (:data:`MAPPO_DEFAULTS`, applied by the command line for ``--algo mappo`` and by
       :func:`mappo_config`): parameter sharing with agent ids, at most 10 epochs over large minibatches (two per
@@ -55,12 +55,12 @@ from shoal.emulation.layout import Layout
 from shoal.emulation.pettingzoo import group_of
 from shoal.errors import APIUsageError
 from shoal.policies.policy import float_features
-from shoal.train.buffer import RolloutBuffer, RolloutData
-from shoal.train.checkpoint import load_checkpoint
 from shoal.train.config import TrainConfig
-from shoal.train.normalize import ValueNormalizer, make_value_normalizer
-from shoal.train.resolve import resolve_env
-from shoal.train.trainer import Trainer
+from shoal.train.core.normalize import ValueNormalizer, make_value_normalizer
+from shoal.train.core.rollout import RolloutBuffer, RolloutData
+from shoal.train.loop.trainer import Trainer
+from shoal.train.runs.checkpoint import load_checkpoint
+from shoal.train.runs.resolve import resolve_env
 
 __all__ = [
     "GLOBAL_STATE_KEY",
@@ -369,7 +369,7 @@ class CriticBuffer(RolloutBuffer):
     Args:
         *args: as :class:`RolloutBuffer`.
         critic_size: width ``C`` of a critic input row (0: none stored).
-        value_norm: the critic's :class:`~shoal.train.normalize.ValueNormalizer`, or None.
+        value_norm: the critic's :class:`~shoal.train.core.normalize.ValueNormalizer`, or None.
     """
 
     def __init__(
@@ -479,20 +479,20 @@ def _critic_output(policy: nn.Module, centralized: bool) -> nn.Linear | None:
 
 
 class MAPPOTrainer(Trainer):
-    """:class:`~shoal.train.trainer.Trainer` with a centralized critic (``algo="mappo"``) and value normalization.
+    """:class:`~shoal.train.loop.trainer.Trainer` with a centralized critic (``algo="mappo"``) and value normalization.
 
     With ``algo="ppo"`` and ``value_norm`` on, it trains IPPO (local critic) with value normalization.
 
     Args:
         config: the configuration; ``critic_input`` chooses the critic's global part (``"auto"``: the env's
             ``state()`` when usable, else the concatenated slots), ``value_norm`` the value normalization.
-        env_fn, policy, callbacks: as :class:`~shoal.train.trainer.Trainer`. A given ``policy`` must have been
+        env_fn, policy, callbacks: as :class:`~shoal.train.loop.trainer.Trainer`. A given ``policy`` must have been
             built with ``critic_input_size=`` the width this trainer computes (:attr:`critic_size`).
 
     Attributes:
         critic_mode: ``"state"``, ``"concat"`` or ``"local"`` (IPPO).
         critic_size: width of a critic input row (0 for a local critic).
-        value_norm: the :class:`~shoal.train.normalize.ValueNormalizer`, or None.
+        value_norm: the :class:`~shoal.train.core.normalize.ValueNormalizer`, or None.
         env_info: the probed :class:`EnvInfo`.
     """
 

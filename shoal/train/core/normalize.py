@@ -9,7 +9,7 @@ moving scale. Here the critic *predicts normalized values*; everything outside t
 * once per update, before the first minibatch: :meth:`ValueNormalizer.update` with the rollout's value targets
   (valid transitions only);
 * in the loss: the critic output is compared with ``normalize(returns)``, and clipped around
-  ``normalize(old_values)`` (:func:`shoal.train.ppo.ppo_update` with ``value_norm=``).
+  ``normalize(old_values)`` (:func:`shoal.train.core.ppo.ppo_update` with ``value_norm=``).
 
 :class:`ValueNormalizer` keeps exponential moving averages of the mean and the mean square of the targets,
 debiased like Adam's moments (so the first update uses exactly the first batch's statistics). :class:`PopArt`

@@ -1,12 +1,12 @@
 """Self-play leagues: the learner plays PettingZoo games against frozen past selves and scripted baselines, and
-every finished game updates the ELO ratings of a :class:`~shoal.train.elo.LeagueTable`.
+every finished game updates the ELO ratings of a :class:`~shoal.train.selfplay.elo.LeagueTable`.
 
     shoal train pettingzoo.classic.connect_four_v3 --league --league-opponents latest:0.8,uniform:0.2
     shoal league runs/connect_four --plot
     shoal eval runs/connect_four --opponent heuristic --episodes 200
 
 How it plugs into the trainer
-    With ``TrainConfig.league`` the :class:`~shoal.train.trainer.Trainer` holds a :class:`League` as
+    With ``TrainConfig.league`` the :class:`~shoal.train.loop.trainer.Trainer` holds a :class:`League` as
     ``trainer.league`` and asks it, for every env result: which live rows the learner drives
     (:meth:`League.learner_masks`: only those are recorded in the rollout buffer and advance the learner's LSTM
     state) and what the other live rows do (:meth:`League.act` overwrites their actions with the opponents'). The
@@ -17,7 +17,7 @@ Seats (per env, per episode)
     When an env starts an episode (its first reset, or a result where a row's info holds ``"reset_info"``: the
     emulator's auto-reset) the league first rates the game that just ended, then draws the new seating: the
     learner takes one occupied slot uniformly at random, every other slot gets an opponent drawn from the mix
-    (:mod:`shoal.train.opponents`). Opponents therefore change only at episode boundaries of their env, and
+    (:mod:`shoal.train.selfplay.opponents`). Opponents therefore change only at episode boundaries of their env, and
     their recurrent state is reset there (``starts``). Rows of slots with no agent are never learner rows.
 
 Ratings
@@ -26,7 +26,8 @@ Ratings
     rating. A finished game is scored from the seats' episode returns (higher is better, equal is a draw):
     two distinct players get the textbook ELO update with ``league_k``; games with more seats (or teams) are rated
     **pairwise** over the distinct players (each player's result is the mean return of its seats; every pair is
-    one two-player game with ``K / (N - 1)``, see :mod:`shoal.train.elo`): pairwise ELO keeps one rating scale for
+    one two-player game with ``K / (N - 1)``, see :mod:`shoal.train.selfplay.elo`): pairwise ELO keeps one rating scale
+    for
     every game size, is order-independent within a game and equals the two-player update when ``N == 2``.
     Scripted baselines named in the mix are fixed-rating anchors: ``random`` at 1000 (the rating every learner
     starts from: a fresh policy plays almost uniformly), ``heuristic`` at 1000 plus the ELO difference implied by
@@ -51,9 +52,9 @@ from typing import Any
 import numpy as np
 
 from shoal.errors import APIUsageError, CheckpointError
-from shoal.train.elo import DEFAULT_RATING, LeagueTable, expected_score
-from shoal.train.heuristics import HEURISTICS, env_name, heuristic_for, random_policy
-from shoal.train.opponents import (
+from shoal.train.selfplay.elo import DEFAULT_RATING, LeagueTable, expected_score
+from shoal.train.selfplay.heuristics import HEURISTICS, env_name, heuristic_for, random_policy
+from shoal.train.selfplay.opponents import (
     OpponentSampler,
     Player,
     PolicyPlayer,
@@ -102,7 +103,7 @@ class League:
     """The self-play league of one training run (see the module docstring).
 
     Args:
-        trainer: the :class:`~shoal.train.trainer.Trainer` (its config, vector env, policy, env_fn, update and
+        trainer: the :class:`~shoal.train.loop.trainer.Trainer` (its config, vector env, policy, env_fn, update and
             global_step are read).
 
     Attributes:
@@ -328,7 +329,7 @@ class League:
         """Write new snapshots to ``run_dir/league/`` (checkpoint format), drop files of snapshots no longer in
         the pool, and write ``run_dir/league.json``. Called before each checkpoint is written."""
         from shoal import __version__
-        from shoal.train.checkpoint import FORMAT, env_signature, save_checkpoint
+        from shoal.train.runs.checkpoint import FORMAT, env_signature, save_checkpoint
 
         run_dir = Path(run_dir)
         folder = run_dir / SNAPSHOT_DIR
@@ -384,7 +385,7 @@ class League:
             CheckpointError: no league state (the checkpoint was written without ``league``) or a missing
                 snapshot file.
         """
-        from shoal.train.checkpoint import load_checkpoint
+        from shoal.train.runs.checkpoint import load_checkpoint
 
         if state is None:
             raise CheckpointError("the checkpoint holds no league state: it was written by a run without --league")
@@ -498,7 +499,7 @@ def play_match(player: Player, opponent: Player, env_fn: Callable[[], Any], game
     every other slot. Games are scored from the episode returns (see :class:`MatchResult`).
 
     Args:
-        player, opponent: :class:`~shoal.train.opponents.Player` s (bound here).
+        player, opponent: :class:`~shoal.train.selfplay.opponents.Player` s (bound here).
         env_fn: constructor of the game (a PettingZoo env with at least two agents).
         games: games to play. seed: seed of the envs. num_envs: games played side by side.
         max_agents: slots per env. max_steps: safety bound on vector steps.
@@ -604,8 +605,8 @@ def make_player(spec: str, env_fn: Callable[[], Any], *, device: Any = "cpu", de
     """A player from a command-line spec: ``random``, ``heuristic``, a run directory or a checkpoint file
     (including a league snapshot ``RUN/league/snapshot-00120.pt``), checked against ``env_fn``'s env."""
     from shoal import vector
-    from shoal.train.checkpoint import find_checkpoint
-    from shoal.train.evaluate import load_policy_from_checkpoint
+    from shoal.train.runs.checkpoint import find_checkpoint
+    from shoal.train.runs.evaluate import load_policy_from_checkpoint
 
     if spec in ("random", "heuristic"):
         env = env_fn()
@@ -633,8 +634,8 @@ def evaluate_match(target: str | Path, opponent: str = "random", games: int = 10
     """Pit the policy of ``target`` (run directory or checkpoint) against ``opponent`` (``random``,
     ``heuristic``, a run directory or a checkpoint) for ``games`` games; the :meth:`MatchResult.summary` plus
     ``checkpoint`` and ``env``."""
-    from shoal.train.checkpoint import find_checkpoint
-    from shoal.train.evaluate import load_policy_from_checkpoint
+    from shoal.train.runs.checkpoint import find_checkpoint
+    from shoal.train.runs.evaluate import load_policy_from_checkpoint
 
     checkpoint = find_checkpoint(target)
     policy, config, env_fn = load_policy_from_checkpoint(checkpoint, device=device)

@@ -15,7 +15,7 @@ An update, in phases:
 
 Data-parallel learners run the same update on their own parts of a batch, given an ``all_reduce`` (and, for
 value normalization, an ``all_gather``) collective: :func:`ppo_update` then computes the update over the union of
-every learner's part (see its docs and :func:`shoal.train.distributed.distributed_ppo_update`).
+every learner's part (see its docs and :func:`shoal.train.speed.distributed.distributed_ppo_update`).
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ import torch
 from torch import Tensor, nn
 
 from shoal.errors import APIUsageError
-from shoal.train.advantage import gae, vtrace_gae
 from shoal.train.config import TrainConfig
+from shoal.train.core.advantage import gae, vtrace_gae
 
 if TYPE_CHECKING:
-    from shoal.train.traced_loss import LossTracer
+    from shoal.train.speed.traced_loss import LossTracer
 
 __all__ = ["LossOutput", "masked_mean", "minibatch_loss", "ppo_loss", "ppo_update"]
 
@@ -153,7 +153,7 @@ def ppo_loss(
 def minibatch_loss(policy: nn.Module, obs: Tensor, actions: Tensor, action_masks: Tensor | None,
                    agent_ids: Tensor | None, critic_obs: Tensor | None, old_log_probs: Tensor, old_values: Tensor,
                    advantages: Tensor, returns: Tensor, loss_kwargs: dict[str, Any]) -> LossOutput:
-    """Evaluate ``actions`` under ``policy`` and return :func:`~shoal.train.ppo.ppo_loss` over the minibatch.
+    """Evaluate ``actions`` under ``policy`` and return :func:`~shoal.train.core.ppo.ppo_loss` over the minibatch.
 
     ``obs`` ``[M, flat_size]``, ``actions`` ``[M, *flat_action_shape]``, optional ``action_masks`` ``bool[M, W]``,
     ``agent_ids`` ``int64[M]``, ``critic_obs`` ``float[M, C]``; the other four float ``[M]``. Every entry counts.
@@ -268,7 +268,7 @@ def ppo_update(
         cfg: the training configuration (loss coefficients, epochs, minibatch size, advantage kind, ...).
         generator: CPU ``torch.Generator`` for shuffling and prioritized sampling (part of the checkpoint).
         progress: fraction of training done, in ``[0, 1]`` (anneals the prioritized-sampling beta).
-        value_norm: a :class:`~shoal.train.normalize.ValueNormalizer` when the critic predicts normalized values
+        value_norm: a :class:`~shoal.train.core.normalize.ValueNormalizer` when the critic predicts normalized values
             (MAPPO): it is updated with this rollout's returns, and the loss compares the critic's outputs with
             normalized returns and old values. ``data["critic_obs"]`` (optional) feeds a centralized critic.
         all_reduce: for data-parallel learners (None: this process holds the whole batch). A collective that
@@ -291,7 +291,7 @@ def ppo_update(
             order, of a float ``[N_r]`` tensor of every learner (``[sum of N_r]``, on the input's device), so
             ``value_norm`` is updated with the value targets of every learner.
         tracer: computes each minibatch's :func:`minibatch_loss` of a feed-forward policy through verified
-            TorchScript traces (:class:`~shoal.train.traced_loss.LossTracer`; the same numbers and gradients with
+            TorchScript traces (:class:`~shoal.train.speed.traced_loss.LossTracer`; the same numbers and gradients with
             less overhead). None: eagerly. Recurrent policies, prioritized sampling and ``all_reduce`` always
             run eagerly.
 
@@ -330,7 +330,7 @@ def ppo_update(
     ratios = torch.ones_like(data["values"]) if vtrace else None
     advantages = _advantages(data, ratios, cfg)
     returns = advantages + data["values"]
-    if value_norm is not None:  # the critic learns in units of these statistics (shoal.train.normalize)
+    if value_norm is not None:  # the critic learns in units of these statistics (shoal.train.core.normalize)
         targets = returns[valid]
         if union:  # the targets of every learner
             assert all_gather is not None

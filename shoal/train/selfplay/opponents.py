@@ -11,7 +11,8 @@ The opponent mix
       ``(1 - p_j) ** 2``, where ``p_j`` is the learner's expected score against ``j`` from the current ELO
       ratings (AlphaStar's "hard" weighting: opponents the learner struggles against are played most; a
       snapshot it always beats is almost never drawn);
-    * ``random`` / ``heuristic``: the scripted baseline of that name (see :mod:`shoal.train.heuristics`). Naming a
+    * ``random`` / ``heuristic``: the scripted baseline of that name (see :mod:`shoal.train.selfplay.heuristics`).
+      Naming a
       baseline also adds it to the league table as a fixed-rating anchor.
 
     ``"latest:0.8,uniform:0.2"`` is the classic 80% latest / 20% past mix.
@@ -33,7 +34,7 @@ import torch
 from torch import nn
 
 from shoal.errors import APIUsageError
-from shoal.train.heuristics import ScriptedPolicy
+from shoal.train.selfplay.heuristics import ScriptedPolicy
 
 __all__ = [
     "BASELINES",
