@@ -7,6 +7,7 @@ them (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import socket
@@ -18,17 +19,17 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch.nn.parallel import DistributedDataParallel
 
 from shoal.errors import APIUsageError
 from shoal.train import TrainConfig, Trainer, train
-from shoal.train.core.ppo import ppo_update
-from shoal.train.loop.trainer import _adam
+from shoal.train.core.ppo import make_optimizer, ppo_update
+from shoal.train.core.rollout import RolloutTensors
 from shoal.train.runs.checkpoint import list_checkpoints, load_checkpoint
 from shoal.train.runs.logger import read_scalars
 from shoal.train.speed.distributed import (
     DistributedTrainer,
-    distributed_ppo_update,
+    ProcessGroupReducer,
+    broadcast_parameters,
     env_seed,
     init_distributed,
     is_distributed,
@@ -76,7 +77,7 @@ def _params(module: torch.nn.Module) -> list[torch.Tensor]:
     return [p.detach().clone() for p in module.parameters()]
 
 
-def _collect(**overrides: Any) -> tuple[TrainConfig, tuple[torch.nn.Module, Any], dict[str, Any]]:
+def _collect(**overrides: Any) -> tuple[TrainConfig, tuple[torch.nn.Module, Any], RolloutTensors]:
     """One rollout of a fresh trainer: its config, its (untrained) policy with its value normalizer (MAPPO; or
     None) and the batch as tensors."""
     cfg = TrainConfig(**{**dict(env="CartPole-v1", num_envs=4, horizon=16, update_epochs=3, seed=3,
@@ -90,17 +91,18 @@ def _collect(**overrides: Any) -> tuple[TrainConfig, tuple[torch.nn.Module, Any]
     return cfg, (trainer.policy, trainer.value_norm), data
 
 
-def _segments(data: dict[str, Any], index: slice) -> dict[str, Any]:
+def _segments(data: RolloutTensors, index: slice) -> RolloutTensors:
     """The segments ``index`` of a batch (every ``[S, ...]`` entry sliced along S)."""
     out: dict[str, Any] = {}
-    for name, value in data.items():
+    for field in dataclasses.fields(data):
+        value = getattr(data, field.name)
         if value is None:
-            out[name] = None
+            out[field.name] = None
         elif isinstance(value, tuple):
-            out[name] = tuple(v[index] for v in value)
+            out[field.name] = tuple(v[index] for v in value)
         else:
-            out[name] = value[index]
-    return out
+            out[field.name] = value[index]
+    return RolloutTensors(**out)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -156,31 +158,9 @@ def test_ray_address_needs_the_ray_backend() -> None:
 # ------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "overrides",
-    [
-        {"minibatch_size": 16},
-        {"env": "memory", "recurrent": True, "minibatch_size": 32},
-        {"env": "squad", "advantage": "vtrace", "prio_alpha": 0.5, "minibatch_size": 64, "target_kl": 0.5},
-        {"env": "squad", "algo": "mappo", "value_norm": "popart", "minibatch_size": 32},
-    ],
-    ids=["feedforward", "lstm", "squad-vtrace-prio-kl", "squad-mappo-popart"],
-)
-def test_one_learner_update_is_exactly_ppo_update(overrides: dict[str, Any]) -> None:
-    cfg, start, data = _collect(**overrides)
-    results = []
-    for update in (ppo_update, distributed_ppo_update):
-        model, value_norm = copy.deepcopy(start)  # (together: PopArt rescales the policy's critic layer)
-        stats = update(model, _adam(model, 1e-3, 1e-5), data, cfg, torch.Generator().manual_seed(5), 0.3,
-                       value_norm=value_norm)
-        results.append((_params(model), stats))
-    (expected, expected_stats), (got, stats) = results
-    assert all(torch.equal(a, b) for a, b in zip(expected, got, strict=True))
-    assert stats == pytest.approx(expected_stats, rel=1e-6, abs=1e-9, nan_ok=True)
-
-
 def _update_worker(rank: int, world: int, port: int, work: str) -> None:
-    """Learner ``rank``: one distributed update per case on its part of the batch; saves its parameters."""
+    """Learner ``rank``: one update per case on its part of the batch through the process group's reducer;
+    saves its parameters and statistics."""
     _as_torchrun(rank, world, port)
     torch.set_num_threads(1)
     context = init_distributed("cpu", timeout=60)
@@ -189,64 +169,109 @@ def _update_worker(rank: int, world: int, port: int, work: str) -> None:
     out = {}
     for name, case in cases.items():
         policy, value_norm = copy.deepcopy(case["start"])
-        model = DistributedDataParallel(policy)
+        if rank == 1 and case.get("perturb"):  # different starting weights: the update must not sync them
+            with torch.no_grad():
+                for param in policy.parameters():
+                    param.add_(0.1)
         generator = torch.Generator().manual_seed(case.get("seed", rank))
-        stats = distributed_ppo_update(model, _adam(policy, 1e-3, 1e-5), case["parts"][rank], case["config"],
-                                       generator, value_norm=value_norm)
+        stats = ppo_update(policy, make_optimizer(policy, TrainConfig(learning_rate=1e-3)), case["parts"][rank],
+                           case["config"], generator, value_norm=value_norm, reducer=ProcessGroupReducer())
         out[name] = {"params": _params(policy), "stats": stats}
     torch.save(out, Path(work) / f"rank{rank}.pt")
     dist.barrier()  # no rank tears its connections down while another still uses them
     dist.destroy_process_group()
 
 
-def test_two_gloo_learners_equal_one_learner_on_the_concatenated_batch(tmp_path: Path) -> None:
-    """2 learners x part of a batch == 1 learner x the whole batch: the same parameters after several PPO epochs
-    and the same losses, on both ranks. Also with unequal parts (16 vs 48 transitions), for an LSTM, and for
-    MAPPO on a game with dying agents (centralized critic, value normalization, uneven live transitions)."""
+def test_two_gloo_learners_take_the_mean_gradient(tmp_path: Path) -> None:
+    """The real all-reduce path with 2 learners: each step takes the mean of both learners' gradients.
+
+    * ``same``: both learners hold the same batch and shuffle it alike, so the mean gradient is each one's own:
+      exactly the single-process update, minibatches and advantage normalization included.
+    * ``halves`` / ``lstm``: each learner holds half of a batch (equal live counts), one minibatch per epoch and
+      no advantage normalization: the mean of the two half-batch gradients is the whole batch's gradient, so
+      the result equals one learner on the whole batch (up to float summation order).
+    * ``mappo``: uneven live transitions of a game with dying agents, value normalization over both learners'
+      targets: both learners end with the same weights and statistics.
+    """
     cases: dict[str, Any] = {}
     references: dict[str, Any] = {}
-    for name, cut, overrides in [
-        ("halves", 2, {}),
-        ("unequal", 1, {}),
-        ("lstm", 2, {"env": "memory", "recurrent": True}),
-        ("mappo", 7, {"env": "squad", "algo": "mappo", "minibatch_size": 32}),
-    ]:
-        cfg, start, data = _collect(**{"minibatch_size": 64, **overrides})
-        parts = [_segments(data, slice(0, cut)), _segments(data, slice(cut, None))]
-        # one minibatch per epoch: the whole batch for the single learner, each part for the two learners
+    for name, overrides in [("halves", {}), ("lstm", {"env": "memory", "recurrent": True})]:
+        cfg, start, data = _collect(minibatch_size=64, norm_adv=False, **overrides)
+        parts = [_segments(data, slice(0, 2)), _segments(data, slice(2, None))]
+        assert int(parts[0].valid.sum()) == int(parts[1].valid.sum())
         whole = cfg.replace(minibatch_size=10_000)
         reference, value_norm = copy.deepcopy(start)
-        stats = ppo_update(reference, _adam(reference, 1e-3, 1e-5), data, whole, torch.Generator().manual_seed(0),
-                           value_norm=value_norm)
-        references[name] = {"params": _params(reference), "stats": stats}
+        stats = ppo_update(reference, make_optimizer(reference, TrainConfig(learning_rate=1e-3)), data, whole,
+                           torch.Generator().manual_seed(0), value_norm=value_norm)
+        references[name] = {"params": _params(reference), "stats": stats, "exact": False}
         cases[name] = {"start": start, "parts": parts, "config": cfg.replace(minibatch_size=5_000)}
-    assert [int(part["valid"].sum()) for part in cases["unequal"]["parts"]] == [16, 48]
-    # several minibatches per epoch: both learners hold the whole batch and shuffle it alike, so each union
-    # minibatch is a minibatch of the single learner twice (the same mean loss; no advantage normalization,
-    # whose unbiased std would see 2n - 1 instead of n - 1)
-    cfg, start, data = _collect(minibatch_size=16, norm_adv=False)
+    cfg, start, data = _collect(minibatch_size=16)
     reference, _ = copy.deepcopy(start)
-    stats = ppo_update(reference, _adam(reference, 1e-3, 1e-5), data, cfg, torch.Generator().manual_seed(0))
-    references["minibatches"] = {"params": _params(reference), "stats": stats}
-    cases["minibatches"] = {"start": start, "parts": [data, data], "config": cfg, "seed": 0}
+    stats = ppo_update(reference, make_optimizer(reference, TrainConfig(learning_rate=1e-3)), data, cfg,
+                       torch.Generator().manual_seed(0))
+    references["same"] = {"params": _params(reference), "stats": stats, "exact": True}
+    cases["same"] = {"start": start, "parts": [data, data], "config": cfg, "seed": 0}
+    cfg, start, data = _collect(env="squad", algo="mappo", minibatch_size=32)
+    cases["mappo"] = {"start": start, "parts": [_segments(data, slice(0, 7)), _segments(data, slice(7, None))],
+                      "config": cfg}
     torch.save(cases, tmp_path / "cases.pt")
 
     _spawn(_update_worker, 2, str(tmp_path))
 
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
-    for name, reference in references.items():
+    for name in cases:
         first, second = ranks[0][name], ranks[1][name]
         assert all(torch.equal(a, b) for a, b in zip(first["params"], second["params"], strict=True)), name
-        for expected, got in zip(reference["params"], first["params"], strict=True):
-            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5, msg=name)
+        assert first["stats"] == second["stats"], name
         untrained = _params(cases[name]["start"][0])
-        assert any(not torch.equal(a, b) for a, b in zip(first["params"], untrained, strict=True))
-        for key in ("policy_loss", "value_loss", "entropy", "approx_kl", "grad_norm", "explained_variance",
-                    "advantage_mean"):
-            assert first["stats"][key] == pytest.approx(reference["stats"][key], rel=1e-3, abs=1e-6), (name, key)
-            assert second["stats"][key] == pytest.approx(first["stats"][key], rel=1e-9, abs=1e-12), (name, key)
-        expected = 12 if name == "minibatches" else 3  # 3 epochs of 4 minibatches, or of the whole batch
-        assert first["stats"]["minibatches"] == reference["stats"]["minibatches"] == expected
+        assert any(not torch.equal(a, b) for a, b in zip(first["params"], untrained, strict=True)), name
+    for name, reference in references.items():
+        got = ranks[0][name]
+        for expected, param in zip(reference["params"], got["params"], strict=True):
+            if reference["exact"]:
+                assert torch.equal(param, expected), name
+            else:
+                torch.testing.assert_close(param, expected, rtol=1e-4, atol=1e-5, msg=name)
+        assert got["stats"]["minibatches"] == reference["stats"]["minibatches"], name
+        for key in ("policy_loss", "value_loss", "entropy", "grad_norm"):
+            assert got["stats"][key] == pytest.approx(reference["stats"][key], rel=1e-3, abs=1e-6), (name, key)
+
+
+def _reduce_worker(rank: int, world: int, port: int, work: str) -> None:
+    """Learner ``rank``: the reducer's collectives on rank-dependent inputs; saves what it got."""
+    _as_torchrun(rank, world, port)
+    torch.set_num_threads(1)
+    init_distributed("cpu", timeout=60)
+    reducer = ProcessGroupReducer()
+    layer = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        layer.weight.fill_(float(rank))
+    broadcast_parameters(layer)
+    layer.weight.grad = torch.full((1, 2), float(rank + 1))
+    layer.bias.grad = None if rank == 0 else torch.full((1,), 4.0)  # a gradient the loss missed on rank 0
+    reducer.gradients([layer.weight, layer.bias])
+    out = {
+        "count": reducer.count(3 if rank == 0 else 6),
+        "mean": reducer.mean(torch.tensor([float(rank), 10.0])),
+        "gather": reducer.gather(torch.arange(rank + 1, dtype=torch.float32) + 10 * rank),
+        "weight": layer.weight.detach().clone(),
+        "grads": (layer.weight.grad.clone(), layer.bias.grad.clone()),
+    }
+    torch.save(out, Path(work) / f"reduce{rank}.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_process_group_reducer_collectives(tmp_path: Path) -> None:
+    _spawn(_reduce_worker, 2, str(tmp_path))
+    for rank in range(2):
+        got = torch.load(tmp_path / f"reduce{rank}.pt", weights_only=False)
+        assert got["count"] == 4  # round((3 + 6) / 2)
+        assert torch.equal(got["mean"], torch.tensor([0.5, 10.0]))
+        assert torch.equal(got["gather"], torch.tensor([0.0, 10.0, 11.0]))
+        assert torch.equal(got["weight"], torch.zeros(1, 2))  # rank 0's weights everywhere
+        assert torch.equal(got["grads"][0], torch.full((1, 2), 1.5))
+        assert torch.equal(got["grads"][1], torch.full((1,), 2.0))
 
 
 # ------------------------------------------------------------------------------------------------------------

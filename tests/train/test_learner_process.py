@@ -14,8 +14,7 @@ import torch
 
 from shoal.errors import APIUsageError, WorkerError
 from shoal.train import TrainConfig, Trainer, train
-from shoal.train.core.ppo import ppo_update
-from shoal.train.loop.trainer import _adam
+from shoal.train.core.ppo import make_optimizer, ppo_update
 from shoal.train.speed.distributed import make_trainer
 from shoal.train.speed.learner_process import LearnerProcess
 
@@ -46,7 +45,7 @@ def test_acting_lags_one_update_behind_an_in_process_reference() -> None:
     trainer = Trainer(cfg)
     try:
         ref_policy = copy.deepcopy(trainer.policy)
-        ref_optimizer = _adam(ref_policy, cfg.learning_rate, cfg.adam_eps)
+        ref_optimizer = make_optimizer(ref_policy, cfg)
         ref_generator = torch.Generator().manual_seed(0)
         ref_generator.set_state(trainer.generator.get_state())
         trainer._start_learner()

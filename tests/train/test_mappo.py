@@ -24,6 +24,7 @@ from shoal.policies import Policy
 from shoal.train import TrainConfig, Trainer, train
 from shoal.train.core.normalize import PopArt, ValueNormalizer
 from shoal.train.core.ppo import ppo_update
+from shoal.train.core.rollout import RolloutTensors
 from shoal.train.mappo.trainer import (
     GLOBAL_STATE_KEY,
     MAPPO_DEFAULTS,
@@ -304,9 +305,8 @@ def test_masked_transitions_have_no_effect_on_the_mappo_loss() -> None:
         p = Policy(layout, spaces.Discrete(2), hidden_size=8, critic_input_size=5)
         p.load_state_dict(policy.state_dict())
         norm = ValueNormalizer()
-        ppo_update(
-            p, torch.optim.SGD(p.parameters(), lr=0.1), d, cfg, torch.Generator().manual_seed(2), value_norm=norm
-        )
+        ppo_update(p, torch.optim.SGD(p.parameters(), lr=0.1), RolloutTensors(**d), cfg,
+                   torch.Generator().manual_seed(2), value_norm=norm)
         return p.state_dict(), norm.mean
 
     clean = update(data)

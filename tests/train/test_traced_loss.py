@@ -13,9 +13,9 @@ from shoal.emulation import ActionLayout, compile_layout
 from shoal.errors import APIUsageError
 from shoal.policies import Policy
 from shoal.train import TrainConfig
-from shoal.train.core.ppo import minibatch_loss, ppo_update
-from shoal.train.loop.trainer import _adam
+from shoal.train.core.ppo import make_optimizer, minibatch_loss, ppo_update
 from shoal.train.speed.traced_loss import LossTracer
+from tests.train.rollouts import rollout_tensors
 
 KWARGS = dict(clip_coef=0.2, dual_clip=None, clip_vloss=True, vf_clip_coef=0.2, vf_coef=0.5, ent_coef=0.01,
               norm_adv=True)
@@ -71,19 +71,19 @@ def test_ppo_update_with_the_tracer_is_bit_identical() -> None:
     cfg = TrainConfig(env="bandit", minibatch_size=64, update_epochs=3)
     gen = torch.Generator().manual_seed(2)
     s, h = 4, 32
-    data = {
+    data = rollout_tensors(**{
         "obs": torch.rand(s, h, 6, generator=gen), "actions": torch.randint(0, 3, (s, h), generator=gen),
         "log_probs": -torch.rand(s, h, generator=gen), "values": torch.randn(s, h, generator=gen),
         "rewards": torch.randn(s, h, generator=gen), "next_values": torch.randn(s, h, generator=gen),
         "dones": torch.rand(s, h, generator=gen) < 0.1, "valid": torch.ones(s, h, dtype=torch.bool),
-        "action_masks": None, "agent_ids": None, "states": None,
-    }
+        "action_masks": None, "states": None,
+    })
     results = []
     tracer = LossTracer()
-    for model, used in ((policy, tracer), (twin, None)):
-        optimizer = _adam(model, 1e-3, 1e-5)
+    for model, used in ((policy, {"loss_fn": tracer}), (twin, {})):
+        optimizer = make_optimizer(model, TrainConfig(learning_rate=1e-3))
         generator = torch.Generator().manual_seed(3)
-        stats = [ppo_update(model, optimizer, data, cfg, generator, tracer=used) for _ in range(3)]
+        stats = [ppo_update(model, optimizer, data, cfg, generator, **used) for _ in range(3)]
         results.append((stats, [p.detach().clone() for p in model.parameters()]))
     assert any(t is not None for t in tracer._traces.values())  # the traced update did run through a trace
     assert results[0][0] == results[1][0]

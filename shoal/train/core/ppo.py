@@ -1,41 +1,58 @@
 """PPO: the clipped surrogate loss and one update over a rollout, readable top to bottom.
 
-An update, in phases:
+An update (:func:`ppo_update`), in phases:
 
 1. **Advantages**: GAE (or V-trace-clipped GAE) over the ``[S, H]`` segments of the rollout; value targets are
    ``advantages + values``. Truncated episodes bootstrap from the value of their final observation (already in
    ``next_values``), terminated ones do not.
-2. **Minibatches**: feed-forward policies shuffle single transitions; recurrent policies (and prioritized
-   sampling) draw whole segments, replayed from each segment's stored initial LSTM state (BPTT over the
-   segment, state zeroed where an episode starts).
-3. **Loss**: clipped policy surrogate (optionally dual-clipped), clipped value loss, entropy bonus, computed
-   only over valid transitions (padding is selected away with ``torch.where``, so its content cannot matter).
-4. **Step**: backward, global gradient-norm clipping, Adam step; early stop on ``target_kl``.
+2. **Minibatches** (:mod:`shoal.train.core.minibatches`): feed-forward policies shuffle single live transitions;
+   recurrent policies (and prioritized sampling) draw whole segments, replayed from each segment's stored
+   initial LSTM state (BPTT over the segment, state zeroed where an episode starts).
+3. **Loss** (:func:`ppo_loss`): clipped policy surrogate (optionally dual-clipped), clipped value loss, entropy
+   bonus, over valid transitions only (padding is selected away with ``torch.where``, so its content cannot
+   matter).
+4. **Step**: backward, gradient reduction, global gradient-norm clipping, Adam step; early stop on
+   ``target_kl``.
 5. **Statistics**: losses, approximate KL, clip fraction, explained variance.
 
-Data-parallel learners run the same update on their own parts of a batch, given an ``all_reduce`` (and, for
-value normalization, an ``all_gather``) collective: :func:`ppo_update` then computes the update over the union of
-every learner's part (see its docs and :func:`shoal.train.speed.distributed.distributed_ppo_update`).
+Speed and scale plug in behind three seams whose defaults are the plain computation: ``loss_fn`` (a
+:data:`LossFn`; :class:`~shoal.train.speed.traced_loss.LossTracer` replays verified traces of the same loss),
+``reducer`` (a :class:`Reducer`; one process: :data:`SINGLE_LEARNER`, data-parallel learners:
+:class:`~shoal.train.speed.distributed.ProcessGroupReducer`) and ``value_norm`` (a
+:class:`~shoal.train.core.normalize.ValueNormalizer` when the critic predicts normalized values).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
-from shoal.errors import APIUsageError
 from shoal.train.config import TrainConfig
 from shoal.train.core.advantage import gae, vtrace_gae
+from shoal.train.core.minibatches import Minibatch, MinibatchSource
+from shoal.train.core.normalize import ValueNormalizer
+from shoal.train.core.rollout import RolloutTensors
 
-if TYPE_CHECKING:
-    from shoal.train.speed.traced_loss import LossTracer
-
-__all__ = ["LossOutput", "masked_mean", "minibatch_loss", "ppo_loss", "ppo_update"]
+__all__ = [
+    "SINGLE_LEARNER",
+    "LossFn",
+    "LossOutput",
+    "Reducer",
+    "advantages_and_returns",
+    "clip_grad_norm",
+    "eager_loss",
+    "loss_coefficients",
+    "make_optimizer",
+    "masked_mean",
+    "minibatch_loss",
+    "ppo_loss",
+    "ppo_update",
+]
 
 
 def masked_mean(x: Tensor, valid: Tensor | None, weights: Tensor | None = None) -> Tensor:
@@ -163,27 +180,95 @@ def minibatch_loss(policy: nn.Module, obs: Tensor, actions: Tensor, action_masks
                     **loss_kwargs)
 
 
-def _advantages(data: dict[str, Any], ratios: Tensor | None, cfg: TrainConfig) -> Tensor:
+def eager_loss(policy: nn.Module, minibatch: Minibatch, coefficients: dict[str, Any]) -> LossOutput:
+    """:func:`ppo_loss` of ``minibatch`` under ``policy``, computed eagerly (the default :data:`LossFn`).
+
+    Flat minibatches go through :func:`minibatch_loss`; segments ``[B, H]`` are replayed as sequences ``[H, B]``
+    from their initial LSTM states, and only their valid steps count (weighted by ``minibatch.weights``).
+    """
+    if not minibatch.segments:
+        return minibatch_loss(policy, minibatch.obs, minibatch.actions, minibatch.action_masks, minibatch.agent_ids,
+                              minibatch.critic_obs, *minibatch.columns.unbind(-1), coefficients)
+
+    def steps_first(x: Tensor | None) -> Tensor | None:
+        return None if x is None else x.transpose(0, 1)
+
+    state = None if minibatch.states is None else (minibatch.states[0][None], minibatch.states[1][None])
+    out = policy(steps_first(minibatch.obs), state, done=steps_first(minibatch.starts) if state is not None else None,
+                 action=steps_first(minibatch.actions), action_masks=steps_first(minibatch.action_masks),
+                 agent_ids=steps_first(minibatch.agent_ids), critic_obs=steps_first(minibatch.critic_obs))
+    old_log_probs, old_values, advantages, returns = minibatch.columns.unbind(-1)
+    return ppo_loss(out.log_prob.transpose(0, 1), old_log_probs, advantages, out.value.transpose(0, 1), old_values,
+                    returns, out.entropy.transpose(0, 1), minibatch.valid, weights=minibatch.weights,
+                    **coefficients)
+
+
+#: How an update computes a minibatch's loss: ``loss_fn(policy, minibatch, coefficients) -> LossOutput``, with
+#: ``coefficients`` from :func:`loss_coefficients`. :func:`eager_loss` is the reference; a replacement must return
+#: the same numbers and gradients.
+LossFn = Callable[[nn.Module, Minibatch, dict[str, Any]], LossOutput]
+
+
+class Reducer(Protocol):
+    """What data-parallel learners agree on during an update; every method is the identity for one learner.
+
+    Every learner calls the methods in the same order with tensors of the same shapes.
+    """
+
+    def count(self, minibatches: int) -> int:
+        """The number of minibatches every learner takes, from this learner's own count."""
+        ...
+
+    def gradients(self, params: list[Tensor]) -> None:
+        """Replace each parameter's gradient with the mean over the learners (None counts as zeros)."""
+        ...
+
+    def mean(self, values: Tensor) -> Tensor:
+        """The mean of ``values`` (any float shape) over the learners."""
+        ...
+
+    def gather(self, values: Tensor) -> Tensor:
+        """Every learner's float ``[N_r]`` ``values`` concatenated in rank order."""
+        ...
+
+
+class _SingleLearner:
+    """The :class:`Reducer` of one learner: nothing to agree on."""
+
+    def count(self, minibatches: int) -> int:
+        return minibatches
+
+    def gradients(self, params: list[Tensor]) -> None:
+        return None
+
+    def mean(self, values: Tensor) -> Tensor:
+        return values
+
+    def gather(self, values: Tensor) -> Tensor:
+        return values
+
+
+#: The :class:`Reducer` of a learner that holds the whole batch.
+SINGLE_LEARNER: Reducer = _SingleLearner()
+
+
+def loss_coefficients(cfg: TrainConfig) -> dict[str, Any]:
+    """The keyword arguments of :func:`ppo_loss` that ``cfg`` sets (a plain dict: traces key on it)."""
+    return dict(clip_coef=cfg.clip_coef, dual_clip=cfg.dual_clip, clip_vloss=cfg.clip_vloss,
+                vf_clip_coef=cfg.vf_clip_coef, vf_coef=cfg.vf_coef, ent_coef=cfg.ent_coef, norm_adv=cfg.norm_adv)
+
+
+def advantages_and_returns(data: RolloutTensors, cfg: TrainConfig, ratios: Tensor | None = None
+                           ) -> tuple[Tensor, Tensor]:
+    """Advantages and value targets, float ``[S, H]`` each: GAE, or V-trace-clipped GAE given the current
+    policy's importance ``ratios`` float ``[S, H]``."""
     if ratios is None:
-        return gae(
-            data["rewards"],
-            data["values"],
-            data["next_values"],
-            data["dones"],
-            gamma=cfg.gamma,
-            lam=cfg.gae_lambda,
-        )
-    return vtrace_gae(
-        data["rewards"],
-        data["values"],
-        data["next_values"],
-        data["dones"],
-        ratios,
-        gamma=cfg.gamma,
-        lam=cfg.gae_lambda,
-        rho_clip=cfg.vtrace_rho_clip,
-        c_clip=cfg.vtrace_c_clip,
-    )
+        advantages = gae(data.rewards, data.values, data.next_values, data.dones, gamma=cfg.gamma,
+                         lam=cfg.gae_lambda)
+    else:
+        advantages = vtrace_gae(data.rewards, data.values, data.next_values, data.dones, ratios, gamma=cfg.gamma,
+                                lam=cfg.gae_lambda, rho_clip=cfg.vtrace_rho_clip, c_clip=cfg.vtrace_c_clip)
+    return advantages, advantages + data.values
 
 
 def clip_grad_norm(params: list[Tensor], max_norm: float) -> Tensor:
@@ -203,335 +288,108 @@ def clip_grad_norm(params: list[Tensor], max_norm: float) -> Tensor:
     return norm
 
 
-def _sequence_forward(
-    policy: nn.Module, data: dict[str, Any], index: Tensor, use_masks: bool, use_ids: bool
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Replay whole segments ``index`` ``[B]`` as sequences ``[H, B]`` from their stored initial LSTM states.
-
-    Returns ``(log_probs, entropy, values)``, each ``[B, H]``.
-    """
-    state = None
-    if data["states"] is not None:
-        state = (data["states"][0][index].unsqueeze(0), data["states"][1][index].unsqueeze(0))
-    out = policy(
-        data["obs"][index].transpose(0, 1),
-        state,
-        done=data["starts"][index].transpose(0, 1) if state is not None else None,
-        action_masks=data["action_masks"][index].transpose(0, 1) if use_masks else None,
-        action=data["actions"][index].transpose(0, 1),
-        agent_ids=data["agent_ids"][index].transpose(0, 1) if use_ids else None,
-        critic_obs=data["critic_obs"][index].transpose(0, 1) if data.get("critic_obs") is not None else None,
-    )
-    return out.log_prob.transpose(0, 1), out.entropy.transpose(0, 1), out.value.transpose(0, 1)
+def make_optimizer(policy: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam over ``policy``'s parameters with ``cfg``'s learning rate and epsilon, fused into one kernel per step
+    where torch supports it (the same math, less overhead)."""
+    try:
+        return torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps)
 
 
-def _moments(adv: Tensor, valid: Tensor | None, empty: bool) -> Tensor:
-    """float64 ``[3]``: ``[count, sum, sum of squares]`` of the valid entries of ``adv`` (zeros when ``empty``)."""
-    if empty:
-        return adv.new_zeros(3, dtype=torch.float64)
-    a = adv.double() if valid is None else torch.where(valid, adv, 0.0).double()
-    n = a.new_tensor(float(a.numel()) if valid is None else float(valid.sum()))
-    return torch.stack([n, a.sum(), (a * a).sum()])
-
-
-def _normalize(adv: Tensor, valid: Tensor | None, union: Sequence[float]) -> Tensor:
-    """``adv`` normalized with the mean and unbiased std of the union's moments ``[count, sum, sum of squares]``
-    (as in :func:`ppo_loss`: ``(adv - mean) / (std + 1e-8)``, zero where not valid)."""
-    total, s1, s2 = union
-    if total == 0:
-        return adv
-    mean = s1 / total
-    std = math.sqrt(max(s2 - s1 * mean, 0.0) / max(total - 1.0, 1.0))
-    out = (adv - mean) / (std + 1e-8)
-    return out if valid is None else torch.where(valid, out, 0.0)
+_STATS = ("policy_loss", "value_loss", "entropy", "approx_kl", "old_approx_kl", "clipfrac", "grad_norm")
 
 
 def ppo_update(
     policy: nn.Module,
     optimizer: torch.optim.Optimizer,
-    data: dict[str, Any],
+    data: RolloutTensors,
     cfg: TrainConfig,
     generator: torch.Generator,
-    progress: float = 0.0,
-    value_norm: Any = None,
     *,
-    all_reduce: Callable[[list[Tensor]], None] | None = None,
-    all_gather: Callable[[Tensor], Tensor] | None = None,
-    tracer: LossTracer | None = None,
+    progress: float = 0.0,
+    value_norm: ValueNormalizer | None = None,
+    loss_fn: LossFn = eager_loss,
+    reducer: Reducer = SINGLE_LEARNER,
 ) -> dict[str, float]:
-    """One PPO update on a rollout.
+    """One PPO update on a rollout (see the module docs for its phases).
 
     Args:
         policy: a :class:`~shoal.policies.Policy` (or any module with the same ``forward`` contract).
         optimizer: its optimizer (learning rate already set for this update).
-        data: :meth:`RolloutData.to_torch` output on the policy's device: ``[S, H, ...]`` tensors.
-        cfg: the training configuration (loss coefficients, epochs, minibatch size, advantage kind, ...).
+        data: the rollout, ``[S, H, ...]`` tensors on the policy's device (:meth:`RolloutData.to_torch`).
+        cfg: loss coefficients, epochs, minibatch size, advantage kind, prioritized sampling.
         generator: CPU ``torch.Generator`` for shuffling and prioritized sampling (part of the checkpoint).
         progress: fraction of training done, in ``[0, 1]`` (anneals the prioritized-sampling beta).
-        value_norm: a :class:`~shoal.train.core.normalize.ValueNormalizer` when the critic predicts normalized values
-            (MAPPO): it is updated with this rollout's returns, and the loss compares the critic's outputs with
-            normalized returns and old values. ``data["critic_obs"]`` (optional) feeds a centralized critic.
-        all_reduce: for data-parallel learners (None: this process holds the whole batch). A collective that
-            sums every tensor of the list over the learners, in place; every learner calls it with tensors of the
-            same shapes in the same order: float64 ``[K]`` statistics, and the gradients (``[*param.shape]``
-            each, in ``policy.parameters()`` order; zeros for parameters the loss did not reach). With it,
-            ``data`` is this learner's part of a batch and the update is the one over the union of the ``W``
-            learners' parts, minibatch ``k`` being the union of every learner's minibatch ``k``:
-
-            * ``round(union count / (W * unit))`` minibatches, ``unit`` being ``minibatch_size`` transitions (or
-              segments of ``minibatch_size // horizon`` for recurrent policies and prioritized sampling);
-            * advantages normalized with the mean and unbiased std of the union's minibatch;
-            * each learner's mean loss weighted by its share of the union's valid entries, and the gradients
-              summed before clipping, so every learner takes the step of the mean loss over the union (a policy
-              wrapped in ``DistributedDataParallel`` must be passed unwrapped, or gradients are reduced twice);
-            * early stopping on the union's KL (every learner stops at the same epoch), statistics of the union.
-
-            Advantages, V-trace ratios and prioritized sampling stay per learner (segments are independent).
-        all_gather: with ``all_reduce`` and ``value_norm``: a collective returning the concatenation, in rank
-            order, of a float ``[N_r]`` tensor of every learner (``[sum of N_r]``, on the input's device), so
-            ``value_norm`` is updated with the value targets of every learner.
-        tracer: computes each minibatch's :func:`minibatch_loss` of a feed-forward policy through verified
-            TorchScript traces (:class:`~shoal.train.speed.traced_loss.LossTracer`; the same numbers and gradients with
-            less overhead). None: eagerly. Recurrent policies, prioritized sampling and ``all_reduce`` always
-            run eagerly.
+        value_norm: when the critic predicts normalized values: updated with this rollout's value targets (of
+            every learner), and the loss compares the critic's outputs with normalized targets and old values.
+        loss_fn: computes each minibatch's loss (:data:`LossFn`).
+        reducer: what data-parallel learners agree on (:class:`Reducer`): the minibatch count, mean gradients,
+            the KL of early stopping and the statistics. Each learner normalizes advantages over its own
+            minibatch.
 
     Returns:
-        Mean statistics of the update: ``policy_loss``, ``value_loss``, ``entropy``, ``approx_kl``,
-        ``old_approx_kl``, ``clipfrac``, ``grad_norm``, ``explained_variance``, ``advantage_mean``,
-        ``epochs``, ``minibatches`` (with ``all_reduce``: of the union of every learner's batch, the same on
-        every learner).
-
-    Raises:
-        APIUsageError: ``all_reduce`` and ``value_norm`` without ``all_gather``.
+        Mean statistics: ``policy_loss``, ``value_loss``, ``entropy``, ``approx_kl``, ``old_approx_kl``,
+        ``clipfrac``, ``grad_norm``, ``explained_variance``, ``advantage_mean``, ``epochs``, ``minibatches``.
     """
-    union = all_reduce is not None  # this learner's part of a batch shared by several learners
-    if union and value_norm is not None and all_gather is None:
-        raise APIUsageError("ppo_update with all_reduce and value_norm needs all_gather (the value targets of "
-                            "every learner)")
-    device = data["values"].device
-    valid = data["valid"]
-    num_segments, horizon = valid.shape
+    valid = data.valid
     prioritized = cfg.prio_alpha > 0
-    sequences = bool(getattr(policy, "is_recurrent", False)) or prioritized
-    use_masks = data["action_masks"] is not None and not bool(data["action_masks"].all())
-    use_ids = bool(getattr(policy, "num_agent_ids", 0))
-    loss_kwargs = dict(
-        clip_coef=cfg.clip_coef,
-        dual_clip=cfg.dual_clip,
-        clip_vloss=cfg.clip_vloss,
-        vf_clip_coef=cfg.vf_clip_coef,
-        vf_coef=cfg.vf_coef,
-        ent_coef=cfg.ent_coef,
-        norm_adv=cfg.norm_adv and not union,  # union: normalized below, with the union's moments
+    source = MinibatchSource(
+        data,
+        segments=bool(getattr(policy, "is_recurrent", False)) or prioritized,
+        action_masks=data.action_masks is not None and not bool(data.action_masks.all()),
+        agent_ids=bool(getattr(policy, "num_agent_ids", 0)),
     )
+    coefficients = loss_coefficients(cfg)
+    ratios = torch.ones_like(data.values) if cfg.advantage == "vtrace" else None
 
-    # ---- Phase 1: advantages and value targets -------------------------------------------------------------
-    vtrace = cfg.advantage == "vtrace"
-    ratios = torch.ones_like(data["values"]) if vtrace else None
-    advantages = _advantages(data, ratios, cfg)
-    returns = advantages + data["values"]
-    if value_norm is not None:  # the critic learns in units of these statistics (shoal.train.core.normalize)
-        targets = returns[valid]
-        if union:  # the targets of every learner
-            assert all_gather is not None
-            targets = all_gather(targets)
-        value_norm.update(targets)
+    # Phase 1: advantages and value targets (the critic learns them in value_norm's units).
+    def set_targets(advantages: Tensor, returns: Tensor) -> None:
+        if value_norm is None:
+            source.set_targets(data.values, advantages, returns)
+        else:
+            source.set_targets(value_norm.normalize(data.values), advantages, value_norm.normalize(returns))
 
-    # ---- Phase 2: minibatch plan ---------------------------------------------------------------------------
-    # Feed-forward policies shuffle single live transitions (padding is dropped here, once); recurrent
-    # policies and prioritized sampling draw whole segments and mask their padding in the loss.
-    if sequences:
-        per_batch = max(1, min(num_segments, cfg.minibatch_size // horizon))
-        count, unit = num_segments, per_batch
-    else:
-        live = valid.reshape(-1).nonzero().squeeze(1)
+    advantages, returns = advantages_and_returns(data, cfg, ratios)
+    if value_norm is not None:
+        value_norm.update(reducer.gather(returns[valid]))
+    set_targets(advantages, returns)
 
-        def flat(x: Tensor) -> Tensor:
-            return x.reshape(num_segments * horizon, *x.shape[2:])[live]
-
-        flat_data = {"obs": flat(data["obs"]), "actions": flat(data["actions"])}
-        if use_masks:
-            flat_data["action_masks"] = flat(data["action_masks"])
-        if use_ids:
-            flat_data["agent_ids"] = flat(data["agent_ids"])
-        if data.get("critic_obs") is not None:
-            flat_data["critic_obs"] = flat(data["critic_obs"])
-        # log-probs, values, advantages, returns side by side: one gather per minibatch
-        columns = torch.stack(
-            [flat(data["log_probs"]), flat(data["values"]), flat(advantages), flat(returns)], 1
-        )
-        count, unit = len(live), cfg.minibatch_size
-    if union:  # agreed by every learner: the single-process count for the union and W * minibatch_size
-        totals = torch.tensor([float(count), 1.0], dtype=torch.float64, device=device)
-        all_reduce([totals])
-        total, world = totals.tolist()
-        num_minibatches = max(1, round(total / (world * unit)))
-    else:
-        num_minibatches = max(1, round(count / unit))
-
-    params = [p for p in policy.parameters() if p.requires_grad]
-    signature = tracer.policy_signature(policy) if tracer is not None else None  # fixed during the update
+    # Phases 2-4: epochs of minibatches.
+    unit = max(1, cfg.minibatch_size // valid.shape[1]) if source.segments else cfg.minibatch_size
+    num_minibatches = reducer.count(max(1, round(source.count / unit)))
     beta = cfg.prio_beta0 + (1.0 - cfg.prio_beta0) * min(max(progress, 0.0), 1.0)
+    params = [p for p in policy.parameters() if p.requires_grad]
     history: list[Tensor] = []
-    epochs_done = 0
-    for _epoch in range(cfg.update_epochs):
-        epochs_done += 1
-        order = torch.tensor_split(torch.randperm(count, generator=generator).to(device), num_minibatches)
-        epoch_kl: list[Tensor] = []
-        union_moments: list[list[float]] | None = None
-        if union and not vtrace and not prioritized:  # advantages are fixed: one all-reduce per epoch
-            local = [
-                _moments(advantages[index], valid[index], False) if sequences else
-                _moments(columns[index, 2], None, len(index) == 0)
-                for index in order
-            ]
-            moments = torch.stack(local)
-            all_reduce([moments])
-            union_moments = moments.tolist()
-        for mb in range(num_minibatches):
-            # -- V-trace: advantages with the importance ratios of the current policy
-            if vtrace and (history or mb):
-                advantages = _advantages(data, ratios, cfg)
-                returns = advantages + data["values"]
-                if not sequences:
-                    columns[:, 2], columns[:, 3] = flat(advantages), flat(returns)
-
-            # -- choose the minibatch and run the current policy on it (union: an empty minibatch still joins the
-            #    collectives, with weight 0)
-            weights = None
-            empty = False
-            out_loss: LossOutput | None = None
-            if sequences:
-                if prioritized:  # draw segments by advantage magnitude; importance weights correct the bias
-                    score = torch.where(valid, advantages.abs(), 0.0).sum(1).double().cpu()
-                    probs = (score + 1e-8) ** cfg.prio_alpha
-                    probs = probs / probs.sum()
-                    index = torch.multinomial(probs.float(), per_batch, False, generator=generator)
-                    weights = ((num_segments * probs[index]) ** -beta).float().to(device)[:, None]
-                    weights = weights.expand(-1, horizon)
-                    index = index.to(device)
-                else:
-                    index = order[mb]
-                    if union and len(index) == 0:  # a stand-in segment, all of it masked out
-                        empty, index = True, torch.zeros(1, dtype=torch.long, device=device)
-                new_log_probs, entropy, new_values = _sequence_forward(
-                    policy, data, index, use_masks, use_ids
-                )
-                mb_valid: Tensor | None = torch.zeros_like(valid[index]) if empty else valid[index]
-                old_log_probs, old_values = data["log_probs"][index], data["values"][index]
-                mb_adv, mb_ret = advantages[index], returns[index]
-            else:
-                index = order[mb]
-                empty = union and len(index) == 0
-                mb_inputs = (
-                    flat_data["obs"][index],
-                    flat_data["actions"][index],
-                    flat_data["action_masks"][index] if use_masks else None,
-                    flat_data["agent_ids"][index] if use_ids else None,
-                    flat_data["critic_obs"][index] if "critic_obs" in flat_data else None,
-                )
-                if not union:  # the policy's pass and the loss in one call, replayed through a trace if given
-                    mb_columns = columns[index]
-                    if value_norm is not None:  # old values and returns in the critic's normalized units
-                        olp, ov, adv, ret = mb_columns.unbind(1)
-                        mb_columns = torch.stack([olp, value_norm.normalize(ov), adv, value_norm.normalize(ret)], 1)
-                    out_loss = minibatch_loss(policy, *mb_inputs, *mb_columns.unbind(1), loss_kwargs) \
-                        if tracer is None else tracer.loss(policy, *mb_inputs, mb_columns, loss_kwargs, signature)
-                else:
-                    out = policy(mb_inputs[0], action=mb_inputs[1], action_masks=mb_inputs[2],
-                                 agent_ids=mb_inputs[3], critic_obs=mb_inputs[4])
-                    new_log_probs, entropy, new_values = out.log_prob, out.entropy, out.value
-                    mb_valid = torch.ones(0, dtype=torch.bool, device=device) if empty else None
-                    old_log_probs, old_values, mb_adv, mb_ret = columns[index].unbind(1)
-
-            # -- loss (union: advantages normalized over the union, the mean loss weighted by this learner's share)
-            share = 1.0
-            if out_loss is None:
-                if union:
-                    mine = _moments(mb_adv, mb_valid, empty)
-                    if union_moments is not None:
-                        moments_mb = union_moments[mb]
-                    else:
-                        summed = mine.clone()
-                        all_reduce([summed])
-                        moments_mb = summed.tolist()
-                    if cfg.norm_adv:
-                        mb_adv = _normalize(mb_adv, mb_valid, moments_mb)
-                    share = float(mine[0]) / moments_mb[0] if moments_mb[0] else 0.0  # the shares sum to 1
-                if value_norm is not None:  # old values and returns in the critic's normalized units
-                    old_values, mb_ret = value_norm.normalize(old_values), value_norm.normalize(mb_ret)
-                out_loss = ppo_loss(
-                    new_log_probs,
-                    old_log_probs,
-                    mb_adv,
-                    new_values,
-                    old_values,
-                    mb_ret,
-                    entropy,
-                    mb_valid,
-                    weights=weights,
-                    **loss_kwargs,
-                )
-
-            # -- step (union: the sum of the learners' share-weighted gradients is the gradient over the union)
+    epochs = 0
+    for _ in range(cfg.update_epochs):
+        epochs += 1
+        epoch_kl = []
+        for minibatch in source.epoch(num_minibatches, generator, prio_alpha=cfg.prio_alpha, prio_beta=beta):
+            out = loss_fn(policy, minibatch, coefficients)
             for param in params:
                 param.grad = None
-            (out_loss.loss * share if union else out_loss.loss).backward()
-            if union:
-                for param in params:  # every learner reduces the same list of gradients
-                    if param.grad is None:
-                        param.grad = torch.zeros_like(param)
-                all_reduce([param.grad for param in params])
+            out.loss.backward()
+            reducer.gradients(params)
             grad_norm = clip_grad_norm(params, cfg.max_grad_norm)
             optimizer.step()
-            if ratios is not None:
-                if sequences:
-                    ratios[index] = torch.where(valid[index], out_loss.ratio, 1.0)
-                elif not empty:
-                    ratios.view(-1)[live[index]] = out_loss.ratio
+            if ratios is not None:  # V-trace: the next minibatch's advantages use the updated policy's ratios
+                source.scatter(ratios, minibatch, out.ratio, 1.0)
+                advantages, returns = advantages_and_returns(data, cfg, ratios)
+                set_targets(advantages, returns)
+            history.append(torch.stack([out.policy_loss, out.value_loss, out.entropy, out.approx_kl,
+                                        out.old_approx_kl, out.clipfrac, grad_norm.to(out.loss.device).float()]))
+            epoch_kl.append(out.approx_kl)
+        if cfg.target_kl is not None and float(reducer.mean(torch.stack(epoch_kl).mean())) > cfg.target_kl:
+            break
 
-            row = torch.stack(
-                [
-                    out_loss.policy_loss,
-                    out_loss.value_loss,
-                    out_loss.entropy,
-                    out_loss.approx_kl,
-                    out_loss.old_approx_kl,
-                    out_loss.clipfrac,
-                    grad_norm.to(out_loss.loss.device).float(),
-                ]
-            )
-            history.append(row * share if union else row)  # union: summed over the learners below
-            epoch_kl.append(out_loss.approx_kl * share if union else out_loss.approx_kl)
-        if cfg.target_kl is not None:
-            kl = torch.stack(epoch_kl).mean()
-            if union:
-                kl = kl.double().reshape(1)
-                all_reduce([kl])
-            if float(kl) > cfg.target_kl:
-                break
-
-    # ---- Phase 3: statistics (union: of every learner's batch) ---------------------------------------------
-    names = ("policy_loss", "value_loss", "entropy", "approx_kl", "old_approx_kl", "clipfrac", "grad_norm")
-    v = data["values"][valid].double()
-    r = returns[valid].double()
-    if union:
-        parts = [r.new_tensor(float(r.numel())), r.sum(), (r * r).sum(), (r - v).sum(), ((r - v) ** 2).sum(),
-                 advantages[valid].double().sum()]
-        moments = torch.cat([torch.stack(history).mean(0).double(), torch.stack(parts)])
-        all_reduce([moments])
-        means = moments.tolist()
-        stats = dict(zip(names, means[:7], strict=True))
-        n, r_sum, r_sq, d_sum, d_sq, adv_sum = means[7:]
-        var_r = r_sq / n - (r_sum / n) ** 2 if n else 0.0
-        var_d = d_sq / n - (d_sum / n) ** 2 if n else 0.0
-        stats["explained_variance"] = math.nan if var_r <= 0 else 1.0 - var_d / var_r
-        stats["advantage_mean"] = adv_sum / n if n else 0.0
-    else:
-        stats = dict(zip(names, torch.stack(history).mean(0).tolist(), strict=True))
-        var_r = float(r.var(unbiased=False)) if r.numel() else 0.0
-        stats["explained_variance"] = math.nan if var_r == 0 else 1.0 - float((r - v).var(unbiased=False)) / var_r
-        stats["advantage_mean"] = float(advantages[valid].mean()) if bool(valid.any()) else 0.0
-    stats["epochs"] = float(epochs_done)
+    # Phase 5: statistics (the mean over the learners).
+    v, r = data.values[valid].double(), returns[valid].double()
+    var_r = r.var(unbiased=False) if r.numel() else r.new_zeros(())
+    explained = 1.0 - (r - v).var(unbiased=False) / var_r if var_r > 0 else r.new_full((), math.nan)
+    adv_mean = advantages[valid].double().mean() if r.numel() else r.new_zeros(())
+    summary = torch.cat([torch.stack(history).double().mean(0), torch.stack([explained, adv_mean])])
+    stats = dict(zip((*_STATS, "explained_variance", "advantage_mean"), reducer.mean(summary).tolist(), strict=True))
+    stats["epochs"] = float(epochs)
     stats["minibatches"] = float(len(history))
     return stats

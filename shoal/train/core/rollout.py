@@ -29,14 +29,18 @@ Per rollout::
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from shoal.errors import APIUsageError
 
-__all__ = ["RolloutBuffer", "RolloutData"]
+if TYPE_CHECKING:
+    from torch import Tensor
+
+__all__ = ["RolloutBuffer", "RolloutData", "RolloutTensors"]
 
 
 @dataclass
@@ -58,6 +62,8 @@ class RolloutData:
         agent_ids: int64 ``[S, H]`` slot index of the agent.
         states: initial LSTM state of each segment: ``(h, c)``, float32 ``[S, lstm_size]`` each, or None.
         rows: int64 ``[S]`` vector row each segment came from.
+        critic_obs: float32 ``[S, H, C]`` centralized critic inputs (zero at padding), or None (the critic reads
+            the actor's features).
     """
 
     obs: np.ndarray
@@ -75,6 +81,7 @@ class RolloutData:
     agent_ids: np.ndarray
     states: tuple[np.ndarray, np.ndarray] | None
     rows: np.ndarray
+    critic_obs: np.ndarray | None = None
 
     @property
     def num_segments(self) -> int:
@@ -84,33 +91,38 @@ class RolloutData:
     def num_transitions(self) -> int:
         return int(self.valid.sum())
 
-    def to_torch(self, device: Any) -> dict[str, Any]:
-        """Every array as a torch tensor on ``device`` (``states`` as a tuple; absent entries None)."""
+    def to_torch(self, device: Any) -> RolloutTensors:
+        """Every array as a torch tensor on ``device``, in a :class:`RolloutTensors` of the same fields."""
         import torch
 
-        def t(x: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(np.ascontiguousarray(x)).to(device)
+        def t(x: np.ndarray | None) -> Any:
+            return None if x is None else torch.from_numpy(np.ascontiguousarray(x)).to(device)
 
-        out: dict[str, Any] = {}
-        for name in (
-            "obs",
-            "actions",
-            "log_probs",
-            "values",
-            "rewards",
-            "next_values",
-            "dones",
-            "terminals",
-            "truncations",
-            "starts",
-            "valid",
-            "agent_ids",
-            "rows",
-        ):
-            out[name] = t(getattr(self, name))
-        out["action_masks"] = None if self.action_masks is None else t(self.action_masks)
-        out["states"] = None if self.states is None else (t(self.states[0]), t(self.states[1]))
-        return out
+        fields = {f.name: t(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "states"}
+        states = None if self.states is None else (t(self.states[0]), t(self.states[1]))
+        return RolloutTensors(**fields, states=states)
+
+
+@dataclass
+class RolloutTensors:
+    """:class:`RolloutData` as torch tensors on the learner's device (same fields, shapes and dtypes)."""
+
+    obs: Tensor
+    actions: Tensor
+    log_probs: Tensor
+    values: Tensor
+    rewards: Tensor
+    next_values: Tensor
+    dones: Tensor
+    terminals: Tensor
+    truncations: Tensor
+    starts: Tensor
+    valid: Tensor
+    action_masks: Tensor | None
+    agent_ids: Tensor
+    states: tuple[Tensor, Tensor] | None
+    rows: Tensor
+    critic_obs: Tensor | None = None
 
 
 class RolloutBuffer:

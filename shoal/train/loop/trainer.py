@@ -43,8 +43,8 @@ from torch import Tensor, nn
 from shoal.emulation.base import action_mask_width
 from shoal.errors import APIUsageError
 from shoal.train.config import TrainConfig
-from shoal.train.core.ppo import ppo_update
-from shoal.train.core.rollout import RolloutBuffer
+from shoal.train.core.ppo import SINGLE_LEARNER, Reducer, make_optimizer, ppo_update
+from shoal.train.core.rollout import RolloutBuffer, RolloutTensors
 from shoal.train.loop.checkpoints import CheckpointMixin
 from shoal.train.loop.env_result import Carry
 from shoal.train.loop.result import TrainResult
@@ -54,21 +54,13 @@ from shoal.train.runs.logger import CSVSink, LogRecord, RunLogger, TensorBoardSi
 from shoal.train.runs.resolve import resolve_env
 from shoal.train.speed.learner_process import LearnerProcess
 from shoal.train.speed.traced_acting import Actor
-from shoal.train.speed.traced_loss import LossTracer
+from shoal.train.speed.traced_loss import loss_fn_for
 
 __all__ = ["TrainResult", "Trainer", "resolve_device", "train"]
 
 log = logging.getLogger(__name__)
 
 Callback = Callable[[LogRecord], None]
-
-
-def _adam(policy: nn.Module, lr: float, eps: float) -> torch.optim.Optimizer:
-    """Adam, fused into one kernel per step where torch supports it (same math, less overhead)."""
-    try:
-        return torch.optim.Adam(policy.parameters(), lr=lr, eps=eps, fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(policy.parameters(), lr=lr, eps=eps)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -180,10 +172,11 @@ class Trainer(CheckpointMixin):
                 )
         self.policy = policy.to(self.device)
         self.actor = Actor(self.policy, trace=cfg.trace_actor)
-        self.loss_tracer = LossTracer(enabled=cfg.trace_learner)
+        self.loss_fn = loss_fn_for(cfg)
+        self.reducer: Reducer = SINGLE_LEARNER  # data-parallel learners replace it
         self.recurrent = bool(getattr(policy, "is_recurrent", False))
         self.num_agent_ids = int(getattr(policy, "num_agent_ids", 0))
-        self.optimizer = _adam(self.policy, cfg.learning_rate, cfg.adam_eps)
+        self.optimizer = make_optimizer(self.policy, cfg)
         state = self.policy.initial_state(self.num_rows, self.device) if self.recurrent else None
         self.rnn_state: tuple[Tensor, Tensor] | None = state
         state_size = int(state[0].shape[-1]) if state is not None else 0
@@ -483,10 +476,10 @@ class Trainer(CheckpointMixin):
         self._times["learn"] += time.perf_counter() - t
         return stats
 
-    def _update(self, data: dict[str, Any], progress: float) -> dict[str, float]:
-        """The update itself on :meth:`RolloutData.to_torch` data (data-parallel learners override it)."""
+    def _update(self, data: RolloutTensors, progress: float) -> dict[str, float]:
+        """The update itself (:func:`~shoal.train.core.ppo.ppo_update`)."""
         return ppo_update(self.policy, self.optimizer, data, self.config, self.generator, progress=progress,
-                          value_norm=self.value_norm, tracer=self.loss_tracer)
+                          value_norm=self.value_norm, loss_fn=self.loss_fn, reducer=self.reducer)
 
     def _steps_done(self, transitions: int) -> int:
         """Agent steps this update adds to ``global_step`` (data-parallel learners add every learner's)."""

@@ -66,7 +66,6 @@ __all__ = [
     "GLOBAL_STATE_KEY",
     "MAPPO_DEFAULTS",
     "CriticBuffer",
-    "CriticRolloutData",
     "EnvInfo",
     "GlobalStateEnv",
     "MAPPOTrainer",
@@ -345,19 +344,6 @@ def critic_input(
 # --------------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class CriticRolloutData(RolloutData):
-    """:class:`RolloutData` plus ``critic_obs``: float32 ``[S, H, C]`` centralized critic inputs (zero at
-    padding), or None for a local critic."""
-
-    critic_obs: np.ndarray | None = None
-
-    def to_torch(self, device: Any) -> dict[str, Any]:
-        out = super().to_torch(device)
-        out["critic_obs"] = None if self.critic_obs is None else torch.from_numpy(self.critic_obs).to(device)
-        return out
-
-
 class CriticBuffer(RolloutBuffer):
     """A :class:`RolloutBuffer` that also stores each transition's critic input and values in return units.
 
@@ -437,16 +423,14 @@ class CriticBuffer(RolloutBuffer):
         if carried is not None:  # pending actions moved to position 0 of fresh segments
             self.critic_obs[self.segment[rows], 0] = carried
 
-    def data(self) -> CriticRolloutData:
+    def data(self) -> RolloutData:
         index = np.flatnonzero(self.valid[: self.used].any(1))  # the segments RolloutBuffer.data() keeps
         base = super().data()
         critic = None
         if self.critic_obs is not None:
             critic = self.critic_obs[index]
             critic[~base.valid] = 0.0
-        return CriticRolloutData(
-            **{f.name: getattr(base, f.name) for f in dataclasses.fields(RolloutData)}, critic_obs=critic
-        )
+        return dataclasses.replace(base, critic_obs=critic)
 
     def carry_state(self) -> dict[str, Any]:
         state = super().carry_state()

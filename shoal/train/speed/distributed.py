@@ -2,25 +2,25 @@
 
 Data-parallel learners (``torchrun``)
     Every process launched by ``torchrun`` (which sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``) runs a
-    :class:`DistributedTrainer`: its own vector env, its own rollouts, and a copy of the policy wrapped in
-    :class:`~torch.nn.parallel.DistributedDataParallel` (which gives every learner rank 0's initial
-    parameters); each update sums the learners' gradients (:func:`distributed_ppo_update`), so all copies stay
-    identical. The process group uses ``nccl`` when the learner's device is a GPU and ``gloo``
-    otherwise. :func:`shoal.train.train` and ``shoal train`` switch to it by themselves under ``torchrun``:
+    :class:`DistributedTrainer`: its own vector env, its own rollouts, and a copy of the policy that starts from
+    rank 0's parameters; each minibatch step takes the mean of the learners' gradients
+    (:class:`ProcessGroupReducer`), so all copies stay identical. The process group uses ``nccl`` when the
+    learner's device is a GPU and ``gloo`` otherwise. :func:`shoal.train.train` and ``shoal train`` switch to it
+    by themselves under ``torchrun``:
 
         torchrun --nproc-per-node 2 -m shoal train CartPole-v1 --total-steps 300000 --run-dir runs/ddp
 
     The config is per learner (``num_envs``, ``batch_size`` and ``minibatch_size`` of each process, like a
-    per-GPU batch size); ``total_steps`` is the budget of the whole run, counted over every learner. One update
-    of ``W`` learners is exactly one single-process update on the concatenation of their batches with
-    ``minibatch_size * W`` (see :func:`distributed_ppo_update`): the loss of each minibatch is the mean over the
-    union of the learners' minibatches, and advantages are normalized with statistics of that union.
+    per-GPU batch size); ``total_steps`` is the budget of the whole run, counted over every learner. Each learner
+    normalizes advantages over its own minibatch and computes its own loss; the step uses the mean gradient, so
+    an update of ``W`` learners works like one update with ``W`` times the minibatch (exactly so when the
+    learners' minibatches are of equal size and advantage normalization is off).
 
 Seeds
     Learner ``r`` of a run with seed ``s`` and ``num_envs = n`` seeds its envs from ``s + r * n``: env ``i`` of
     learner ``r`` is reset with ``s + r * n + i``, exactly the seed of env ``r * n + i`` of one vector env of
     ``W * n`` envs, so no two envs of a run share a seed. The policy is initialized from ``s`` on every learner
-    (and broadcast from rank 0 by DDP); action sampling and minibatch shuffling of learner ``r > 0`` use
+    (and broadcast from rank 0); action sampling and minibatch shuffling of learner ``r > 0`` use
     ``s + r * RANK_SEED_STRIDE`` (rank 0 keeps ``s``, so a one-learner run equals a plain run).
 
 Logging and checkpoints
@@ -53,11 +53,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
 
 from shoal.errors import APIUsageError, CheckpointError, ShoalError
 from shoal.train.config import TrainConfig
-from shoal.train.core.ppo import ppo_update
 from shoal.train.loop.trainer import Trainer, resolve_device
 from shoal.train.runs.checkpoint import checkpoint_path, load_checkpoint
 from shoal.train.runs.logger import LogRecord, RunLogger
@@ -70,7 +68,8 @@ __all__ = [
     "TorchrunEnv",
     "connect_ray",
     "distributed_class",
-    "distributed_ppo_update",
+    "ProcessGroupReducer",
+    "broadcast_parameters",
     "env_seed",
     "init_distributed",
     "is_distributed",
@@ -283,40 +282,57 @@ def _raise_if_any_failed(error: BaseException | None, what: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# The update: PPO over the union of every learner's batch
+# The update's reducer: what the learners agree on
 # ------------------------------------------------------------------------------------------------------------
 
 
-def distributed_ppo_update(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    data: dict[str, Any],
-    cfg: TrainConfig,
-    generator: torch.Generator,
-    progress: float = 0.0,
-    value_norm: Any = None,
-) -> dict[str, float]:
-    """One PPO update of this learner's rollout, equal to one update on every learner's rollouts together.
+class ProcessGroupReducer:
+    """The :class:`~shoal.train.core.ppo.Reducer` of data-parallel learners in the default process group.
 
-    :func:`shoal.train.core.ppo.ppo_update` with this process group's collectives as its ``all_reduce`` and
-    ``all_gather`` hooks (see there for what the learners agree on): with ``W`` learners, minibatch ``k`` is the
-    union of every learner's minibatch ``k``, out of ``round(union count / (W * unit))``, i.e. the single-process
-    update on the concatenated batch with ``minibatch_size * W``. With one learner it is exactly ``ppo_update``.
-
-    Args:
-        model: the policy, or its :class:`~torch.nn.parallel.DistributedDataParallel` wrapper (its module is
-            updated; the gradients are summed over the learners by the update itself, not by DDP).
-        optimizer, data, cfg, generator, progress, value_norm: as for :func:`~shoal.train.core.ppo.ppo_update`;
-            ``data`` is this learner's part of the batch (``[S_r, H, ...]`` tensors).
-
-    Returns:
-        The statistics of :func:`~shoal.train.core.ppo.ppo_update`, over the union of every learner's batch.
+    Every learner takes the mean of the learners' minibatch counts (rounded), and each step takes the mean of
+    every learner's gradient (one all-reduce per device and dtype), so the copies of the policy stay identical;
+    the KL of early stopping and the update's statistics are means over the learners too. With one learner
+    every method is the identity.
     """
-    policy = model.module if isinstance(model, DistributedDataParallel) else model
+
+    def count(self, minibatches: int) -> int:
+        world = _world()
+        if world == 1:
+            return minibatches
+        total = torch.tensor([float(minibatches)], dtype=torch.float64)
+        _all_sum([total])
+        return max(1, round(float(total) / world))
+
+    def gradients(self, params: list[Tensor]) -> None:
+        world = _world()
+        if world == 1:
+            return
+        for param in params:  # every learner reduces the same list of gradients
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+        grads = [param.grad for param in params]
+        _all_sum(grads)
+        torch._foreach_div_(grads, float(world))
+
+    def mean(self, values: Tensor) -> Tensor:
+        world = _world()
+        if world == 1:
+            return values
+        total = values.detach().clone()
+        _all_sum([total])
+        return total / world
+
+    def gather(self, values: Tensor) -> Tensor:
+        return values if _world() == 1 else _all_cat(values)
+
+
+def broadcast_parameters(module: nn.Module) -> None:
+    """Give every learner rank 0's parameters and buffers (collective; nothing for one learner)."""
     if _world() == 1:
-        return ppo_update(policy, optimizer, data, cfg, generator, progress, value_norm)
-    return ppo_update(policy, optimizer, data, cfg, generator, progress, value_norm, all_reduce=_all_sum,
-                      all_gather=_all_cat)
+        return
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(tensor.data, src=0)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -340,13 +356,11 @@ class DistributedTrainer(Trainer):
 
     Joins the process group (from ``torchrun``'s environment) unless one exists, agrees with the other learners
     on the config (rank 0's ``run_dir`` wins, as its default holds a time stamp; any other difference is an
-    error), builds its own vector env seeded from :func:`env_seed`, and wraps the policy in DDP.
+    error), builds its own vector env seeded from :func:`env_seed`, and starts from rank 0's weights.
 
     Args:
         config, env_fn, policy: as for :class:`Trainer` (the same on every learner).
         callbacks: run on rank 0 only.
-        find_unused_parameters: passed to DDP. (Not needed for policies with parameters the loss does not use:
-            the update gives those a zero gradient, the same on every learner.)
         timeout: seconds a collective waits for the other learners when this call creates the group.
     """
 
@@ -357,7 +371,6 @@ class DistributedTrainer(Trainer):
         policy: nn.Module | None = None,
         callbacks: Sequence[Callback] = (),
         *,
-        find_unused_parameters: bool = False,
         timeout: float | None = None,
     ) -> None:
         config = config.validate()
@@ -388,11 +401,8 @@ class DistributedTrainer(Trainer):
             self.generator.manual_seed(seed + 1)
         self._resume_from = _broadcast(self._resume_from)
         self._synced_episodes = 0
-        device_ids = None
-        if self.device.type == "cuda":
-            device_ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()]
-        self.ddp = DistributedDataParallel(self.policy, device_ids=device_ids,
-                                           find_unused_parameters=find_unused_parameters)
+        broadcast_parameters(self.policy)  # rank 0's initial weights (and value normalizer) everywhere
+        self.reducer = ProcessGroupReducer()
 
     @property
     def is_main(self) -> bool:
@@ -405,11 +415,6 @@ class DistributedTrainer(Trainer):
         return env_seed(self.config.seed, self.rank, self.config.num_envs)
 
     # ---- learning ------------------------------------------------------------------------------------------
-
-    def _update(self, data: dict[str, Any], progress: float) -> dict[str, float]:
-        """One update over every learner's rollout (:func:`distributed_ppo_update`)."""
-        return distributed_ppo_update(self.ddp, self.optimizer, data, self.config, self.generator,
-                                      progress=progress, value_norm=getattr(self, "value_norm", None))
 
     def _steps_done(self, transitions: int) -> int:
         """Every learner's transitions of this update; finished episodes are shared too."""

@@ -41,7 +41,9 @@ from torch import nn
 
 from shoal.errors import APIUsageError, WorkerError
 from shoal.train.config import TrainConfig
+from shoal.train.core.ppo import make_optimizer, ppo_update
 from shoal.train.core.rollout import RolloutData
+from shoal.train.speed.traced_loss import loss_fn_for
 from shoal.vector.multiprocessing import force_stop
 
 __all__ = ["LearnerProcess"]
@@ -65,10 +67,6 @@ def _learner_main(conn: Connection, models: tuple[nn.Module, nn.Module | None], 
     """
     import multiprocessing
 
-    from shoal.train.core.ppo import ppo_update
-    from shoal.train.loop.trainer import _adam
-    from shoal.train.speed.traced_loss import LossTracer
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the trainer, which closes the learner
     if inherited is not None:
         inherited.close()
@@ -80,12 +78,12 @@ def _learner_main(conn: Connection, models: tuple[nn.Module, nn.Module | None], 
         policy = policy.to(device)
         if value_norm is not None:
             value_norm = value_norm.to(device)
-        optimizer = _adam(policy, cfg.learning_rate, cfg.adam_eps)
+        optimizer = make_optimizer(policy, cfg)
         if optimizer_state is not None:
             optimizer.load_state_dict(optimizer_state)
         generator = torch.Generator().manual_seed(0)
         generator.set_state(generator_state)
-        tracer = LossTracer(enabled=cfg.trace_learner)
+        loss_fn = loss_fn_for(cfg)
         policy.train()
         while True:
             while not conn.poll(_PARENT_CHECK_S):
@@ -98,7 +96,7 @@ def _learner_main(conn: Connection, models: tuple[nn.Module, nn.Module | None], 
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 stats = ppo_update(policy, optimizer, data.to_torch(device), cfg, generator, progress=progress,
-                                   value_norm=value_norm, tracer=tracer)
+                                   value_norm=value_norm, loss_fn=loss_fn)
                 with torch.no_grad():
                     for name, value in _state(policy, value_norm).items():
                         shared[name].copy_(value)

@@ -27,10 +27,12 @@ import torch
 from torch import Tensor, nn
 
 from shoal.errors import APIUsageError
-from shoal.train.core.ppo import LossOutput, minibatch_loss
+from shoal.train.config import TrainConfig
+from shoal.train.core.minibatches import Minibatch
+from shoal.train.core.ppo import LossFn, LossOutput, eager_loss, minibatch_loss
 from shoal.train.speed.tracing import rng_state, set_rng_state, trace
 
-__all__ = ["LossTracer"]
+__all__ = ["LossTracer", "loss_fn_for"]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,14 @@ class LossTracer:
         self._built = 0
         self._traces: dict[tuple, Any] = {}  # signature -> verified trace, or None: eager
         self._pending: dict[tuple, Any] = {}  # signature -> trace checked once, awaiting its second check
+
+    def __call__(self, policy: nn.Module, minibatch: Minibatch, coefficients: dict[str, Any]) -> LossOutput:
+        """The :data:`~shoal.train.core.ppo.LossFn` of :func:`~shoal.train.core.ppo.ppo_update`: flat minibatches
+        through :meth:`loss`, whole segments (recurrent policies, prioritized sampling) eagerly."""
+        if minibatch.segments:
+            return eager_loss(policy, minibatch, coefficients)
+        return self.loss(policy, minibatch.obs, minibatch.actions, minibatch.action_masks, minibatch.agent_ids,
+                         minibatch.critic_obs, minibatch.columns, coefficients)
 
     @staticmethod
     def policy_signature(policy: nn.Module) -> tuple:
@@ -164,3 +174,9 @@ def _run(module: Any, inputs: tuple[Tensor, ...], params: list[Tensor]) -> tuple
     out = module(*inputs)
     out[0].backward()
     return tuple(out), [None if p.grad is None else p.grad.clone() for p in params]
+
+
+def loss_fn_for(cfg: TrainConfig) -> LossFn:
+    """The :data:`~shoal.train.core.ppo.LossFn` ``cfg`` asks for: a fresh :class:`LossTracer` with
+    ``trace_learner``, else :func:`~shoal.train.core.ppo.eager_loss`."""
+    return LossTracer() if cfg.trace_learner else eager_loss
