@@ -43,7 +43,7 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shoal.train import TrainConfig, evaluate, train
-from shoal.train.mappo.trainer import MAPPO_DEFAULTS, mappo_config
+from shoal.train.config import ALGO_DEFAULTS
 from shoal.train.runs.logger import LogRecord
 from shoal.train.runs.resolve import resolve_env
 
@@ -157,8 +157,8 @@ def spread_config(algo: str, steps: int, seed: int) -> TrainConfig:
         stats_window=300,
     )
     if algo == "mappo":
-        return mappo_config(**common)
-    return TrainConfig(**{**MAPPO_DEFAULTS, "algo": "ppo", "value_norm": "running", **common})
+        return TrainConfig(algo="mappo", **common)
+    return TrainConfig(**{**ALGO_DEFAULTS["mappo"], "algo": "ppo", "value_norm": "running", **common})
 
 
 def spread_evaluation(policy: nn.Module, args: dict[str, Any], deterministic: bool) -> float:
@@ -185,7 +185,7 @@ def job(name: str, args: dict[str, Any]) -> dict[str, Any]:
             "points": curve.points,
         }
     if name == "kaz":
-        cfg = mappo_config(
+        cfg = TrainConfig(algo="mappo",
             env=KAZ,
             total_steps=args["kaz_steps"],
             seed=args["seed"],
@@ -197,7 +197,7 @@ def job(name: str, args: dict[str, Any]) -> dict[str, Any]:
             stats_window=50,
         )
     else:
-        cfg = mappo_config(
+        cfg = TrainConfig(algo="mappo",
             env=TAG,
             env_kwargs={"max_cycles": 25},
             total_steps=args["tag_steps"],

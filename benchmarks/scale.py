@@ -138,7 +138,7 @@ def main() -> None:
 
     # ---- rollouts -----------------------------------------------------------------------------------------
     if not args.skip_ray:
-        from shoal.train.speed.distributed import connect_ray
+        from shoal.vector.ray import connect_ray
 
         connect_ray(num_cpus=2)
         backends = ("multiprocessing", "ray")

@@ -30,6 +30,7 @@ import os
 import re
 import sys
 import time
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -104,44 +105,41 @@ def _parse_dict(text: str) -> dict[str, Any]:
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    from shoal.train.config import TrainConfig, field_docs
+    from shoal.train.config import ALGO_DEFAULTS, TrainConfig, field_docs
 
     docs = field_docs(TrainConfig)
     defaults = TrainConfig()
+    hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         if f.name in _MANUAL:
             continue
         flag = "--" + f.name.replace("_", "-")
-        kind = str(f.type)
-        default = getattr(defaults, f.name)
+        hint = hints[f.name]
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional = type(None) in typing.get_args(hint)
+        base = args[0] if optional and len(args) == 1 else hint
         help_text = docs.get(f.name, "")
-        help_text = f"{help_text} (default: {default!r})".replace("%", "%%")
-        if kind == "bool":
-            parser.add_argument(
-                flag,
-                dest=f.name,
-                action=argparse.BooleanOptionalAction,
-                default=argparse.SUPPRESS,
-                help=help_text,
-            )
-            continue
-        optional = "None" in kind
-        base = kind.replace("| None", "").strip()
-        parse: Callable[[str], Any]
-        if base == "int":
-            parse = int
-        elif base == "float":
-            parse = float
-        elif base.startswith("dict"):
-            parse = _parse_dict
+        if f.name in ALGO_DEFAULTS["ppo"]:
+            per_algo = ", ".join(f"{algo} {values[f.name]}" for algo, values in ALGO_DEFAULTS.items())
+            help_text = f"{help_text} (default: per algorithm, {per_algo})"
         else:
-            parse = str
+            help_text = f"{help_text} (default: {getattr(defaults, f.name)!r})"
+        help_text = help_text.replace("%", "%%")
+        if base is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                help=help_text)
+            continue
+        choices = list(typing.get_args(base)) if typing.get_origin(base) is typing.Literal else None
+        parse: Callable[[str], Any] = {int: int, float: float}.get(base, str)
+        if typing.get_origin(base) is dict:
+            parse = _parse_dict
         parser.add_argument(
             flag,
             dest=f.name,
             type=_parse_optional(parse) if optional else parse,
+            choices=choices,
             default=argparse.SUPPRESS,
-            metavar=f.name.upper(),
+            metavar=f.name.upper() if choices is None else None,
             help=help_text,
         )
 
@@ -183,15 +181,13 @@ def _train_config(args: argparse.Namespace) -> Any:
             overrides["run_dir"] = str(
                 Path("runs") / f"{_slug(args.env)}-s{overrides.get('seed', 0)}-{stamp}"
             )
-        from shoal.train.mappo.trainer import algo_defaults  # --algo mappo: MAPPO's defaults for the flags not given
-
-        config = TrainConfig(env=args.env, **{**algo_defaults(overrides.get("algo", "ppo")), **overrides})
+        config = TrainConfig(env=args.env, **overrides)
     return config.validate()
 
 
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
+    from shoal.train.api import make_trainer
     from shoal.train.runs.logger import Dashboard
-    from shoal.train.speed.distributed import make_trainer
 
     config = _train_config(args)
     callbacks = []

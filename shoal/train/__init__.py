@@ -18,23 +18,25 @@ import sys
 import types
 from typing import Any
 
+from shoal.train.api import make_trainer, train
 from shoal.train.config import TrainConfig
 from shoal.train.core.advantage import gae, next_values_from, vtrace_gae
 from shoal.train.core.ppo import ppo_loss, ppo_update
 from shoal.train.core.rollout import RolloutBuffer, RolloutData
-from shoal.train.loop.trainer import Trainer, TrainResult, train
-from shoal.train.mappo.trainer import MAPPOTrainer, mappo_config
+from shoal.train.loop.result import TrainResult
+from shoal.train.loop.trainer import Trainer
+from shoal.train.mappo.trainer import MAPPOTrainer
 from shoal.train.runs.evaluate import evaluate, evaluate_checkpoint, load_policy_from_checkpoint
 from shoal.train.runs.resolve import EnvFn, list_envs, resolve_env
 
 __all__ = [
     # entry point
     "train",
+    "make_trainer",
     "TrainConfig",
     "TrainResult",
     "Trainer",
     "MAPPOTrainer",
-    "mappo_config",
     # envs
     "EnvFn",
     "list_envs",

@@ -1,8 +1,13 @@
 """TrainConfig: every knob of a training run, typed, with a docstring per field.
 
-The defaults train PPO on CartPole-v1 to a deterministic evaluation return of 500 within 150k steps (about
-10 s on two CPU cores; 8 of 8 seeds tried). Other envs usually want a longer ``total_steps`` and often a
-smaller ``learning_rate`` (e.g. 2.5e-4 to 1e-3).
+Fields whose best value depends on the algorithm default to None and are filled from :data:`ALGO_DEFAULTS` by
+:meth:`TrainConfig.resolved`, which every trainer calls: the API and the command line train with the same
+numbers, and the run directory's ``config.json`` records them. ``batch_size`` is derived there too, once the
+number of agent slots per env is known.
+
+The PPO defaults train CartPole-v1 to a deterministic evaluation return of 500 within 150k steps (about 10 s on
+two CPU cores). Other envs usually want a longer ``total_steps`` and often a smaller ``learning_rate`` (e.g.
+2.5e-4 to 1e-3).
 
 Off by default and opt-in: reward scaling/clipping (``reward_scale``, ``reward_clip``), prioritized segment
 sampling (``prio_alpha > 0``), V-trace-clipped advantages (``advantage="vtrace"``), dual clipping
@@ -17,20 +22,79 @@ import inspect
 import itertools
 import json
 import math
+import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from shoal.errors import APIUsageError
 
-__all__ = ["ALGOS", "TrainConfig", "field_docs"]
+__all__ = [
+    "ALGO_DEFAULTS",
+    "ALGOS",
+    "BASELINES",
+    "STRATEGIES",
+    "Algo",
+    "TrainConfig",
+    "field_docs",
+    "parse_mix",
+    "plain_text",
+]
 
-ALGOS = ("ppo", "mappo")
-_PLANNED_ALGOS: tuple[str, ...] = ()
-_CRITIC_INPUTS = ("auto", "state", "concat")
-_VALUE_NORMS = ("auto", "none", "running", "popart")
-_BACKENDS = ("serial", "multiprocessing", "ray")
-_ADVANTAGES = ("gae", "vtrace")
+Algo = Literal["ppo", "mappo"]
+Backend = Literal["serial", "multiprocessing", "ray"]
+Advantage = Literal["gae", "vtrace"]
+CriticInput = Literal["auto", "state", "concat"]
+ValueNorm = Literal["auto", "none", "running", "popart"]
+
+#: The algorithms :func:`shoal.train.train` runs.
+ALGOS: tuple[str, ...] = typing.get_args(Algo)
+
+#: Per algorithm, the values of the fields left at None. MAPPO's follow the MAPPO study (Yu et al., 2022):
+#: parameter sharing with agent ids, large minibatches (two per update), up to 10 epochs, an entropy bonus; tuned
+#: on mpe2.simple_spread_v3 (``benchmarks/mappo.py``).
+ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
+    "ppo": {"num_envs": 8, "horizon": 64, "learning_rate": 4e-3, "update_epochs": 3, "minibatch_size": 128,
+            "ent_coef": 0.0, "hidden_size": 64, "agent_ids": False},
+    "mappo": {"num_envs": 16, "horizon": 50, "learning_rate": 2.5e-3, "update_epochs": 10, "minibatch_size": 1200,
+              "ent_coef": 0.01, "hidden_size": 128, "agent_ids": True},
+}
+
+
+#: Opponent strategies and scripted baselines of ``league_opponents`` (see :mod:`shoal.train.selfplay.opponents`).
+STRATEGIES: tuple[str, ...] = ("latest", "uniform", "pfsp")
+BASELINES: tuple[str, ...] = ("random", "heuristic")
+
+Mix = tuple[tuple[str, float], ...]
+
+
+def parse_mix(spec: str) -> Mix:
+    """Parse an opponent mix such as ``"latest:0.8,uniform:0.2"`` into ``(name, weight)`` pairs summing to 1.
+
+    Raises:
+        APIUsageError: unknown names, repeated names, or weights that are not positive numbers.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise APIUsageError(f"league_opponents must be a non-empty string like 'latest:0.8,uniform:0.2', got {spec!r}")
+    entries: dict[str, float] = {}
+    for part in spec.split(","):
+        name, _, weight_text = part.strip().partition(":")
+        name = name.strip()
+        if name not in STRATEGIES + BASELINES:
+            raise APIUsageError(f"league_opponents: unknown opponent {name!r} in {spec!r}; valid names: "
+                                f"{list(STRATEGIES + BASELINES)} (e.g. 'latest:0.8,uniform:0.2')")
+        if name in entries:
+            raise APIUsageError(f"league_opponents: {name!r} appears twice in {spec!r}")
+        try:
+            weight = float(weight_text) if weight_text.strip() else 1.0
+        except ValueError:
+            raise APIUsageError(f"league_opponents: weight {weight_text!r} of {name!r} is not a number") from None
+        if not (math.isfinite(weight) and weight > 0):
+            raise APIUsageError(f"league_opponents: weight of {name!r} must be > 0, got {weight_text!r}")
+        entries[name] = weight
+    total = sum(entries.values())
+    return tuple((name, weight / total) for name, weight in entries.items())
 
 
 @dataclass
@@ -44,10 +108,10 @@ class TrainConfig:
     when ``train`` is given an ``env_fn``."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for the env constructor."""
-    algo: str = "ppo"
+    algo: Algo = "ppo"
     """Algorithm: ``"ppo"`` (on PettingZoo envs IPPO: parameter-shared, every live slot a row) or ``"mappo"``
-    (PPO with a centralized critic and value normalization, :mod:`shoal.train.mappo.trainer`; the command line then
-    defaults to ``shoal.train.mappo.trainer.MAPPO_DEFAULTS`` for the flags not given)."""
+    (PPO with a centralized critic and value normalization). The fields left at None take this algorithm's
+    defaults (:data:`ALGO_DEFAULTS`)."""
     total_steps: int = 150_000
     """Budget of agent steps: actions of live agents collected (env steps times live agents)."""
     seed: int = 0
@@ -64,9 +128,9 @@ class TrainConfig:
     """Start afresh in a ``run_dir`` holding another run (its checkpoints, CSV and events are deleted)."""
 
     # ---- vector env ----------------------------------------------------------------------------------------
-    num_envs: int = 8
-    """Number of env copies."""
-    backend: str = "serial"
+    num_envs: int | None = None
+    """Number of env copies (None: the algorithm's default, :data:`ALGO_DEFAULTS`)."""
+    backend: Backend = "serial"
     """Vector backend: ``"serial"``, ``"multiprocessing"`` or ``"ray"``."""
     num_workers: int | None = None
     """Worker processes/actors (must divide ``num_envs``); None picks the backend's default."""
@@ -80,22 +144,25 @@ class TrainConfig:
     ``auto``); None starts a local Ray. The learner stays in this process (see docs/scaling.md)."""
 
     # ---- rollout -------------------------------------------------------------------------------------------
-    horizon: int = 64
-    """Segment length: consecutive transitions of one agent slot stored together (and the BPTT length)."""
+    horizon: int | None = None
+    """Segment length: consecutive transitions of one agent slot stored together (and the BPTT length); None: the
+    algorithm's default (:data:`ALGO_DEFAULTS`)."""
     batch_size: int | None = None
-    """Agent transitions per update; None means ``num_envs * agents_per_env * horizon``."""
+    """Agent transitions per update (single-agent envs: a multiple of ``num_envs``); None means
+    ``num_envs * agents_per_env * horizon``."""
 
     # ---- optimization --------------------------------------------------------------------------------------
-    learning_rate: float = 4e-3
-    """Adam learning rate."""
+    learning_rate: float | None = None
+    """Adam learning rate (None: the algorithm's default, :data:`ALGO_DEFAULTS`)."""
     anneal_lr: bool = True
     """Decay the learning rate linearly to 0 over ``total_steps``."""
     adam_eps: float = 1e-5
     """Adam epsilon."""
-    update_epochs: int = 3
-    """Passes over each batch."""
-    minibatch_size: int = 128
-    """Transitions per minibatch (whole segments for recurrent policies and prioritized sampling)."""
+    update_epochs: int | None = None
+    """Passes over each batch (None: the algorithm's default, :data:`ALGO_DEFAULTS`)."""
+    minibatch_size: int | None = None
+    """Transitions per minibatch (whole segments for recurrent policies and prioritized sampling); None: the
+    algorithm's default (:data:`ALGO_DEFAULTS`)."""
     max_grad_norm: float = 0.5
     """Clip the global gradient norm to this value (0 disables)."""
     target_kl: float | None = None
@@ -106,7 +173,7 @@ class TrainConfig:
     """Discount factor."""
     gae_lambda: float = 0.95
     """GAE lambda."""
-    advantage: str = "gae"
+    advantage: Advantage = "gae"
     """``"gae"`` or ``"vtrace"`` (V-trace-clipped GAE, recomputed before each minibatch)."""
     vtrace_rho_clip: float = 1.0
     """V-trace clip of the importance ratio in the TD-error weight (``advantage="vtrace"``)."""
@@ -126,8 +193,8 @@ class TrainConfig:
     """Value clip range when ``clip_vloss``."""
     vf_coef: float = 0.5
     """Weight of the value loss."""
-    ent_coef: float = 0.0
-    """Weight of the entropy bonus."""
+    ent_coef: float | None = None
+    """Weight of the entropy bonus (None: the algorithm's default, :data:`ALGO_DEFAULTS`)."""
 
     # ---- prioritized sampling and rewards ------------------------------------------------------------------
     prio_alpha: float = 0.0
@@ -141,8 +208,8 @@ class TrainConfig:
     """Clip (scaled) rewards to ``[-reward_clip, reward_clip]`` before learning; None = off."""
 
     # ---- policy --------------------------------------------------------------------------------------------
-    hidden_size: int = 64
-    """Width of the policy trunk."""
+    hidden_size: int | None = None
+    """Width of the policy trunk (None: the algorithm's default, :data:`ALGO_DEFAULTS`)."""
     recurrent: bool = False
     """Add an LSTM (BPTT over segments; state carried across rollouts, reset at episode starts)."""
     lstm_size: int = 64
@@ -162,12 +229,13 @@ class TrainConfig:
     trace_learner: bool = True
     """Replay each PPO minibatch's evaluation pass and loss (feed-forward policies) through verified TorchScript
     traces: the same losses and gradients, less overhead; a policy whose trace differs updates eagerly."""
-    agent_ids: bool = False
-    """Feed the slot index of each agent to the policy (an embedding), so shared parameters can specialize."""
-    critic_input: str = "auto"
+    agent_ids: bool | None = None
+    """Feed the slot index of each agent to the policy (an embedding), so shared parameters can specialize
+    (None: the algorithm's default, :data:`ALGO_DEFAULTS`)."""
+    critic_input: CriticInput = "auto"
     """MAPPO critic's global input: ``"state"`` (the PettingZoo env's ``state()``), ``"concat"`` (every slot of the
     env concatenated, masked) or ``"auto"`` (``state()`` when the env has a flat one of at most 4096 numbers)."""
-    value_norm: str = "auto"
+    value_norm: ValueNorm = "auto"
     """Value normalization: ``"running"`` (running mean/std of the returns), ``"popart"``, ``"none"`` or
     ``"auto"`` (running for MAPPO, none for PPO)."""
 
@@ -202,25 +270,53 @@ class TrainConfig:
     eval_episodes: int = 0
     """Episodes of deterministic evaluation after training (0 = none)."""
 
-    # --------------------------------------------------------------------------------------------------------
-    # ----
+    # ---- resolution and validation ------------------------------------------------------------------------
+
+    def resolved(self, agents_per_env: int | None = None) -> TrainConfig:
+        """A validated copy whose fields left at None hold the algorithm's defaults (:data:`ALGO_DEFAULTS`).
+
+        Args:
+            agents_per_env: agent slots per env of the env being trained; given, ``batch_size`` is derived when
+                None (``num_envs * agents_per_env * horizon``). For single-agent envs a given ``batch_size`` must
+                be a multiple of ``num_envs`` (every step adds that many transitions); multi-agent rollouts end
+                at the first step that reaches ``batch_size`` live transitions.
+
+        Raises:
+            APIUsageError: naming the first bad field and how to fix it.
+        """
+        self._check_choices()
+        out = dataclasses.replace(self, **{name: value for name, value in ALGO_DEFAULTS[self.algo].items()
+                                           if getattr(self, name) is None})
+        if agents_per_env is not None and isinstance(out.num_envs, int) and isinstance(out.horizon, int):
+            rows = out.num_envs * agents_per_env
+            if out.batch_size is None:
+                out.batch_size = rows * out.horizon
+            elif agents_per_env == 1 and isinstance(out.batch_size, int) and out.batch_size % rows:
+                nearest = sorted({max(rows, out.batch_size // rows * rows), (out.batch_size // rows + 1) * rows})
+                raise APIUsageError(
+                    f"batch_size={out.batch_size} is not a multiple of num_envs={rows} (each step of the vector "
+                    f"env adds {rows} transitions); use --batch-size {' or '.join(map(str, nearest))}"
+                )
+        out._check()
+        return out
 
     def validate(self) -> TrainConfig:
-        """Raise :class:`~shoal.errors.APIUsageError` naming the first bad field; return self."""
-        if self.algo not in ALGOS:
-            if self.algo in _PLANNED_ALGOS:
-                raise APIUsageError(f"algo={self.algo!r} is not available yet; valid choices: {list(ALGOS)}")
-            raise APIUsageError(f"algo={self.algo!r} is unknown; valid choices: {list(ALGOS)}")
-        if self.backend not in _BACKENDS:
-            raise APIUsageError(f"backend={self.backend!r} is unknown; valid choices: {list(_BACKENDS)}")
-        if self.critic_input not in _CRITIC_INPUTS:
-            raise APIUsageError(f"critic_input={self.critic_input!r} is unknown; valid choices: {list(_CRITIC_INPUTS)}")
-        if self.value_norm not in _VALUE_NORMS:
-            raise APIUsageError(f"value_norm={self.value_norm!r} is unknown; valid choices: {list(_VALUE_NORMS)}")
-        if self.advantage not in _ADVANTAGES:
-            raise APIUsageError(
-                f"advantage={self.advantage!r} is unknown; valid choices: {list(_ADVANTAGES)}"
-            )
+        """Raise :class:`~shoal.errors.APIUsageError` naming the first bad field; return self (unchanged:
+        :meth:`resolved` fills in the algorithm's defaults)."""
+        self.resolved()
+        return self
+
+    def _check_choices(self) -> None:
+        """Every field typed as a ``Literal`` holds one of its values."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            choices = typing.get_args(hints[f.name]) if typing.get_origin(hints[f.name]) is Literal else None
+            value = getattr(self, f.name)
+            if choices is not None and value not in choices:
+                raise APIUsageError(f"{f.name}={value!r} is unknown; valid choices: {list(choices)}")
+
+    def _check(self) -> None:
+        """Validate a resolved config (no field left at None that needs a value)."""
         positive = (
             "total_steps",
             "num_envs",
@@ -241,7 +337,7 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise APIUsageError(f"{name} must be a non-negative int, got {value!r}")
         for f in dataclasses.fields(self):
-            if f.type in ("bool", bool) and not isinstance(getattr(self, f.name), bool):
+            if f.type in ("bool", "bool | None", bool) and not isinstance(getattr(self, f.name), bool):
                 raise APIUsageError(f"{f.name} must be True or False, got {getattr(self, f.name)!r}")
         for name in ("batch_size", "num_workers", "env_batch_size", "max_agents"):
             value = getattr(self, name)
@@ -290,8 +386,6 @@ class TrainConfig:
             raise APIUsageError(f"ray_address={self.ray_address!r} needs backend='ray' (got {self.backend!r}); "
                                 "add --backend ray")
         if self.league:
-            from shoal.train.selfplay.opponents import parse_mix
-
             parse_mix(self.league_opponents)
             if isinstance(self.league_snapshot_interval, bool) or not isinstance(self.league_snapshot_interval, int) \
                     or self.league_snapshot_interval < 1:
@@ -342,7 +436,7 @@ class TrainConfig:
 
 
 def field_docs(cls: type = TrainConfig) -> dict[str, str]:
-    """Field name -> its docstring (the string literal under the field), for ``--help`` texts."""
+    """Field name -> its docstring (the string literal under the field) as plain text, for ``--help``."""
     try:
         tree = ast.parse(inspect.getsource(cls))
     except (OSError, TypeError):  # no source (e.g. frozen app)
@@ -357,5 +451,13 @@ def field_docs(cls: type = TrainConfig) -> dict[str, str]:
             and isinstance(following.value, ast.Constant)
             and isinstance(following.value.value, str)
         ):
-            docs[node.target.id] = " ".join(following.value.value.split())
+            docs[node.target.id] = plain_text(following.value.value)
     return docs
+
+
+def plain_text(text: str) -> str:
+    """``text`` (reStructuredText of a docstring) without its markup, on one line: ``:class:`~a.B``` -> ``B``,
+    ``:mod:`a.b``` -> ``a.b``, double backquotes dropped."""
+    text = re.sub(r":[a-z]+:`~([^`]+)`", lambda m: m.group(1).rsplit(".", 1)[-1], text)
+    text = re.sub(r":[a-z]+:`([^`]+)`", r"\1", text)
+    return " ".join(text.replace("``", "").split())

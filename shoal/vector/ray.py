@@ -23,8 +23,9 @@ from shoal.errors import APIUsageError, WorkerError
 from shoal.vector.base import VecConfig, VecEnv, buffer_layout
 from shoal.vector.buffers import BufferLayout
 from shoal.vector.group import EnvGroup, InfoPairs, make_emulator
+from shoal.vector.multiprocessing import available_cores
 
-__all__ = ["RayVecEnv", "default_ray_workers"]
+__all__ = ["RayVecEnv", "connect_ray", "default_ray_workers"]
 
 _CLOSE_TIMEOUT_S = 5.0
 _log = logging.getLogger(__name__)
@@ -41,16 +42,9 @@ def _ray() -> Any:
     return ray
 
 
-def _connect(address: str | None) -> Any:
-    ray = _ray()
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, ignore_reinit_error=True)
-    return ray
-
-
 def default_ray_workers(address: str | None = None) -> int:
     """The number of CPUs of the Ray cluster (connecting to it, or starting a local one, if needed)."""
-    return max(1, int(_connect(address).cluster_resources().get("CPU", 1)))
+    return max(1, int(connect_ray(address).cluster_resources().get("CPU", 1)))
 
 
 class RayEnvGroup:
@@ -109,7 +103,7 @@ class RayVecEnv(VecEnv):
             raise APIUsageError(f"actor_options must be a dict for ActorClass.options, got {actor_options!r}")
         if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
             raise APIUsageError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
-        ray = _connect(address)
+        ray = connect_ray(address)
         self._ray = ray
         self.timeout = timeout
         probe = make_emulator(config.env_fns[0], config.emulate_kwargs)
@@ -189,3 +183,38 @@ class RayVecEnv(VecEnv):
         for actor in actors:
             with contextlib.suppress(Exception):  # already dead
                 ray.kill(actor)
+
+
+def connect_ray(address: str | None = None, num_cpus: int | None = None, **init_kwargs: Any) -> Any:
+    """Connect to Ray once: ``ray.init(address=address)``, or a local ``ray.init(num_cpus=...)`` without one.
+
+    Does nothing when Ray is already initialized (a warning says so if ``address`` was given). When joining a
+    cluster, this process's ``shoal`` package is shipped to it (``runtime_env={"py_modules": [shoal]}``, about
+    0.6 MB) unless ``runtime_env`` is given, so the env actors run the driver's version of shoal; the nodes need
+    Ray, torch and the env's own packages installed.
+
+    Args:
+        address: a cluster address (``"HEAD_IP:6379"``, ``"ray://HEAD_IP:10001"`` or ``"auto"``); None starts a
+            local Ray instance.
+        num_cpus: CPUs of the local instance (default: the CPUs this process may use); ignored with an address.
+        **init_kwargs: more ``ray.init`` keywords (e.g. ``runtime_env``).
+
+    Returns:
+        The ``ray`` module.
+    """
+    ray = _ray()
+    if ray.is_initialized():
+        if address is not None:
+            _log.warning("Ray is already initialized in this process; ray_address=%r is ignored", address)
+        return ray
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+    kwargs.update(init_kwargs)
+    if address is not None:
+        if "runtime_env" not in kwargs:
+            import shoal
+
+            kwargs["runtime_env"] = {"py_modules": [shoal]}
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus or available_cores(), **kwargs)
+    return ray

@@ -106,7 +106,7 @@ def test_json_flag_prints_only_the_json_line(tmp_path: Path, capsys: pytest.Capt
     [
         (["train", "CartPol-v1"], "Did you mean 'CartPole-v1'"),
         (["train", "pettingzoo.butterfly.no_such_env_v1"], "unknown env"),
-        (["train", "CartPole-v1", "--algo", "mappo", "--critic-input", "global"], "critic_input"),
+        (["train", "CartPole-v1", "--algo", "mappo", "--critic-input", "global"], "--critic-input"),
         (["train", "CartPole-v1", "--resume"], "--resume needs --run-dir"),
         (["train", "CartPole-v1", "--minibatch-size", "4096"], "minibatch_size"),
         (["train", "CartPole-v1", "--recurrent", "--minibatch-size", "8"], "whole segments"),

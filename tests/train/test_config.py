@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from shoal.cli import main
 from shoal.errors import APIUsageError
-from shoal.train import TrainConfig
-from shoal.train.config import field_docs
+from shoal.train import TrainConfig, train
+from shoal.train.config import ALGO_DEFAULTS, ALGOS, field_docs, plain_text
 from shoal.train.runs.logger import CSVSink, Dashboard, LogRecord, read_scalars
 from shoal.train.runs.plot import plot_run
 
@@ -42,6 +43,50 @@ def test_every_field_has_a_docstring() -> None:
 def test_validation_names_the_field(changes: dict, message: str) -> None:
     with pytest.raises(APIUsageError, match=message):
         TrainConfig(**changes).validate()
+
+
+def test_algorithm_defaults_are_resolved_by_the_config_for_the_api_and_the_cli(tmp_path: Path) -> None:
+    # before, the API trained MAPPO with PPO's numbers; only the command line applied MAPPO's
+    for algo in ALGOS:
+        resolved = TrainConfig(env="squad", algo=algo).resolved()
+        assert {name: getattr(resolved, name) for name in ALGO_DEFAULTS[algo]} == ALGO_DEFAULTS[algo]
+    assert TrainConfig(algo="mappo", hidden_size=32).resolved().hidden_size == 32  # a given value wins
+    assert TrainConfig(algo="mappo", num_envs=4, horizon=10, minibatch_size=60).resolved(3).batch_size == 120
+    run = tmp_path / "cli"
+    assert main(["train", "squad", "--algo", "mappo", "--total-steps", "1", "--seed", "3", "--run-dir", str(run),
+                 "--no-tensorboard", "--json"]) == 0
+    from_cli = TrainConfig.load(run / "config.json")
+    api = train(TrainConfig(env="squad", algo="mappo", total_steps=1, seed=3, run_dir=str(tmp_path / "api"),
+                            tensorboard=False))
+    from_api = TrainConfig.load(tmp_path / "api" / "config.json")
+    assert from_cli.replace(run_dir=None) == from_api.replace(run_dir=None) == api.config.replace(run_dir=None)
+    assert from_api.hidden_size == ALGO_DEFAULTS["mappo"]["hidden_size"] and from_api.batch_size == 16 * 3 * 50
+
+
+def test_batch_size_that_steps_cannot_fill_exactly_is_refused() -> None:
+    with pytest.raises(APIUsageError, match=r"not a multiple of num_envs=8.*--batch-size 96 or 104"):
+        TrainConfig(batch_size=100).resolved(agents_per_env=1)
+    with pytest.raises(APIUsageError, match=r"use --batch-size 8$"):
+        TrainConfig(batch_size=7, minibatch_size=4).resolved(agents_per_env=1)
+    assert TrainConfig(batch_size=104, minibatch_size=52).resolved(agents_per_env=1).batch_size == 104
+
+
+def test_choices_come_from_the_literal_types() -> None:
+    with pytest.raises(APIUsageError, match=r"advantage='td' is unknown; valid choices: \['gae', 'vtrace'\]"):
+        TrainConfig(advantage="td").validate()
+    with pytest.raises(APIUsageError, match="backend"):
+        TrainConfig(backend="threads").resolved()
+
+
+def test_help_texts_are_plain_words(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--learning-rate" in text and "ppo 0.004, mappo 0.0025" in text
+    for markup in ("``", ":mod:", ":class:", ":data:", ":func:"):
+        assert markup not in text, markup
+    assert plain_text("see :class:`~shoal.train.Trainer`, :mod:`shoal.train` and ``x``") == \
+        "see Trainer, shoal.train and x"
 
 
 def test_round_trip(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ import torch.multiprocessing as mp
 
 from shoal.errors import APIUsageError
 from shoal.train import TrainConfig, Trainer, train
+from shoal.train.api import make_trainer
 from shoal.train.core.ppo import make_optimizer, ppo_update
 from shoal.train.core.rollout import RolloutTensors
 from shoal.train.runs.checkpoint import list_checkpoints, load_checkpoint
@@ -33,7 +34,6 @@ from shoal.train.speed.distributed import (
     env_seed,
     init_distributed,
     is_distributed,
-    make_trainer,
     process_group_backend,
     rank_seed,
     torchrun_env,

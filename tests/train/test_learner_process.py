@@ -14,8 +14,8 @@ import torch
 
 from shoal.errors import APIUsageError, WorkerError
 from shoal.train import TrainConfig, Trainer, train
+from shoal.train.api import make_trainer
 from shoal.train.core.ppo import make_optimizer, ppo_update
-from shoal.train.speed.distributed import make_trainer
 from shoal.train.speed.learner_process import LearnerProcess
 
 
@@ -187,7 +187,7 @@ _ORPHAN = """
 import sys, time
 sys.path.insert(0, {root!r})
 from shoal.train import TrainConfig, Trainer
-from shoal.train.speed.distributed import make_trainer
+from shoal.train.api import make_trainer
 from shoal.train.speed.learner_process import LearnerProcess
 cfg = TrainConfig(env="CartPole-v1", num_envs=2, horizon=16, minibatch_size=16, log_interval=0.0,
                   tensorboard=False, backend="multiprocessing", num_workers=2)

@@ -22,18 +22,17 @@ from shoal.envs.squad import SquadEnv
 from shoal.errors import APIUsageError
 from shoal.policies import Policy
 from shoal.train import TrainConfig, Trainer, train
+from shoal.train.api import trainer_class
+from shoal.train.config import ALGO_DEFAULTS
 from shoal.train.core.normalize import PopArt, ValueNormalizer
 from shoal.train.core.ppo import ppo_update
 from shoal.train.core.rollout import RolloutTensors
 from shoal.train.mappo.trainer import (
     GLOBAL_STATE_KEY,
-    MAPPO_DEFAULTS,
     GlobalStateEnv,
     MAPPOTrainer,
     critic_input,
     critic_input_size,
-    mappo_config,
-    trainer_class,
 )
 from shoal.train.runs.agent_stats import AgentStats
 from shoal.train.runs.logger import read_scalars
@@ -185,7 +184,7 @@ def test_critic_input_of_an_env_depends_only_on_its_own_live_slots(with_state: b
 @pytest.mark.parametrize("critic", ["concat", "state"])
 def test_trainer_builds_each_env_critic_input_from_that_env_only(critic: str) -> None:
     # 4 envs in 2 serial workers stepped 2 at a time: partial batches, rows of envs 0-1 or 2-3 (env-major)
-    cfg = mappo_config(
+    cfg = TrainConfig(algo="mappo",
         env="tagged",
         total_steps=16 * 6,
         num_envs=4,
@@ -234,7 +233,7 @@ def test_trainer_builds_each_env_critic_input_from_that_env_only(critic: str) ->
 
 
 def _squad_run(junk_seed: int | None, **overrides: Any) -> tuple[dict[str, torch.Tensor], list[float], Any]:
-    cfg = mappo_config(
+    cfg = TrainConfig(algo="mappo",
         env="squad",
         max_agents=5,
         num_envs=2,
@@ -330,7 +329,7 @@ def test_masked_transitions_have_no_effect_on_the_mappo_loss() -> None:
 def test_mappo_solves_the_coordination_game_in_seconds() -> None:
     start = time.perf_counter()
     result = train(
-        mappo_config(
+        TrainConfig(algo="mappo",
             env="coordination",
             total_steps=6_000,
             num_envs=8,
@@ -348,7 +347,7 @@ def test_mappo_solves_the_coordination_game_in_seconds() -> None:
 
 
 def test_simple_tag_trains_heterogeneous_agents_with_team_statistics(tmp_path: Path) -> None:
-    cfg = mappo_config(
+    cfg = TrainConfig(algo="mappo",
         env="mpe2.simple_tag_v3",
         env_kwargs={"max_cycles": 10},
         total_steps=1_600,
@@ -370,7 +369,7 @@ def test_simple_tag_trains_heterogeneous_agents_with_team_statistics(tmp_path: P
 
 
 def test_knights_archers_zombies_agents_die_mid_episode() -> None:
-    cfg = mappo_config(
+    cfg = TrainConfig(algo="mappo",
         env="pettingzoo.butterfly.knights_archers_zombies_v11",
         env_kwargs={"max_cycles": 60, "line_death": True},
         total_steps=1_200,
@@ -444,7 +443,7 @@ def test_ippo_with_value_normalization_and_mappo_with_popart(kind: str) -> None:
     assert trainer_class(ippo.config) is MAPPOTrainer and ippo.config.algo == "ppo"
     assert getattr(ippo.policy, "critic_input_size", None) is None  # IPPO: the critic reads the actor's features
     mappo = train(
-        mappo_config(
+        TrainConfig(algo="mappo",
             env="coordination",
             total_steps=512,
             num_envs=4,
@@ -503,7 +502,7 @@ def test_agent_stats_sum_team_returns_over_agents_that_die_at_different_times() 
 
 def test_mappo_resume_equals_uninterrupted_training(tmp_path: Path) -> None:
     def config(run_dir: Path, **overrides: Any) -> TrainConfig:
-        return mappo_config(
+        return TrainConfig(algo="mappo",
             env="squad",
             env_kwargs={"max_steps": 6},
             max_agents=4,
@@ -560,7 +559,7 @@ def test_cli_trains_mappo_with_its_defaults(tmp_path: Path, capsys: pytest.Captu
     payload = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == 0 and payload["ok"] and payload["algo"] == "mappo"
     saved = json.loads((run_dir / "config.json").read_text())
-    assert saved["update_epochs"] == MAPPO_DEFAULTS["update_epochs"] and saved["agent_ids"] is True
+    assert saved["update_epochs"] == ALGO_DEFAULTS["mappo"]["update_epochs"] and saved["agent_ids"] is True
     assert saved["minibatch_size"] == 64  # flags given on the command line win
     names = {r["name"] for r in read_scalars(run_dir)}
     assert {"agents/agent_0/episode_return", "teams/agent/episode_return", "charts/value_norm_std"} <= names
@@ -570,7 +569,8 @@ def test_cli_trains_mappo_with_its_defaults(tmp_path: Path, capsys: pytest.Captu
 
 def test_state_critic_input_needs_a_state() -> None:
     with pytest.raises(APIUsageError, match="no usable global state"):
-        MAPPOTrainer(mappo_config(env="squad", critic_input="state", num_envs=2, horizon=8, minibatch_size=32))
+        MAPPOTrainer(TrainConfig(algo="mappo", env="squad", critic_input="state", num_envs=2, horizon=8,
+                                 minibatch_size=32))
 
 
 def test_dashboard_shows_team_and_agent_returns() -> None:

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from shoal.cli import main
-from shoal.train import TrainConfig
-from shoal.train.speed.distributed import connect_ray, vector_backend_kwargs
+from shoal.vector.ray import connect_ray
 
 ray = pytest.importorskip("ray")
 
@@ -69,8 +68,6 @@ def test_shoal_train_with_ray_address_joins_the_cluster(ray_address: str, tmp_pa
 
 
 def test_connect_ray_initializes_once(ray_address: str, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="shoal.train.speed.distributed"):
+    with caplog.at_level(logging.WARNING, logger="shoal.vector.ray"):
         assert connect_ray("10.9.9.9:6379") is ray  # already initialized: no second ray.init
     assert "already initialized" in caplog.text and ray.is_initialized()
-    assert vector_backend_kwargs(TrainConfig(backend="ray")) == {"actor_options": {"scheduling_strategy": "SPREAD"}}
-    assert vector_backend_kwargs(TrainConfig(backend="multiprocessing")) == {}

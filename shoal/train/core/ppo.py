@@ -291,6 +291,7 @@ def clip_grad_norm(params: list[Tensor], max_norm: float) -> Tensor:
 def make_optimizer(policy: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """Adam over ``policy``'s parameters with ``cfg``'s learning rate and epsilon, fused into one kernel per step
     where torch supports it (the same math, less overhead)."""
+    cfg = cfg.resolved()
     try:
         return torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps, fused=True)
     except (RuntimeError, TypeError, ValueError):
@@ -332,6 +333,7 @@ def ppo_update(
         Mean statistics: ``policy_loss``, ``value_loss``, ``entropy``, ``approx_kl``, ``old_approx_kl``,
         ``clipfrac``, ``grad_norm``, ``explained_variance``, ``advantage_mean``, ``epochs``, ``minibatches``.
     """
+    cfg = cfg.resolved()  # (a no-op for the trainers' configs)
     valid = data.valid
     prioritized = cfg.prio_alpha > 0
     source = MinibatchSource(

@@ -40,8 +40,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from shoal import vector
 from shoal.emulation.base import action_mask_width
 from shoal.errors import APIUsageError
+from shoal.policies import Policy
 from shoal.train.config import TrainConfig
 from shoal.train.core.ppo import SINGLE_LEARNER, Reducer, make_optimizer, ppo_update
 from shoal.train.core.rollout import RolloutBuffer, RolloutTensors
@@ -50,17 +52,29 @@ from shoal.train.loop.env_result import Carry
 from shoal.train.loop.result import TrainResult
 from shoal.train.runs.agent_stats import AgentStats
 from shoal.train.runs.checkpoint import checkpoint_path, find_checkpoint, list_checkpoints
+from shoal.train.runs.evaluate import evaluate
 from shoal.train.runs.logger import CSVSink, LogRecord, RunLogger, TensorBoardSink, WandbSink
 from shoal.train.runs.resolve import resolve_env
+from shoal.train.selfplay.league import League
 from shoal.train.speed.learner_process import LearnerProcess
 from shoal.train.speed.traced_acting import Actor
 from shoal.train.speed.traced_loss import loss_fn_for
+from shoal.vector.ray import connect_ray
 
-__all__ = ["TrainResult", "Trainer", "resolve_device", "train"]
+__all__ = ["Trainer", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
 Callback = Callable[[LogRecord], None]
+
+
+def _backend_kwargs(config: TrainConfig) -> dict[str, Any]:
+    """Extra keywords of :func:`shoal.vector.make` for ``config``'s backend: for Ray, connect first (to
+    ``config.ray_address``, or a local instance) and spread the env actors over the cluster's nodes."""
+    if config.backend != "ray":
+        return {}
+    connect_ray(config.ray_address)
+    return {"actor_options": {"scheduling_strategy": "SPREAD"}}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -103,11 +117,7 @@ class Trainer(CheckpointMixin):
         policy: nn.Module | None = None,
         callbacks: Sequence[Callback] = (),
     ) -> None:
-        from shoal import vector
-        from shoal.policies import Policy
-        from shoal.train.speed.distributed import vector_backend_kwargs
-
-        self.config = cfg = config.validate()
+        self.config = cfg = config.resolved()  # the algorithm's defaults filled in
         self.device = resolve_device(cfg.device)
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
@@ -130,7 +140,7 @@ class Trainer(CheckpointMixin):
             batch_size=cfg.env_batch_size,
             seed=self.env_seed,
             emulate_kwargs=emulate_kwargs,
-            **vector_backend_kwargs(cfg),
+            **_backend_kwargs(cfg),
         )
         try:
             self._setup(policy, Policy)
@@ -152,13 +162,8 @@ class Trainer(CheckpointMixin):
         cfg, vec = self.config, self.vecenv
         self.num_rows = vec.num_agents
         self.agents_per_env = vec.agents_per_env
-        self.batch_size = cfg.batch_size or self.num_rows * cfg.horizon
-        if cfg.batch_size is None and cfg.minibatch_size > self.batch_size:
-            raise APIUsageError(
-                f"minibatch_size={cfg.minibatch_size} is larger than the batch of "
-                f"{self.batch_size} transitions (num_envs * agents_per_env * horizon); lower "
-                "--minibatch-size or raise --horizon / --batch-size"
-            )
+        self.config = cfg = cfg.resolved(self.agents_per_env)  # batch_size derived (or checked)
+        self.batch_size: int = cfg.batch_size  # type: ignore[assignment]
         if policy is None:
             policy = self._default_policy(policy_cls)
         else:
@@ -220,8 +225,6 @@ class Trainer(CheckpointMixin):
         # Self-play (shoal.train.selfplay.league): which live rows the learner drives, and actions for the others.
         self.league: Any = None
         if cfg.league:
-            from shoal.train.selfplay.league import League
-
             self.league = League(self)
 
     def _default_policy(self, policy_cls: Any, **extra: Any) -> nn.Module:
@@ -648,8 +651,6 @@ class Trainer(CheckpointMixin):
             seconds = time.perf_counter() - self._t0
             evaluation = None
             if cfg.eval_episodes:
-                from shoal.train.runs.evaluate import evaluate
-
                 evaluation = evaluate(
                     self.policy,
                     self.env_fn,
@@ -698,30 +699,3 @@ class Trainer(CheckpointMixin):
             self.logger = None
         self.vecenv.close()
 
-
-def train(
-    config: TrainConfig | None = None,
-    env_fn: Callable[[], Any] | None = None,
-    policy: nn.Module | None = None,
-    *,
-    callbacks: Sequence[Callback] = (),
-    **overrides: Any,
-) -> TrainResult:
-    """Train with PPO; the one entry point of :mod:`shoal.train`.
-
-    Args:
-        config: the configuration (default :class:`TrainConfig`); ``overrides`` replace fields of it, e.g.
-            ``train(env="memory", recurrent=True)``.
-        env_fn: a callable returning a Gymnasium or PettingZoo env (default: resolved from ``config.env``).
-        policy: the policy to train (default: built from the env and the config).
-        callbacks: called with each :class:`~shoal.train.runs.logger.LogRecord`.
-
-    Returns:
-        A :class:`TrainResult` with the trained policy, final statistics and the last checkpoint.
-    """
-    config = config if config is not None else TrainConfig()
-    if overrides:
-        config = config.replace(**overrides)
-    from shoal.train.speed.distributed import make_trainer  # several learners under torchrun
-
-    return make_trainer(config, env_fn=env_fn, policy=policy, callbacks=callbacks).train()

@@ -3,8 +3,7 @@
     shoal train mpe2.simple_spread_v3 --algo mappo          # MAPPO
     shoal train mpe2.simple_spread_v3                       # IPPO: parameter-shared PPO, every live slot a row
 
-    from shoal.train.mappo.trainer import mappo_config
-    shoal.train.train(mappo_config(env="mpe2.simple_spread_v3", total_steps=2_000_000))
+    shoal.train.train(env="mpe2.simple_spread_v3", algo="mappo", total_steps=2_000_000)
 
 What MAPPO changes (Yu et al., "The Surprising Effectiveness of PPO in Cooperative Multi-Agent Games", 2022)
     * **What the critic sees** (:func:`critic_input`): for slot ``j`` of env ``e``, a float32 row
@@ -17,8 +16,8 @@ What MAPPO changes (Yu et al., "The Surprising Effectiveness of PPO in Cooperati
       embedding with ``agent_ids``).
     * **How values are normalized** (:mod:`shoal.train.core.normalize`): the critic predicts normalized values
       (running mean/std by default, or PopArt); the buffer stores them in return units.
-    * **Defaults** (:data:`MAPPO_DEFAULTS`, applied by the command line for ``--algo mappo`` and by
-      :func:`mappo_config`): parameter sharing with agent ids, at most 10 epochs over large minibatches (two per
+    * **Defaults** (``ALGO_DEFAULTS["mappo"]`` in :mod:`shoal.train.config`, for the API and the command line
+      alike): parameter sharing with agent ids, at most 10 epochs over large minibatches (two per
       update), an entropy bonus.
     * Death masking is the trainer's slot semantics: dead and padded slots never act, so they never reach the
       buffer, the losses, the advantage normalization or the value statistics; in the critic input they are
@@ -64,19 +63,15 @@ from shoal.train.runs.resolve import resolve_env
 
 __all__ = [
     "GLOBAL_STATE_KEY",
-    "MAPPO_DEFAULTS",
     "CriticBuffer",
     "EnvInfo",
     "GlobalStateEnv",
     "MAPPOTrainer",
     "WithGlobalState",
-    "algo_defaults",
     "critic_input",
     "critic_input_size",
-    "mappo_config",
     "probe_env",
     "resolve_value_norm",
-    "trainer_class",
 ]
 
 log = logging.getLogger(__name__)
@@ -87,44 +82,11 @@ GLOBAL_STATE_KEY = "global_state"
 #: rendered screens) fall back to the concatenated observations.
 MAX_STATE_SIZE = 4096
 
-#: Settings the MAPPO study found to matter, used as defaults for ``algo="mappo"`` (any may be overridden):
-#: parameter sharing with agent ids, large minibatches (two per update), at most 10 epochs (the study's advice for
-#: harder tasks), an entropy bonus. Tuned on mpe2.simple_spread_v3 (``benchmarks/mappo.py``, which also lowers
-#: ``gamma`` to 0.95 for its 25-step episodes).
-MAPPO_DEFAULTS: dict[str, Any] = {
-    "agent_ids": True,
-    "num_envs": 16,
-    "horizon": 50,
-    "update_epochs": 10,
-    "minibatch_size": 1200,
-    "learning_rate": 2.5e-3,
-    "ent_coef": 0.01,
-    "hidden_size": 128,
-}
-
-
-def algo_defaults(algo: str) -> dict[str, Any]:
-    """Config defaults that differ from :class:`TrainConfig`'s for ``algo`` (``{}`` for PPO)."""
-    return dict(MAPPO_DEFAULTS) if algo == "mappo" else {}
-
-
-def mappo_config(**fields: Any) -> TrainConfig:
-    """A :class:`TrainConfig` for MAPPO: :data:`MAPPO_DEFAULTS` under ``fields`` (validated)."""
-    return TrainConfig(**{"algo": "mappo", **MAPPO_DEFAULTS, **fields}).validate()
-
-
 def resolve_value_norm(config: TrainConfig) -> str:
     """``config.value_norm`` with ``"auto"`` resolved: ``"running"`` for MAPPO, ``"none"`` for PPO."""
     if config.value_norm == "auto":
         return "running" if config.algo == "mappo" else "none"
     return config.value_norm
-
-
-def trainer_class(config: TrainConfig) -> type[Trainer]:
-    """The trainer for ``config``: :class:`MAPPOTrainer` for MAPPO or value normalization, else :class:`Trainer`."""
-    if config.algo == "mappo" or resolve_value_norm(config) != "none":
-        return MAPPOTrainer
-    return Trainer
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -487,7 +449,7 @@ class MAPPOTrainer(Trainer):
         policy: nn.Module | None = None,
         callbacks: Sequence[Callable[..., None]] = (),
     ) -> None:
-        config = config.validate()
+        config = config.resolved()
         self.centralized = config.algo == "mappo"
         base_fn = env_fn if env_fn is not None else resolve_env(config.env, config.env_kwargs)
         self.env_info = probe_env(base_fn)

@@ -25,7 +25,6 @@ Players
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -34,6 +33,7 @@ import torch
 from torch import nn
 
 from shoal.errors import APIUsageError
+from shoal.train.config import BASELINES, STRATEGIES, Mix, parse_mix
 from shoal.train.selfplay.heuristics import ScriptedPolicy
 
 __all__ = [
@@ -47,38 +47,6 @@ __all__ = [
     "parse_mix",
 ]
 
-STRATEGIES = ("latest", "uniform", "pfsp")
-BASELINES = ("random", "heuristic")
-
-Mix = tuple[tuple[str, float], ...]
-
-
-def parse_mix(spec: str) -> Mix:
-    """Parse an opponent mix such as ``"latest:0.8,uniform:0.2"`` into ``(name, weight)`` pairs summing to 1.
-
-    Raises:
-        APIUsageError: unknown names, repeated names, or weights that are not positive numbers.
-    """
-    if not isinstance(spec, str) or not spec.strip():
-        raise APIUsageError(f"league_opponents must be a non-empty string like 'latest:0.8,uniform:0.2', got {spec!r}")
-    entries: dict[str, float] = {}
-    for part in spec.split(","):
-        name, _, weight_text = part.strip().partition(":")
-        name = name.strip()
-        if name not in STRATEGIES + BASELINES:
-            raise APIUsageError(f"league_opponents: unknown opponent {name!r} in {spec!r}; valid names: "
-                                f"{list(STRATEGIES + BASELINES)} (e.g. 'latest:0.8,uniform:0.2')")
-        if name in entries:
-            raise APIUsageError(f"league_opponents: {name!r} appears twice in {spec!r}")
-        try:
-            weight = float(weight_text) if weight_text.strip() else 1.0
-        except ValueError:
-            raise APIUsageError(f"league_opponents: weight {weight_text!r} of {name!r} is not a number") from None
-        if not (math.isfinite(weight) and weight > 0):
-            raise APIUsageError(f"league_opponents: weight of {name!r} must be > 0, got {weight_text!r}")
-        entries[name] = weight
-    total = sum(entries.values())
-    return tuple((name, weight / total) for name, weight in entries.items())
 
 
 class OpponentSampler:

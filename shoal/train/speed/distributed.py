@@ -32,7 +32,7 @@ Logging and checkpoints
     serial backend, when the number of learners is unchanged).
 
 Ray rollouts
-    With ``backend="ray"`` the env workers are Ray actors; :func:`connect_ray` joins the cluster at
+    With ``backend="ray"`` the env workers are Ray actors; :func:`shoal.vector.ray.connect_ray` joins the cluster at
     ``ray_address`` (``ray.init(address=...)``, once) or starts a local Ray, and the actors are spread over the
     cluster's nodes. The learner stays in the calling process.
 """
@@ -59,25 +59,21 @@ from shoal.train.config import TrainConfig
 from shoal.train.loop.trainer import Trainer, resolve_device
 from shoal.train.runs.checkpoint import checkpoint_path, load_checkpoint
 from shoal.train.runs.logger import LogRecord, RunLogger
-from shoal.vector.multiprocessing import available_cores
 
 __all__ = [
     "RANK_SEED_STRIDE",
     "DistContext",
     "DistributedTrainer",
     "TorchrunEnv",
-    "connect_ray",
     "distributed_class",
     "ProcessGroupReducer",
     "broadcast_parameters",
     "env_seed",
     "init_distributed",
     "is_distributed",
-    "make_trainer",
     "process_group_backend",
     "rank_seed",
     "torchrun_env",
-    "vector_backend_kwargs",
 ]
 
 log = logging.getLogger(__name__)
@@ -373,7 +369,7 @@ class DistributedTrainer(Trainer):
         *,
         timeout: float | None = None,
     ) -> None:
-        config = config.validate()
+        config = config.resolved()
         if getattr(config, "league", False):
             raise APIUsageError("self-play leagues are not supported with several learners yet; train the league "
                                 "with one learner (it can still use --backend multiprocessing or ray)")
@@ -516,78 +512,3 @@ def distributed_class(base: type[Trainer]) -> type[DistributedTrainer]:
     if base is Trainer:
         return DistributedTrainer
     return type(f"Distributed{base.__name__}", (DistributedTrainer, base), {"__module__": __name__})
-
-
-def make_trainer(
-    config: TrainConfig,
-    env_fn: Callable[[], Any] | None = None,
-    policy: nn.Module | None = None,
-    callbacks: Sequence[Callback] = (),
-) -> Trainer:
-    """The trainer for ``config``: the algorithm's trainer (:func:`shoal.train.mappo.trainer.trainer_class`), as one of
-    several data-parallel learners (:class:`DistributedTrainer`) under ``torchrun`` with ``WORLD_SIZE > 1`` or in
-    such a process group."""
-    from shoal.train.mappo.trainer import trainer_class
-
-    cls = trainer_class(config)
-    if is_distributed():
-        if config.async_learner:
-            raise APIUsageError("async_learner=True runs one learner process; it cannot be combined with several "
-                                "data-parallel learners (torchrun): drop --async-learner")
-        cls = distributed_class(cls)
-    return cls(config, env_fn=env_fn, policy=policy, callbacks=callbacks)
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Ray rollouts
-# ------------------------------------------------------------------------------------------------------------
-
-
-def connect_ray(address: str | None = None, num_cpus: int | None = None, **init_kwargs: Any) -> Any:
-    """Connect to Ray once: ``ray.init(address=address)``, or a local ``ray.init(num_cpus=...)`` without one.
-
-    Does nothing when Ray is already initialized (a warning says so if ``address`` was given). When joining a
-    cluster, this process's ``shoal`` package is shipped to it (``runtime_env={"py_modules": [shoal]}``, about
-    0.6 MB) unless ``runtime_env`` is given, so the env actors run the driver's version of shoal; the nodes need
-    Ray, torch and the env's own packages installed.
-
-    Args:
-        address: a cluster address (``"HEAD_IP:6379"``, ``"ray://HEAD_IP:10001"`` or ``"auto"``); None starts a
-            local Ray instance.
-        num_cpus: CPUs of the local instance (default: the CPUs this process may use); ignored with an address.
-        **init_kwargs: more ``ray.init`` keywords (e.g. ``runtime_env``).
-
-    Returns:
-        The ``ray`` module.
-    """
-    try:
-        import ray
-    except ImportError as exc:  # pragma: no cover - depends on the installation
-        raise APIUsageError("backend='ray' needs Ray: pip install 'shoal[ray]'") from exc
-    if ray.is_initialized():
-        if address is not None:
-            log.warning("Ray is already initialized in this process; ray_address=%r is ignored", address)
-        return ray
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
-    kwargs.update(init_kwargs)
-    if address is not None:
-        if "runtime_env" not in kwargs:
-            import shoal
-
-            kwargs["runtime_env"] = {"py_modules": [shoal]}
-        ray.init(address=address, **kwargs)
-    else:
-        ray.init(num_cpus=num_cpus or available_cores(), **kwargs)
-    return ray
-
-
-def vector_backend_kwargs(config: TrainConfig) -> dict[str, Any]:
-    """Extra keywords of :func:`shoal.vector.make` for ``config``'s backend.
-
-    For ``"ray"``: connects first (:func:`connect_ray` with ``config.ray_address``) and spreads the env actors
-    over the cluster's nodes. Other backends: none.
-    """
-    if config.backend != "ray":
-        return {}
-    connect_ray(getattr(config, "ray_address", None))
-    return {"actor_options": {"scheduling_strategy": "SPREAD"}}
