@@ -45,7 +45,7 @@ from shoal.train.actor import Actor
 from shoal.train.agent_stats import AgentStats
 from shoal.train.buffer import RolloutBuffer
 from shoal.train.carry import Carry
-from shoal.train.checkpoint import checkpoint_path, find_checkpoint, list_checkpoints
+from shoal.train.checkpoint import checkpoint_path, find_checkpoint, list_checkpoints, remove_stale_temporaries
 from shoal.train.config import TrainConfig
 from shoal.train.learner_process import LearnerProcess
 from shoal.train.logger import CSVSink, LogRecord, RunLogger, TensorBoardSink, WandbSink
@@ -543,6 +543,7 @@ class Trainer(CheckpointMixin):
         sinks: list[Callback] = []
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(self.run_dir)  # left by a run killed while writing a checkpoint
             config_file = self.run_dir / "config.json"
             if cfg.resume and config_file.exists():
                 pass  # keep the run's original config file
