@@ -655,17 +655,10 @@ class Trainer(CheckpointMixin):
             seconds = time.perf_counter() - self._t0
             evaluation = None
             if cfg.eval_episodes:
-                from shoal.train.evaluate import evaluate
+                from shoal.train.evaluate import evaluate_after_training
 
-                evaluation = evaluate(
-                    self.policy,
-                    self.env_fn,
-                    cfg.eval_episodes,
-                    seed=cfg.seed + 10_007,
-                    device=self.device,
-                    max_agents=cfg.max_agents,
-                )
-                if self.run_dir is not None:
+                evaluation = evaluate_after_training(self.policy, self.env_fn, cfg, self.device)
+                if self.run_dir is not None and "error" not in evaluation:
                     record = LogRecord(
                         self.global_step,
                         {"eval/mean_return": evaluation["mean_return"]},
