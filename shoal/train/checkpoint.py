@@ -77,7 +77,7 @@ log = logging.getLogger(__name__)
 #: Format 2: plain data only (numpy arrays as byte tensors), signed env snapshots. Format 1 pickled numpy objects.
 FORMAT = 2
 _NAME = re.compile(r"^update_(\d+)\.pt$")
-_TMP = re.compile(r"^\..+\.(\d+)\.tmp$")
+_TMP = re.compile(r"^\..+\.pt\.(\d+)\.tmp$")  # what save_checkpoint writes first: .NAME.pt.<pid>.tmp
 _REQUIRED = ("format", "config", "env_signature", "policy_config", "model", "global_step", "update")
 #: A temporary file this old is a leftover even if a process with its pid runs (pids are reused).
 STALE_AFTER = 3600.0
@@ -137,7 +137,13 @@ def _to_plain(obj: Any, where: str) -> Any:
         out = {
             (k.item() if isinstance(k, np.generic) else k): _to_plain(v, f"{where}[{k!r}]") for k, v in obj.items()
         }
-        return OrderedDict(out) if isinstance(obj, OrderedDict) else out
+        if not isinstance(obj, OrderedDict):
+            return out
+        ordered = OrderedDict(out)
+        metadata = getattr(obj, "_metadata", None)  # a state_dict's module versions (load_state_dict reads them)
+        if metadata is not None:
+            ordered._metadata = _to_plain(metadata, f"{where}._metadata")  # type: ignore[attr-defined]
+        return ordered
     if isinstance(obj, list | tuple | deque):
         items = [_to_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
         return tuple(items) if isinstance(obj, tuple) else items
@@ -158,7 +164,12 @@ def _from_plain(obj: Any) -> Any:
         if _BYTES in obj:
             return obj[_BYTES].cpu().numpy().tobytes()
         out = {k: _from_plain(v) for k, v in obj.items()}
-        return OrderedDict(out) if isinstance(obj, OrderedDict) else out
+        if not isinstance(obj, OrderedDict):
+            return out
+        ordered = OrderedDict(out)
+        if getattr(obj, "_metadata", None) is not None:
+            ordered._metadata = obj._metadata  # type: ignore[attr-defined]
+        return ordered
     if isinstance(obj, list):
         return [_from_plain(v) for v in obj]
     if isinstance(obj, tuple) and not isinstance(obj, torch.Size):
@@ -184,7 +195,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
-    """Delete ``.NAME.<pid>.tmp`` files left in ``folder`` by a process killed while writing a checkpoint.
+    """Delete ``.NAME.pt.<pid>.tmp`` files left in ``folder`` by a process killed while writing a checkpoint.
 
     A file is stale when no process with its pid runs, or when it is older than :data:`STALE_AFTER` seconds
     (pids are reused). ``folder`` may be a run directory (its ``checkpoints/`` and ``league/`` are cleaned).

@@ -26,6 +26,7 @@ from shoal.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from shoal.train.evaluate import load_policy_from_checkpoint
 
 
 @pytest.fixture(autouse=True)
@@ -100,6 +101,15 @@ def test_checkpoints_load_as_plain_data_and_keep_numpy_values(tmp_path: Path) ->
     assert back["a"].dtype == np.float16 and np.array_equal(back["a"], values["a"])
     assert back["a"].flags.writeable and type(back["s"]) is np.float64 and back["s"] == 1.5
     assert back["b"] == b"\x00\xff" and back["r"].shape == (2, 0) and back["t"][1][0] == "xy"
+    policy, _, _ = load_policy_from_checkpoint(path)
+    assert payload["model"]._metadata == policy.state_dict()._metadata  # module versions survive
+
+
+def test_a_checkpoint_of_format_1_is_refused_with_its_reason(tmp_path: Path) -> None:
+    old = tmp_path / "update_000001.pt"
+    torch.save({"format": 1, "rng": {"numpy": np.random.get_state()}}, old)  # numpy objects through pickle
+    with pytest.raises(CheckpointError, match=r"stores numpy objects through pickle.*format 1"):
+        load_checkpoint(old)
 
 
 def test_saving_an_object_that_is_not_plain_data_names_its_field(tmp_path: Path) -> None:
