@@ -159,6 +159,8 @@ def _from_plain(obj: Any) -> Any:
     if isinstance(obj, dict):
         if _ARRAY in obj:
             dtype = np.dtype(obj[_ARRAY] if isinstance(obj[_ARRAY], str) else [tuple(f) for f in obj[_ARRAY]])
+            if dtype.hasobject:  # never written by save_checkpoint: bytes must not become object references
+                raise ValueError(f"an array of dtype {dtype} (Python objects)")
             array = obj["data"].cpu().numpy().view(dtype).reshape(obj["shape"])
             return array[()] if obj.get("scalar") else array
         if _BYTES in obj:
@@ -285,6 +287,10 @@ def _check_archive(path: Path) -> None:
         ) from exc
     except OSError as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    except Exception as exc:  # a damaged zip directory fails in many ways (names, sizes, methods)
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: corrupted ({type(exc).__name__}: {exc})"
+        ) from exc
     if bad is not None:
         raise CheckpointError(f"cannot read checkpoint {path}: corrupted (checksum mismatch in its member {bad})")
 
@@ -322,7 +328,10 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
         ) from None
     except Exception as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
-    payload = _from_plain(raw)
+    try:
+        payload = _from_plain(raw)
+    except Exception as exc:  # a damaged or hand-made array record
+        raise CheckpointError(f"cannot read checkpoint {path}: malformed data ({type(exc).__name__}: {exc})") from exc
     if not isinstance(payload, dict) or any(key not in payload for key in _REQUIRED):
         raise CheckpointError(
             f"{path} is not a shoal training checkpoint (missing keys "

@@ -110,6 +110,12 @@ def test_a_checkpoint_of_format_1_is_refused_with_its_reason(tmp_path: Path) -> 
     torch.save({"format": 1, "rng": {"numpy": np.random.get_state()}}, old)  # numpy objects through pickle
     with pytest.raises(CheckpointError, match=r"stores numpy objects through pickle.*format 1"):
         load_checkpoint(old)
+    # an array record that asks for Python object references is malformed, never built
+    forged = tmp_path / "forged.pt"
+    torch.save({"format": FORMAT, "model": {"__shoal_ndarray__": "|O", "shape": [1], "scalar": False,
+                                            "data": torch.zeros(8, dtype=torch.uint8)}}, forged)
+    with pytest.raises(CheckpointError, match="malformed data"):
+        load_checkpoint(forged)
 
 
 def test_saving_an_object_that_is_not_plain_data_names_its_field(tmp_path: Path) -> None:
