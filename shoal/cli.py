@@ -1,8 +1,15 @@
 """The ``shoal`` command line: ``shoal train|eval|league|plot|list``.
 
 Every command ends with one machine-readable JSON line on stdout (``--json`` prints only that line); human
-output (the live dashboard, summaries) goes before it, the dashboard to stderr. Errors print ``shoal: error:
-...`` on stderr and a JSON line with ``"ok": false``, and exit with status 2 (1 for an interrupted run).
+output (the live dashboard, summaries) goes before it, the dashboard to stderr. Every failure prints ``shoal:
+error: ...`` on stderr and a JSON line ``{"command": ..., "ok": false, "error": ...}`` on stdout, and exits with:
+
+* 0: success (``shoal train`` also when only its final evaluation failed: ``"evaluation": {"error": ...}``);
+* 1: interrupted (Ctrl-C); ``shoal train`` names the last checkpoint;
+* 2: an error in the input or the data: bad arguments, unknown env, unreadable or refused checkpoint, missing
+  file (a :class:`~shoal.errors.ShoalError` or ``FileNotFoundError``);
+* 3: an unexpected error (an exception from shoal, the env or a library): its traceback goes to stderr, the JSON
+  line has ``"error_type"``.
 
     shoal train CartPole-v1 --total-steps 150000 --seed 1 --run-dir runs/cartpole --eval-episodes 20
     shoal train memory --recurrent --total-steps 50000
@@ -30,6 +37,7 @@ import os
 import re
 import sys
 import time
+import traceback
 import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -40,6 +48,15 @@ from shoal.errors import APIUsageError, ShoalError
 __all__ = ["main"]
 
 log = logging.getLogger("shoal.cli")
+
+#: Exit statuses (see the module docstring).
+EXIT_OK, EXIT_INTERRUPTED, EXIT_ERROR, EXIT_UNEXPECTED = 0, 1, 2, 3
+
+_EPILOG = (
+    "Every command ends with one JSON line on stdout ({\"ok\": false, \"error\": ...} on failure). Exit status: 0 "
+    "success; 1 interrupted; 2 bad input or data (arguments, env, checkpoint); 3 unexpected error (traceback on "
+    "stderr)."
+)
 
 
 class _Exit(Exception):
@@ -185,11 +202,35 @@ def _train_config(args: argparse.Namespace) -> Any:
     return config.validate()
 
 
+def _check_env_kwargs(env: str, env_kwargs: dict[str, Any] | None) -> None:
+    """Make the env once when --env-kwargs were given, so that a bad keyword is reported as such (exit 2)."""
+    if not env_kwargs:
+        return
+    from shoal.train.runs.resolve import resolve_env
+
+    env_fn = resolve_env(env, env_kwargs)
+    try:
+        instance = env_fn()
+    except ShoalError:
+        raise
+    except Exception as exc:
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        raise APIUsageError(
+            f"cannot make env {env!r} with --env-kwargs {json.dumps(env_kwargs)}: {type(exc).__name__}: {exc}; fix "
+            "the keyword arguments (see the env's documentation)"
+        ) from exc
+    try:
+        instance.close()
+    except Exception:  # closing a probe env is best effort
+        log.debug("closing the probe env failed", exc_info=True)
+
+
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     from shoal.train.api import make_trainer
     from shoal.train.runs.logger import Dashboard
 
     config = _train_config(args)
+    _check_env_kwargs(config.env, config.env_kwargs)
     callbacks = []
     if not args.json and not args.no_dashboard:
         callbacks.append(
@@ -215,13 +256,18 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     )
     if result.episode_return is not None:
         _say(args, f"training episode return (last {config.stats_window}): {result.episode_return:.2f}")
-    if result.evaluation is not None:
+    extra: dict[str, Any] = {}
+    if result.evaluation is not None and "error" in result.evaluation:
+        # training succeeded and is saved: a failed evaluation is reported, not turned into a failure
+        extra["evaluation"] = {"error": result.evaluation["error"]}
+        _say(args, f"evaluation failed: {result.evaluation['error']}")
+    elif result.evaluation is not None:
         _say(
             args,
             f"evaluation: mean return {result.evaluation['mean_return']:.2f} over "
             f"{result.evaluation['episodes']} episodes",
         )
-    return {"command": "train", "ok": True, **summary}
+    return {"command": "train", "ok": True, **summary, **extra}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -236,10 +282,24 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.episodes < 1:
         raise APIUsageError(f"--episodes must be >= 1, got {args.episodes}")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise APIUsageError(f"--max-steps must be >= 1, got {args.max_steps}")
     if args.opponent is not None:
+        if args.env is not None or args.env_kwargs is not None:
+            raise APIUsageError("--env and --env-kwargs do not apply with --opponent: games are played on the env "
+                                "of RUN_OR_CHECKPOINT")
         return _eval_match(args)
+    if args.env is not None:
+        _check_env_kwargs(args.env, args.env_kwargs)
     result = evaluate_checkpoint(
-        args.target, args.episodes, seed=args.seed, deterministic=not args.stochastic, device=args.device
+        args.target,
+        args.episodes,
+        seed=args.seed,
+        deterministic=not args.stochastic,
+        device=args.device,
+        env=args.env,
+        env_kwargs=args.env_kwargs,
+        max_steps=args.max_steps,
     )
     _say(
         args,
@@ -340,7 +400,7 @@ def cmd_list(args: argparse.Namespace) -> dict[str, Any]:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
     parser = _Parser(
-        prog="shoal", description="Train and evaluate RL policies on any Gymnasium or PettingZoo env."
+        prog="shoal", description="Train and evaluate RL policies on any Gymnasium or PettingZoo env.", epilog=_EPILOG
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -355,7 +415,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in --run-dir from its newest checkpoint (exactly, on the serial backend)",
+        help="continue the run in --run-dir from its newest readable checkpoint (unreadable ones are skipped "
+        "with a warning). Exactly as an uninterrupted run on the serial backend when the checkpoint's env "
+        "snapshot is signed with this user's key (~/.cache/shoal/checkpoint.key, or $SHOAL_HOME/checkpoint.key); "
+        "a snapshot from another machine or user is never unpickled, and the envs restart from a fresh reset",
     )
     train.add_argument("--no-dashboard", action="store_true", help="no live dashboard on stderr")
     train.add_argument("--json", action="store_true", help="print only the final JSON line")
@@ -375,6 +438,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--stochastic", action="store_true", help="sample actions instead of taking the mode"
     )
     evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument(
+        "--env",
+        default=None,
+        metavar="ENV",
+        help="evaluate on this env instead of the run's (same observation and action spaces; a warning names "
+        "both envs)",
+    )
+    evaluate.add_argument(
+        "--env-kwargs",
+        type=_parse_dict,
+        default=None,
+        metavar="JSON",
+        help="keyword arguments of the env (default: the run's, for the run's env), e.g. "
+        "'{\"max_episode_steps\": 500}'",
+    )
+    evaluate.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="bound on the steps of each evaluation env (default: 100000): an env without a time limit can loop "
+        "forever under deterministic actions",
+    )
     evaluate.add_argument(
         "--opponent",
         default=None,
@@ -429,27 +514,42 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--all", action="store_true", help="list every Gymnasium id")
     listing.add_argument("--json", action="store_true", help="print only the final JSON line")
     listing.set_defaults(handler=cmd_list)
+    for command in sub.choices.values():
+        command.epilog = _EPILOG
     return parser
 
 
+def _unexpected(command: str, exc: BaseException) -> NoReturn:
+    """An exception nobody anticipated: its traceback on stderr, then the usual error line and JSON line."""
+    traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    _fail(command, f"{type(exc).__name__}: {exc}", code=EXIT_UNEXPECTED, error_type=type(exc).__name__)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 on success)."""
-    parser = build_parser()
+    """Run the command line; returns the exit status (see the module docstring: 0 success, 1 interrupted, 2 bad
+    input or data, 3 unexpected error). Every status but 0 comes with an ``"ok": false`` JSON line."""
+    command = "shoal"
     try:
-        args = parser.parse_args(argv)
-        logging.basicConfig(
-            level=logging.ERROR if args.json else logging.WARNING,
-            stream=sys.stderr,
-            format="shoal: %(levelname)s: %(message)s",
-        )
         try:
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            command = args.command
+            logging.basicConfig(
+                level=logging.ERROR if args.json else logging.WARNING,
+                stream=sys.stderr,
+                format="shoal: %(levelname)s: %(message)s",
+            )
             payload = args.handler(args)
-        except ShoalError as exc:
-            _fail(args.command, str(exc))
-        except FileNotFoundError as exc:
-            _fail(args.command, str(exc))
+        except (ShoalError, FileNotFoundError) as exc:
+            _fail(command, str(exc), code=EXIT_ERROR)
+        except KeyboardInterrupt:
+            _fail(command, "interrupted", code=EXIT_INTERRUPTED)
+        except (_Exit, SystemExit):
+            raise
+        except Exception as exc:
+            _unexpected(command, exc)
         _emit(payload)
-        return 0
+        return EXIT_OK
     except _Exit as exc:
         return exc.code
 

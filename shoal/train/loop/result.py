@@ -26,7 +26,8 @@ class TrainResult:
         episode_return, episode_length: mean over the last ``stats_window`` finished episodes (None if none).
         episodes: episodes finished in total.
         checkpoint: the last checkpoint written, or None.
-        evaluation: :func:`shoal.train.runs.evaluate.evaluate` result when ``eval_episodes > 0``.
+        evaluation: :func:`shoal.train.evaluate.evaluate` result when ``eval_episodes > 0``; when that evaluation
+            failed, ``{"error": message, "mean_return": None, "episodes": 0}`` (the training itself succeeded).
         resumed_from: the checkpoint this run continued from, or None.
         exact_resume: False when a resumed run had to restart its envs.
     """

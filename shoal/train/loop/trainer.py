@@ -51,8 +51,8 @@ from shoal.train.loop.checkpoints import CheckpointMixin
 from shoal.train.loop.env_result import Carry
 from shoal.train.loop.result import TrainResult
 from shoal.train.runs.agent_stats import AgentStats
-from shoal.train.runs.checkpoint import checkpoint_path, find_checkpoint, list_checkpoints
-from shoal.train.runs.evaluate import evaluate
+from shoal.train.runs.checkpoint import checkpoint_path, find_checkpoint, list_checkpoints, remove_stale_temporaries
+from shoal.train.runs.evaluate import evaluate_after_training
 from shoal.train.runs.logger import CSVSink, LogRecord, RunLogger, TensorBoardSink, WandbSink
 from shoal.train.runs.resolve import resolve_env
 from shoal.train.selfplay.league import League
@@ -540,6 +540,7 @@ class Trainer(CheckpointMixin):
         sinks: list[Callback] = []
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(self.run_dir)  # left by a run killed while writing a checkpoint
             config_file = self.run_dir / "config.json"
             if cfg.resume and config_file.exists():
                 pass  # keep the run's original config file
@@ -651,15 +652,8 @@ class Trainer(CheckpointMixin):
             seconds = time.perf_counter() - self._t0
             evaluation = None
             if cfg.eval_episodes:
-                evaluation = evaluate(
-                    self.policy,
-                    self.env_fn,
-                    cfg.eval_episodes,
-                    seed=cfg.seed + 10_007,
-                    device=self.device,
-                    max_agents=cfg.max_agents,
-                )
-                if self.run_dir is not None:
+                evaluation = evaluate_after_training(self.policy, self.env_fn, cfg, self.device)
+                if self.run_dir is not None and "error" not in evaluation:
                     record = LogRecord(
                         self.global_step,
                         {"eval/mean_return": evaluation["mean_return"]},

@@ -1,7 +1,14 @@
-"""Evaluation: play whole episodes with a trained policy and report the mean episode return."""
+"""Evaluation: play whole episodes with a trained policy and report the mean episode return.
+
+Every evaluation is bounded: at most ``max_steps`` steps per env (:data:`DEFAULT_MAX_STEPS`), since a
+deterministic policy in an env without a time limit (e.g. ``CliffWalking-v1``) can loop forever. The evaluation
+at the end of training (:func:`evaluate_after_training`) reports a failure instead of raising it: the training
+it follows has finished and is saved.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -11,12 +18,33 @@ import numpy as np
 import torch
 from torch import nn
 
-from shoal.errors import APIUsageError, CheckpointError
+from shoal.errors import APIUsageError, CheckpointError, ShoalError
 from shoal.train.runs.checkpoint import check_signature, env_signature, find_checkpoint, load_checkpoint
 from shoal.train.config import TrainConfig
-from shoal.train.runs.resolve import resolve_env
+from shoal.train.runs.resolve import EnvFn, resolve_env
 
-__all__ = ["evaluate", "evaluate_checkpoint", "load_policy_from_checkpoint"]
+__all__ = [
+    "DEFAULT_MAX_STEPS",
+    "evaluate",
+    "evaluate_after_training",
+    "evaluate_checkpoint",
+    "load_policy_from_checkpoint",
+]
+
+log = logging.getLogger(__name__)
+
+#: Default bound of an evaluation: steps per env (each step steps every env of the evaluation once).
+DEFAULT_MAX_STEPS = 100_000
+
+
+def _no_end_hint(deterministic: bool) -> str:
+    """How to get finite episodes out of an env that did not end them."""
+    return (
+        ("deterministic actions can loop forever in an env without a time limit; evaluate with --stochastic "
+         "(deterministic=False), or " if deterministic else "give the env ")
+        + "a time limit (e.g. --env-kwargs '{\"max_episode_steps\": 500}' for a Gymnasium id), or raise the "
+        "bound (--max-steps, max_steps=...)"
+    )
 
 
 def evaluate(
@@ -29,7 +57,7 @@ def evaluate(
     deterministic: bool = True,
     device: Any = None,
     max_agents: int | None = None,
-    max_steps: int = 1_000_000,
+    max_steps: int | None = None,
 ) -> dict[str, Any]:
     """Play ``episodes`` agent-episodes and report their returns.
 
@@ -42,15 +70,23 @@ def evaluate(
         seed: seed of the evaluation envs. num_envs: parallel envs (default ``min(episodes, 8)``).
         deterministic: take the most likely action instead of sampling.
         device: where to run the policy (default: its own device).
-        max_agents: slots per PettingZoo env. max_steps: safety bound on env steps.
+        max_agents: slots per PettingZoo env.
+        max_steps: bound on the steps of each env (default :data:`DEFAULT_MAX_STEPS`); when it is reached with
+            fewer than ``episodes`` finished, the finished ones are reported (with a warning).
 
     Returns:
         ``{"mean_return", "std_return", "mean_length", "episodes", "returns"}``.
+
+    Raises:
+        APIUsageError: no episode finished within ``max_steps`` (the message says how to bound the episodes).
     """
     from shoal import vector
 
     if episodes < 1:
         raise APIUsageError(f"episodes must be >= 1, got {episodes}")
+    max_steps = DEFAULT_MAX_STEPS if max_steps is None else max_steps
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise APIUsageError(f"max_steps must be a positive int, got {max_steps!r}")
     num_envs = num_envs or min(episodes, 8)
     emulate_kwargs = {"max_agents": max_agents} if max_agents is not None else None
     vec = vector.make(env_fn, num_envs, backend="serial", seed=seed, emulate_kwargs=emulate_kwargs)
@@ -108,7 +144,14 @@ def evaluate(
                 break
         else:
             if not returns:
-                raise APIUsageError(f"no episode finished within {max_steps} steps")
+                raise APIUsageError(
+                    f"evaluation stopped: no episode finished within {max_steps:,} steps per env; "
+                    + _no_end_hint(deterministic)
+                )
+            log.warning(
+                "evaluation stopped after %s steps per env with %d of %d episodes finished; the result covers "
+                "those only (%s)", f"{max_steps:,}", min(len(returns), episodes), episodes, _no_end_hint(deterministic)
+            )
     finally:
         policy.train(was_training)
         vec.close()
@@ -129,15 +172,25 @@ def _steps_exhausted(counts: np.ndarray, ever_live: np.ndarray, quota: int) -> b
 
 
 def load_policy_from_checkpoint(
-    path: str | Path, device: Any = "cpu", env_fn: Callable[[], Any] | None = None
+    path: str | Path,
+    device: Any = "cpu",
+    env_fn: Callable[[], Any] | None = None,
+    *,
+    env: str | None = None,
+    env_kwargs: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, TrainConfig, Any]:
-    """Rebuild the policy of a checkpoint (or the newest checkpoint of a run directory).
+    """Rebuild the policy of a checkpoint (or the newest readable checkpoint of a run directory).
+
+    The policy is checked against the env it will play: ``env_fn``, else ``env`` (an ENV string as for
+    ``shoal train``) with ``env_kwargs``, else the run's own env. Another env with the same observation and
+    action spaces is accepted with a warning naming both.
 
     Returns:
-        ``(policy, config, env_fn)``; the env is checked against the checkpoint's env signature.
+        ``(policy, config, env_fn)``: ``config`` is the run's own.
 
     Raises:
-        CheckpointError: unreadable checkpoint, or it does not fit the env or the policy class.
+        CheckpointError: unreadable checkpoint, or it does not fit the env (another observation or action
+            space) or the policy class.
     """
     from shoal import vector
     from shoal.policies import Policy
@@ -145,11 +198,20 @@ def load_policy_from_checkpoint(
     path = find_checkpoint(path)
     payload = load_checkpoint(path, map_location=device)
     config = TrainConfig.from_dict(payload["config"])
-    env_fn = env_fn if env_fn is not None else resolve_env(config.env, config.env_kwargs)
+    if env_fn is None:
+        name = config.env if env is None else env
+        if env_kwargs is None and name == config.env:
+            env_kwargs = config.env_kwargs
+        env_fn = resolve_env(name, env_kwargs)
+    # EnvFn knows its ENV string: a plain callable is the caller's own choice and is only checked by shape
+    name = env_fn.name if isinstance(env_fn, EnvFn) else config.env
     emulate_kwargs = {"max_agents": config.max_agents} if config.max_agents is not None else None
     vec = vector.make(env_fn, 1, backend="serial", seed=0, emulate_kwargs=emulate_kwargs)
     try:
-        check_signature(payload["env_signature"], env_signature(vec), str(path), config.env)
+        check_signature(payload["env_signature"], env_signature(vec), str(path), name)
+        if name != config.env:
+            log.warning("%s was trained on %r, not %r; the spaces of both match, so it plays %r", path, config.env,
+                        name, name)
         policy_config = dict(payload["policy_config"])
         if not policy_config:
             raise CheckpointError(
@@ -176,10 +238,17 @@ def evaluate_checkpoint(
     seed: int | None = None,
     deterministic: bool = True,
     device: Any = "cpu",
+    env: str | None = None,
+    env_kwargs: dict[str, Any] | None = None,
+    max_steps: int | None = None,
 ) -> dict[str, Any]:
-    """:func:`evaluate` the policy of a checkpoint or run directory; adds ``"checkpoint"`` to the result."""
+    """:func:`evaluate` the policy of a checkpoint or run directory.
+
+    ``env``/``env_kwargs`` evaluate it on another env than the run's (see :func:`load_policy_from_checkpoint`).
+    Adds ``"checkpoint"``, ``"env"`` (the env played) and ``"trained_env"`` to the result.
+    """
     checkpoint = find_checkpoint(path)
-    policy, config, env_fn = load_policy_from_checkpoint(checkpoint, device=device)
+    policy, config, env_fn = load_policy_from_checkpoint(checkpoint, device=device, env=env, env_kwargs=env_kwargs)
     result = evaluate(
         policy,
         env_fn,
@@ -187,7 +256,26 @@ def evaluate_checkpoint(
         seed=config.seed + 10_007 if seed is None else seed,
         deterministic=deterministic,
         max_agents=config.max_agents,
+        max_steps=max_steps,
     )
     result["checkpoint"] = str(checkpoint)
-    result["env"] = config.env
+    result["env"] = env_fn.name if isinstance(env_fn, EnvFn) else config.env
+    result["trained_env"] = config.env
     return result
+
+
+def evaluate_after_training(policy: nn.Module, env_fn: Callable[[], Any], config: TrainConfig,
+                            device: Any = None) -> dict[str, Any]:
+    """The evaluation that ends :func:`shoal.train.train` (``config.eval_episodes`` deterministic episodes).
+
+    A failure does not undo the training: it is logged as a warning and returned as ``{"error": message,
+    "mean_return": None, "episodes": 0}`` (interrupts still propagate).
+    """
+    try:
+        return evaluate(policy, env_fn, config.eval_episodes, seed=config.seed + 10_007, device=device,
+                        max_agents=config.max_agents)
+    except Exception as exc:
+        message = str(exc) if isinstance(exc, ShoalError) else f"{type(exc).__name__}: {exc}"
+        log.warning("the evaluation after training failed (training finished and is saved; evaluate again with "
+                    "shoal eval RUN_DIR): %s", message, exc_info=not isinstance(exc, ShoalError))
+        return {"error": message, "mean_return": None, "episodes": 0}

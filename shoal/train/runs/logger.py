@@ -101,24 +101,41 @@ def read_scalars(path: str | Path) -> list[dict[str, Any]]:
 
 
 class TensorBoardSink:
-    """TensorBoard event files in ``run_dir/tensorboard`` (events past ``resume_step`` purged on resume)."""
+    """TensorBoard event files in ``run_dir/tensorboard`` (events past ``resume_step`` purged on resume).
+
+    TensorBoard is an optional extra (``pip install "shoal[logging]"``) but on by default: without it this sink
+    logs one warning and does nothing (:attr:`available` is False), and the other sinks (the CSV) go on.
+    """
 
     def __init__(
         self, run_dir: str | Path, config: dict[str, Any] | None = None, resume_step: int | None = None
     ) -> None:
+        self.writer: Any = None
         try:
             from torch.utils.tensorboard import SummaryWriter
-        except ImportError as exc:  # pragma: no cover - depends on the installation
-            raise APIUsageError(
-                "tensorboard is not installed: pip install tensorboard (or pass "
-                "tensorboard=False / --no-tensorboard)"
-            ) from exc
+        except Exception as exc:  # not installed, or a broken install (e.g. a protobuf mismatch)
+            log.warning(
+                "TensorBoard logging is off: tensorboard cannot be imported (%s: %s). Install it with "
+                'pip install "shoal[logging]", or pass --no-tensorboard (tensorboard=False) to silence this; '
+                "scalars still go to %s",
+                type(exc).__name__,
+                exc,
+                Path(run_dir) / CSV_NAME,
+            )
+            return
         self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=resume_step)
         if config is not None and resume_step is None:
             table = "|field|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in sorted(config.items()))
             self.writer.add_text("config", table)
 
+    @property
+    def available(self) -> bool:
+        """False when tensorboard is not installed (the sink then does nothing)."""
+        return self.writer is not None
+
     def __call__(self, record: LogRecord) -> None:
+        if self.writer is None:
+            return
         for name, value in record.scalars.items():
             if math.isfinite(value):
                 self.writer.add_scalar(name, value, record.step)
@@ -126,7 +143,8 @@ class TensorBoardSink:
             self.writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
 class WandbSink:

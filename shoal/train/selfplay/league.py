@@ -51,7 +51,10 @@ from typing import Any
 
 import numpy as np
 
+from shoal import __version__, vector
 from shoal.errors import APIUsageError, CheckpointError
+from shoal.train.runs.checkpoint import FORMAT, env_signature, find_checkpoint, load_checkpoint, save_checkpoint
+from shoal.train.runs.evaluate import load_policy_from_checkpoint
 from shoal.train.selfplay.elo import DEFAULT_RATING, LeagueTable, expected_score
 from shoal.train.selfplay.heuristics import HEURISTICS, env_name, heuristic_for, random_policy
 from shoal.train.selfplay.opponents import (
@@ -328,8 +331,6 @@ class League:
     def save(self, run_dir: str | Path) -> None:
         """Write new snapshots to ``run_dir/league/`` (checkpoint format), drop files of snapshots no longer in
         the pool, and write ``run_dir/league.json``. Called before each checkpoint is written."""
-        from shoal import __version__
-        from shoal.train.runs.checkpoint import FORMAT, env_signature, save_checkpoint
 
         run_dir = Path(run_dir)
         folder = run_dir / SNAPSHOT_DIR
@@ -385,7 +386,6 @@ class League:
             CheckpointError: no league state (the checkpoint was written without ``league``) or a missing
                 snapshot file.
         """
-        from shoal.train.runs.checkpoint import load_checkpoint
 
         if state is None:
             raise CheckpointError("the checkpoint holds no league state: it was written by a run without --league")
@@ -504,7 +504,6 @@ def play_match(player: Player, opponent: Player, env_fn: Callable[[], Any], game
         games: games to play. seed: seed of the envs. num_envs: games played side by side.
         max_agents: slots per env. max_steps: safety bound on vector steps.
     """
-    from shoal import vector
 
     if games < 1:
         raise APIUsageError(f"games must be >= 1, got {games}")
@@ -604,9 +603,6 @@ def make_player(spec: str, env_fn: Callable[[], Any], *, device: Any = "cpu", de
                 seed: int = 0) -> Player:
     """A player from a command-line spec: ``random``, ``heuristic``, a run directory or a checkpoint file
     (including a league snapshot ``RUN/league/snapshot-00120.pt``), checked against ``env_fn``'s env."""
-    from shoal import vector
-    from shoal.train.runs.checkpoint import find_checkpoint
-    from shoal.train.runs.evaluate import load_policy_from_checkpoint
 
     if spec in ("random", "heuristic"):
         env = env_fn()
@@ -634,8 +630,6 @@ def evaluate_match(target: str | Path, opponent: str = "random", games: int = 10
     """Pit the policy of ``target`` (run directory or checkpoint) against ``opponent`` (``random``,
     ``heuristic``, a run directory or a checkpoint) for ``games`` games; the :meth:`MatchResult.summary` plus
     ``checkpoint`` and ``env``."""
-    from shoal.train.runs.checkpoint import find_checkpoint
-    from shoal.train.runs.evaluate import load_policy_from_checkpoint
 
     checkpoint = find_checkpoint(target)
     policy, config, env_fn = load_policy_from_checkpoint(checkpoint, device=device)
