@@ -246,7 +246,7 @@ def main() -> None:
     args = parser.parse_args()
 
     cfg = TrainConfig(env=ENV_ID, total_steps=args.total_steps, seed=args.seed, log_interval=0.0,
-                      async_learner=True, async_handover=args.async_handover)
+                      async_learner=True, async_handover=args.async_handover).resolved(agents_per_env=1)
     # Both loops run with the trainer's torch thread count (1 is fastest for this network on 2 cores; with 2
     # threads the CleanRL-style loop slows down many times over on a busy 2-core machine, flattering shoal).
     torch.set_num_threads(cfg.torch_threads)

@@ -16,11 +16,12 @@ from torch import nn
 
 from shoal.errors import APIUsageError
 from shoal.train.config import TrainConfig
+from shoal.train.loop.distributed_trainer import distributed_class
 from shoal.train.loop.result import TrainResult
 from shoal.train.loop.trainer import Trainer
 from shoal.train.mappo.trainer import MAPPOTrainer, resolve_value_norm
 from shoal.train.runs.logger import LogRecord
-from shoal.train.speed.distributed import distributed_class, is_distributed
+from shoal.train.speed.distributed import is_distributed
 
 __all__ = ["make_trainer", "train", "trainer_class"]
 
@@ -41,7 +42,7 @@ def make_trainer(
     callbacks: Sequence[Callback] = (),
 ) -> Trainer:
     """The trainer for ``config`` (:func:`trainer_class`), as one of several data-parallel learners
-    (:class:`~shoal.train.speed.distributed.DistributedTrainer`) under ``torchrun`` with ``WORLD_SIZE > 1`` or in
+    (:class:`~shoal.train.loop.distributed_trainer.DistributedTrainer`) under ``torchrun`` with ``WORLD_SIZE > 1`` or in
     such a process group."""
     config = config.resolved()
     cls = trainer_class(config)

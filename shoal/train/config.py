@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import inspect
 import itertools
 import json
@@ -308,7 +309,7 @@ class TrainConfig:
 
     def _check_choices(self) -> None:
         """Every field typed as a ``Literal`` holds one of its values."""
-        hints = typing.get_type_hints(type(self))
+        hints = _type_hints()
         for f in dataclasses.fields(self):
             choices = typing.get_args(hints[f.name]) if typing.get_origin(hints[f.name]) is Literal else None
             value = getattr(self, f.name)
@@ -433,6 +434,12 @@ class TrainConfig:
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with ``changes`` applied."""
         return dataclasses.replace(self, **changes)
+
+
+@functools.cache
+def _type_hints() -> dict[str, Any]:
+    """:class:`TrainConfig`'s field types, evaluated once (the annotations are strings)."""
+    return typing.get_type_hints(TrainConfig)
 
 
 def field_docs(cls: type = TrainConfig) -> dict[str, str]:

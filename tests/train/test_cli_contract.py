@@ -130,7 +130,8 @@ class AlwaysUp(nn.Module):
         self.anchor = nn.Parameter(torch.zeros(1))
 
     def forward(self, obs: torch.Tensor, state: Any = None, **kwargs: Any) -> Any:
-        return SimpleNamespace(action=torch.zeros(obs.shape[0], dtype=torch.int64), state=None)
+        zeros = torch.zeros(obs.shape[0])
+        return SimpleNamespace(action=zeros.long(), log_prob=zeros, value=zeros, state=None)
 
 
 def test_evaluation_stops_at_its_step_bound_and_says_how_to_end_episodes() -> None:

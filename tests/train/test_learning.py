@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from shoal.train import TrainConfig, train
@@ -11,7 +9,6 @@ from shoal.train import TrainConfig, train
 
 @pytest.mark.parametrize("async_learner", [False, True], ids=["one-process", "async-learner"])
 def test_ppo_solves_a_contextual_bandit(async_learner: bool) -> None:
-    start = time.perf_counter()
     result = train(
         TrainConfig(
             env="bandit",
@@ -29,17 +26,14 @@ def test_ppo_solves_a_contextual_bandit(async_learner: bool) -> None:
         )
     )
     assert result.evaluation is not None and result.evaluation["mean_return"] >= 0.95  # random: 0.25
-    assert time.perf_counter() - start < 30
 
 
-@pytest.mark.parametrize("async_learner", [False, True], ids=["one-process", "async-learner"])
-def test_ppo_with_an_lstm_solves_the_memory_task(async_learner: bool) -> None:
-    start = time.perf_counter()
+def _memory(recurrent: bool, async_learner: bool = False) -> float:
     result = train(
         TrainConfig(
             env="memory",
             env_kwargs={"length": 4, "num_cues": 2},
-            recurrent=True,
+            recurrent=recurrent,
             total_steps=20_000,
             num_envs=8,
             horizon=16,
@@ -52,24 +46,16 @@ def test_ppo_with_an_lstm_solves_the_memory_task(async_learner: bool) -> None:
             async_learner=async_learner,
         )
     )
-    assert result.evaluation is not None and result.evaluation["mean_return"] >= 0.95  # memoryless: 0.5
-    assert time.perf_counter() - start < 60
+    assert result.evaluation is not None
+    return float(result.evaluation["mean_return"])
 
 
-def test_a_feed_forward_policy_cannot_solve_the_memory_task() -> None:
-    result = train(
-        TrainConfig(
-            env="memory",
-            env_kwargs={"length": 4, "num_cues": 2},
-            total_steps=8_000,
-            num_envs=8,
-            horizon=16,
-            minibatch_size=128,
-            update_epochs=4,
-            learning_rate=3e-3,
-            seed=0,
-            eval_episodes=40,
-            log_interval=60,
-        )
-    )
-    assert result.evaluation is not None and result.evaluation["mean_return"] <= 0.75
+def test_only_an_lstm_solves_the_memory_task() -> None:
+    # The cue is seen only at the first step: with the same budget and settings, the LSTM learns to recall it
+    # and a feed-forward policy stays near chance (0.5). Fails if PPO learns nothing, or if the task leaks the cue.
+    assert _memory(recurrent=True) >= 0.95
+    assert _memory(recurrent=False) <= 0.75
+
+
+def test_ppo_with_an_lstm_solves_the_memory_task_with_the_learner_process() -> None:
+    assert _memory(recurrent=True, async_learner=True) >= 0.95

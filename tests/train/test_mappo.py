@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import itertools
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -326,8 +325,7 @@ def test_masked_transitions_have_no_effect_on_the_mappo_loss() -> None:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def test_mappo_solves_the_coordination_game_in_seconds() -> None:
-    start = time.perf_counter()
+def test_mappo_solves_the_coordination_game() -> None:
     result = train(
         TrainConfig(algo="mappo",
             env="coordination",
@@ -343,7 +341,6 @@ def test_mappo_solves_the_coordination_game_in_seconds() -> None:
     )
     assert result.config.algo == "mappo" and result.config.agent_ids
     assert result.evaluation is not None and result.evaluation["mean_return"] == 8.0  # random: 4, no ids: 0
-    assert time.perf_counter() - start < 30
 
 
 def test_simple_tag_trains_heterogeneous_agents_with_team_statistics(tmp_path: Path) -> None:

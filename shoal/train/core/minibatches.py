@@ -58,6 +58,12 @@ class Minibatch:
         """True for whole segments ``[B, H, ...]``, False for single transitions ``[M, ...]``."""
         return self.valid is not None
 
+    def weight(self) -> Tensor:
+        """The number of transitions in the minibatch, a float32 scalar on its device (no host sync)."""
+        if self.valid is None:
+            return torch.full((), float(len(self.index)), device=self.obs.device)
+        return self.valid.sum().float()
+
 
 class MinibatchSource:
     """The update's inputs in the shape minibatches are cut from, and the generator of one epoch's minibatches.
@@ -117,18 +123,18 @@ class MinibatchSource:
             weights=weights,
         )
 
-    def epoch(self, num_minibatches: int, generator: torch.Generator, *, prio_alpha: float = 0.0,
+    def epoch(self, num_minibatches: int, generator: torch.Generator, unit: int, *, prio_alpha: float = 0.0,
               prio_beta: float = 1.0) -> Iterator[Minibatch]:
         """One epoch: ``num_minibatches`` minibatches of a fresh shuffle, drawn lazily (each one sees the targets
         set before it is drawn).
 
-        With ``prio_alpha > 0`` (segments only) every minibatch draws ``count // num_minibatches`` segments with
-        probability proportional to ``(sum |advantage| + 1e-8) ** prio_alpha``, without replacement, and weighs
-        their loss by ``(S * p) ** -prio_beta`` (importance correction).
+        With ``prio_alpha > 0`` (segments only) every minibatch draws ``min(unit, S)`` segments with probability
+        proportional to ``(sum |advantage| + 1e-8) ** prio_alpha``, without replacement, and weighs their loss by
+        ``(S * p) ** -prio_beta`` (importance correction).
         """
         device = self.valid.device
         if prio_alpha > 0:
-            per_batch = max(1, self.count // num_minibatches)
+            per_batch = max(1, min(self.count, unit))
             for _ in range(num_minibatches):
                 score = torch.where(self.valid, self.advantages.abs(), 0.0).sum(1).double().cpu()
                 probs = (score + 1e-8) ** prio_alpha

@@ -216,11 +216,12 @@ class Reducer(Protocol):
     """
 
     def count(self, minibatches: int) -> int:
-        """The number of minibatches every learner takes, from this learner's own count."""
+        """The number of minibatches every learner takes (the smallest learner's), from this learner's own."""
         ...
 
-    def gradients(self, params: list[Tensor]) -> None:
-        """Replace each parameter's gradient with the mean over the learners (None counts as zeros)."""
+    def gradients(self, params: list[Tensor], weight: Tensor) -> None:
+        """Replace each parameter's gradient with the mean over the learners weighted by ``weight`` (a scalar
+        tensor: this learner's transitions in the minibatch; None gradients count as zeros)."""
         ...
 
     def mean(self, values: Tensor) -> Tensor:
@@ -238,7 +239,7 @@ class _SingleLearner:
     def count(self, minibatches: int) -> int:
         return minibatches
 
-    def gradients(self, params: list[Tensor]) -> None:
+    def gradients(self, params: list[Tensor], weight: Tensor) -> None:
         return None
 
     def mean(self, values: Tensor) -> Tensor:
@@ -367,12 +368,12 @@ def ppo_update(
     for _ in range(cfg.update_epochs):
         epochs += 1
         epoch_kl = []
-        for minibatch in source.epoch(num_minibatches, generator, prio_alpha=cfg.prio_alpha, prio_beta=beta):
+        for minibatch in source.epoch(num_minibatches, generator, unit, prio_alpha=cfg.prio_alpha, prio_beta=beta):
             out = loss_fn(policy, minibatch, coefficients)
             for param in params:
                 param.grad = None
             out.loss.backward()
-            reducer.gradients(params)
+            reducer.gradients(params, minibatch.weight())
             grad_norm = clip_grad_norm(params, cfg.max_grad_norm)
             optimizer.step()
             if ratios is not None:  # V-trace: the next minibatch's advantages use the updated policy's ratios
@@ -385,13 +386,17 @@ def ppo_update(
         if cfg.target_kl is not None and float(reducer.mean(torch.stack(epoch_kl).mean())) > cfg.target_kl:
             break
 
-    # Phase 5: statistics (the mean over the learners).
+    # Phase 5: statistics (losses: the mean over the learners; the others pooled over their transitions).
     v, r = data.values[valid].double(), returns[valid].double()
-    var_r = r.var(unbiased=False) if r.numel() else r.new_zeros(())
-    explained = 1.0 - (r - v).var(unbiased=False) / var_r if var_r > 0 else r.new_full((), math.nan)
-    adv_mean = advantages[valid].double().mean() if r.numel() else r.new_zeros(())
-    summary = torch.cat([torch.stack(history).double().mean(0), torch.stack([explained, adv_mean])])
-    stats = dict(zip((*_STATS, "explained_variance", "advantage_mean"), reducer.mean(summary).tolist(), strict=True))
+    moments = torch.stack([r.new_tensor(float(r.numel())), r.sum(), (r * r).sum(), (r - v).sum(),
+                           ((r - v) ** 2).sum(), advantages[valid].double().sum()])
+    summary = reducer.mean(torch.cat([torch.stack(history).double().mean(0), moments])).tolist()
+    stats = dict(zip(_STATS, summary[: len(_STATS)], strict=True))
+    n, r_sum, r_sq, d_sum, d_sq, adv_sum = summary[len(_STATS):]
+    var_r = r_sq / n - (r_sum / n) ** 2 if n else 0.0
+    var_d = d_sq / n - (d_sum / n) ** 2 if n else 0.0
+    stats["explained_variance"] = 1.0 - var_d / var_r if var_r > 0 else math.nan
+    stats["advantage_mean"] = adv_sum / n if n else 0.0
     stats["epochs"] = float(epochs)
     stats["minibatches"] = float(len(history))
     return stats

@@ -133,7 +133,8 @@ class CheckpointMixin:
         return path
 
     def _check_compatible(self, payload: dict[str, Any], source: Path) -> None:
-        saved = TrainConfig.from_dict(payload["config"])
+        # resolved as this run is: a run saved before its algorithm defaults were filled in compares equal
+        saved = TrainConfig.from_dict(payload["config"]).resolved(self.agents_per_env)
         cfg = self.config
         check_signature(payload["env_signature"], env_signature(self.vecenv), str(source), cfg.env)
         differing = [

@@ -44,7 +44,9 @@ from shoal import vector
 from shoal.emulation.base import action_mask_width
 from shoal.errors import APIUsageError
 from shoal.policies import Policy
+from shoal.train.acting import RowActor
 from shoal.train.config import TrainConfig
+from shoal.train.core.device import resolve_device
 from shoal.train.core.ppo import SINGLE_LEARNER, Reducer, make_optimizer, ppo_update
 from shoal.train.core.rollout import RolloutBuffer, RolloutTensors
 from shoal.train.loop.checkpoints import CheckpointMixin
@@ -57,11 +59,10 @@ from shoal.train.runs.logger import CSVSink, LogRecord, RunLogger, TensorBoardSi
 from shoal.train.runs.resolve import resolve_env
 from shoal.train.selfplay.league import League
 from shoal.train.speed.learner_process import LearnerProcess
-from shoal.train.speed.traced_acting import Actor
 from shoal.train.speed.traced_loss import loss_fn_for
 from shoal.vector.ray import connect_ray
 
-__all__ = ["Trainer", "resolve_device"]
+__all__ = ["Trainer"]
 
 log = logging.getLogger(__name__)
 
@@ -75,29 +76,6 @@ def _backend_kwargs(config: TrainConfig) -> dict[str, Any]:
         return {}
     connect_ray(config.ray_address)
     return {"actor_options": {"scheduling_strategy": "SPREAD"}}
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> cuda, then mps, then cpu; anything else is passed to ``torch.device`` (checked)."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError) as exc:
-        raise APIUsageError(
-            f"device={name!r} is not a torch device (try cpu, cuda, cuda:0, mps, auto)"
-        ) from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise APIUsageError(f"device={name!r} but CUDA is not available here; use --device cpu or auto")
-    if device.type == "mps" and not (
-        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    ):
-        raise APIUsageError(f"device={name!r} but MPS is not available here; use --device cpu or auto")
-    return device
 
 
 class Trainer(CheckpointMixin):
@@ -176,16 +154,17 @@ class Trainer(CheckpointMixin):
                     f"{vec.obs_layout}; build it with Policy.from_env(vecenv)"
                 )
         self.policy = policy.to(self.device)
-        self.actor = Actor(self.policy, trace=cfg.trace_actor)
         self.loss_fn = loss_fn_for(cfg)
         self.reducer: Reducer = SINGLE_LEARNER  # data-parallel learners replace it
         self.recurrent = bool(getattr(policy, "is_recurrent", False))
         self.num_agent_ids = int(getattr(policy, "num_agent_ids", 0))
         self.optimizer = make_optimizer(self.policy, cfg)
-        state = self.policy.initial_state(self.num_rows, self.device) if self.recurrent else None
-        self.rnn_state: tuple[Tensor, Tensor] | None = state
-        state_size = int(state[0].shape[-1]) if state is not None else 0
         action_layout = vec.action_layout
+        self.continuous = action_layout.kind in ("continuous", "hybrid")
+        self.acting = RowActor(self.policy, self.num_rows, self.agents_per_env, self.device,
+                               continuous=self.continuous, trace=cfg.trace_actor)
+        state = self.acting.state
+        state_size = int(state[0].shape[-1]) if state is not None else 0
         mask_width = action_mask_width(action_layout) if action_layout.kind != "continuous" else 0
         self.buffer = RolloutBuffer(
             self.num_rows,
@@ -199,7 +178,6 @@ class Trainer(CheckpointMixin):
             state_size,
         )
         self.all_rows = self.buffer.all_rows  # the identity of this array marks "every row" (fast paths)
-        self.continuous = action_layout.kind in ("continuous", "hybrid")
         self.overlap = cfg.backend != "serial"
         self.global_step = 0
         self.update = 0
@@ -243,7 +221,7 @@ class Trainer(CheckpointMixin):
     def env_seed(self) -> int:
         """Seed of env 0 of this trainer's vector env (env ``i`` gets ``env_seed + i``): ``config.seed``.
 
-        Data-parallel learners offset it per rank (:class:`shoal.train.speed.distributed.DistributedTrainer`).
+        Data-parallel learners offset it per rank (:class:`shoal.train.loop.distributed_trainer.DistributedTrainer`).
         """
         return self.config.seed
 
@@ -278,6 +256,15 @@ class Trainer(CheckpointMixin):
 
     # ---- rollout -------------------------------------------------------------------------------------------
 
+    @property
+    def rnn_state(self) -> tuple[Tensor, Tensor] | None:
+        """The LSTM state of every row, ``(h, c)`` float32 ``[1, num_rows, lstm_size]`` each (None without)."""
+        return self.acting.state
+
+    @rnn_state.setter
+    def rnn_state(self, state: tuple[Tensor, Tensor] | None) -> None:
+        self.acting.state = state
+
     def _act(self, carry: Carry) -> None:
         """Run the policy on ``carry``'s rows, record the live rows' pending transitions, send the actions.
 
@@ -287,74 +274,24 @@ class Trainer(CheckpointMixin):
         t = time.perf_counter()
         buffer = self.buffer
         rows, masks = carry.rows, carry.masks if self.league is None else self.league.learner_masks(carry)
-        all_live = bool(masks.all())
-        state = done = index = None
-        if self.rnn_state is not None:
-            if rows is self.all_rows:
-                state = self.rnn_state
-            else:
-                index = torch.from_numpy(rows).to(self.device)
-                state = (self.rnn_state[0][:, index], self.rnn_state[1][:, index])
-            done = self._tensor(buffer.starts[rows])
-        action_masks = carry.action_masks
-        masks_t = None if action_masks is None or action_masks.all() else self._tensor(action_masks)
         agent_ids = rows % self.agents_per_env if self.num_agent_ids else None
-        ids_t = None if agent_ids is None else self._tensor(agent_ids)
-        critic_obs = self.critic_inputs(carry, slice(None))
-        if critic_obs is None:
-            obs_t = self._tensor(carry.obs)
-            action, log_prob, value, new_state = self.actor(obs_t, state, done, masks_t, ids_t)
-        else:  # a centralized critic input: eager call
-            with torch.inference_mode():
-                out = self.policy(
-                    self._tensor(carry.obs),
-                    state,
-                    done=done,
-                    action_masks=masks_t,
-                    agent_ids=ids_t,
-                    critic_obs=critic_obs,
-                )
-            action, log_prob, value, new_state = out.action, out.log_prob, out.value, out.state
-        send = (self.policy.clip_action(action) if self.continuous else action).cpu().numpy()
-        actions = action.cpu().numpy() if self.continuous or action.device.type != "cpu" else send
-        log_probs = log_prob.float().cpu().numpy()
-        values = value.float().cpu().numpy()
-        if all_live:
-            state_before = None if state is None else (state[0][0].cpu().numpy(), state[1][0].cpu().numpy())
-            buffer.act(rows, carry.obs, actions, log_probs, values, action_masks, agent_ids, state_before)
-            if new_state is not None:
-                if index is None:
-                    self.rnn_state = new_state
-                else:
-                    with torch.inference_mode():
-                        self.rnn_state[0][:, index] = new_state[0]
-                        self.rnn_state[1][:, index] = new_state[1]
+        acted = self.acting.act(carry.obs, rows, masks, starts=buffer.starts[rows] if self.recurrent else None,
+                                action_masks=carry.action_masks, critic_obs=self.critic_inputs(carry, slice(None)))
+        if masks.all():
+            buffer.act(rows, carry.obs, acted.actions, acted.log_probs, acted.values, carry.action_masks, agent_ids,
+                       acted.state_before)
         elif masks.any():
             live = np.flatnonzero(masks)
-            state_before = (
-                None if state is None else (state[0][0, live].cpu().numpy(), state[1][0, live].cpu().numpy())
-            )
-            buffer.act(
-                rows[live],
-                carry.obs[live],
-                actions[live],
-                log_probs[live],
-                values[live],
-                None if action_masks is None else action_masks[live],
-                None if agent_ids is None else agent_ids[live],
-                state_before,
-            )
-            if new_state is not None:
-                live_t = torch.from_numpy(live).to(self.device)
-                target = torch.from_numpy(rows[live]).to(self.device)
-                with torch.inference_mode():
-                    self.rnn_state[0][:, target] = new_state[0][:, live_t]
-                    self.rnn_state[1][:, target] = new_state[1][:, live_t]
+            buffer.act(rows[live], carry.obs[live], acted.actions[live], acted.log_probs[live], acted.values[live],
+                       None if carry.action_masks is None else carry.action_masks[live],
+                       None if agent_ids is None else agent_ids[live],
+                       None if acted.state_before is None else (acted.state_before[0][live],
+                                                               acted.state_before[1][live]))
         if self.league is not None:  # the opponents' rows: their actions replace the learner's
-            self.league.act(carry, send)
+            self.league.act(carry, acted.env_actions)
         self._times["inference"] += time.perf_counter() - t
         t = time.perf_counter()
-        self.vecenv.send(send)
+        self.vecenv.send(acted.env_actions)
         self._times["env"] += time.perf_counter() - t
         carry.acted = True
 

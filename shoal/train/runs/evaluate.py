@@ -20,6 +20,7 @@ from torch import nn
 
 from shoal.errors import APIUsageError, CheckpointError, ShoalError
 from shoal.train.runs.checkpoint import check_signature, env_signature, find_checkpoint, load_checkpoint
+from shoal.train.acting import RowActor
 from shoal.train.config import TrainConfig
 from shoal.train.runs.resolve import EnvFn, resolve_env
 
@@ -91,10 +92,10 @@ def evaluate(
     emulate_kwargs = {"max_agents": max_agents} if max_agents is not None else None
     vec = vector.make(env_fn, num_envs, backend="serial", seed=seed, emulate_kwargs=emulate_kwargs)
     device = torch.device(device) if device is not None else next(policy.parameters()).device
-    recurrent = bool(getattr(policy, "is_recurrent", False))
-    num_agent_ids = int(getattr(policy, "num_agent_ids", 0))
-    continuous = vec.action_layout.kind in ("continuous", "hybrid")
     rows = vec.num_agents
+    every_row = np.arange(rows, dtype=np.int64)
+    acting = RowActor(policy, rows, vec.agents_per_env, device,
+                      continuous=vec.action_layout.kind in ("continuous", "hybrid"), deterministic=deterministic)
     quota = math.ceil(episodes / rows)
     counts = np.zeros(rows, np.int64)
     returns: list[float] = []
@@ -103,32 +104,14 @@ def evaluate(
     policy.eval()
     try:
         obs, _ = vec.reset(seed)
-        state = policy.initial_state(rows, device) if recurrent else None
         starts = np.ones(rows, np.bool_)
         ever_live = np.zeros(rows, np.bool_)
         for _ in range(max_steps):
             masks = vec.masks
             ever_live |= masks
-            with torch.inference_mode():
-                action_masks = vec.action_masks
-                out = policy(
-                    torch.from_numpy(obs).to(device),
-                    state,
-                    done=torch.from_numpy(starts).to(device) if recurrent else None,
-                    action_masks=None
-                    if action_masks is None or action_masks.all()
-                    else torch.from_numpy(action_masks).to(device),
-                    agent_ids=torch.from_numpy(np.arange(rows) % vec.agents_per_env).to(device)
-                    if num_agent_ids
-                    else None,
-                    deterministic=deterministic,
-                )
-                action = policy.clip_action(out.action) if continuous else out.action
-            if recurrent:  # only live rows advance their state
-                live = torch.from_numpy(masks).to(device).view(1, -1, 1)
-                state = (torch.where(live, out.state[0], state[0]), torch.where(live, out.state[1], state[1]))
+            action = acting.act(obs, every_row, masks, starts=starts, action_masks=vec.action_masks).env_actions
             starts = np.where(masks, False, starts)
-            obs, _rewards, terminals, truncations, infos = vec.step(action.cpu().numpy())
+            obs, _rewards, terminals, truncations, infos = vec.step(action)
             ended = terminals | truncations
             starts = starts | ended
             for k in np.flatnonzero(ended):

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from shoal.errors import APIUsageError
+from shoal.train.acting import RowActor
 from shoal.train.config import BASELINES, STRATEGIES, Mix, parse_mix
 from shoal.train.selfplay.heuristics import ScriptedPolicy
 
@@ -157,57 +158,35 @@ class PolicyPlayer:
         self.policy = policy.eval()
         self.deterministic = deterministic
         self.device = torch.device(device) if device is not None else next(policy.parameters()).device
-        self.recurrent = bool(getattr(policy, "is_recurrent", False))
-        self.num_agent_ids = int(getattr(policy, "num_agent_ids", 0))
         layout = getattr(policy, "action_layout", None)
         self.continuous = layout is not None and layout.kind in ("continuous", "hybrid")
-        self.agents_per_env = 1
-        self.state: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.acting: RowActor | None = None
+
+    @property
+    def recurrent(self) -> bool:
+        """The policy keeps an LSTM state per row."""
+        return bool(getattr(self.policy, "is_recurrent", False))
 
     def bind(self, num_rows: int, agents_per_env: int) -> None:
-        self.agents_per_env = agents_per_env
-        self.state = self.policy.initial_state(num_rows, self.device) if self.recurrent else None
+        self.acting = RowActor(self.policy, num_rows, agents_per_env, self.device, continuous=self.continuous,
+                               deterministic=self.deterministic)
 
     def act(self, obs: np.ndarray, action_masks: np.ndarray | None, rows: np.ndarray,
             starts: np.ndarray) -> np.ndarray:
-        device = self.device
-        with torch.inference_mode():
-            state = done = None
-            index = None
-            if self.recurrent:
-                if self.state is None:
-                    raise APIUsageError(f"player {self.player_id!r}: call bind(num_rows, agents_per_env) first")
-                index = torch.from_numpy(np.asarray(rows, np.int64)).to(device)
-                state = (self.state[0][:, index], self.state[1][:, index])
-                done = torch.from_numpy(np.asarray(starts, np.bool_)).to(device)
-            masks = None if action_masks is None or action_masks.all() else torch.from_numpy(action_masks).to(device)
-            ids = None
-            if self.num_agent_ids:
-                ids = torch.from_numpy(np.asarray(rows, np.int64) % self.agents_per_env).to(device)
-            out = self.policy(torch.from_numpy(np.ascontiguousarray(obs)).to(device), state, done=done,
-                              action_masks=masks, agent_ids=ids, deterministic=self.deterministic)
-            if index is not None and out.state is not None:
-                self.state[0][:, index] = out.state[0]
-                self.state[1][:, index] = out.state[1]
-            action = self.policy.clip_action(out.action) if self.continuous else out.action
-        return action.cpu().numpy()
+        if self.acting is None:
+            raise APIUsageError(f"player {self.player_id!r}: call bind(num_rows, agents_per_env) first")
+        return self.acting.act(obs, np.asarray(rows, np.int64), starts=np.asarray(starts, np.bool_),
+                               action_masks=action_masks).env_actions
 
     def get_rows_state(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """The LSTM state of ``rows`` as numpy ``(h, c)``, float32 ``[len(rows), lstm_size]`` each (None if not
         recurrent)."""
-        if self.state is None:
-            return None
-        index = torch.from_numpy(np.asarray(rows, np.int64))
-        return self.state[0][0, index].cpu().numpy(), self.state[1][0, index].cpu().numpy()
+        return None if self.acting is None else self.acting.rows_state(rows)
 
     def set_rows_state(self, rows: np.ndarray, state: tuple[np.ndarray, np.ndarray]) -> None:
         """Write ``(h, c)`` float32 ``[len(rows), lstm_size]`` into the LSTM state of ``rows``."""
-        if self.state is None:
-            return
-        index = torch.from_numpy(np.asarray(rows, np.int64)).to(self.device)
-        with torch.inference_mode():
-            self.state[0][0, index] = torch.as_tensor(state[0], device=self.device)
-            self.state[1][0, index] = torch.as_tensor(state[1], device=self.device)
+        if self.acting is not None:
+            self.acting.set_rows_state(rows, state)
 
 
 def frozen_copy(policy: nn.Module, state_dict: dict[str, Any] | None = None) -> nn.Module:

@@ -43,29 +43,25 @@ import atexit
 import datetime
 import logging
 import os
-import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from shoal.errors import APIUsageError, CheckpointError, ShoalError
-from shoal.train.config import TrainConfig
-from shoal.train.loop.trainer import Trainer, resolve_device
-from shoal.train.runs.checkpoint import checkpoint_path, load_checkpoint
-from shoal.train.runs.logger import LogRecord, RunLogger
+from shoal.errors import APIUsageError, ShoalError
+from shoal.train.core.device import resolve_device
 
 __all__ = [
+    "all_gather",
+    "broadcast",
+    "learner_device",
+    "raise_if_any_failed",
     "RANK_SEED_STRIDE",
     "DistContext",
-    "DistributedTrainer",
     "TorchrunEnv",
-    "distributed_class",
     "ProcessGroupReducer",
     "broadcast_parameters",
     "env_seed",
@@ -81,7 +77,6 @@ log = logging.getLogger(__name__)
 #: Offset between the RNG seeds (action sampling, shuffling) of consecutive ranks (a prime, far from env seeds).
 RANK_SEED_STRIDE = 1_000_003
 
-Callback = Callable[[LogRecord], None]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -210,7 +205,7 @@ def init_distributed(device: torch.device | str = "cpu", timeout: float | None =
     return DistContext(info.rank, info.world_size, info.local_rank, backend, created=True)
 
 
-def _learner_device(name: str, local_rank: int) -> torch.device:
+def learner_device(name: str, local_rank: int) -> torch.device:
     """The learner's device; an index-less CUDA device becomes ``cuda:LOCAL_RANK`` (and the current device)."""
     device = resolve_device(name)
     if device.type == "cuda":
@@ -245,10 +240,10 @@ def _all_sum(tensors: list[Tensor]) -> None:
 def _all_cat(values: Tensor) -> Tensor:
     """The ``[N_r, ...]`` ``values`` of every learner concatenated in rank order (``[sum of N_r, ...]``, on
     ``values``' device)."""
-    return torch.cat([part.to(values.device) for part in _all_gather(values.detach().cpu())])
+    return torch.cat([part.to(values.device) for part in all_gather(values.detach().cpu())])
 
 
-def _all_gather(obj: Any) -> list[Any]:
+def all_gather(obj: Any) -> list[Any]:
     """``obj`` of every learner, in rank order."""
     if _world() == 1:
         return [obj]
@@ -257,7 +252,7 @@ def _all_gather(obj: Any) -> list[Any]:
     return out
 
 
-def _broadcast(obj: Any) -> Any:
+def broadcast(obj: Any) -> Any:
     """Rank 0's ``obj`` on every learner."""
     if _world() == 1:
         return obj
@@ -266,9 +261,9 @@ def _broadcast(obj: Any) -> Any:
     return box[0]
 
 
-def _raise_if_any_failed(error: BaseException | None, what: str) -> None:
+def raise_if_any_failed(error: BaseException | None, what: str) -> None:
     """Collective: re-raise ``error`` here, or raise on every learner if another learner failed ``what``."""
-    reports = _all_gather(None if error is None else f"{type(error).__name__}: {error}")
+    reports = all_gather(None if error is None else f"{type(error).__name__}: {error}")
     if error is not None:
         raise error
     failed = [(rank, text) for rank, text in enumerate(reports) if text is not None]
@@ -285,30 +280,37 @@ def _raise_if_any_failed(error: BaseException | None, what: str) -> None:
 class ProcessGroupReducer:
     """The :class:`~shoal.train.core.ppo.Reducer` of data-parallel learners in the default process group.
 
-    Every learner takes the mean of the learners' minibatch counts (rounded), and each step takes the mean of
-    every learner's gradient (one all-reduce per device and dtype), so the copies of the policy stay identical;
-    the KL of early stopping and the update's statistics are means over the learners too. With one learner
-    every method is the identity.
+    Every learner takes the smallest learner's minibatch count (so no learner's minibatch is empty), and each
+    step takes the mean of every learner's gradient weighted by its transitions in the minibatch (one all-reduce
+    per device and dtype), so the copies of the policy stay identical; the KL of early stopping and the update's
+    statistics are means over the learners too. With one learner every method is the identity.
+
+    Args:
+        device: the learners' device (collectives of the ``nccl`` backend need CUDA tensors).
     """
 
-    def count(self, minibatches: int) -> int:
-        world = _world()
-        if world == 1:
-            return minibatches
-        total = torch.tensor([float(minibatches)], dtype=torch.float64)
-        _all_sum([total])
-        return max(1, round(float(total) / world))
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
 
-    def gradients(self, params: list[Tensor]) -> None:
-        world = _world()
-        if world == 1:
+    def count(self, minibatches: int) -> int:
+        if _world() == 1:
+            return minibatches
+        smallest = torch.tensor([minibatches], dtype=torch.int64, device=self.device)
+        dist.all_reduce(smallest, op=dist.ReduceOp.MIN)
+        return max(1, int(smallest))
+
+    def gradients(self, params: list[Tensor], weight: Tensor) -> None:
+        if _world() == 1:
             return
         for param in params:  # every learner reduces the same list of gradients
             if param.grad is None:
                 param.grad = torch.zeros_like(param)
         grads = [param.grad for param in params]
-        _all_sum(grads)
-        torch._foreach_div_(grads, float(world))
+        total = weight.detach().to(grads[0].device, grads[0].dtype).clone()
+        for grad in grads:  # a learner without transitions here (weight 0) adds nothing, not 0 * NaN
+            grad.copy_(torch.where(total > 0, grad * total, 0.0))
+        _all_sum([*grads, total])
+        torch._foreach_div_(grads, total.clamp(min=1e-12))
 
     def mean(self, values: Tensor) -> Tensor:
         world = _world()
@@ -329,186 +331,3 @@ def broadcast_parameters(module: nn.Module) -> None:
     with torch.no_grad():
         for tensor in [*module.parameters(), *module.buffers()]:
             dist.broadcast(tensor.data, src=0)
-
-
-# ------------------------------------------------------------------------------------------------------------
-# The trainer of one learner among several
-# ------------------------------------------------------------------------------------------------------------
-
-
-def _fresh_rng(seed: int) -> dict[str, Any]:
-    """RNG states seeded from ``seed``, in the layout of a checkpoint's ``rng`` entry."""
-    return {
-        "torch": torch.Generator().manual_seed(seed).get_state(),
-        "cuda": None,
-        "numpy": np.random.RandomState(seed % 2**32).get_state(),
-        "python": random.Random(seed).getstate(),
-        "generator": torch.Generator().manual_seed(seed + 1).get_state(),
-    }
-
-
-class DistributedTrainer(Trainer):
-    """A :class:`~shoal.train.loop.trainer.Trainer` for one of several data-parallel learners (see the module docs).
-
-    Joins the process group (from ``torchrun``'s environment) unless one exists, agrees with the other learners
-    on the config (rank 0's ``run_dir`` wins, as its default holds a time stamp; any other difference is an
-    error), builds its own vector env seeded from :func:`env_seed`, and starts from rank 0's weights.
-
-    Args:
-        config, env_fn, policy: as for :class:`Trainer` (the same on every learner).
-        callbacks: run on rank 0 only.
-        timeout: seconds a collective waits for the other learners when this call creates the group.
-    """
-
-    def __init__(
-        self,
-        config: TrainConfig,
-        env_fn: Callable[[], Any] | None = None,
-        policy: nn.Module | None = None,
-        callbacks: Sequence[Callback] = (),
-        *,
-        timeout: float | None = None,
-    ) -> None:
-        config = config.resolved()
-        if getattr(config, "league", False):
-            raise APIUsageError("self-play leagues are not supported with several learners yet; train the league "
-                                "with one learner (it can still use --backend multiprocessing or ray)")
-        info = torchrun_env()
-        local_rank = info.local_rank if info is not None else 0
-        self.dist = init_distributed(_learner_device(config.device, local_rank), timeout)
-        self.rank = self.dist.rank
-        self.world_size = self.dist.world_size
-        configs = _all_gather(config.to_dict())
-        differing = sorted({k for other in configs for k, v in other.items() if k != "run_dir" and
-                            v != configs[0][k]})
-        if differing:
-            raise APIUsageError(f"the learners were started with different settings of {differing}; give every "
-                                "rank the same command line")
-        config = config.replace(run_dir=configs[0]["run_dir"])
-        error: BaseException | None = None
-        try:
-            super().__init__(config, env_fn=env_fn, policy=policy, callbacks=callbacks if self.is_main else ())
-        except BaseException as exc:  # every learner must learn of it, or the others wait for ever
-            error = exc
-        _raise_if_any_failed(error, "to set up its trainer")
-        if self.rank:  # own action sampling and shuffling (rank 0 keeps the plain run's streams)
-            seed = rank_seed(self.config.seed, self.rank)
-            self._seed_everything(seed)
-            self.generator.manual_seed(seed + 1)
-        self._resume_from = _broadcast(self._resume_from)
-        self._synced_episodes = 0
-        broadcast_parameters(self.policy)  # rank 0's initial weights (and value normalizer) everywhere
-        self.reducer = ProcessGroupReducer()
-
-    @property
-    def is_main(self) -> bool:
-        """Rank 0: writes the run directory and runs the callbacks."""
-        return self.rank == 0
-
-    @property
-    def env_seed(self) -> int:
-        """Seed of this learner's env 0: :func:`env_seed` of the config's seed, the rank and ``num_envs``."""
-        return env_seed(self.config.seed, self.rank, self.config.num_envs)
-
-    # ---- learning ------------------------------------------------------------------------------------------
-
-    def _steps_done(self, transitions: int) -> int:
-        """Every learner's transitions of this update; finished episodes are shared too."""
-        return self._gather_progress(transitions)
-
-    def _gather_progress(self, transitions: int) -> int:
-        """Share this update's transitions and finished episodes; returns the transitions of every learner.
-
-        Afterwards every learner holds the same episode statistics: the last ``stats_window`` episodes of the
-        whole run (in rank order within an update) and the total count.
-        """
-        new = self.episodes - self._synced_episodes
-        keep = min(new, len(self.episode_returns))
-        returns = [self.episode_returns.pop() for _ in range(keep)][::-1]
-        lengths = [self.episode_lengths.pop() for _ in range(keep)][::-1]
-        reports = _all_gather((transitions, new, returns, lengths))
-        for _, _, rank_returns, rank_lengths in reports:
-            self.episode_returns.extend(rank_returns)
-            self.episode_lengths.extend(rank_lengths)
-        self.episodes = self._synced_episodes + sum(report[1] for report in reports)
-        self._synced_episodes = self.episodes
-        return sum(report[0] for report in reports)
-
-    # ---- run directory, checkpoints ------------------------------------------------------------------------
-
-    def _open_run_dir(self) -> None:
-        error: BaseException | None = None
-        if self.is_main:
-            try:
-                super()._open_run_dir()
-            except BaseException as exc:
-                error = exc
-        else:
-            self.logger = RunLogger([])  # rank 0 logs for the run
-        _raise_if_any_failed(error, "to open the run directory")
-
-    def checkpoint_payload(self) -> dict[str, Any]:
-        """Collective: the run's payload (model and optimizer once) with every rank's own part under
-        ``"distributed"`` (on rank 0; the other ranks get only their part)."""
-        payload = super().checkpoint_payload()
-        part = {key: payload[key] for key in ("rng", "trainer", "env_state")}
-        parts: list[Any] | None = [None] * self.world_size if self.is_main else None
-        dist.gather_object(part, parts, dst=0)
-        payload["distributed"] = {"world_size": self.world_size, "ranks": parts,
-                                  "env_seeds": [env_seed(self.config.seed, r, self.config.num_envs)
-                                                for r in range(self.world_size)]}
-        return payload
-
-    def save(self) -> Path | None:
-        """Collective: rank 0 writes the checkpoint of the current update; every rank returns its path."""
-        if self.run_dir is None:
-            return None
-        error: BaseException | None = None
-        try:
-            if self.is_main:
-                super().save()
-            else:
-                self.checkpoint_payload()  # this rank's part, gathered by rank 0
-        except BaseException as exc:
-            error = exc
-        _raise_if_any_failed(error, "to write a checkpoint")
-        self.last_checkpoint = checkpoint_path(self.run_dir, self.update)
-        return self.last_checkpoint
-
-    def _load_payload(self, path: Path) -> dict[str, Any]:
-        """Rank 0 reads the checkpoint and broadcasts it; each rank takes its own part of it."""
-        payload: dict[str, Any] | str | None = None
-        if self.is_main:
-            try:
-                payload = load_checkpoint(path, map_location="cpu")
-            except CheckpointError as exc:
-                payload = str(exc)
-        payload = _broadcast(payload)
-        if isinstance(payload, str):
-            raise CheckpointError(payload)
-        assert payload is not None
-        part = payload.get("distributed") or {}
-        ranks = part.get("ranks")
-        if ranks is not None and len(ranks) == self.world_size:
-            payload.update(ranks[self.rank])
-        elif self.rank:
-            log.warning("resume from %s: it was written by %s learner(s), now there are %d; learner %d restarts "
-                        "its envs from a fresh reset", path, part.get("world_size", 1), self.world_size, self.rank)
-            payload["rng"] = _fresh_rng(rank_seed(self.config.seed, self.rank) + int(payload["update"]))
-            payload["trainer"] = {**payload["trainer"], "carry": None, "rnn_state": None}
-            payload["env_state"] = None
-        return payload
-
-    def restore(self, path: Path) -> None:
-        """Continue from ``path`` (collective: rank 0 reads it); see :meth:`Trainer.restore`."""
-        super().restore(path)
-        self._synced_episodes = self.episodes
-
-
-def distributed_class(base: type[Trainer]) -> type[DistributedTrainer]:
-    """:class:`DistributedTrainer` on top of ``base`` (a :class:`Trainer` subclass, e.g. MAPPO's trainer)."""
-    if issubclass(base, DistributedTrainer):
-        return base
-    if base is Trainer:
-        return DistributedTrainer
-    return type(f"Distributed{base.__name__}", (DistributedTrainer, base), {"__module__": __name__})
