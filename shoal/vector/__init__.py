@@ -58,12 +58,16 @@ def make(env_fn: Callable[[], Any] | Sequence[Callable[[], Any]], num_envs: int,
         batch_size: envs per :meth:`~VecEnv.recv` batch: a multiple of ``num_envs // num_workers`` up to
             ``num_envs`` (default, synchronous). Smaller batches return the workers that finish first.
         seed: env ``i`` is reset with ``seed + i`` on its first reset (None: unseeded).
-        **backend_kwargs: ``emulate_kwargs`` (dict for :func:`shoal.emulate`, e.g. ``{"max_agents": 8}``) on every
-            backend; multiprocessing: ``context``, ``spin_us``, ``worker_spin_us``, ``timeout``; ray: ``address``,
-            ``actor_options``, ``timeout``.
+        **backend_kwargs: on every backend ``emulate_kwargs`` (dict for :func:`shoal.emulate`, e.g.
+            ``{"max_agents": 8}``) and ``timeout`` (seconds, default 60, None for no limit: how long the
+            multiprocessing and Ray backends wait for a worker's startup, reset or step before raising
+            :class:`~shoal.errors.WorkerTimeoutError`; the serial backend takes it but cannot enforce it, its envs
+            run in the caller's thread); multiprocessing: ``context``, ``spin_us``, ``worker_spin_us``; ray:
+            ``address``, ``actor_options``.
 
     Raises:
         APIUsageError: invalid combination of arguments, naming the argument and the valid choices.
+        WorkerTimeoutError: a worker did not finish building its envs within ``timeout``.
     """
     if backend not in BACKENDS:
         raise APIUsageError(f"backend={backend!r} is unknown; valid choices: {list(BACKENDS)}")

@@ -23,22 +23,28 @@ import numpy as np
 from gymnasium import spaces
 
 from shoal.emulation import ActionLayout, Emulator, Layout
-from shoal.errors import APIUsageError, WorkerError
+from shoal.errors import APIUsageError, WorkerError, WorkerTimeoutError
 from shoal.vector.buffers import BufferLayout
 from shoal.vector.group import InfoPairs
 
 __all__ = [
     "BACKENDS",
+    "DEFAULT_TIMEOUT_S",
     "EMPTY_INFO",
     "Batch",
     "VecConfig",
     "VecEnv",
     "VecState",
     "check_kwargs",
+    "check_timeout",
     "validate_config",
 ]
 
 BACKENDS = ("serial", "multiprocessing", "ray")
+
+#: Seconds the multiprocessing and Ray backends wait for a worker's reset, step or startup before raising
+#: :class:`~shoal.errors.WorkerTimeoutError` (``timeout=`` of :func:`shoal.vector.make`; None waits for ever).
+DEFAULT_TIMEOUT_S = 60.0
 
 
 class _EmptyInfo(dict):
@@ -219,6 +225,17 @@ def validate_config(env_fn: Callable[[], Any] | Sequence[Callable[[], Any]], num
     return VecConfig(env_fns, num_envs, num_workers, batch_size, check_seed(seed), dict(emulate_kwargs or {}))
 
 
+def check_timeout(timeout: Any) -> float | None:
+    """``timeout`` as positive seconds (float) or None; raise :class:`APIUsageError` otherwise."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float | np.integer | np.floating) or not (
+            0 < timeout < float("inf")):
+        raise APIUsageError(f"timeout must be a positive, finite number of seconds or None (no limit), got "
+                            f"{timeout!r}; the default is {DEFAULT_TIMEOUT_S:g}")
+    return float(timeout)
+
+
 def check_kwargs(backend: str, given: dict[str, Any], valid: Sequence[str]) -> None:
     """Raise :class:`APIUsageError` naming any keyword of ``given`` that ``backend`` does not take."""
     unknown = sorted(set(given) - set(valid))
@@ -246,6 +263,10 @@ class VecState(TypedDict):
     arrays: dict[str, np.ndarray]
 
 
+#: How a timeout message names each call a worker can be waited on for.
+_CALLS = {"startup": "building its envs (env_fn())", "reset": "reset()", "step": "step()"}
+
+
 class _State(enum.Enum):
     NEEDS_RESET = "needs reset"  # nothing submitted yet
     WAITING = "waiting"  # work submitted; recv() next
@@ -263,6 +284,8 @@ class VecEnv:
         num_agents: ``num_envs * agents_per_env`` rows when every env is in the batch.
         single_observation_space: flat ``Box`` of one row; single_action_space: flat action space of one row.
         obs_layout, action_layout: the emulator's layouts, to unflatten observations and actions.
+        timeout: seconds the backend waits for a worker's reset or step (None: no limit; see
+            :func:`shoal.vector.make`); may be changed between calls.
     """
 
     backend: ClassVar[str] = ""
@@ -284,7 +307,7 @@ class VecEnv:
         self.single_action_space: spaces.Space = probe.single_action_space
         self._arrays = arrays
         self._rows_per_worker = self.envs_per_worker * self.agents_per_env
-        self._in_flight: dict[int, None] = {}  # submission order, oldest first
+        self._in_flight: dict[int, str] = {}  # worker -> "startup", "reset" or "step"; submission order
         self._seeded = False
         self._last: Batch | None = None
         self._last_workers: list[int] = []
@@ -388,7 +411,7 @@ class VecEnv:
         except WorkerError:
             self.close()
             raise
-        self._in_flight[worker] = None
+        self._in_flight[worker] = "step" if seeds is None else "reset"
 
     def _guarded_collect(self, k: int) -> list[tuple[int, InfoPairs]]:
         try:
@@ -525,6 +548,21 @@ class VecEnv:
         if self._state is _State.WAITING:
             raise APIUsageError(f"{what}() called while a batch is pending (after async_reset() or send()): call "
                                 "recv() first")
+
+    # ---- errors --------------------------------------------------------------------------------------------
+
+    def _timeout_error(self, late: list[int], timeout: float, who: Callable[[int], str]) -> WorkerTimeoutError:
+        """The error for workers ``late`` (each named by ``who``, with its envs) that did not answer within
+        ``timeout`` seconds."""
+        calls = list(dict.fromkeys(self._in_flight.get(w, "startup") for w in late))
+        call = "/".join(calls)
+        what = " or ".join(_CALLS.get(c, c) for c in calls)
+        envs = [e for w in late for e in self.config.worker_envs(w)]
+        return WorkerTimeoutError(
+            f"{'; '.join(who(w) for w in late)}: no answer to {what} within timeout={timeout:g}s: an env hangs or "
+            "is slower than the limit. The vector env is closed. If the env is just slow, raise the limit with "
+            "shoal.vector.make(..., timeout=SECONDS), or pass timeout=None for no limit.",
+            workers=list(late), envs=envs, call=call, timeout=timeout)
 
     # ---- batches -------------------------------------------------------------------------------------------
 

@@ -14,10 +14,12 @@ from gymnasium import spaces
 
 __all__ = [
     "CrashEnv",
+    "HangEnv",
     "SlowEnv",
     "cartpole",
     "crash_in_worker",
     "crash_on_make",
+    "hang_in_worker",
     "kaz",
     "nested",
     "tictactoe",
@@ -68,6 +70,61 @@ def crash_in_worker() -> gym.Env:
     if multiprocessing.parent_process() is not None:
         raise RuntimeError("boom while making the env in a worker")
     return cartpole()
+
+
+def hang_forever() -> None:
+    """Sleep for good (in short naps, so the process still dies at once on SIGTERM)."""
+    while True:
+        time.sleep(0.05)
+
+
+def in_worker() -> bool:
+    """True in a multiprocessing worker or a Ray actor, False in the test process itself."""
+    import multiprocessing
+    import sys
+
+    if multiprocessing.parent_process() is not None:
+        return True
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
+
+
+def hang_in_worker() -> gym.Env:
+    """CartPole in the test process (the parent's probe env); a constructor that never returns in a worker."""
+    if in_worker():
+        hang_forever()
+    return cartpole()
+
+
+class HangEnv(gym.Env):
+    """A tiny env that hangs for good in ``where``: "step" (after ``after`` steps), "reset" or "close" (only in a
+    worker: the parent's probe env is closed in the test process).
+
+    Observation ``float32[2]`` = (step count, 0); action ``Discrete(2)``; never ends on its own.
+    """
+
+    def __init__(self, after: int = 3, where: str = "step") -> None:
+        self.observation_space = spaces.Box(-1e9, 1e9, (2,), np.float32)
+        self.action_space = spaces.Discrete(2)
+        self.after, self.where = after, where
+        self.t = 0
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        if self.where == "reset":
+            hang_forever()
+        self.t = 0
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        self.t += 1
+        if self.where == "step" and self.t >= self.after:
+            hang_forever()
+        return np.array([self.t, 0], np.float32), 1.0, False, False, {}
+
+    def close(self) -> None:
+        if self.where == "close" and in_worker():
+            hang_forever()
 
 
 class CrashEnv(gym.Env):
