@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import shoal.vector
-from shoal.errors import APIUsageError, WorkerError, WorkerTimeoutError
+from shoal.errors import APIUsageError, NonFiniteError, WorkerError, WorkerTimeoutError
 from tests.vector import envs_for_tests as envs
 from tests.vector.helpers import CASES, assert_same_rollout, async_rollout, sync_rollout
 
@@ -126,3 +126,14 @@ def test_hung_reset_on_every_actor_raises_naming_them_all() -> None:
         vecenv.reset()
     assert time.monotonic() - start < 2.0 + 2.0
     assert all(_dies(actor, 10.0) for actor in actors)
+
+
+def test_nan_reward_names_env_actor_slot_and_step() -> None:
+    fns = [envs.cartpole, functools.partial(envs.poisoned_cartpole, "reward", at=3)]
+    vecenv = shoal.vector.make(fns, 2, backend="ray", num_workers=2)
+    vecenv.reset(seed=0)
+    with pytest.raises(NonFiniteError, match=r"env 1 \(ray worker 1\), slot 0, returned a non-finite reward = NaN "
+                       r"at step 3 since the vector env's reset\(\)"):
+        for _ in range(5):
+            vecenv.step(np.zeros(2, np.int64))
+    assert vecenv.closed
