@@ -34,8 +34,18 @@ def first_nonfinite(values: np.ndarray) -> int:
     values = np.asarray(values)
     if values.dtype.kind not in "fc":
         return -1
+    if values.size <= _SMALL and values.dtype.kind == "f":
+        # A few values are summed faster in Python than numpy can start a ufunc: NaN and infinity carry through
+        # a sum (inf - inf is NaN), so a finite total clears them all.
+        flat = values.reshape(-1).tolist()
+        if math.isfinite(sum(flat)):
+            return -1
+        return next((i for i, v in enumerate(flat) if not math.isfinite(v)), -1)  # -1: the sum overflowed
     bad = ~np.isfinite(values.reshape(-1))
     return int(np.argmax(bad)) if bad.any() else -1
+
+
+_SMALL = 64  # up to this many values, first_nonfinite sums them in Python (without the native module)
 
 
 def reward_is_finite(reward: Any) -> bool:
@@ -51,19 +61,20 @@ class FiniteCheck:
 
     Attributes:
         active: False when the layout has no float leaf (nothing to scan, every call returns at once).
+        whole: every leaf is a float of the row's own dtype, so a row is scanned as one float array.
     """
 
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
         floats = [leaf for leaf in layout.leaves if leaf.dtype.kind == "f"]
         self.active = bool(floats)
-        self._whole = self.active and not layout.is_bytes  # every leaf a float of the row's own dtype
+        self.whole = self.active and not layout.is_bytes  # every leaf a float of the row's own dtype
         self._floats = floats
 
     def any_bad(self, rows: np.ndarray) -> bool:
         """Whether ``rows`` (any shape, ``flat_size`` entries per row) hold a NaN or an infinity: the quick test
         to run on every batch (one native scan for a row of floats)."""
-        if self._whole:
+        if self.whole:
             return first_nonfinite(rows) >= 0
         return self.active and self.first_bad(rows) is not None
 
@@ -77,7 +88,7 @@ class FiniteCheck:
         if not self.active:
             return None
         rows = rows.reshape(-1, self.layout.flat_size)
-        if self._whole:
+        if self.whole:
             index = first_nonfinite(rows)
             if index < 0:
                 return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import gymnasium as gym
@@ -71,9 +72,10 @@ class GymnasiumEmulator(Emulator):
         check_observations: check the first observation against the observation space.
         check_finite: raise :class:`~shoal.errors.NonFiniteError` when a reward or a float observation entry
             (final observations included) is NaN or infinite, naming the field and the step of the episode.
-            Measured on CartPole (``benchmarks/emulation.py``) it costs under 1% of the emulated step with the
-            native row copy (the scan runs inside the copy); without the native module each step pays a numpy
-            scan, about 1.5 us. Integer and byte-only observations are never scanned.
+            Measured on CartPole (``benchmarks/emulation.py`` style, checked and unchecked emulators interleaved)
+            it costs about 0.3% of the emulated step with the native row copy (the scan runs inside the copy);
+            without the native module about 0.5 us a step (8%), more for large or nested float rows (numpy
+            scans them). Integer observations are never scanned.
     """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -260,7 +262,7 @@ class GymnasiumEmulator(Emulator):
                     elif type(obs) is np.ndarray:  # as copy_row: other objects go through numpy
                         self._plain_mv[:] = obs
                         if self._finite is not None:
-                            self._verify(reward, self._length)
+                            self._quick_verify(reward)
                     else:
                         raise TypeError(type(obs).__name__)
                 except (ValueError, TypeError, NotImplementedError):
@@ -294,12 +296,22 @@ class GymnasiumEmulator(Emulator):
             return self._nonfinite(f"obs (entry {index} of the flat row)", self._obs[0, index], step)
         return self._nonfinite(found[1], found[2], step)
 
+    def _quick_verify(self, reward: Any) -> None:
+        """:meth:`_verify` for step()'s direct copy without the native module: a short float row and the reward
+        summed in Python, faster than numpy starts a scan (NaN and infinity carry through a sum)."""
+        plain = self._plain
+        if self._finite.whole and plain.ndim == 1 and plain.size <= 64 and math.isfinite(
+                sum(plain.tolist()) + reward):
+            return
+        self._verify(reward, self._length)
+
     def _verify(self, reward: Any, step: int) -> None:
         """Raise :class:`NonFiniteError` if ``reward`` or the observation row is NaN or infinite."""
         if not reward_is_finite(reward):
             raise self._nonfinite("reward", reward, step)
-        found = self._finite.first_bad(self._obs[0])
-        if found is not None:
+        row = self._obs[0]
+        if self._finite.any_bad(row):
+            found = self._finite.first_bad(row)
             raise self._nonfinite(found[1], found[2], step)
 
     @property
