@@ -11,9 +11,11 @@ __all__ = [
     "CapacityError",
     "CheckpointError",
     "EnvError",
+    "NonFiniteError",
     "ShoalError",
     "SpaceError",
     "WorkerError",
+    "WorkerTimeoutError",
 ]
 
 
@@ -37,8 +39,42 @@ class EnvError(ShoalError, RuntimeError):
     """A wrapped environment broke its own API contract (e.g. returned an observation outside its space)."""
 
 
+class NonFiniteError(EnvError):
+    """An env returned NaN or infinity in a reward or an observation.
+
+    Attributes:
+        field: ``"reward"``, ``"observation"`` (with the leaf path when known, e.g. ``"obs['pos']"``) or
+            ``"final_observation"``.
+    """
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+
+    def __reduce__(self) -> tuple:  # pickles with its field (Exception pickles its args only)
+        return type(self), (str(self), self.field)
+
+
 class WorkerError(ShoalError, RuntimeError):
     """A vector-env worker raised or died; the message carries the worker's traceback."""
+
+
+class WorkerTimeoutError(WorkerError):
+    """Vector-env workers did not answer a call within the vector env's ``timeout``.
+
+    Attributes:
+        workers: the late workers (processes or actors).
+        envs: the global indices of their envs.
+        call: what they were doing: ``"startup"`` (building their envs), ``"reset"`` or ``"step"``.
+        timeout: the limit in seconds.
+    """
+
+    def __init__(self, message: str, workers: list[int], envs: list[int], call: str, timeout: float) -> None:
+        super().__init__(message)
+        self.workers, self.envs, self.call, self.timeout = workers, envs, call, timeout
+
+    def __reduce__(self) -> tuple:  # pickles with its attributes (Exception pickles its args only)
+        return type(self), (str(self), self.workers, self.envs, self.call, self.timeout)
 
 
 class CheckpointError(ShoalError, RuntimeError):

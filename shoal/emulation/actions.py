@@ -11,25 +11,88 @@ The flat action space of a native space is:
 * the **hybrid** layout when both kinds appear: one ``Box`` of shape ``(num_discrete + num_continuous,)``
   whose first ``num_discrete`` entries hold the discrete choices as exact whole numbers (``0 <= a < nvec``) and
   whose remaining entries hold the continuous values. Policies read ``ActionLayout.nvec`` and
-  ``ActionLayout.num_continuous`` to build a discrete head and a Gaussian head side by side.
+  ``ActionLayout.num_continuous`` to build a discrete head and a Gaussian head side by side. That ``Box`` is a
+  :class:`HybridBox`: its ``sample()`` draws the discrete entries as whole numbers and its ``contains()`` asks for
+  them, as ``step`` does.
 """
 
 from __future__ import annotations
 
 import math
+from copy import deepcopy
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from gymnasium import spaces
+from gymnasium.vector.utils import batch_space
 
 from shoal.emulation.flatten import _build
 from shoal.emulation.layout import Layout, Leaf, compile_layout, format_path, leaf_value
 from shoal.errors import APIUsageError, SpaceError
 
-__all__ = ["ActionLayout"]
+__all__ = ["ActionLayout", "HybridBox"]
 
 _FLOAT32_EXACT = 2**24
+
+
+class HybridBox(spaces.Box):
+    """The flat hybrid action space: a float ``Box`` whose first ``num_discrete`` entries (along the last axis)
+    are discrete choices, whole numbers in ``[0, nvec)``, and whose remaining entries are continuous.
+
+    A plain ``Box`` would sample fractional choices that ``step`` rejects. Here :meth:`sample` draws each choice
+    uniformly among its ``nvec`` values (as a float of the space's dtype) and the continuous entries as ``Box``
+    does, and :meth:`contains` holds a value to the rule ``step`` applies to the choices. ``step`` does not check
+    the continuous entries against their bounds (the env clips or rejects them); ``contains`` does, as ``Box``
+    does, so whatever ``contains`` accepts ``step`` accepts too.
+
+    It is still a ``Box`` (``isinstance``, ``repr``, equality with other hybrid spaces of the same bounds, the
+    ``gymnasium.spaces`` utilities); :func:`gymnasium.vector.utils.batch_space` gives a ``HybridBox`` of shape
+    ``(n, *shape)`` whose rows sample the same way.
+
+    Args:
+        low, high: bounds; along the last axis the first ``num_discrete`` lows are 0 and highs ``nvec - 1``.
+        shape: ``(num_discrete + num_continuous,)``, or with leading batch axes.
+        dtype: a float dtype that holds every choice exactly.
+        num_discrete: number of discrete entries at the start of the last axis.
+    """
+
+    def __init__(self, low: Any, high: Any, shape: tuple[int, ...] | None, dtype: Any, num_discrete: int,
+                 seed: int | np.random.Generator | None = None) -> None:
+        super().__init__(low, high, shape, dtype, seed)
+        if not 0 < num_discrete <= self.shape[-1]:
+            raise SpaceError(f"HybridBox: num_discrete={num_discrete} must be between 1 and the last axis's "
+                             f"{self.shape[-1]} entries")
+        self.num_discrete = int(num_discrete)
+
+    @property
+    def nvec(self) -> np.ndarray:
+        """``int64[..., num_discrete]`` the number of choices of each discrete entry."""
+        return self.high[..., : self.num_discrete].astype(np.int64) + 1
+
+    def sample(self, mask: None = None, probability: None = None) -> np.ndarray:
+        """A random flat action: whole-number choices, continuous entries as ``Box.sample`` draws them."""
+        out = super().sample(mask, probability)
+        out[..., : self.num_discrete] = self.np_random.integers(0, self.nvec)
+        return out
+
+    def contains(self, x: Any) -> bool:
+        """Whether ``x`` lies within the bounds and every discrete entry is a whole number."""
+        if not super().contains(x):
+            return False
+        choices = np.asarray(x)[..., : self.num_discrete]
+        return bool((choices == np.floor(choices)).all())
+
+    def __eq__(self, other: object, /) -> bool:
+        return super().__eq__(other) and getattr(other, "num_discrete", None) == self.num_discrete
+
+
+@batch_space.register(HybridBox)
+def _batch_hybrid(space: HybridBox, n: int = 1) -> HybridBox:
+    """``n`` stacked copies of ``space`` (gymnasium's vector utilities), still sampling whole-number choices."""
+    low = np.broadcast_to(space.low, (n, *space.shape)).copy()
+    high = np.broadcast_to(space.high, (n, *space.shape)).copy()
+    return HybridBox(low, high, low.shape, space.dtype, space.num_discrete, seed=deepcopy(space.np_random))
 
 
 @dataclass(frozen=True)
@@ -100,7 +163,8 @@ class ActionLayout:
                 float_dtype = np.dtype(np.float64)
             low = np.concatenate([np.zeros(self.num_discrete), self.low])
             high = np.concatenate([self.nvec - 1, self.high])
-            self.flat_space = spaces.Box(low.astype(float_dtype), high.astype(float_dtype), low.shape, float_dtype)
+            self.flat_space = HybridBox(low.astype(float_dtype), high.astype(float_dtype), low.shape, float_dtype,
+                                        self.num_discrete)
         self.flat_dtype = np.dtype(self.flat_space.dtype)
         self.flat_shape: tuple[int, ...] = tuple(self.flat_space.shape)
         self._root_discrete_start = int(space.start) if root_discrete else None
@@ -165,20 +229,35 @@ class ActionLayout:
         elif self.kind == "hybrid":
             part = actions[:, : self.num_discrete] if live is None else actions[live, : self.num_discrete]
             if (part != np.round(part)).any() or (part < 0).any() or (part >= self.nvec).any():
-                self._range_error(actions[:, : self.num_discrete], live, names, self.nvec)
+                self._range_error(actions, live, names, self.nvec)
         elif not np.issubdtype(actions.dtype, np.number):
             raise APIUsageError(f"actions have dtype {actions.dtype}; {self.flat_space!r} needs numbers")
         return actions
 
     def _range_error(self, actions: np.ndarray, live: np.ndarray | None, names: list[str] | None,
                      nvec: Any) -> None:
+        """Raise for the first live row whose discrete entries are not whole numbers in ``[0, nvec)``, naming
+        the row (or agent), the offending entry and that entry's own range."""
         rows = np.arange(len(actions)) if live is None else np.flatnonzero(live)
+        nvec = np.asarray(nvec)
         for row in rows:
-            a = actions[row]
-            if ((a < 0) | (a >= nvec) | (a != np.round(a))).any():
-                who = names[row] if names else f"slot {row}"
-                raise APIUsageError(f"action {a.tolist()} for {who} is outside {self.flat_space!r}: each "
-                                    f"discrete entry must be a whole number in [0, {np.asarray(nvec).tolist()})")
+            full = np.asarray(actions[row])
+            a = full[: self.num_discrete] if self.kind == "hybrid" else full
+            bad = (a < 0) | (a >= nvec) | (a != np.round(a))
+            if not bad.any():
+                continue
+            who = names[row] if names else f"slot {row}"
+            if nvec.ndim == 0:  # one Discrete choice
+                raise APIUsageError(f"action {a.item()!r} for {who} is outside {self.flat_space!r}: it must be a "
+                                    f"whole number in [0, {int(nvec)})")
+            entry = int(np.flatnonzero(bad.reshape(-1))[0])
+            value, n = a.reshape(-1)[entry], int(nvec.reshape(-1)[entry])
+            which = f"the discrete entries 0..{nvec.size - 1}" if self.kind == "hybrid" else "the entries"
+            shown = "[" + ", ".join(str(x) for x in full.reshape(-1)) + "]"  # float32 values as they print
+            raise APIUsageError(
+                f"action {shown} for {who} is outside {self.flat_space!r}: entry {entry} is {value!s} but "
+                f"must be a whole number in [0, {n}) ({which} take whole numbers below nvec="
+                f"{nvec.reshape(-1).tolist()})")
 
     def __repr__(self) -> str:
         return f"ActionLayout(kind={self.kind!r}, flat={self.flat_space!r})"

@@ -42,12 +42,13 @@ from pettingzoo import AECEnv, ParallelEnv
 from shoal.emulation.actions import ActionLayout
 from shoal.emulation.agent_spaces import AgentSpaces, AgentSpec, group_of
 from shoal.emulation.base import ACTION_MASK_KEY, Buffers, Emulator, State, add_episode, bad_observation
+from shoal.emulation.finite import FiniteCheck, first_nonfinite, nonfinite_error
 from shoal.emulation.flatten import Flattener
 from shoal.emulation.parallel_step import direct_parallel_step as _direct_step
 from shoal.emulation.pettingzoo_aec import AECSteps
 from shoal.emulation.pettingzoo_parallel import ParallelSteps, StepResult
 from shoal.emulation.stats import EpisodeStats
-from shoal.errors import APIUsageError, CapacityError, EnvError, SpaceError
+from shoal.errors import APIUsageError, CapacityError, EnvError, NonFiniteError, SpaceError
 
 __all__ = ["PettingZooEmulator", "group_of"]
 
@@ -69,6 +70,10 @@ class PettingZooEmulator(ParallelSteps, AECSteps, Emulator):
         direct_parallel_step: step a PettingZoo ``aec_to_parallel`` env without the work its wrapper discards
             (same results, see :mod:`shoal.emulation.parallel_step`); turn off for an env whose ``observe()`` has
             side effects.
+        check_finite: raise :class:`~shoal.errors.NonFiniteError` when a reward or a float observation entry
+            (final observations included) is NaN or infinite, naming the agent, its slot, the field and the step.
+            One scan of the reward and observation buffers per step: about 0.2 us with the native module, a few us
+            with numpy alone (a multi-agent step costs tens of us). Integer observations are never scanned.
 
     Attributes:
         env: the wrapped env.
@@ -81,7 +86,7 @@ class PettingZooEmulator(ParallelSteps, AECSteps, Emulator):
 
     def __init__(self, env: ParallelEnv | AECEnv, max_agents: int | None = None, buffers: Buffers | None = None,
                  action_mask_key: str | None = ACTION_MASK_KEY, check_observations: bool = True,
-                 direct_parallel_step: bool = True) -> None:
+                 direct_parallel_step: bool = True, check_finite: bool = True) -> None:
         if isinstance(env, ParallelEnv):
             self.is_parallel = True
         elif isinstance(env, AECEnv):
@@ -99,6 +104,7 @@ class PettingZooEmulator(ParallelSteps, AECSteps, Emulator):
         self.possible_agents = possible
         self._mask_key = action_mask_key
         self._check = check_observations
+        self._steps = 0  # step() calls since the last reset(), for error messages
         # Stable ids: possible agent i owns slot i when every possible agent fits.
         self._reserved = {a: i for i, a in enumerate(possible)} if self.num_agents >= len(possible) else {}
 
@@ -106,6 +112,7 @@ class PettingZooEmulator(ParallelSteps, AECSteps, Emulator):
         self._plan = plan = AgentSpaces({a: env.observation_space(a) for a in possible},
                                         {a: env.action_space(a) for a in possible}, action_mask_key)
         self.obs_layout = plan.obs_layout
+        self._finite = FiniteCheck(self.obs_layout) if check_finite else None
         self.action_layout = plan.action_layout
         self.agent_groups = plan.agent_groups
         self.obs_layouts = plan.obs_layouts
@@ -173,6 +180,8 @@ class PettingZooEmulator(ParallelSteps, AECSteps, Emulator):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Pickling copies each array on its own: point the row writers at the restored buffers again.
+        if "_finite" not in state:  # a snapshot from before the option: checked, the default
+            state["_finite"], state["_steps"] = FiniteCheck(state["obs_layout"]), 0
         self.__dict__.update(state)
         self._make_writers()
 
@@ -338,6 +347,9 @@ class PettingZooEmulator(ParallelSteps, AECSteps, Emulator):
             self.env.reset(seed=seed, options=options)
             self._start_aec(infos, None)
         self._state = State.READY
+        self._steps = 0
+        if self._finite is not None:
+            self._verify(infos)
         return b.obs, infos
 
     def step(self, actions: np.ndarray) -> StepResult:
@@ -352,8 +364,34 @@ class PettingZooEmulator(ParallelSteps, AECSteps, Emulator):
         if self._state is not State.READY:
             self._require_ready("step")
         if self.is_parallel:
-            return self._step_parallel(self._convert(actions, self._acting))
-        return self._step_aec(self._convert(actions, [self._selected]))
+            out = self._step_parallel(self._convert(actions, self._acting))
+        else:
+            out = self._step_aec(self._convert(actions, [self._selected]))
+        self._steps += 1
+        if self._finite is not None:
+            self._verify(out[4])
+        return out
+
+    def _verify(self, infos: list[dict[str, Any]]) -> None:
+        """Raise :class:`NonFiniteError` for a NaN or infinity in the rewards, the observation rows or the final
+        observations of this step (one native scan of each buffer; the infos only where an episode ended)."""
+        b, finite = self.buffers, self._finite
+        if first_nonfinite(b.rewards) >= 0 or finite.any_bad(b.obs):
+            slot = first_nonfinite(b.rewards)
+            if slot >= 0:
+                raise self._nonfinite(slot, "reward", b.rewards[slot])
+            raise self._nonfinite(*finite.first_bad(b.obs))
+        if any(infos):
+            for slot, info in enumerate(infos):
+                final = info.get("final_observation") if info else None
+                if final is not None and finite.any_bad(np.asarray(final)):
+                    found = finite.first_bad(np.asarray(final))
+                    raise self._nonfinite(slot, f"{found[1]} (the final observation)", found[2])
+
+    def _nonfinite(self, slot: int, field: str, value: Any) -> NonFiniteError:
+        when = "on reset" if self._steps == 0 else f"at step {self._steps} since reset()"
+        return nonfinite_error(self._agent_who(slot), field, value, when,
+                               "To let such values through, pass check_finite=False to shoal.emulate.")
 
     def _convert(self, actions: Any, live: list[int]) -> dict[int, Any]:
         """Validate the flat actions and convert the rows of the ``live`` slots: slot -> native action."""

@@ -140,6 +140,13 @@ class TrainConfig:
     None steps every env together."""
     max_agents: int | None = None
     """Slots per PettingZoo env (default: ``len(possible_agents)``)."""
+    env_timeout: float | None = 60.0
+    """Seconds the multiprocessing and Ray workers may take to build their envs or answer a reset or step before
+    training fails with a WorkerTimeoutError naming the worker, its envs and the call (the serial backend cannot
+    interrupt its own envs); None waits for ever."""
+    check_finite: bool = True
+    """Fail with a NonFiniteError naming the env, slot, field and step when a reward or observation is NaN or
+    infinite (about 0.4 microseconds per batch); False lets them through."""
     ray_address: str | None = None
     """Ray cluster to run the env actors on with ``backend="ray"`` (``HEAD_IP:6379``, ``ray://HEAD_IP:10001`` or
     ``auto``); None starts a local Ray. The learner stays in this process (see docs/scaling.md)."""
@@ -383,6 +390,10 @@ class TrainConfig:
             )
         if self.env_batch_size is not None and self.env_batch_size > self.num_envs:
             raise APIUsageError(f"env_batch_size={self.env_batch_size} exceeds num_envs={self.num_envs}")
+        if self.env_timeout is not None and not (isinstance(self.env_timeout, int | float)
+                                                 and not isinstance(self.env_timeout, bool)
+                                                 and math.isfinite(self.env_timeout) and self.env_timeout > 0):
+            raise APIUsageError(f"env_timeout must be a positive number of seconds or None, got {self.env_timeout!r}")
         if self.ray_address is not None and self.backend != "ray":
             raise APIUsageError(f"ray_address={self.ray_address!r} needs backend='ray' (got {self.backend!r}); "
                                 "add --backend ray")

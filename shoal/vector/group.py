@@ -29,8 +29,12 @@ InfoPairs = list[tuple[int, dict[str, Any]]]
 
 
 def make_emulator(env_fn: Callable[[], Any], emulate_kwargs: dict[str, Any]) -> Emulator:
-    """Call ``env_fn`` and wrap what it returns with :func:`shoal.emulate` (an emulator is kept as is)."""
-    return emulate(env_fn(), **emulate_kwargs)
+    """Call ``env_fn`` and wrap what it returns with :func:`shoal.emulate` (an emulator is kept as is).
+
+    The emulators skip their own NaN/infinity check unless ``emulate_kwargs`` asks for it: the vector env checks
+    whole batches itself, more cheaply and naming the env's index (``check_finite`` of :func:`shoal.vector.make`).
+    """
+    return emulate(env_fn(), **{"check_finite": False, **emulate_kwargs})
 
 
 class EnvGroup:

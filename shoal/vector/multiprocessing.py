@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import multiprocessing
 import os
 import pickle
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from shoal.errors import APIUsageError, WorkerError
-from shoal.vector.base import VecConfig, VecEnv, buffer_layout
+from shoal.vector.base import DEFAULT_TIMEOUT_S, VecConfig, VecEnv, buffer_layout, check_timeout
 from shoal.vector.group import InfoPairs, make_emulator
 from shoal.vector.worker import (
     CMD,
@@ -51,6 +52,7 @@ __all__ = ["CONTEXTS", "MultiprocessingVecEnv", "default_spin_us", "default_work
 
 CONTEXTS = ("fork", "spawn", "forkserver")
 _CLOSE_TIMEOUT_S = 5.0
+_log = logging.getLogger(__name__)
 
 
 def _default_context() -> str:
@@ -102,15 +104,23 @@ class _Workers:
         self.final_block: Any = None
         self.flags_block: Any = None
         self.grace_s = _CLOSE_TIMEOUT_S  # how long close() waits for workers to finish before terminating them
+        self.stuck: set[int] = set()  # workers known to hang (a timeout): terminated without waiting
 
     def shutdown(self) -> None:
-        """Ask every worker to close its envs, wait up to a few seconds, then terminate stragglers."""
+        """Ask every worker to close its envs, wait up to ``grace_s`` seconds, then terminate stragglers.
+
+        Workers in ``stuck`` are terminated at once; any other worker still running after the grace period is
+        logged as a close that hung, then terminated.
+        """
+        for worker in sorted(self.stuck):
+            if worker < len(self.procs):
+                force_stop(self.procs[worker])
         for conn in self.conns:
             with contextlib.suppress(OSError):
                 conn.send_bytes(CMD_CLOSE)
         deadline = time.monotonic() + self.grace_s
         open_conns = list(self.conns)
-        running = {proc.sentinel: proc for proc in self.procs}
+        running = {proc.sentinel: proc for proc in self.procs if proc.exitcode is None}
         while running and time.monotonic() < deadline:
             # Keep reading so no worker blocks on a full pipe while it finishes its last command.
             for obj in wait([*open_conns, *running], timeout=max(0.0, deadline - time.monotonic())):
@@ -121,6 +131,11 @@ class _Workers:
                     obj.recv_bytes()
                 except (EOFError, OSError):
                     open_conns.remove(obj)
+        hung = [w for w, proc in enumerate(self.procs) if proc.sentinel in running and w not in self.stuck]
+        if hung:
+            _log.warning("shoal.vector: multiprocessing worker%s %s did not finish close() within %gs (an env's "
+                         "close() may hang); terminating %s", "s" if len(hung) > 1 else "",
+                         ", ".join(str(w) for w in hung), self.grace_s, "them" if len(hung) > 1 else "it")
         for proc in self.procs:
             force_stop(proc)
         for conn in self.conns:
@@ -176,8 +191,12 @@ class MultiprocessingVecEnv(VecEnv):
             between looks, before blocking on its pipe; also how long the parent, once one worker has replied,
             spins on the others' done flags before sleeping. Default: 2000 unless the workers outnumber the
             cores more than twice (then 0).
-        timeout: seconds to wait for workers before raising :class:`WorkerError` (None: wait for ever; dead
-            workers are detected either way).
+        timeout: seconds to wait for a worker's startup, reset or step before raising
+            :class:`~shoal.errors.WorkerTimeoutError` (a :class:`WorkerError` naming the workers, their envs, the
+            call and the limit) and closing the vector env, whose hung workers are terminated at once. Default
+            :data:`~shoal.vector.base.DEFAULT_TIMEOUT_S` (60); None waits for ever. Dead workers are detected
+            either way. ``close()`` waits up to 5 s per call for workers to close their envs, then terminates them
+            (logging a warning).
 
     The envs live in the worker processes: :meth:`~shoal.vector.base.VecEnv.get_state` returns None and
     :meth:`~shoal.vector.base.VecEnv.set_state` returns False (use the serial backend for env snapshots).
@@ -187,7 +206,7 @@ class MultiprocessingVecEnv(VecEnv):
     KWARGS = ("context", "spin_us", "worker_spin_us", "timeout")
 
     def __init__(self, config: VecConfig, context: str | None = None, spin_us: float | None = None,
-                 worker_spin_us: float | None = None, timeout: float | None = None) -> None:
+                 worker_spin_us: float | None = None, timeout: float | None = DEFAULT_TIMEOUT_S) -> None:
         method = _default_context() if context is None else context
         if method not in multiprocessing.get_all_start_methods() or method not in CONTEXTS:
             valid = [m for m in CONTEXTS if m in multiprocessing.get_all_start_methods()]
@@ -195,8 +214,7 @@ class MultiprocessingVecEnv(VecEnv):
         for name, value in (("spin_us", spin_us), ("worker_spin_us", worker_spin_us)):
             if value is not None and (not isinstance(value, int | float) or value < 0):
                 raise APIUsageError(f"{name} must be a non-negative number of microseconds, got {value!r}")
-        if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
-            raise APIUsageError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+        timeout = check_timeout(timeout)
         if method != "fork":
             _check_picklable(config, method)
         self.context = method
@@ -253,7 +271,7 @@ class MultiprocessingVecEnv(VecEnv):
         self._poller = _Poller(self._conns, [proc.sentinel for proc in self._procs])
         # Each worker answers once when its envs are built (or sends the traceback of why they were not).
         for worker in range(config.num_workers):
-            self._in_flight[worker] = None
+            self._in_flight[worker] = "startup"
         try:
             self._collect(config.num_workers, startup=True)
         except WorkerError:
@@ -303,7 +321,7 @@ class MultiprocessingVecEnv(VecEnv):
                 spin_s = 0.0
             remaining = None if self.timeout is None else self.timeout - (time.monotonic() - start)
             if remaining is not None and remaining <= 0:
-                raise self._timeout_error(pending)
+                raise self._timed_out(pending)
             dead = []
             for is_sentinel, w in self._poller.wait(remaining):
                 if is_sentinel:
@@ -358,10 +376,11 @@ class MultiprocessingVecEnv(VecEnv):
         raise WorkerError(f"{self._who(worker)} died {when}: it {how} without sending a traceback (a native crash "
                           "prints one to the worker's stderr)")
 
-    def _timeout_error(self, pending: list[int]) -> WorkerError:
-        self._workers.grace_s = 0.2  # the late workers are stuck: do not wait long for them when closing
-        who = ", ".join(self._who(w) for w in pending)
-        return WorkerError(f"no reply within timeout={self.timeout}s from {who}; an env may be stuck")
+    def _timed_out(self, pending: list[int]) -> WorkerError:
+        """The timeout error for the ``pending`` workers, which are marked to be terminated without waiting."""
+        self._workers.stuck.update(pending)  # terminated at once when the vector env closes
+        self._workers.grace_s = 0.2  # and the others are not waited for long either: the caller is in a hurry
+        return super()._timeout_error(pending, self.timeout, self._who)
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from shoal.errors import APIUsageError, WorkerError
-from shoal.vector.base import VecConfig, VecEnv, buffer_layout
+from shoal.vector.base import DEFAULT_TIMEOUT_S, VecConfig, VecEnv, buffer_layout, check_timeout
 from shoal.vector.buffers import BufferLayout
 from shoal.vector.group import EnvGroup, InfoPairs, make_emulator
 from shoal.vector.multiprocessing import available_cores
@@ -88,7 +88,12 @@ class RayVecEnv(VecEnv):
         config: validated arguments of :func:`shoal.vector.make`.
         address: Ray cluster to connect to when Ray is not initialized yet (None: start a local instance).
         actor_options: passed to ``ActorClass.options`` (e.g. ``{"num_cpus": 1}``, ``{"resources": ...}``).
-        timeout: seconds to wait for actors before raising :class:`WorkerError` (None: wait for ever).
+        timeout: seconds to wait for an actor's startup, reset or step before raising
+            :class:`~shoal.errors.WorkerTimeoutError` (a :class:`WorkerError` naming the actors, their envs, the
+            call and the limit) and closing the vector env: the hung actors are killed at once, so the error comes
+            within about a second of the limit. Startup includes placing the actors: raise the limit on a cluster
+            that must scale up first. Default :data:`~shoal.vector.base.DEFAULT_TIMEOUT_S` (60); None waits for
+            ever. ``close()`` gives the other actors 5 s in all to close their envs, then kills them.
 
     The envs live in the actors: :meth:`~shoal.vector.base.VecEnv.get_state` returns None and
     :meth:`~shoal.vector.base.VecEnv.set_state` returns False (use the serial backend for env snapshots).
@@ -98,11 +103,10 @@ class RayVecEnv(VecEnv):
     KWARGS = ("address", "actor_options", "timeout")
 
     def __init__(self, config: VecConfig, address: str | None = None, actor_options: dict[str, Any] | None = None,
-                 timeout: float | None = None) -> None:
+                 timeout: float | None = DEFAULT_TIMEOUT_S) -> None:
         if actor_options is not None and not isinstance(actor_options, dict):
             raise APIUsageError(f"actor_options must be a dict for ActorClass.options, got {actor_options!r}")
-        if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
-            raise APIUsageError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+        timeout = check_timeout(timeout)
         ray = connect_ray(address)
         self._ray = ray
         self.timeout = timeout
@@ -115,6 +119,7 @@ class RayVecEnv(VecEnv):
         actor_cls = _actor_class(ray).options(**(actor_options or {}))
         self._actors: list[Any] = []
         self._refs: dict[int, Any] = {}
+        self._stuck: set[int] = set()  # actors that timed out: killed without waiting for them to close
         rows = self.envs_per_worker * self.agents_per_env
         self._rows = [slice(w * rows, (w + 1) * rows) for w in range(config.num_workers)]
         try:
@@ -124,7 +129,7 @@ class RayVecEnv(VecEnv):
                                                      group_layout, config.emulate_kwargs))
             for worker, actor in enumerate(self._actors):
                 self._refs[worker] = actor.ready.remote()
-                self._in_flight[worker] = None
+                self._in_flight[worker] = "startup"
             self._collect(config.num_workers, startup=True)
             self._in_flight.clear()
         except BaseException:
@@ -144,8 +149,10 @@ class RayVecEnv(VecEnv):
         refs = [self._refs[w] for w in order]
         ready, _ = ray.wait(refs, num_returns=k, timeout=self.timeout)
         if len(ready) < k:
-            late = [w for w in order if self._refs[w] not in ready]
-            raise WorkerError(f"no reply within timeout={self.timeout}s from Ray actors {late}; an env may be stuck")
+            done = set(ready)
+            late = [w for w in order if self._refs[w] not in done]
+            self._stuck.update(late)
+            raise self._timeout_error(late, self.timeout, self._who)
         ready_set = set(ready)
         chosen = [w for w in order if self._refs[w] in ready_set][:k]
         done = []
@@ -153,8 +160,7 @@ class RayVecEnv(VecEnv):
             try:
                 result = ray.get(self._refs.pop(worker))
             except Exception as exc:
-                envs = self.config.worker_envs(worker)
-                raise WorkerError(f"Ray actor {worker} (envs {envs.start}..{envs.stop - 1}) failed "
+                raise WorkerError(f"{self._who(worker)} failed "
                                   f"{'at startup' if startup else 'while stepping its envs'}. Traceback of the "
                                   f"actor (most recent call last):\n{_ANSI.sub('', str(exc))}") from exc
             if startup:
@@ -167,22 +173,39 @@ class RayVecEnv(VecEnv):
             done.append((worker, pairs))
         return done
 
+    def _who(self, worker: int) -> str:
+        envs = self.config.worker_envs(worker)
+        return f"Ray actor {worker} (envs {envs.start}..{envs.stop - 1})"
+
     def _shutdown(self) -> None:
         ray = self._ray
         actors, self._actors = self._actors, []
         self._refs.clear()
-        closing = []
-        for actor in actors:
-            with contextlib.suppress(Exception):  # the actor is already gone
-                closing.append(actor.close.remote())
-        for ref in closing:
-            try:
-                ray.get(ref, timeout=_CLOSE_TIMEOUT_S)
-            except Exception as exc:  # best effort: the actors are killed below either way
-                _log.warning("closing a Ray env group failed: %s", exc)
-        for actor in actors:
+        stuck, self._stuck = self._stuck, set()
+        # A hung actor runs its calls one at a time and would never get to close(): kill it without waiting.
+        for worker in sorted(stuck):
             with contextlib.suppress(Exception):  # already dead
-                ray.kill(actor)
+                ray.kill(actors[worker], no_restart=True)
+        closing = {}
+        for worker, actor in enumerate(actors):
+            if worker not in stuck:
+                with contextlib.suppress(Exception):  # the actor is already gone
+                    closing[actor.close.remote()] = worker
+        # One deadline for all: the actors close their envs side by side, not one after another.
+        ready, late = ray.wait(list(closing), num_returns=len(closing), timeout=_CLOSE_TIMEOUT_S) if closing \
+            else ([], [])
+        for ref in ready:
+            try:
+                ray.get(ref)
+            except Exception as exc:  # best effort: the actors are killed below either way
+                _log.warning("closing Ray actor %d's envs failed: %s", closing[ref], exc)
+        if late:
+            _log.warning("shoal.vector: Ray actors %s did not finish close() within %gs (an env's close() may "
+                         "hang); killing them", sorted(closing[ref] for ref in late), _CLOSE_TIMEOUT_S)
+        for worker, actor in enumerate(actors):
+            if worker not in stuck:
+                with contextlib.suppress(Exception):  # already dead
+                    ray.kill(actor, no_restart=True)
 
 
 def connect_ray(address: str | None = None, num_cpus: int | None = None, **init_kwargs: Any) -> Any:

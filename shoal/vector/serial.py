@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import logging
 import traceback
-from typing import Any
 
 from shoal.errors import WorkerError
-from shoal.vector.base import VecConfig, VecEnv, buffer_layout
+from shoal.vector.base import DEFAULT_TIMEOUT_S, VecConfig, VecEnv, buffer_layout, check_timeout
 from shoal.vector.buffers import row_slice
 from shoal.vector.group import EnvGroup, InfoPairs, make_emulator
 from shoal.vector.snapshot import loads_env
@@ -29,12 +28,20 @@ class SerialVecEnv(VecEnv):
 
     The only backend supporting :meth:`~shoal.vector.base.VecEnv.get_state` and
     :meth:`~shoal.vector.base.VecEnv.set_state` (synchronous batches, picklable envs).
+
+    Args:
+        config: validated arguments of :func:`shoal.vector.make`.
+        timeout: taken (and checked) so that one configuration fits every backend, but not enforced: the envs step
+            in the caller's own thread, and a call that hangs there cannot be interrupted safely (a signal would
+            disturb the caller's own handlers and cannot stop native code). Use ``backend="multiprocessing"`` to
+            bound hangs.
     """
 
     backend = "serial"
-    KWARGS: tuple[str, ...] = ()
+    KWARGS: tuple[str, ...] = ("timeout",)
 
-    def __init__(self, config: VecConfig, **kwargs: Any) -> None:
+    def __init__(self, config: VecConfig, timeout: float | None = DEFAULT_TIMEOUT_S) -> None:
+        self.timeout = check_timeout(timeout)
         probe = make_emulator(config.env_fns[0], config.emulate_kwargs)
         self._groups: list[EnvGroup] = []
         try:

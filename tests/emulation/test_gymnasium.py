@@ -12,7 +12,7 @@ from gymnasium import spaces
 import shoal.vector
 from shoal.emulation import Buffers, GymnasiumEmulator, compile_layout, emulate, flatten, to_native
 from shoal.errors import APIUsageError, EnvError, SpaceError
-from tests.emulation.helpers import assert_same_sample
+from tests.emulation.helpers import HybridActionEnv, assert_same_sample
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Blackjack-v1", "Taxi-v4", "FrozenLake-v1"])
@@ -505,3 +505,30 @@ def test_a_subclass_defining_step_native_is_refused() -> None:
         class Legacy(GymnasiumEmulator):
             def step_native(self, action: Any) -> dict[str, Any]:
                 return {}
+
+
+def test_hybrid_action_space_samples_are_accepted_by_step() -> None:
+    # 1000 samples of the flat hybrid space, each stepped: the emulator's checks and the env's own
+    # action_space.contains both accept them (the env raises otherwise).
+    env = emulate(HybridActionEnv(length=100))
+    assert env.action_layout.kind == "hybrid"
+    space = env.single_action_space
+    space.seed(0)
+    env.reset(seed=0)
+    for _ in range(1000):
+        action = space.sample()
+        assert space.contains(action)
+        env.step(action[None])
+    received = env.env.unwrapped.received
+    assert len(received) == 1000
+    assert {int(a["weapon"]) for a in received} == {1, 2, 3} and {int(a["power"][0]) for a in received} == {-1, 0, 1, 2}
+    with shoal.vector.make(HybridActionEnv, 4, backend="serial") as vecenv:  # the vector envs' space too
+        vecenv.single_action_space.seed(1)
+        vecenv.reset()
+        for _ in range(50):
+            vecenv.step(np.stack([vecenv.single_action_space.sample() for _ in range(4)]))
+        gym_vec = shoal.vector.GymnasiumVectorEnv(vecenv)
+        gym_vec.action_space.seed(2)
+        gym_vec.reset()
+        for _ in range(50):
+            gym_vec.step(gym_vec.action_space.sample())

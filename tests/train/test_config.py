@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 
 from shoal.cli import main
-from shoal.errors import APIUsageError
+from shoal.errors import APIUsageError, NonFiniteError
 from shoal.train import TrainConfig, train
 from shoal.train.config import ALGO_DEFAULTS, ALGOS, field_docs, plain_text
 from shoal.train.runs.logger import CSVSink, Dashboard, LogRecord, read_scalars
 from shoal.train.runs.plot import plot_run
+from tests.vector.envs_for_tests import poisoned_cartpole
 
 
 def test_every_field_has_a_docstring() -> None:
@@ -129,3 +130,13 @@ def test_dashboard_draws_progress_and_metrics() -> None:
     stream = io.StringIO()
     Dashboard(stream, live=False)(record)
     assert stream.getvalue().count("\n") == 1 and "return 42" in stream.getvalue()
+
+
+def test_training_fails_loudly_on_a_nan_reward_and_can_be_told_not_to() -> None:
+    # (before, a NaN reward ended in an unrelated "no next value" error deep in the rollout buffer)
+    with pytest.raises(NonFiniteError, match=r"reward"):
+        train(TrainConfig(num_envs=2, horizon=8, minibatch_size=16, total_steps=64, tensorboard=False),
+              env_fn=poisoned_cartpole)
+    with pytest.raises(APIUsageError, match="env_timeout must be a positive number"):
+        TrainConfig(env_timeout=0).validate()
+    assert TrainConfig(env_timeout=None, check_finite=False).resolved().env_timeout is None

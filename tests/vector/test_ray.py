@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import shoal.vector
-from shoal.errors import APIUsageError, WorkerError
+from shoal.errors import APIUsageError, NonFiniteError, WorkerError, WorkerTimeoutError
 from tests.vector import envs_for_tests as envs
 from tests.vector.helpers import CASES, assert_same_rollout, async_rollout, sync_rollout
 
@@ -85,3 +85,55 @@ def test_env_that_raises_surfaces_with_its_traceback_and_closes_the_actors() -> 
 def test_unknown_keyword_names_ray_choices() -> None:
     with pytest.raises(APIUsageError, match=r"context.*'actor_options', 'address'"):
         shoal.vector.make(envs.cartpole, 2, backend="ray", context="fork")
+
+
+def test_default_timeout_is_sixty_seconds() -> None:
+    with shoal.vector.make(envs.cartpole, 2, backend="ray", num_workers=1) as vecenv:
+        assert vecenv.timeout == 60.0
+
+
+@pytest.mark.timeout(60)
+def test_hung_step_raises_within_about_a_second_of_the_timeout() -> None:
+    # A hung actor never gets to run close(): it is killed at once, so the error is not held up by closing.
+    healthy = functools.partial(envs.HangEnv, after=10**9)
+    hangs = functools.partial(envs.HangEnv, after=3)
+    timeout = 3.0
+    vecenv = shoal.vector.make([healthy, hangs], 2, backend="ray", num_workers=2)
+    vecenv.timeout = timeout  # after startup: starting Ray workers on a busy machine may take longer than that
+    vecenv.reset()
+    actors = list(vecenv._actors)
+    with pytest.raises(WorkerTimeoutError) as caught:
+        for _ in range(10):
+            start = time.monotonic()
+            vecenv.step(np.zeros(2, np.int64))
+    elapsed = time.monotonic() - start
+    assert timeout <= elapsed < timeout + 2.0, elapsed  # it used to take 15 s with timeout=5
+    error = caught.value
+    assert "Ray actor 1 (envs 1..1)" in str(error) and "Ray actor 0" not in str(error)
+    assert "step()" in str(error) and "timeout=3s" in str(error) and "timeout=SECONDS" in str(error)
+    assert (error.workers, error.envs, error.call) == ([1], [1], "step")
+    assert vecenv.closed
+    assert all(_dies(actor, 10.0) for actor in actors)
+
+
+@pytest.mark.timeout(60)
+def test_hung_reset_on_every_actor_raises_naming_them_all() -> None:
+    vecenv = shoal.vector.make(functools.partial(envs.HangEnv, where="reset"), 2, backend="ray", num_workers=2)
+    vecenv.timeout = 2.0  # after startup (see above)
+    actors = list(vecenv._actors)
+    start = time.monotonic()
+    with pytest.raises(WorkerTimeoutError, match=r"Ray actor 0 .*Ray actor 1 .*reset\(\) within timeout=2s"):
+        vecenv.reset()
+    assert time.monotonic() - start < 2.0 + 2.0
+    assert all(_dies(actor, 10.0) for actor in actors)
+
+
+def test_nan_reward_names_env_actor_slot_and_step() -> None:
+    fns = [envs.cartpole, functools.partial(envs.poisoned_cartpole, "reward", at=3)]
+    vecenv = shoal.vector.make(fns, 2, backend="ray", num_workers=2)
+    vecenv.reset(seed=0)
+    with pytest.raises(NonFiniteError, match=r"env 1 \(ray worker 1\), slot 0, returned a non-finite reward = NaN "
+                       r"at step 3 since the vector env's reset\(\)"):
+        for _ in range(5):
+            vecenv.step(np.zeros(2, np.int64))
+    assert vecenv.closed

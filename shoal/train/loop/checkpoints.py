@@ -37,6 +37,7 @@ log = logging.getLogger("shoal.train.loop.trainer")
 #: Config fields that may differ between a run and its resumption (everything else must match).
 RESUMABLE_CHANGES = {
     "total_steps",
+    "env_timeout",
     "run_dir",
     "resume",
     "overwrite",

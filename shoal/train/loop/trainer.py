@@ -118,6 +118,8 @@ class Trainer(CheckpointMixin):
             batch_size=cfg.env_batch_size,
             seed=self.env_seed,
             emulate_kwargs=emulate_kwargs,
+            timeout=cfg.env_timeout,
+            check_finite=cfg.check_finite,
             **_backend_kwargs(cfg),
         )
         try:
