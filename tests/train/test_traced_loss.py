@@ -61,7 +61,7 @@ def test_traced_loss_and_gradients_equal_eager_on_every_minibatch(masks: bool, i
             assert torch.equal(getattr(got, name), getattr(eager, name)), name
         for a, b in zip(_grads(policy), expected, strict=True):
             assert torch.equal(a, b)
-    assert [t is not None for t in tracer._traces.values()] == [True]  # the trace is in use after two checks
+    assert tracer.num_traces == 1  # the trace is in use after two checks
 
 
 def test_ppo_update_with_the_tracer_is_bit_identical() -> None:
@@ -85,7 +85,7 @@ def test_ppo_update_with_the_tracer_is_bit_identical() -> None:
         generator = torch.Generator().manual_seed(3)
         stats = [ppo_update(model, optimizer, data, cfg, generator, **used) for _ in range(3)]
         results.append((stats, [p.detach().clone() for p in model.parameters()]))
-    assert any(t is not None for t in tracer._traces.values())  # the traced update did run through a trace
+    assert tracer.num_traces >= 1  # the traced update did run through a trace
     assert results[0][0] == results[1][0]
     for a, b in zip(results[0][1], results[1][1], strict=True):
         assert torch.equal(a, b)

@@ -1,6 +1,6 @@
 """RolloutBuffer: the transitions of one update, as segments x horizon per agent slot.
 
-Slot semantics (DESIGN.md) decide what a transition is. When the live agent of vector row ``r`` acts, its
+Slot semantics (docs/data-contract.md) decide what a transition is. When the live agent of vector row ``r`` acts, its
 observation, action, log-prob, value (and, at a segment start, the LSTM state before the step) are written at
 the row's next position in its current segment: a run of ``horizon`` consecutive actions of that one slot. The
 transition stays *pending* until the env's outcome arrives, at the next result in which ``masks[r]``,

@@ -59,6 +59,11 @@ class Actor:
         self.max_traces = max_traces
         self._traces: dict[tuple, Any] = {}
 
+    @property
+    def num_traces(self) -> int:
+        """Verified traces in use (signatures that act eagerly are not counted)."""
+        return sum(traced is not None for traced in self._traces.values())
+
     def __call__(
         self,
         obs: Tensor,

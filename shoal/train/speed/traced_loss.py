@@ -81,6 +81,11 @@ class LossTracer:
         self._traces: dict[tuple, Any] = {}  # signature -> verified trace, or None: eager
         self._pending: dict[tuple, Any] = {}  # signature -> trace checked once, awaiting its second check
 
+    @property
+    def num_traces(self) -> int:
+        """Verified traces in use (signatures that run eagerly, or still await their second check, not counted)."""
+        return sum(traced is not None for traced in self._traces.values())
+
     def __call__(self, policy: nn.Module, minibatch: Minibatch, coefficients: dict[str, Any]) -> LossOutput:
         """The :data:`~shoal.train.core.ppo.LossFn` of :func:`~shoal.train.core.ppo.ppo_update`: flat minibatches
         through :meth:`loss`, whole segments (recurrent policies, prioritized sampling) eagerly."""
