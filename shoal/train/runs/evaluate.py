@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from shoal.errors import APIUsageError, CheckpointError, ShoalError
-from shoal.train.runs.checkpoint import check_signature, env_signature, find_checkpoint, load_checkpoint
 from shoal.train.acting import RowActor
 from shoal.train.config import TrainConfig
+from shoal.train.runs.checkpoint import check_signature, env_signature, find_checkpoint, load_checkpoint
 from shoal.train.runs.resolve import EnvFn, resolve_env
 
 __all__ = [

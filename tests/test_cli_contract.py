@@ -20,7 +20,7 @@ from shoal.cli import main
 from shoal.errors import APIUsageError
 from shoal.train.runs.resolve import resolve_env
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--num-envs", "2", "--horizon", "16", "--minibatch-size", "32", "--update-epochs", "1"]
 EVALUATE = sys.modules["shoal.train.runs.evaluate"]  # (shoal.train.runs.evaluate is also the name of the function)
 

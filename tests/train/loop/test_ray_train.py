@@ -19,7 +19,7 @@ ray = pytest.importorskip("ray")
 
 pytestmark = pytest.mark.timeout(120)
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 FAST = ["--num-envs", "4", "--num-workers", "2", "--horizon", "16", "--minibatch-size", "32", "--update-epochs", "2",
         "--total-steps", "192", "--no-tensorboard", "--no-dashboard", "--json"]
 

@@ -11,7 +11,7 @@ import pytest
 
 from shoal.cli import main
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 FAST = [
     "--num-envs",
     "2",

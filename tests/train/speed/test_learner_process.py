@@ -202,7 +202,7 @@ def test_a_killed_trainer_takes_its_learner_and_env_workers_with_it() -> None:
     import subprocess
     import sys
 
-    root = str(Path(__file__).resolve().parents[2])
+    root = str(Path(__file__).resolve().parents[3])
     proc = subprocess.Popen([sys.executable, "-c", _ORPHAN.format(root=root)], stdout=subprocess.PIPE, text=True)
     try:
         pids = [int(x) for x in proc.stdout.readline().split()]
@@ -239,7 +239,7 @@ def test_ctrl_c_stops_training_and_every_process() -> None:
     import subprocess
     import sys
 
-    root = str(Path(__file__).resolve().parents[2])
+    root = str(Path(__file__).resolve().parents[3])
     proc = subprocess.Popen([sys.executable, "-c", _INTERRUPTED.format(root=root)], start_new_session=True,
                             stderr=subprocess.PIPE, text=True)
     try:

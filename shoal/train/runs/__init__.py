@@ -1,0 +1,1 @@
+"""What a run leaves behind and reads back: env names, checkpoint files, logs, plots and evaluation."""
