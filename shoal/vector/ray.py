@@ -115,6 +115,7 @@ class RayVecEnv(VecEnv):
         actor_cls = _actor_class(ray).options(**(actor_options or {}))
         self._actors: list[Any] = []
         self._refs: dict[int, Any] = {}
+        self._calls: dict[int, str] = {}  # each actor's call in flight, for error messages
         rows = self.envs_per_worker * self.agents_per_env
         self._rows = [slice(w * rows, (w + 1) * rows) for w in range(config.num_workers)]
         try:
@@ -133,6 +134,7 @@ class RayVecEnv(VecEnv):
 
     def _submit(self, worker: int, seeds: list[int | None] | None) -> None:
         actor = self._actors[worker]
+        self._calls[worker] = "step" if seeds is None else "reset"
         if seeds is None:
             self._refs[worker] = actor.step.remote(self._arrays["actions"][self._rows[worker]])
         else:
@@ -154,9 +156,10 @@ class RayVecEnv(VecEnv):
                 result = ray.get(self._refs.pop(worker))
             except Exception as exc:
                 envs = self.config.worker_envs(worker)
-                raise WorkerError(f"Ray actor {worker} (envs {envs.start}..{envs.stop - 1}) failed "
-                                  f"{'at startup' if startup else 'while stepping its envs'}. Traceback of the "
-                                  f"actor (most recent call last):\n{_ANSI.sub('', str(exc))}") from exc
+                call = "startup" if startup else self._calls.get(worker, "step")
+                raise WorkerError(f"Ray actor {worker} (envs {envs.start}..{envs.stop - 1}) failed during {call}. "
+                                  f"Traceback of the actor (most recent call last):\n{_ANSI.sub('', str(exc))}"
+                                  ) from exc
             if startup:
                 done.append((worker, []))
                 continue
@@ -172,14 +175,16 @@ class RayVecEnv(VecEnv):
         actors, self._actors = self._actors, []
         self._refs.clear()
         closing = []
-        for actor in actors:
+        for worker, actor in enumerate(actors):
             with contextlib.suppress(Exception):  # the actor is already gone
-                closing.append(actor.close.remote())
-        for ref in closing:
+                closing.append((worker, actor.close.remote()))
+        for worker, ref in closing:
             try:
                 ray.get(ref, timeout=_CLOSE_TIMEOUT_S)
             except Exception as exc:  # best effort: the actors are killed below either way
-                _log.warning("closing a Ray env group failed: %s", exc)
+                envs = self.config.worker_envs(worker)
+                _log.warning("Ray actor %d (envs %d..%d) failed while closing its envs: %s", worker, envs.start,
+                             envs.stop - 1, _ANSI.sub("", str(exc)))
         for actor in actors:
             with contextlib.suppress(Exception):  # already dead
                 ray.kill(actor)

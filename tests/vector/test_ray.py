@@ -1,16 +1,14 @@
-"""The Ray backend on a local Ray instance: same trajectories as serial, async batches, failures."""
+"""The Ray backend on a local Ray instance: same trajectories as serial, async batches, arguments."""
 
 from __future__ import annotations
 
-import functools
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import shoal.vector
-from shoal.errors import APIUsageError, WorkerError
+from shoal.errors import APIUsageError
 from tests.vector import envs_for_tests as envs
 from tests.vector.helpers import CASES, assert_same_rollout, async_rollout, sync_rollout
 
@@ -27,18 +25,6 @@ def ray_session() -> None:
              runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
     yield
     ray.shutdown()
-
-
-def _dies(actor: object, seconds: float) -> bool:
-    """True once calls on ``actor`` fail with RayActorError (ray.kill is asynchronous)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            ray.get(actor.ready.remote(), timeout=seconds)
-        except ray.exceptions.RayActorError:
-            return True
-        time.sleep(0.1)
-    return False
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -64,22 +50,7 @@ def test_async_batches_cover_all_envs_and_match_serial() -> None:
         assert n >= 2 and serial[env][:n] == remote[env][:n]
 
 
-@pytest.mark.timeout(30)
-def test_env_that_raises_surfaces_with_its_traceback_and_closes_the_actors() -> None:
-    healthy = functools.partial(envs.CrashEnv, after=10**9)
-    crash = functools.partial(envs.CrashEnv, after=2)
-    vecenv = shoal.vector.make([healthy, crash], 2, backend="ray", num_workers=2)
-    vecenv.reset()
-    actors = list(vecenv._actors)
-    start = time.monotonic()
-    with pytest.raises(WorkerError, match=r"(?s)Ray actor 1 \(envs 1..1\).*Traceback.*CrashEnv failed on purpose"):
-        for _ in range(4):
-            vecenv.step(np.zeros(2, np.int64))
-    assert time.monotonic() - start < 10
-    assert vecenv.closed
-    assert all(_dies(actor, 10.0) for actor in actors)
-    with pytest.raises(APIUsageError, match="after close"):
-        vecenv.reset()
+# An env that raises, an actor that exits or crashes, a hang: tests/faults/test_env_faults.py.
 
 
 def test_unknown_keyword_names_ray_choices() -> None:
