@@ -3,12 +3,14 @@ damaged checkpoints: tests/faults/test_checkpoints.py)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from shoal.cli import main
 from shoal.errors import APIUsageError
 from shoal.train import TrainConfig, train
 from shoal.train.runs.checkpoint import list_checkpoints, load_checkpoint
@@ -133,3 +135,32 @@ def test_env_snapshots_of_another_shoal_version_restart_the_envs(caplog: pytest.
     finally:
         for v in (source, fresh, old):
             v.close()
+
+
+def test_resuming_with_another_total_steps_warns_and_anneals_over_the_new_budget(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = tmp_path / "run"
+    train(config(run_dir, total_steps=64 * 3))
+    with caplog.at_level(logging.WARNING):
+        result = train(config(run_dir, resume=True, total_steps=64 * 6))
+    lr = result.config.learning_rate
+    assert "at step 192 with total_steps 384 instead of the run's 192" in caplog.text
+    assert f"continues at {lr / 2:.3g} where the original schedule was at 0" in caplog.text
+    assert "Resume without --total-steps to keep the original schedule" in caplog.text
+    rates = {r["step"]: r["value"] for r in read_scalars(run_dir) if r["name"] == "charts/learning_rate"}
+    assert rates[64 * 3 + 64] == pytest.approx(lr * (1 - 192 / 384))  # the first update after the resume
+
+    caplog.clear()  # the same budget again: nothing to say, nothing to do
+    with caplog.at_level(logging.WARNING):
+        assert train(config(run_dir, resume=True, total_steps=64 * 6)).global_step == 64 * 6
+    assert "total_steps" not in caplog.text
+    with caplog.at_level(logging.WARNING):
+        train(config(run_dir, resume=True, total_steps=64 * 2))
+    assert "at step 384, which --total-steps 128 does not exceed: there is nothing left to train" in caplog.text
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--total-steps may change, and then sets the new budget" in help_text
+    assert "omit --total-steps to keep the original schedule" in help_text
