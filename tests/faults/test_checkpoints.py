@@ -30,6 +30,8 @@ from shoal.train.runs.checkpoint import (
 )
 from shoal.train.runs.evaluate import load_policy_from_checkpoint
 
+pytestmark = pytest.mark.usefixtures("no_leftovers")
+
 
 @pytest.fixture(autouse=True)
 def own_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

@@ -29,7 +29,7 @@ from shoal.train.runs.checkpoint import checkpoint_path, find_checkpoint, list_c
 from tests.faults.conftest import REPORT_S, ROOT, shm_of
 from tests.vector.procs import shm_files, wait_gone
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_leftovers")]
 
 #: One update is 2 envs x 16 steps = 32 agent steps: updates land every few milliseconds.
 SMALL = ["--num-envs", "2", "--horizon", "16", "--minibatch-size", "32", "--update-epochs", "1", "--no-tensorboard",
