@@ -5,7 +5,8 @@ output (the live dashboard, summaries) goes before it, the dashboard to stderr. 
 error: ...`` on stderr and a JSON line ``{"command": ..., "ok": false, "error": ...}`` on stdout, and exits with:
 
 * 0: success (``shoal train`` also when only its final evaluation failed: ``"evaluation": {"error": ...}``);
-* 1: interrupted (Ctrl-C); ``shoal train`` names the last checkpoint;
+* 1: interrupted (Ctrl-C, or SIGTERM); ``shoal train`` first saves a checkpoint of its last completed update
+  and names it (``"checkpoint"``; ``--resume`` continues from it);
 * 2: an error in the input or the data: bad arguments, unknown env, unreadable or refused checkpoint, missing
   file (a :class:`~shoal.errors.ShoalError` or ``FileNotFoundError``);
 * 3: an unexpected error (an exception from shoal, the env or a library): its traceback goes to stderr, the JSON
@@ -44,6 +45,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from shoal.errors import APIUsageError, ShoalError
+from shoal.interrupts import signal_name, terminate_as_interrupt
 
 __all__ = ["main"]
 
@@ -236,15 +238,20 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         )
     trainer = make_trainer(config, callbacks=callbacks)  # one of several learners under torchrun
     try:
-        result = trainer.train()
-    except KeyboardInterrupt:
+        with terminate_as_interrupt():  # again: ray.init (in make_trainer) installs a SIGTERM handler of its own
+            result = trainer.train()
+    except KeyboardInterrupt as exc:  # train() saved the last completed update
         checkpoint = trainer.last_checkpoint
+        how = "interrupted" if signal_name(exc) == "SIGINT" else f"stopped by {signal_name(exc)}"
         _fail(
             "train",
-            f"interrupted at step {trainer.global_step:,}; the last checkpoint is {checkpoint}",
-            code=1,
+            f"{how} at step {trainer.global_step:,} (update {trainer.update:,}); the last checkpoint is "
+            f"{checkpoint}" + ("" if checkpoint is None else f" (continue with --run-dir {config.run_dir} --resume)"),
+            code=EXIT_INTERRUPTED,
             checkpoint=None if checkpoint is None else str(checkpoint),
             run_dir=config.run_dir,
+            global_step=trainer.global_step,
+            signal=signal_name(exc),
         )
     summary = result.summary()
     _say(
@@ -413,7 +420,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the run in --run-dir from its newest readable checkpoint (unreadable ones are skipped "
         "with a warning). Exactly as an uninterrupted run on the serial backend when the checkpoint's env "
         "snapshot is signed with this user's key (~/.cache/shoal/checkpoint.key, or $SHOAL_HOME/checkpoint.key); "
-        "a snapshot from another machine or user is never unpickled, and the envs restart from a fresh reset",
+        "a snapshot from another machine or user is never unpickled, and the envs restart from a fresh reset, "
+        "as they do from the checkpoint that Ctrl-C or SIGTERM saves. The run's own settings are kept; "
+        "--total-steps may change, and then sets the new budget: the learning-rate decay (and prioritized-sampling "
+        "beta) are recomputed over it, so the learning rate jumps at the resume point (a warning gives both "
+        "budgets and rates; omit --total-steps to keep the original schedule)",
     )
     train.add_argument("--no-dashboard", action="store_true", help="no live dashboard on stderr")
     train.add_argument("--json", action="store_true", help="print only the final JSON line")
@@ -534,11 +545,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 stream=sys.stderr,
                 format="shoal: %(levelname)s: %(message)s",
             )
-            payload = args.handler(args)
+            with terminate_as_interrupt():  # SIGTERM ends a command as Ctrl-C does: status 1 and a JSON line
+                payload = args.handler(args)
         except (ShoalError, FileNotFoundError) as exc:
             _fail(command, str(exc), code=EXIT_ERROR)
-        except KeyboardInterrupt:
-            _fail(command, "interrupted", code=EXIT_INTERRUPTED)
+        except KeyboardInterrupt as exc:
+            how = "interrupted" if signal_name(exc) == "SIGINT" else f"stopped by {signal_name(exc)}"
+            _fail(command, how, code=EXIT_INTERRUPTED, signal=signal_name(exc))
         except (_Exit, SystemExit):
             raise
         except Exception as exc:

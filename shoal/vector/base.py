@@ -662,7 +662,11 @@ class VecEnv:
     # ---- lifecycle -----------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close every env, stop every worker and release the buffers. Safe to call twice."""
+        """Close every env, stop every worker and release the buffers. Safe to call twice.
+
+        An env that fails to close is logged as a warning naming its worker and envs, not raised, on every
+        backend: closing is cleanup, often done while another error propagates or after a finished training.
+        """
         if getattr(self, "_state", _State.CLOSED) is _State.CLOSED:
             return
         self._state = _State.CLOSED

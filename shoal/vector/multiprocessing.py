@@ -105,6 +105,7 @@ class _Workers:
         self.flags_block: Any = None
         self.grace_s = _CLOSE_TIMEOUT_S  # how long close() waits for workers to finish before terminating them
         self.stuck: set[int] = set()  # workers known to hang (a timeout): terminated without waiting
+        self.names: list[str] = []  # each worker as error messages name it
 
     def shutdown(self) -> None:
         """Ask every worker to close its envs, wait up to ``grace_s`` seconds, then terminate stragglers.
@@ -128,9 +129,14 @@ class _Workers:
                     running.pop(obj).join(1.0)  # the sentinel fires just before the exit status is ready
                     continue
                 try:
-                    obj.recv_bytes()
+                    message = obj.recv_bytes()
                 except (EOFError, OSError):
                     open_conns.remove(obj)
+                    continue
+                if message[:1] == REPLY_ERROR:  # e.g. an env that failed to close: said, not raised (cleanup)
+                    worker = self.conns.index(obj)
+                    name = self.names[worker] if worker < len(self.names) else f"multiprocessing worker {worker}"
+                    _log.warning("%s raised %s", name, message[1:].decode("utf-8", "replace"))
         hung = [w for w, proc in enumerate(self.procs) if proc.sentinel in running and w not in self.stuck]
         if hung:
             _log.warning("shoal.vector: multiprocessing worker%s %s did not finish close() within %gs (an env's "
@@ -240,6 +246,7 @@ class MultiprocessingVecEnv(VecEnv):
         self._flags = flag_view(self._workers.flags_block)
         self._sent = [0] * config.num_workers  # commands submitted per worker (mirrors flags[w, CMD])
         self._replies: dict[int, InfoPairs] = {}  # replies read but not yet returned by recv()
+        self._calls = ["startup"] * config.num_workers  # each worker's command in flight, for error messages
         self._procs = self._workers.procs
         self._conns = self._workers.conns
         try:
@@ -268,6 +275,7 @@ class MultiprocessingVecEnv(VecEnv):
             finally:
                 child_end.close()
             self._procs.append(proc)
+            self._workers.names.append(self._who(worker))
         self._poller = _Poller(self._conns, [proc.sentinel for proc in self._procs])
         # Each worker answers once when its envs are built (or sends the traceback of why they were not).
         for worker in range(config.num_workers):
@@ -283,12 +291,13 @@ class MultiprocessingVecEnv(VecEnv):
 
     def _submit(self, worker: int, seeds: list[int | None] | None) -> None:
         message = CMD_STEP if seeds is None else CMD_RESET + pickle.dumps(seeds)
+        self._calls[worker] = "step" if seeds is None else "reset"
         self._sent[worker] += 1
         self._flags[worker * FLAG_STRIDE + CMD] = self._sent[worker]
         try:
             self._conns[worker].send_bytes(message)
         except OSError:
-            self._raise_dead(worker, "while receiving a command")
+            self._raise_dead(worker, f"while receiving a {self._calls[worker]} command")
 
     def _collect(self, k: int, startup: bool = False) -> list[tuple[int, InfoPairs]]:
         replies = self._replies
@@ -333,7 +342,7 @@ class MultiprocessingVecEnv(VecEnv):
                     self._read(w)
                     raise WorkerError(f"{self._who(w)} sent a reply it owed no one")
             for w in dead:
-                self._raise_dead(w, "at startup" if startup else "while stepping its envs")
+                self._raise_dead(w, f"during {self._calls[w]}")
         chosen = [w for w in in_flight if w in replies][:k]
         return [(w, replies.pop(w)) for w in chosen]
 
@@ -341,7 +350,7 @@ class MultiprocessingVecEnv(VecEnv):
         try:
             message = self._conns[worker].recv_bytes()
         except (EOFError, OSError):
-            self._raise_dead(worker, "before replying")
+            self._raise_dead(worker, f"during {self._calls[worker]}, before replying")
         tag = message[:1]
         if tag == REPLY_OK:
             return []
@@ -351,7 +360,7 @@ class MultiprocessingVecEnv(VecEnv):
             return restore_final_observations(pairs, moved, self._final[worker * rows : (worker + 1) * rows])
         if tag == REPLY_ERROR:
             text = message[1:].decode("utf-8", "replace")
-            raise WorkerError(f"{self._who(worker)} raised:\n{text}")
+            raise WorkerError(f"{self._who(worker)} raised during {self._calls[worker]}:\n{text}")
         raise WorkerError(f"{self._who(worker)} sent an unreadable reply {message[:16]!r}")
 
     # ---- errors --------------------------------------------------------------------------------------------
@@ -366,7 +375,8 @@ class MultiprocessingVecEnv(VecEnv):
             while conn.poll(0):
                 message = conn.recv_bytes()
                 if message[:1] == REPLY_ERROR:
-                    raise WorkerError(f"{self._who(worker)} raised:\n{message[1:].decode('utf-8', 'replace')}")
+                    raise WorkerError(f"{self._who(worker)} raised during {self._calls[worker]}:\n"
+                                      f"{message[1:].decode('utf-8', 'replace')}")
         except (EOFError, OSError):
             pass
         proc = self._procs[worker]

@@ -120,6 +120,7 @@ class RayVecEnv(VecEnv):
         self._actors: list[Any] = []
         self._refs: dict[int, Any] = {}
         self._stuck: set[int] = set()  # actors that timed out: killed without waiting for them to close
+        self._calls: dict[int, str] = {}  # each actor's call in flight, for error messages
         rows = self.envs_per_worker * self.agents_per_env
         self._rows = [slice(w * rows, (w + 1) * rows) for w in range(config.num_workers)]
         try:
@@ -138,6 +139,7 @@ class RayVecEnv(VecEnv):
 
     def _submit(self, worker: int, seeds: list[int | None] | None) -> None:
         actor = self._actors[worker]
+        self._calls[worker] = "step" if seeds is None else "reset"
         if seeds is None:
             self._refs[worker] = actor.step.remote(self._arrays["actions"][self._rows[worker]])
         else:
@@ -160,9 +162,9 @@ class RayVecEnv(VecEnv):
             try:
                 result = ray.get(self._refs.pop(worker))
             except Exception as exc:
-                raise WorkerError(f"{self._who(worker)} failed "
-                                  f"{'at startup' if startup else 'while stepping its envs'}. Traceback of the "
-                                  f"actor (most recent call last):\n{_ANSI.sub('', str(exc))}") from exc
+                call = "startup" if startup else self._calls.get(worker, "step")
+                raise WorkerError(f"{self._who(worker)} failed during {call}. Traceback of the actor (most recent "
+                                  f"call last):\n{_ANSI.sub('', str(exc))}") from exc
             if startup:
                 done.append((worker, []))
                 continue
@@ -198,7 +200,7 @@ class RayVecEnv(VecEnv):
             try:
                 ray.get(ref)
             except Exception as exc:  # best effort: the actors are killed below either way
-                _log.warning("closing Ray actor %d's envs failed: %s", closing[ref], exc)
+                _log.warning("%s failed while closing its envs: %s", self._who(closing[ref]), _ANSI.sub("", str(exc)))
         if late:
             _log.warning("shoal.vector: Ray actors %s did not finish close() within %gs (an env's close() may "
                          "hang); killing them", sorted(closing[ref] for ref in late), _CLOSE_TIMEOUT_S)

@@ -95,14 +95,13 @@ class SerialVecEnv(VecEnv):
 
     def _close_groups(self) -> None:
         groups, self._groups = self._groups, []
-        error: Exception | None = None
-        for group in groups:
+        for worker, group in enumerate(groups):
             try:
                 group.close()
-            except Exception as exc:  # close the other groups anyway
-                error = error or exc
-        if error is not None:
-            raise error
+            except Exception:  # said, not raised, as on the other backends; the other groups are closed anyway
+                envs = self.config.worker_envs(worker)
+                log.warning("an env of serial group %d (envs %d..%d) raised during close:\n%s", worker, envs.start,
+                            envs.stop - 1, traceback.format_exc())
 
     def _shutdown(self) -> None:
         self._pending.clear()

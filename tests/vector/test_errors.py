@@ -6,13 +6,12 @@ import functools
 import io
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
 import shoal.vector
-from shoal.errors import APIUsageError, ShoalError, WorkerError
+from shoal.errors import APIUsageError, WorkerError
 from tests.vector import envs_for_tests as envs
 from tests.vector.procs import child_pids, workers_only
 
@@ -112,43 +111,7 @@ def test_partial_batches_need_the_async_api() -> None:
 
 
 # ---- failing envs and workers --------------------------------------------------------------------------------
-
-
-@pytest.mark.timeout(20)
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("on_reset", [False, True])
-def test_env_that_raises_surfaces_with_its_traceback(backend: str, on_reset: bool) -> None:
-    children = child_pids()
-    env_fn = functools.partial(envs.CrashEnv, after=3, how="raise", on_reset=on_reset)
-    healthy = functools.partial(envs.CrashEnv, after=10**9)
-    vecenv = shoal.vector.make([healthy, env_fn] * 2, 4, backend=backend, num_workers=2)
-    start = time.monotonic()
-    with pytest.raises(WorkerError) as info:
-        vecenv.reset()
-        for _ in range(5):
-            vecenv.step(np.zeros(4, np.int64))
-    assert time.monotonic() - start < 10
-    message = str(info.value)
-    assert "CrashEnv failed on purpose" in message and "Traceback" in message
-    assert "envs 0..1" in message or "envs 2..3" in message  # both groups fail; whichever is seen first
-    assert vecenv.closed and isinstance(info.value, ShoalError)
-    assert not workers_only(child_pids() - children)
-
-
-@pytest.mark.timeout(20)
-@pytest.mark.parametrize("how, match", [("exit", "exited with code 3"), ("kill", "killed by signal 9")])
-def test_worker_that_dies_surfaces_fast(how: str, match: str) -> None:
-    children = child_pids()
-    env_fn = functools.partial(envs.CrashEnv, after=2, how=how)
-    healthy = functools.partial(envs.CrashEnv, after=10**9)
-    vecenv = shoal.vector.make([healthy, env_fn], 2, backend="multiprocessing", num_workers=2)
-    vecenv.reset()
-    start = time.monotonic()
-    with pytest.raises(WorkerError, match=match):
-        for _ in range(5):
-            vecenv.step(np.zeros(2, np.int64))
-    assert time.monotonic() - start < 10
-    assert vecenv.closed and not workers_only(child_pids() - children)
+# An env that raises, a worker that exits, is killed or crashes, on every backend: tests/faults/test_env_faults.py.
 
 
 @pytest.mark.timeout(20)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from shoal.errors import CheckpointError
+from shoal.interrupts import deferred_signals
 from shoal.train.config import TrainConfig
 from shoal.train.loop.env_result import Carry
 from shoal.train.runs.checkpoint import (
@@ -57,8 +58,37 @@ RESUMABLE_CHANGES = {
 }
 
 
+def _warn_new_budget(source: Path, saved: TrainConfig, cfg: TrainConfig, step: int) -> None:
+    """Say what resuming ``source`` (at agent step ``step``) with another ``total_steps`` changes.
+
+    The new budget is the one that counts: schedules over ``total_steps`` (the learning-rate decay, the
+    prioritized-sampling beta) are recomputed over it, so they jump at the resume point. Keeping the old schedule
+    instead would train an extended run at a learning rate of 0 once the old budget is spent.
+    """
+    old, new = saved.total_steps, cfg.total_steps
+    if step >= new:
+        log.warning("resume from %s: the run is at step %s, which --total-steps %s does not exceed: there is "
+                    "nothing left to train", source, f"{step:,}", f"{new:,}")
+        return
+    changes = []
+    if cfg.anneal_lr:
+        lr = cfg.learning_rate
+        was, now = lr * max(0.0, 1.0 - step / old), lr * max(0.0, 1.0 - step / new)
+        changes.append(f"the learning rate, decaying linearly to 0 over total_steps, continues at {now:.3g} where "
+                       f"the original schedule was at {was:.3g}")
+    if cfg.prio_alpha > 0:
+        changes.append("the prioritized-sampling beta is annealed over the new budget")
+    if changes:
+        log.warning("resume from %s at step %s with total_steps %s instead of the run's %s: %s; training will not "
+                    "match an uninterrupted run of either budget. Resume without --total-steps to keep the "
+                    "original schedule.", source, f"{step:,}", f"{new:,}", f"{old:,}", "; ".join(changes))
+
+
 class CheckpointMixin:
     """Checkpoint writing and resuming for :class:`~shoal.train.loop.trainer.Trainer` (see the module docstring)."""
+
+    #: Whether an interrupted ``train()`` saves its last completed update (:meth:`save_interrupted`).
+    saves_on_interrupt = True
 
     # The trainer's state this mixin uses (set by Trainer.__init__).
     config: TrainConfig
@@ -133,11 +163,36 @@ class CheckpointMixin:
         log.debug("checkpoint %s", path)
         return path
 
+    def save_interrupted(self) -> Path | None:
+        """After Ctrl-C or SIGTERM: write a checkpoint of the last completed update unless it is written already;
+        returns :attr:`last_checkpoint`.
+
+        The rollout under way is left out (its envs, pending transitions and LSTM states are mid-way), so a
+        resume from this checkpoint restarts the envs from a fresh reset. A failure to write is logged, not
+        raised: the interrupt is what the caller reports, with the previous checkpoint.
+        """
+        if self.run_dir is None or not self.saves_on_interrupt:
+            return self.last_checkpoint
+        if self.last_checkpoint == checkpoint_path(self.run_dir, self.update):
+            return self.last_checkpoint
+        carry, self._carry = self._carry, None  # checkpoint_payload then saves neither the carry nor the envs
+        try:
+            with deferred_signals():  # a second Ctrl-C still stops at once (the write is atomic)
+                self.save()
+        except Exception as exc:
+            log.warning("interrupted: cannot write a checkpoint of update %d (%s: %s); the last checkpoint is %s",
+                        self.update, type(exc).__name__, exc, self.last_checkpoint)
+        finally:
+            self._carry = carry
+        return self.last_checkpoint
+
     def _check_compatible(self, payload: dict[str, Any], source: Path) -> None:
         # resolved as this run is: a run saved before its algorithm defaults were filled in compares equal
         saved = TrainConfig.from_dict(payload["config"]).resolved(self.agents_per_env)
         cfg = self.config
         check_signature(payload["env_signature"], env_signature(self.vecenv), str(source), cfg.env)
+        if saved.total_steps != cfg.total_steps:
+            _warn_new_budget(source, saved, cfg, int(payload["global_step"]))
         differing = [
             f
             for f in saved.to_dict()

@@ -61,6 +61,9 @@ class DistributedTrainer(Trainer):
         timeout: seconds a collective waits for the other learners when this call creates the group.
     """
 
+    #: Writing a checkpoint is collective: learners interrupted at different points would wait for each other.
+    saves_on_interrupt = False
+
     def __init__(
         self,
         config: TrainConfig,

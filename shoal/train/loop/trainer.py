@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from shoal import vector
 from shoal.emulation.base import action_mask_width
 from shoal.errors import APIUsageError
+from shoal.interrupts import deferred_signals
 from shoal.policies import Policy
 from shoal.train.acting import RowActor
 from shoal.train.config import TrainConfig
@@ -541,8 +542,15 @@ class Trainer(CheckpointMixin):
         return out
 
     def train(self) -> TrainResult:
-        """Run until ``total_steps`` agent steps were collected; returns a :class:`TrainResult`."""
+        """Run until ``total_steps`` agent steps were collected; returns a :class:`TrainResult`.
+
+        On ``KeyboardInterrupt`` (Ctrl-C; SIGTERM too under :func:`shoal.interrupts.terminate_as_interrupt`, as
+        the command line sets it) the last completed update is saved (:meth:`save_interrupted`, named by
+        :attr:`last_checkpoint`) and the interrupt raised again. An update and its checkpoint are never cut in
+        half: a signal arriving during them takes effect once they are done (a second one at once).
+        """
         cfg = self.config
+        start_update: int | None = None  # set once the run is restored and open: an interrupt before saves nothing
         try:
             if self._resume_from is not None:
                 self.restore(self._resume_from)
@@ -552,19 +560,21 @@ class Trainer(CheckpointMixin):
                 self._start_learner()
             self._t0 = time.perf_counter()
             start_step = self.global_step
+            start_update = self.update
             last_log = -math.inf
             stats: dict[str, float] = {}
             while self.global_step < cfg.total_steps:
                 self.collect()
-                stats = self.learn()
-                self.last_stats = stats
-                if self.league is not None:  # snapshots into the opponent pool
-                    self.league.after_update()
-                done = self.global_step >= cfg.total_steps
-                if self.run_dir is not None and (
-                    done or (cfg.checkpoint_interval and self.update % cfg.checkpoint_interval == 0)
-                ):
-                    self.save()
+                with deferred_signals():  # Ctrl-C/SIGTERM wait for the update and its checkpoint to complete
+                    stats = self.learn()
+                    self.last_stats = stats
+                    if self.league is not None:  # snapshots into the opponent pool
+                        self.league.after_update()
+                    done = self.global_step >= cfg.total_steps
+                    if self.run_dir is not None and (
+                        done or (cfg.checkpoint_interval and self.update % cfg.checkpoint_interval == 0)
+                    ):
+                        self.save()
                 now = time.perf_counter()
                 if done or now - last_log >= cfg.log_interval:
                     last_log = now
@@ -619,6 +629,10 @@ class Trainer(CheckpointMixin):
                 resumed_from=self._resume_from,
                 exact_resume=self.exact_resume,
             )
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM under the command line: keep the last completed update
+            if start_update is not None and self.update > start_update:
+                self.save_interrupted()
+            raise
         finally:
             self.close()
 

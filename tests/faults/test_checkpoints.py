@@ -1,4 +1,6 @@
-"""Checkpoints never run code from the file; unreadable checkpoints are skipped; stale temporaries are removed."""
+"""Damaged, foreign and malicious checkpoints: they never run code from the file, unreadable ones are skipped for
+the newest readable one, stale temporary files are removed, a crash while saving keeps the last good one, and a
+checkpoint of another env or policy shape is refused naming the file and the difference."""
 
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ from shoal.train.runs.checkpoint import (
     save_checkpoint,
 )
 from shoal.train.runs.evaluate import load_policy_from_checkpoint
+
+pytestmark = pytest.mark.usefixtures("no_leftovers")
 
 
 @pytest.fixture(autouse=True)
@@ -304,3 +308,44 @@ def test_stale_temporary_files_are_removed_on_save_resume_and_overwrite(tmp_path
         finally:
             trainer.close()
         assert not dead.exists() and not old.exists() and live.exists()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# A crash while saving; another run's checkpoint
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_a_crash_while_saving_keeps_the_last_good_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = train(config(tmp_path / "run", total_steps=64 * 2))
+    good = list_checkpoints(tmp_path / "run")[-1]
+    before = good.read_bytes()
+
+    def exploding_save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        f.write(b"partial garbage")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", exploding_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(good, {"anything": 1})
+    monkeypatch.undo()
+    assert good.read_bytes() == before
+    assert not list((tmp_path / "run" / "checkpoints").glob("*.tmp"))
+    assert load_checkpoint(good)["update"] == result.updates
+
+
+def test_resume_refuses_another_env_or_policy_shape(tmp_path: Path) -> None:
+    train(config(tmp_path / "run", total_steps=64))
+    (path,) = list_checkpoints(tmp_path / "run")
+    with pytest.raises(CheckpointError, match="another env") as info:
+        Trainer(config(tmp_path / "run", env="bandit", resume=True)).train()
+    assert str(path) in str(info.value)
+    with pytest.raises(CheckpointError, match="hidden_size") as info:
+        Trainer(config(tmp_path / "run", hidden_size=32, resume=True)).train()
+    assert str(path) in str(info.value)
+    bogus = tmp_path / "bogus.pt"
+    torch.save({"weights": 1}, bogus)
+    with pytest.raises(CheckpointError, match=r"bogus\.pt.*not a shoal training checkpoint|not a shoal training "
+                       r"checkpoint.*bogus\.pt"):
+        load_checkpoint(bogus)
