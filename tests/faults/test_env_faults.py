@@ -7,6 +7,7 @@ them: it takes seconds).
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -17,9 +18,10 @@ import numpy as np
 import pytest
 
 import shoal.vector
-from shoal.errors import APIUsageError, ShoalError, WorkerError
+from shoal.errors import APIUsageError, NonFiniteError, ShoalError, WorkerError
 from tests.faults import envs
 from tests.faults.conftest import REPORT_S, ROOT
+from tests.vector import envs_for_tests as vector_envs
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -169,9 +171,8 @@ def test_a_worker_that_dies(backend: str, fault: str, how: dict[str, str], no_le
 
 
 # ---- hangs and non-finite values -----------------------------------------------------------------------------
-# The vector layer is getting a default step timeout and NaN/inf checks of its own; until then these cases use
-# the explicit ``timeout=`` of the backends that have one. Extend here once they land (a default timeout on
-# every backend, including serial, and a non-finite observation or reward named like the faults above).
+# Every vector env has a step timeout (60 s by default; serial envs run in the caller's thread and cannot be
+# interrupted) and checks rewards and observations for NaN and infinities.
 
 
 @pytest.mark.parametrize("backend", PROCESS_BACKENDS, indirect=True)  # serial has no timeout (yet)
@@ -180,3 +181,18 @@ def test_an_env_that_hangs_is_reported_after_the_timeout(backend: str, no_leftov
     vecenv.timeout = 2.0  # for the steps only: the timeout covers start-up too, and Ray actors start slowly
     worker = {"multiprocessing": WORKER["multiprocessing"], "ray": r"Ray actors \[1\]"}[backend]
     expect_worker_error(backend, vecenv, r"no reply within timeout=2\.0s", "stuck", worker=worker)
+
+
+@pytest.mark.parametrize("field", ["reward", "obs"])
+def test_a_nan_reward_or_observation_is_named(backend: str, field: str, no_leftovers: None) -> None:
+    poisoned = functools.partial(vector_envs.poisoned_cartpole, field, at=3)
+    vecenv = shoal.vector.make([envs.cartpole, poisoned], 2, backend=backend, num_workers=2)
+    vecenv.reset(seed=0)
+    start = time.monotonic()
+    with pytest.raises(NonFiniteError) as caught:
+        for _ in range(6):
+            vecenv.step(np.zeros(2, np.int64))
+    assert time.monotonic() - start < REPORT_S
+    message = str(caught.value)
+    assert "env 1" in message and ("reward" if field == "reward" else "obs") in message, message
+    vecenv.close()
