@@ -179,8 +179,7 @@ def test_a_worker_that_dies(backend: str, fault: str, how: dict[str, str], no_le
 def test_an_env_that_hangs_is_reported_after_the_timeout(backend: str, no_leftovers: None) -> None:
     vecenv = make(backend, "hang", hang_s=30.0, timeout=30.0)
     vecenv.timeout = 2.0  # for the steps only: the timeout covers start-up too, and Ray actors start slowly
-    worker = {"multiprocessing": WORKER["multiprocessing"], "ray": r"Ray actors \[1\]"}[backend]
-    expect_worker_error(backend, vecenv, r"no reply within timeout=2\.0s", "stuck", worker=worker)
+    expect_worker_error(backend, vecenv, r"no answer to step\(\) within timeout=2s", "raise the limit")
 
 
 @pytest.mark.parametrize("field", ["reward", "obs"])
