@@ -267,10 +267,12 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         extra["evaluation"] = {"error": result.evaluation["error"]}
         _say(args, f"evaluation failed: {result.evaluation['error']}")
     elif result.evaluation is not None:
+        sampled = result.evaluation.get("stochastic", {})
+        also = "" if sampled.get("mean_return") is None else f" ({sampled['mean_return']:.2f} sampling actions)"
         _say(
             args,
             f"evaluation: mean return {result.evaluation['mean_return']:.2f} over "
-            f"{result.evaluation['episodes']} episodes",
+            f"{result.evaluation['episodes']} episodes with the most likely actions{also}",
         )
     return {"command": "train", "ok": True, **summary, **extra}
 

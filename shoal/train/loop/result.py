@@ -26,8 +26,10 @@ class TrainResult:
         episode_return, episode_length: mean over the last ``stats_window`` finished episodes (None if none).
         episodes: episodes finished in total.
         checkpoint: the last checkpoint written, or None.
-        evaluation: :func:`shoal.train.evaluate.evaluate` result when ``eval_episodes > 0``; when that evaluation
-            failed, ``{"error": message, "mean_return": None, "episodes": 0}`` (the training itself succeeded).
+        evaluation: when ``eval_episodes > 0``, the :func:`shoal.train.runs.evaluate.evaluate` result with the most
+            likely actions, and under ``"stochastic"`` the one sampling actions
+            (:func:`~shoal.train.runs.evaluate.evaluate_after_training`); a failed evaluation is
+            ``{"error": message, "mean_return": None, "episodes": 0}`` (the training itself succeeded).
         resumed_from: the checkpoint this run continued from, or None.
         exact_resume: False when a resumed run had to restart its envs.
     """
@@ -64,4 +66,6 @@ class TrainResult:
             "resumed_from": None if self.resumed_from is None else str(self.resumed_from),
             "eval_mean_return": None if self.evaluation is None else self.evaluation["mean_return"],
             "eval_episodes": None if self.evaluation is None else self.evaluation["episodes"],
+            "eval_stochastic_mean_return": None if self.evaluation is None
+            else self.evaluation.get("stochastic", {}).get("mean_return"),
         }

@@ -602,10 +602,13 @@ class Trainer(CheckpointMixin):
             evaluation = None
             if cfg.eval_episodes:
                 evaluation = evaluate_after_training(self.policy, self.env_fn, cfg, self.device)
-                if self.run_dir is not None and "error" not in evaluation:
+                scalars = {f"eval/{prefix}mean_return": result["mean_return"]
+                           for prefix, result in (("", evaluation), ("stochastic_", evaluation["stochastic"]))
+                           if "error" not in result}
+                if self.run_dir is not None and scalars:
                     record = LogRecord(
                         self.global_step,
-                        {"eval/mean_return": evaluation["mean_return"]},
+                        scalars,
                         cfg.total_steps,
                         self._elapsed(),
                         final=True,

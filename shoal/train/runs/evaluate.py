@@ -249,16 +249,23 @@ def evaluate_checkpoint(
 
 def evaluate_after_training(policy: nn.Module, env_fn: Callable[[], Any], config: TrainConfig,
                             device: Any = None) -> dict[str, Any]:
-    """The evaluation that ends :func:`shoal.train.train` (``config.eval_episodes`` deterministic episodes).
+    """The evaluation that ends :func:`shoal.train.train`: ``config.eval_episodes`` episodes with the most likely
+    actions, then as many sampling actions, as a deterministic policy can fail where the stochastic one it was
+    trained as succeeds (e.g. walking into a wall for ever).
 
-    A failure does not undo the training: it is logged as a warning and returned as ``{"error": message,
-    "mean_return": None, "episodes": 0}`` (interrupts still propagate).
+    Returns:
+        The deterministic :func:`evaluate` result, with the sampled one under ``"stochastic"``. A failure does
+        not undo the training: it is logged as a warning and reported as ``{"error": message, "mean_return":
+        None, "episodes": 0}`` in place of that evaluation's result (interrupts still propagate).
     """
-    try:
-        return evaluate(policy, env_fn, config.eval_episodes, seed=config.seed + 10_007, device=device,
-                        max_agents=config.max_agents)
-    except Exception as exc:
-        message = str(exc) if isinstance(exc, ShoalError) else f"{type(exc).__name__}: {exc}"
-        log.warning("the evaluation after training failed (training finished and is saved; evaluate again with "
-                    "shoal eval RUN_DIR): %s", message, exc_info=not isinstance(exc, ShoalError))
-        return {"error": message, "mean_return": None, "episodes": 0}
+    results = {}
+    for name, deterministic in (("deterministic", True), ("stochastic", False)):
+        try:
+            results[name] = evaluate(policy, env_fn, config.eval_episodes, seed=config.seed + 10_007,
+                                     deterministic=deterministic, device=device, max_agents=config.max_agents)
+        except Exception as exc:
+            message = str(exc) if isinstance(exc, ShoalError) else f"{type(exc).__name__}: {exc}"
+            log.warning("the %s evaluation after training failed (training finished and is saved; evaluate again "
+                        "with shoal eval RUN_DIR): %s", name, message, exc_info=not isinstance(exc, ShoalError))
+            results[name] = {"error": message, "mean_return": None, "episodes": 0}
+    return {**results["deterministic"], "stochastic": results["stochastic"]}

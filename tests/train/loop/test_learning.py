@@ -59,3 +59,13 @@ def test_only_an_lstm_solves_the_memory_task() -> None:
 
 def test_ppo_with_an_lstm_solves_the_memory_task_with_the_learner_process() -> None:
     assert _memory(recurrent=True, async_learner=True) >= 0.95
+
+
+def test_the_evaluation_after_training_reports_greedy_and_sampled_returns() -> None:
+    result = train(TrainConfig(env="bandit", env_kwargs={"num_contexts": 4, "num_arms": 4}, total_steps=512,
+                               num_envs=8, horizon=16, minibatch_size=64, seed=0, eval_episodes=16, log_interval=60))
+    evaluation = result.evaluation
+    assert evaluation is not None and evaluation["episodes"] == 16
+    sampled = evaluation["stochastic"]
+    assert sampled["episodes"] == 16 and 0.0 <= sampled["mean_return"] <= 1.0
+    assert result.summary()["eval_stochastic_mean_return"] == sampled["mean_return"]
