@@ -24,9 +24,11 @@ Which encoder a leaf gets (:func:`encoder_kind`)
     within a small factor of a plain MLP (``benchmarks/policies.py``). Put a custom encoder in front for them.
 
 Scaling of ``"vector"`` leaves
-    A Box whose every element has finite bounds with ``0 <= high - low <= 1e4`` is rescaled affinely into
-    ``[-1, 1]``; the rescale is folded into the linear layer's weights (no extra pass over the data, same
-    gradients as scaling the input). Any other Box goes through ``symlog(x) = sign(x) * log1p(|x|)``.
+    A Box whose every element has finite bounds with ``0 <= high - low <= 1e4`` is fed as is when its dtype is
+    float (its bounds are limits such as velocity clamps, not the scale of its data), and rescaled affinely into
+    ``[-1, 1]`` when it is an integer Box; the rescale is folded into the linear layer's weights (no extra pass
+    over the data, same gradients as scaling the input). Any other Box goes through
+    ``symlog(x) = sign(x) * log1p(|x|)``.
 """
 
 from __future__ import annotations
@@ -125,6 +127,11 @@ def leaf_scaling(leaf: Leaf) -> tuple[str, np.ndarray | None, np.ndarray | None]
     span = high - low
     if not (np.isfinite(low).all() and np.isfinite(high).all() and ((span >= 0) & (span <= _AFFINE_SPAN)).all()):
         return "symlog", None, None
+    if np.issubdtype(leaf.dtype, np.floating):
+        # A float Box's bounds are limits (clamps, physical ranges), not the scale of its data: Acrobot's velocities
+        # are bounded by +-4pi/+-9pi but have a std of 1.3/2.2, so [low, high] -> [-1, 1] shrank them 10-30x
+        # below the other inputs. Feed them as they are (as CleanRL and SB3 do).
+        return "none", None, None
     half = span / 2
     scale = np.divide(1.0, half, out=np.zeros_like(half), where=half > 0)
     return "affine", scale, -(low + half) * scale
@@ -266,14 +273,15 @@ class EmbeddingEncoder(nn.Module):
 def make_leaf_encoder(leaf: Leaf, *, hidden_size: int = 128, embedding_dim: int = 16) -> nn.Module:
     """The encoder for ``leaf`` (:func:`encoder_kind`); it has an ``out_features`` attribute.
 
-    Vector leaves get ``min(hidden_size, max(16, leaf.size))`` features, images ``hidden_size``.
+    Vector and image leaves get ``hidden_size`` features (a vector leaf's ``Linear + ReLU`` is the policy's first
+    hidden layer: narrower, it is a bottleneck; 16 units for Acrobot's 6 inputs kept PPO from learning).
     """
     kind = encoder_kind(leaf)
     if kind == "image":
         return ImageEncoder(leaf, hidden_size)
     if kind == "embedding":
         return EmbeddingEncoder(leaf, embedding_dim)
-    return VectorEncoder(leaf, min(hidden_size, max(16, leaf.size)))
+    return VectorEncoder(leaf, hidden_size)
 
 
 class ObservationEncoder(nn.Module):

@@ -238,6 +238,9 @@ class Policy(nn.Module):
         num_agent_ids: number of distinct agent ids (slots or agent types) to embed; 0 disables.
         agent_id_embedding: width of the agent-id embedding.
         critic_input_size: width of a centralized critic input; None: the value head reads the shared features.
+        separate_critic: give the critic its own encoder and trunk (feed-forward policies without
+            ``critic_input_size``). Shared features must grow with the scale of the returns to fit them, which
+            scales the actor's logits too (entropy collapses without any policy gradient); False shares them.
         continuous_std: ``"state_independent"`` or ``"state_dependent"`` Gaussian std.
         device: where to put the parameters.
 
@@ -249,7 +252,8 @@ class Policy(nn.Module):
     def __init__(self, obs_layout: Layout | Any, action_layout: ActionLayout | Any, *, hidden_size: int = 128,
                  num_layers: int = 1, embedding_dim: int = 16, recurrent: bool = False, lstm_size: int = 128,
                  num_agent_ids: int = 0, agent_id_embedding: int = 16, critic_input_size: int | None = None,
-                 continuous_std: str = "state_independent", device: torch.device | str | None = None) -> None:
+                 continuous_std: str = "state_independent", separate_critic: bool = True,
+                 device: torch.device | str | None = None) -> None:
         super().__init__()
         if hidden_size < 1 or num_layers < 1 or lstm_size < 1 or embedding_dim < 1 or num_agent_ids < 0:
             raise APIUsageError(f"hidden_size={hidden_size}, num_layers={num_layers}, lstm_size={lstm_size}, "
@@ -267,7 +271,7 @@ class Policy(nn.Module):
         self.config: dict[str, Any] = dict(
             hidden_size=hidden_size, num_layers=num_layers, embedding_dim=embedding_dim, recurrent=recurrent,
             lstm_size=lstm_size, num_agent_ids=num_agent_ids, agent_id_embedding=agent_id_embedding,
-            critic_input_size=critic_input_size, continuous_std=continuous_std,
+            critic_input_size=critic_input_size, continuous_std=continuous_std, separate_critic=separate_critic,
         )
         self.encoder = ObservationEncoder(self.obs_layout, hidden_size=hidden_size, embedding_dim=embedding_dim)
         self.num_agent_ids = num_agent_ids
@@ -286,6 +290,16 @@ class Policy(nn.Module):
             width = lstm_size
         self.head = ActionHead(self.action_layout, width, continuous_std)
         self.critic_input_size = critic_input_size
+        self.separate_critic = separate_critic and critic_input_size is None and not recurrent
+        if self.separate_critic:
+            self.critic_encoder = ObservationEncoder(self.obs_layout, hidden_size=hidden_size,
+                                                     embedding_dim=embedding_dim)
+            width = self.critic_encoder.out_features + (agent_id_embedding if num_agent_ids else 0)
+            layers = []
+            for _ in range(num_layers):
+                layers += [_linear(width, hidden_size), nn.ReLU()]
+                width = hidden_size
+            self.critic_trunk = nn.Sequential(*layers)
         if critic_input_size is None:
             self.value_head = _linear(width, 1, gain=1.0)
         else:
@@ -363,7 +377,10 @@ class Policy(nn.Module):
             action = self._flat_action(action, lead)
         log_prob = dist.log_prob(action)
         entropy = dist.entropy()
-        value = self._value(features, critic_obs, agent_ids, lead)
+        if self.separate_critic:
+            value = self.value_head(self._critic_features(obs, agent_ids, lead)).squeeze(-1)
+        else:
+            value = self._value(features, critic_obs, agent_ids, lead)
         shape_action = (*lead, *self._action_shape)
         return PolicyOutput(
             action=action.reshape(shape_action),
@@ -391,6 +408,13 @@ class Policy(nn.Module):
                                     f"[batch, {self.critic_input_size}]")
             lead = tuple(critic_obs.shape[:-1])
             return self._value(None, critic_obs, agent_ids, lead).reshape(lead)
+        if self.separate_critic:
+            if not isinstance(obs, Tensor) or obs.dim() == 0 or obs.shape[-1] != self._flat_size or (
+                obs.dtype != self._flat_dtype
+            ):
+                check_rows(self.obs_layout, obs, "observation")
+            lead = tuple(obs.shape[:-1])
+            return self.value_head(self._critic_features(obs, agent_ids, lead)).reshape(lead)
         lead, features, _ = self._actor_features(obs, state, done, agent_ids)
         return self.value_head(features).reshape(lead)
 
@@ -416,6 +440,13 @@ class Policy(nn.Module):
         if self.num_agent_ids:
             features = torch.cat([features, self._agent_features(agent_ids, (obs.shape[0],))], -1)
         return self.trunk(features)
+
+    def _critic_features(self, obs: Tensor, agent_ids: Tensor | None, lead: tuple[int, ...]) -> Tensor:
+        """The separate critic's trunk features ``[N, hidden_size]`` of flat rows ``obs [*lead, flat_size]``."""
+        features = self.critic_encoder(obs.reshape(math.prod(lead), self._flat_size))
+        if self.num_agent_ids:
+            features = torch.cat([features, self._agent_features(agent_ids, lead)], -1)
+        return self.critic_trunk(features)
 
     def _agent_features(self, agent_ids: Tensor | None, lead: tuple[int, ...]) -> Tensor:
         if agent_ids is None:

@@ -52,12 +52,13 @@ ValueNorm = Literal["auto", "none", "running", "popart"]
 #: The algorithms :func:`shoal.train.train` runs.
 ALGOS: tuple[str, ...] = typing.get_args(Algo)
 
-#: Per algorithm, the values of the fields left at None. MAPPO's follow the MAPPO study (Yu et al., 2022):
-#: parameter sharing with agent ids, large minibatches (two per update), up to 10 epochs, an entropy bonus; tuned
-#: on mpe2.simple_spread_v3 (``benchmarks/mappo.py``).
+#: Per algorithm, the values of the fields left at None. PPO's entropy bonus keeps sparse-reward envs (Acrobot)
+#: from collapsing to a deterministic policy before their first success. MAPPO's follow the MAPPO study (Yu et
+#: al., 2022): parameter sharing with agent ids, large minibatches (two per update), up to 10 epochs, an entropy
+#: bonus; tuned on mpe2.simple_spread_v3 (``benchmarks/mappo.py``).
 ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
     "ppo": {"num_envs": 8, "horizon": 64, "learning_rate": 4e-3, "update_epochs": 3, "minibatch_size": 128,
-            "ent_coef": 0.0, "hidden_size": 64, "agent_ids": False},
+            "ent_coef": 0.01, "hidden_size": 64, "agent_ids": False},
     "mappo": {"num_envs": 16, "horizon": 50, "learning_rate": 2.5e-3, "update_epochs": 10, "minibatch_size": 1200,
               "ent_coef": 0.01, "hidden_size": 128, "agent_ids": True},
 }

@@ -80,6 +80,7 @@ class LossTracer:
         self._built = 0
         self._traces: dict[tuple, Any] = {}  # signature -> verified trace, or None: eager
         self._pending: dict[tuple, Any] = {}  # signature -> trace checked once, awaiting its second check
+        self._signature: tuple[tuple[int, bool], tuple] | None = None  # ((policy id, mode), its signature)
 
     @property
     def num_traces(self) -> int:
@@ -91,8 +92,18 @@ class LossTracer:
         through :meth:`loss`, whole segments (recurrent policies, prioritized sampling) eagerly."""
         if minibatch.segments:
             return eager_loss(policy, minibatch, coefficients)
+        # The full signature walks every module and parameter (~30 us): take it once per policy and mode. A
+        # submodule switched on its own or a parameter tensor replaced needs forget_signature().
+        key = (id(policy), policy.training)
+        if self._signature is None or self._signature[0] != key:
+            self._signature = (key, self.policy_signature(policy))
         return self.loss(policy, minibatch.obs, minibatch.actions, minibatch.action_masks, minibatch.agent_ids,
-                         minibatch.critic_obs, minibatch.columns, coefficients)
+                         minibatch.critic_obs, minibatch.columns, coefficients, self._signature[1])
+
+    def forget_signature(self) -> None:
+        """Recompute the policy's signature at the next call (after replacing a parameter tensor or a submodule,
+        or switching one submodule's train/eval mode)."""
+        self._signature = None
 
     @staticmethod
     def policy_signature(policy: nn.Module) -> tuple:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import gymnasium as gym
+import numpy as np
 import pytest
+import torch
+from gymnasium import spaces
 
 from shoal.train import TrainConfig, train
 
@@ -69,3 +73,34 @@ def test_the_evaluation_after_training_reports_greedy_and_sampled_returns() -> N
     sampled = evaluation["stochastic"]
     assert sampled["episodes"] == 16 and 0.0 <= sampled["mean_return"] <= 1.0
     assert result.summary()["eval_stochastic_mean_return"] == sampled["mean_return"]
+
+
+class SignBandit(gym.Env):
+    """Reward 1 for the action that matches the sign of x ~ U(-3, 3), redrawn each step; the declared bounds are
+    +-30, ten times the data's range (as Acrobot's velocity bounds are)."""
+
+    observation_space = spaces.Box(-30.0, 30.0, (1,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.x = self.np_random.uniform(-3, 3, 1).astype(np.float32)
+        return self.x, {}
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        reward = float(int(action) == int(self.x[0] > 0))
+        self.x = self.np_random.uniform(-3, 3, 1).astype(np.float32)
+        return self.x, reward, False, False, {}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_ppo_learns_from_an_input_whose_bounds_are_far_wider_than_its_data(seed: int) -> None:
+    # before: the bounds rescaled x into [-0.1, 0.1] and the greedy policy stayed at chance (0.5)
+    result = train(TrainConfig(env="sign-bandit", total_steps=20_000, seed=seed, learning_rate=2.5e-4,
+                               num_envs=4, horizon=128, update_epochs=4, log_interval=60),
+                   env_fn=lambda: gym.wrappers.TimeLimit(SignBandit(), 32))
+    x = torch.linspace(-3, 3, 601).reshape(-1, 1)
+    x = x[x.abs().squeeze(1) > 0.1]
+    with torch.no_grad():
+        greedy = result.policy(x, deterministic=True).action
+    assert (greedy == (x[:, 0] > 0).long()).float().mean().item() >= 0.95

@@ -216,7 +216,8 @@ def test_trainer_builds_each_env_critic_input_from_that_env_only(critic: str) ->
             for slot in np.flatnonzero(live[local]).tolist():
                 tag = float(rows[local, slot, 0])
                 assert tags_by_env.setdefault(env, tag) == tag  # an env keeps its tag: rows map to envs
-                scaled = tag / 50.0 - 1.0
+                # observations: a float Box goes in as is (encoders.leaf_scaling); state(): rescaled by its bounds
+                scaled = tag if critic == "concat" else tag / 50.0 - 1.0
                 if critic == "state":
                     assert x[local, slot, 0].item() == pytest.approx(scaled)  # this env's state()
                 else:  # every live slot in the joint part carries this env's tag; dead slots are zero
