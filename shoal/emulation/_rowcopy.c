@@ -49,6 +49,9 @@ static PyObject *raise_nonfinite(const char *field, Py_ssize_t index) {
 /* First non-finite element of a C-contiguous aligned array: its index, -1 if none, -2 if the dtype is not handled. */
 static Py_ssize_t scan(PyArrayObject *a) {
     int type = PyArray_TYPE(a);
+    if (!PyArray_ISNOTSWAPPED(a) && !(PyTypeNum_ISINTEGER(type) || PyTypeNum_ISBOOL(type))) {
+        return -2;  /* byte-swapped floats: the bit patterns below are native-order; numpy checks these */
+    }
     Py_ssize_t n = PyArray_SIZE(a);
     const void *data = PyArray_DATA(a);
     switch (type) {

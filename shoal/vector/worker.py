@@ -131,6 +131,7 @@ def worker_main(index: int, env_fns: Sequence[Callable[[], Any]], first_env: int
         spin_s: seconds to spin on the command flag before blocking on the pipe.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and closes the workers
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the CLI's handler inherited by fork: terminate ends it
     _enable_faulthandler()
     for other in inherited:
         other.close()

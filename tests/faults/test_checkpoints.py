@@ -155,6 +155,34 @@ def test_a_checkpoint_that_would_run_code_is_refused_everywhere(
     assert not marker.exists()
 
 
+def test_an_env_name_in_a_checkpoint_is_never_imported_and_called(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # plain data can still name code: an entry point with keyword arguments that eval would call to make the env
+    run_dir = tmp_path / "run"
+    train(config(run_dir, total_steps=64))
+    (path,) = list_checkpoints(run_dir)
+    marker = tmp_path / "code-ran"
+    payload = load_checkpoint(path)
+    payload["config"] = {**payload["config"], "env": "subprocess:getoutput",
+                         "env_kwargs": {"cmd": f"touch {marker}"}}
+    save_checkpoint(path, payload)
+    code, result, _ = cli(capsys, "eval", str(run_dir), "--episodes", "1", "--json")
+    assert code == 2 and not result["ok"] and "'subprocess:getoutput'" in result["error"]
+    assert "it is not used" in result["error"] and "--env" in result["error"] and str(path) in result["error"]
+    assert not marker.exists()
+    for name in ("os.path", "pettingzoo.utils"):  # modules other than env modules are not imported either
+        payload["config"] = {**payload["config"], "env": name, "env_kwargs": {}}
+        save_checkpoint(path, payload)
+        code, result, _ = cli(capsys, "eval", str(run_dir), "--episodes", "1", "--json")
+        assert code == 2 and "it is not used" in result["error"], result
+    # the user may still name an env in full knowledge: --env is taken as given
+    payload["config"] = {**payload["config"], "env": "CartPole-v1"}
+    save_checkpoint(path, payload)
+    code, result, _ = cli(capsys, "eval", str(run_dir), "--episodes", "1", "--env", "CartPole-v1", "--json")
+    assert code == 0 and result["ok"]
+
+
 def test_a_league_snapshot_that_would_run_code_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

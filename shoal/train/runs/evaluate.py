@@ -185,7 +185,7 @@ def load_policy_from_checkpoint(
         name = config.env if env is None else env
         if env_kwargs is None and name == config.env:
             env_kwargs = config.env_kwargs
-        env_fn = resolve_env(name, env_kwargs)
+        env_fn = resolve_env(name, env_kwargs, source=None if env is not None else str(path))
     # EnvFn knows its ENV string: a plain callable is the caller's own choice and is only checked by shape
     name = env_fn.name if isinstance(env_fn, EnvFn) else config.env
     emulate_kwargs = {"max_agents": config.max_agents} if config.max_agents is not None else None

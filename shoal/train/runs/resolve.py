@@ -94,14 +94,25 @@ def _pettingzoo_modules() -> list[str]:
     return sorted(set(out))
 
 
-def resolve_env(name: str, kwargs: dict[str, Any] | None = None) -> EnvFn:
+#: The form of a PettingZoo (or MPE2) env module path accepted from a file: ``family.module_vN`` names only.
+_ENV_MODULE = re.compile(r"(pettingzoo|mpe2)(\.[a-z0-9_]+)+_v\d+")
+
+
+def resolve_env(name: str, kwargs: dict[str, Any] | None = None, *, source: str | None = None) -> EnvFn:
     """Resolve ``name`` into an :class:`EnvFn` (see the module docstring for the accepted forms).
 
     The env is not constructed; the name is only checked to exist.
 
+    Args:
+        name, kwargs: the ENV string and its constructor's keyword arguments.
+        source: the file ``name`` was read from (a checkpoint, a run's config), when it was not given by the user.
+            Such a name may only be a built-in env, a registered Gymnasium id or a PettingZoo/MPE2 env module
+            path: a ``module:callable`` or any other module would be imported and called with arguments chosen
+            by the file.
+
     Raises:
         APIUsageError: unknown name or missing dependency (the message says what to install or suggests
-            names).
+            names), or a name from ``source`` that could run arbitrary code.
     """
     from shoal import envs
 
@@ -110,6 +121,11 @@ def resolve_env(name: str, kwargs: dict[str, Any] | None = None) -> EnvFn:
         raise APIUsageError(f"env must be a non-empty string, got {name!r}")
     if name in envs.REGISTRY:
         return EnvFn(name, "builtin", kwargs)
+    if source is not None and (":" in name or ("." in name and not _ENV_MODULE.fullmatch(name))):
+        raise APIUsageError(
+            f"{source} names the env {name!r}, which loading would import and call with arguments from the file; "
+            f"it is not used. If you trust the file, name the env yourself (e.g. shoal eval ... --env {name!r})"
+        )
     if ":" in name:
         if not callable(_load_attribute(name)):
             raise APIUsageError(f"{name!r} is not callable; point at an env class or factory")

@@ -68,6 +68,7 @@ def _learner_main(conn: Connection, models: tuple[nn.Module, nn.Module | None], 
     import multiprocessing
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the trainer, which closes the learner
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the CLI's handler inherited by fork
     if inherited is not None:
         inherited.close()
     parent = multiprocessing.parent_process()
