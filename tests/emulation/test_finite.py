@@ -180,3 +180,25 @@ def test_native_checked_copy() -> None:
     rowcopy.copy_row_checked(ints, np.ones(3, np.int64), 0.0)  # integer rows are not scanned
     with pytest.raises(TypeError):
         rowcopy.copy_row_checked(dst, src)
+
+
+def test_byte_swapped_floats_are_checked_too() -> None:
+    # the native scan reads native-order bit patterns: a big-endian NaN looked finite to it
+    swapped = ">f8" if np.little_endian else "<f8"
+    assert first_nonfinite(np.array([1.0, np.nan, 3.0], swapped)) == 1
+    assert first_nonfinite(np.array([1.0, 2.0], swapped)) == -1
+
+    class Swapped(gym.Env):
+        observation_space = gym.spaces.Box(-1, 1, (3,), np.dtype(">f4"))
+        action_space = gym.spaces.Discrete(2)
+
+        def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+            return np.zeros(3, ">f4"), {}
+
+        def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+            return np.array([0.0, np.nan, 0.0], ">f4"), 0.0, False, False, {}
+
+    env = emulate(Swapped())
+    env.reset(seed=0)
+    with pytest.raises(NonFiniteError, match=r"obs\[1\]"):
+        env.step(np.zeros(1, np.int64))
