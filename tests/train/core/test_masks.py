@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 
 from shoal.train import TrainConfig, Trainer
 from shoal.train.core.ppo import ppo_loss
+from tests.train.rollouts import Garbage
 
 
 def loss_and_grad(inputs: dict[str, torch.Tensor], valid: torch.Tensor, weight: torch.Tensor) -> tuple:
@@ -61,27 +61,6 @@ def test_loss_ignores_invalid_entries() -> None:
     # The loss value itself ignores NaN anywhere.
     changed = {k: torch.where(valid, v, nan) for k, v in inputs.items()}
     assert torch.equal(loss_and_grad(changed, valid, weight)[0], base[0])
-
-
-class Garbage:
-    """Wrap a vector env and fill every non-live row of each result with random junk (obs, rewards, masks)."""
-
-    def __init__(self, vec: Any, seed: int) -> None:
-        self._vec = vec
-        self._rng = np.random.default_rng(seed)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._vec, name)
-
-    def recv(self) -> Any:
-        batch = self._vec.recv()
-        dead = ~batch.masks & ~batch.terminals & ~batch.truncations
-        if dead.any():
-            batch.obs[dead] = self._rng.uniform(-1e3, 1e3, batch.obs[dead].shape).astype(batch.obs.dtype)
-            batch.rewards[dead] = self._rng.normal(size=int(dead.sum())) * 100
-            if batch.action_masks is not None:
-                batch.action_masks[dead] = self._rng.random(batch.action_masks[dead].shape) < 0.5
-        return batch
 
 
 def run(junk_seed: int | None, **overrides: Any) -> tuple[dict[str, torch.Tensor], list[float]]:

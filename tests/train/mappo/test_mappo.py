@@ -35,6 +35,7 @@ from shoal.train.mappo.trainer import (
 )
 from shoal.train.runs.agent_stats import AgentStats
 from shoal.train.runs.logger import read_scalars
+from tests.train.rollouts import Garbage
 
 # ------------------------------------------------------------------------------------------------------------
 # Test envs
@@ -101,27 +102,6 @@ class StateSquadEnv(SquadEnv):
 
 def state_squad() -> StateSquadEnv:
     return StateSquadEnv(num_agents=3, max_steps=6)
-
-
-class Garbage:
-    """Wrap a vector env and fill every non-live row of each result with random junk (obs, rewards, masks)."""
-
-    def __init__(self, vec: Any, seed: int) -> None:
-        self._vec = vec
-        self._rng = np.random.default_rng(seed)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._vec, name)
-
-    def recv(self) -> Any:
-        batch = self._vec.recv()
-        dead = ~batch.masks & ~batch.terminals & ~batch.truncations
-        if dead.any():
-            batch.obs[dead] = self._rng.uniform(-1e3, 1e3, batch.obs[dead].shape).astype(batch.obs.dtype)
-            batch.rewards[dead] = self._rng.normal(size=int(dead.sum())) * 100
-            if batch.action_masks is not None:
-                batch.action_masks[dead] = self._rng.random(batch.action_masks[dead].shape) < 0.5
-        return batch
 
 
 FAST = dict(horizon=8, update_epochs=2, log_interval=0.0, tensorboard=False)
