@@ -54,7 +54,7 @@ class CleanRLAgent(nn.Module):
         self.net = net
 
     def get_value(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.value_head(self.net.encode(x))
+        return self.net.value_head(self.net.encode_critic(x)).squeeze(-1)
 
     def get_action_and_value(
         self, x: torch.Tensor, action: torch.Tensor | None = None
@@ -64,7 +64,7 @@ class CleanRLAgent(nn.Module):
         probs = Categorical(logits=logits)
         if action is None:
             action = probs.sample()
-        return action, probs.log_prob(action), probs.entropy(), self.net.value_head(hidden)
+        return action, probs.log_prob(action), probs.entropy(), self.net.value_head(self.net.encode_critic(x))
 
 
 def make_env(env_id: str) -> gym.Env:

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from shoal.errors import APIUsageError, CheckpointError
-from shoal.policies.policy import Policy
+from shoal.policies.policy import Policy, check_saved_config
 from shoal.policies.unflatten import torch_dtype
 
 __all__ = ["export_onnx", "load_policy", "load_state_dict", "run_onnx", "save_policy"]
@@ -213,6 +213,7 @@ def load_policy(source: str | os.PathLike[str] | dict[str, Any], env: Any = None
         raise APIUsageError("load_policy needs the env (or obs_layout and action_layout) the policy was trained on")
     if "config" not in data:
         raise CheckpointError("checkpoint has no 'config'; build the Policy yourself and use load_state_dict")
+    check_saved_config(data["config"], "the saved policy" if isinstance(source, dict) else str(source))
     policy = Policy(obs_layout, action_layout, **data["config"])
     load_state_dict(policy, data)
     return policy.to(device)

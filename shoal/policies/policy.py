@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from shoal.emulation.actions import ActionLayout
 from shoal.emulation.base import action_mask_width
 from shoal.emulation.layout import Layout, compile_layout
-from shoal.errors import APIUsageError, SpaceError
+from shoal.errors import APIUsageError, CheckpointError, SpaceError
 from shoal.policies.distributions import (
     ActionDistribution,
     DiagGaussian,
@@ -58,7 +58,7 @@ from shoal.policies.distributions import (
     MaskedCategorical,
     MultiCategorical,
 )
-from shoal.policies.encoders import ObservationEncoder, scale_leaf
+from shoal.policies.encoders import ObservationEncoder, encoder_kind, scale_leaf
 from shoal.policies.unflatten import check_rows, leaf_tensors, torch_dtype
 
 __all__ = [
@@ -68,6 +68,7 @@ __all__ = [
     "PolicyOutput",
     "centralized_input",
     "centralized_input_size",
+    "check_saved_config",
     "float_features",
 ]
 
@@ -241,6 +242,8 @@ class Policy(nn.Module):
         separate_critic: give the critic its own encoder and trunk (feed-forward policies without
             ``critic_input_size``). Shared features must grow with the scale of the returns to fit them, which
             scales the actor's logits too (entropy collapses without any policy gradient); False shares them.
+            None (default): separate unless an observation leaf is an image (a second CNN doubles the cost of
+            every step; image policies share theirs, as CleanRL's Atari PPO does).
         continuous_std: ``"state_independent"`` or ``"state_dependent"`` Gaussian std.
         device: where to put the parameters.
 
@@ -252,7 +255,7 @@ class Policy(nn.Module):
     def __init__(self, obs_layout: Layout | Any, action_layout: ActionLayout | Any, *, hidden_size: int = 128,
                  num_layers: int = 1, embedding_dim: int = 16, recurrent: bool = False, lstm_size: int = 128,
                  num_agent_ids: int = 0, agent_id_embedding: int = 16, critic_input_size: int | None = None,
-                 continuous_std: str = "state_independent", separate_critic: bool = True,
+                 continuous_std: str = "state_independent", separate_critic: bool | None = None,
                  device: torch.device | str | None = None) -> None:
         super().__init__()
         if hidden_size < 1 or num_layers < 1 or lstm_size < 1 or embedding_dim < 1 or num_agent_ids < 0:
@@ -268,6 +271,8 @@ class Policy(nn.Module):
         self._action_shape = tuple(self.action_layout.flat_shape)
         self._action_kind = self.action_layout.kind
         self._num_discrete = int(self.action_layout.num_discrete)
+        if separate_critic is None:
+            separate_critic = not any(encoder_kind(leaf) == "image" for leaf in self.obs_layout.leaves)
         self.config: dict[str, Any] = dict(
             hidden_size=hidden_size, num_layers=num_layers, embedding_dim=embedding_dim, recurrent=recurrent,
             lstm_size=lstm_size, num_agent_ids=num_agent_ids, agent_id_embedding=agent_id_embedding,
@@ -441,6 +446,13 @@ class Policy(nn.Module):
             features = torch.cat([features, self._agent_features(agent_ids, (obs.shape[0],))], -1)
         return self.trunk(features)
 
+    def encode_critic(self, obs: Tensor, agent_ids: Tensor | None = None) -> Tensor:
+        """Flat rows ``[N, flat_size]`` (+ ids ``[N]``) -> the features float32 ``[N, hidden_size]`` the value head
+        reads: the separate critic's, or the shared trunk's (:meth:`encode`)."""
+        if not self.separate_critic:
+            return self.encode(obs, agent_ids)
+        return self._critic_features(obs, agent_ids, (obs.shape[0],))
+
     def _critic_features(self, obs: Tensor, agent_ids: Tensor | None, lead: tuple[int, ...]) -> Tensor:
         """The separate critic's trunk features ``[N, hidden_size]`` of flat rows ``obs [*lead, flat_size]``."""
         features = self.critic_encoder(obs.reshape(math.prod(lead), self._flat_size))
@@ -577,3 +589,14 @@ def centralized_input_size(layout: Layout, num_slots: int) -> int:
     """Width of :func:`centralized_input` for ``num_slots`` slots: ``num_slots * (elements per row + 1)``."""
     return num_slots * (sum(leaf.size for leaf in layout.leaves) + 1)
 
+
+def check_saved_config(config: dict[str, Any], source: str) -> None:
+    """Refuse a saved :attr:`Policy.config` from before the default network changed (it has no
+    ``separate_critic``): its weights would load into a network that scales float inputs differently and has a
+    wider first layer, and compute something else without an error."""
+    if config and "separate_critic" not in config:
+        raise CheckpointError(
+            f"{source} holds a policy saved by an older shoal, before the default network changed (float Box "
+            "inputs at their own scale, a full-width first layer, a separate critic); this version cannot rebuild "
+            "it exactly: retrain it, or evaluate it with the shoal version that trained it"
+        )

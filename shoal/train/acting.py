@@ -77,8 +77,7 @@ class RowActor:
         """Actions for ``rows``.
 
         Args:
-            obs: flat observations ``[B, flat_size]`` of ``rows`` (int64 ``[B]``, distinct and ascending, so
-                ``B == num_rows`` means every row).
+            obs: flat observations ``[B, flat_size]`` of ``rows`` (int64 ``[B]``, distinct).
             live: bool ``[B]``: the rows whose LSTM state advances (None: all of them). Every row is run (a fixed
                 batch shape reuses traces); the caller ignores the others' actions.
             starts: bool ``[B]``: an episode starts at this step (the LSTM state is zeroed first); needed with an
@@ -86,7 +85,7 @@ class RowActor:
             action_masks: bool ``[B, W]`` legal actions, or None.
             critic_obs: float ``[B, C]`` centralized critic inputs (MAPPO), or None.
         """
-        every = len(rows) == self.num_rows
+        every = len(rows) == self.num_rows and bool((rows[1:] > rows[:-1]).all())  # (then rows == 0..n-1)
         state = done = index = None
         if self.state is not None:
             if starts is None:

@@ -8,12 +8,15 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 from gymnasium import spaces
 
 from shoal.emulation.layout import compile_layout
+from shoal.errors import CheckpointError
 from shoal.policies import Policy
 from shoal.policies.encoders import leaf_scaling, scale_leaf
+from shoal.policies.export import load_policy
 
 
 def test_float_box_bounds_are_not_used_as_its_scale() -> None:
@@ -50,3 +53,20 @@ def test_fitting_the_value_does_not_move_the_action_distribution() -> None:
     assert torch.equal(before, after)
     shared = Policy(spaces.Box(-1, 1, (6,), np.float32), spaces.Discrete(3), hidden_size=64, separate_critic=False)
     assert not hasattr(shared, "critic_trunk")
+
+
+def test_image_policies_share_their_cnn_and_vector_policies_do_not() -> None:
+    image = Policy(spaces.Box(0, 255, (36, 36, 3), np.uint8), spaces.Discrete(3), hidden_size=32)
+    vector = Policy(spaces.Box(-1, 1, (6,), np.float32), spaces.Discrete(3), hidden_size=32)
+    assert image.config["separate_critic"] is False and not hasattr(image, "critic_encoder")
+    assert vector.config["separate_critic"] is True
+    obs = torch.rand(5, 6) * 2 - 1
+    torch.testing.assert_close(vector.value_head(vector.encode_critic(obs)).squeeze(-1), vector.value(obs))
+
+
+def test_a_policy_saved_before_the_network_changed_is_refused_with_the_reason() -> None:
+    policy = Policy(spaces.Box(-1, 1, (6,), np.float32), spaces.Discrete(3), hidden_size=16)
+    old = {"config": {k: v for k, v in policy.config.items() if k != "separate_critic"},
+           "state_dict": policy.state_dict()}
+    with pytest.raises(CheckpointError, match=r"saved by an older shoal.*retrain"):
+        load_policy(old, obs_layout=policy.obs_layout, action_layout=policy.action_layout)

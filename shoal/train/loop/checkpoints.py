@@ -18,6 +18,7 @@ import torch
 
 from shoal.errors import CheckpointError
 from shoal.interrupts import deferred_signals
+from shoal.policies.policy import check_saved_config
 from shoal.train.config import TrainConfig
 from shoal.train.loop.env_result import Carry
 from shoal.train.runs.checkpoint import (
@@ -138,14 +139,15 @@ class CheckpointMixin:
             "env_state": exact_env,
             "league": None if self.league is None else self.league.state_dict(),
         }
-        if self.learner is not None:  # the learner's side: weights, optimizer and shuffling after its last update
+        if self.learner is not None:  # the learner's weights, optimizer and shuffling after its newest update
             learner = self.learner.state_dict()
             payload["model"] = learner["model"]
             payload["optimizer"] = learner["optimizer"]
             payload["rng"]["generator"] = learner["generator"]
-            payload["acting_model"] = self.policy.state_dict()
-            payload["learner_value_norm"] = learner["value_norm"]  # MAPPO; the acting one is saved by MAPPOTrainer
-            payload["learner_ahead"] = self._learner_ahead
+            if self.learner.ahead:  # a learner process: the acting policy is one update behind it
+                payload["acting_model"] = self.policy.state_dict()
+                payload["learner_value_norm"] = learner["value_norm"]  # MAPPO; MAPPOTrainer saves the acting one
+                payload["learner_ahead"] = True
         return payload
 
     def save(self) -> Path | None:
@@ -205,6 +207,8 @@ class CheckpointMixin:
                 "run's own settings (omit those flags), or start a new run directory."
             )
         mine = dict(getattr(self.policy, "config", {}))
+        if mine:
+            check_saved_config(payload["policy_config"], str(source))
         if payload["policy_config"] != mine:
             raise CheckpointError(
                 f"{source} holds a policy built with {payload['policy_config']}, but this run builds {mine}"
@@ -225,7 +229,7 @@ class CheckpointMixin:
         if "acting_model" in payload:  # async_learner: the learner continues from its own weights
             self._learner_weights = payload["model"]
             self._learner_norm = payload.get("learner_value_norm")
-            self._learner_ahead = bool(payload["learner_ahead"])
+            self._learner_ahead = bool(payload.get("learner_ahead", True))
         self.optimizer.load_state_dict(payload["optimizer"])
         self.global_step = int(payload["global_step"])
         self.update = int(payload["update"])

@@ -48,8 +48,9 @@ from shoal.policies import Policy
 from shoal.train.acting import RowActor
 from shoal.train.config import TrainConfig
 from shoal.train.core.device import resolve_device
-from shoal.train.core.ppo import SINGLE_LEARNER, Reducer, make_optimizer, ppo_update
-from shoal.train.core.rollout import RolloutBuffer, RolloutTensors
+from shoal.train.core.learner import InProcessLearner, Learner
+from shoal.train.core.ppo import SINGLE_LEARNER, Reducer, make_optimizer
+from shoal.train.core.rollout import RolloutBuffer
 from shoal.train.loop.checkpoints import CheckpointMixin
 from shoal.train.loop.env_result import Carry
 from shoal.train.loop.result import TrainResult
@@ -193,10 +194,10 @@ class Trainer(CheckpointMixin):
         self.exact_resume = True
         #: async_learner: the learner process (started by train()), its starting weights when resuming, and
         #: whether it holds weights the acting policy has not loaded yet
-        self.learner: LearnerProcess | None = None
-        self._learner_weights: dict[str, Tensor] | None = None
+        self.learner: Learner | None = None  # started by train() (or the first learn())
+        self._learner_weights: dict[str, Tensor] | None = None  # a resumed learner process's own weights
         self._learner_norm: dict[str, Tensor] | None = None
-        self._learner_ahead = False
+        self._learner_ahead = False  # ... and whether they are newer than the acting policy's
         self.last_checkpoint: Path | None = None
         self.last_stats: dict[str, float] = {}
         #: MAPPO: a ValueNormalizer when the critic predicts normalized values (shoal.train.core.normalize), else None
@@ -364,8 +365,8 @@ class Trainer(CheckpointMixin):
         carry = self._carry
         handover = self.config.async_handover * buffer.target
         while True:
-            if self._learner_ahead and buffer.stored >= handover:  # async_learner: act with the newest weights
-                self._take_learner_weights()
+            if self.learner is not None and self.learner.ahead and buffer.stored >= handover:
+                self._take_learner_weights()  # a learner process's update is done: act with its weights
             if not carry.acted:
                 self._act(carry)
             carry = self._recv()
@@ -403,61 +404,45 @@ class Trainer(CheckpointMixin):
         return cfg.learning_rate * max(0.0, 1.0 - self.global_step / cfg.total_steps)
 
     def learn(self) -> dict[str, float]:
-        """One PPO update on the buffer's rollout (handed to the learner process with ``async_learner``)."""
-        if self.learner is not None:
-            return self._learn_async()
+        """One PPO update on the buffer's rollout, by the :class:`~shoal.train.core.learner.Learner`.
+
+        Returns the statistics of the newest finished update: this one's in-process; the previous one's with a
+        learner process (``{}`` at first), whose weights the acting policy takes during the next rollout (see
+        ``TrainConfig.async_handover``).
+        """
+        if self.learner is None:
+            self._start_learner()
+        assert self.learner is not None
         t = time.perf_counter()
         data = self.buffer.data()
         lr = self.learning_rate()
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.policy.train()
-        stats = self._update(data.to_torch(self.device), progress=self.global_step / self.config.total_steps)
+        if self.learner.ahead:  # async_handover=1: the hand-over point is the end of the rollout
+            self._take_learner_weights()
+        stats = self.learner.update(data, lr, progress=self.global_step / self.config.total_steps)
         self.global_step += self._steps_done(data.num_transitions)
         self.update += 1
         stats["learning_rate"] = lr
         self._times["learn"] += time.perf_counter() - t
         return stats
 
-    def _update(self, data: RolloutTensors, progress: float) -> dict[str, float]:
-        """The update itself (:func:`~shoal.train.core.ppo.ppo_update`)."""
-        return ppo_update(self.policy, self.optimizer, data, self.config, self.generator, progress=progress,
-                          value_norm=self.value_norm, loss_fn=self.loss_fn, reducer=self.reducer)
-
     def _steps_done(self, transitions: int) -> int:
         """Agent steps this update adds to ``global_step`` (data-parallel learners add every learner's)."""
         return transitions
-
-    def _learn_async(self) -> dict[str, float]:
-        """Hand this rollout to the learner process once it is done with the previous one.
-
-        Returns the statistics of the previous update (``{}`` on the first call): this one is still running. The
-        acting policy takes its weights during the next rollout (see ``TrainConfig.async_handover``).
-        """
-        assert self.learner is not None
-        t = time.perf_counter()
-        data = self.buffer.data()
-        lr = self.learning_rate()
-        stats = dict(self.learner.result())
-        if self._learner_ahead:  # async_handover=1: the hand-over point is the end of the rollout
-            self._take_learner_weights()
-        self.learner.submit(data, lr, progress=self.global_step / self.config.total_steps)
-        self._learner_ahead = True
-        self.global_step += data.num_transitions
-        self.update += 1
-        stats["learning_rate"] = lr
-        self._times["learn"] += time.perf_counter() - t
-        return stats
 
     def _take_learner_weights(self) -> None:
         """Wait for the learner's running update and act with its weights from now on."""
         assert self.learner is not None
         t = time.perf_counter()
         self.learner.copy_weights_to(self.policy, self.value_norm)
-        self._learner_ahead = False
         self._times["learn"] += time.perf_counter() - t
 
-    def _start_learner(self) -> None:  # (TrainConfig.validate refuses a league with async_learner)
+    def _start_learner(self) -> None:
+        """The learner: a learner process with ``async_learner`` (from a resumed run's own weights, if any), else
+        the trainer's policy updated in this process. (TrainConfig.validate refuses a league with async_learner.)"""
+        if not self.config.async_learner:
+            self.learner = InProcessLearner(self.policy, self.optimizer, self.generator, self.config, self.device,
+                                            value_norm=self.value_norm, loss_fn=self.loss_fn, reducer=self.reducer)
+            return
         self.learner = LearnerProcess(
             self.policy,
             self._learner_weights,
@@ -467,6 +452,7 @@ class Trainer(CheckpointMixin):
             self.generator.get_state(),
             value_norm=self.value_norm,
             value_norm_state=self._learner_norm,
+            ahead=self._learner_ahead,
         )
         self._learner_weights = self._learner_norm = None
 
@@ -556,7 +542,7 @@ class Trainer(CheckpointMixin):
                 self.restore(self._resume_from)
             self._open_run_dir()
             assert self.logger is not None
-            if self.config.async_learner and self.learner is None:
+            if self.learner is None:
                 self._start_learner()
             self._t0 = time.perf_counter()
             start_step = self.global_step
@@ -591,10 +577,9 @@ class Trainer(CheckpointMixin):
                 or self.last_checkpoint != checkpoint_path(self.run_dir, self.update)
             ):
                 self.save()
-            if self.learner is not None:  # the learner's weights, optimizer and shuffling after its last update
+            if self.learner is not None and self.learner.ahead:  # a learner process's last update
                 self.last_stats = self.learner.result() or self.last_stats
                 self.learner.copy_weights_to(self.policy, self.value_norm)
-                self._learner_ahead = False
                 learner = self.learner.state_dict()
                 self.optimizer.load_state_dict(learner["optimizer"])
                 self.generator.set_state(learner["generator"])

@@ -19,6 +19,8 @@ import torch
 from torch import nn
 
 from shoal.errors import APIUsageError, CheckpointError, ShoalError
+from shoal.policies import Policy
+from shoal.policies.policy import check_saved_config
 from shoal.train.acting import RowActor
 from shoal.train.config import TrainConfig
 from shoal.train.runs.checkpoint import check_signature, env_signature, find_checkpoint, load_checkpoint
@@ -176,7 +178,6 @@ def load_policy_from_checkpoint(
             space) or the policy class.
     """
     from shoal import vector
-    from shoal.policies import Policy
 
     path = find_checkpoint(path)
     payload = load_checkpoint(path, map_location=device)
@@ -201,6 +202,7 @@ def load_policy_from_checkpoint(
                 f"{path} holds a custom policy ({payload.get('policy_class')}) without a config; "
                 "rebuild it yourself and load payload['model']"
             )
+        check_saved_config(policy_config, str(path))
         try:
             policy = Policy.from_env(vec, **policy_config, device=device)
         except TypeError as exc:

@@ -130,6 +130,8 @@ class LearnerProcess:
     Args:
         policy: the policy to train (a copy is taken; the caller's module is not touched).
         weights: the learner's starting weights (a ``state_dict``), or None for ``policy``'s own.
+        ahead: those weights are newer than the acting policy's (a run resumed between an update and its
+            hand-over).
         value_norm: the critic's :class:`~shoal.train.core.normalize.ValueNormalizer` (MAPPO), copied with the policy
             (PopArt rescales the policy's critic layer), or None.
         value_norm_state: the learner's starting normalizer state, or None for ``value_norm``'s own.
@@ -147,7 +149,8 @@ class LearnerProcess:
     def __init__(self, policy: nn.Module, weights: dict[str, torch.Tensor] | None, cfg: TrainConfig,
                  device: torch.device | str, optimizer_state: dict[str, Any] | None,
                  generator_state: torch.Tensor, start_method: str | None = None,
-                 value_norm: nn.Module | None = None, value_norm_state: dict[str, torch.Tensor] | None = None) -> None:
+                 value_norm: nn.Module | None = None, value_norm_state: dict[str, torch.Tensor] | None = None,
+                 ahead: bool = False) -> None:
         import torch.multiprocessing as tmp
 
         device = str(device)
@@ -174,6 +177,16 @@ class LearnerProcess:
         self._finalizer = weakref.finalize(self, _shutdown, self._proc, self._conn)
         self.busy = False  # an update was submitted and its result not read yet
         self._result: dict[str, float] | None = None
+        #: the learner holds newer weights than the acting policy (a resumed run may start that way)
+        self.ahead = ahead
+
+    def update(self, data: RolloutData, learning_rate: float, progress: float) -> dict[str, float]:
+        """Wait for the previous update, start one on ``data`` and return the previous one's statistics
+        (``{}`` the first time): this one runs while the trainer collects the next rollout."""
+        stats = dict(self.result())
+        self.submit(data, learning_rate, progress)
+        self.ahead = True
+        return stats
 
     def submit(self, data: RolloutData, learning_rate: float, progress: float) -> None:
         """Start one update on ``data`` (the learner must be idle: call :meth:`result` first)."""
@@ -195,6 +208,7 @@ class LearnerProcess:
         """Load the learner's latest weights into ``policy`` (and its normalizer statistics into ``value_norm``);
         waits for a running update first."""
         self.result()
+        self.ahead = False
         policy.load_state_dict({k: v for k, v in self.shared.items() if not k.startswith(_NORM)})
         if value_norm is not None:
             value_norm.load_state_dict({k[len(_NORM):]: v for k, v in self.shared.items() if k.startswith(_NORM)})

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 
 from shoal.emulation import ActionLayout, compile_layout
 from shoal.policies import Policy
+from shoal.train.acting import RowActor
 from shoal.train.speed.traced_acting import Actor
 
 OBS = gym.spaces.Box(-1.0, 1.0, (6,))
@@ -42,3 +44,20 @@ def test_traced_acting_equals_eager_on_every_call(recurrent: bool, masks: bool, 
             assert torch.equal(got[3][0], expected[3][0]) and torch.equal(got[3][1], expected[3][1])
             state = got[3]
     assert traced.num_traces == 1 and eager.num_traces == 0  # the trace was used, not an eager fallback
+
+
+def test_row_actor_keeps_each_rows_lstm_state_whatever_the_order_of_rows() -> None:
+    torch.manual_seed(0)
+    policy = Policy(compile_layout(OBS), ActionLayout(gym.spaces.Discrete(3)), hidden_size=8, recurrent=True,
+                    lstm_size=8)
+    in_order, permuted = (RowActor(policy, 3, 1, "cpu", continuous=False, deterministic=True) for _ in range(2))
+    obs = torch.rand(3, 6).numpy()
+    starts = np.ones(3, bool)
+    rows = np.arange(3)
+    for _ in range(2):
+        in_order.act(obs, rows, starts=starts)
+        permuted.act(obs[[2, 0, 1]], rows[[2, 0, 1]], starts=starts[[2, 0, 1]])
+        starts = np.zeros(3, bool)
+    assert in_order.state is not None and permuted.state is not None
+    for a, b in zip(in_order.state, permuted.state, strict=True):  # (batch order may change the last bits)
+        torch.testing.assert_close(a, b)
