@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,14 @@ def _spawn(fn: Any, world: int, *args: Any, timeout: float = 100.0) -> None:
             for proc in context.processes:
                 proc.kill()
             pytest.fail(f"the {world} learners did not finish within {timeout} s")
+
+
+def _exit_quietly() -> None:
+    """End a learner whose results are saved without the interpreter's teardown: torch's gloo threads can abort
+    the process there ("terminate called without an active exception"), which would fail a run that passed."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _params(module: torch.nn.Module) -> list[torch.Tensor]:
@@ -180,6 +189,7 @@ def _update_worker(rank: int, world: int, port: int, work: str) -> None:
     torch.save(out, Path(work) / f"rank{rank}.pt")
     dist.barrier()  # no rank tears its connections down while another still uses them
     dist.destroy_process_group()
+    _exit_quietly()
 
 
 def test_two_gloo_learners_take_the_mean_gradient(tmp_path: Path) -> None:
@@ -268,6 +278,7 @@ def _reduce_worker(rank: int, world: int, port: int, work: str) -> None:
     torch.save(out, Path(work) / f"reduce{rank}.pt")
     dist.barrier()
     dist.destroy_process_group()
+    _exit_quietly()
 
 
 def test_process_group_reducer_collectives(tmp_path: Path) -> None:
@@ -314,6 +325,7 @@ def _train_worker(rank: int, world: int, port: int, root: str) -> None:
     torch.save(out, base / f"rank{rank}.pt")
     dist.barrier()  # no rank tears its connections down while another still uses them
     dist.destroy_process_group()
+    _exit_quietly()
 
 
 def test_two_learners_train_identically_and_resume_exactly(tmp_path: Path) -> None:
