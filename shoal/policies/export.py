@@ -111,8 +111,10 @@ def export_onnx(policy: Policy, path: str | os.PathLike[str], *, with_action_mas
         dynamic[-2:] = [{1: batch}, {1: batch}]
     outputs = ["logits", "h_out", "c_out"] if policy.is_recurrent else ["logits"]
     with _portable(policy), torch.no_grad(), _quiet_exporter():
+        # (obs, *extra): the extra inputs' shapes as one tuple, left out when there are none (a plain actor)
+        shapes = (dynamic[0], tuple(dynamic[1:])) if len(dynamic) > 1 else (dynamic[0],)
         torch.onnx.export(actor, tuple(inputs.values()), str(path), input_names=list(inputs),
-                          output_names=outputs, dynamic_shapes=(dynamic[0], tuple(dynamic[1:])),
+                          output_names=outputs, dynamic_shapes=shapes,
                           opset_version=opset_version,
                           dynamo=True, external_data=False, verbose=False)
     return path

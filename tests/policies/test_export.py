@@ -68,6 +68,17 @@ def test_float_rows_and_the_policy_is_left_unchanged(tmp_path: Path) -> None:
     _assert_close(logits, policy.actor(obs, action_masks=masks)[0])
 
 
+def test_a_plain_actor_with_no_extra_inputs_exports(tmp_path: Path) -> None:
+    # only an observation input (no masks, ids or LSTM state): the export used to fail on its dynamic shapes
+    torch.manual_seed(3)
+    policy = Policy(compile_layout(SPACE_ZOO["box_float32"]), action_layout("discrete"), hidden_size=8)
+    path = export_onnx(policy, tmp_path / "actor.onnx")
+    obs = sample_rows(SPACE_ZOO["box_float32"], 5)
+    (logits,) = run_onnx(path, {"obs": obs})
+    with torch.no_grad():
+        _assert_close(logits, policy.actor(obs)[0])
+
+
 def test_state_dict_round_trip(tmp_path: Path) -> None:
     torch.manual_seed(3)
     layout = compile_layout(SPACE_ZOO["nethack"])
