@@ -65,6 +65,7 @@ class RowActor:
         self.deterministic = deterministic
         self.forward = Actor(policy, trace=trace and not deterministic)
         self.use_ids = bool(getattr(policy, "num_agent_ids", 0))
+        self._every_rows: np.ndarray | None = None  # the last array found to hold every row in order (not mutated)
         recurrent = bool(getattr(policy, "is_recurrent", False))
         self.state: tuple[Tensor, Tensor] | None = policy.initial_state(num_rows, self.device) if recurrent else None
 
@@ -85,7 +86,10 @@ class RowActor:
             action_masks: bool ``[B, W]`` legal actions, or None.
             critic_obs: float ``[B, C]`` centralized critic inputs (MAPPO), or None.
         """
-        every = len(rows) == self.num_rows and bool((rows[1:] > rows[:-1]).all())  # (then rows == 0..n-1)
+        # Every row, in order (then rows == 0..n-1)? Callers pass the same array each step: check it once.
+        every = rows is self._every_rows
+        if not every and len(rows) == self.num_rows and bool((rows[1:] > rows[:-1]).all()):
+            every, self._every_rows = True, rows
         state = done = index = None
         if self.state is not None:
             if starts is None:
