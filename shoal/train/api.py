@@ -3,8 +3,9 @@
     from shoal.train import TrainConfig, train
     result = train(TrainConfig(env="CartPole-v1", total_steps=150_000, run_dir="runs/cartpole"))
 
-Everything below this module is assembled here and nowhere else: the algorithm's trainer (PPO, or MAPPO's for a
-centralized critic or value normalization), made one of several data-parallel learners under ``torchrun``.
+Everything below this module is assembled here and nowhere else: the algorithm's trainer (PPO, MAPPO's for a
+centralized critic or value normalization, SAC's for off-policy learning), made one of several data-parallel
+learners under ``torchrun``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from shoal.train.loop.result import TrainResult
 from shoal.train.loop.trainer import Trainer
 from shoal.train.mappo.trainer import MAPPOTrainer, resolve_value_norm
 from shoal.train.runs.logger import LogRecord
+from shoal.train.sac.trainer import SACTrainer
 from shoal.train.speed.distributed import is_distributed
 
 __all__ = ["make_trainer", "train", "trainer_class"]
@@ -29,7 +31,10 @@ Callback = Callable[[LogRecord], None]
 
 
 def trainer_class(config: TrainConfig) -> type[Trainer]:
-    """The trainer for ``config``: :class:`MAPPOTrainer` for MAPPO or value normalization, else :class:`Trainer`."""
+    """The trainer for ``config``: :class:`SACTrainer` for SAC, :class:`MAPPOTrainer` for MAPPO or value
+    normalization, else :class:`Trainer` (PPO)."""
+    if config.algo == "sac":
+        return SACTrainer
     if config.algo == "mappo" or resolve_value_norm(config) != "none":
         return MAPPOTrainer
     return Trainer
@@ -47,6 +52,9 @@ def make_trainer(
     config = config.resolved()
     cls = trainer_class(config)
     if is_distributed():
+        if config.algo == "sac":
+            raise APIUsageError("algo='sac' runs one learner; several data-parallel learners (torchrun) are not "
+                                "supported for it: run it as one process")
         if config.async_learner:
             raise APIUsageError("async_learner=True runs one learner process; it cannot be combined with several "
                                 "data-parallel learners (torchrun): drop --async-learner")

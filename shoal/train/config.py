@@ -43,7 +43,7 @@ __all__ = [
     "plain_text",
 ]
 
-Algo = Literal["ppo", "mappo"]
+Algo = Literal["ppo", "mappo", "sac"]
 Backend = Literal["serial", "multiprocessing", "ray"]
 Advantage = Literal["gae", "vtrace"]
 CriticInput = Literal["auto", "state", "concat"]
@@ -58,9 +58,13 @@ ALGOS: tuple[str, ...] = typing.get_args(Algo)
 #: bonus; tuned on mpe2.simple_spread_v3 (``benchmarks/mappo.py``).
 ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
     "ppo": {"num_envs": 8, "horizon": 64, "learning_rate": 4e-3, "update_epochs": 3, "minibatch_size": 128,
-            "ent_coef": 0.01, "hidden_size": 64, "agent_ids": False},
+            "ent_coef": 0.01, "hidden_size": 64, "agent_ids": False, "anneal_lr": True},
     "mappo": {"num_envs": 16, "horizon": 50, "learning_rate": 2.5e-3, "update_epochs": 10, "minibatch_size": 1200,
-              "ent_coef": 0.01, "hidden_size": 128, "agent_ids": True},
+              "ent_coef": 0.01, "hidden_size": 128, "agent_ids": True, "anneal_lr": True},
+    # SAC: an update is `horizon` vector steps, each followed by its gradient steps; minibatch_size is the
+    # sampled batch; a constant learning rate (as SB3 and CleanRL use); ent_coef and update_epochs are unused.
+    "sac": {"num_envs": 4, "horizon": 50, "learning_rate": 1e-3, "update_epochs": 1, "minibatch_size": 256,
+            "ent_coef": 0.0, "hidden_size": 256, "agent_ids": False, "anneal_lr": False},
 }
 
 
@@ -163,8 +167,9 @@ class TrainConfig:
     # ---- optimization --------------------------------------------------------------------------------------
     learning_rate: float | None = None
     """Adam learning rate (None: the algorithm's default, :data:`ALGO_DEFAULTS`)."""
-    anneal_lr: bool = True
-    """Decay the learning rate linearly to 0 over ``total_steps``."""
+    anneal_lr: bool | None = None
+    """Decay the learning rate linearly to 0 over ``total_steps`` (None: the algorithm's default, on for PPO and
+    MAPPO, off for SAC)."""
     adam_eps: float = 1e-5
     """Adam epsilon."""
     update_epochs: int | None = None
@@ -215,6 +220,24 @@ class TrainConfig:
     """Multiply rewards by this before learning (statistics report raw returns). 1 = off."""
     reward_clip: float | None = None
     """Clip (scaled) rewards to ``[-reward_clip, reward_clip]`` before learning; None = off."""
+
+    # ---- off-policy (SAC) -----------------------------------------------------------------------------------
+    replay_size: int = 1_000_000
+    """SAC: transitions the replay buffer keeps (allocated at start; its size in memory is printed)."""
+    learning_starts: int = 1000
+    """SAC: agent steps of uniformly random actions before the policy acts and the first gradient step."""
+    utd_ratio: float = 1.0
+    """SAC: gradient steps per agent step collected (the update-to-data ratio)."""
+    tau: float = 0.005
+    """SAC: Polyak averaging rate of the target critics."""
+    sac_alpha: float | None = None
+    """SAC: a fixed entropy temperature; None tunes it towards ``target_entropy``."""
+    target_entropy: float | None = None
+    """SAC: the entropy the tuned temperature aims for (None: ``-action_dim`` for Box actions,
+    ``0.89 * log(num_actions)`` for Discrete)."""
+    save_replay: bool = True
+    """SAC: checkpoints hold the replay buffer, so a resumed run continues exactly (False: smaller checkpoints; a
+    resumed run refills its buffer from scratch)."""
 
     # ---- policy --------------------------------------------------------------------------------------------
     hidden_size: int | None = None
@@ -379,7 +402,9 @@ class TrainConfig:
             raise APIUsageError(f"reward_clip must be > 0 (or None to disable), got {self.reward_clip}")
         if self.target_kl is not None and not self.target_kl > 0:
             raise APIUsageError(f"target_kl must be > 0 (or None to disable), got {self.target_kl}")
-        if self.batch_size is not None and self.minibatch_size > self.batch_size:
+        if self.algo == "sac":
+            self._check_sac()
+        elif self.batch_size is not None and self.minibatch_size > self.batch_size:
             raise APIUsageError(
                 f"minibatch_size={self.minibatch_size} is larger than batch_size={self.batch_size}; "
                 "lower --minibatch-size or raise --batch-size"
@@ -418,6 +443,27 @@ class TrainConfig:
         if not isinstance(self.env_kwargs, dict):
             raise APIUsageError(f"env_kwargs must be a dict, got {type(self.env_kwargs).__name__}")
         return self
+
+    def _check_sac(self) -> None:
+        for name in ("replay_size", "learning_starts"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "replay_size" else 0):
+                raise APIUsageError(f"{name} must be a {'positive' if name == 'replay_size' else 'non-negative'} "
+                                    f"int, got {value!r}")
+        if not (isinstance(self.utd_ratio, int | float) and math.isfinite(self.utd_ratio) and self.utd_ratio > 0):
+            raise APIUsageError(f"utd_ratio must be a positive number of gradient steps per agent step, got "
+                                f"{self.utd_ratio!r}")
+        if not (isinstance(self.tau, int | float) and 0.0 < self.tau <= 1.0):
+            raise APIUsageError(f"tau must be in (0, 1], got {self.tau!r}")
+        if self.sac_alpha is not None and not (isinstance(self.sac_alpha, int | float) and self.sac_alpha > 0):
+            raise APIUsageError(f"sac_alpha must be > 0 (or None to tune it), got {self.sac_alpha!r}")
+        refused = {"league": "a self-play league", "async_learner": "a learner process",
+                   "recurrent": "an LSTM policy"}
+        for name, what in refused.items():
+            if getattr(self, name):
+                flag = "--" + name.replace("_", "-")
+                raise APIUsageError(f"algo='sac' does not support {what} ({name}=True); drop {flag} or train with "
+                                    "--algo ppo")
 
     # ---- (de)serialization ---------------------------------------------------------------------------------
 

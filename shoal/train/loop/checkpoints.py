@@ -2,7 +2,8 @@
 
 :class:`CheckpointMixin` is part of :class:`shoal.train.loop.trainer.Trainer`; it reads and sets the trainer's state
 (policy, optimizer, counters, RNG, rollout carry-over, envs). Subclasses extend :meth:`checkpoint_payload` and
-:meth:`restore` (MAPPO's value normalization) or :meth:`_load_payload` (one part per data-parallel learner).
+:meth:`_restore_algorithm` (MAPPO's value normalization, SAC's replay buffer) or :meth:`_load_payload` (one part per
+data-parallel learner).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 
 from shoal.errors import CheckpointError
 from shoal.interrupts import deferred_signals
-from shoal.policies.policy import check_saved_config
+from shoal.policies.policy import Policy, check_saved_config
 from shoal.train.config import TrainConfig
 from shoal.train.loop.env_result import Carry
 from shoal.train.runs.checkpoint import (
@@ -207,12 +208,15 @@ class CheckpointMixin:
                 "run's own settings (omit those flags), or start a new run directory."
             )
         mine = dict(getattr(self.policy, "config", {}))
-        if mine:
+        if mine and isinstance(self.policy, Policy):
             check_saved_config(payload["policy_config"], str(source))
         if payload["policy_config"] != mine:
             raise CheckpointError(
                 f"{source} holds a policy built with {payload['policy_config']}, but this run builds {mine}"
             )
+
+    def _restore_algorithm(self, payload: dict[str, Any]) -> None:
+        """Restore what an algorithm adds to :meth:`checkpoint_payload` (before the envs restart)."""
 
     def _load_payload(self, path: Path) -> dict[str, Any]:
         """Read the checkpoint to continue from (data-parallel learners take their rank's part of it)."""
@@ -231,6 +235,7 @@ class CheckpointMixin:
             self._learner_norm = payload.get("learner_value_norm")
             self._learner_ahead = bool(payload.get("learner_ahead", True))
         self.optimizer.load_state_dict(payload["optimizer"])
+        self._restore_algorithm(payload)
         self.global_step = int(payload["global_step"])
         self.update = int(payload["update"])
         rng = payload["rng"]

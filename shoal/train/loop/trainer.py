@@ -90,6 +90,10 @@ class Trainer(CheckpointMixin):
         callbacks: called with every :class:`LogRecord` (e.g. the command line's dashboard).
     """
 
+    #: Statistics of an update logged as ``losses/<name>``.
+    loss_names: tuple[str, ...] = ("policy_loss", "value_loss", "entropy", "approx_kl", "old_approx_kl", "clipfrac",
+                                   "explained_variance", "grad_norm")
+
     def __init__(
         self,
         config: TrainConfig,
@@ -158,30 +162,13 @@ class Trainer(CheckpointMixin):
                     f"{vec.obs_layout}; build it with Policy.from_env(vecenv)"
                 )
         self.policy = policy.to(self.device)
-        self.loss_fn = loss_fn_for(cfg)
-        self.reducer: Reducer = SINGLE_LEARNER  # data-parallel learners replace it
         self.recurrent = bool(getattr(policy, "is_recurrent", False))
         self.num_agent_ids = int(getattr(policy, "num_agent_ids", 0))
-        self.optimizer = make_optimizer(self.policy, cfg)
         action_layout = vec.action_layout
         self.continuous = action_layout.kind in ("continuous", "hybrid")
         self.acting = RowActor(self.policy, self.num_rows, self.agents_per_env, self.device,
                                continuous=self.continuous, trace=cfg.trace_actor)
-        state = self.acting.state
-        state_size = int(state[0].shape[-1]) if state is not None else 0
-        mask_width = action_mask_width(action_layout) if action_layout.kind != "continuous" else 0
-        self.buffer = RolloutBuffer(
-            self.num_rows,
-            cfg.horizon,
-            self.batch_size,
-            (vec.obs_layout.flat_size,),
-            vec.obs_layout.flat_dtype,
-            tuple(action_layout.flat_shape),
-            action_layout.flat_dtype,
-            mask_width,
-            state_size,
-        )
-        self.all_rows = self.buffer.all_rows  # the identity of this array marks "every row" (fast paths)
+        self._setup_learning()
         self.overlap = cfg.backend != "serial"
         self.global_step = 0
         self.update = 0
@@ -208,6 +195,32 @@ class Trainer(CheckpointMixin):
         self.league: Any = None
         if cfg.league:
             self.league = League(self)
+
+    def _setup_learning(self) -> None:
+        """The algorithm's part of the setup: its optimizer, its storage (``self.buffer``) and its loss.
+
+        PPO keeps rollout segments; an off-policy algorithm overrides this with a replay buffer
+        (:class:`shoal.train.sac.trainer.SACTrainer`)."""
+        cfg, vec = self.config, self.vecenv
+        action_layout = vec.action_layout
+        self.loss_fn = loss_fn_for(cfg)
+        self.reducer: Reducer = SINGLE_LEARNER  # data-parallel learners replace it
+        self.optimizer = make_optimizer(self.policy, cfg)
+        state = self.acting.state
+        state_size = int(state[0].shape[-1]) if state is not None else 0
+        mask_width = action_mask_width(action_layout) if action_layout.kind != "continuous" else 0
+        self.buffer = RolloutBuffer(
+            self.num_rows,
+            cfg.horizon,
+            self.batch_size,
+            (vec.obs_layout.flat_size,),
+            vec.obs_layout.flat_dtype,
+            tuple(action_layout.flat_shape),
+            action_layout.flat_dtype,
+            mask_width,
+            state_size,
+        )
+        self.all_rows = self.buffer.all_rows  # the identity of this array marks "every row" (fast paths)
 
     def _default_policy(self, policy_cls: Any, **extra: Any) -> nn.Module:
         """``policy_cls.from_env`` with the config's sizes (``extra``: further keywords, e.g. a critic input)."""
@@ -321,15 +334,11 @@ class Trainer(CheckpointMixin):
     def _finish(self, carry: Carry) -> None:
         """Complete the pending transitions answered by ``carry``; record finished episodes."""
         t = time.perf_counter()
-        cfg, buffer = self.config, self.buffer
+        buffer = self.buffer
         rows = carry.rows
         terminals, truncations = carry.terminals, carry.truncations
         ended = terminals | truncations
-        rewards = carry.rewards
-        if cfg.reward_scale != 1.0 or cfg.reward_clip is not None:
-            rewards = rewards * np.float32(cfg.reward_scale)
-            if cfg.reward_clip is not None:
-                rewards = np.clip(rewards, -cfg.reward_clip, cfg.reward_clip).astype(np.float32)
+        rewards = self._scaled_rewards(carry.rewards)
         final_values = None
         counted = ended if self.league is None else self.league.finish(carry)  # league: the learner's episodes
         if ended.any():
@@ -338,16 +347,29 @@ class Trainer(CheckpointMixin):
                 final_obs = np.stack([carry.infos[k]["final_observation"] for k in truncated])
                 final_values = np.zeros(len(rows), np.float32)
                 final_values[truncated] = self._values(rows[truncated], final_obs, carry, final=True)
-            for k in np.flatnonzero(counted):
-                episode = carry.infos[k].get("episode")
-                if episode is not None:
-                    self.episode_returns.append(float(episode["return"]))
-                    self.episode_lengths.append(float(episode["length"]))
-                    self.episodes += 1
-            if self.agent_stats is not None:
-                self.agent_stats.record(rows, carry.env_ids, carry.infos, counted, carry.agent_types)
+            self._record_episodes(carry, counted)
         buffer.finish(rows, rewards, terminals, truncations, carry.masks, final_values)
         self._times["inference"] += time.perf_counter() - t
+
+    def _scaled_rewards(self, rewards: np.ndarray) -> np.ndarray:
+        """Rewards as the learner sees them (``reward_scale``, ``reward_clip``); statistics keep the raw ones."""
+        cfg = self.config
+        if cfg.reward_scale != 1.0 or cfg.reward_clip is not None:
+            rewards = rewards * np.float32(cfg.reward_scale)
+            if cfg.reward_clip is not None:
+                rewards = np.clip(rewards, -cfg.reward_clip, cfg.reward_clip).astype(np.float32)
+        return rewards
+
+    def _record_episodes(self, carry: Carry, counted: np.ndarray) -> None:
+        """Add the episodes that ended at the ``counted`` positions of ``carry`` to the statistics."""
+        for k in np.flatnonzero(counted):
+            episode = carry.infos[k].get("episode")
+            if episode is not None:
+                self.episode_returns.append(float(episode["return"]))
+                self.episode_lengths.append(float(episode["length"]))
+                self.episodes += 1
+        if self.agent_stats is not None:
+            self.agent_stats.record(carry.rows, carry.env_ids, carry.infos, counted, carry.agent_types)
 
     def _start(self) -> None:
         t = time.perf_counter()
@@ -513,16 +535,7 @@ class Trainer(CheckpointMixin):
             out.update(self.agent_stats.scalars())
         if self.league is not None:
             out.update(self.league.scalars())
-        for name in (
-            "policy_loss",
-            "value_loss",
-            "entropy",
-            "approx_kl",
-            "old_approx_kl",
-            "clipfrac",
-            "explained_variance",
-            "grad_norm",
-        ):
+        for name in self.loss_names:
             if name in stats:
                 out[f"losses/{name}"] = float(stats[name])
         return out

@@ -58,7 +58,6 @@ from shoal.train.config import TrainConfig
 from shoal.train.core.normalize import ValueNormalizer, make_value_normalizer
 from shoal.train.core.rollout import RolloutBuffer, RolloutData
 from shoal.train.loop.trainer import Trainer
-from shoal.train.runs.checkpoint import load_checkpoint
 from shoal.train.runs.resolve import resolve_env
 
 __all__ = [
@@ -635,12 +634,11 @@ class MAPPOTrainer(Trainer):
         }
         return payload
 
-    def restore(self, path: Any) -> None:
-        extra = load_checkpoint(path, map_location=self.device).get("mappo") or {}
+    def _restore_algorithm(self, payload: dict[str, Any]) -> None:
+        extra = payload.get("mappo") or {}
         if self.value_norm is not None and extra.get("value_norm") is not None:
             self.value_norm.load_state_dict(extra["value_norm"])
         for name in ("states", "final_states"):
             saved = extra.get(name)
             if saved is not None and saved.shape == getattr(self, f"_{name}").shape:
                 getattr(self, f"_{name}")[...] = saved
-        super().restore(path)

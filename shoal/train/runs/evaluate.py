@@ -19,8 +19,7 @@ import torch
 from torch import nn
 
 from shoal.errors import APIUsageError, CheckpointError, ShoalError
-from shoal.policies import Policy
-from shoal.policies.policy import check_saved_config
+from shoal.policies.registry import rebuild_policy
 from shoal.train.acting import RowActor
 from shoal.train.config import TrainConfig
 from shoal.train.runs.checkpoint import check_signature, env_signature, find_checkpoint, load_checkpoint
@@ -196,17 +195,8 @@ def load_policy_from_checkpoint(
         if name != config.env:
             log.warning("%s was trained on %r, not %r; the spaces of both match, so it plays %r", path, config.env,
                         name, name)
-        policy_config = dict(payload["policy_config"])
-        if not policy_config:
-            raise CheckpointError(
-                f"{path} holds a custom policy ({payload.get('policy_class')}) without a config; "
-                "rebuild it yourself and load payload['model']"
-            )
-        check_saved_config(policy_config, str(path))
-        try:
-            policy = Policy.from_env(vec, **policy_config, device=device)
-        except TypeError as exc:
-            raise CheckpointError(f"{path}: cannot rebuild its policy from {policy_config}: {exc}") from exc
+        policy = rebuild_policy(payload.get("policy_class"), dict(payload["policy_config"]), vec, str(path),
+                                device)
     finally:
         vec.close()
     try:

@@ -1,0 +1,207 @@
+"""Replay storage for off-policy learning: each agent slot's decisions, completed into transitions.
+
+A transition is one decision of one agent slot and what followed until that slot's next decision:
+``(obs, action, reward, next_obs, terminal)``. :class:`ReplayBuffer` holds, per vector row, the decision waiting
+for its outcome (rewards add up while the slot waits, e.g. for its turn in a turn-based game) and a ring of
+completed transitions:
+
+* a transition completes when its slot acts again (``next_obs`` is that observation, its legal-action mask the
+  next mask), or when the slot's episode ends: terminated (``terminal=True``, nothing to bootstrap from) or
+  truncated (``next_obs`` is the env's final observation, and the learner bootstraps from it);
+* padded and dead slots never decided anything, so they store nothing;
+* observations are stored once per transition as flat rows of the layout's dtype (mixed-dtype rows stay bytes),
+  plus the next observation: memory is ``capacity * (2 * row_bytes + ...)``, reported by :attr:`nbytes`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["ReplayBatch", "ReplayBuffer"]
+
+
+@dataclass
+class ReplayBatch:
+    """A sampled minibatch of ``N`` transitions (tensors on the learner's device).
+
+    Attributes:
+        obs, next_obs: flat rows ``[N, flat_size]`` of the layout's dtype.
+        actions: flat actions ``[N, *flat_action_shape]`` as the env received them.
+        rewards: float32 ``[N]``, summed over the steps between the slot's two decisions.
+        terminals: float32 ``[N]``: 1 where the episode terminated (no bootstrap), else 0.
+        action_masks, next_action_masks: bool ``[N, W]`` legal actions at ``obs`` / ``next_obs``, or None.
+        agent_ids: int64 ``[N]``: the slot of each transition in its env.
+    """
+
+    obs: Tensor
+    actions: Tensor
+    rewards: Tensor
+    next_obs: Tensor
+    terminals: Tensor
+    action_masks: Tensor | None
+    next_action_masks: Tensor | None
+    agent_ids: Tensor
+
+
+class ReplayBuffer:
+    """A ring of ``capacity`` transitions plus one pending decision per vector row (see the module docstring).
+
+    Args:
+        capacity: transitions kept (the oldest are overwritten).
+        num_rows: rows of the vector env (``num_envs * agents_per_env``).
+        agents_per_env: slots per env (a row's agent id is ``row % agents_per_env``).
+        obs_width, obs_dtype: flat observation rows.
+        action_shape, action_dtype: flat actions of one row.
+        mask_width: width of legal-action masks (0: no masks).
+    """
+
+    _RING = ("obs", "actions", "rewards", "next_obs", "terminals", "action_masks", "next_action_masks", "agent_ids")
+    _PENDING = ("p_obs", "p_actions", "p_rewards", "p_masks", "pending")
+
+    def __init__(self, capacity: int, num_rows: int, agents_per_env: int, obs_width: int, obs_dtype: Any,
+                 action_shape: tuple[int, ...], action_dtype: Any, mask_width: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"replay capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self.agents_per_env = agents_per_env
+        self.mask_width = mask_width
+        self.obs = np.zeros((capacity, obs_width), obs_dtype)
+        self.next_obs = np.zeros((capacity, obs_width), obs_dtype)
+        self.actions = np.zeros((capacity, *action_shape), action_dtype)
+        self.rewards = np.zeros(capacity, np.float32)
+        self.terminals = np.zeros(capacity, np.float32)
+        self.action_masks = np.ones((capacity, mask_width), np.bool_) if mask_width else None
+        self.next_action_masks = np.ones((capacity, mask_width), np.bool_) if mask_width else None
+        self.agent_ids = np.zeros(capacity, np.int64)
+        self.size = 0
+        self.position = 0
+        self.added = 0  # transitions ever completed
+        # the decision of each row that waits for its outcome
+        self.p_obs = np.zeros((num_rows, obs_width), obs_dtype)
+        self.p_actions = np.zeros((num_rows, *action_shape), action_dtype)
+        self.p_rewards = np.zeros(num_rows, np.float32)
+        self.p_masks = np.ones((num_rows, mask_width), np.bool_) if mask_width else None
+        self.pending = np.zeros(num_rows, np.bool_)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the ring (allocated up front)."""
+        return sum(getattr(self, name).nbytes for name in self._RING if getattr(self, name) is not None)
+
+    def act(self, rows: np.ndarray, obs: np.ndarray, actions: np.ndarray, action_masks: np.ndarray | None) -> None:
+        """Record the decisions of ``rows`` (int64 ``[B]``): observations ``[B, flat]``, env actions, masks."""
+        self.p_obs[rows] = obs
+        self.p_actions[rows] = actions
+        self.p_rewards[rows] = 0.0
+        if self.p_masks is not None:
+            self.p_masks[rows] = True if action_masks is None else action_masks
+        self.pending[rows] = True
+
+    def finish(self, rows: np.ndarray, rewards: np.ndarray, terminals: np.ndarray, truncations: np.ndarray,
+               live: np.ndarray, obs: np.ndarray, action_masks: np.ndarray | None,
+               final_obs: dict[int, np.ndarray]) -> int:
+        """Apply an env result to the pending decisions of ``rows``; returns the transitions completed.
+
+        Args:
+            rows: int64 ``[B]`` rows of the result; ``rewards`` float32, ``terminals``/``truncations``/``live``
+                bool ``[B]`` (``live``: the slot must act now); ``obs`` ``[B, flat]``; ``action_masks`` bool
+                ``[B, W]`` or None.
+            final_obs: for each position ``k`` of a truncated (not terminated) row with a pending decision, the
+                episode's final observation ``[flat]``.
+        """
+        pending = self.pending[rows]
+        if not pending.any():
+            return 0
+        self.p_rewards[rows[pending]] += rewards[pending]
+        ended = terminals | truncations
+        complete = pending & (ended | live)
+        picks = np.flatnonzero(complete)
+        if not len(picks):
+            return 0
+        done_rows = rows[picks]
+        next_obs = np.array(obs[picks], copy=True)
+        for j, k in enumerate(picks):
+            if truncations[k] and not terminals[k]:
+                try:
+                    next_obs[j] = final_obs[int(k)]
+                except KeyError:
+                    raise RuntimeError(f"internal error: row {int(rows[k])} was truncated with a pending decision "
+                                       "but no final observation was given") from None
+        next_masks = None
+        if self.mask_width:
+            next_masks = np.ones((len(picks), self.mask_width), np.bool_)
+            if action_masks is not None:
+                keep = ~ended[picks]  # the next mask of an ended episode is never used: all legal
+                next_masks[keep] = action_masks[picks[keep]]
+        self._add(done_rows, next_obs, terminals[picks], next_masks)
+        self.pending[done_rows] = False
+        return len(picks)
+
+    def _add(self, rows: np.ndarray, next_obs: np.ndarray, terminals: np.ndarray,
+             next_masks: np.ndarray | None) -> None:
+        n = len(rows)
+        if n > self.capacity:  # only the newest fit
+            rows, next_obs, terminals = rows[-self.capacity:], next_obs[-self.capacity:], terminals[-self.capacity:]
+            next_masks = None if next_masks is None else next_masks[-self.capacity:]
+            n = self.capacity
+        index = (self.position + np.arange(n)) % self.capacity
+        self.obs[index] = self.p_obs[rows]
+        self.actions[index] = self.p_actions[rows]
+        self.rewards[index] = self.p_rewards[rows]
+        self.next_obs[index] = next_obs
+        self.terminals[index] = terminals
+        if self.action_masks is not None:
+            self.action_masks[index] = self.p_masks[rows]
+            self.next_action_masks[index] = next_masks
+        self.agent_ids[index] = rows % self.agents_per_env
+        self.position = int((self.position + n) % self.capacity)
+        self.size = min(self.size + n, self.capacity)
+        self.added += n
+
+    def sample(self, batch_size: int, generator: torch.Generator, device: torch.device) -> ReplayBatch:
+        """``batch_size`` transitions drawn uniformly (with replacement) by ``generator``."""
+        if self.size == 0:
+            raise RuntimeError("cannot sample an empty replay buffer")
+        index = torch.randint(self.size, (batch_size,), generator=generator).numpy()
+
+        def take(array: np.ndarray | None) -> Tensor | None:
+            if array is None:
+                return None
+            return torch.from_numpy(array[index]).to(device, non_blocking=True)
+
+        return ReplayBatch(take(self.obs), take(self.actions), take(self.rewards), take(self.next_obs),
+                           take(self.terminals), take(self.action_masks), take(self.next_action_masks),
+                           take(self.agent_ids))
+
+    # ---- checkpoints --------------------------------------------------------------------------------------
+
+    def carry_state(self) -> dict[str, Any]:
+        """The pending decisions (the rollout carry-over of a checkpoint)."""
+        return {name: None if getattr(self, name) is None else getattr(self, name).copy() for name in self._PENDING}
+
+    def load_carry_state(self, state: dict[str, Any]) -> None:
+        for name in self._PENDING:
+            if state[name] is not None:
+                getattr(self, name)[...] = state[name]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The stored transitions (the filled part only) and the ring's position."""
+        size = self.size
+        return {"size": size, "position": self.position, "added": self.added, "capacity": self.capacity,
+                **{name: None if getattr(self, name) is None else getattr(self, name)[:size].copy()
+                   for name in self._RING}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if int(state["capacity"]) != self.capacity:
+            raise ValueError(f"the saved replay buffer holds up to {state['capacity']} transitions, this one "
+                             f"{self.capacity}")
+        size = int(state["size"])
+        for name in self._RING:
+            if getattr(self, name) is not None:
+                getattr(self, name)[:size] = state[name]
+        self.size, self.position, self.added = size, int(state["position"]), int(state["added"])

@@ -1,0 +1,133 @@
+"""The soft actor-critic update: critics, actor, temperature, targets, on one sampled minibatch.
+
+    optimizers = SACOptimizers.for_policy(policy, learning_rate=3e-4)
+    stats = sac_update(policy, optimizers, replay.sample(256, generator, device), gamma=0.99, tau=0.005,
+                       target_entropy=-1.0)
+
+Per minibatch, in this order (Haarnoja et al., 2018, with the temperature tuned as in their follow-up):
+
+1. critics: ``y = r + gamma * (1 - terminal) * (min_i Q'_i(s', a') - alpha * log pi(a'|s'))`` with ``a' ~ pi(s')``
+   (Discrete: the expectation over ``pi(.|s')`` exactly); loss ``0.5 * sum_i mean (Q_i(s, a) - y)^2``;
+2. actor: ``mean(alpha * log pi(a|s) - min_i Q_i(s, a))`` with ``a ~ pi(s)`` reparameterized (Discrete: the
+   expectation), the critics' weights frozen;
+3. temperature (when tuned): ``log_alpha * mean(entropy - target_entropy)``, raising ``alpha`` while the policy's
+   entropy is below the target;
+4. targets: Polyak averaging with ``tau``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from shoal.policies.sac import SACPolicy
+from shoal.train.core.replay import ReplayBatch
+
+__all__ = ["SACOptimizers", "sac_update"]
+
+
+@dataclass
+class SACOptimizers:
+    """One Adam per part SAC learns; saved and restored together (``state_dict`` / ``load_state_dict``)."""
+
+    actor: torch.optim.Optimizer
+    critic: torch.optim.Optimizer
+    alpha: torch.optim.Optimizer | None  # None: a fixed temperature
+
+    @classmethod
+    def for_policy(cls, policy: SACPolicy, learning_rate: float, *, tune_alpha: bool = True,
+                   eps: float = 1e-8) -> SACOptimizers:
+        # foreach: one fused kernel per step instead of one per parameter (the update is overhead-bound on CPUs)
+        def adam(params: Any) -> torch.optim.Optimizer:
+            return torch.optim.Adam(params, lr=learning_rate, eps=eps, foreach=True)
+
+        return cls(adam(policy.actor_net.parameters()), adam(policy.critic.parameters()),
+                   adam([policy.log_alpha]) if tune_alpha else None)
+
+    def set_learning_rate(self, learning_rate: float) -> None:
+        for optimizer in (self.actor, self.critic, self.alpha):
+            if optimizer is not None:
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
+                "alpha": None if self.alpha is None else self.alpha.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        if self.alpha is not None and state["alpha"] is not None:
+            self.alpha.load_state_dict(state["alpha"])
+
+
+def _expectation(probs: Tensor, values: Tensor) -> Tensor:
+    """``sum_a probs * values`` where illegal actions (probability 0) contribute 0 even if their value is not
+    finite."""
+    return torch.where(probs > 0, probs * values, torch.zeros_like(values)).sum(-1)
+
+
+def sac_update(policy: SACPolicy, optimizers: SACOptimizers, batch: ReplayBatch, *, gamma: float, tau: float,
+               target_entropy: float) -> dict[str, Tensor]:
+    """One gradient step of the critics, the actor and the temperature, then the target update.
+
+    Returns detached scalar tensors (``q_loss``, ``actor_loss``, ``alpha``, ``entropy``, ``q_mean``): the caller
+    averages them over many steps before reading them, so no step waits on a ``.item()``.
+    """
+    features = policy.features(batch.obs, batch.agent_ids)
+    next_features = policy.features(batch.next_obs, batch.agent_ids)
+    alpha = policy.log_alpha.detach().exp()
+    not_done = 1.0 - batch.terminals
+    continuous = policy.kind == "continuous"
+
+    # 1. critics
+    with torch.no_grad():
+        if continuous:
+            next_action, next_log_prob = policy.squashed_sample(next_features)
+            next_q = policy.q_values(next_features, next_action, target=True).min(0).values
+            next_value = next_q - alpha * next_log_prob
+        else:
+            next_log_probs = torch.log_softmax(policy.logits(next_features, batch.next_action_masks), -1)
+            next_q = policy.q_values(next_features, target=True).min(0).values
+            next_value = _expectation(next_log_probs.exp(), next_q - alpha * next_log_probs)
+        target = batch.rewards + gamma * not_done * next_value
+    if continuous:
+        q = policy.q_values(features, policy.to_unit_range(batch.actions))
+    else:
+        index = batch.actions.long().reshape(1, -1, 1).expand(2, -1, 1)
+        q = policy.q_values(features).gather(-1, index).squeeze(-1)
+    q_loss = 0.5 * (q - target).pow(2).mean(-1).sum()
+    optimizers.critic.zero_grad(set_to_none=True)
+    q_loss.backward()
+    optimizers.critic.step()
+
+    # 2. actor (the critics' weights frozen: no gradient is computed for them)
+    if continuous:
+        action, log_prob = policy.squashed_sample(features)
+        q_pi = policy.q_values(features, action, frozen=True).min(0).values
+        actor_loss = (alpha * log_prob - q_pi).mean()
+        entropy = -log_prob.detach()
+    else:
+        log_probs = torch.log_softmax(policy.logits(features, batch.action_masks), -1)
+        probs = log_probs.exp()
+        q_pi = policy.q_values(features, frozen=True).min(0).values
+        actor_loss = _expectation(probs, alpha * log_probs - q_pi).mean()
+        entropy = -_expectation(probs.detach(), log_probs.detach())
+    optimizers.actor.zero_grad(set_to_none=True)
+    actor_loss.backward()
+    optimizers.actor.step()
+
+    # 3. temperature
+    if optimizers.alpha is not None:
+        alpha_loss = policy.log_alpha * (entropy - target_entropy).mean()
+        optimizers.alpha.zero_grad(set_to_none=True)
+        alpha_loss.backward()
+        optimizers.alpha.step()
+
+    # 4. targets
+    policy.soft_update_targets(tau)
+    return {"q_loss": q_loss.detach(), "actor_loss": actor_loss.detach(), "alpha": alpha,
+            "entropy": entropy.mean(), "q_mean": q.detach().mean()}
