@@ -64,10 +64,13 @@ class SACOptimizers:
             self.alpha.load_state_dict(state["alpha"])
 
 
-def _expectation(probs: Tensor, values: Tensor) -> Tensor:
-    """``sum_a probs * values`` where illegal actions (probability 0) contribute 0 even if their value is not
-    finite."""
-    return torch.where(probs > 0, probs * values, torch.zeros_like(values)).sum(-1)
+def _policy(logits: Tensor) -> tuple[Tensor, Tensor]:
+    """``(probs, log_probs)`` of masked logits, with the log-probability of an action of probability 0 (illegal)
+    set to 0: it is weighted by 0 in every expectation, and its true value (about ``finfo.min``) would turn
+    ``alpha * log_prob`` into infinities and the gradients into NaN."""
+    log_probs = torch.log_softmax(logits, -1)
+    probs = log_probs.exp()
+    return probs, torch.where(probs > 0, log_probs, torch.zeros_like(log_probs))
 
 
 def sac_update(policy: SACPolicy, optimizers: SACOptimizers, batch: ReplayBatch, *, gamma: float, tau: float,
@@ -90,9 +93,9 @@ def sac_update(policy: SACPolicy, optimizers: SACOptimizers, batch: ReplayBatch,
             next_q = policy.q_values(next_features, next_action, target=True).min(0).values
             next_value = next_q - alpha * next_log_prob
         else:
-            next_log_probs = torch.log_softmax(policy.logits(next_features, batch.next_action_masks), -1)
+            next_probs, next_log_probs = _policy(policy.logits(next_features, batch.next_action_masks))
             next_q = policy.q_values(next_features, target=True).min(0).values
-            next_value = _expectation(next_log_probs.exp(), next_q - alpha * next_log_probs)
+            next_value = (next_probs * (next_q - alpha * next_log_probs)).sum(-1)
         target = batch.rewards + gamma * not_done * next_value
     if continuous:
         q = policy.q_values(features, policy.to_unit_range(batch.actions))
@@ -111,11 +114,10 @@ def sac_update(policy: SACPolicy, optimizers: SACOptimizers, batch: ReplayBatch,
         actor_loss = (alpha * log_prob - q_pi).mean()
         entropy = -log_prob.detach()
     else:
-        log_probs = torch.log_softmax(policy.logits(features, batch.action_masks), -1)
-        probs = log_probs.exp()
+        probs, log_probs = _policy(policy.logits(features, batch.action_masks))
         q_pi = policy.q_values(features, frozen=True).min(0).values
-        actor_loss = _expectation(probs, alpha * log_probs - q_pi).mean()
-        entropy = -_expectation(probs.detach(), log_probs.detach())
+        actor_loss = (probs * (alpha * log_probs - q_pi)).sum(-1).mean()
+        entropy = -(probs * log_probs).sum(-1).detach()
     optimizers.actor.zero_grad(set_to_none=True)
     actor_loss.backward()
     optimizers.actor.step()

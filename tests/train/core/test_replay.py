@@ -1,0 +1,122 @@
+"""ReplayBuffer: decisions completed into transitions exactly, on real envs and on hand-made results."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import torch
+from pettingzoo.classic import tictactoe_v3
+
+import shoal
+from shoal.emulation.base import action_mask_width
+from shoal.train.core.replay import ReplayBuffer
+
+
+def _buffer(capacity: int = 100, rows: int = 2, agents: int = 1, mask_width: int = 0) -> ReplayBuffer:
+    return ReplayBuffer(capacity, rows, agents, 3, np.float32, (), np.int64, mask_width)
+
+
+def test_a_decision_completes_when_its_slot_acts_again_or_its_episode_ends() -> None:
+    buf = _buffer()
+    rows = np.arange(2)
+    obs0 = np.arange(6, dtype=np.float32).reshape(2, 3)
+    buf.act(rows, obs0, np.array([1, 0]), None)
+    # row 0 continues, row 1 is truncated with a final observation
+    obs1 = obs0 + 10
+    final = np.full(3, -7.0, np.float32)
+    done = buf.finish(rows, np.array([1.5, 2.5], np.float32), np.array([False, False]), np.array([False, True]),
+                      np.array([True, True]), obs1, None, {1: final})
+    assert done == 2 and buf.size == 2 and not buf.pending.any()
+    np.testing.assert_array_equal(buf.obs[:2], obs0)
+    np.testing.assert_array_equal(buf.next_obs[0], obs1[0])
+    np.testing.assert_array_equal(buf.next_obs[1], final)  # truncation: bootstrap from the final observation
+    np.testing.assert_array_equal(buf.rewards[:2], [1.5, 2.5])
+    np.testing.assert_array_equal(buf.terminals[:2], [0.0, 0.0])
+    np.testing.assert_array_equal(buf.actions[:2], [1, 0])
+
+
+def test_rewards_add_up_while_a_slot_waits_and_a_terminal_is_kept() -> None:
+    buf = _buffer()
+    rows = np.arange(2)
+    buf.act(rows[:1], np.zeros((1, 3), np.float32), np.array([1]), None)
+    waiting = np.array([False, True])  # row 0 waits (another slot's turn)
+    no = np.zeros(2, np.bool_)
+    assert buf.finish(rows, np.array([1.0, 0.0], np.float32), no, no, waiting, np.ones((2, 3), np.float32), None,
+                      {}) == 0
+    assert buf.finish(rows, np.array([-3.0, 0.0], np.float32), np.array([True, False]), no, waiting,
+                      np.ones((2, 3), np.float32), None, {}) == 1
+    assert buf.rewards[0] == -2.0 and buf.terminals[0] == 1.0 and buf.size == 1
+
+
+def test_the_ring_keeps_the_newest_transitions_and_round_trips_through_its_state() -> None:
+    buf = _buffer(capacity=5, rows=1)
+    for step in range(8):
+        buf.act(np.array([0]), np.full((1, 3), step, np.float32), np.array([step]), None)
+        buf.finish(np.array([0]), np.ones(1, np.float32), np.zeros(1, np.bool_), np.zeros(1, np.bool_),
+                   np.ones(1, np.bool_), np.full((1, 3), step + 1, np.float32), None, {})
+    assert buf.size == 5 and buf.added == 8
+    assert sorted(buf.actions.tolist()) == [3, 4, 5, 6, 7]
+    copy = _buffer(capacity=5, rows=1)
+    copy.load_state_dict(buf.state_dict())
+    copy.load_carry_state(buf.carry_state())
+    for name in ("obs", "next_obs", "actions", "rewards", "terminals", "agent_ids"):
+        np.testing.assert_array_equal(getattr(copy, name), getattr(buf, name))
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    a, b = buf.sample(4, g1, torch.device("cpu")), copy.sample(4, g2, torch.device("cpu"))
+    assert torch.equal(a.obs, b.obs) and torch.equal(a.actions, b.actions)
+
+
+def _drive(vec: object, buf: ReplayBuffer, steps: int, rng: np.random.Generator) -> int:
+    """Random legal actions on ``vec``, recorded in ``buf``; returns the decisions taken."""
+    obs, infos = vec.reset(seed=0)
+    rows = np.arange(vec.num_agents)
+    decisions = 0
+    for _ in range(steps):
+        masks, action_masks = vec.masks.copy(), vec.action_masks
+        if action_masks is None:
+            actions = rng.integers(0, 2, vec.num_agents)
+        else:
+            actions = np.array([rng.choice(np.flatnonzero(m)) if m.any() else 0 for m in action_masks])
+        live = np.flatnonzero(masks)
+        buf.act(rows[live], obs[live], actions[live], None if action_masks is None else action_masks[live])
+        decisions += len(live)
+        obs, rewards, terminals, truncations, infos = vec.step(actions)
+        final = {k: infos[k]["final_observation"] for k in np.flatnonzero(truncations & ~terminals)}
+        buf.finish(rows, rewards, terminals, truncations, vec.masks, obs, vec.action_masks, final)
+    return decisions
+
+
+def test_on_a_time_limited_gymnasium_env_next_observations_chain_and_truncations_bootstrap() -> None:
+    vec = shoal.vector.make(lambda: gym.make("CartPole-v1", max_episode_steps=7), 1)
+    buf = ReplayBuffer(1000, 1, 1, 4, np.float32, (), np.int64, 0)
+    _drive(vec, buf, 60, np.random.default_rng(0))
+    vec.close()
+    n = buf.size
+    length, truncations = 0, 0
+    for i in range(n - 1):
+        length += 1
+        if buf.terminals[i]:
+            length = 0
+        elif length == 7:  # the time limit: bootstrap from the episode's final observation, not the next reset
+            assert not np.array_equal(buf.next_obs[i], buf.obs[i + 1])
+            truncations += 1
+            length = 0
+        else:  # within an episode the next observation is the next decision's observation
+            np.testing.assert_array_equal(buf.next_obs[i], buf.obs[i + 1])
+    assert truncations > 0, "expected time-limit truncations within 60 steps of 7-step episodes"
+
+
+def test_in_a_turn_based_game_each_player_decision_becomes_one_transition_with_its_masks() -> None:
+    vec = shoal.vector.make(lambda: tictactoe_v3.env(), 2)
+    width = action_mask_width(vec.action_layout)
+    buf = ReplayBuffer(1000, vec.num_agents, vec.agents_per_env, vec.obs_layout.flat_size,
+                       vec.obs_layout.flat_dtype, (), np.int64, width)
+    decisions = _drive(vec, buf, 200, np.random.default_rng(1))
+    vec.close()
+    assert buf.size == decisions - int(buf.pending.sum())
+    n = buf.size
+    # the stored action was legal at its decision, and games end with +-1 (or 0 for a draw) for the player
+    assert all(buf.action_masks[i, buf.actions[i]] for i in range(n))
+    assert set(np.unique(buf.rewards[:n])) <= {-1.0, 0.0, 1.0}
+    assert (buf.rewards[:n] != 0).any() and (buf.terminals[:n] == 1).any()
+    assert set(np.unique(buf.agent_ids[:n])) == {0, 1}

@@ -1,0 +1,146 @@
+"""SAC on the shared training loop: it learns (Box and Discrete actions), resumes exactly, trains agent slots of
+PettingZoo games, and refuses what it cannot train with a message that says what to do."""
+
+from __future__ import annotations
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+from mpe2 import simple_spread_v3
+
+import shoal
+from shoal.cli import main
+from shoal.errors import APIUsageError
+from shoal.policies.sac import SACPolicy
+from shoal.train import TrainConfig, evaluate, make_trainer, train
+
+FAST = dict(tensorboard=False, log_interval=60.0, trace_actor=False)
+
+
+def test_sac_learns_pendulum_far_beyond_a_random_policy() -> None:
+    # a random policy scores about -1200 on Pendulum-v1; SAC swings the pendulum up within a few thousand steps
+    result = train(TrainConfig(env="Pendulum-v1", algo="sac", total_steps=3000, learning_starts=500, hidden_size=64,
+                               seed=1, eval_episodes=6, **FAST))
+    assert isinstance(result.policy, SACPolicy)
+    assert result.evaluation["mean_return"] > -600, result.evaluation
+
+
+def test_discrete_sac_learns_a_contextual_bandit() -> None:
+    # 4 contexts x 4 arms: chance is 0.25 per episode, the correct arm for every context scores 1
+    result = train(TrainConfig(env="bandit", algo="sac", total_steps=1500, learning_starts=200, hidden_size=32,
+                               seed=0, eval_episodes=40, **FAST))
+    assert result.evaluation["mean_return"] >= 0.9, result.evaluation
+
+
+def _weights(policy: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in policy.state_dict().items()}
+
+
+def test_a_resumed_run_continues_exactly_as_an_uninterrupted_one(tmp_path: object) -> None:
+    common = dict(env="Pendulum-v1", algo="sac", learning_starts=100, hidden_size=16, horizon=10, num_envs=2,
+                  checkpoint_interval=1, seed=3, **FAST)
+    straight = train(TrainConfig(total_steps=400, **common))
+    run_dir = str(tmp_path / "run")  # type: ignore[operator]
+    train(TrainConfig(total_steps=200, run_dir=run_dir, **common))
+    resumed = train(TrainConfig(total_steps=400, run_dir=run_dir, resume=True, **common))
+    assert resumed.exact_resume and resumed.global_step == straight.global_step == 400
+    a, b = _weights(straight.policy), _weights(resumed.policy)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ"
+
+
+def test_without_the_replay_in_checkpoints_a_resume_says_it_is_not_exact(tmp_path: object) -> None:
+    run_dir = str(tmp_path / "run")  # type: ignore[operator]
+    common = dict(env="Pendulum-v1", algo="sac", learning_starts=50, hidden_size=16, horizon=10, num_envs=2,
+                  save_replay=False, run_dir=run_dir, **FAST)
+    train(TrainConfig(total_steps=100, **common))
+    resumed = train(TrainConfig(total_steps=200, resume=True, **common))
+    assert not resumed.exact_resume
+
+
+def test_a_turn_based_game_trains_every_seat_and_only_legal_actions_are_stored() -> None:
+    trainer = make_trainer(TrainConfig(env="pettingzoo.classic.tictactoe_v3", algo="sac", total_steps=600,
+                                       learning_starts=200, hidden_size=32, num_envs=2, horizon=20, **FAST))
+    try:
+        result = trainer.train()
+        replay = trainer.buffer
+        n = replay.size
+        assert n > 0 and n == result.global_step - int(replay.pending.sum())
+        assert all(replay.action_masks[i, replay.actions[i]] for i in range(n))
+        assert set(np.unique(replay.agent_ids[:n])) == {0, 1}
+    finally:
+        trainer.close()
+
+
+def test_parameter_shared_sac_on_a_continuous_multi_agent_env() -> None:
+    def env_fn() -> object:
+        return simple_spread_v3.parallel_env(N=3, max_cycles=25, continuous_actions=True)
+
+    result = train(TrainConfig(algo="sac", total_steps=1500, learning_starts=300, hidden_size=32, num_envs=2,
+                               agent_ids=True, **FAST), env_fn=env_fn)
+    assert result.policy.num_agent_ids == 3 and result.global_step >= 1500
+    assert result.episodes > 0 and np.isfinite(result.episode_return)
+
+
+class _Hybrid(gym.Env):
+    observation_space = spaces.Box(-1, 1, (2,), np.float32)
+    action_space = spaces.Tuple((spaces.Discrete(2), spaces.Box(-1, 1, (1,), np.float32)))
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action: object) -> tuple[np.ndarray, float, bool, bool, dict]:
+        return np.zeros(2, np.float32), 0.0, True, False, {}
+
+
+class _Unbounded(_Hybrid):
+    action_space = spaces.Box(-np.inf, np.inf, (1,), np.float32)
+
+
+class _Image(_Hybrid):
+    observation_space = spaces.Box(0, 255, (32, 32, 3), np.uint8)
+    action_space = spaces.Discrete(2)
+
+
+@pytest.mark.parametrize(("env_cls", "words"), [(_Hybrid, "--algo ppo"), (_Unbounded, "RescaleAction"),
+                                                 (_Image, "image leaf")])
+def test_what_sac_cannot_train_is_refused_with_what_to_do(env_cls: type, words: str) -> None:
+    with pytest.raises(APIUsageError, match=words):
+        make_trainer(TrainConfig(algo="sac", **FAST), env_fn=env_cls)
+
+
+@pytest.mark.parametrize("flag", ["league", "async_learner", "recurrent"])
+def test_sac_refuses_options_it_does_not_support(flag: str) -> None:
+    with pytest.raises(APIUsageError, match=f"algo='sac' does not support .*{flag}"):
+        TrainConfig(algo="sac", **{flag: True}).validate()
+
+
+def test_command_line_trains_saves_and_evaluates_sac(tmp_path: object, capsys: pytest.CaptureFixture) -> None:
+    run_dir = str(tmp_path / "sac")  # type: ignore[operator]
+    assert main(["train", "Pendulum-v1", "--algo", "sac", "--total-steps", "400", "--learning-starts", "100",
+                 "--hidden-size", "16", "--run-dir", run_dir, "--json", "--no-tensorboard"]) == 0
+    trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert trained["ok"] and trained["algo"] == "sac" and trained["global_step"] == 400
+    saved = json.loads((tmp_path / "sac" / "config.json").read_text())  # type: ignore[operator]
+    assert saved["algo"] == "sac" and saved["anneal_lr"] is False and saved["minibatch_size"] == 256
+    assert main(["eval", run_dir, "--episodes", "2", "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert evaluated["ok"] and evaluated["episodes"] == 2 and evaluated["mean_return"] < 0
+
+
+def test_the_deterministic_action_is_the_squashed_mean_inside_the_bounds() -> None:
+    env = gym.make("Pendulum-v1")
+    vec = shoal.vector.make(lambda: gym.make("Pendulum-v1"), 3)
+    policy = SACPolicy.from_env(vec, hidden_size=8)
+    obs, _ = vec.reset(seed=0)
+    with torch.no_grad():
+        out = policy(torch.from_numpy(obs), deterministic=True)
+    low, high = env.action_space.low, env.action_space.high
+    assert out.action.shape == (3, 1) and (out.action.numpy() >= low).all() and (out.action.numpy() <= high).all()
+    torch.testing.assert_close(out.action, out.logits)
+    result = evaluate(policy, lambda: gym.make("Pendulum-v1"), 2, deterministic=True)
+    assert result["episodes"] == 2
+    vec.close()
