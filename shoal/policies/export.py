@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from shoal.emulation.base import action_mask_width
 from shoal.errors import APIUsageError, CheckpointError
 from shoal.policies.policy import Policy, check_saved_config
 from shoal.policies.unflatten import torch_dtype
@@ -60,13 +61,16 @@ class _Actor(nn.Module):
 
 @contextlib.contextmanager
 def _portable(policy: Policy) -> Iterator[None]:
-    previous, training = policy.encoder.portable, policy.training
-    policy.encoder.portable = True
+    encoder = getattr(policy, "encoder", None)  # SACPolicy's MLPs read float features: nothing to switch
+    previous, training = getattr(encoder, "portable", None), policy.training
+    if encoder is not None:
+        encoder.portable = True
     policy.eval()
     try:
         yield
     finally:
-        policy.encoder.portable = previous
+        if encoder is not None:
+            encoder.portable = previous
         policy.train(training)
 
 
@@ -77,9 +81,10 @@ def example_inputs(policy: Policy, batch_size: int = 2, *, with_action_masks: bo
     layout = policy.obs_layout
     inputs = {"obs": torch.zeros(batch_size, layout.flat_size, dtype=torch_dtype(layout.flat_dtype), device=device)}
     if with_action_masks:
-        if not policy.head.mask_width:
+        width = action_mask_width(policy.action_layout) if policy.action_layout.kind != "continuous" else 0
+        if not width:
             raise APIUsageError("with_action_masks=True, but this policy's actions are continuous (no mask)")
-        inputs["action_masks"] = torch.ones(batch_size, policy.head.mask_width, dtype=torch.bool, device=device)
+        inputs["action_masks"] = torch.ones(batch_size, width, dtype=torch.bool, device=device)
     if policy.num_agent_ids:
         inputs["agent_ids"] = torch.zeros(batch_size, dtype=torch.long, device=device)
     if policy.is_recurrent:

@@ -12,11 +12,10 @@ import torch
 from gymnasium import spaces
 from mpe2 import simple_spread_v3
 
-import shoal
 from shoal.cli import main
 from shoal.errors import APIUsageError
 from shoal.policies.sac import SACPolicy
-from shoal.train import TrainConfig, evaluate, make_trainer, train
+from shoal.train import TrainConfig, make_trainer, train
 
 FAST = dict(tensorboard=False, log_interval=60.0, trace_actor=False)
 
@@ -129,18 +128,3 @@ def test_command_line_trains_saves_and_evaluates_sac(tmp_path: object, capsys: p
     assert main(["eval", run_dir, "--episodes", "2", "--json"]) == 0
     evaluated = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert evaluated["ok"] and evaluated["episodes"] == 2 and evaluated["mean_return"] < 0
-
-
-def test_the_deterministic_action_is_the_squashed_mean_inside_the_bounds() -> None:
-    env = gym.make("Pendulum-v1")
-    vec = shoal.vector.make(lambda: gym.make("Pendulum-v1"), 3)
-    policy = SACPolicy.from_env(vec, hidden_size=8)
-    obs, _ = vec.reset(seed=0)
-    with torch.no_grad():
-        out = policy(torch.from_numpy(obs), deterministic=True)
-    low, high = env.action_space.low, env.action_space.high
-    assert out.action.shape == (3, 1) and (out.action.numpy() >= low).all() and (out.action.numpy() <= high).all()
-    torch.testing.assert_close(out.action, out.logits)
-    result = evaluate(policy, lambda: gym.make("Pendulum-v1"), 2, deterministic=True)
-    assert result["episodes"] == 2
-    vec.close()

@@ -1,0 +1,54 @@
+"""SACPolicy: actions inside the bounds, legal discrete actions, the twin critics, and ONNX export of the actor."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import torch
+from pettingzoo.classic import tictactoe_v3
+
+import shoal
+from shoal.policies import export_onnx, run_onnx
+from shoal.policies.sac import SACPolicy
+from shoal.train import evaluate
+
+
+def test_the_deterministic_action_is_the_squashed_mean_inside_the_bounds() -> None:
+    space = gym.make("Pendulum-v1").action_space
+    with shoal.vector.make(lambda: gym.make("Pendulum-v1"), 3) as vec:
+        policy = SACPolicy.from_env(vec, hidden_size=8)
+        obs, _ = vec.reset(seed=0)
+    with torch.no_grad():
+        mean = policy(torch.from_numpy(obs), deterministic=True)
+        sampled = policy(torch.from_numpy(obs).repeat(200, 1))
+    assert mean.action.shape == (3, 1) and mean.value is None
+    torch.testing.assert_close(mean.action, mean.logits)
+    actions = sampled.action.numpy()
+    assert (actions >= space.low).all() and (actions <= space.high).all() and actions.std() > 0.1
+    assert evaluate(policy, lambda: gym.make("Pendulum-v1"), 2)["episodes"] == 2
+
+
+def test_discrete_actions_are_legal_and_the_critics_give_one_value_per_action() -> None:
+    with shoal.vector.make(tictactoe_v3.env, 2) as vec:
+        policy = SACPolicy.from_env(vec, hidden_size=16)
+        obs, _ = vec.reset(seed=0)
+        masks = torch.from_numpy(vec.action_masks)
+    obs_t = torch.from_numpy(obs)
+    with torch.no_grad():
+        for _ in range(20):
+            out = policy(obs_t, action_masks=masks)
+            assert masks[torch.arange(len(obs_t)), out.action].all()
+        features = policy.features(obs_t)
+        assert policy.q_values(features).shape == (2, len(obs_t), 9)
+        assert torch.equal(policy.q_values(features, target=True), policy.q_values(features))  # targets start equal
+
+
+def test_the_exported_actor_gives_the_deterministic_action(tmp_path) -> None:
+    with shoal.vector.make(lambda: gym.make("Pendulum-v1"), 2) as vec:
+        policy = SACPolicy.from_env(vec, hidden_size=8)
+        obs, _ = vec.reset(seed=0)
+    path = export_onnx(policy, tmp_path / "sac.onnx")
+    (exported,) = run_onnx(path, {"obs": obs})
+    with torch.no_grad():
+        expected = policy(torch.from_numpy(obs), deterministic=True).action.numpy()
+    np.testing.assert_allclose(exported, expected, rtol=1e-5, atol=1e-5)
