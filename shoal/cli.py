@@ -237,6 +237,8 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
             Dashboard(sys.stderr, title=f"shoal {config.algo} · {config.env} · {config.run_dir}")
         )
     trainer = make_trainer(config, callbacks=callbacks)  # one of several learners under torchrun
+    for text in trainer.describe():
+        _say(args, text)
     try:
         with terminate_as_interrupt():  # again: ray.init (in make_trainer) installs a SIGTERM handler of its own
             result = trainer.train()

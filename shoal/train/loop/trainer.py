@@ -222,6 +222,10 @@ class Trainer(CheckpointMixin):
         )
         self.all_rows = self.buffer.all_rows  # the identity of this array marks "every row" (fast paths)
 
+    def describe(self) -> list[str]:
+        """Lines about the run's setup worth printing before it starts (the command line prints them)."""
+        return []
+
     def _default_policy(self, policy_cls: Any, **extra: Any) -> nn.Module:
         """``policy_cls.from_env`` with the config's sizes (``extra``: further keywords, e.g. a critic input)."""
         cfg = self.config

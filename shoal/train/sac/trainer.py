@@ -107,8 +107,10 @@ class SACTrainer(Trainer):
                 f"a replay buffer of {cfg.replay_size:,} transitions needs {memory / 2**30:.1f} GiB, more than "
                 f"{_MAX_MEMORY_FRACTION:.0%} of this machine's {limit / 2**30:.1f} GiB; lower --replay-size"
             )
-        log.info("SAC replay buffer: %s transitions of %d-byte observations, %.1f MiB", f"{cfg.replay_size:,}",
-                 vec.obs_layout.flat_size * vec.obs_layout.flat_dtype.itemsize, memory / 2**20)
+        row_bytes = vec.obs_layout.flat_size * vec.obs_layout.flat_dtype.itemsize
+        self._replay_summary = (f"replay buffer: {cfg.replay_size:,} transitions of {row_bytes:,}-byte observations, "
+                                f"{memory / 2**20:,.1f} MiB")
+        log.info("%s", self._replay_summary)
         self.all_rows = np.arange(self.num_rows, dtype=np.int64)
         self._low = torch.as_tensor(np.asarray(layout.low, np.float32)) if layout.kind == "continuous" else None
         self._high = torch.as_tensor(np.asarray(layout.high, np.float32)) if layout.kind == "continuous" else None
@@ -116,6 +118,9 @@ class SACTrainer(Trainer):
         self._owed = 0.0  # gradient steps owed to the data collected (utd_ratio), the fraction carried over
         self._stat_sums: dict[str, Tensor] = {}
         self._stat_steps = 0
+
+    def describe(self) -> list[str]:
+        return [self._replay_summary]
 
     def _start_learner(self) -> None:
         """SAC learns in this process, step by step inside :meth:`collect`; there is no separate learner."""

@@ -120,8 +120,11 @@ def test_sac_refuses_options_it_does_not_support(flag: str) -> None:
 def test_command_line_trains_saves_and_evaluates_sac(tmp_path: object, capsys: pytest.CaptureFixture) -> None:
     run_dir = str(tmp_path / "sac")  # type: ignore[operator]
     assert main(["train", "Pendulum-v1", "--algo", "sac", "--total-steps", "400", "--learning-starts", "100",
-                 "--hidden-size", "16", "--run-dir", run_dir, "--json", "--no-tensorboard"]) == 0
-    trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+                 "--hidden-size", "16", "--replay-size", "5000", "--run-dir", run_dir, "--no-dashboard",
+                 "--no-tensorboard"]) == 0
+    printed = capsys.readouterr()
+    assert "replay buffer: 5,000 transitions of 12-byte observations" in printed.out + printed.err
+    trained = json.loads(printed.out.strip().splitlines()[-1])
     assert trained["ok"] and trained["algo"] == "sac" and trained["global_step"] == 400
     saved = json.loads((tmp_path / "sac" / "config.json").read_text())  # type: ignore[operator]
     assert saved["algo"] == "sac" and saved["anneal_lr"] is False and saved["minibatch_size"] == 256
