@@ -230,6 +230,8 @@ class TrainConfig:
     """SAC: gradient steps per agent step collected (the update-to-data ratio)."""
     tau: float = 0.005
     """SAC: Polyak averaging rate of the target critics."""
+    n_step: int = 1
+    """SAC: decisions of a slot joined into one transition (n-step returns, bootstrapping with ``gamma^n``)."""
     sac_alpha: float | None = None
     """SAC: a fixed entropy temperature; None tunes it towards ``target_entropy``."""
     target_entropy: float | None = None
@@ -445,10 +447,10 @@ class TrainConfig:
         return self
 
     def _check_sac(self) -> None:
-        for name in ("replay_size", "learning_starts"):
+        for name in ("replay_size", "learning_starts", "n_step"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "replay_size" else 0):
-                raise APIUsageError(f"{name} must be a {'positive' if name == 'replay_size' else 'non-negative'} "
+            if isinstance(value, bool) or not isinstance(value, int) or value < (name != "learning_starts"):
+                raise APIUsageError(f"{name} must be a {'non-negative' if name == 'learning_starts' else 'positive'} "
                                     f"int, got {value!r}")
         if not (isinstance(self.utd_ratio, int | float) and math.isfinite(self.utd_ratio) and self.utd_ratio > 0):
             raise APIUsageError(f"utd_ratio must be a positive number of gradient steps per agent step, got "

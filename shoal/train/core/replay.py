@@ -9,6 +9,9 @@ completed transitions:
   next mask), or when the slot's episode ends: terminated (``terminal=True``, nothing to bootstrap from) or
   truncated (``next_obs`` is the env's final observation, and the learner bootstraps from it);
 * padded and dead slots never decided anything, so they store nothing;
+* with ``n_step > 1`` a slot's consecutive transitions are joined: the stored reward is
+  ``r_t + gamma r_{t+1} + ... + gamma^(k-1) r_{t+k-1}`` over ``k = n_step`` decisions (fewer at the episode's end),
+  the next observation the one ``k`` decisions later, and the discount to bootstrap with ``gamma^k``;
 * observations are stored once per transition as flat rows of the layout's dtype (mixed-dtype rows stay bytes),
   plus the next observation: memory is ``capacity * (2 * row_bytes + ...)``, reported by :attr:`nbytes`.
 """
@@ -32,8 +35,10 @@ class ReplayBatch:
     Attributes:
         obs, next_obs: flat rows ``[N, flat_size]`` of the layout's dtype.
         actions: flat actions ``[N, *flat_action_shape]`` as the env received them.
-        rewards: float32 ``[N]``, summed over the steps between the slot's two decisions.
+        rewards: float32 ``[N]``, summed over the steps between the slot's two decisions (discounted over
+            ``n_step`` decisions).
         terminals: float32 ``[N]``: 1 where the episode terminated (no bootstrap), else 0.
+        discounts: float32 ``[N]``: the factor of the bootstrapped value, ``gamma^k`` for ``k`` joined decisions.
         action_masks, next_action_masks: bool ``[N, W]`` legal actions at ``obs`` / ``next_obs``, or None.
         agent_ids: int64 ``[N]``: the slot of each transition in its env.
     """
@@ -43,6 +48,7 @@ class ReplayBatch:
     rewards: Tensor
     next_obs: Tensor
     terminals: Tensor
+    discounts: Tensor
     action_masks: Tensor | None
     next_action_masks: Tensor | None
     agent_ids: Tensor
@@ -58,16 +64,25 @@ class ReplayBuffer:
         obs_width, obs_dtype: flat observation rows.
         action_shape, action_dtype: flat actions of one row.
         mask_width: width of legal-action masks (0: no masks).
+        gamma: the discount (stored per transition as ``gamma^k``).
+        n_step: decisions joined into one transition (1: plain one-step transitions).
     """
 
-    _RING = ("obs", "actions", "rewards", "next_obs", "terminals", "action_masks", "next_action_masks", "agent_ids")
-    _PENDING = ("p_obs", "p_actions", "p_rewards", "p_masks", "pending")
+    _RING = ("obs", "actions", "rewards", "next_obs", "terminals", "discounts", "action_masks", "next_action_masks",
+             "agent_ids")
+    _PENDING = ("p_obs", "p_actions", "p_rewards", "p_masks", "pending", "c_obs", "c_actions", "c_rewards", "c_masks",
+                "c_length")
 
     def __init__(self, capacity: int, num_rows: int, agents_per_env: int, obs_width: int, obs_dtype: Any,
-                 action_shape: tuple[int, ...], action_dtype: Any, mask_width: int) -> None:
+                 action_shape: tuple[int, ...], action_dtype: Any, mask_width: int, *, gamma: float = 0.99,
+                 n_step: int = 1) -> None:
         if capacity < 1:
             raise ValueError(f"replay capacity must be >= 1, got {capacity}")
+        if n_step < 1:
+            raise ValueError(f"n_step must be >= 1, got {n_step}")
         self.capacity = capacity
+        self.gamma = gamma
+        self.n_step = n_step
         self.agents_per_env = agents_per_env
         self.mask_width = mask_width
         self.obs = np.zeros((capacity, obs_width), obs_dtype)
@@ -75,6 +90,7 @@ class ReplayBuffer:
         self.actions = np.zeros((capacity, *action_shape), action_dtype)
         self.rewards = np.zeros(capacity, np.float32)
         self.terminals = np.zeros(capacity, np.float32)
+        self.discounts = np.zeros(capacity, np.float32)
         self.action_masks = np.ones((capacity, mask_width), np.bool_) if mask_width else None
         self.next_action_masks = np.ones((capacity, mask_width), np.bool_) if mask_width else None
         self.agent_ids = np.zeros(capacity, np.int64)
@@ -87,6 +103,13 @@ class ReplayBuffer:
         self.p_rewards = np.zeros(num_rows, np.float32)
         self.p_masks = np.ones((num_rows, mask_width), np.bool_) if mask_width else None
         self.pending = np.zeros(num_rows, np.bool_)
+        # n_step > 1: each row's last transitions not joined yet (one-step rewards)
+        chain = n_step - 1
+        self.c_obs = np.zeros((num_rows, chain, obs_width), obs_dtype) if chain else None
+        self.c_actions = np.zeros((num_rows, chain, *action_shape), action_dtype) if chain else None
+        self.c_rewards = np.zeros((num_rows, chain), np.float32) if chain else None
+        self.c_masks = np.ones((num_rows, chain, mask_width), np.bool_) if chain and mask_width else None
+        self.c_length = np.zeros(num_rows, np.int64) if chain else None
 
     @property
     def nbytes(self) -> int:
@@ -138,25 +161,65 @@ class ReplayBuffer:
             if action_masks is not None:
                 keep = ~ended[picks]  # the next mask of an ended episode is never used: all legal
                 next_masks[keep] = action_masks[picks[keep]]
-        self._add(done_rows, next_obs, terminals[picks], next_masks)
+        if self.n_step == 1:
+            self._add(self.p_obs[done_rows], self.p_actions[done_rows], self.p_rewards[done_rows], next_obs,
+                      terminals[picks], np.full(len(picks), self.gamma, np.float32),
+                      None if self.p_masks is None else self.p_masks[done_rows], next_masks, done_rows)
+        else:
+            for j, row in enumerate(done_rows):
+                self._join(int(row), next_obs[j], bool(terminals[picks[j]]), bool(ended[picks[j]]),
+                           None if next_masks is None else next_masks[j])
         self.pending[done_rows] = False
         return len(picks)
 
-    def _add(self, rows: np.ndarray, next_obs: np.ndarray, terminals: np.ndarray,
-             next_masks: np.ndarray | None) -> None:
+    def _join(self, row: int, next_obs: np.ndarray, terminal: bool, ended: bool, next_mask: np.ndarray | None) -> None:
+        """n-step: append ``row``'s completed decision to its chain; store the joined transitions that are due
+        (the oldest once ``n_step`` decisions are joined; all of them when the episode ended)."""
+        length = int(self.c_length[row])
+        obs = np.concatenate([self.c_obs[row, :length], self.p_obs[row][None]])
+        actions = np.concatenate([self.c_actions[row, :length], self.p_actions[row][None]])
+        rewards = np.concatenate([self.c_rewards[row, :length], self.p_rewards[row : row + 1]])
+        masks = None
+        if self.c_masks is not None:
+            masks = np.concatenate([self.c_masks[row, :length], self.p_masks[row][None]])
+        count = length + 1
+        due = count if ended else count - self.n_step + 1  # how many of the oldest transitions to store
+        if due > 0:
+            powers = self.gamma ** np.arange(count, dtype=np.float64)
+            joined = np.array([np.dot(powers[: count - i], rewards[i:]) for i in range(due)], np.float32)
+            discounts = (self.gamma ** (count - np.arange(due))).astype(np.float32)
+            self._add(obs[:due], actions[:due], joined, np.repeat(next_obs[None], due, 0),
+                      np.full(due, terminal, np.float32), discounts, None if masks is None else masks[:due],
+                      None if next_mask is None else np.repeat(next_mask[None], due, 0), np.full(due, row))
+        keep = 0 if ended else count - max(due, 0)
+        start = count - keep
+        self.c_obs[row, :keep] = obs[start:]
+        self.c_actions[row, :keep] = actions[start:]
+        self.c_rewards[row, :keep] = rewards[start:]
+        if self.c_masks is not None:
+            self.c_masks[row, :keep] = masks[start:]
+        self.c_length[row] = keep
+
+    def _add(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, next_obs: np.ndarray,
+             terminals: np.ndarray, discounts: np.ndarray, masks: np.ndarray | None, next_masks: np.ndarray | None,
+             rows: np.ndarray) -> None:
         n = len(rows)
         if n > self.capacity:  # only the newest fit
-            rows, next_obs, terminals = rows[-self.capacity:], next_obs[-self.capacity:], terminals[-self.capacity:]
-            next_masks = None if next_masks is None else next_masks[-self.capacity:]
+            keep = slice(n - self.capacity, n)
+            obs, actions, rewards, next_obs = obs[keep], actions[keep], rewards[keep], next_obs[keep]
+            terminals, discounts, rows = terminals[keep], discounts[keep], rows[keep]
+            masks = None if masks is None else masks[keep]
+            next_masks = None if next_masks is None else next_masks[keep]
             n = self.capacity
         index = (self.position + np.arange(n)) % self.capacity
-        self.obs[index] = self.p_obs[rows]
-        self.actions[index] = self.p_actions[rows]
-        self.rewards[index] = self.p_rewards[rows]
+        self.obs[index] = obs
+        self.actions[index] = actions
+        self.rewards[index] = rewards
         self.next_obs[index] = next_obs
         self.terminals[index] = terminals
+        self.discounts[index] = discounts
         if self.action_masks is not None:
-            self.action_masks[index] = self.p_masks[rows]
+            self.action_masks[index] = masks
             self.next_action_masks[index] = next_masks
         self.agent_ids[index] = rows % self.agents_per_env
         self.position = int((self.position + n) % self.capacity)
@@ -175,13 +238,13 @@ class ReplayBuffer:
             return torch.from_numpy(array[index]).to(device, non_blocking=True)
 
         return ReplayBatch(take(self.obs), take(self.actions), take(self.rewards), take(self.next_obs),
-                           take(self.terminals), take(self.action_masks), take(self.next_action_masks),
-                           take(self.agent_ids))
+                           take(self.terminals), take(self.discounts), take(self.action_masks),
+                           take(self.next_action_masks), take(self.agent_ids))
 
     # ---- checkpoints --------------------------------------------------------------------------------------
 
     def carry_state(self) -> dict[str, Any]:
-        """The pending decisions (the rollout carry-over of a checkpoint)."""
+        """The pending decisions and n-step chains (the rollout carry-over of a checkpoint)."""
         return {name: None if getattr(self, name) is None else getattr(self, name).copy() for name in self._PENDING}
 
     def load_carry_state(self, state: dict[str, Any]) -> None:

@@ -1,13 +1,13 @@
 """The soft actor-critic update: critics, actor, temperature, targets, on one sampled minibatch.
 
     optimizers = SACOptimizers.for_policy(policy, learning_rate=3e-4)
-    stats = sac_update(policy, optimizers, replay.sample(256, generator, device), gamma=0.99, tau=0.005,
-                       target_entropy=-1.0)
+    stats = sac_update(policy, optimizers, replay.sample(256, generator, device), tau=0.005, target_entropy=-1.0)
 
 Per minibatch, in this order (Haarnoja et al., 2018, with the temperature tuned as in their follow-up):
 
-1. critics: ``y = r + gamma * (1 - terminal) * (min_i Q'_i(s', a') - alpha * log pi(a'|s'))`` with ``a' ~ pi(s')``
-   (Discrete: the expectation over ``pi(.|s')`` exactly); loss ``0.5 * sum_i mean (Q_i(s, a) - y)^2``;
+1. critics: ``y = r + discount * (1 - terminal) * (min_i Q'_i(s', a') - alpha * log pi(a'|s'))`` with
+   ``a' ~ pi(s')`` (Discrete: the expectation over ``pi(.|s')`` exactly) and ``discount`` the transition's
+   ``gamma^k`` (:class:`~shoal.train.core.replay.ReplayBatch`); loss ``0.5 * sum_i mean (Q_i(s, a) - y)^2``;
 2. actor: ``mean(alpha * log pi(a|s) - min_i Q_i(s, a))`` with ``a ~ pi(s)`` reparameterized (Discrete: the
    expectation), the critics' weights frozen;
 3. temperature (when tuned): ``log_alpha * mean(entropy - target_entropy)``, raising ``alpha`` while the policy's
@@ -73,7 +73,7 @@ def _policy(logits: Tensor) -> tuple[Tensor, Tensor]:
     return probs, torch.where(probs > 0, log_probs, torch.zeros_like(log_probs))
 
 
-def sac_update(policy: SACPolicy, optimizers: SACOptimizers, batch: ReplayBatch, *, gamma: float, tau: float,
+def sac_update(policy: SACPolicy, optimizers: SACOptimizers, batch: ReplayBatch, *, tau: float,
                target_entropy: float) -> dict[str, Tensor]:
     """One gradient step of the critics, the actor and the temperature, then the target update.
 
@@ -96,7 +96,7 @@ def sac_update(policy: SACPolicy, optimizers: SACOptimizers, batch: ReplayBatch,
             next_probs, next_log_probs = _policy(policy.logits(next_features, batch.next_action_masks))
             next_q = policy.q_values(next_features, target=True).min(0).values
             next_value = (next_probs * (next_q - alpha * next_log_probs)).sum(-1)
-        target = batch.rewards + gamma * not_done * next_value
+        target = batch.rewards + batch.discounts * not_done * next_value
     if continuous:
         q = policy.q_values(features, policy.to_unit_range(batch.actions))
     else:

@@ -100,7 +100,7 @@ class SACTrainer(Trainer):
         mask_width = action_mask_width(layout) if layout.kind == "discrete" else 0
         self.buffer = ReplayBuffer(cfg.replay_size, self.num_rows, self.agents_per_env, vec.obs_layout.flat_size,
                                    vec.obs_layout.flat_dtype, tuple(layout.flat_shape), layout.flat_dtype,
-                                   mask_width)
+                                   mask_width, gamma=cfg.gamma, n_step=cfg.n_step)
         memory, limit = self.buffer.nbytes, _physical_memory()
         if limit is not None and memory > _MAX_MEMORY_FRACTION * limit:
             raise APIUsageError(
@@ -206,8 +206,7 @@ class SACTrainer(Trainer):
         sums = self._stat_sums
         for _ in range(n):
             batch = self.buffer.sample(cfg.minibatch_size, self.generator, self.device)
-            stats = sac_update(self.policy, self.optimizer, batch, gamma=cfg.gamma, tau=cfg.tau,
-                               target_entropy=self.target_entropy)
+            stats = sac_update(self.policy, self.optimizer, batch, tau=cfg.tau, target_entropy=self.target_entropy)
             for name, value in stats.items():
                 sums[name] = sums[name] + value if name in sums else value
         self._stat_steps += n

@@ -120,3 +120,22 @@ def test_in_a_turn_based_game_each_player_decision_becomes_one_transition_with_i
     assert set(np.unique(buf.rewards[:n])) <= {-1.0, 0.0, 1.0}
     assert (buf.rewards[:n] != 0).any() and (buf.terminals[:n] == 1).any()
     assert set(np.unique(buf.agent_ids[:n])) == {0, 1}
+
+
+def test_n_step_transitions_join_a_slots_decisions_and_flush_at_the_episode_end() -> None:
+    gamma = 0.5
+    buf = ReplayBuffer(100, 1, 1, 3, np.float32, (), np.int64, 0, gamma=gamma, n_step=3)
+    row, yes, no = np.array([0]), np.ones(1, np.bool_), np.zeros(1, np.bool_)
+    rewards = [1.0, 2.0, 3.0, 4.0]
+    for t, reward in enumerate(rewards):
+        buf.act(row, np.full((1, 3), t, np.float32), np.array([t]), None)
+        last = t == len(rewards) - 1
+        buf.finish(row, np.array([reward], np.float32), yes if last else no, no, yes,
+                   np.full((1, 3), t + 1, np.float32), None, {})
+        assert buf.size == (0 if t < 2 else 1 if not last else 4)
+    order = np.argsort(buf.actions[:4])
+    np.testing.assert_allclose(buf.rewards[order], [1 + 0.5 * 2 + 0.25 * 3, 2 + 0.5 * 3 + 0.25 * 4, 3 + 0.5 * 4, 4])
+    np.testing.assert_allclose(buf.discounts[order], [gamma**3, gamma**3, gamma**2, gamma])
+    np.testing.assert_array_equal(buf.next_obs[order][:, 0], [3, 4, 4, 4])
+    np.testing.assert_array_equal(buf.terminals[order], [0, 1, 1, 1])
+    assert buf.c_length[0] == 0  # nothing left over into the next episode

@@ -39,9 +39,10 @@ def _weights(policy: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in policy.state_dict().items()}
 
 
-def test_a_resumed_run_continues_exactly_as_an_uninterrupted_one(tmp_path: object) -> None:
+@pytest.mark.parametrize("n_step", [1, 3])
+def test_a_resumed_run_continues_exactly_as_an_uninterrupted_one(tmp_path: object, n_step: int) -> None:
     common = dict(env="Pendulum-v1", algo="sac", learning_starts=100, hidden_size=16, horizon=10, num_envs=2,
-                  checkpoint_interval=1, seed=3, **FAST)
+                  checkpoint_interval=1, seed=3, n_step=n_step, **FAST)
     straight = train(TrainConfig(total_steps=400, **common))
     run_dir = str(tmp_path / "run")  # type: ignore[operator]
     train(TrainConfig(total_steps=200, run_dir=run_dir, **common))
