@@ -87,6 +87,14 @@ class LossTracer:
         """Verified traces in use (signatures that run eagerly, or still await their second check, not counted)."""
         return sum(traced is not None for traced in self._traces.values())
 
+    def status(self) -> dict[str, int]:
+        """How the signatures seen so far run: ``verified`` (through a trace), ``eager`` (a trace differed or
+        failed), ``pending`` (traced and checked once, awaiting the second check) and ``built`` (traces built, at
+        most ``max_traces``)."""
+        verified = self.num_traces
+        return {"verified": verified, "eager": len(self._traces) - verified, "pending": len(self._pending),
+                "built": self._built}
+
     def __call__(self, policy: nn.Module, minibatch: Minibatch, coefficients: dict[str, Any]) -> LossOutput:
         """The :data:`~shoal.train.core.ppo.LossFn` of :func:`~shoal.train.core.ppo.ppo_update`: flat minibatches
         through :meth:`loss`, whole segments (recurrent policies, prioritized sampling) eagerly."""

@@ -112,7 +112,7 @@ def test_value_dependent_branches_are_caught_and_run_eagerly() -> None:
     second = _minibatch(gen)
     second[0][0, 0] = -0.5  # the second check takes the other branch
     out = tracer.loss(policy, *second, KWARGS)
-    assert list(tracer._traces.values()) == [None]
+    assert tracer.status() == {"verified": 0, "eager": 1, "pending": 0, "built": 1}
     assert torch.equal(out.loss, minibatch_loss(policy, *second[:5], *second[5].unbind(1), KWARGS).loss)
 
 
@@ -130,12 +130,12 @@ def test_untraceable_policies_and_extra_signatures_run_eagerly() -> None:
         batch = _minibatch(gen, n=n)
         out = tracer.loss(policy, *batch, KWARGS)
         assert torch.equal(out.loss, minibatch_loss(policy, *batch[:5], *batch[5].unbind(1), KWARGS).loss)
-    assert tracer._built == 1 and [t is not None for t in tracer._traces.values()] == [True]  # 24 rows: eager
+    assert tracer.status() == {"verified": 1, "eager": 0, "pending": 0, "built": 1}  # 24 rows: eager, untraced
     odd, tracer = Untraceable(), LossTracer()
     batch = _minibatch(gen)
     out = tracer.loss(odd, *batch, KWARGS)
     assert torch.equal(out.loss, minibatch_loss(odd, *batch[:5], *batch[5].unbind(1), KWARGS).loss)
-    assert list(tracer._traces.values()) == [None] and tracer._pending == {}
+    assert tracer.status() == {"verified": 0, "eager": 1, "pending": 0, "built": 1}
 
 
 def test_disabled_tracer_never_traces() -> None:
@@ -143,7 +143,7 @@ def test_disabled_tracer_never_traces() -> None:
     policy = Policy(compile_layout(OBS), ActionLayout(gym.spaces.Discrete(3)), hidden_size=8)
     for _ in range(3):
         tracer.loss(policy, *_minibatch(torch.Generator().manual_seed(6)), KWARGS)
-    assert tracer._traces == {} and tracer._pending == {}
+    assert tracer.status() == {"verified": 0, "eager": 0, "pending": 0, "built": 0}
 
 
 class _Normalized(nn.Module):
@@ -179,7 +179,8 @@ def test_checks_leave_buffers_and_random_state_alone_and_modes_are_part_of_the_s
             assert not got.approx_kl.requires_grad and not got.clipfrac.requires_grad
             for a, b in zip(policy.buffers(), twin.buffers(), strict=True):
                 assert torch.equal(a, b)  # the checks did not move the batch-norm statistics
-    assert len(tracer._traces) + len(tracer._pending) == 2  # one signature per mode
+    status = tracer.status()
+    assert status["verified"] + status["eager"] + status["pending"] == 2  # one signature per mode
 
 
 def test_replaced_parameters_get_a_new_trace() -> None:
