@@ -31,37 +31,37 @@ __all__ = ["SACOptimizers", "sac_update"]
 
 @dataclass
 class SACOptimizers:
-    """One Adam per part SAC learns; saved and restored together (``state_dict`` / ``load_state_dict``)."""
+    """The two Adams of SAC: the critics', and the actor's (with the temperature when it is tuned: its loss reads
+    only ``log_alpha``, so one backward pass and one step serve both). Saved and restored together."""
 
     actor: torch.optim.Optimizer
     critic: torch.optim.Optimizer
-    alpha: torch.optim.Optimizer | None  # None: a fixed temperature
+    tune_alpha: bool
 
     @classmethod
     def for_policy(cls, policy: SACPolicy, learning_rate: float, *, tune_alpha: bool = True,
                    eps: float = 1e-8) -> SACOptimizers:
-        # foreach: one fused kernel per step instead of one per parameter (the update is overhead-bound on CPUs)
-        def adam(params: Any) -> torch.optim.Optimizer:
-            return torch.optim.Adam(params, lr=learning_rate, eps=eps, foreach=True)
+        # fused: one kernel per step for all parameters (3-5x faster than per-tensor steps on a CPU; the update
+        # of a small network is overhead-bound)
+        fused = policy.device.type in ("cpu", "cuda")
 
-        return cls(adam(policy.actor_net.parameters()), adam(policy.critic.parameters()),
-                   adam([policy.log_alpha]) if tune_alpha else None)
+        def adam(params: list[Tensor]) -> torch.optim.Optimizer:
+            return torch.optim.Adam(params, lr=learning_rate, eps=eps, fused=fused, foreach=None if fused else True)
+
+        actor = list(policy.actor_net.parameters()) + ([policy.log_alpha] if tune_alpha else [])
+        return cls(adam(actor), adam(list(policy.critic.parameters())), tune_alpha)
 
     def set_learning_rate(self, learning_rate: float) -> None:
-        for optimizer in (self.actor, self.critic, self.alpha):
-            if optimizer is not None:
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate
+        for optimizer in (self.actor, self.critic):
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate
 
     def state_dict(self) -> dict[str, Any]:
-        return {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
-                "alpha": None if self.alpha is None else self.alpha.state_dict()}
+        return {"actor": self.actor.state_dict(), "critic": self.critic.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.actor.load_state_dict(state["actor"])
         self.critic.load_state_dict(state["critic"])
-        if self.alpha is not None and state["alpha"] is not None:
-            self.alpha.load_state_dict(state["alpha"])
 
 
 def _policy(logits: Tensor) -> tuple[Tensor, Tensor]:
@@ -118,16 +118,13 @@ def sac_update(policy: SACPolicy, optimizers: SACOptimizers, batch: ReplayBatch,
         q_pi = policy.q_values(features, frozen=True).min(0).values
         actor_loss = (probs * (alpha * log_probs - q_pi)).sum(-1).mean()
         entropy = -(probs * log_probs).sum(-1).detach()
+    # 3. temperature (its loss reads only log_alpha: one backward pass and one step with the actor's)
+    loss = actor_loss
+    if optimizers.tune_alpha:
+        loss = loss + policy.log_alpha * (entropy - target_entropy).mean()
     optimizers.actor.zero_grad(set_to_none=True)
-    actor_loss.backward()
+    loss.backward()
     optimizers.actor.step()
-
-    # 3. temperature
-    if optimizers.alpha is not None:
-        alpha_loss = policy.log_alpha * (entropy - target_entropy).mean()
-        optimizers.alpha.zero_grad(set_to_none=True)
-        alpha_loss.backward()
-        optimizers.alpha.step()
 
     # 4. targets
     policy.soft_update_targets(tau)
