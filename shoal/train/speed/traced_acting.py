@@ -41,7 +41,14 @@ class _Acting(nn.Module):
         ids = items.pop(0) if self.has_ids else None
         out = self.policy(obs, state, done=done, action_masks=masks, agent_ids=ids)
         tail = (out.state[0], out.state[1]) if out.state is not None else ()
-        return (out.action, out.log_prob, out.value, *tail)
+        # a policy without a state-value head (SAC) returns value None: an empty tensor stands for it in the trace
+        value = out.value if out.value is not None else obs.new_zeros(0, dtype=torch.float32)
+        return (out.action, out.log_prob, value, *tail)
+
+
+def _value(traced_value: Tensor) -> Tensor | None:
+    """A trace's value output: None where the policy has no value head (the empty stand-in of :class:`_Acting`)."""
+    return None if traced_value.numel() == 0 else traced_value
 
 
 class Actor:
@@ -88,7 +95,7 @@ class Actor:
             if traced is None:
                 return self._eager(obs, state, done, action_masks, agent_ids)
             out = traced(*inputs)
-            return out[0], out[1], out[2], (out[3], out[4]) if len(out) == 5 else None
+            return out[0], out[1], _value(out[2]), (out[3], out[4]) if len(out) == 5 else None
 
     def _eager(
         self,
@@ -116,7 +123,10 @@ class Actor:
             after_eager = rng_state(device)
             set_rng_state(device, rng)
             got = traced(*inputs)
-            same = all(torch.equal(a, b) for a, b in zip(expected[:3], got[:3], strict=True))
+            same = all(torch.equal(a, b) for a, b in zip(expected[:2], got[:2], strict=True))
+            value = _value(got[2])
+            same = same and (value is None if expected[2] is None else value is not None and torch.equal(
+                expected[2], value))
             if expected[3] is not None:
                 same = (
                     same

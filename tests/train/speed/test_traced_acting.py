@@ -9,6 +9,7 @@ import torch
 
 from shoal.emulation import ActionLayout, compile_layout
 from shoal.policies import Policy
+from shoal.policies.sac import SACPolicy
 from shoal.train.acting import RowActor
 from shoal.train.speed.traced_acting import Actor
 
@@ -61,3 +62,20 @@ def test_row_actor_keeps_each_rows_lstm_state_whatever_the_order_of_rows() -> No
     assert in_order.state is not None and permuted.state is not None
     for a, b in zip(in_order.state, permuted.state, strict=True):  # (batch order may change the last bits)
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("action_space", [gym.spaces.Box(-2.0, 2.0, (2,)), gym.spaces.Discrete(3)])
+def test_a_policy_without_a_value_head_is_traced_and_still_returns_no_value(action_space: gym.Space) -> None:
+    torch.manual_seed(0)
+    policy = SACPolicy(compile_layout(OBS), ActionLayout(action_space), hidden_size=16)
+    traced, eager = Actor(policy, trace=True), Actor(policy, trace=False)
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(3):
+        obs = torch.rand(5, 6, generator=gen) * 2 - 1
+        rng = torch.get_rng_state()
+        expected = eager(obs)
+        torch.set_rng_state(rng)
+        got = traced(obs)
+        assert got[2] is None and expected[2] is None
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    assert traced.num_traces == 1
