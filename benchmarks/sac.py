@@ -8,7 +8,7 @@ SB3 runs as the zoo configures Pendulum-v1 (``learning_rate=1e-3``; otherwise SB
 ``gradient_steps=1``, two 256-unit layers, a tuned temperature), with torch's default threads. shoal runs with
 its defaults for ``--algo sac`` (printed below). Both are evaluated on 10 deterministic episodes.
 
-    python benchmarks/sac.py [--steps 20000] [--seeds 1,2,3,4,5] [--sb3-seeds 1,2] [--skip-sb3]
+    python benchmarks/sac.py [--steps 20000] [--seeds 1,2,3,4,5] [--sb3-seeds 1,2] [--skip-sb3] [--hidden-size 256]
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ from shoal.train import TrainConfig, train
 ENV_ID = "Pendulum-v1"
 
 
-def run_shoal(steps: int, seed: int) -> tuple[float, float]:
-    """(deterministic eval return over 10 episodes, steps/s) of one shoal run."""
+def run_shoal(steps: int, seed: int, hidden_size: int | None = None) -> tuple[float, float]:
+    """(deterministic eval return over 10 episodes, steps/s) of one shoal run (``hidden_size``: None, the
+    default)."""
     result = train(TrainConfig(env=ENV_ID, algo="sac", total_steps=steps, seed=seed, eval_episodes=10,
-                               tensorboard=False, log_interval=60.0))
+                               hidden_size=hidden_size, tensorboard=False, log_interval=60.0))
     return result.evaluation["mean_return"], result.global_step / result.seconds
 
 
@@ -53,14 +54,16 @@ def main() -> None:
     parser.add_argument("--seeds", default="1,2,3,4,5")
     parser.add_argument("--sb3-seeds", default="1,2")
     parser.add_argument("--skip-sb3", action="store_true")
+    parser.add_argument("--hidden-size", type=int, default=None,
+                        help="shoal's layer width (default: its own; 256 is SB3's, for a same-network figure)")
     args = parser.parse_args()
-    cfg = TrainConfig(env=ENV_ID, algo="sac").resolved(1)
+    cfg = TrainConfig(env=ENV_ID, algo="sac", hidden_size=args.hidden_size).resolved(1)
     print(f"shoal SAC defaults: num_envs={cfg.num_envs} hidden_size={cfg.hidden_size} lr={cfg.learning_rate} "
           f"minibatch={cfg.minibatch_size} utd_ratio={cfg.utd_ratio} learning_starts={cfg.learning_starts} "
           f"tau={cfg.tau} torch_threads={cfg.torch_threads}")
     shoal_runs = []
     for seed in (int(s) for s in args.seeds.split(",")):
-        ret, sps = run_shoal(args.steps, seed)
+        ret, sps = run_shoal(args.steps, seed, args.hidden_size)
         shoal_runs.append((ret, sps))
         print(f"shoal SAC  seed {seed}: eval {ret:8.1f}   {sps:7.1f} steps/s", flush=True)
     sb3_runs = []
