@@ -319,11 +319,7 @@ class Policy(nn.Module):
     @classmethod
     def from_env(cls, env: Any, **kwargs: Any) -> Policy:
         """Build a policy for ``env`` (an emulator or vector env with ``obs_layout`` and ``action_layout``)."""
-        missing = [name for name in ("obs_layout", "action_layout") if not hasattr(env, name)]
-        if missing:
-            raise APIUsageError(f"{type(env).__name__} has no {' or '.join(missing)}; pass an emulated env "
-                                "(shoal.emulate(env)) or a shoal vector env (shoal.make(...))")
-        return cls(env.obs_layout, env.action_layout, **kwargs)
+        return cls(*env_layouts(env), **kwargs)
 
     # ----------------------------------------------------------------------------------------------------------
     # properties and state
@@ -543,6 +539,15 @@ class Policy(nn.Module):
 # --------------------------------------------------------------------------------------------------------------
 # Helpers for baselines and centralized critics
 # --------------------------------------------------------------------------------------------------------------
+
+
+def env_layouts(env: Any) -> tuple[Layout, ActionLayout]:
+    """``(obs_layout, action_layout)`` of an emulator or shoal vector env; a clear error for anything else."""
+    missing = [name for name in ("obs_layout", "action_layout") if not hasattr(env, name)]
+    if missing:
+        raise APIUsageError(f"{type(env).__name__} has no {' or '.join(missing)}; pass an emulated env "
+                            "(shoal.emulate(env)) or a shoal vector env (shoal.make(...))")
+    return env.obs_layout, env.action_layout
 
 
 def float_features(layout: Layout, obs: Tensor, *, scaled: bool = False) -> Tensor:

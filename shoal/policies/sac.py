@@ -35,7 +35,7 @@ from shoal.emulation.layout import Layout, compile_layout
 from shoal.errors import APIUsageError
 from shoal.policies.distributions import masked_logits
 from shoal.policies.encoders import encoder_kind
-from shoal.policies.policy import PolicyOutput, float_features
+from shoal.policies.policy import PolicyOutput, env_layouts, float_features
 from shoal.policies.unflatten import torch_dtype
 
 __all__ = ["EnsembleLinear", "SACPolicy", "TwinCritic"]
@@ -162,11 +162,7 @@ class SACPolicy(nn.Module):
     @classmethod
     def from_env(cls, env: Any, **kwargs: Any) -> SACPolicy:
         """Build the networks for ``env`` (an emulator or vector env with ``obs_layout`` and ``action_layout``)."""
-        missing = [name for name in ("obs_layout", "action_layout") if not hasattr(env, name)]
-        if missing:
-            raise APIUsageError(f"{type(env).__name__} has no {' or '.join(missing)}; pass an emulated env "
-                                "(shoal.emulate(env)) or a shoal vector env (shoal.make(...))")
-        return cls(env.obs_layout, env.action_layout, **kwargs)
+        return cls(*env_layouts(env), **kwargs)
 
     @property
     def device(self) -> torch.device:
