@@ -47,6 +47,11 @@ Episode ends
     observation) and ``info["episode"] = {"r", "l", "t"}`` (return, length, seconds since the bridge was made), as
     SB3's ``Monitor`` reports them; the other keys of the env's final info are kept.
 
+Threads
+    With the ``multiprocessing`` backend, call ``torch.set_num_threads(1)`` (or leave as many cores free as torch
+    uses): SB3's torch threads and shoal's workers, which spin briefly while waiting for work, otherwise compete
+    for the same cores and a small machine trains orders of magnitude slower.
+
 Env access
     :meth:`~SB3VecEnv.get_attr`, :meth:`~SB3VecEnv.set_attr`, :meth:`~SB3VecEnv.env_method`,
     :meth:`~SB3VecEnv.env_is_wrapped` and rendering reach the envs themselves, so they need the ``serial`` backend
