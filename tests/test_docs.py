@@ -51,13 +51,16 @@ def test_mkdocs_builds_strictly(tmp_path: Path) -> None:
 def test_tutorial_code_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {"__name__": "__docs__"}
     blocks = _blocks(page, "python")
     assert blocks, f"{page.name} has no Python example"
-    for code in blocks:
-        exec(compile(_shrunk(code), str(page), "exec"), namespace)  # the docs' own examples
+    try:
+        for code in blocks:
+            exec(compile(_shrunk(code), str(page), "exec"), namespace)  # the docs' own examples
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _commands() -> list[tuple[str, str]]:
