@@ -8,6 +8,8 @@ usual way to give SB3 a PettingZoo env):
 * ``step``: ``VecEnv.step`` with random actions, nothing else (best of 3 one-second windows);
 * ``PPO``: SB3 ``PPO("MlpPolicy").learn`` steps per second (rollouts and updates; one torch thread).
 
+``xN`` in a name is N worker processes.
+
 No target: the figures say what the bridge costs or saves against SB3's own vectorization.
 
     python benchmarks/sb3.py [--seconds 1.0] [--ppo-steps 8192]
