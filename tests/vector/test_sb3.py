@@ -67,6 +67,11 @@ def test_is_an_sb3_vec_env_with_one_index_per_agent_slot(backend: str) -> None:
         assert env.seed(7) == [7, 7, 7, 8, 8, 8]
         obs = env.reset()
         assert obs.shape == (6, 3) and obs.dtype == np.float32
+        with shoal.vector.make(squad, num_envs=2, seed=7) as twin:
+            np.testing.assert_array_equal(obs, twin.reset()[0])  # env e seeded with 7 + e
+            env.seed(8)
+            np.testing.assert_array_equal(env.reset(), twin.reset(seed=8)[0])
+    assert vec.closed
 
 
 def test_refuses_partial_batches_closed_envs_and_non_vector_envs() -> None:
