@@ -1,5 +1,7 @@
 # Two entry points: `make demo` trains PPO on CartPole-v1 and prints the evaluated mean return;
 # `make test` runs the linters and the test suite. Both install into a local virtualenv first.
+# `make docs` builds the documentation site into site/ (strict: a broken reference fails), `make docs-serve`
+# serves it with live reload.
 #
 # CONSTRAINTS pins the CPU build of torch on machines that carry it locally; set CONSTRAINTS= to let pip pick
 # any torch in the range pyproject.toml allows.
@@ -10,7 +12,7 @@ CONSTRAINTS ?= constraints.txt
 BIN := $(VENV)/bin
 PIP_CONSTRAINTS := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench docs docs-serve clean
 
 $(VENV)/.installed: pyproject.toml setup.py shoal/emulation/_rowcopy.c $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +34,12 @@ bench: install
 		echo "== $$script"; $(BIN)/python $$script || exit 1; \
 	done
 
+docs: install
+	$(BIN)/mkdocs build --strict --site-dir site
+
+docs-serve: install
+	$(BIN)/mkdocs serve
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache .hypothesis build
+	rm -rf $(VENV) site runs .pytest_cache .ruff_cache .hypothesis build
 	find shoal -name '*.so' -delete

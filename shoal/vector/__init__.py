@@ -7,12 +7,13 @@
 
 See :class:`~shoal.vector.base.VecEnv` for the full API and :class:`Batch` for what ``recv()`` returns;
 ``vecenv.get_state()`` / ``set_state(state)`` snapshot and restore the envs of a serial vector env.
+:class:`GymnasiumVectorEnv` and :func:`to_sb3` (Stable-Baselines3) put a vector env behind other libraries' APIs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shoal.errors import APIUsageError
 from shoal.vector.base import BACKENDS, Batch, VecEnv, VecState, check_kwargs, validate_config
@@ -20,6 +21,9 @@ from shoal.vector.gymnasium_api import GymnasiumVectorEnv
 from shoal.vector.multiprocessing import MultiprocessingVecEnv, available_cores
 from shoal.vector.ray import RayVecEnv
 from shoal.vector.serial import SerialVecEnv
+
+if TYPE_CHECKING:
+    from shoal.vector.sb3 import SB3VecEnv
 
 __all__ = [
     # entry point
@@ -34,6 +38,7 @@ __all__ = [
     "SerialVecEnv",
     # adapters
     "GymnasiumVectorEnv",
+    "to_sb3",
 ]
 
 _COMMON_KWARGS = ("emulate_kwargs", "check_finite")
@@ -93,3 +98,18 @@ def make(env_fn: Callable[[], Any] | Sequence[Callable[[], Any]], num_envs: int,
     config = validate_config(env_fn, num_envs, num_workers, batch_size, seed, emulate_kwargs, default_workers,
                              check_finite)
     return cls(config, **backend_kwargs)
+
+
+def to_sb3(vec: VecEnv) -> SB3VecEnv:
+    """Wrap ``vec`` as a Stable-Baselines3 ``VecEnv``: one SB3 env index per agent slot.
+
+    Returns a :class:`shoal.vector.sb3.SB3VecEnv` (see its module for observations, padded slots, action masks and
+    which calls need the serial backend). Needs ``pip install "shoal[sb3]"``; imported here on first use, so
+    ``shoal.vector`` itself does not need Stable-Baselines3.
+    """
+    try:
+        from shoal.vector.sb3 import SB3VecEnv
+    except ImportError as exc:
+        raise ImportError(f"shoal.vector.to_sb3 needs Stable-Baselines3 ({exc}); install it with "
+                          "pip install 'shoal[sb3]'") from exc
+    return SB3VecEnv(vec)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import traceback
 
+from shoal.emulation import Emulator
 from shoal.errors import WorkerError
 from shoal.vector.base import DEFAULT_TIMEOUT_S, VecConfig, VecEnv, buffer_layout, check_timeout
 from shoal.vector.buffers import row_slice
@@ -59,6 +60,13 @@ class SerialVecEnv(VecEnv):
             self._close_groups()
             raise
         self._pending: dict[int, list[int | None] | None] = {}
+
+    @property
+    def emulators(self) -> list[Emulator]:
+        """Every env's emulator, in env order (``emulators[e].env`` is env ``e`` itself); read-only access to the
+        envs, e.g. to render them or read their attributes. Stepping them directly would desynchronize the
+        buffers."""
+        return [env for group in self._groups for env in group.envs]
 
     def _submit(self, worker: int, seeds: list[int | None] | None) -> None:
         self._pending[worker] = seeds

@@ -110,3 +110,102 @@ def test_an_envs_own_episode_keys_reach_final_info() -> None:
                 np.testing.assert_array_equal(episode["r"][done], episode["l"][done])  # CartPole: 1 per step
                 return
     raise AssertionError("no episode ended")
+
+
+def _steps_of(envs_: gym.vector.VectorEnv, actions: list[np.ndarray]) -> list[tuple]:
+    return [envs_.step(a) for a in actions]
+
+
+@pytest.mark.parametrize("backend", ["serial", "multiprocessing"])
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_next_step_autoreset_matches_gymnasium_sync_vector_env(backend: str, env_id: str) -> None:
+    # Pendulum ends by truncation only (200 steps), CartPole mostly by termination.
+    fns = [functools.partial(gym.make, env_id) for _ in range(NUM_ENVS)]
+    reference = gym.vector.SyncVectorEnv(fns, autoreset_mode=AutoresetMode.NEXT_STEP)
+    envs_ = GymnasiumVectorEnv(fns, backend=backend, num_workers=2, autoreset_mode=AutoresetMode.NEXT_STEP)
+    assert envs_.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP
+    assert envs_.autoreset_mode is AutoresetMode.NEXT_STEP
+    obs, _ = envs_.reset(seed=11)
+    np.testing.assert_array_equal(obs, reference.reset(seed=11)[0])
+    rng = np.random.default_rng(0)
+    ended = reset_steps = 0
+    pending = np.zeros(NUM_ENVS, bool)
+    returns = np.zeros(NUM_ENVS)
+    lengths = np.zeros(NUM_ENVS, np.int64)
+    for _ in range(450):
+        actions = rng.integers(0, 2, NUM_ENVS) if env_id == "CartPole-v1" else rng.uniform(
+            -2, 2, (NUM_ENVS, 1)).astype(np.float32)
+        obs, rewards, terminations, truncations, infos = envs_.step(actions)
+        ref_obs, ref_rewards, ref_terms, ref_truncs, _ = reference.step(actions)
+        np.testing.assert_array_equal(obs, ref_obs)
+        # shoal carries rewards as float32 (the data contract), returned as float64 like Gymnasium's.
+        np.testing.assert_array_equal(rewards, ref_rewards.astype(np.float32).astype(np.float64))
+        np.testing.assert_array_equal(terminations, ref_terms)
+        np.testing.assert_array_equal(truncations, ref_truncs)
+        assert rewards.dtype == ref_rewards.dtype and obs.dtype == ref_obs.dtype
+        assert "final_obs" not in infos and "final_info" not in infos
+        # The reset step: reward 0, not done, and the action ignored.
+        assert (rewards[pending] == 0).all() and not (terminations | truncations)[pending].any()
+        reset_steps += int(pending.sum())
+        returns[~pending] += rewards[~pending]
+        lengths[~pending] += 1
+        done = terminations | truncations
+        if done.any():
+            np.testing.assert_array_equal(infos["_episode"], done)
+            np.testing.assert_allclose(infos["episode"]["r"][done], returns[done], rtol=1e-5)
+            np.testing.assert_array_equal(infos["episode"]["l"][done], lengths[done])
+            returns[done] = 0
+            lengths[done] = 0
+            ended += int(done.sum())
+        pending = done
+    assert ended >= NUM_ENVS and reset_steps > 0
+    envs_.close()
+    reference.close()
+
+
+def test_normalize_observation_runs_on_next_step_autoreset() -> None:
+    fns = [envs.cartpole] * NUM_ENVS
+    with GymnasiumVectorEnv(fns) as same_step, pytest.raises(ValueError, match="NEXT_STEP or DISABLED"):
+        gym.wrappers.vector.NormalizeObservation(same_step)
+    ours = gym.wrappers.vector.NormalizeObservation(
+        GymnasiumVectorEnv(fns, backend="multiprocessing", num_workers=2, autoreset_mode="NextStep"))
+    theirs = gym.wrappers.vector.NormalizeObservation(
+        gym.vector.SyncVectorEnv(fns, autoreset_mode=AutoresetMode.NEXT_STEP))
+    np.testing.assert_allclose(ours.reset(seed=3)[0], theirs.reset(seed=3)[0], rtol=1e-6)
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        actions = rng.integers(0, 2, NUM_ENVS)
+        np.testing.assert_allclose(ours.step(actions)[0], theirs.step(actions)[0], rtol=1e-5, atol=1e-6)
+    assert ours.obs_rms.count == theirs.obs_rms.count > 1000
+    ours.close()
+    theirs.close()
+
+
+def test_next_step_autoreset_needs_env_constructors_and_a_known_mode() -> None:
+    vecenv = shoal.vector.make(envs.cartpole, 2)
+    with pytest.raises(APIUsageError, match="NEXT_STEP needs env constructors"):
+        GymnasiumVectorEnv(vecenv, autoreset_mode=AutoresetMode.NEXT_STEP)
+    vecenv.close()
+    with pytest.raises(APIUsageError, match=r"autoreset_mode='Disabled'.*valid choices: \['SameStep', 'NextStep'\]"):
+        GymnasiumVectorEnv([envs.cartpole] * 2, autoreset_mode="Disabled")
+    with pytest.raises(APIUsageError, match=r"needs gymnasium\.Env constructors"):
+        GymnasiumVectorEnv([envs.tictactoe] * 2, autoreset_mode=AutoresetMode.NEXT_STEP)
+
+
+def test_explicit_reset_while_a_reset_is_deferred_resets_at_once() -> None:
+    fns = [envs.cartpole] * 2
+    reference = gym.vector.SyncVectorEnv(fns, autoreset_mode=AutoresetMode.NEXT_STEP)
+    with GymnasiumVectorEnv(fns, autoreset_mode=AutoresetMode.NEXT_STEP) as envs_:
+        envs_.reset(seed=0)
+        reference.reset(seed=0)
+        for _ in range(100):  # always push right: episodes end within ~10 steps
+            _, _, terminations, _, _ = envs_.step(np.ones(2, np.int64))
+            reference.step(np.ones(2, np.int64))
+            if terminations.any():
+                break
+        assert terminations.any()
+        np.testing.assert_array_equal(envs_.reset(seed=5)[0], reference.reset(seed=5)[0])
+        left = np.zeros(2, np.int64)
+        for _ in range(5):
+            np.testing.assert_array_equal(envs_.step(left)[0], reference.step(left)[0])
+    reference.close()
