@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from shoal.emulation.base import action_mask_width
 from shoal.errors import APIUsageError, CheckpointError
 from shoal.policies.policy import Policy, check_saved_config
+from shoal.policies.registry import DEFAULT_CLASS, POLICY_CLASSES, class_name
 from shoal.policies.unflatten import torch_dtype
 
 __all__ = ["export_onnx", "load_policy", "load_state_dict", "run_onnx", "save_policy"]
@@ -169,6 +170,7 @@ def save_policy(policy: Policy, path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     torch.save({
         "format": _FORMAT,
+        "policy_class": class_name(policy),
         "config": dict(policy.config),
         "obs_layout": repr(policy.obs_layout),
         "action_layout": repr(policy.action_layout),
@@ -220,7 +222,14 @@ def load_policy(source: str | os.PathLike[str] | dict[str, Any], env: Any = None
         raise APIUsageError("load_policy needs the env (or obs_layout and action_layout) the policy was trained on")
     if "config" not in data:
         raise CheckpointError("checkpoint has no 'config'; build the Policy yourself and use load_state_dict")
-    check_saved_config(data["config"], "the saved policy" if isinstance(source, dict) else str(source))
-    policy = Policy(obs_layout, action_layout, **data["config"])
+    where = "the saved policy" if isinstance(source, dict) else str(source)
+    name = data.get("policy_class") or DEFAULT_CLASS
+    cls = POLICY_CLASSES.get(name)
+    if cls is None:
+        raise CheckpointError(f"{where} holds a {name}, which shoal does not rebuild; build it yourself and use "
+                              "load_state_dict")
+    if cls is Policy:
+        check_saved_config(data["config"], where)
+    policy = cls(obs_layout, action_layout, **data["config"])
     load_state_dict(policy, data)
     return policy.to(device)

@@ -11,7 +11,10 @@ from shoal.errors import CheckpointError
 from shoal.policies.policy import Policy, check_saved_config
 from shoal.policies.sac import SACPolicy
 
-__all__ = ["POLICY_CLASSES", "class_name", "rebuild_policy"]
+__all__ = ["DEFAULT_CLASS", "POLICY_CLASSES", "class_name", "rebuild_policy"]
+
+#: The class of files that name none (written before classes were recorded).
+DEFAULT_CLASS = "shoal.policies.policy.Policy"
 
 #: Qualified class name (as checkpoints record it) -> the class. Nothing outside this table is ever built.
 POLICY_CLASSES: dict[str, type[nn.Module]] = {
@@ -33,7 +36,7 @@ def rebuild_policy(name: str | None, config: dict[str, Any], env: Any, source: s
         CheckpointError: a class outside :data:`POLICY_CLASSES` (a custom policy: rebuild it yourself and load the
             weights), an empty config, or a config that does not build.
     """
-    cls = POLICY_CLASSES.get(name or "shoal.policies.policy.Policy")
+    cls = POLICY_CLASSES.get(name or DEFAULT_CLASS)
     if cls is None or not config:
         raise CheckpointError(
             f"{source} holds a custom policy ({name}){'' if config else ' without a config'}; shoal rebuilds only "

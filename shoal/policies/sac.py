@@ -206,7 +206,7 @@ class SACPolicy(nn.Module):
 
     def to_unit_range(self, action: Tensor) -> Tensor:
         """Box actions in the space's units -> ``[-1, 1]`` (clamped)."""
-        return ((action - self.center) / self.half_range).clamp(-1.0, 1.0)
+        return ((action.to(self.center.dtype) - self.center) / self.half_range).clamp(-1.0, 1.0)
 
     def q_values(self, features: Tensor, unit_actions: Tensor | None = None, *, target: bool = False,
                  frozen: bool = False) -> Tensor:

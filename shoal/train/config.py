@@ -236,7 +236,7 @@ class TrainConfig:
     """SAC: a fixed entropy temperature; None tunes it towards ``target_entropy``."""
     target_entropy: float | None = None
     """SAC: the entropy the tuned temperature aims for (None: ``-action_dim`` for Box actions,
-    ``0.89 * log(num_actions)`` for Discrete)."""
+    ``0.89 * log(legal actions)`` per state for Discrete)."""
     save_replay: bool = True
     """SAC: checkpoints hold the replay buffer, so a resumed run continues exactly (False: smaller checkpoints; a
     resumed run refills its buffer from scratch)."""

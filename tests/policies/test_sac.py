@@ -52,3 +52,17 @@ def test_the_exported_actor_gives_the_deterministic_action(tmp_path) -> None:
     with torch.no_grad():
         expected = policy(torch.from_numpy(obs), deterministic=True).action.numpy()
     np.testing.assert_allclose(exported, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_save_policy_and_load_policy_round_trip_a_sac_policy(tmp_path) -> None:
+    from shoal.policies import load_policy, save_policy
+
+    with shoal.vector.make(lambda: gym.make("Pendulum-v1"), 1) as vec:
+        policy = SACPolicy.from_env(vec, hidden_size=8)
+        path = save_policy(policy, tmp_path / "sac.pt")
+        loaded = load_policy(path, vec)
+        obs, _ = vec.reset(seed=0)
+    assert isinstance(loaded, SACPolicy)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(torch.from_numpy(obs), deterministic=True).action,
+                                   policy(torch.from_numpy(obs), deterministic=True).action)

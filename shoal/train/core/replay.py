@@ -91,8 +91,9 @@ class ReplayBuffer:
         self.rewards = np.zeros(capacity, np.float32)
         self.terminals = np.zeros(capacity, np.float32)
         self.discounts = np.zeros(capacity, np.float32)
-        self.action_masks = np.ones((capacity, mask_width), np.bool_) if mask_width else None
-        self.next_action_masks = np.ones((capacity, mask_width), np.bool_) if mask_width else None
+        # zeros: pages untouched until written (every stored row writes its masks)
+        self.action_masks = np.zeros((capacity, mask_width), np.bool_) if mask_width else None
+        self.next_action_masks = np.zeros((capacity, mask_width), np.bool_) if mask_width else None
         self.agent_ids = np.zeros(capacity, np.int64)
         self.size = 0
         self.position = 0
@@ -159,7 +160,9 @@ class ReplayBuffer:
         if self.mask_width:
             next_masks = np.ones((len(picks), self.mask_width), np.bool_)
             if action_masks is not None:
-                keep = ~ended[picks]  # the next mask of an ended episode is never used: all legal
+                # no mask is reported with a final observation: an ended episode's next mask is all legal (a
+                # truncated one bootstraps its soft value over every action)
+                keep = ~ended[picks]
                 next_masks[keep] = action_masks[picks[keep]]
         if self.n_step == 1:
             self._add(self.p_obs[done_rows], self.p_actions[done_rows], self.p_rewards[done_rows], next_obs,
@@ -253,10 +256,11 @@ class ReplayBuffer:
                 getattr(self, name)[...] = state[name]
 
     def state_dict(self) -> dict[str, Any]:
-        """The stored transitions (the filled part only) and the ring's position."""
+        """The stored transitions (views of the filled part: copy them before changing the buffer) and the
+        ring's position."""
         size = self.size
         return {"size": size, "position": self.position, "added": self.added, "capacity": self.capacity,
-                **{name: None if getattr(self, name) is None else getattr(self, name)[:size].copy()
+                **{name: None if getattr(self, name) is None else getattr(self, name)[:size]
                    for name in self._RING}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

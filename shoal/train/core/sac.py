@@ -17,6 +17,7 @@ Per minibatch, in this order (Haarnoja et al., 2018, with the temperature tuned 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,7 @@ from torch import Tensor
 from shoal.policies.sac import SACPolicy
 from shoal.train.core.replay import ReplayBatch
 
-__all__ = ["SACOptimizers", "sac_update"]
+__all__ = ["SACOptimizers", "discrete_target_entropy", "sac_update"]
 
 
 @dataclass
@@ -43,10 +44,13 @@ class SACOptimizers:
                    eps: float = 1e-8) -> SACOptimizers:
         # fused: one kernel per step for all parameters (3-5x faster than per-tensor steps on a CPU; the update
         # of a small network is overhead-bound)
-        fused = policy.device.type in ("cpu", "cuda")
-
         def adam(params: list[Tensor]) -> torch.optim.Optimizer:
-            return torch.optim.Adam(params, lr=learning_rate, eps=eps, fused=fused, foreach=None if fused else True)
+            if policy.device.type in ("cpu", "cuda"):
+                try:
+                    return torch.optim.Adam(params, lr=learning_rate, eps=eps, fused=True)
+                except (RuntimeError, TypeError):  # torch < 2.4 has no fused Adam on CPUs
+                    pass
+            return torch.optim.Adam(params, lr=learning_rate, eps=eps, foreach=True)
 
         actor = list(policy.actor_net.parameters()) + ([policy.log_alpha] if tune_alpha else [])
         return cls(adam(actor), adam(list(policy.critic.parameters())), tune_alpha)
@@ -73,9 +77,23 @@ def _policy(logits: Tensor) -> tuple[Tensor, Tensor]:
     return probs, torch.where(probs > 0, log_probs, torch.zeros_like(log_probs))
 
 
+def discrete_target_entropy(action_masks: Tensor | None, num_actions: int, ratio: float = 0.89) -> Tensor:
+    """Per state, ``ratio * log(number of legal actions)``: float32 ``[N]`` (or a scalar without masks).
+
+    A target over every action could never be met in states with fewer legal ones (tic-tac-toe: ``0.89 log 9``
+    exceeds ``log 7``), so the tuned temperature would grow without bound.
+    """
+    if action_masks is None:
+        return torch.tensor(ratio * math.log(num_actions))
+    return ratio * action_masks.sum(-1).clamp(min=1).to(torch.float32).log()
+
+
 def sac_update(policy: SACPolicy, optimizers: SACOptimizers, batch: ReplayBatch, *, tau: float,
-               target_entropy: float) -> dict[str, Tensor]:
+               target_entropy: float | None) -> dict[str, Tensor]:
     """One gradient step of the critics, the actor and the temperature, then the target update.
+
+    ``target_entropy``: the entropy the temperature aims for; None: ``-action_dim`` for Box actions,
+    :func:`discrete_target_entropy` per state for Discrete ones.
 
     Returns detached scalar tensors (``q_loss``, ``actor_loss``, ``alpha``, ``entropy``, ``q_mean``): the caller
     averages them over many steps before reading them, so no step waits on a ``.item()``.
@@ -121,7 +139,13 @@ def sac_update(policy: SACPolicy, optimizers: SACOptimizers, batch: ReplayBatch,
     # 3. temperature (its loss reads only log_alpha: one backward pass and one step with the actor's)
     loss = actor_loss
     if optimizers.tune_alpha:
-        loss = loss + policy.log_alpha * (entropy - target_entropy).mean()
+        if target_entropy is not None:
+            target = torch.tensor(float(target_entropy))
+        elif continuous:
+            target = torch.tensor(-float(policy.action_size))
+        else:
+            target = discrete_target_entropy(batch.action_masks, policy.action_size)
+        loss = loss + policy.log_alpha * (entropy - target.to(entropy.device)).mean()
     optimizers.actor.zero_grad(set_to_none=True)
     loss.backward()
     optimizers.actor.step()

@@ -22,10 +22,10 @@ while the learner works. Multi-agent envs train one parameter-shared policy over
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from shoal.emulation.base import action_mask_width
 from shoal.errors import APIUsageError
+from shoal.interrupts import deferred_signals
 from shoal.policies.sac import SACPolicy
 from shoal.train.config import TrainConfig
 from shoal.train.core.ppo import SINGLE_LEARNER
@@ -90,22 +91,22 @@ class SACTrainer(Trainer):
         self.reducer = SINGLE_LEARNER
         self.optimizer = SACOptimizers.for_policy(policy, cfg.learning_rate, tune_alpha=cfg.sac_alpha is None,
                                                   eps=cfg.adam_eps)
-        if cfg.target_entropy is not None:
-            self.target_entropy = float(cfg.target_entropy)
-        elif policy.kind == "continuous":
-            self.target_entropy = -float(policy.action_size)
-        else:
-            self.target_entropy = 0.89 * math.log(policy.action_size)
+        #: None: sac_update's per-kind default (-action_dim; Discrete: 0.89 log(legal actions) per state)
+        self.target_entropy = cfg.target_entropy
         layout = vec.action_layout
         mask_width = action_mask_width(layout) if layout.kind == "discrete" else 0
         self.buffer = ReplayBuffer(cfg.replay_size, self.num_rows, self.agents_per_env, vec.obs_layout.flat_size,
                                    vec.obs_layout.flat_dtype, tuple(layout.flat_shape), layout.flat_dtype,
                                    mask_width, gamma=cfg.gamma, n_step=cfg.n_step)
         memory, limit = self.buffer.nbytes, _physical_memory()
-        if limit is not None and memory > _MAX_MEMORY_FRACTION * limit:
+        # writing a checkpoint with the replay copies the filled ring once more
+        peak = memory * (2 if cfg.save_replay else 1)
+        if limit is not None and peak > _MAX_MEMORY_FRACTION * limit:
             raise APIUsageError(
-                f"a replay buffer of {cfg.replay_size:,} transitions needs {memory / 2**30:.1f} GiB, more than "
-                f"{_MAX_MEMORY_FRACTION:.0%} of this machine's {limit / 2**30:.1f} GiB; lower --replay-size"
+                f"a replay buffer of {cfg.replay_size:,} transitions needs {memory / 2**30:.1f} GiB"
+                + (" (twice that while a checkpoint holding it is written)" if cfg.save_replay else "")
+                + f", more than {_MAX_MEMORY_FRACTION:.0%} of this machine's {limit / 2**30:.1f} GiB; lower "
+                "--replay-size" + (" or pass --no-save-replay" if cfg.save_replay else "")
             )
         row_bytes = vec.obs_layout.flat_size * vec.obs_layout.flat_dtype.itemsize
         self._replay_summary = (f"replay buffer: {cfg.replay_size:,} transitions of {row_bytes:,}-byte observations, "
@@ -182,20 +183,26 @@ class SACTrainer(Trainer):
         carry = self._carry
         acted_before = self._acted
         for _ in range(self.config.horizon):
-            if not carry.acted:
-                self._act(carry)
-            self._gradient_steps(self._acted - acted_before)
-            acted_before = self._acted
-            carry = self._recv()
-            self._finish(carry)
-            self._carry = carry
+            # a step and its gradient steps are never cut in half by Ctrl-C/SIGTERM (a second one stops at once):
+            # the replay ring and the weights stay consistent for the checkpoint an interrupt writes
+            with deferred_signals():
+                if not carry.acted:
+                    self._act(carry)
+                self._gradient_steps(self._acted - acted_before)
+                acted_before = self._acted
+                carry = self._recv()
+                self._finish(carry)
+                self._carry = carry
 
     # ---- learning ----------------------------------------------------------------------------------------------
 
     def _gradient_steps(self, new_steps: int) -> None:
         """The gradient steps owed to ``new_steps`` agent steps (none before ``learning_starts``)."""
         cfg = self.config
-        if self.global_step + self._acted < cfg.learning_starts or self.buffer.size == 0:
+        # the buffer's fill counts too: a run resumed without its replay refills learning_starts transitions first
+        # (less the decisions still pending or in n-step chains, at most n_step per row)
+        if self.global_step + self._acted < cfg.learning_starts or self.buffer.size < max(
+                1, min(cfg.learning_starts, cfg.replay_size) - self.num_rows * cfg.n_step):
             return
         self._owed += cfg.utd_ratio * new_steps
         n = int(self._owed)
@@ -228,6 +235,16 @@ class SACTrainer(Trainer):
         return stats
 
     # ---- checkpoints -------------------------------------------------------------------------------------------
+
+    def save_interrupted(self) -> Path | None:
+        """After Ctrl-C or SIGTERM. SAC learns during :meth:`collect`, so the weights, optimizers and replay are
+        already past the last completed update: close the partial update (its agent steps counted) and save it
+        like any other update; the envs restart from a fresh reset on resume."""
+        if self._acted:
+            self.global_step += self._acted
+            self._acted = 0
+            self.update += 1
+        return super().save_interrupted()
 
     def checkpoint_payload(self) -> dict[str, Any]:
         payload = super().checkpoint_payload()

@@ -139,3 +139,29 @@ def test_n_step_transitions_join_a_slots_decisions_and_flush_at_the_episode_end(
     np.testing.assert_array_equal(buf.next_obs[order][:, 0], [3, 4, 4, 4])
     np.testing.assert_array_equal(buf.terminals[order], [0, 1, 1, 1])
     assert buf.c_length[0] == 0  # nothing left over into the next episode
+
+
+def test_n_step_chains_of_interleaved_slots_stay_apart_and_a_truncation_flushes_with_its_final_observation() -> None:
+    gamma = 0.9
+    buf = ReplayBuffer(100, 2, 2, 3, np.float32, (), np.int64, 0, gamma=gamma, n_step=2)
+    rows = np.arange(2)
+    no, yes = np.zeros(2, np.bool_), np.ones(2, np.bool_)
+    for t in range(3):  # both slots act every step; slot 1 is truncated after its third decision
+        buf.act(rows, np.array([[t, 0, 0], [t, 1, 0]], np.float32), np.array([10 + t, 20 + t]), None)
+        truncated = np.array([False, t == 2])
+        buf.finish(rows, np.array([1.0, 2.0], np.float32), no, truncated, yes,
+                   np.array([[t + 1, 0, 0], [t + 1, 1, 0]], np.float32), None,
+                   {1: np.full(3, -5.0, np.float32)} if t == 2 else {})
+    n = buf.size
+    by_action = {int(buf.actions[i]): i for i in range(n)}
+    assert sorted(by_action) == [10, 11, 20, 21, 22]  # slot 0's last decision still waits in its chain
+    for action in (10, 11):  # slot 0: two decisions joined, rewards 1 + 0.9 * 1
+        i = by_action[action]
+        assert buf.agent_ids[i] == 0 and np.isclose(buf.rewards[i], 1.9) and np.isclose(buf.discounts[i], gamma**2)
+    i = by_action[21]  # slot 1's truncated episode flushes: 2 joined decisions, then 1, both to the final obs
+    assert np.isclose(buf.rewards[i], 3.8) and np.isclose(buf.discounts[i], gamma**2)
+    np.testing.assert_array_equal(buf.next_obs[i], [-5, -5, -5])
+    i = by_action[22]
+    assert np.isclose(buf.rewards[i], 2.0) and np.isclose(buf.discounts[i], gamma) and buf.terminals[i] == 0
+    np.testing.assert_array_equal(buf.next_obs[i], [-5, -5, -5])
+    assert buf.c_length.tolist() == [1, 0]

@@ -132,3 +132,43 @@ def test_command_line_trains_saves_and_evaluates_sac(tmp_path: object, capsys: p
     assert main(["eval", run_dir, "--episodes", "2", "--json"]) == 0
     evaluated = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert evaluated["ok"] and evaluated["episodes"] == 2 and evaluated["mean_return"] < 0
+
+
+class _InterruptAt(gym.Wrapper):
+    """Pendulum that raises KeyboardInterrupt (as Ctrl-C would) at its ``at``-th step."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__(gym.make("Pendulum-v1"))
+        self.at, self.steps = at, 0
+
+    def step(self, action: object) -> tuple:
+        self.steps += 1
+        if self.steps == self.at:
+            raise KeyboardInterrupt
+        return self.env.step(action)
+
+
+def test_an_interrupt_mid_update_saves_it_whole_and_the_run_resumes_from_it(tmp_path: object) -> None:
+    run_dir = str(tmp_path / "run")  # type: ignore[operator]
+    common = dict(env="Pendulum-v1", algo="sac", learning_starts=20, hidden_size=8, horizon=10, num_envs=1,
+                  run_dir=run_dir, **FAST)
+    trainer = make_trainer(TrainConfig(total_steps=100, **common), env_fn=lambda: _InterruptAt(35))
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    # 34 steps were acted: 3 whole updates and a partial one, saved as update 4 with every acted step counted
+    assert trainer.update == 4 and trainer.global_step == 35 and trainer.last_checkpoint is not None
+    assert trainer.buffer.size == 34  # the interrupted step's decision never completed
+    resumed = train(TrainConfig(total_steps=100, resume=True, **common))
+    assert resumed.global_step >= 100 and not resumed.exact_resume
+
+
+def test_a_run_resumed_without_its_replay_refills_before_learning(tmp_path: object) -> None:
+    run_dir = str(tmp_path / "run")  # type: ignore[operator]
+    common = dict(env="Pendulum-v1", algo="sac", learning_starts=60, hidden_size=8, horizon=10, num_envs=1,
+                  save_replay=False, run_dir=run_dir, log_interval=0.0, tensorboard=False, trace_actor=False)
+    train(TrainConfig(total_steps=100, **common))
+    steps: list[float] = []
+    train(TrainConfig(total_steps=200, resume=True, **common),
+          callbacks=[lambda record: steps.append(record.scalars.get("losses/gradient_steps", 0.0))])
+    # the first updates after the resume refill the buffer (60 transitions, less the one pending) without learning
+    assert steps[:5] == [0.0] * 5 and sum(steps) > 0
