@@ -290,6 +290,8 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     if args.max_steps is not None and args.max_steps < 1:
         raise APIUsageError(f"--max-steps must be >= 1, got {args.max_steps}")
     if args.opponent is not None:
+        if args.video is not None or args.render:
+            raise APIUsageError("--video and --render do not apply with --opponent; evaluate without it to watch")
         if args.env is not None or args.env_kwargs is not None:
             raise APIUsageError("--env and --env-kwargs do not apply with --opponent: games are played on the env "
                                 "of RUN_OR_CHECKPOINT")
@@ -305,7 +307,12 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
         env=args.env,
         env_kwargs=args.env_kwargs,
         max_steps=args.max_steps,
+        video=args.video,
+        render=args.render,
+        fps=args.fps,
     )
+    if "video" in result:
+        _say(args, f"wrote {result['video']} ({result['frames']} frames)")
     _say(
         args,
         f"{result['env']}: mean return {result['mean_return']:.2f} ± {result['std_return']:.2f} over "
@@ -475,6 +482,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="play games against this opponent (seats alternate) and report win/draw/loss rates with 95%% "
         "confidence intervals; --episodes is the number of games",
     )
+    evaluate.add_argument("--video", default=None, metavar="FILE",
+                          help="record the episodes (one env, in turn) into FILE: an mp4, or a gif when FILE ends in "
+                          '.gif or ffmpeg is missing; needs pip install "shoal[video]"')
+    evaluate.add_argument("--render", action="store_true", help="show the episodes in a window (needs a display)")
+    evaluate.add_argument("--fps", type=float, default=30.0, help="frames per second of --video (default: 30)")
     evaluate.add_argument("--json", action="store_true", help="print only the final JSON line")
     evaluate.set_defaults(handler=cmd_eval)
 
