@@ -106,9 +106,12 @@ def test_train_and_eval_an_atari_game_through_supersuit_wrappers(
                            *FAST)
     assert code == 0 and payload["ok"], payload
     assert json.loads((run_dir / "config.json").read_text())["wrappers"] == spec
-    code, payload, _ = run(capsys, "eval", str(run_dir), "--episodes", "2", "--stochastic", "--json")
+    video = tmp_path / "breakout.mp4"
+    code, payload, _ = run(capsys, "eval", str(run_dir), "--episodes", "2", "--stochastic", "--video", str(video),
+                           "--json")
     assert code == 0 and payload["episodes"] == 2 and payload["env"] == "ale_py:ALE/Breakout-v5"
-    assert payload["mean_length"] <= 100
+    assert payload["mean_length"] <= 100 and payload["video"] == str(video)
+    assert payload["frames"] == 1 + round(2 * payload["mean_length"]) and video.stat().st_size > 1000
 
 
 def test_json_flag_prints_only_the_json_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
