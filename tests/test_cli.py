@@ -174,6 +174,17 @@ def test_eval_refuses_a_checkpoint_of_another_policy_shape(
     assert code == 2 and "another env" in result["error"]
 
 
+def test_plot_without_matplotlib_names_the_extra(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    run_dir = str(tmp_path / "r")
+    assert main(["train", "bandit", "--total-steps", "64", "--run-dir", run_dir, "--json", *FAST]) == 0
+    capsys.readouterr()
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    code, payload, text = run(capsys, "plot", run_dir)
+    assert code == 2 and 'plotting needs matplotlib: pip install "shoal[logging]"' in payload["error"]
+    assert "Traceback" not in text
+
+
 def test_list_shows_builtin_envs(capsys: pytest.CaptureFixture[str]) -> None:
     code, payload, text = run(capsys, "list")
     assert code == 0 and {"bandit", "memory", "nested"} <= set(payload["builtin"])

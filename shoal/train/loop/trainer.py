@@ -493,7 +493,8 @@ class Trainer(CheckpointMixin):
                 sinks.append(TensorBoardSink(self.run_dir, cfg.to_dict(), resume_step))
             if cfg.wandb:
                 sinks.append(
-                    WandbSink(self.run_dir, cfg.wandb_project, cfg.to_dict(), name=self.run_dir.name)
+                    WandbSink(self.run_dir, cfg.wandb_project, cfg.to_dict(), name=self.run_dir.name,
+                              mode=cfg.wandb_mode)
                 )
         self.logger = RunLogger([*sinks, *self.callbacks])
 
