@@ -18,6 +18,8 @@ error: ...`` on stderr and a JSON line ``{"command": ..., "ok": false, "error": 
     shoal train mpe2.simple_spread_v3 --algo mappo
     shoal train CartPole-v1 --run-dir runs/cartpole --resume
     shoal eval runs/cartpole --episodes 100
+    shoal eval runs/cartpole --episodes 3 --video cartpole.mp4
+    shoal train ale_py:ALE/Breakout-v5 --wrappers "color_reduction_v0(mode='full'),resize_v1(84,84),frame_stack_v1(4)"
     shoal train pettingzoo.classic.connect_four_v3 --league --run-dir runs/c4
     shoal eval runs/c4 --opponent heuristic --episodes 200
     shoal league runs/c4 --plot
@@ -394,7 +396,8 @@ def cmd_list(args: argparse.Namespace) -> dict[str, Any]:
         lines += [f"  {name}" for name in shown]
         lines.append(f"PettingZoo modules ({len(found['pettingzoo'])}):")
         lines += [f"  {name}" for name in found["pettingzoo"]]
-        lines.append("Any 'module:attribute' returning a Gymnasium or PettingZoo env works too.")
+        lines.append("Also 'module:EnvId' (Gymnasium's convention, e.g. ale_py:ALE/Pong-v5) and any 'module:attribute' "
+                     "returning a Gymnasium or PettingZoo env.")
         sys.stdout.write("\n".join(lines) + "\n")
     return {
         "command": "list",
@@ -419,7 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="train a policy (PPO)",
         description="Train a policy with PPO. "
-        "ENV is a Gymnasium id, a PettingZoo module path or a built-in env (shoal list).",
+        "ENV is a Gymnasium id (module:EnvId imports module first), a PettingZoo module path, module:attribute or a "
+        "built-in env (shoal list).",
     )
     train.command = "train"  # type: ignore[attr-defined]
     train.add_argument("env", metavar="ENV")
