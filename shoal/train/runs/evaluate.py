@@ -116,13 +116,12 @@ def evaluate(
             check_display()
         name = env_fn.name if isinstance(env_fn, EnvFn) else getattr(env_fn, "__name__", type(env_fn).__name__)
         env_fn = recorder = FrameRecorder(with_render_mode(env_fn, mode), mode, name)
-        writer = None if video is None else VideoWriter(video, fps)
     emulate_kwargs = {"max_agents": max_agents} if max_agents is not None else None
-    try:
-        vec = vector.make(env_fn, num_envs, backend="serial", seed=seed, emulate_kwargs=emulate_kwargs)
+    vec = vector.make(env_fn, num_envs, backend="serial", seed=seed, emulate_kwargs=emulate_kwargs)
+    try:  # once the env renders, so that a failure leaves no empty file behind
+        writer = None if video is None else VideoWriter(video, fps)
     except BaseException:
-        if writer is not None:
-            writer.close()
+        vec.close()
         raise
     device = torch.device(device) if device is not None else next(policy.parameters()).device
     rows = vec.num_agents

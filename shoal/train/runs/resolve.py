@@ -32,7 +32,7 @@ from typing import Any
 from shoal.errors import APIUsageError
 from shoal.wrappers import apply_wrappers, parse_wrappers
 
-__all__ = ["EnvFn", "list_envs", "resolve_env"]
+__all__ = ["TRUSTED_ENV_MODULES", "EnvFn", "list_envs", "resolve_env"]
 
 _PETTINGZOO_FAMILIES = ("atari", "butterfly", "classic", "mpe", "sisl")
 

@@ -88,6 +88,7 @@ def test_an_env_that_cannot_render_is_named(tmp_path: Path) -> None:
     env_fn = resolve_env("memory")
     with pytest.raises(APIUsageError, match="env 'memory' cannot render: its constructor takes no render_mode"):
         evaluate(_policy(env_fn), env_fn, 1, video=tmp_path / "m.mp4")
+    assert not (tmp_path / "m.mp4").exists()
     plain = resolve_env("CartPole-v1")
 
     def cartpole() -> gym.Env:
