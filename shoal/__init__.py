@@ -1,9 +1,16 @@
-"""shoal: plug any Gymnasium or PettingZoo environment into one fast reinforcement-learning stack."""
+"""shoal: plug any Gymnasium or PettingZoo environment into one fast reinforcement-learning stack.
+
+After ``import shoal`` every layer is an attribute: :mod:`shoal.emulation` and :mod:`shoal.vector` (numpy only) are
+imported with the package; :mod:`shoal.policies` and :mod:`shoal.train` (torch) on first use. ``shoal.train`` is
+both the package and the function (``shoal.train(config)`` trains).
+"""
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
+from shoal import emulation, vector
 from shoal.emulation import emulate
 from shoal.errors import APIUsageError, CapacityError, EnvError, ShoalError, SpaceError, WorkerError
 
@@ -14,6 +21,10 @@ __all__ = [
     "emulate",
     "make",
     "train",
+    # layers
+    "emulation",
+    "policies",
+    "vector",
     # errors
     "APIUsageError",
     "CapacityError",
@@ -25,16 +36,20 @@ __all__ = [
     "__version__",
 ]
 
+#: Layers that need torch: imported when first named, so ``import shoal`` stays numpy-only.
+_LAZY = ("policies", "train")
+
 
 def make(*args: Any, **kwargs: Any) -> Any:
     """Create a vector env; see :func:`shoal.vector.make`."""
-    from shoal.vector import make as _make
-
-    return _make(*args, **kwargs)
+    return vector.make(*args, **kwargs)
 
 
-def train(*args: Any, **kwargs: Any) -> Any:
-    """Train a policy; see :func:`shoal.train.train` (imports torch)."""
-    from shoal.train import train as _train
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return importlib.import_module(f"shoal.{name}")  # (the import also binds it on this module)
+    raise AttributeError(f"module 'shoal' has no attribute {name!r}")
 
-    return _train(*args, **kwargs)
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

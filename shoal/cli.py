@@ -18,6 +18,8 @@ error: ...`` on stderr and a JSON line ``{"command": ..., "ok": false, "error": 
     shoal train mpe2.simple_spread_v3 --algo mappo
     shoal train CartPole-v1 --run-dir runs/cartpole --resume
     shoal eval runs/cartpole --episodes 100
+    shoal eval runs/cartpole --episodes 3 --video cartpole.mp4
+    shoal train ale_py:ALE/Breakout-v5 --wrappers "color_reduction_v0(mode='full'),resize_v1(84,84),frame_stack_v1(4)"
     shoal train pettingzoo.classic.connect_four_v3 --league --run-dir runs/c4
     shoal eval runs/c4 --opponent heuristic --episodes 200
     shoal league runs/c4 --plot
@@ -292,6 +294,8 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     if args.max_steps is not None and args.max_steps < 1:
         raise APIUsageError(f"--max-steps must be >= 1, got {args.max_steps}")
     if args.opponent is not None:
+        if args.video is not None or args.render:
+            raise APIUsageError("--video and --render do not apply with --opponent; evaluate without it to watch")
         if args.env is not None or args.env_kwargs is not None:
             raise APIUsageError("--env and --env-kwargs do not apply with --opponent: games are played on the env "
                                 "of RUN_OR_CHECKPOINT")
@@ -307,7 +311,12 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
         env=args.env,
         env_kwargs=args.env_kwargs,
         max_steps=args.max_steps,
+        video=args.video,
+        render=args.render,
+        fps=args.fps,
     )
+    if "video" in result:
+        _say(args, f"wrote {result['video']} ({result['frames']} frames)")
     _say(
         args,
         f"{result['env']}: mean return {result['mean_return']:.2f} ± {result['std_return']:.2f} over "
@@ -389,7 +398,8 @@ def cmd_list(args: argparse.Namespace) -> dict[str, Any]:
         lines += [f"  {name}" for name in shown]
         lines.append(f"PettingZoo modules ({len(found['pettingzoo'])}):")
         lines += [f"  {name}" for name in found["pettingzoo"]]
-        lines.append("Any 'module:attribute' returning a Gymnasium or PettingZoo env works too.")
+        lines.append("Also 'module:EnvId' (Gymnasium's convention, e.g. ale_py:ALE/Pong-v5) and any 'module:attribute' "
+                     "returning a Gymnasium or PettingZoo env.")
         sys.stdout.write("\n".join(lines) + "\n")
     return {
         "command": "list",
@@ -414,7 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="train a policy (PPO)",
         description="Train a policy with PPO. "
-        "ENV is a Gymnasium id, a PettingZoo module path or a built-in env (shoal list).",
+        "ENV is a Gymnasium id (module:EnvId imports module first), a PettingZoo module path, module:attribute or a "
+        "built-in env (shoal list).",
     )
     train.command = "train"  # type: ignore[attr-defined]
     train.add_argument("env", metavar="ENV")
@@ -477,6 +488,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="play games against this opponent (seats alternate) and report win/draw/loss rates with 95%% "
         "confidence intervals; --episodes is the number of games",
     )
+    evaluate.add_argument("--video", default=None, metavar="FILE",
+                          help="record the episodes (one env, in turn) into FILE: an mp4, or a gif when FILE ends in "
+                          '.gif or ffmpeg is missing; needs pip install "shoal[video]"')
+    evaluate.add_argument("--render", action="store_true", help="show the episodes in a window (needs a display)")
+    evaluate.add_argument("--fps", type=float, default=30.0, help="frames per second of --video (default: 30)")
     evaluate.add_argument("--json", action="store_true", help="print only the final JSON line")
     evaluate.set_defaults(handler=cmd_eval)
 

@@ -95,6 +95,25 @@ def test_train_knights_archers_zombies(tmp_path: Path, capsys: pytest.CaptureFix
     assert code == 0 and payload["episodes"] == 1
 
 
+def test_train_and_eval_an_atari_game_through_supersuit_wrappers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Gymnasium's module:EnvId, SuperSuit wrappers before emulation, and eval rebuilding both from the run."""
+    run_dir = tmp_path / "breakout"
+    spec = "color_reduction_v0(mode='full'),resize_v1(84,84),frame_stack_v1(4)"
+    code, payload, _ = run(capsys, "train", "ale_py:ALE/Breakout-v5", "--wrappers", spec, "--env-kwargs",
+                           '{"max_episode_steps": 100}', "--total-steps", "64", "--run-dir", str(run_dir), "--json",
+                           *FAST)
+    assert code == 0 and payload["ok"], payload
+    assert json.loads((run_dir / "config.json").read_text())["wrappers"] == spec
+    video = tmp_path / "breakout.mp4"
+    code, payload, _ = run(capsys, "eval", str(run_dir), "--episodes", "2", "--stochastic", "--video", str(video),
+                           "--json")
+    assert code == 0 and payload["episodes"] == 2 and payload["env"] == "ale_py:ALE/Breakout-v5"
+    assert payload["mean_length"] <= 100 and payload["video"] == str(video)
+    assert payload["frames"] == 1 + round(2 * payload["mean_length"]) and video.stat().st_size > 1000
+
+
 def test_json_flag_prints_only_the_json_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     main(["train", "bandit", "--total-steps", "64", "--run-dir", str(tmp_path / "b"), "--json", *FAST])
     out = capsys.readouterr().out.strip().splitlines()
@@ -114,6 +133,7 @@ def test_json_flag_prints_only_the_json_line(tmp_path: Path, capsys: pytest.Capt
         (["eval", "/nonexistent/run"], "does not exist"),
         (["plot", "/nonexistent/run"], "scalars.csv"),
         (["train", "CartPole-v1", "--no-such-flag"], "unrecognized arguments"),
+        (["train", "CartPole-v1", "--wrappers", "resize_v2(8, 8)"], "unknown wrapper 'resize_v2'"),
     ],
 )
 def test_bad_input_gives_a_clear_error_and_a_json_line(
@@ -152,6 +172,17 @@ def test_eval_refuses_a_checkpoint_of_another_policy_shape(
     torch.save(payload, checkpoint)
     code, result, _ = run(capsys, "eval", str(checkpoint))
     assert code == 2 and "another env" in result["error"]
+
+
+def test_plot_without_matplotlib_names_the_extra(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    run_dir = str(tmp_path / "r")
+    assert main(["train", "bandit", "--total-steps", "64", "--run-dir", run_dir, "--json", *FAST]) == 0
+    capsys.readouterr()
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    code, payload, text = run(capsys, "plot", run_dir)
+    assert code == 2 and 'plotting needs matplotlib: pip install "shoal[logging]"' in payload["error"]
+    assert "Traceback" not in text
 
 
 def test_list_shows_builtin_envs(capsys: pytest.CaptureFixture[str]) -> None:

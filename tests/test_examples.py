@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -11,7 +14,8 @@ import numpy as np
 
 from shoal.train import TrainConfig, train
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ppo_single_file.py"
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "ppo_single_file.py"
 
 
 def _load_example() -> ModuleType:
@@ -36,3 +40,27 @@ def test_single_file_ppo_learns_like_the_trainer() -> None:
     # a random CartPole policy scores about 22; both learn to several times that in 30k steps
     assert theirs > 90 and ours > 90, (theirs, ours)
     assert 0.4 < theirs / ours < 2.5, (theirs, ours)
+
+
+def _python_blocks(markdown: str) -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```", markdown, flags=re.S | re.M)
+
+
+def test_the_readmes_first_python_block_runs_verbatim(tmp_path: Path) -> None:
+    """In a fresh interpreter, as a reader would paste it: every name it uses must be reachable after `import shoal`."""
+    block = _python_blocks((ROOT / "README.md").read_text())[0]
+    assert "import shoal" in block and "shoal.vector.make(" in block
+    script = tmp_path / "first_block.py"
+    script.write_text(block)
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+
+
+def test_every_layer_is_an_attribute_after_import_shoal() -> None:
+    code = ("import sys, shoal; assert 'torch' not in sys.modules; "
+            "shoal.vector.make, shoal.emulation.unflatten; "
+            "shoal.policies.Policy, shoal.train.TrainConfig; assert callable(shoal.train)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr

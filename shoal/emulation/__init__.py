@@ -9,7 +9,7 @@ from shoal.emulation.base import Buffers, Emulator
 from shoal.emulation.check import check_env
 from shoal.emulation.flatten import Flattener, flatten, to_native, unflatten
 from shoal.emulation.gymnasium import GymnasiumEmulator
-from shoal.emulation.layout import Layout, Leaf, compile_layout
+from shoal.emulation.layout import Layout, Leaf, SpaceHandler, compile_layout, register_space
 from shoal.emulation.pettingzoo import PettingZooEmulator
 from shoal.errors import APIUsageError
 
@@ -26,8 +26,10 @@ __all__ = [
     "Flattener",
     "Layout",
     "Leaf",
+    "SpaceHandler",
     "compile_layout",
     "flatten",
+    "register_space",
     "to_native",
     "unflatten",
     # checks

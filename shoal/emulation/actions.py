@@ -122,6 +122,10 @@ class ActionLayout:
         discrete: list[tuple[Leaf, np.ndarray, np.ndarray]] = []
         continuous: list[Leaf] = []
         for leaf in self.layout.leaves:
+            if leaf.source is not None:
+                raise SpaceError(f"{type(leaf.source).__name__} action leaf at {format_path(leaf.path)} is not "
+                                 "supported: register_space stores observations; map these actions to a Discrete, "
+                                 "MultiDiscrete or Box in a wrapper")
             if leaf.kind == "text":
                 raise SpaceError(f"Text action leaf at {format_path(leaf.path)} is not supported: map text "
                                  "actions to a Discrete or MultiDiscrete choice in a wrapper")

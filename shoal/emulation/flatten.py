@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from shoal.emulation.layout import Layout, Leaf, _Node, compile_layout, format_path, leaf_value
+from shoal.emulation.layout import Layout, Leaf, _Node, compile_layout, format_path, leaf_value, space_handler
 from shoal.errors import SpaceError
 
 __all__ = ["Flattener", "flatten", "to_native", "unflatten"]
@@ -96,6 +96,8 @@ class Flattener:
             encoder = None if encode_leaf.dispatch(type(leaf.space)) is encode_leaf.dispatch(object) else (
                 functools.partial(encode_leaf, leaf.space)
             )
+            if leaf.source is not None:
+                encoder = _registered_encoder(leaf, encoder)
             self._plan.append((leaf, _leaf_view(layout, leaf, row), encoder))
         only = self._plan[0]
         single = len(self._plan) == 1 and only[2] is None and not only[0].path
@@ -126,6 +128,19 @@ class Flattener:
     def clear(self) -> None:
         """Zero-fill the row (used for dead and padded slots)."""
         self.row[...] = 0
+
+
+def _registered_encoder(leaf: Leaf, then: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
+    """The encoder of a leaf of a :func:`~shoal.emulation.register_space` type: its handler's, then the stored
+    space's own (e.g. Text codes)."""
+    convert = space_handler(leaf.source).encode
+    source = leaf.source
+
+    def encode(value: Any) -> Any:
+        value = value if convert is None else convert(source, value)
+        return value if then is None else then(value)
+
+    return encode
 
 
 def _bad_value(leaf: Leaf, value: Any, exc: Exception) -> SpaceError:
@@ -234,9 +249,17 @@ def _build(node: _Node | int, values: list[Any]) -> Any:
     return dict(zip(node.keys, children, strict=True))
 
 
+def _decoded(leaf: Leaf, stored: np.ndarray) -> Any:
+    value = decode_leaf(leaf.space, stored)
+    if leaf.source is not None:
+        decode = space_handler(leaf.source).decode
+        value = value if decode is None else decode(leaf.source, value)
+    return value
+
+
 def to_native(layout: Layout | spaces.Space, row: np.ndarray) -> Any:
     """Decode one flat ``row`` into a sample of the space itself (copies; Text decoded to ``str``)."""
     layout = compile_layout(layout)
     views = unflatten(layout, row)
-    values = [decode_leaf(leaf.space, leaf_value(views, leaf.path)) for leaf in layout.leaves]
+    values = [_decoded(leaf, leaf_value(views, leaf.path)) for leaf in layout.leaves]
     return _build(layout.tree, values)

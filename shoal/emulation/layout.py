@@ -15,13 +15,19 @@ Leaf kinds
     ``multi_discrete``, ``multi_binary`` and ``text`` (fixed length ``max_length`` ``int32`` codes: 0 is padding,
     character ``c`` is ``1 + character_index[c]``). ``Dict`` and ``Tuple`` nest to any depth. ``Sequence`` and
     ``Graph`` have no fixed size and are rejected with a :class:`~shoal.errors.SpaceError` naming the leaf path.
+
+Other spaces
+    A space type of another library (e.g. MiniGrid's ``MissionSpace``) is stored as one of the leaf spaces above
+    once :func:`register_space` says which one and how to convert its values; until then it is rejected with a
+    :class:`~shoal.errors.SpaceError` that points to :func:`register_space`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +36,7 @@ from gymnasium import spaces
 
 from shoal.errors import SpaceError
 
-__all__ = ["Layout", "Leaf", "Path", "compile_layout", "format_path"]
+__all__ = ["Layout", "Leaf", "Path", "SpaceHandler", "compile_layout", "format_path", "register_space"]
 
 Path = tuple[str | int, ...]
 TEXT_DTYPE = np.dtype(np.int32)
@@ -53,6 +59,8 @@ class Leaf:
         shape: the leaf's shape (``()`` for Discrete).
         start, stop: the leaf's slice of the flat row, in units of ``Layout.flat_dtype``.
         byte_offset: the leaf's offset in bytes from the start of the row.
+        source: the space of a type added with :func:`register_space` that this leaf stores as ``space``
+            (None for the built-in leaf spaces).
     """
 
     path: Path
@@ -63,6 +71,7 @@ class Leaf:
     start: int = 0
     stop: int = 0
     byte_offset: int = 0
+    source: spaces.Space | None = None
 
     @property
     def size(self) -> int:
@@ -175,10 +184,12 @@ def _leaf_bounds(leaf: Leaf) -> tuple[np.ndarray | float, np.ndarray | float]:
 
 @functools.singledispatch
 def _collect(space: spaces.Space, path: Path, out: list[Leaf]) -> _Node | int:
+    name = type(space).__name__
     raise SpaceError(
-        f"unsupported space {type(space).__name__} at {format_path(path)}: {space!r}. shoal supports Box, "
-        "Discrete, MultiDiscrete, MultiBinary, Text, Dict and Tuple. Wrap the env to convert this leaf to one of "
-        "them, or register a handler with shoal.emulation.layout._collect.register(YourSpace)."
+        f"unsupported space {name} at {format_path(path)}: {space!r}. shoal supports Box, Discrete, "
+        "MultiDiscrete, MultiBinary, Text, Dict and Tuple. Say how to store it as one of them with "
+        f"shoal.emulation.register_space({name}, as_space, encode) (e.g. a text-like space as a Text leaf, "
+        "see its docstring), or wrap the env to convert this leaf."
     )
 
 
@@ -240,6 +251,93 @@ _collect.register(spaces.Graph, _no_fixed_size)
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Space types of other libraries, stored as a built-in leaf
+# --------------------------------------------------------------------------------------------------------------
+
+_LEAF_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary, spaces.Text)
+
+
+@dataclass(frozen=True)
+class SpaceHandler:
+    """How a registered space type is stored (see :func:`register_space`)."""
+
+    as_space: Callable[[spaces.Space], spaces.Space]
+    encode: Callable[[spaces.Space, Any], Any] | None = None
+    decode: Callable[[spaces.Space, Any], Any] | None = None
+
+
+_HANDLERS: dict[type, SpaceHandler] = {}
+
+
+def register_space(
+    space_type: type[spaces.Space],
+    as_space: Callable[[spaces.Space], spaces.Space],
+    encode: Callable[[spaces.Space, Any], Any] | None = None,
+    decode: Callable[[spaces.Space, Any], Any] | None = None,
+) -> None:
+    """Store every space of ``space_type`` (and its subclasses) as a built-in leaf space.
+
+    Args:
+        space_type: a ``gymnasium.spaces.Space`` subclass shoal does not know, e.g. MiniGrid's ``MissionSpace``.
+        as_space: ``space -> leaf space``: a Box, Discrete, MultiDiscrete, MultiBinary or Text of fixed size that
+            holds every value of ``space`` once encoded.
+        encode: ``(space, value) -> value of as_space(space)``, applied to every observation of the leaf; None
+            stores values as they are (e.g. a ``str`` into a Text leaf).
+        decode: ``(space, stored) -> value``, the inverse, used by :func:`shoal.emulation.to_native`; None returns
+            the stored space's value (e.g. the ``str`` of a Text leaf).
+
+    For example, MiniGrid's missions as text of at most 96 characters (``unflatten`` gives their ``int32`` codes,
+    ``to_native`` the string back; the default policy embeds the codes)::
+
+        import string
+        from gymnasium import spaces
+        from minigrid.core.mission import MissionSpace
+        shoal.emulation.register_space(
+            MissionSpace, lambda space: spaces.Text(96, charset=string.ascii_letters + string.digits + " ,.-'"))
+
+    Registration is per process: with the multiprocessing backend's ``spawn``/``forkserver`` contexts, or with Ray,
+    register in a module the workers import too (e.g. the one defining the env factory).
+
+    Raises:
+        APIUsageError: ``space_type`` is not a Space subclass, or is one shoal already stores.
+    """
+    from shoal.errors import APIUsageError
+
+    if not (isinstance(space_type, type) and issubclass(space_type, spaces.Space)):
+        raise APIUsageError(f"register_space: {space_type!r} is not a gymnasium.spaces.Space subclass")
+    builtin = _collect.dispatch(space_type)
+    if builtin is not _collect.dispatch(object) and builtin is not _registered_leaf:
+        raise APIUsageError(f"register_space: shoal already stores {space_type.__name__} spaces; register a space "
+                            "type of your own")
+    if not callable(as_space) or (encode is not None and not callable(encode)) or (
+            decode is not None and not callable(decode)):
+        raise APIUsageError("register_space: as_space, encode and decode must be callables (encode and decode may "
+                            "be None)")
+    _HANDLERS[space_type] = SpaceHandler(as_space, encode, decode)
+    _collect.register(space_type, _registered_leaf)
+
+
+def space_handler(space: spaces.Space) -> SpaceHandler:
+    """The :class:`SpaceHandler` of ``space``'s type (or of its nearest registered base class)."""
+    for cls in type(space).__mro__:
+        if cls in _HANDLERS:
+            return _HANDLERS[cls]
+    raise SpaceError(f"no handler registered for {type(space).__name__}")
+
+
+def _registered_leaf(space: spaces.Space, path: Path, out: list[Leaf]) -> int:
+    stored = space_handler(space).as_space(space)
+    if not isinstance(stored, _LEAF_SPACES):
+        raise SpaceError(
+            f"register_space's as_space turned {type(space).__name__} at {format_path(path)} into {stored!r}; it must "
+            "return a Box, Discrete, MultiDiscrete, MultiBinary or Text space"
+        )
+    index = _collect(stored, path, out)
+    out[index] = dataclasses.replace(out[index], source=space)
+    return index
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Offsets
 # --------------------------------------------------------------------------------------------------------------
 
@@ -280,7 +378,7 @@ def compile_layout(space: spaces.Space) -> Layout:
 
 
 def _placed(leaf: Leaf, start: int, stop: int, byte_offset: int) -> Leaf:
-    return Leaf(leaf.path, leaf.space, leaf.kind, leaf.dtype, leaf.shape, start, stop, byte_offset)
+    return dataclasses.replace(leaf, start=start, stop=stop, byte_offset=byte_offset)
 
 
 def leaf_value(sample: Any, path: Path) -> Any:

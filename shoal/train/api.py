@@ -22,8 +22,10 @@ from shoal.train.loop.result import TrainResult
 from shoal.train.loop.trainer import Trainer
 from shoal.train.mappo.trainer import MAPPOTrainer, resolve_value_norm
 from shoal.train.runs.logger import LogRecord
+from shoal.train.runs.resolve import resolve_env
 from shoal.train.sac.trainer import SACTrainer
 from shoal.train.speed.distributed import is_distributed
+from shoal.wrappers import WrappedEnvFn
 
 __all__ = ["make_trainer", "train", "trainer_class"]
 
@@ -48,8 +50,12 @@ def make_trainer(
 ) -> Trainer:
     """The trainer for ``config`` (:func:`trainer_class`), as one of several data-parallel learners
     (:class:`~shoal.train.loop.distributed_trainer.DistributedTrainer`) under ``torchrun`` with ``WORLD_SIZE > 1`` or in
-    such a process group."""
+    such a process group. ``config.wrappers`` wrap the env: the one ``config.env`` names, or ``env_fn``'s."""
     config = config.resolved()
+    if env_fn is None:
+        env_fn = resolve_env(config.env, config.env_kwargs, wrappers=config.wrappers)
+    elif config.wrappers:
+        env_fn = WrappedEnvFn(env_fn, config.wrappers)
     cls = trainer_class(config)
     if is_distributed():
         if config.algo == "sac":

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from shoal.errors import APIUsageError
+from shoal.wrappers import parse_wrappers
 
 __all__ = [
     "ALGO_DEFAULTS",
@@ -48,6 +49,7 @@ Backend = Literal["serial", "multiprocessing", "ray"]
 Advantage = Literal["gae", "vtrace"]
 CriticInput = Literal["auto", "state", "concat"]
 ValueNorm = Literal["auto", "none", "running", "popart"]
+WandbMode = Literal["offline", "online", "disabled"]
 
 #: The algorithms :func:`shoal.train.train` runs.
 ALGOS: tuple[str, ...] = typing.get_args(Algo)
@@ -114,6 +116,11 @@ class TrainConfig:
     when ``train`` is given an ``env_fn``."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for the env constructor."""
+    wrappers: str | None = None
+    """SuperSuit wrappers applied to the env before shoal emulates it, in order, e.g.
+    ``"color_reduction_v0(mode='B'),resize_v1(84,84),frame_stack_v1(4)"`` (literal arguments only; see
+    :mod:`shoal.wrappers`). Recorded in the run, so evaluation rebuilds the same env. Applied to an ``env_fn``
+    given to ``train`` too."""
     algo: Algo = "ppo"
     """Algorithm: ``"ppo"`` (on PettingZoo envs IPPO: parameter-shared, every live slot a row) or ``"mappo"``
     (PPO with a centralized critic and value normalization). The fields left at None take this algorithm's
@@ -296,7 +303,10 @@ class TrainConfig:
     tensorboard: bool = True
     """Write TensorBoard event files into ``run_dir/tensorboard``."""
     wandb: bool = False
-    """Also log to Weights & Biases in offline mode (``run_dir/wandb``; sync later with ``wandb sync``)."""
+    """Also log to Weights & Biases (files in ``run_dir/wandb``; see ``wandb_mode``)."""
+    wandb_mode: WandbMode | None = None
+    """Weights & Biases mode: ``"offline"`` (upload later with ``wandb sync``), ``"online"`` or ``"disabled"``;
+    None: the ``WANDB_MODE`` environment variable, else ``"offline"``."""
     wandb_project: str = "shoal"
     """Weights & Biases project name."""
     stats_window: int = 100
@@ -441,7 +451,11 @@ class TrainConfig:
             raise APIUsageError("async_learner=True cannot train a self-play league (its opponents follow the "
                                 "learner's updates); drop --async-learner or --league")
         if self.wandb and self.run_dir is None:
-            raise APIUsageError("wandb=True needs a run_dir to hold the offline run (give --run-dir)")
+            raise APIUsageError("wandb=True needs a run_dir to hold the run's files (give --run-dir)")
+        if self.wandb_mode is not None and self.wandb_mode not in typing.get_args(WandbMode):
+            raise APIUsageError(f"wandb_mode={self.wandb_mode!r} is unknown; valid choices: "
+                                f"{list(typing.get_args(WandbMode))} or None (WANDB_MODE, else 'offline')")
+        parse_wrappers(self.wrappers)
         if not isinstance(self.env_kwargs, dict):
             raise APIUsageError(f"env_kwargs must be a dict, got {type(self.env_kwargs).__name__}")
         return self

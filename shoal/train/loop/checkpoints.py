@@ -50,6 +50,7 @@ RESUMABLE_CHANGES = {
     "tensorboard",
     "wandb",
     "wandb_project",
+    "wandb_mode",
     "eval_episodes",
     "device",
     "trace_actor",

@@ -85,7 +85,9 @@ class Trainer(CheckpointMixin):
 
     Args:
         config: the configuration (validated here).
-        env_fn: env constructor for the vector env; default ``resolve_env(config.env, config.env_kwargs)``.
+        env_fn: env constructor for the vector env, used as given; default ``resolve_env(config.env,
+            config.env_kwargs, wrappers=config.wrappers)`` (:func:`shoal.train.make_trainer` applies
+            ``config.wrappers`` to a given one).
         policy: a policy to train; default ``Policy.from_env(vecenv, ...)`` from the config.
         callbacks: called with every :class:`LogRecord` (e.g. the command line's dashboard).
     """
@@ -107,7 +109,8 @@ class Trainer(CheckpointMixin):
             torch.set_num_threads(cfg.torch_threads)
         self._seed_everything(cfg.seed)
         self.generator = torch.Generator().manual_seed(cfg.seed + 1)
-        self.env_fn = env_fn if env_fn is not None else resolve_env(cfg.env, cfg.env_kwargs)
+        self.env_fn = env_fn if env_fn is not None else resolve_env(cfg.env, cfg.env_kwargs,
+                                                                      wrappers=cfg.wrappers)
         self.run_dir = Path(cfg.run_dir) if cfg.run_dir is not None else None
         self._resume_from: Path | None = None
         if cfg.resume:
@@ -516,7 +519,8 @@ class Trainer(CheckpointMixin):
                 sinks.append(TensorBoardSink(self.run_dir, cfg.to_dict(), resume_step))
             if cfg.wandb:
                 sinks.append(
-                    WandbSink(self.run_dir, cfg.wandb_project, cfg.to_dict(), name=self.run_dir.name)
+                    WandbSink(self.run_dir, cfg.wandb_project, cfg.to_dict(), name=self.run_dir.name,
+                              mode=cfg.wandb_mode)
                 )
         self.logger = RunLogger([*sinks, *self.callbacks])
 

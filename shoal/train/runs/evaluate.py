@@ -24,6 +24,7 @@ from shoal.train.acting import RowActor
 from shoal.train.config import TrainConfig
 from shoal.train.runs.checkpoint import check_signature, env_signature, find_checkpoint, load_checkpoint
 from shoal.train.runs.resolve import EnvFn, resolve_env
+from shoal.train.runs.video import FrameRecorder, VideoWriter, check_display, with_render_mode
 
 __all__ = [
     "DEFAULT_MAX_STEPS",
@@ -60,6 +61,9 @@ def evaluate(
     device: Any = None,
     max_agents: int | None = None,
     max_steps: int | None = None,
+    video: str | Path | None = None,
+    render: bool = False,
+    fps: float = 30.0,
 ) -> dict[str, Any]:
     """Play ``episodes`` agent-episodes and report their returns.
 
@@ -75,12 +79,21 @@ def evaluate(
         max_agents: slots per PettingZoo env.
         max_steps: bound on the steps of each env (default :data:`DEFAULT_MAX_STEPS`); when it is reached with
             fewer than ``episodes`` finished, the finished ones are reported (with a warning).
+        video: record the episodes into this file (one env, every episode in turn; see
+            :mod:`shoal.train.runs.video`): an mp4, or a gif when the name ends in ``.gif`` or ffmpeg is missing.
+            The env is built with ``render_mode="rgb_array"`` (an :class:`EnvFn` gets it; another ``env_fn`` must
+            build its env so). One frame after the reset and after every step.
+        render: show the episodes in a window instead (``render_mode="human"``, one env).
+        fps: frames per second of the video.
 
     Returns:
-        ``{"mean_return", "std_return", "mean_length", "episodes", "returns"}``.
+        ``{"mean_return", "std_return", "mean_length", "episodes", "returns"}``, and with ``video``
+        ``"video"`` (the file written) and ``"frames"``.
 
     Raises:
-        APIUsageError: no episode finished within ``max_steps`` (the message says how to bound the episodes).
+        APIUsageError: no episode finished within ``max_steps`` (the message says how to bound the episodes);
+            ``video`` without the ``video`` extra installed, an env that cannot render, ``render`` without a
+            display.
     """
     from shoal import vector
 
@@ -89,9 +102,26 @@ def evaluate(
     max_steps = DEFAULT_MAX_STEPS if max_steps is None else max_steps
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
         raise APIUsageError(f"max_steps must be a positive int, got {max_steps!r}")
+    if (video is not None or render) and num_envs not in (None, 1):
+        raise APIUsageError(f"video/render play one env, not num_envs={num_envs}; leave num_envs unset")
     num_envs = num_envs or min(episodes, 8)
+    recorder: FrameRecorder | None = None
+    writer: VideoWriter | None = None
+    if video is not None or render:
+        if video is not None and render:
+            raise APIUsageError("video and render cannot be combined (an env has one render mode); choose one")
+        num_envs, mode = 1, ("human" if render else "rgb_array")
+        if render:
+            check_display()
+        name = env_fn.name if isinstance(env_fn, EnvFn) else getattr(env_fn, "__name__", type(env_fn).__name__)
+        env_fn = recorder = FrameRecorder(with_render_mode(env_fn, mode), mode, name)
     emulate_kwargs = {"max_agents": max_agents} if max_agents is not None else None
     vec = vector.make(env_fn, num_envs, backend="serial", seed=seed, emulate_kwargs=emulate_kwargs)
+    try:  # once the env renders, so that a failure leaves no empty file behind
+        writer = None if video is None else VideoWriter(video, fps)
+    except BaseException:
+        vec.close()
+        raise
     device = torch.device(device) if device is not None else next(policy.parameters()).device
     rows = vec.num_agents
     every_row = np.arange(rows, dtype=np.int64)
@@ -105,6 +135,8 @@ def evaluate(
     policy.eval()
     try:
         obs, _ = vec.reset(seed)
+        if writer is not None:
+            writer.append(recorder.frame())
         starts = np.ones(rows, np.bool_)
         ever_live = np.zeros(rows, np.bool_)
         for _ in range(max_steps):
@@ -113,6 +145,8 @@ def evaluate(
             action = acting.act(obs, every_row, masks, starts=starts, action_masks=vec.action_masks).env_actions
             starts = np.where(masks, False, starts)
             obs, _rewards, terminals, truncations, infos = vec.step(action)
+            if writer is not None:
+                writer.append(recorder.frame())
             ended = terminals | truncations
             starts = starts | ended
             for k in np.flatnonzero(ended):
@@ -139,13 +173,17 @@ def evaluate(
     finally:
         policy.train(was_training)
         vec.close()
+        if writer is not None:
+            writer.close()
     returns = returns[:episodes] if len(returns) > episodes else returns
+    recorded = {} if writer is None else {"video": str(writer.path), "frames": writer.frames}
     return {
         "mean_return": float(np.mean(returns)),
         "std_return": float(np.std(returns)),
         "mean_length": float(np.mean(lengths[: len(returns)])),
         "episodes": len(returns),
         "returns": returns,
+        **recorded,
     }
 
 
@@ -167,7 +205,8 @@ def load_policy_from_checkpoint(
 
     The policy is checked against the env it will play: ``env_fn``, else ``env`` (an ENV string as for
     ``shoal train``) with ``env_kwargs``, else the run's own env. Another env with the same observation and
-    action spaces is accepted with a warning naming both.
+    action spaces is accepted with a warning naming both. The run's SuperSuit wrappers (``config.wrappers``) wrap
+    an env named by ``env`` or by the run; ``env_fn`` is used as given (it builds the env the policy plays).
 
     Returns:
         ``(policy, config, env_fn)``: ``config`` is the run's own.
@@ -185,7 +224,8 @@ def load_policy_from_checkpoint(
         name = config.env if env is None else env
         if env_kwargs is None and name == config.env:
             env_kwargs = config.env_kwargs
-        env_fn = resolve_env(name, env_kwargs, source=None if env is not None else str(path))
+        env_fn = resolve_env(name, env_kwargs, source=None if env is not None else str(path),
+                             wrappers=config.wrappers)
     # EnvFn knows its ENV string: a plain callable is the caller's own choice and is only checked by shape
     name = env_fn.name if isinstance(env_fn, EnvFn) else config.env
     emulate_kwargs = {"max_agents": config.max_agents} if config.max_agents is not None else None
@@ -216,10 +256,14 @@ def evaluate_checkpoint(
     env: str | None = None,
     env_kwargs: dict[str, Any] | None = None,
     max_steps: int | None = None,
+    video: str | Path | None = None,
+    render: bool = False,
+    fps: float = 30.0,
 ) -> dict[str, Any]:
     """:func:`evaluate` the policy of a checkpoint or run directory.
 
-    ``env``/``env_kwargs`` evaluate it on another env than the run's (see :func:`load_policy_from_checkpoint`).
+    ``env``/``env_kwargs`` evaluate it on another env than the run's (see :func:`load_policy_from_checkpoint`);
+    ``video``, ``render`` and ``fps`` record or show the episodes (see :func:`evaluate`).
     Adds ``"checkpoint"``, ``"env"`` (the env played) and ``"trained_env"`` to the result.
     """
     checkpoint = find_checkpoint(path)
@@ -232,6 +276,9 @@ def evaluate_checkpoint(
         deterministic=deterministic,
         max_agents=config.max_agents,
         max_steps=max_steps,
+        video=video,
+        render=render,
+        fps=fps,
     )
     result["checkpoint"] = str(checkpoint)
     result["env"] = env_fn.name if isinstance(env_fn, EnvFn) else config.env

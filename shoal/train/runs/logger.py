@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -21,7 +22,8 @@ from typing import Any, TextIO
 
 from shoal.errors import APIUsageError
 
-__all__ = ["CSVSink", "Dashboard", "LogRecord", "RunLogger", "TensorBoardSink", "WandbSink", "read_scalars"]
+__all__ = ["CSVSink", "Dashboard", "LogRecord", "RunLogger", "TensorBoardSink", "WandbSink", "read_scalars",
+           "wandb_mode"]
 
 log = logging.getLogger(__name__)
 
@@ -147,11 +149,19 @@ class TensorBoardSink:
             self.writer.close()
 
 
+def wandb_mode(configured: str | None) -> str:
+    """The Weights & Biases mode of a run: ``configured`` when given, else the ``WANDB_MODE`` environment variable,
+    else ``"offline"`` (a run never uploads unless asked to)."""
+    return configured or os.environ.get("WANDB_MODE") or "offline"
+
+
 class WandbSink:
-    """Weights & Biases in offline mode (``run_dir/wandb``); upload later with ``wandb sync``."""
+    """Weights & Biases: files in ``run_dir/wandb``; ``mode`` as :func:`wandb_mode` resolves it (offline runs
+    upload later with ``wandb sync``)."""
 
     def __init__(
-        self, run_dir: str | Path, project: str, config: dict[str, Any], name: str | None = None
+        self, run_dir: str | Path, project: str, config: dict[str, Any], name: str | None = None,
+        mode: str | None = None,
     ) -> None:
         try:
             import wandb
@@ -160,8 +170,9 @@ class WandbSink:
                 "wandb=True but the wandb package is not installed: pip install wandb"
             ) from exc
         self._wandb = wandb
+        self.mode = wandb_mode(mode)
         self.run = wandb.init(
-            project=project, config=config, dir=str(run_dir), mode="offline", name=name, reinit=True
+            project=project, config=config, dir=str(run_dir), mode=self.mode, name=name, reinit=True
         )
 
     def __call__(self, record: LogRecord) -> None:

@@ -38,10 +38,13 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, names: list[str
         The path of the PNG.
 
     Raises:
-        APIUsageError: no scalars CSV, or none of ``names`` was logged.
+        APIUsageError: matplotlib is missing (the message says ``pip install "shoal[logging]"``), no scalars CSV,
+            or none of ``names`` was logged.
     """
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise APIUsageError(f'plotting needs matplotlib: pip install "shoal[logging]" ({exc})') from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

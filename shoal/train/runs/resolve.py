@@ -3,12 +3,21 @@
 ENV may be, tried in this order:
 
 1. a built-in env name (``shoal list``; see :mod:`shoal.envs`), e.g. ``memory``;
-2. ``"module:attribute"``: any callable returning a Gymnasium or PettingZoo env, e.g. ``mypkg.envs:MyEnv``;
+2. ``"module:NAME"``, read as Gymnasium reads it or as an entry point, whichever ``NAME`` is:
+
+   * an env id registered by importing ``module`` (Gymnasium's convention): ``ale_py:ALE/Pong-v5``,
+     ``minigrid:MiniGrid-Empty-5x5-v0`` (``gymnasium.make`` of the whole string);
+   * an attribute of ``module``, any callable returning a Gymnasium or PettingZoo env: ``mypkg.envs:MyEnv``.
+
+   A NAME that is both (an attribute and, once the module is imported, a registered id) is refused as ambiguous;
+   an id that is not an identifier (``ALE/Pong-v5``, ``MiniGrid-Empty-5x5-v0``) can only be an id;
 3. a PettingZoo module path, e.g. ``pettingzoo.butterfly.knights_archers_zombies_v11`` (its ``parallel_env``
    when it has one, else its AEC ``env``);
 4. a Gymnasium id, e.g. ``CartPole-v1`` (``gymnasium.make``).
 
 Unknown names raise :class:`~shoal.errors.APIUsageError` with the closest known names.
+
+An :class:`EnvFn` may also carry SuperSuit wrappers (:mod:`shoal.wrappers`), applied to every env it builds.
 """
 
 from __future__ import annotations
@@ -21,10 +30,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shoal.errors import APIUsageError
+from shoal.wrappers import apply_wrappers, parse_wrappers
 
-__all__ = ["EnvFn", "list_envs", "resolve_env"]
+__all__ = ["TRUSTED_ENV_MODULES", "EnvFn", "list_envs", "resolve_env"]
 
 _PETTINGZOO_FAMILIES = ("atari", "butterfly", "classic", "mpe", "sisl")
+
+#: Env packages whose ``module:EnvId`` names a run directory or checkpoint may hold (they only register envs on
+#: import); any other module named by a file is refused, as importing it would run code the file chose.
+TRUSTED_ENV_MODULES: tuple[str, ...] = (
+    "ale_py", "minigrid", "miniworld", "gymnasium_robotics", "shimmy", "highway_env", "mo_gymnasium",
+)
 
 
 @dataclass(frozen=True)
@@ -35,13 +51,18 @@ class EnvFn:
         name: the ENV string it was resolved from.
         kind: ``"builtin" | "entry_point" | "pettingzoo" | "gymnasium"``.
         kwargs: keyword arguments for the constructor.
+        wrappers: SuperSuit wrappers applied to the env, a :mod:`shoal.wrappers` spec (None: none).
     """
 
     name: str
     kind: str
     kwargs: dict[str, Any] = field(default_factory=dict)
+    wrappers: str | None = None
 
     def __call__(self) -> Any:
+        return apply_wrappers(self._make(), self.wrappers)
+
+    def _make(self) -> Any:
         if self.kind == "builtin":
             from shoal import envs
 
@@ -57,7 +78,7 @@ class EnvFn:
         return gym.make(self.name, **self.kwargs)
 
     def __hash__(self) -> int:
-        return hash((self.name, self.kind))
+        return hash((self.name, self.kind, self.wrappers))
 
 
 def _load_attribute(spec: str) -> Any:
@@ -70,6 +91,45 @@ def _load_attribute(spec: str) -> Any:
         return getattr(module, attribute)
     except AttributeError:
         raise APIUsageError(f"module {module_name!r} has no attribute {attribute!r} (env {spec!r})") from None
+
+
+def _import_env_module(module_name: str, name: str) -> Any:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", module_name):
+        raise APIUsageError(f"env {name!r}: {module_name!r} is not a module name; write module:EnvId "
+                            "(e.g. minigrid:MiniGrid-Empty-5x5-v0) or module:attribute (e.g. mypkg.envs:MyEnv)")
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as exc:
+        raise APIUsageError(f"cannot import {module_name!r} for env {name!r}: {exc}; install the package that "
+                            "provides it") from exc
+
+
+def _resolve_colon(name: str, kwargs: dict[str, Any], wrappers: str | None) -> EnvFn:
+    """``module:EnvId`` (Gymnasium's convention) or ``module:attribute`` (an entry point); see the module
+    docstring."""
+    import gymnasium as gym
+
+    module_name, _, rest = name.partition(":")
+    module = _import_env_module(module_name, name)
+    registered = rest in gym.envs.registry
+    attribute = rest.isidentifier() and hasattr(module, rest)
+    if registered and attribute:
+        raise APIUsageError(
+            f"env {name!r} is ambiguous: {rest!r} is both an attribute of {module_name!r} and a Gymnasium id that "
+            f"importing it registers. Rename one of them, or pass env_fn= to shoal.train"
+        )
+    if registered:
+        return EnvFn(name, "gymnasium", kwargs, wrappers)
+    if attribute:
+        if not callable(getattr(module, rest)):
+            raise APIUsageError(f"{name!r} is not callable; point at an env class or factory")
+        return EnvFn(name, "entry_point", kwargs, wrappers)
+    suggestions = difflib.get_close_matches(rest, _gymnasium_ids(), n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(repr(f'{module_name}:{s}') for s in suggestions)}?" if suggestions else ""
+    raise APIUsageError(
+        f"unknown env {name!r}: importing {module_name!r} registers no Gymnasium id {rest!r}, and the module has "
+        f"no attribute of that name.{hint}"
+    )
 
 
 def _gymnasium_ids() -> list[str]:
@@ -98,7 +158,12 @@ def _pettingzoo_modules() -> list[str]:
 _ENV_MODULE = re.compile(r"(pettingzoo|mpe2)(\.[a-z0-9_]+)+_v\d+")
 
 
-def resolve_env(name: str, kwargs: dict[str, Any] | None = None, *, source: str | None = None) -> EnvFn:
+#: ``module:EnvId`` with a trusted env package and an id (not an identifier, so never an attribute).
+_TRUSTED_ID = re.compile(rf"({'|'.join(TRUSTED_ENV_MODULES)}):(?![A-Za-z_][A-Za-z0-9_]*$)[A-Za-z0-9_/.-]+")
+
+
+def resolve_env(name: str, kwargs: dict[str, Any] | None = None, *, source: str | None = None,
+                wrappers: str | None = None) -> EnvFn:
     """Resolve ``name`` into an :class:`EnvFn` (see the module docstring for the accepted forms).
 
     The env is not constructed; the name is only checked to exist.
@@ -106,30 +171,33 @@ def resolve_env(name: str, kwargs: dict[str, Any] | None = None, *, source: str 
     Args:
         name, kwargs: the ENV string and its constructor's keyword arguments.
         source: the file ``name`` was read from (a checkpoint, a run's config), when it was not given by the user.
-            Such a name may only be a built-in env, a registered Gymnasium id or a PettingZoo/MPE2 env module
-            path: a ``module:callable`` or any other module would be imported and called with arguments chosen
-            by the file.
+            Such a name may only be a built-in env, a registered Gymnasium id, a PettingZoo/MPE2 env module path,
+            or ``module:EnvId`` of a package in :data:`TRUSTED_ENV_MODULES`: a ``module:callable`` or any other
+            module would be imported and called with arguments chosen by the file.
+        wrappers: SuperSuit wrappers to apply to the env (a :mod:`shoal.wrappers` spec); checked here.
 
     Raises:
         APIUsageError: unknown name or missing dependency (the message says what to install or suggests
-            names), or a name from ``source`` that could run arbitrary code.
+            names), an ambiguous ``module:NAME``, a bad wrapper spec, or a name from ``source`` that could run
+            arbitrary code.
     """
     from shoal import envs
 
     kwargs = dict(kwargs or {})
     if not isinstance(name, str) or not name:
         raise APIUsageError(f"env must be a non-empty string, got {name!r}")
+    parse_wrappers(wrappers)
+    wrappers = wrappers if wrappers and wrappers.strip() else None
     if name in envs.REGISTRY:
-        return EnvFn(name, "builtin", kwargs)
-    if source is not None and (":" in name or ("." in name and not _ENV_MODULE.fullmatch(name))):
+        return EnvFn(name, "builtin", kwargs, wrappers)
+    trusted = _TRUSTED_ID.fullmatch(name) is not None
+    if source is not None and not trusted and (":" in name or ("." in name and not _ENV_MODULE.fullmatch(name))):
         raise APIUsageError(
             f"{source} names the env {name!r}, which loading would import and call with arguments from the file; "
             f"it is not used. If you trust the file, name the env yourself (e.g. shoal eval ... --env {name!r})"
         )
     if ":" in name:
-        if not callable(_load_attribute(name)):
-            raise APIUsageError(f"{name!r} is not callable; point at an env class or factory")
-        return EnvFn(name, "entry_point", kwargs)
+        return _resolve_colon(name, kwargs, wrappers)
     if name.startswith("pettingzoo.") or (("." in name) and "-v" not in name):
         try:
             module = importlib.import_module(name)
@@ -148,10 +216,10 @@ def resolve_env(name: str, kwargs: dict[str, Any] | None = None, *, source: str 
             raise APIUsageError(
                 f"module {name!r} has neither parallel_env nor env: it is not a PettingZoo env module"
             )
-        return EnvFn(name, "pettingzoo", kwargs)
+        return EnvFn(name, "pettingzoo", kwargs, wrappers)
     ids = _gymnasium_ids()
     if name in ids:
-        return EnvFn(name, "gymnasium", kwargs)
+        return EnvFn(name, "gymnasium", kwargs, wrappers)
     candidates = [*envs.names(), *ids]
     suggestions = difflib.get_close_matches(name, candidates, n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(repr(s) for s in suggestions)}?" if suggestions else ""
