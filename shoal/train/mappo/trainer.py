@@ -450,7 +450,8 @@ class MAPPOTrainer(Trainer):
     ) -> None:
         config = config.resolved()
         self.centralized = config.algo == "mappo"
-        base_fn = env_fn if env_fn is not None else resolve_env(config.env, config.env_kwargs)
+        base_fn = env_fn if env_fn is not None else resolve_env(config.env, config.env_kwargs,
+                                                                 wrappers=config.wrappers)
         self.env_info = probe_env(base_fn)
         self.critic_mode = "local"
         if self.centralized:
