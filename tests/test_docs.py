@@ -67,7 +67,7 @@ def _commands() -> list[tuple[str, str]]:
     found = []
     for page in [*PAGES, ROOT / "README.md"]:
         for code in _blocks(page, "bash"):
-            for line in code.splitlines():
+            for line in code.replace("\\\n", " ").splitlines():  # a backslash continues a command
                 line = line.split(" #")[0].strip()
                 if line.startswith("shoal "):
                     found.append((page.name, line))

@@ -63,8 +63,11 @@ def _physical_memory() -> int | None:
 class SACTrainer(Trainer):
     """Soft actor-critic (Box or Discrete actions; single-agent, or parameter-shared over agent slots).
 
-    Args: as :class:`~shoal.train.loop.trainer.Trainer`; ``policy`` must be a
-    :class:`~shoal.policies.sac.SACPolicy` (default: built from the env and the config).
+    Args:
+        config: the configuration (``algo="sac"``).
+        env_fn: env constructor, as for :class:`~shoal.train.loop.trainer.Trainer`.
+        policy: a :class:`~shoal.policies.sac.SACPolicy` (default: built from the env and the config).
+        callbacks: called with every :class:`~shoal.train.runs.logger.LogRecord`.
     """
 
     loss_names = ("q_loss", "actor_loss", "alpha", "entropy", "q_mean", "gradient_steps")
