@@ -101,6 +101,7 @@ SUMMARY_ELEMENTS = 256
 #: that (the run was killed at 23 GB), so envs with large observations get smaller minibatches.
 MINIBATCH_OBS_BYTES = 256 * 2**20
 _GIB = 2**30
+_STATE_WARNED: set[str] = set()  # env modules whose state() failed after their agents were gone
 
 def resolve_value_norm(config: TrainConfig) -> str:
     """``config.value_norm`` with ``"auto"`` resolved: ``"running"`` for MAPPO, ``"none"`` for PPO."""
@@ -220,11 +221,11 @@ class GlobalStateEnv(ParallelEnv):
             try:
                 state = self.env.state()
             except Exception as exc:  # the env's objects are gone: only a truncated episode's bootstrap reads it
-                if not getattr(self, "_warned", False):
+                name = type(self.env.unwrapped).__module__
+                if name not in _STATE_WARNED:  # once per env type and process, not per env copy
+                    _STATE_WARNED.add(name)
                     log.warning("%s: state() failed once its agents were gone (%s: %s); the critic uses the state "
-                                "before an episode's last step there", type(self.env.unwrapped).__name__,
-                                type(exc).__name__, exc)
-                    self._warned = True
+                                "before an episode's last step there", name, type(exc).__name__, exc)
                 return last
         else:
             state = self.env.state()
