@@ -44,10 +44,10 @@ def make_trainer(
     """The trainer for ``config`` (:func:`trainer_class`), as one of several data-parallel learners
     (:class:`~shoal.train.loop.distributed_trainer.DistributedTrainer`) under ``torchrun`` with ``WORLD_SIZE > 1`` or in
     such a process group."""
-    config = config.resolved()
-    cls = trainer_class(config)
+    resolved = config.resolved()  # the trainer resolves ``config`` itself: MAPPO sees which fields were left unset
+    cls = trainer_class(resolved)
     if is_distributed():
-        if config.async_learner:
+        if resolved.async_learner:
             raise APIUsageError("async_learner=True runs one learner process; it cannot be combined with several "
                                 "data-parallel learners (torchrun): drop --async-learner")
         cls = distributed_class(cls)

@@ -131,7 +131,7 @@ def evaluate(
         else:
             if not games:
                 raise APIUsageError(
-                    f"evaluation stopped: no episode of the env finished within {max_steps:,} steps per env; "
+                    f"evaluation stopped: no episode finished within {max_steps:,} steps per env; "
                     + _no_end_hint(deterministic)
                 )
             log.warning(

@@ -15,6 +15,7 @@ from shoal.emulation.flatten import flatten
 from shoal.emulation.layout import compile_layout
 from shoal.errors import APIUsageError
 from shoal.train import TrainConfig
+from shoal.train.api import make_trainer
 from shoal.train.mappo.trainer import (
     MINIBATCH_OBS_BYTES,
     SUMMARY_ELEMENTS,
@@ -104,7 +105,7 @@ def test_image_envs_train_with_a_bounded_critic_input(
     env: str, kwargs: dict, slots: int, obs_shape: tuple, horizon: int, minibatch: int
 ) -> None:
     # MAPPO's defaults (minibatch_size left unset): 1200 rows shrink so their float32 frames fit the bound
-    default = MAPPOTrainer(TrainConfig(env=env, env_kwargs=kwargs, num_envs=1, horizon=1300 // slots, **SMALL))
+    default = make_trainer(TrainConfig(env=env, env_kwargs=kwargs, num_envs=1, horizon=1300 // slots, **SMALL))
     default.close()
     assert default.config.minibatch_size == MINIBATCH_OBS_BYTES // (4 * int(np.prod(obs_shape))) < 1200
 
