@@ -11,13 +11,20 @@ Which encoder a leaf gets (:func:`encoder_kind`)
         (``shape[2] <= shape[0]``), channels-first (``CHW``) otherwise; ``(84, 84, 3)`` and ``(8, 8, 2)`` are
         ``HWC``, ``(4, 84, 84)`` is ``CHW``. Encoded by a small CNN (:class:`ImageEncoder`).
     ``"embedding"``
-        ``Discrete``, ``MultiDiscrete`` and ``Text`` leaves: one learned vector per choice (per character for
-        Text), concatenated (:class:`EmbeddingEncoder`). Leaves with more than ``MAX_EMBEDDINGS`` choices in total
-        fall back to ``"vector"``.
+        ``Discrete``, ``MultiDiscrete`` and ``Text`` leaves, and integer ``Box`` leaves of codes (below): one
+        learned vector per choice of each element (per character for Text), concatenated
+        (:class:`EmbeddingEncoder`). Leaves with more than ``MAX_EMBEDDINGS`` choices in total fall back to
+        ``"vector"``.
     ``"vector"``
         everything else: float, integer and bool ``Box`` leaves of any shape, ``MultiBinary``. Flattened, cast to
         ``float32``, scaled (below) and fed to ``Linear + ReLU`` (:class:`VectorEncoder`). ``MultiBinary`` and bool
         leaves go in as 0/1 (a plain linear layer).
+
+    Integer ``Box`` leaves of codes (:func:`is_code_grid`) are ``"embedding"`` leaves: at most
+    :data:`MAX_CODE_ELEMENTS` elements that each take at most :data:`MAX_CODES` values (object ids 0..10 of a grid
+    world), or a ``uint8`` grid with 3 dims too small for the CNN (a spatial side < 8, MiniGrid's 7x7x3
+    object/colour/state ids, declared 0..255). Rescaling them as numbers put codes 0..10 of a 0..255 ``uint8`` Box
+    into 4% of the input range, and a deterministic policy then walked into walls; each code gets its own vector.
 
     2-D integer "glyph-like" grids (NetHack's ``glyphs``, ``chars``, ``colors``...) are ``"vector"`` leaves: an
     embedding + CNN per cell costs 10-100x more per row than one linear layer, and the default policy should stay
@@ -45,6 +52,8 @@ from shoal.errors import SpaceError
 from shoal.policies.unflatten import RowReader
 
 __all__ = [
+    "MAX_CODES",
+    "MAX_CODE_ELEMENTS",
     "MAX_EMBEDDINGS",
     "EmbeddingEncoder",
     "ImageEncoder",
@@ -52,12 +61,18 @@ __all__ = [
     "VectorEncoder",
     "encoder_kind",
     "image_layout",
+    "is_code_grid",
     "leaf_scaling",
     "make_leaf_encoder",
     "scale_leaf",
 ]
 
 MAX_EMBEDDINGS = 2**16
+#: An integer Box is a leaf of codes (embedded) when each element takes at most this many values ...
+MAX_CODES = 32
+#: ... and it has at most this many elements (larger integer grids, e.g. NetHack's 21x79 maps, stay "vector":
+#: an embedding per cell would cost far more per row than one linear layer).
+MAX_CODE_ELEMENTS = 512
 _AFFINE_SPAN = 1e4
 _CHUNK_ELEMENTS = 2**22  # VectorEncoder converts at most this many elements at once (a 16 MiB float32 block)
 _MIN_IMAGE_SIDE = 8
@@ -72,9 +87,32 @@ def image_layout(leaf: Leaf) -> str | None:
     return order if min(h, w) >= _MIN_IMAGE_SIDE else None
 
 
+def _box_bounds(leaf: Leaf) -> tuple[np.ndarray, np.ndarray]:
+    """Per-element ``(low, high)`` (flattened, float64) of a Box leaf."""
+    low = np.broadcast_to(np.asarray(leaf.space.low, np.float64), leaf.shape).reshape(-1)
+    high = np.broadcast_to(np.asarray(leaf.space.high, np.float64), leaf.shape).reshape(-1)
+    return low, high
+
+
+def is_code_grid(leaf: Leaf) -> bool:
+    """True for an integer Box leaf whose values are codes, embedded per element (see the module docstring)."""
+    if leaf.kind != "box" or not np.issubdtype(leaf.dtype, np.integer) or leaf.size > MAX_CODE_ELEMENTS:
+        return False
+    low, high = _box_bounds(leaf)
+    if not (np.isfinite(low).all() and np.isfinite(high).all() and (high >= low).all()):
+        return False
+    if (high - low + 1 <= MAX_CODES).all():
+        return True
+    # too small for the CNN: a uint8 grid of ids (MiniGrid declares 0..255 for codes 0..10)
+    return leaf.dtype == np.uint8 and len(leaf.shape) == 3 and image_layout(leaf) is None
+
+
 def _choices(leaf: Leaf) -> tuple[np.ndarray, np.ndarray]:
-    """``(n, start)`` per element (flattened) of a discrete-like leaf."""
+    """``(n, start)`` per element (flattened) of a discrete-like leaf or an integer Box of codes."""
     space = leaf.space
+    if leaf.kind == "box":
+        low, high = _box_bounds(leaf)
+        return (high - low + 1).astype(np.int64), low.astype(np.int64)
     if leaf.kind == "discrete":
         return np.array([space.n], np.int64), np.array([space.start], np.int64)
     if leaf.kind == "multi_discrete":
@@ -95,7 +133,9 @@ def encoder_kind(leaf: Leaf) -> str:
     if leaf.kind in ("discrete", "multi_discrete", "text"):
         return "embedding" if int(_choices(leaf)[0].sum()) <= MAX_EMBEDDINGS else "vector"
     if leaf.kind == "box":
-        return "image" if image_layout(leaf) else "vector"
+        if image_layout(leaf):
+            return "image"
+        return "embedding" if is_code_grid(leaf) and int(_choices(leaf)[0].sum()) <= MAX_EMBEDDINGS else "vector"
     if leaf.kind == "multi_binary":
         return "vector"
     raise SpaceError(f"leaf {format_path(leaf.path)} (shape {leaf.shape}, kind {leaf.kind!r}) has no encoder; "
@@ -107,9 +147,7 @@ def _bounds(leaf: Leaf) -> tuple[np.ndarray, np.ndarray] | None:
     if leaf.kind == "multi_binary" or leaf.dtype == np.bool_:
         return None
     if leaf.kind == "box":
-        low = np.broadcast_to(np.asarray(leaf.space.low, np.float64), leaf.shape).reshape(-1)
-        high = np.broadcast_to(np.asarray(leaf.space.high, np.float64), leaf.shape).reshape(-1)
-        return low, high
+        return _box_bounds(leaf)
     n, start = _choices(leaf)
     return start.astype(np.float64), (start + n - 1).astype(np.float64)
 
@@ -195,7 +233,8 @@ class VectorEncoder(nn.Module):
 
 
 class ImageEncoder(nn.Module):
-    """A small CNN for a ``uint8`` image leaf; the ``1/255`` input scaling is folded into the first conv.
+    """A small CNN for a ``uint8`` image leaf; the input scaling ``1/high`` (``1/255`` for a full-range image,
+    ``1/10`` for one declared 0..10) is folded into the first conv.
 
     Layers by the smaller spatial side ``s``: ``s >= 36``: the Nature-DQN stack (8x8/4, 4x4/2, 3x3/1; 32-64-64
     channels); ``16 <= s < 36``: two 3x3 stride-2 convs (32, 64); ``8 <= s < 16``: two 3x3 stride-1 convs (32, 64).
@@ -231,20 +270,23 @@ class ImageEncoder(nn.Module):
         self.linear = nn.Linear(c * h * w, out_features)
         _init_linear(self.linear)
         self.out_features = out_features
+        high = float(np.max(leaf.space.high))
+        self.input_scale = 1.0 / high if 0 < high < 255 else 1.0 / 255.0  # what its bounds say a value means
 
     def forward(self, x: Tensor) -> Tensor:
         if self.channels_last:
             x = x.permute(0, 3, 1, 2)
         x = x.to(torch.float32)
         first = self.convs[0]
-        x = F.relu(F.conv2d(x, first.weight * (1.0 / 255.0), first.bias, first.stride, first.padding))
+        x = F.relu(F.conv2d(x, first.weight * self.input_scale, first.bias, first.stride, first.padding))
         for conv in self.convs[1:]:
             x = F.relu(conv(x))
         return F.relu(self.linear(x.reshape(x.shape[0], -1)))
 
 
 class EmbeddingEncoder(nn.Module):
-    """One learned vector per choice of each element of a ``Discrete``/``MultiDiscrete``/``Text`` leaf.
+    """One learned vector per choice of each element of a ``Discrete``/``MultiDiscrete``/``Text`` leaf or an
+    integer ``Box`` of codes (:func:`is_code_grid`; its choices are ``low..high``).
 
     All elements share one table with per-element offsets; values outside the space are clamped into it.
 

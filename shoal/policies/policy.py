@@ -62,6 +62,7 @@ from shoal.policies.encoders import ObservationEncoder, encoder_kind, scale_leaf
 from shoal.policies.unflatten import check_rows, leaf_tensors, torch_dtype
 
 __all__ = [
+    "ENCODING",
     "LSTM",
     "ActionHead",
     "Policy",
@@ -73,6 +74,10 @@ __all__ = [
 ]
 
 State = tuple[Tensor, Tensor]
+#: Version of the default network's observation encoding, saved in :attr:`Policy.config`: 2 embeds integer Box
+#: codes and scales small-range images by their high. Saved policies of another version are refused
+#: (:func:`check_saved_config`).
+ENCODING = 2
 _STD_MODES = ("state_independent", "state_dependent")
 _LOG_STD_RANGE = (-5.0, 2.0)
 
@@ -245,6 +250,8 @@ class Policy(nn.Module):
             None (default): separate unless an observation leaf is an image (a second CNN doubles the cost of
             every step; image policies share theirs, as CleanRL's Atari PPO does).
         continuous_std: ``"state_independent"`` or ``"state_dependent"`` Gaussian std.
+        encoding: the observation encoding's version; only :data:`ENCODING` (saved in :attr:`config`, so a policy
+            saved by another version is refused on loading).
         device: where to put the parameters.
 
     Raises:
@@ -256,8 +263,11 @@ class Policy(nn.Module):
                  num_layers: int = 1, embedding_dim: int = 16, recurrent: bool = False, lstm_size: int = 128,
                  num_agent_ids: int = 0, agent_id_embedding: int = 16, critic_input_size: int | None = None,
                  continuous_std: str = "state_independent", separate_critic: bool | None = None,
-                 device: torch.device | str | None = None) -> None:
+                 encoding: int = ENCODING, device: torch.device | str | None = None) -> None:
         super().__init__()
+        if encoding != ENCODING:
+            raise APIUsageError(f"encoding={encoding!r}: this shoal builds only the observation encoding {ENCODING} "
+                                "(see shoal.policies.policy.ENCODING)")
         if hidden_size < 1 or num_layers < 1 or lstm_size < 1 or embedding_dim < 1 or num_agent_ids < 0:
             raise APIUsageError(f"hidden_size={hidden_size}, num_layers={num_layers}, lstm_size={lstm_size}, "
                                 f"embedding_dim={embedding_dim} must be >= 1 and num_agent_ids={num_agent_ids} >= 0")
@@ -277,6 +287,7 @@ class Policy(nn.Module):
             hidden_size=hidden_size, num_layers=num_layers, embedding_dim=embedding_dim, recurrent=recurrent,
             lstm_size=lstm_size, num_agent_ids=num_agent_ids, agent_id_embedding=agent_id_embedding,
             critic_input_size=critic_input_size, continuous_std=continuous_std, separate_critic=separate_critic,
+            encoding=encoding,
         )
         self.encoder = ObservationEncoder(self.obs_layout, hidden_size=hidden_size, embedding_dim=embedding_dim)
         self.num_agent_ids = num_agent_ids
@@ -596,12 +607,13 @@ def centralized_input_size(layout: Layout, num_slots: int) -> int:
 
 
 def check_saved_config(config: dict[str, Any], source: str) -> None:
-    """Refuse a saved :attr:`Policy.config` from before the default network changed (it has no
-    ``separate_critic``): its weights would load into a network that scales float inputs differently and has a
-    wider first layer, and compute something else without an error."""
-    if config and "separate_critic" not in config:
+    """Refuse a saved :attr:`Policy.config` from before the default network last changed (its ``encoding`` is not
+    :data:`ENCODING`): its weights would load into a network that encodes observations differently, and compute
+    something else without an error (or fail with a shape mismatch)."""
+    if config and config.get("encoding") != ENCODING:
         raise CheckpointError(
             f"{source} holds a policy saved by an older shoal, before the default network changed (float Box "
-            "inputs at their own scale, a full-width first layer, a separate critic); this version cannot rebuild "
-            "it exactly: retrain it, or evaluate it with the shoal version that trained it"
+            "inputs at their own scale, a full-width first layer, a separate critic; integer Box codes embedded "
+            "and small-range images scaled by their high); this version cannot rebuild it exactly: retrain it, "
+            "or evaluate it with the shoal version that trained it"
         )

@@ -51,17 +51,17 @@ def make_trainer(
     """The trainer for ``config`` (:func:`trainer_class`), as one of several data-parallel learners
     (:class:`~shoal.train.loop.distributed_trainer.DistributedTrainer`) under ``torchrun`` with ``WORLD_SIZE > 1`` or in
     such a process group. ``config.wrappers`` wrap the env: the one ``config.env`` names, or ``env_fn``'s."""
-    config = config.resolved()
+    resolved = config.resolved()  # the trainer resolves ``config`` itself: MAPPO sees which fields were left unset
     if env_fn is None:
-        env_fn = resolve_env(config.env, config.env_kwargs, wrappers=config.wrappers)
-    elif config.wrappers:
-        env_fn = WrappedEnvFn(env_fn, config.wrappers)
-    cls = trainer_class(config)
+        env_fn = resolve_env(resolved.env, resolved.env_kwargs, wrappers=resolved.wrappers)
+    elif resolved.wrappers:
+        env_fn = WrappedEnvFn(env_fn, resolved.wrappers)
+    cls = trainer_class(resolved)
     if is_distributed():
-        if config.algo == "sac":
+        if resolved.algo == "sac":
             raise APIUsageError("algo='sac' runs one learner; several data-parallel learners (torchrun) are not "
                                 "supported for it: run it as one process")
-        if config.async_learner:
+        if resolved.async_learner:
             raise APIUsageError("async_learner=True runs one learner process; it cannot be combined with several "
                                 "data-parallel learners (torchrun): drop --async-learner")
         cls = distributed_class(cls)

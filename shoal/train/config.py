@@ -275,7 +275,11 @@ class TrainConfig:
     (None: the algorithm's default, :data:`ALGO_DEFAULTS`)."""
     critic_input: CriticInput = "auto"
     """MAPPO critic's global input: ``"state"`` (the PettingZoo env's ``state()``), ``"concat"`` (every slot of the
-    env concatenated, masked) or ``"auto"`` (``state()`` when the env has a flat one of at most 4096 numbers)."""
+    env concatenated, masked; observation leaves of more than 256 numbers, such as images, average-pooled down to
+    at most 256) or ``"auto"`` (``state()`` when the env has a flat one of at most 4096 numbers, else ``"concat"``)."""
+    critic_memory_limit: float = 4.0
+    """MAPPO: largest size in GiB of the buffer of critic inputs (float32, one row per stored transition); a larger
+    one is refused before anything is allocated."""
     value_norm: ValueNorm = "auto"
     """Value normalization: ``"running"`` (running mean/std of the returns), ``"popart"``, ``"none"`` or
     ``"auto"`` (running for MAPPO, none for PPO)."""
@@ -402,6 +406,9 @@ class TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise APIUsageError(f"{name} must be a positive number, got {value!r}")
+        limit = self.critic_memory_limit
+        if isinstance(limit, bool) or not (isinstance(limit, int | float) and math.isfinite(limit) and limit > 0):
+            raise APIUsageError(f"critic_memory_limit must be a positive number of GiB, got {limit!r}")
         for name in ("max_grad_norm", "vf_coef", "ent_coef", "vf_clip_coef", "prio_alpha", "log_interval"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):

@@ -66,7 +66,9 @@ def test_image_policies_share_their_cnn_and_vector_policies_do_not() -> None:
 
 def test_a_policy_saved_before_the_network_changed_is_refused_with_the_reason() -> None:
     policy = Policy(spaces.Box(-1, 1, (6,), np.float32), spaces.Discrete(3), hidden_size=16)
-    old = {"config": {k: v for k, v in policy.config.items() if k != "separate_critic"},
-           "state_dict": policy.state_dict()}
-    with pytest.raises(CheckpointError, match=r"saved by an older shoal.*retrain"):
-        load_policy(old, obs_layout=policy.obs_layout, action_layout=policy.action_layout)
+    # before the separate critic (no separate_critic, no encoding), and before integer codes were embedded
+    for dropped in (("separate_critic", "encoding"), ("encoding",)):
+        old = {"config": {k: v for k, v in policy.config.items() if k not in dropped},
+               "state_dict": policy.state_dict()}
+        with pytest.raises(CheckpointError, match=r"saved by an older shoal.*retrain"):
+            load_policy(old, obs_layout=policy.obs_layout, action_layout=policy.action_layout)

@@ -99,3 +99,23 @@ def test_state_dict_round_trip(tmp_path: Path) -> None:
         load_state_dict(Policy(layout, action_layout("multi_discrete"), hidden_size=64), path)
     with pytest.raises(CheckpointError, match="no policy checkpoint"):
         load_policy(tmp_path / "missing.pt", obs_layout=layout, action_layout=action_layout("multi_discrete"))
+
+
+def test_code_grids_and_small_range_images_match_torch(tmp_path: Path) -> None:
+    """Integer Box codes (embedded per element) and an image scaled by its declared high, in one graph."""
+    from gymnasium import spaces
+
+    space = spaces.Dict({
+        "grid": spaces.Box(0, 255, (7, 7, 3), np.uint8),  # MiniGrid-like ids: embedded
+        "kinds": spaces.Box(0, 10, (4,), np.int64),  # codes 0..10: embedded
+        "view": spaces.Box(0, 10, (8, 8, 2), np.uint8),  # a CNN, inputs scaled by 1/10
+    })
+    torch.manual_seed(3)
+    policy = Policy(compile_layout(space), action_layout("discrete"), hidden_size=32)
+    assert set(policy.encoder.kinds.values()) == {"embedding", "image"}
+    path = export_onnx(policy, tmp_path / "actor.onnx")
+    obs = sample_rows(space, 6, seed=4)
+    (logits,) = run_onnx(path, {"obs": obs})
+    with torch.no_grad():
+        expected, _ = policy.actor(obs)
+    _assert_close(logits, expected)

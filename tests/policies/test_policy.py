@@ -75,7 +75,8 @@ def test_encoder_kinds_follow_the_leaf_kinds() -> None:
     layout = compile_layout(spaces.Dict({"chw": spaces.Box(0, 255, (4, 84, 84), np.uint8),
                                          "tiny": spaces.Box(0, 255, (4, 4, 3), np.uint8),
                                          "glyphs": spaces.Box(0, 5976, (21, 79), np.int16)}))
-    assert [encoder_kind(leaf) for leaf in layout.leaves] == ["image", "vector", "vector"]
+    # (leaves in key order) a 21x79 map stays one linear layer; a uint8 grid too small for the CNN holds codes
+    assert [encoder_kind(leaf) for leaf in layout.leaves] == ["image", "vector", "embedding"]
 
 
 def test_from_an_emulated_env_acts_in_it() -> None:

@@ -138,6 +138,12 @@ class RolloutBuffer:
         state_size: LSTM size (0: not recurrent).
     """
 
+    @staticmethod
+    def segments(num_rows: int, horizon: int, target: int) -> int:
+        """Segments of ``horizon`` transitions the buffer holds for ``num_rows`` rows and ``target`` transitions."""
+        # Each row leaves at most one open segment, and one step completes at most one transition per row.
+        return -(-(target + num_rows) // horizon) + num_rows + 1
+
     def __init__(
         self,
         num_rows: int,
@@ -155,8 +161,7 @@ class RolloutBuffer:
         self.num_rows = r = num_rows
         self.horizon = h = horizon
         self.target = target
-        # Each row leaves at most one open segment, and one step completes at most one transition per row.
-        self.capacity = s = -(-(target + num_rows) // horizon) + num_rows + 1
+        self.capacity = s = self.segments(num_rows, horizon, target)
         obs_dtype, action_dtype = np.dtype(obs_dtype), np.dtype(action_dtype)
         self.all_rows = np.arange(r)
         # Per row.

@@ -54,7 +54,7 @@ from shoal.train.core.rollout import RolloutBuffer
 from shoal.train.loop.checkpoints import CheckpointMixin
 from shoal.train.loop.env_result import Carry
 from shoal.train.loop.result import TrainResult
-from shoal.train.runs.agent_stats import AgentStats
+from shoal.train.runs.agent_stats import AgentStats, GameTracker
 from shoal.train.runs.checkpoint import checkpoint_path, find_checkpoint, list_checkpoints, remove_stale_temporaries
 from shoal.train.runs.evaluate import evaluate_after_training
 from shoal.train.runs.logger import CSVSink, LogRecord, RunLogger, TensorBoardSink, WandbSink
@@ -194,6 +194,8 @@ class Trainer(CheckpointMixin):
         self.value_norm: Any = None
         #: per-agent and per-team episode returns (multi-agent envs), or None
         self.agent_stats = AgentStats.for_env(self.env_fn, vec.num_envs, self.agents_per_env, cfg.stats_window)
+        #: whole env episodes (games), counted in ``episodes``, ``episode_returns`` and ``episode_lengths``
+        self.games = GameTracker(vec.num_envs, self.agents_per_env)
         # Self-play (shoal.train.selfplay.league): which live rows the learner drives, and actions for the others.
         self.league: Any = None
         if cfg.league:
@@ -354,7 +356,7 @@ class Trainer(CheckpointMixin):
                 final_obs = np.stack([carry.infos[k]["final_observation"] for k in truncated])
                 final_values = np.zeros(len(rows), np.float32)
                 final_values[truncated] = self._values(rows[truncated], final_obs, carry, final=True)
-            self._record_episodes(carry, counted)
+            self._record_episodes(carry, ended, counted)
         buffer.finish(rows, rewards, terminals, truncations, carry.masks, final_values)
         self._times["inference"] += time.perf_counter() - t
 
@@ -367,16 +369,17 @@ class Trainer(CheckpointMixin):
                 rewards = np.clip(rewards, -cfg.reward_clip, cfg.reward_clip).astype(np.float32)
         return rewards
 
-    def _record_episodes(self, carry: Carry, counted: np.ndarray) -> None:
-        """Add the episodes that ended at the ``counted`` positions of ``carry`` to the statistics."""
-        for k in np.flatnonzero(counted):
-            episode = carry.infos[k].get("episode")
-            if episode is not None:
-                self.episode_returns.append(float(episode["return"]))
-                self.episode_lengths.append(float(episode["length"]))
-                self.episodes += 1
+    def _record_episodes(self, carry: Carry, ended: np.ndarray, counted: np.ndarray) -> None:
+        """Add what ended in ``carry`` to the statistics: whole env episodes (games) to the episode returns and
+        lengths, the agents' own episodes at the ``counted`` positions (a league: the learner's) to
+        :attr:`agent_stats`."""
+        games = self.games.record(carry.rows, carry.env_ids, carry.infos, ended, counted, carry.agent_types)
+        for game in games:
+            self.episode_returns.append(game.mean_return)
+            self.episode_lengths.append(float(game.length))
+            self.episodes += 1
         if self.agent_stats is not None:
-            self.agent_stats.record(carry.rows, carry.env_ids, carry.infos, counted, carry.agent_types)
+            self.agent_stats.record(carry.rows, carry.env_ids, carry.infos, counted, carry.agent_types, games)
 
     def _start(self) -> None:
         t = time.perf_counter()

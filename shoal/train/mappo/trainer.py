@@ -11,9 +11,15 @@ What MAPPO changes (Yu et al., "The Surprising Effectiveness of PPO in Cooperati
       PettingZoo env provides a small flat one (``critic_input="state"``), otherwise every slot of the *same* env
       concatenated, dead and padded slots zeroed, plus the slot mask (``"concat"``); ``own`` is slot ``j``'s
       observation features (the "agent-specific global state" of the paper), then the slot id and the agent-type
-      id. Rows are env-major, so env ``e``'s slots are rows ``e * A .. e * A + A - 1`` of every batch: the input is
-      built per env from that env's rows only. The actor sees only its own observation (plus the slot id
-      embedding with ``agent_ids``).
+      id. Rows are env-major, so env ``e``'s slots are rows ``e * A .. e * A + A - 1`` of every batch: the input
+      is built per env from that env's rows only. The actor sees only its own observation (plus the slot id
+      embedding with ``agent_ids``). Observation features are each slot's :func:`agent_summary`: leaves of at
+      most :data:`SUMMARY_ELEMENTS` numbers as the vector encoders scale them, larger ones (images)
+      average-pooled down to at most that many, so a row's width grows with the number of slots only.
+    * **Memory** is stated and bounded: the trainer logs the size of the buffer of critic inputs at start
+      (:func:`critic_buffer_bytes`) and refuses, before allocating anything, one larger than
+      ``critic_memory_limit`` GiB (``--critic-memory-limit``). With MAPPO's default minibatch, envs with large
+      observations get minibatches of at most :data:`MINIBATCH_OBS_BYTES` of float32 observations.
     * **How values are normalized** (:mod:`shoal.train.core.normalize`): the critic predicts normalized values
       (running mean/std by default, or PopArt); the buffer stores them in return units.
     * **Defaults** (``ALGO_DEFAULTS["mappo"]`` in :mod:`shoal.train.config`, for the API and the command line
@@ -27,8 +33,9 @@ Global state
     PettingZoo parallel envs expose ``state()``; the vector layer carries only observations, so MAPPO wraps the
     env constructor (:class:`WithGlobalState`): the wrapped env puts ``state()`` into every agent's info under
     ``"global_state"`` after each reset and step (no change to the emulator or the vector layer; works on every
-    backend). The trainer keeps the latest state of each env, and the state after the final step for
-    bootstrapping truncated episodes.
+    backend). Once an episode's agents are all gone some envs cannot answer ``state()`` (multiwalker's walkers
+    are destroyed): after such a last step the state before it is reported. The trainer keeps the latest state of
+    each env, and the state after the final step for bootstrapping truncated episodes.
 
 Heterogeneous agents (e.g. predators and prey in ``simple_tag_v3``) train in one run with one shared network
 over the emulator's padded layout: agents of different groups sit in fixed slots (slot ``i`` holds
@@ -40,6 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -53,7 +61,8 @@ from torch import Tensor, nn
 from shoal.emulation.layout import Layout
 from shoal.emulation.pettingzoo import group_of
 from shoal.errors import APIUsageError
-from shoal.policies.policy import float_features
+from shoal.policies.encoders import scale_leaf
+from shoal.policies.unflatten import check_rows, leaf_tensors
 from shoal.train.config import TrainConfig
 from shoal.train.core.normalize import ValueNormalizer, make_value_normalizer
 from shoal.train.core.rollout import RolloutBuffer, RolloutData
@@ -67,10 +76,14 @@ __all__ = [
     "GlobalStateEnv",
     "MAPPOTrainer",
     "WithGlobalState",
+    "SUMMARY_ELEMENTS",
+    "agent_summary",
+    "critic_buffer_bytes",
     "critic_input",
     "critic_input_size",
     "probe_env",
     "resolve_value_norm",
+    "summary_size",
 ]
 
 log = logging.getLogger(__name__)
@@ -80,6 +93,14 @@ GLOBAL_STATE_KEY = "global_state"
 #: Largest ``state()`` (in elements) used as critic input by ``critic_input="auto"``; larger states (e.g.
 #: rendered screens) fall back to the concatenated observations.
 MAX_STATE_SIZE = 4096
+#: Most numbers one observation leaf contributes to a slot's :func:`agent_summary`; larger leaves are pooled.
+SUMMARY_ELEMENTS = 256
+#: Largest float32 observation input (bytes) of one learner minibatch when ``minibatch_size`` is MAPPO's default:
+#: 1200 rows of cooperative_pong's 280x480x3 frames are 1.9 GB as floats, and the CNN's activations several times
+#: that (the run was killed at 23 GB), so envs with large observations get smaller minibatches.
+MINIBATCH_OBS_BYTES = 256 * 2**20
+_GIB = 2**30
+_STATE_WARNED: set[str] = set()  # env modules whose state() failed after their agents were gone
 
 def resolve_value_norm(config: TrainConfig) -> str:
     """``config.value_norm`` with ``"auto"`` resolved: ``"running"`` for MAPPO, ``"none"`` for PPO."""
@@ -185,11 +206,30 @@ class GlobalStateEnv(ParallelEnv):
         return self.env.state()
 
     def _with_state(self, infos: dict[str, Any] | None, *keyed: dict[str, Any]) -> dict[str, Any]:
-        state = np.asarray(self.env.state(), np.float32).reshape(-1).copy()
+        state = self._state()
         infos = dict(infos or {})
         for agent in set().union(infos, *keyed):
             infos[agent] = {**(infos.get(agent) or {}), GLOBAL_STATE_KEY: state}
         return infos
+
+    def _state(self) -> np.ndarray:
+        """float32 ``[S]``: ``env.state()``; after the last step of an episode whose agents are all gone, the
+        state before that step when the env cannot answer (multiwalker destroys its walkers)."""
+        last = getattr(self, "_last_state", None)
+        if not self.env.agents and last is not None:
+            try:
+                state = self.env.state()
+            except Exception as exc:  # the env's objects are gone: only a truncated episode's bootstrap reads it
+                name = type(self.env.unwrapped).__module__
+                if name not in _STATE_WARNED:  # once per env type and process, not per env copy
+                    _STATE_WARNED.add(name)
+                    log.warning("%s: state() failed once its agents were gone (%s: %s); the critic uses the state "
+                                "before an episode's last step there", name, type(exc).__name__, exc)
+                return last
+        else:
+            state = self.env.state()
+        self._last_state = np.asarray(state, np.float32).reshape(-1).copy()
+        return self._last_state
 
     def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
         obs, infos = self.env.reset(seed=seed, options=options)
@@ -250,12 +290,75 @@ def scale_state(state: np.ndarray, scaling: tuple[np.ndarray, np.ndarray] | None
 # --------------------------------------------------------------------------------------------------------------
 
 
+def _pooled_shape(leaf: Any) -> tuple[str, tuple[int, ...]]:
+    """How :func:`agent_summary` reduces a leaf: ``("keep", ())``, ``("hwc" | "chw", (g, g))`` (spatial
+    average pooling of a 3-D leaf, channels last or first as the image encoder guesses) or ``("flat", (n,))``
+    (average pooling of the flattened leaf into ``n`` bins)."""
+    if leaf.size <= SUMMARY_ELEMENTS:
+        return "keep", ()
+    if len(leaf.shape) == 3:
+        order = "hwc" if leaf.shape[2] <= leaf.shape[0] else "chw"
+        h, w, c = leaf.shape if order == "hwc" else (*leaf.shape[1:], leaf.shape[0])
+        side = min(math.isqrt(SUMMARY_ELEMENTS // c) if c <= SUMMARY_ELEMENTS else 0, h, w)
+        if side >= 1:
+            return order, (side, side)
+    return "flat", (SUMMARY_ELEMENTS,)
+
+
+def summary_size(layout: Layout) -> int:
+    """Width ``F`` of :func:`agent_summary`: per leaf its elements, or at most :data:`SUMMARY_ELEMENTS`."""
+    total = 0
+    for leaf in layout.leaves:
+        kind, shape = _pooled_shape(leaf)
+        if kind == "keep":
+            total += leaf.size
+        elif kind == "flat":
+            total += shape[0]
+        else:
+            total += shape[0] * shape[1] * (leaf.shape[2] if kind == "hwc" else leaf.shape[0])
+    return total
+
+
+def agent_summary(layout: Layout, obs: Tensor) -> Tensor:
+    """float32 ``[*batch, F]`` (``F`` = :func:`summary_size`): each slot's observation as the critic sees it.
+
+    Every leaf of the flat rows ``obs [*batch, flat_size]`` is scaled as the vector encoders scale it
+    (:func:`~shoal.policies.encoders.scale_leaf`); a leaf of more than :data:`SUMMARY_ELEMENTS` numbers (an
+    image: pistonball's 457x120x3) is then average-pooled, spatially for 3-D leaves (``g x g`` cells per channel),
+    else into that many bins of its flattened values, so the centralized input stays a few thousand floats.
+    """
+    check_rows(layout, obs, "observation")
+    lead = tuple(obs.shape[:-1])
+    n = math.prod(lead)
+    parts = []
+    for leaf, x in zip(layout.leaves, leaf_tensors(layout, obs), strict=True):
+        x = scale_leaf(leaf, x).reshape(n, leaf.size)
+        kind, shape = _pooled_shape(leaf)
+        if kind in ("hwc", "chw"):
+            x = x.reshape(n, *leaf.shape)
+            if kind == "hwc":
+                x = x.permute(0, 3, 1, 2)
+            x = torch.nn.functional.adaptive_avg_pool2d(x, shape).reshape(n, -1)
+        elif kind == "flat":
+            x = torch.nn.functional.adaptive_avg_pool1d(x.unsqueeze(1), shape[0]).reshape(n, -1)
+        parts.append(x)
+    out = parts[0] if len(parts) == 1 else torch.cat(parts, -1)
+    return out.reshape(*lead, out.shape[-1])
+
+
 def critic_input_size(layout: Layout, agents_per_env: int, num_types: int, state_size: int | None = None) -> int:
-    """Width ``C`` of :func:`critic_input`: ``G + F + A + T`` with ``F`` the elements of one observation row,
+    """Width ``C`` of :func:`critic_input`: ``G + F + A + T`` with ``F`` = :func:`summary_size`,
     ``G = state_size`` (global state) or ``A * (F + 1)`` (concatenated slots and mask)."""
-    features = sum(leaf.size for leaf in layout.leaves)
+    features = summary_size(layout)
     joint = state_size if state_size is not None else agents_per_env * (features + 1)
     return joint + features + agents_per_env + num_types
+
+
+def critic_buffer_bytes(num_rows: int, horizon: int, batch_size: int, critic_size: int) -> int:
+    """Bytes of :class:`CriticBuffer`'s critic inputs: float32 ``[segments, horizon, C]`` (segments as
+    :meth:`RolloutBuffer.segments`) plus one staged row per vector row."""
+    rows = RolloutBuffer.segments(num_rows, horizon, batch_size) * horizon + num_rows
+    return rows * critic_size * 4
 
 
 def critic_input(
@@ -274,8 +377,8 @@ def critic_input(
     Returns:
         float32 ``[E, A, C]`` (``C`` = :func:`critic_input_size`): for slot ``j`` of env ``e``
         ``[global_e | features_ej | onehot(j) | onehot(type_ej)]``, where ``global_e`` is ``states[e]`` or the
-        scaled features of env ``e``'s ``A`` slots (masked slots zero) followed by ``masks[e]``, and
-        ``features_ej`` are slot ``j``'s own scaled features (as :func:`~shoal.policies.policy.float_features`).
+        features of env ``e``'s ``A`` slots (masked slots zero) followed by ``masks[e]``, and ``features_ej`` are
+        slot ``j``'s own features (features: :func:`agent_summary`).
     """
     if obs.dim() != 3 or tuple(masks.shape) != tuple(obs.shape[:2]) or tuple(agent_types.shape) != tuple(obs.shape[:2]):
         raise APIUsageError(
@@ -284,7 +387,7 @@ def critic_input(
         )
     envs, slots = obs.shape[:2]
     live = masks.to(torch.bool)
-    feats = float_features(layout, obs, scaled=True)
+    feats = agent_summary(layout, obs)
     feats = torch.where(live.unsqueeze(-1), feats, torch.zeros((), dtype=feats.dtype, device=feats.device))
     if states is None:
         joint = torch.cat([feats.reshape(envs, -1), live.to(torch.float32)], -1)
@@ -448,6 +551,7 @@ class MAPPOTrainer(Trainer):
         policy: nn.Module | None = None,
         callbacks: Sequence[Callable[..., None]] = (),
     ) -> None:
+        self._default_minibatch = config.minibatch_size is None
         config = config.resolved()
         self.centralized = config.algo == "mappo"
         base_fn = env_fn if env_fn is not None else resolve_env(config.env, config.env_kwargs,
@@ -480,7 +584,9 @@ class MAPPOTrainer(Trainer):
         self._state_scaling = None if state_space is None else _state_scaling(state_space)
         self.critic_size = 0
         if self.centralized:
+            self._bound_minibatch()
             self.critic_size = critic_input_size(vec.obs_layout, agents, self.num_types, self.state_size)
+            self._check_memory(self.config.resolved(agents))
             if policy is None:
                 policy = self._default_policy(policy_cls, critic_input_size=self.critic_size)
             elif getattr(policy, "critic_input_size", None) != self.critic_size:
@@ -498,6 +604,31 @@ class MAPPOTrainer(Trainer):
         self._states = np.zeros((vec.num_envs, size), np.float32)  # latest scaled state() of each env
         self._final_states = np.zeros((vec.num_envs, size), np.float32)  # state after an episode's last step
         self._critic_cache: tuple[Any, Tensor] | None = None
+
+    def _bound_minibatch(self) -> None:
+        """Shrink MAPPO's default minibatch so its float32 observations take at most :data:`MINIBATCH_OBS_BYTES`."""
+        row = 4 * sum(leaf.size for leaf in self.vecenv.obs_layout.leaves)
+        cap = max(1, MINIBATCH_OBS_BYTES // row)
+        if self._default_minibatch and self.config.minibatch_size > cap:  # type: ignore[operator]
+            log.warning("MAPPO: minibatches of %d rows instead of %d: an observation row is %s float32 bytes "
+                        "(set --minibatch-size to choose)", cap, self.config.minibatch_size, f"{row:,}")
+            self.config = dataclasses.replace(self.config, minibatch_size=cap)
+
+    def _check_memory(self, cfg: TrainConfig) -> None:
+        """Log the size of the buffer of critic inputs; refuse one above ``critic_memory_limit`` GiB."""
+        rows = self.vecenv.num_agents
+        need = critic_buffer_bytes(rows, cfg.horizon, cfg.batch_size, self.critic_size)  # type: ignore[arg-type]
+        source = f"{self.vecenv.agents_per_env} slots" if self.critic_mode == "concat" else "the env's state()"
+        what = (
+            f"MAPPO critic input ({self.critic_mode}: {source}) is {self.critic_size:,} floats per row; its buffer "
+            f"({rows} rows, horizon {cfg.horizon}, batch {cfg.batch_size:,}) takes {need / _GIB:.3f} GiB"
+        )
+        if need > cfg.critic_memory_limit * _GIB:
+            raise APIUsageError(
+                f"{what}, more than critic_memory_limit={cfg.critic_memory_limit:g} GiB; lower --num-envs, "
+                "--horizon or --batch-size, or raise --critic-memory-limit"
+            )
+        log.warning("%s (limit %g GiB, --critic-memory-limit)", what, cfg.critic_memory_limit)
 
     # ---- critic inputs -------------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Evaluation: play whole episodes with a trained policy and report the mean episode return.
+"""Evaluation: play whole env episodes (games) with a trained policy and report their mean return.
 
 Every evaluation is bounded: at most ``max_steps`` steps per env (:data:`DEFAULT_MAX_STEPS`), since a
 deterministic policy in an env without a time limit (e.g. ``CliffWalking-v1``) can loop forever. The evaluation
@@ -22,6 +22,7 @@ from shoal.errors import APIUsageError, CheckpointError, ShoalError
 from shoal.policies.registry import rebuild_policy
 from shoal.train.acting import RowActor
 from shoal.train.config import TrainConfig
+from shoal.train.runs.agent_stats import Game, GameTracker
 from shoal.train.runs.checkpoint import check_signature, env_signature, find_checkpoint, load_checkpoint
 from shoal.train.runs.resolve import EnvFn, resolve_env
 from shoal.train.runs.video import FrameRecorder, VideoWriter, check_display, with_render_mode
@@ -65,20 +66,21 @@ def evaluate(
     render: bool = False,
     fps: float = 30.0,
 ) -> dict[str, Any]:
-    """Play ``episodes`` agent-episodes and report their returns.
+    """Play ``episodes`` whole env episodes (games) and report their returns, with per-agent returns beside them.
 
-    Every env row contributes at most ``ceil(episodes / rows)`` episodes, so short episodes are not
-    over-represented. In multi-agent envs each agent's episode counts once.
+    A game ends when the env resets (every agent done): in a multi-agent env whose agents die at different times
+    it is one game, however many agents died (:class:`~shoal.train.runs.agent_stats.GameTracker`). Every env
+    contributes at most ``ceil(episodes / num_envs)`` games, so short games are not over-represented.
 
     Args:
         policy: the policy (``forward`` as :class:`~shoal.policies.Policy`).
-        env_fn: env constructor. episodes: how many agent-episodes to collect.
+        env_fn: env constructor. episodes: how many games to play.
         seed: seed of the evaluation envs. num_envs: parallel envs (default ``min(episodes, 8)``).
         deterministic: take the most likely action instead of sampling.
         device: where to run the policy (default: its own device).
         max_agents: slots per PettingZoo env.
         max_steps: bound on the steps of each env (default :data:`DEFAULT_MAX_STEPS`); when it is reached with
-            fewer than ``episodes`` finished, the finished ones are reported (with a warning).
+            fewer than ``episodes`` games finished, the finished ones are reported (with a warning).
         video: record the episodes into this file (one env, every episode in turn; see
             :mod:`shoal.train.runs.video`): an mp4, or a gif when the name ends in ``.gif`` or ffmpeg is missing.
             The env is built with ``render_mode="rgb_array"`` (an :class:`EnvFn` gets it; another ``env_fn`` must
@@ -87,11 +89,15 @@ def evaluate(
         fps: frames per second of the video.
 
     Returns:
-        ``{"mean_return", "std_return", "mean_length", "episodes", "returns"}``, and with ``video``
-        ``"video"`` (the file written) and ``"frames"``.
+        Per game: ``"episodes"`` (games played), ``"returns"`` (each game's mean return over its agents: the
+        return of a single-agent env), ``"mean_return"``, ``"std_return"``, ``"team_returns"`` and
+        ``"mean_team_return"`` (summed over its agents), ``"mean_length"`` (its longest agent episode). Per agent
+        episode of those games: ``"agent_episodes"``, ``"agent_returns"``, ``"agent_lengths"``,
+        ``"mean_agent_return"``, ``"mean_agent_length"``. With ``video``: ``"video"`` (the file written) and
+        ``"frames"``.
 
     Raises:
-        APIUsageError: no episode finished within ``max_steps`` (the message says how to bound the episodes);
+        APIUsageError: no game finished within ``max_steps`` (the message says how to bound the episodes);
             ``video`` without the ``video`` extra installed, an env that cannot render, ``render`` without a
             display.
     """
@@ -125,12 +131,13 @@ def evaluate(
     device = torch.device(device) if device is not None else next(policy.parameters()).device
     rows = vec.num_agents
     every_row = np.arange(rows, dtype=np.int64)
+    env_ids = np.arange(num_envs, dtype=np.int64)
     acting = RowActor(policy, rows, vec.agents_per_env, device,
                       continuous=vec.action_layout.kind in ("continuous", "hybrid"), deterministic=deterministic)
-    quota = math.ceil(episodes / rows)
-    counts = np.zeros(rows, np.int64)
-    returns: list[float] = []
-    lengths: list[float] = []
+    tracker = GameTracker(num_envs, vec.agents_per_env)
+    quota = math.ceil(episodes / num_envs)
+    counts = np.zeros(num_envs, np.int64)
+    games: list[Game] = []
     was_training = policy.training
     policy.eval()
     try:
@@ -138,10 +145,8 @@ def evaluate(
         if writer is not None:
             writer.append(recorder.frame())
         starts = np.ones(rows, np.bool_)
-        ever_live = np.zeros(rows, np.bool_)
         for _ in range(max_steps):
             masks = vec.masks
-            ever_live |= masks
             action = acting.act(obs, every_row, masks, starts=starts, action_masks=vec.action_masks).env_actions
             starts = np.where(masks, False, starts)
             obs, _rewards, terminals, truncations, infos = vec.step(action)
@@ -149,48 +154,47 @@ def evaluate(
                 writer.append(recorder.frame())
             ended = terminals | truncations
             starts = starts | ended
-            for k in np.flatnonzero(ended):
-                episode = infos[k].get("episode")
-                if episode is not None and counts[k] < quota:
-                    counts[k] += 1
-                    returns.append(float(episode["return"]))
-                    lengths.append(float(episode["length"]))
-            target_rows = ever_live if ever_live.any() else np.ones(rows, np.bool_)
-            if len(returns) >= episodes and (counts[target_rows] >= quota).all():
-                break
-            if len(returns) >= episodes and _steps_exhausted(counts, ever_live, quota):
+            if ended.any():
+                for game in tracker.record(every_row, env_ids, infos, ended):
+                    if counts[game.env] < quota:
+                        counts[game.env] += 1
+                        games.append(game)
+            if (counts >= quota).all():
                 break
         else:
-            if not returns:
+            if not games:
                 raise APIUsageError(
                     f"evaluation stopped: no episode finished within {max_steps:,} steps per env; "
                     + _no_end_hint(deterministic)
                 )
             log.warning(
                 "evaluation stopped after %s steps per env with %d of %d episodes finished; the result covers "
-                "those only (%s)", f"{max_steps:,}", min(len(returns), episodes), episodes, _no_end_hint(deterministic)
+                "those only (%s)", f"{max_steps:,}", min(len(games), episodes), episodes, _no_end_hint(deterministic)
             )
     finally:
         policy.train(was_training)
         vec.close()
         if writer is not None:
             writer.close()
-    returns = returns[:episodes] if len(returns) > episodes else returns
+    games = games[:episodes]
+    returns = [game.mean_return for game in games]
+    agent_returns = [r for game in games for r in game.returns]
     recorded = {} if writer is None else {"video": str(writer.path), "frames": writer.frames}
     return {
         "mean_return": float(np.mean(returns)),
         "std_return": float(np.std(returns)),
-        "mean_length": float(np.mean(lengths[: len(returns)])),
-        "episodes": len(returns),
+        "mean_length": float(np.mean([game.length for game in games])),
+        "episodes": len(games),
         "returns": returns,
+        "team_returns": [game.total_return for game in games],
+        "mean_team_return": float(np.mean([game.total_return for game in games])),
+        "agent_episodes": len(agent_returns),
+        "agent_returns": agent_returns,
+        "mean_agent_return": float(np.mean(agent_returns)),
+        "agent_lengths": [n for game in games for n in game.lengths],
+        "mean_agent_length": float(np.mean([n for game in games for n in game.lengths])),
         **recorded,
     }
-
-
-def _steps_exhausted(counts: np.ndarray, ever_live: np.ndarray, quota: int) -> bool:
-    """Enough episodes overall and most live rows reached their quota (some slots may rarely end episodes)."""
-    live = counts[ever_live]
-    return bool(live.size) and float((live >= quota).mean()) >= 0.75
 
 
 def load_policy_from_checkpoint(

@@ -174,7 +174,7 @@ class SACTrainer(Trainer):
         if ended.any():
             for k in np.flatnonzero(truncations & ~terminals & self.buffer.pending[rows]):
                 final_obs[int(k)] = carry.infos[k]["final_observation"]
-            self._record_episodes(carry, ended)
+            self._record_episodes(carry, ended, ended)
         self.buffer.finish(rows, self._scaled_rewards(carry.rewards), terminals, truncations, carry.masks, carry.obs,
                            carry.action_masks, final_obs)
         self._times["inference"] += time.perf_counter() - t

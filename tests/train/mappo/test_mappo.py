@@ -33,7 +33,6 @@ from shoal.train.mappo.trainer import (
     critic_input,
     critic_input_size,
 )
-from shoal.train.runs.agent_stats import AgentStats
 from shoal.train.runs.logger import read_scalars
 from tests.train.rollouts import Garbage
 
@@ -450,32 +449,6 @@ def test_global_state_env_reports_the_state_after_reset_and_every_step() -> None
         assert set(infos) == set(rewards)  # agents that just ended get the state after their last step
         assert all(info[GLOBAL_STATE_KEY].tolist() == [env.tag, t] for info in infos.values())
     assert env.agents == [] and env.possible_agents == ["agent_0", "agent_1"]
-
-
-def test_agent_stats_sum_team_returns_over_agents_that_die_at_different_times() -> None:
-    stats = AgentStats(num_envs=2, agents_per_env=3, agents=["adversary_0", "adversary_1", "agent_0"], window=10)
-    rows, env_ids = np.arange(6), np.arange(2)
-    ended = np.zeros(6, bool)
-    infos: list[dict[str, Any]] = [{} for _ in range(6)]
-    ended[1] = True  # env 0: adversary_1 dies first
-    infos[1] = {"episode": {"return": -2.0, "length": 3}}
-    stats.record(rows, env_ids, infos, ended)
-    assert "charts/team_return" not in stats.scalars()
-    ended[:] = False
-    ended[[0, 2]] = True  # then the env's episode ends: the others end and a new episode starts
-    infos = [{} for _ in range(6)]
-    infos[0] = {"episode": {"return": 5.0, "length": 8}, "reset_info": {}}
-    infos[2] = {"episode": {"return": 1.0, "length": 8}, "reset_info": {}}
-    infos[1] = {"reset_info": {}}
-    stats.record(rows, env_ids, infos, ended)
-    assert stats.scalars() == {
-        "charts/team_return": 4.0,
-        "teams/adversary/episode_return": 3.0,
-        "teams/agent/episode_return": 1.0,
-        "agents/adversary_0/episode_return": 5.0,
-        "agents/adversary_1/episode_return": -2.0,
-        "agents/agent_0/episode_return": 1.0,
-    }
 
 
 def test_mappo_resume_equals_uninterrupted_training(tmp_path: Path) -> None:
