@@ -57,13 +57,14 @@ def test_a_gymnasium_env_is_recorded_frame_by_frame(tmp_path: Path, suffix: str)
 
 def test_a_pettingzoo_env_is_recorded_with_its_env_level_frame(tmp_path: Path) -> None:
     env_fn = resolve_env(PISTONBALL, PISTON_KWARGS, wrappers="color_reduction_v0(mode='B'),resize_v1(32,32)")
-    result = evaluate(_policy(env_fn), env_fn, 4, video=tmp_path / "pistonball.mp4")
+    result = evaluate(_policy(env_fn), env_fn, 1, video=tmp_path / "pistonball.mp4")  # one game of 4 agents
     count, first = _frames(Path(result["video"]))
     screen = resolve_env(PISTONBALL, {**PISTON_KWARGS, "render_mode": "rgb_array"})()
     screen.reset(seed=0)
     # the whole env's picture in colour, not an agent's grey 32x32 observation
     assert first.shape == screen.render().shape == (560, 240, 3)
-    assert count == result["frames"] == 1 + round(result["mean_length"])  # 4 agents, one game
+    assert result["episodes"] == 1 and result["agent_episodes"] == 4
+    assert count == result["frames"] == 1 + round(result["mean_length"])
 
 
 def test_video_without_the_extra_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
