@@ -471,9 +471,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--opponent",
         default=None,
-        metavar="RUN_DIR|CHECKPOINT|random|heuristic",
+        metavar="RUN_DIR|CHECKPOINT|random|heuristic|solver|alphabeta[@DEPTH]",
         help="play games against this opponent (seats alternate) and report win/draw/loss rates with 95%% "
-        "confidence intervals; --episodes is the number of games",
+        "confidence intervals; --episodes is the number of games. solver: exact tic-tac-toe play; "
+        "alphabeta[@DEPTH]: connect-four alpha-beta search of DEPTH plies (default 4)",
     )
     evaluate.add_argument("--json", action="store_true", help="print only the final JSON line")
     evaluate.set_defaults(handler=cmd_eval)

@@ -215,7 +215,7 @@ def load_policy(source: str | os.PathLike[str] | dict[str, Any], env: Any = None
         raise APIUsageError("load_policy needs the env (or obs_layout and action_layout) the policy was trained on")
     if "config" not in data:
         raise CheckpointError("checkpoint has no 'config'; build the Policy yourself and use load_state_dict")
-    check_saved_config(data["config"], "the saved policy" if isinstance(source, dict) else str(source))
-    policy = Policy(obs_layout, action_layout, **data["config"])
+    config = check_saved_config(data["config"], "the saved policy" if isinstance(source, dict) else str(source))
+    policy = Policy(obs_layout, action_layout, **config)
     load_state_dict(policy, data)
     return policy.to(device)

@@ -245,6 +245,8 @@ class Policy(nn.Module):
             None (default): separate unless an observation leaf is an image (a second CNN doubles the cost of
             every step; image policies share theirs, as CleanRL's Atari PPO does).
         continuous_std: ``"state_independent"`` or ``"state_dependent"`` Gaussian std.
+        board_encoder: encode board-game planes (connect four's ``(6, 7, 2)`` int8 board...) with the convolutional
+            :class:`~shoal.policies.encoders.BoardEncoder`; False: as flat vectors (policies saved before it existed).
         device: where to put the parameters.
 
     Raises:
@@ -256,7 +258,7 @@ class Policy(nn.Module):
                  num_layers: int = 1, embedding_dim: int = 16, recurrent: bool = False, lstm_size: int = 128,
                  num_agent_ids: int = 0, agent_id_embedding: int = 16, critic_input_size: int | None = None,
                  continuous_std: str = "state_independent", separate_critic: bool | None = None,
-                 device: torch.device | str | None = None) -> None:
+                 board_encoder: bool = True, device: torch.device | str | None = None) -> None:
         super().__init__()
         if hidden_size < 1 or num_layers < 1 or lstm_size < 1 or embedding_dim < 1 or num_agent_ids < 0:
             raise APIUsageError(f"hidden_size={hidden_size}, num_layers={num_layers}, lstm_size={lstm_size}, "
@@ -277,8 +279,10 @@ class Policy(nn.Module):
             hidden_size=hidden_size, num_layers=num_layers, embedding_dim=embedding_dim, recurrent=recurrent,
             lstm_size=lstm_size, num_agent_ids=num_agent_ids, agent_id_embedding=agent_id_embedding,
             critic_input_size=critic_input_size, continuous_std=continuous_std, separate_critic=separate_critic,
+            board_encoder=board_encoder,
         )
-        self.encoder = ObservationEncoder(self.obs_layout, hidden_size=hidden_size, embedding_dim=embedding_dim)
+        self.encoder = ObservationEncoder(self.obs_layout, hidden_size=hidden_size, embedding_dim=embedding_dim,
+                                          boards=board_encoder)
         self.num_agent_ids = num_agent_ids
         width = self.encoder.out_features
         if num_agent_ids:
@@ -298,7 +302,7 @@ class Policy(nn.Module):
         self.separate_critic = separate_critic and critic_input_size is None and not recurrent
         if self.separate_critic:
             self.critic_encoder = ObservationEncoder(self.obs_layout, hidden_size=hidden_size,
-                                                     embedding_dim=embedding_dim)
+                                                     embedding_dim=embedding_dim, boards=board_encoder)
             width = self.critic_encoder.out_features + (agent_id_embedding if num_agent_ids else 0)
             layers = []
             for _ in range(num_layers):
@@ -590,13 +594,17 @@ def centralized_input_size(layout: Layout, num_slots: int) -> int:
     return num_slots * (sum(leaf.size for leaf in layout.leaves) + 1)
 
 
-def check_saved_config(config: dict[str, Any], source: str) -> None:
-    """Refuse a saved :attr:`Policy.config` from before the default network changed (it has no
-    ``separate_critic``): its weights would load into a network that scales float inputs differently and has a
-    wider first layer, and compute something else without an error."""
+def check_saved_config(config: dict[str, Any], source: str) -> dict[str, Any]:
+    """The keyword arguments that rebuild the policy of a saved :attr:`Policy.config`.
+
+    Refuses a config from before the default network changed (it has no ``separate_critic``): its weights would
+    load into a network that scales float inputs differently and has a wider first layer, and compute something
+    else without an error. A config saved before the board encoder existed encodes boards as vectors.
+    """
     if config and "separate_critic" not in config:
         raise CheckpointError(
             f"{source} holds a policy saved by an older shoal, before the default network changed (float Box "
             "inputs at their own scale, a full-width first layer, a separate critic); this version cannot rebuild "
             "it exactly: retrain it, or evaluate it with the shoal version that trained it"
         )
+    return {"board_encoder": False, **config} if config else dict(config)

@@ -35,10 +35,12 @@ __all__ = [
     "ALGO_DEFAULTS",
     "ALGOS",
     "BASELINES",
+    "SEARCH_BASELINES",
     "STRATEGIES",
     "Algo",
     "TrainConfig",
     "field_docs",
+    "is_baseline",
     "parse_mix",
     "plain_text",
 ]
@@ -66,7 +68,25 @@ ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
 
 #: Opponent strategies and scripted baselines of ``league_opponents`` (see :mod:`shoal.train.selfplay.opponents`).
 STRATEGIES: tuple[str, ...] = ("latest", "uniform", "pfsp")
-BASELINES: tuple[str, ...] = ("random", "heuristic")
+BASELINES: tuple[str, ...] = ("random", "heuristic", "solver", "alphabeta")
+#: baselines that search the game tree; ``alphabeta`` takes a depth as ``alphabeta@<plies>``
+SEARCH_BASELINES: tuple[str, ...] = ("solver", "alphabeta")
+
+
+def is_baseline(name: str) -> bool:
+    """``name`` is a scripted baseline: one of :data:`BASELINES`, or ``alphabeta@<plies>`` (plies >= 1).
+
+    Raises:
+        APIUsageError: a depth on a player that takes none, or a depth that is not a positive integer.
+    """
+    base, at, depth = name.partition("@")
+    if base not in BASELINES:
+        return False
+    if at and base != "alphabeta":
+        raise APIUsageError(f"{name!r}: only 'alphabeta' takes a search depth ('alphabeta@4'); {base!r} takes none")
+    if at and not (depth.isdigit() and int(depth) >= 1):
+        raise APIUsageError(f"{name!r}: the search depth after '@' must be a positive integer, e.g. 'alphabeta@4'")
+    return True
 
 Mix = tuple[tuple[str, float], ...]
 
@@ -83,9 +103,10 @@ def parse_mix(spec: str) -> Mix:
     for part in spec.split(","):
         name, _, weight_text = part.strip().partition(":")
         name = name.strip()
-        if name not in STRATEGIES + BASELINES:
+        if name not in STRATEGIES and not is_baseline(name):
             raise APIUsageError(f"league_opponents: unknown opponent {name!r} in {spec!r}; valid names: "
-                                f"{list(STRATEGIES + BASELINES)} (e.g. 'latest:0.8,uniform:0.2')")
+                                f"{list(STRATEGIES + BASELINES)} or 'alphabeta@<depth>' (e.g. "
+                                "'latest:0.8,uniform:0.2')")
         if name in entries:
             raise APIUsageError(f"league_opponents: {name!r} appears twice in {spec!r}")
         try:

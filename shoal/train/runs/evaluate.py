@@ -202,7 +202,7 @@ def load_policy_from_checkpoint(
                 f"{path} holds a custom policy ({payload.get('policy_class')}) without a config; "
                 "rebuild it yourself and load payload['model']"
             )
-        check_saved_config(policy_config, str(path))
+        policy_config = check_saved_config(policy_config, str(path))
         try:
             policy = Policy.from_env(vec, **policy_config, device=device)
         except TypeError as exc:

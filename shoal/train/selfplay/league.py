@@ -53,6 +53,7 @@ import numpy as np
 
 from shoal import __version__, vector
 from shoal.errors import APIUsageError, CheckpointError
+from shoal.train.config import is_baseline
 from shoal.train.runs.checkpoint import FORMAT, env_signature, find_checkpoint, load_checkpoint, save_checkpoint
 from shoal.train.runs.evaluate import load_policy_from_checkpoint
 from shoal.train.selfplay.elo import DEFAULT_RATING, LeagueTable, expected_score
@@ -65,6 +66,7 @@ from shoal.train.selfplay.opponents import (
     frozen_copy,
     parse_mix,
 )
+from shoal.train.selfplay.search import search_player
 
 __all__ = [
     "CALIBRATION_GAMES",
@@ -141,7 +143,8 @@ class League:
         self._unsaved: list[str] = []
         self._counts = np.zeros(3, np.int64)  # learner wins/draws/losses since the last scalars()
         self._env_name = ""
-        if "heuristic" in self.sampler.baselines:
+        self._anchors: dict[str, float] = {}  # calibrated anchor ratings, by baseline name
+        if any(name != "random" for name in self.sampler.baselines):
             env = trainer.env_fn()
             try:
                 self._env_name = env_name(env)
@@ -149,7 +152,8 @@ class League:
                 env.close()
         for name in self.sampler.baselines:
             self._register(self._baseline(name, self.rng))
-            self.table.add(name, rating=self._anchor_rating(name), fixed=True)
+            self._anchors[name] = self._anchors.get(name) or self._anchor_rating(name)
+            self.table.add(name, rating=self._anchors[name], fixed=True)
         self.reset_envs()
         self.snapshot()
         self._mark = len(self.table.history)
@@ -160,16 +164,21 @@ class League:
         return make_scripted(name, self.action_layout, self._env_name, rng)
 
     def _anchor_rating(self, name: str) -> float:
+        """Fixed rating of the baseline ``name``: ``random`` 1000; ``heuristic`` calibrated against ``random``; a
+        search player against ``heuristic`` (each from :data:`CALIBRATION_GAMES` games, seats alternating)."""
         if name == "random":
             return DEFAULT_RATING
+        weaker = "random" if name == "heuristic" else "heuristic"
+        if weaker not in self._anchors:
+            self._anchors[weaker] = self._anchor_rating(weaker)
         seed = int(self.trainer.config.seed) + 7_919
-        heuristic = self._baseline("heuristic", np.random.default_rng([seed, 1]))
-        random_player = self._baseline("random", np.random.default_rng([seed, 2]))
-        result = play_match(heuristic, random_player, self.trainer.env_fn, CALIBRATION_GAMES, seed=seed,
+        player = self._baseline(name, np.random.default_rng([seed, 1]))
+        reference = self._baseline(weaker, np.random.default_rng([seed, 2]))
+        result = play_match(player, reference, self.trainer.env_fn, CALIBRATION_GAMES, seed=seed,
                             num_envs=16, max_agents=self.trainer.config.max_agents)
-        rating = DEFAULT_RATING + elo_difference(result.score, result.games)
-        log.info("league: heuristic scored %.3f against random in %d games: anchor rating %.0f",
-                 result.score, result.games, rating)
+        rating = self._anchors[weaker] + elo_difference(result.score, result.games)
+        log.info("league: %s scored %.3f against %s in %d games: anchor rating %.0f", name, result.score, weaker,
+                 result.games, rating)
         return rating
 
     def _register(self, player: Player) -> None:
@@ -585,7 +594,9 @@ def play_match(player: Player, opponent: Player, env_fn: Callable[[], Any], game
 
 
 def make_scripted(name: str, action_layout: Any, game: str, rng: np.random.Generator) -> ScriptedPlayer:
-    """The scripted baseline ``name`` (``"random"`` or ``"heuristic"``) for a game named ``game``."""
+    """The scripted baseline ``name`` for a game named ``game``: ``"random"``, ``"heuristic"``
+    (:mod:`~shoal.train.selfplay.heuristics`), ``"solver"`` (exact tic-tac-toe) or ``"alphabeta[@depth]"``
+    (connect four; :mod:`~shoal.train.selfplay.search`)."""
     if name == "random":
         if action_layout.kind != "discrete":
             raise APIUsageError(f"the random baseline needs a Discrete action space, got {action_layout.flat_space!r}")
@@ -596,15 +607,19 @@ def make_scripted(name: str, action_layout: Any, game: str, rng: np.random.Gener
             raise APIUsageError(f"{game!r} has no scripted heuristic (shoal has heuristics for {sorted(HEURISTICS)}); "
                                 "use the 'random' baseline")
         return ScriptedPlayer("heuristic", fn, rng)
-    raise APIUsageError(f"unknown baseline {name!r}; valid: 'random', 'heuristic'")
+    if is_baseline(name):
+        return ScriptedPlayer(name, search_player(name, game), rng)
+    raise APIUsageError(f"unknown baseline {name!r}; valid: 'random', 'heuristic', 'solver' (tictactoe), "
+                        "'alphabeta' or 'alphabeta@<depth>' (connect_four)")
 
 
 def make_player(spec: str, env_fn: Callable[[], Any], *, device: Any = "cpu", deterministic: bool = True,
                 seed: int = 0) -> Player:
-    """A player from a command-line spec: ``random``, ``heuristic``, a run directory or a checkpoint file
-    (including a league snapshot ``RUN/league/snapshot-00120.pt``), checked against ``env_fn``'s env."""
+    """A player from a command-line spec: a scripted baseline (``random``, ``heuristic``, ``solver``,
+    ``alphabeta[@depth]``, see :func:`make_scripted`), a run directory or a checkpoint file (including a league
+    snapshot ``RUN/league/snapshot-00120.pt``), checked against ``env_fn``'s env."""
 
-    if spec in ("random", "heuristic"):
+    if is_baseline(spec):
         env = env_fn()
         try:
             game = env_name(env)

@@ -11,9 +11,10 @@ The opponent mix
       ``(1 - p_j) ** 2``, where ``p_j`` is the learner's expected score against ``j`` from the current ELO
       ratings (AlphaStar's "hard" weighting: opponents the learner struggles against are played most; a
       snapshot it always beats is almost never drawn);
-    * ``random`` / ``heuristic``: the scripted baseline of that name (see :mod:`shoal.train.selfplay.heuristics`).
-      Naming a
-      baseline also adds it to the league table as a fixed-rating anchor.
+    * ``random`` / ``heuristic``: the scripted baseline of that name (see :mod:`shoal.train.selfplay.heuristics`);
+      ``solver`` (exact tic-tac-toe) / ``alphabeta[@depth]`` (connect four): the search players of
+      :mod:`shoal.train.selfplay.search`. Naming a baseline also adds it to the league table as a fixed-rating
+      anchor.
 
     ``"latest:0.8,uniform:0.2"`` is the classic 80% latest / 20% past mix.
 
@@ -34,7 +35,7 @@ from torch import nn
 
 from shoal.errors import APIUsageError
 from shoal.train.acting import RowActor
-from shoal.train.config import BASELINES, STRATEGIES, Mix, parse_mix
+from shoal.train.config import BASELINES, STRATEGIES, Mix, is_baseline, parse_mix
 from shoal.train.selfplay.heuristics import ScriptedPolicy
 
 __all__ = [
@@ -67,7 +68,7 @@ class OpponentSampler:
     @property
     def baselines(self) -> list[str]:
         """The scripted baselines the mix names (they join the league as anchors)."""
-        return [name for name in self.names if name in BASELINES]
+        return [name for name in self.names if is_baseline(name)]
 
     def pfsp_weights(self, expected: np.ndarray) -> np.ndarray:
         """Normalized PFSP weights from the learner's expected scores ``expected`` float ``[n]``."""
