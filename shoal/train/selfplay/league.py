@@ -1,9 +1,9 @@
 """Self-play leagues: the learner plays PettingZoo games against frozen past selves and scripted baselines, and
 every finished game updates the ELO ratings of a :class:`~shoal.train.selfplay.elo.LeagueTable`.
 
-    shoal train pettingzoo.classic.connect_four_v3 --league --league-opponents latest:0.8,uniform:0.2
+    shoal train pettingzoo.classic.connect_four_v3 --league --league-opponents self:0.8,uniform:0.2
     shoal league runs/connect_four --plot
-    shoal eval runs/connect_four --opponent heuristic --episodes 200
+    shoal eval runs/connect_four --opponent alphabeta@4 --episodes 200
 
 How it plugs into the trainer
     With ``TrainConfig.league`` the :class:`~shoal.train.loop.trainer.Trainer` holds a :class:`League` as
@@ -23,15 +23,18 @@ Seats (per env, per episode)
 Ratings
     The live learner is the player ``"learner"``. Every ``league_snapshot_interval`` updates (and once before
     training) a frozen copy joins the pool as ``snapshot-<update>`` with its parent's (the learner's) current
-    rating. A finished game is scored from the seats' episode returns (higher is better, equal is a draw):
-    two distinct players get the textbook ELO update with ``league_k``; games with more seats (or teams) are rated
-    **pairwise** over the distinct players (each player's result is the mean return of its seats; every pair is
-    one two-player game with ``K / (N - 1)``, see :mod:`shoal.train.selfplay.elo`): pairwise ELO keeps one rating scale
-    for
-    every game size, is order-independent within a game and equals the two-player update when ``N == 2``.
-    Scripted baselines named in the mix are fixed-rating anchors: ``random`` at 1000 (the rating every learner
-    starts from: a fresh policy plays almost uniformly), ``heuristic`` at 1000 plus the ELO difference implied by
-    its score in :data:`CALIBRATION_GAMES` games against ``random``, measured when the league starts.
+    rating, and plays ``league_rating_games`` games (seats alternating, sampling its actions) against the
+    previous snapshot, one older snapshot drawn at random and every anchor: these games among frozen players rate
+    the snapshots, so the table shows real progress. (The learner's own games move only its rating: it trains
+    against its opponents and beats them more often than their strength against anyone else predicts.) A
+    finished game is scored from the seats' episode returns (higher is better, equal is a draw): two distinct
+    players get the textbook ELO update with ``league_k``; games of more distinct players (or teams) are rated by
+    openskill's Plackett-Luce model on the ELO scale (:mod:`shoal.train.selfplay.elo`). Games the live learner
+    plays against itself (the ``self`` strategy) are not rated. Scripted baselines named in the mix are
+    fixed-rating anchors: ``random`` at 1000 (the rating every learner starts from: a fresh policy plays almost
+    uniformly), ``heuristic`` at 1000 plus the ELO difference implied by its score in :data:`CALIBRATION_GAMES`
+    games against ``random``, and the search players (``solver``, ``alphabeta[@depth]``) at the heuristic's
+    rating plus the difference implied by their score against it, all measured when the league starts.
 
 Files in the run directory (written with every checkpoint, before it)
     ``league.json``: the table (ratings, games, W/D/L against every opponent, rating history: one entry per
@@ -87,6 +90,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 LEARNER = "learner"
+SELF = "self"  # the opponent strategy that seats the live learner
 #: Games of ``heuristic`` against ``random`` that fix the heuristic anchor's rating.
 CALIBRATION_GAMES = 400
 LEAGUE_FILE = "league.json"
@@ -131,7 +135,6 @@ class League:
         self.num_envs = int(vec.num_envs)
         self.num_rows = int(vec.num_agents)
         self.action_layout = vec.action_layout
-        self.sampler = OpponentSampler(parse_mix(cfg.league_opponents))
         self.interval = int(cfg.league_snapshot_interval)
         self.rng = np.random.default_rng([int(cfg.seed), 0x1EA6])
         self.table = LeagueTable(k=cfg.league_k)
@@ -142,14 +145,13 @@ class League:
         self._meta: dict[str, dict[str, int]] = {}
         self._unsaved: list[str] = []
         self._counts = np.zeros(3, np.int64)  # learner wins/draws/losses since the last scalars()
-        self._env_name = ""
         self._anchors: dict[str, float] = {}  # calibrated anchor ratings, by baseline name
-        if any(name != "random" for name in self.sampler.baselines):
-            env = trainer.env_fn()
-            try:
-                self._env_name = env_name(env)
-            finally:
-                env.close()
+        env = trainer.env_fn()
+        try:
+            self._env_name = env_name(env)
+        finally:
+            env.close()
+        self.sampler = OpponentSampler(parse_mix(cfg.league_opponents, self._env_name))
         for name in self.sampler.baselines:
             self._register(self._baseline(name, self.rng))
             self._anchors[name] = self._anchors.get(name) or self._anchor_rating(name)
@@ -201,7 +203,35 @@ class League:
         self.snapshots.append(pid)
         self._meta[pid] = {"update": int(trainer.update), "global_step": int(trainer.global_step)}
         self._unsaved.append(pid)
+        self._rate_snapshot(pid)
         return pid
+
+    def _rate_snapshot(self, pid: str) -> None:
+        """Play the new snapshot ``pid`` against the previous one, a random older one and every anchor
+        (``league_rating_games`` games each) and rate those games: snapshots are rated among frozen players."""
+        cfg = self.trainer.config
+        games = int(cfg.league_rating_games)
+        previous = self.snapshots[:-1]
+        opponents = previous[-1:]
+        if len(previous) > 1:
+            opponents.append(previous[int(self.rng.integers(len(previous) - 1))])
+        opponents += self.sampler.baselines
+        if not games or not opponents:
+            return
+        me = PolicyPlayer(pid, self.players[self.index[pid]].policy)  # type: ignore[attr-defined]
+        update = int(self.trainer.update)
+        for n, other in enumerate(opponents):
+            seed = int(cfg.seed) * 1_000_003 + update * 31 + n
+            player = self.players[self.index[other]]
+            opponent: Player = (PolicyPlayer(other, player.policy) if isinstance(player, PolicyPlayer)  # own rows
+                                else self._baseline(other, np.random.default_rng([seed, 3])))
+            result = play_match(me, opponent, self.trainer.env_fn, games, seed=seed, num_envs=min(games, 16),
+                                max_agents=cfg.max_agents)
+            # spread wins, draws and losses evenly over the sequence: sequential ELO updates depend on the order
+            spread = [((i + 0.5) / count, score) for score, count in ((1.0, result.wins), (0.5, result.draws),
+                                                                       (0.0, result.losses)) for i in range(count)]
+            for _, score in sorted(spread):
+                self.table.record_game(pid, other, score)
 
     # ---- the trainer's hooks ---------------------------------------------------------------------------------
 
@@ -304,7 +334,12 @@ class League:
         self.learner[rows[seat]] = True
         for slot in range(a):
             if slot != seat:
-                self.opponent[rows[slot]] = self.index[self.sampler.sample(self.rng, self.snapshots, self.expected)]
+                pid = self.sampler.sample(self.rng, self.snapshots, self.expected)
+                if pid == SELF:  # the live learner plays this seat too (and learns from it)
+                    self.learner[rows[slot]] = True
+                    self.opponent[rows[slot]] = -1
+                else:
+                    self.opponent[rows[slot]] = self.index[pid]
         self.opponent[rows[seat]] = -1
         self.opp_starts[rows] = True
         self.results[rows] = 0.0
@@ -329,7 +364,10 @@ class League:
         means = [float(np.mean([res for pid, res in zip(ids, results, strict=True) if pid == d])) for d in distinct]
         if len(distinct) == 2:
             score = 1.0 if means[0] > means[1] else 0.0 if means[0] < means[1] else 0.5
-            self.table.record_game(distinct[0], distinct[1], score)
+            # the learner trains against its opponents, so it beats snapshots more often than their strength against
+            # anyone else predicts: with rating games among frozen players, its games move only its own rating
+            only = LEARNER if distinct[0] == LEARNER and self.trainer.config.league_rating_games else None
+            self.table.record_game(distinct[0], distinct[1], score, only=only)
         else:
             self.table.record_multiplayer(distinct, means)
         if distinct[0] == LEARNER:

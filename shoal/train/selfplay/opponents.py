@@ -5,7 +5,12 @@ The opponent mix
     normalized; a bare name weighs 1). Each time an env starts an episode, one entry is drawn by weight for each
     seat the learner does not take, then the entry picks the opponent:
 
-    * ``latest``: the newest snapshot of the learner;
+    * ``self``: the live learner itself, as in plain self-play: it acts in that seat too and learns from it (its
+      rows are learner rows). A seat against a frozen copy teaches only one side of each game, and a copy even a
+      few updates old is a fixed target the learner overfits to beating (it lost to perfect play far more often
+      than plain self-play at the same step budget); live seats keep the plain self-play signal, and the frozen
+      pool adds robustness on top;
+    * ``latest``: the newest frozen snapshot of the learner;
     * ``uniform``: a snapshot drawn uniformly from the whole history (fictitious self-play);
     * ``pfsp``: prioritized fictitious self-play: snapshot ``j`` is drawn with probability proportional to
       ``(1 - p_j) ** 2``, where ``p_j`` is the learner's expected score against ``j`` from the current ELO
@@ -16,7 +21,7 @@ The opponent mix
       :mod:`shoal.train.selfplay.search`. Naming a baseline also adds it to the league table as a fixed-rating
       anchor.
 
-    ``"latest:0.8,uniform:0.2"`` is the classic 80% latest / 20% past mix.
+    ``"self:0.8,uniform:0.2"`` (the default) plays 80% of the seats live and 20% against past snapshots.
 
 Players
     Anything with ``player_id``, ``bind(num_rows, agents_per_env)`` and ``act(obs, action_masks, rows, starts)``
@@ -78,7 +83,8 @@ class OpponentSampler:
 
     def sample(self, rng: np.random.Generator, snapshots: Sequence[str],
                expected_score: Callable[[str], float]) -> str:
-        """One opponent id: a snapshot (``snapshots`` oldest first, not empty) or a baseline name.
+        """One opponent id: ``"self"`` (the live learner), a snapshot (``snapshots`` oldest first, not empty) or a
+        baseline name.
 
         ``expected_score(id)`` is the learner's expected score against ``id`` (used by ``pfsp``).
         """
