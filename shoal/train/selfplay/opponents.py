@@ -175,8 +175,9 @@ class PolicyPlayer:
         return bool(getattr(self.policy, "is_recurrent", False))
 
     def bind(self, num_rows: int, agents_per_env: int) -> None:
+        # sampling players replay verified traces of the acting pass (a frozen policy's trace never goes stale)
         self.acting = RowActor(self.policy, num_rows, agents_per_env, self.device, continuous=self.continuous,
-                               deterministic=self.deterministic)
+                               deterministic=self.deterministic, trace=not self.deterministic)
 
     def act(self, obs: np.ndarray, action_masks: np.ndarray | None, rows: np.ndarray,
             starts: np.ndarray) -> np.ndarray:

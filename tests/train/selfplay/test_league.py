@@ -355,6 +355,34 @@ def test_league_table_survives_save_and_resume_exactly(tmp_path: Path) -> None:
     assert snapshots == ["snapshot-00000.pt", "snapshot-00002.pt", "snapshot-00004.pt"]
 
 
+def test_snapshots_stay_frozen_and_the_final_checkpoint_is_the_learners(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    trainer = Trainer(small(env=TICTACTOE, run_dir=str(run), total_steps=8 * 8 * 6, league_snapshot_interval=2,
+                            league_opponents="self:0.5,latest:0.5", league_rating_games=4))
+    initial = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
+    result = trainer.train()
+    league = trainer.league
+
+    def weights(pid: str) -> dict[str, torch.Tensor]:
+        return league.players[league.index[pid]].policy.state_dict()  # type: ignore[attr-defined]
+
+    def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+        return all(torch.equal(a[k], b[k]) for k in a)
+
+    assert same(weights("snapshot-00000"), initial)  # taken before training, never trained since
+    final = result.policy.state_dict()
+    assert not same(final, initial)
+    assert len(league.snapshots) >= 3
+    for pid in league.snapshots:
+        saved = torch.load(run / "league" / f"{pid}.pt", weights_only=False)["model"]
+        assert same(weights(pid), saved), pid  # the file holds the weights the league plays with
+        if pid != league.snapshots[-1]:
+            assert not same(weights(pid), final), pid  # later updates did not reach the snapshot
+    # the run's newest checkpoint holds the learner's weights, not a snapshot's
+    newest = sorted((run / "checkpoints").iterdir())[-1]
+    assert same(torch.load(newest, weights_only=False)["model"], final)
+
+
 def test_resuming_a_run_without_league_is_refused(tmp_path: Path) -> None:
     train(small(env=TICTACTOE, run_dir=str(tmp_path), league=False, total_steps=64))
     with pytest.raises(CheckpointError, match="league=False"):
@@ -455,3 +483,21 @@ def test_league_plays_the_classic_games(env: str, kwargs: dict[str, Any], mix: s
         assert table.rating("heuristic") > table.rating("random")
     if players == 3:  # pairwise: a 3-seat game tallies the learner against both distinct opponents or one twice
         assert sum(map(sum, table.players[LEARNER].record.values())) >= table.players[LEARNER].games
+
+
+def test_connect_four_league_run_with_the_board_encoder_reloads_with_eval_and_league(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "c4"
+    result = train(small(env="pettingzoo.classic.connect_four_v3", run_dir=str(run), total_steps=256,
+                         league_opponents="self:0.5,latest:0.3,alphabeta@1:0.2", league_rating_games=4))
+    assert "board" in result.policy.encoder.kinds.values()
+    assert main(["eval", str(run), "--opponent", "alphabeta@1", "--episodes", "6", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["ok"] and out["games"] == 6 and out["opponent"] == "alphabeta@1"
+    assert main(["league", str(run), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"learner", "alphabeta@1", "snapshot-00000"} <= {p["id"] for p in out["players"]}
+    table = load_league(run)
+    # the search anchor's fixed rating: calibrated against the heuristic, itself calibrated against random (1000)
+    assert table.players["alphabeta@1"].fixed and table.rating("alphabeta@1") > 1200
+    assert table.players["snapshot-00000"].record["alphabeta@1"]  # rated against the anchor, not only the learner
