@@ -17,7 +17,8 @@ Seats (per env, per episode)
     When an env starts an episode (its first reset, or a result where a row's info holds ``"reset_info"``: the
     emulator's auto-reset) the league first rates the game that just ended, then draws the new seating: the
     learner takes one occupied slot uniformly at random, every other slot gets an opponent drawn from the mix
-    (:mod:`shoal.train.selfplay.opponents`). Opponents therefore change only at episode boundaries of their env, and
+    (:mod:`shoal.train.selfplay.opponents`); a ``self`` draw seats the live learner there too, and its rows are
+    learner rows like the first. Opponents therefore change only at episode boundaries of their env, and
     their recurrent state is reset there (``starts``). Rows of slots with no agent are never learner rows.
 
 Ratings
