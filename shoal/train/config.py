@@ -110,7 +110,8 @@ def parse_mix(spec: str, game: str = "") -> Mix:
         APIUsageError: unknown names, repeated names, or weights that are not positive numbers.
     """
     if not isinstance(spec, str) or not spec.strip():
-        raise APIUsageError(f"league_opponents must be a non-empty string like 'latest:0.8,uniform:0.2', got {spec!r}")
+        raise APIUsageError(f"league_opponents must be 'auto' or a non-empty mix like 'self:0.8,uniform:0.2', "
+                            f"got {spec!r}")
     if spec.strip() == "auto":
         spec = LEAGUE_PRESETS.get(game, DEFAULT_MIX)
     entries: dict[str, float] = {}
@@ -120,7 +121,7 @@ def parse_mix(spec: str, game: str = "") -> Mix:
         if name not in STRATEGIES and not is_baseline(name):
             raise APIUsageError(f"league_opponents: unknown opponent {name!r} in {spec!r}; valid names: "
                                 f"{list(STRATEGIES + BASELINES)} or 'alphabeta@<depth>' (e.g. "
-                                "'latest:0.8,uniform:0.2')")
+                                "'self:0.8,uniform:0.2')")
         if name in entries:
             raise APIUsageError(f"league_opponents: {name!r} appears twice in {spec!r}")
         try:
