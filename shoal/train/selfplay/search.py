@@ -6,10 +6,11 @@ Boards are read from PettingZoo's observation (``[rows, cols, 2]`` int8; plane 0
 opponent's), so no env internals are touched.
 
 ``solver`` (tic-tac-toe)
-    Negamax over every reachable position (5,478 of them, memoized on first use). A position's value for the
-    mover is ``+(1 + empty cells)`` for a forced win, ``-(1 + empty cells)`` for a forced loss and 0 for a draw:
-    wins come as early and losses as late as possible. Among equally valued moves one is drawn at random, so
-    the solver is exact (never loses, draws against itself) and still varies its games.
+    Negamax to the end of the game, memoized per position (tic-tac-toe has 5,478 legal positions). A
+    position's value for the mover is ``+(1 + empty cells)`` for a forced win, ``-(1 + empty cells)`` for a
+    forced loss and 0 for a draw: wins come as early and losses as late as possible. Among equally valued moves
+    one is drawn at random, so the solver is exact (never loses, draws against itself) and still varies its
+    games.
 
 ``alphabeta[@depth]`` (connect four; ``depth`` plies, default :data:`DEFAULT_DEPTH`)
     Negamax with alpha-beta pruning on bitboards (7 bits per column: 6 cells and a sentinel), moves ordered
