@@ -12,9 +12,9 @@ whose ``league_opponents="auto"`` picks each game's preset mix), on a small CPU.
     directory (what ``shoal eval RUN --opponent X`` does) against ``random``, ``heuristic`` and depth-limited
     alpha-beta (``--search-depth`` plies, default 2). Targets: >= 99%, >= 90% and >= 50% wins.
 ``texas_holdem``
-    Trains ``--league`` for a wall-clock budget (default 10 minutes); mean chips per hand of the final policy
-    against ``random`` and ``heuristic`` (and of the ``heuristic`` against ``random``, the peer) with 95%
-    confidence intervals.
+    Trains ``--league`` for a wall-clock budget (default 10 minutes); mean reward per hand (PettingZoo's: half the
+    chips won or lost) of the final policy against ``random`` and ``heuristic``, and of the ``heuristic`` against
+    the same opponents (the peer), with 95% confidence intervals.
 
 The step budget is steered by time: ``total_steps`` is re-estimated at every log line from the measured rate so the
 (linearly annealed) learning rate reaches ~0 at the deadline, and training stops there. The league table and its
@@ -144,7 +144,7 @@ def connect_four(args: argparse.Namespace, root: Path) -> list[bool]:
 def chips(returns: list[float]) -> str:
     mean = float(np.mean(returns))
     half = 1.96 * float(np.std(returns, ddof=1)) / math.sqrt(len(returns))
-    return f"{mean:+.3f} chips/hand (95% CI {mean - half:+.3f} to {mean + half:+.3f}, {len(returns)} hands)"
+    return f"{mean:+.3f} reward/hand (95% CI {mean - half:+.3f} to {mean + half:+.3f}, {len(returns)} hands)"
 
 
 def texas_holdem(args: argparse.Namespace, root: Path) -> list[bool]:
@@ -155,7 +155,7 @@ def texas_holdem(args: argparse.Namespace, root: Path) -> list[bool]:
     learner = make_player(str(root / "league"), env_fn, seed=args.seed)  # the run reloaded from disk
     passed = []
     for opponent in ("random", "heuristic"):
-        # a hand's episode return is the chips the player won or lost
+        # a hand's episode return is PettingZoo's reward: half the chips the player won (+) or lost (-)
         mine = play_match(learner, make_player(opponent, env_fn, seed=args.seed + 1), env_fn, args.games,
                           seed=args.seed + 4242)
         peer = play_match(make_player("heuristic", env_fn, seed=args.seed + 2),
