@@ -1,35 +1,33 @@
-"""Self-play league on connect four (PettingZoo ``connect_four_v3``) on a small CPU.
+"""Self-play leagues on the classic PettingZoo games, trained with the command line's defaults (``--league``,
+whose ``league_opponents="auto"`` picks each game's preset mix), on a small CPU.
 
-Trains PPO with ``league=True`` for a wall-clock budget (default 18 minutes, at most 20), then plays the final
-learner (deterministic) against two scripted players for 200 games each, seats alternating:
+``tictactoe``
+    Trains ``--league`` for a wall-clock budget (default 5 minutes), then plain self-play (the shared policy in
+    both seats, no league) for the same number of steps: the peer. Both final policies play 200 games (seats
+    alternating, most likely actions) against ``random``, the one-step ``heuristic`` and the exact ``solver``.
+    Targets: the league loses none of its 200 games against the solver, and scores at least as well as plain
+    self-play against the solver and the heuristic.
+``connect_four``
+    Trains ``--league`` for a wall-clock budget (default 30 minutes), then plays the run reloaded from its
+    directory (what ``shoal eval RUN --opponent X`` does) against ``random``, ``heuristic`` and depth-limited
+    alpha-beta (``--search-depth`` plies, default 2). Targets: >= 99%, >= 90% and >= 50% wins.
+``texas_holdem``
+    Trains ``--league`` for a wall-clock budget (default 10 minutes); mean reward per hand (PettingZoo's: half the
+    chips won or lost) of the final policy against ``random`` and ``heuristic``, and of the ``heuristic`` against
+    the same opponents (the peer), with 95% confidence intervals.
 
-* ``random``: uniformly random legal moves;
-* ``heuristic``: one-step lookahead: win if possible, block if needed, else random.
+The step budget is steered by time: ``total_steps`` is re-estimated at every log line from the measured rate so the
+(linearly annealed) learning rate reaches ~0 at the deadline, and training stops there. The league table and its
+rating plot (``league.png``) are written to the run directory.
 
-Targets: >= 95% wins against random, >= 60% wins against the heuristic, and the league's ELO of successive
-snapshots rises.
-
-Setup. The opponent mix is ``latest:0.6,pfsp:0.2,random:0.1,heuristic:0.1``: 80% of the games are self-play
-against frozen snapshots (taken every 25 updates), 20% go to the two scripted baselines, which are the league's
-fixed-rating anchors (``random`` at 1000, ``heuristic`` calibrated against it when the league starts); without
-games against them the ratings would float free of any reference. The policy is shoal's default actor-critic with
-a small CNN over the 6x7x2 board in front of its two 256-unit layers. The step budget is steered by time:
-``total_steps`` is re-estimated at every log line from the measured rate so the (linearly annealed) learning
-rate reaches ~0 at the deadline, and training stops there.
-
-ELO criterion. Each snapshot enters the league with its parent's (the learner's) rating, earned against the
-whole pool and the anchors; the sequence of these entry ratings must rise (Spearman rank correlation with
-snapshot order >= 0.8). Snapshots keep being rated afterwards as opponents of the learner, which trains against
-them and so beats them more often than their strength against third parties predicts; their current ratings
-must still rise on average (newest third rated above the oldest third). Both are printed.
-
-    python benchmarks/league.py [--minutes 18] [--seed 0] [--backend multiprocessing] [--run-dir DIR]
+    python benchmarks/league.py tictactoe [--minutes 5] [--seed 0] [--games 200] [--run-dir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
@@ -37,88 +35,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shoal.policies import Policy
 from shoal.train import TrainConfig, Trainer
-from shoal.train.selfplay.league import format_league, make_scripted, play_match, plot_league
-from shoal.train.selfplay.opponents import PolicyPlayer
+from shoal.train.runs.resolve import resolve_env
+from shoal.train.selfplay.league import (
+    evaluate_match,
+    format_league,
+    load_league,
+    make_player,
+    play_match,
+    plot_league,
+)
 
-ENV = "pettingzoo.classic.connect_four_v3"
-
-
-def spearman(x: list[float], y: list[float]) -> float:
-    """Spearman rank correlation (no ties expected)."""
-    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
-    if len(x) < 2 or rx.std() == 0 or ry.std() == 0:
-        return 0.0
-    return float(np.corrcoef(rx, ry)[0, 1])
-
-
-class BoardEncoder(nn.Module):
-    """Connect-four boards: flat int8 rows ``[N, 84]`` (``[6, 7, 2]`` boards) -> conv features float32 ``[N, F]``."""
-
-    def __init__(self, channels: int = 32) -> None:
-        super().__init__()
-        self.conv = nn.Sequential(
-            nn.Conv2d(2, channels, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(),
-        )
-        self.out_features = channels * 6 * 7
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        x = obs.reshape(-1, 6, 7, 2).permute(0, 3, 1, 2).to(torch.float32)
-        return self.conv(x).flatten(1)
-
-
-def make_policy(probe: object, encoder: str, hidden: int) -> Policy:
-    """The default MLP policy, or the same with a small CNN in front of the trunk (``encoder="cnn"``)."""
-    policy = Policy.from_env(probe, hidden_size=hidden, num_layers=2)
-    if encoder == "cnn":
-        policy.encoder = BoardEncoder()
-        first = nn.Linear(policy.encoder.out_features, hidden)
-        nn.init.orthogonal_(first.weight, 2**0.5)
-        nn.init.zeros_(first.bias)
-        policy.trunk[0] = first
-    return policy
-
-
-def entry_ratings(table: Any, snapshots: list[str]) -> list[float]:
-    """The rating each snapshot had when it joined the league (its parent's rating then)."""
-    out = {}
-    for entry in table.history:
-        for pid, rating in entry["ratings"].items():
-            out.setdefault(pid, rating)
-    return [out[pid] for pid in snapshots]
-
-
-def config(args: argparse.Namespace, run_dir: Path) -> TrainConfig:
-    return TrainConfig(
-        env=ENV,
-        seed=args.seed,
-        run_dir=str(run_dir),
-        overwrite=True,
-        total_steps=10_000_000,  # re-estimated from the measured rate (see the module docstring)
-        num_envs=args.num_envs,
-        backend=args.backend,
-        horizon=32,
-        minibatch_size=512,
-        update_epochs=4,
-        learning_rate=args.lr,
-        ent_coef=0.01,
-        gamma=0.99,
-        gae_lambda=0.95,
-        hidden_size=args.hidden,
-        league=True,
-        league_opponents=args.opponents,
-        league_snapshot_interval=args.snapshot_interval,
-        checkpoint_interval=100,
-        tensorboard=False,
-        log_interval=10.0,
-    )
+GAMES = {
+    "tictactoe": ("pettingzoo.classic.tictactoe_v3", 5.0),
+    "connect_four": ("pettingzoo.classic.connect_four_v3", 30.0),
+    "texas_holdem": ("pettingzoo.classic.texas_holdem_v4", 10.0),
+}
 
 
 class TimeBudget:
@@ -126,8 +61,7 @@ class TimeBudget:
 
     def __init__(self, trainer: Trainer, seconds: float) -> None:
         self.trainer = trainer
-        self.start = time.perf_counter()
-        self.deadline = self.start + seconds
+        self.deadline = time.perf_counter() + seconds
         self.first: tuple[float, int] | None = None
 
     def __call__(self, record: Any) -> None:
@@ -142,87 +76,116 @@ class TimeBudget:
         trainer.config.total_steps = max(trainer.global_step + 1, target) if remaining > 0 else trainer.global_step
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, default=18.0, help="training budget (at most 20)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-envs", type=int, default=32)
-    parser.add_argument("--backend", default="multiprocessing")
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--opponents", default="latest:0.6,pfsp:0.2,random:0.1,heuristic:0.1")
-    parser.add_argument("--snapshot-interval", type=int, default=25)
-    parser.add_argument("--games", type=int, default=200)
-    parser.add_argument("--run-dir", default=None)
-    parser.add_argument("--encoder", choices=("mlp", "cnn"), default="cnn")
-    parser.add_argument("--hidden", type=int, default=256)
-    args = parser.parse_args()
-    if args.minutes > 20:
-        parser.error("the budget is at most 20 minutes")
-
-    run_dir = Path(args.run_dir) if args.run_dir else Path(tempfile.mkdtemp(prefix="shoal-league-")) / "c4"
-    cfg = config(args, run_dir)
-    from shoal import vector
-    from shoal.train.runs.resolve import resolve_env
-
-    env_fn = resolve_env(ENV)
-    probe = vector.make(env_fn, 1, backend="serial")
-    policy = make_policy(probe, args.encoder, args.hidden)
-    probe.close()
-    trainer = Trainer(cfg, policy=policy)
-    budget = TimeBudget(trainer, args.minutes * 60)
-    trainer.callbacks.append(budget)
-    t0 = time.perf_counter()
+def train(env: str, run_dir: Path, seed: int, *, league: bool, minutes: float | None = None,
+          steps: int | None = None) -> tuple[Any, float]:
+    """Train with the command line's defaults; by a time budget (``minutes``) or a step budget (``steps``)."""
+    cfg = TrainConfig(env=env, seed=seed, run_dir=str(run_dir), overwrite=True, league=league,
+                      total_steps=steps or 50_000_000, tensorboard=False, log_interval=5.0)
+    trainer = Trainer(cfg)
+    if minutes is not None:
+        trainer.callbacks.append(TimeBudget(trainer, minutes * 60))
+    start = time.perf_counter()
     result = trainer.train()
-    minutes = (time.perf_counter() - t0) / 60
-    league = trainer.league
-    table = league.table
+    return result, (time.perf_counter() - start) / 60
 
-    learner = PolicyPlayer("final learner", result.policy.eval(), deterministic=True)
-    rng = np.random.default_rng(args.seed + 1)
-    lines = [
-        f"league self-play on connect_four_v3 ({args.backend}, {args.num_envs} envs, {args.encoder} policy, "
-        f"mix {args.opponents}): "
-        f"{minutes:.1f} min training, {result.global_step:,} learner steps ({result.sps:,.0f}/s), "
-        f"{result.updates} updates, {len(league.snapshots)} snapshots, {table.total_games:,} rated games",
-    ]
+
+def match(run_dir: Path, opponent: str, games: int, seed: int) -> dict[str, Any]:
+    """``shoal eval RUN --opponent X``: the run reloaded from disk, most likely actions, seats alternating."""
+    return evaluate_match(run_dir, opponent, games, seed=seed)
+
+
+def wdl(summary: dict[str, Any]) -> str:
+    seats = ", ".join(f"seat {k}: {'/'.join(map(str, record))}" for k, record in summary["by_seat"].items())
+    return f"{summary['wins']:>3}/{summary['draws']:>3}/{summary['losses']:>3} W/D/L ({seats})"
+
+
+def tictactoe(args: argparse.Namespace, root: Path) -> list[bool]:
+    env, _ = GAMES["tictactoe"]
+    league, minutes = train(env, root / "league", args.seed, league=True, minutes=args.minutes)
+    plain, plain_minutes = train(env, root / "plain", args.seed, league=False, steps=league.global_step)
+    print(f"tictactoe_v3 --league: {minutes:.1f} min, {league.global_step:,} learner steps; plain self-play (peer): "
+          f"{plain_minutes:.1f} min, {plain.global_step:,} steps")
     passed = []
-    for name, target in (("random", 0.95), ("heuristic", 0.60)):
-        opponent = make_scripted(name, trainer.vecenv.action_layout, "connect_four", rng)
-        summary = play_match(learner, opponent, env_fn, args.games, seed=args.seed + 4242).summary()
+    scores: dict[str, dict[str, float]] = {}
+    for opponent in ("random", "heuristic", "solver"):
+        for name in ("league", "plain"):
+            summary = match(root / name, opponent, args.games, args.seed + 4242)
+            scores.setdefault(opponent, {})[name] = summary["score"]
+            print(f"  {name:<6} vs {opponent:<9}: {wdl(summary)}, score {summary['score']:.3f}")
+            if name == "league" and opponent == "solver":
+                ok = summary["losses"] == 0
+                passed.append(ok)
+                print(f"  target: league loses 0 of {args.games} games to the exact solver: "
+                      f"{'met' if ok else 'MISSED'} ({summary['losses']} losses)")
+    for opponent in ("heuristic", "solver"):
+        ok = scores[opponent]["league"] >= scores[opponent]["plain"]
+        passed.append(ok)
+        print(f"  target: league score vs {opponent} >= plain self-play's at equal steps: "
+              f"{scores[opponent]['league']:.3f} vs {scores[opponent]['plain']:.3f}: {'met' if ok else 'MISSED'}")
+    return passed
+
+
+def connect_four(args: argparse.Namespace, root: Path) -> list[bool]:
+    env, _ = GAMES["connect_four"]
+    result, minutes = train(env, root / "league", args.seed, league=True, minutes=args.minutes)
+    print(f"connect_four_v3 --league: {minutes:.1f} min, {result.global_step:,} learner steps")
+    passed = []
+    search = f"alphabeta@{args.search_depth}"
+    for opponent, target in (("random", 0.99), ("heuristic", 0.90), (search, 0.50)):
+        summary = match(root / "league", opponent, args.games, args.seed + 4242)
         lo, hi = summary["win_rate_ci"]
         ok = summary["win_rate"] >= target
         passed.append(ok)
-        lines.append(
-            f"final learner vs {name:<9}: {summary['wins']:>3}/{summary['games']} wins, {summary['draws']} draws "
-            f"({summary['win_rate']:.1%}, 95% CI {lo:.1%}-{hi:.1%}); target >= {target:.0%}: "
-            f"{'PASS' if ok else 'FAIL'}"
-        )
-    snapshots = league.snapshots
-    entry = entry_ratings(table, snapshots)
-    current = [table.rating(pid) for pid in snapshots]
-    rho = spearman(list(range(len(entry))), entry)
-    third = max(1, len(current) // 3)
-    old, new = float(np.mean(current[:third])), float(np.mean(current[-third:]))
-    rising = rho >= 0.8 and new > old
-    passed.append(rising)
-    step = max(1, len(entry) // 10)
-    lines.append(
-        f"ELO of successive snapshots at entry: {entry[0]:.0f} -> {entry[-1]:.0f}, Spearman rho {rho:.2f} "
-        f"(target >= 0.80); current ratings: oldest third {old:.0f}, newest third {new:.0f} (target: newest "
-        f"higher); learner {table.rating('learner'):.0f}"
-        + "".join(f", {pid} anchor {p.rating:.0f}" for pid, p in table.players.items() if p.fixed)
-        + f": {'PASS' if rising else 'FAIL'}"
-    )
-    lines.append(
-        f"  every {step}th snapshot, entry rating: {', '.join(f'{r:.0f}' for r in entry[::step])}; "
-        f"current: {', '.join(f'{r:.0f}' for r in current[::step])}"
-    )
-    png = plot_league(table, run_dir / "league.png")
-    for line in lines:
-        print(line)
+        print(f"  league (reloaded) vs {opponent:<12}: {wdl(summary)}, win rate {summary['win_rate']:.1%} "
+              f"(95% CI {lo:.1%}-{hi:.1%}); target >= {target:.0%}: {'met' if ok else 'MISSED'}")
+    return passed
+
+
+def chips(returns: list[float]) -> str:
+    mean = float(np.mean(returns))
+    half = 1.96 * float(np.std(returns, ddof=1)) / math.sqrt(len(returns))
+    return f"{mean:+.3f} reward/hand (95% CI {mean - half:+.3f} to {mean + half:+.3f}, {len(returns)} hands)"
+
+
+def texas_holdem(args: argparse.Namespace, root: Path) -> list[bool]:
+    env, _ = GAMES["texas_holdem"]
+    result, minutes = train(env, root / "league", args.seed, league=True, minutes=args.minutes)
+    print(f"texas_holdem_v4 --league: {minutes:.1f} min, {result.global_step:,} learner steps")
+    env_fn = resolve_env(env)
+    learner = make_player(str(root / "league"), env_fn, seed=args.seed)  # the run reloaded from disk
+    passed = []
+    for opponent in ("random", "heuristic"):
+        # a hand's episode return is PettingZoo's reward: half the chips the player won (+) or lost (-)
+        mine = play_match(learner, make_player(opponent, env_fn, seed=args.seed + 1), env_fn, args.games,
+                          seed=args.seed + 4242)
+        peer = play_match(make_player("heuristic", env_fn, seed=args.seed + 2),
+                          make_player(opponent, env_fn, seed=args.seed + 3), env_fn, args.games,
+                          seed=args.seed + 4242)
+        passed.append(float(np.mean(mine.returns)) > 0)
+        print(f"  league    vs {opponent:<9}: {chips(mine.returns)}")
+        print(f"  heuristic vs {opponent:<9}: {chips(peer.returns)} (peer)")
+    return passed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("game", choices=sorted(GAMES))
+    parser.add_argument("--minutes", type=float, default=None, help="training budget (default: per game)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--games", type=int, default=200)
+    parser.add_argument("--search-depth", type=int, default=2, help="connect four: plies of the alpha-beta opponent")
+    parser.add_argument("--run-dir", default=None)
+    args = parser.parse_args()
+    if args.minutes is None:
+        args.minutes = GAMES[args.game][1]
+    root = Path(args.run_dir) if args.run_dir else Path(tempfile.mkdtemp(prefix=f"shoal-league-{args.game}-"))
+    passed = {"tictactoe": tictactoe, "connect_four": connect_four, "texas_holdem": texas_holdem}[args.game](
+        args, root)
+    table = load_league(root / "league")
+    png = plot_league(table, root / "league" / "league.png")
     print(format_league(table).split("\n\n")[0], file=sys.stderr)
-    print(json.dumps({"benchmark": "league", "passed": all(passed), "run_dir": str(run_dir), "png": str(png),
-                      "minutes": round(minutes, 2), "learner_steps": result.global_step}))
+    print(json.dumps({"benchmark": f"league-{args.game}", "passed": all(passed), "run_dir": str(root / "league"),
+                      "png": str(png)}))
 
 
 if __name__ == "__main__":

@@ -484,9 +484,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--opponent",
         default=None,
-        metavar="RUN_DIR|CHECKPOINT|random|heuristic",
+        metavar="RUN_DIR|CHECKPOINT|random|heuristic|solver|alphabeta[@DEPTH]",
         help="play games against this opponent (seats alternate) and report win/draw/loss rates with 95%% "
-        "confidence intervals; --episodes is the number of games",
+        "confidence intervals; --episodes is the number of games. solver: exact tic-tac-toe play; "
+        "alphabeta[@DEPTH]: connect-four alpha-beta search of DEPTH plies (default 4)",
     )
     evaluate.add_argument("--video", default=None, metavar="FILE",
                           help="record the episodes (one env, in turn) into FILE: an mp4, or a gif when FILE ends in "

@@ -10,6 +10,12 @@ Which encoder a leaf gets (:func:`encoder_kind`)
         (``HWC``, the Gymnasium convention) when the last dim is the smallest of the first and last
         (``shape[2] <= shape[0]``), channels-first (``CHW``) otherwise; ``(84, 84, 3)`` and ``(8, 8, 2)`` are
         ``HWC``, ``(4, 84, 84)`` is ``CHW``. Encoded by a small CNN (:class:`ImageEncoder`).
+    ``"board"``
+        a ``Box`` of 0/1 planes, ``(H, W, C)`` with an integer or bool dtype other than ``uint8``, bounds within
+        ``[0, 1]`` and ``H, W >= 4``: the piece planes of PettingZoo's board games (connect four's ``(6, 7, 2)``
+        int8, chess's ``(8, 8, 111)``, go's ``(N, N, 17)``). Encoded by 3x3 same-padding convolutions that keep
+        every cell (:class:`BoardEncoder`): a line of stones is a local pattern, which an MLP over the flat board
+        has to learn once per position. Smaller boards (tic-tac-toe's ``(3, 3, 2)``) stay ``"vector"``.
     ``"embedding"``
         ``Discrete``, ``MultiDiscrete`` and ``Text`` leaves, and integer ``Box`` leaves of codes (below): one
         learned vector per choice of each element (per character for Text), concatenated
@@ -55,6 +61,7 @@ __all__ = [
     "MAX_CODES",
     "MAX_CODE_ELEMENTS",
     "MAX_EMBEDDINGS",
+    "BoardEncoder",
     "EmbeddingEncoder",
     "ImageEncoder",
     "ObservationEncoder",
@@ -62,6 +69,7 @@ __all__ = [
     "encoder_kind",
     "image_layout",
     "is_code_grid",
+    "is_board",
     "leaf_scaling",
     "make_leaf_encoder",
     "scale_leaf",
@@ -76,6 +84,7 @@ MAX_CODE_ELEMENTS = 512
 _AFFINE_SPAN = 1e4
 _CHUNK_ELEMENTS = 2**22  # VectorEncoder converts at most this many elements at once (a 16 MiB float32 block)
 _MIN_IMAGE_SIDE = 8
+_MIN_BOARD_SIDE = 4
 
 
 def image_layout(leaf: Leaf) -> str | None:
@@ -107,6 +116,18 @@ def is_code_grid(leaf: Leaf) -> bool:
     return leaf.dtype == np.uint8 and len(leaf.shape) == 3 and image_layout(leaf) is None
 
 
+def is_board(leaf: Leaf) -> bool:
+    """``leaf`` holds the 0/1 piece planes of a board game (``(H, W, C)``, see the module docstring)."""
+    if leaf.kind != "box" or len(leaf.shape) != 3 or leaf.dtype == np.uint8:
+        return False
+    if not (np.issubdtype(leaf.dtype, np.integer) or leaf.dtype == np.bool_):
+        return False
+    if min(leaf.shape[:2]) < _MIN_BOARD_SIDE:
+        return False
+    low, high = np.asarray(leaf.space.low), np.asarray(leaf.space.high)
+    return bool((low >= 0).all() and (high <= 1).all())
+
+
 def _choices(leaf: Leaf) -> tuple[np.ndarray, np.ndarray]:
     """``(n, start)`` per element (flattened) of a discrete-like leaf or an integer Box of codes."""
     space = leaf.space
@@ -121,8 +142,9 @@ def _choices(leaf: Leaf) -> tuple[np.ndarray, np.ndarray]:
     return np.full(leaf.size, len(space.character_list) + 1, np.int64), np.zeros(leaf.size, np.int64)
 
 
-def encoder_kind(leaf: Leaf) -> str:
-    """``"image" | "embedding" | "vector"``: the encoder the default policy uses for ``leaf``.
+def encoder_kind(leaf: Leaf, boards: bool = True) -> str:
+    """``"image" | "board" | "embedding" | "vector"``: the encoder the default policy uses for ``leaf``
+    (``boards=False``: board leaves are ``"vector"``, as in policies saved before the board encoder existed).
 
     Raises:
         SpaceError: the leaf has no elements or an unknown kind (the message names its path and shape).
@@ -135,6 +157,8 @@ def encoder_kind(leaf: Leaf) -> str:
     if leaf.kind == "box":
         if image_layout(leaf):
             return "image"
+        if boards and is_board(leaf):
+            return "board"
         return "embedding" if is_code_grid(leaf) and int(_choices(leaf)[0].sum()) <= MAX_EMBEDDINGS else "vector"
     if leaf.kind == "multi_binary":
         return "vector"
@@ -284,6 +308,33 @@ class ImageEncoder(nn.Module):
         return F.relu(self.linear(x.reshape(x.shape[0], -1)))
 
 
+class BoardEncoder(nn.Module):
+    """Board planes (``"board"`` leaves): two 3x3 same-padding convolutions (``channels`` each, ReLU) that keep
+    the board's size, then ``Linear(channels * H * W, out_features) + ReLU``.
+
+    Input: ``[N, H, W, C]`` 0/1 planes (any integer or bool dtype). Output: float32 ``[N, out_features]``.
+    """
+
+    def __init__(self, leaf: Leaf, out_features: int, channels: int = 32) -> None:
+        super().__init__()
+        if not is_board(leaf):
+            raise SpaceError(f"leaf {format_path(leaf.path)} with shape {leaf.shape} and dtype {leaf.dtype} is not a "
+                             f"board: expected 0/1 planes (H, W, C) of an integer dtype, H and W >= {_MIN_BOARD_SIDE}")
+        h, w, c = leaf.shape
+        self.convs = nn.ModuleList([nn.Conv2d(c, channels, 3, 1, 1), nn.Conv2d(channels, channels, 3, 1, 1)])
+        for conv in self.convs:
+            _init_linear(conv)
+        self.linear = nn.Linear(channels * h * w, out_features)
+        _init_linear(self.linear)
+        self.out_features = out_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.permute(0, 3, 1, 2).to(torch.float32)
+        for conv in self.convs:
+            x = F.relu(conv(x))
+        return F.relu(self.linear(x.reshape(x.shape[0], -1)))
+
+
 class EmbeddingEncoder(nn.Module):
     """One learned vector per choice of each element of a ``Discrete``/``MultiDiscrete``/``Text`` leaf or an
     integer ``Box`` of codes (:func:`is_code_grid`; its choices are ``low..high``).
@@ -312,15 +363,18 @@ class EmbeddingEncoder(nn.Module):
         return self.embedding(index).reshape(x.shape[0], self.out_features)
 
 
-def make_leaf_encoder(leaf: Leaf, *, hidden_size: int = 128, embedding_dim: int = 16) -> nn.Module:
+def make_leaf_encoder(leaf: Leaf, *, hidden_size: int = 128, embedding_dim: int = 16,
+                      boards: bool = True) -> nn.Module:
     """The encoder for ``leaf`` (:func:`encoder_kind`); it has an ``out_features`` attribute.
 
     Vector and image leaves get ``hidden_size`` features (a vector leaf's ``Linear + ReLU`` is the policy's first
     hidden layer: narrower, it is a bottleneck; 16 units for Acrobot's 6 inputs kept PPO from learning).
     """
-    kind = encoder_kind(leaf)
+    kind = encoder_kind(leaf, boards)
     if kind == "image":
         return ImageEncoder(leaf, hidden_size)
+    if kind == "board":
+        return BoardEncoder(leaf, hidden_size)
     if kind == "embedding":
         return EmbeddingEncoder(leaf, embedding_dim)
     return VectorEncoder(leaf, hidden_size)
@@ -333,6 +387,7 @@ class ObservationEncoder(nn.Module):
         layout: the observation layout (``env.obs_layout``).
         hidden_size: width of image and vector leaf features (see :func:`make_leaf_encoder`).
         embedding_dim: width of one embedding vector.
+        boards: encode board leaves with :class:`BoardEncoder` (False: as vectors).
 
     Input: ``[N, flat_size]`` rows of the layout's flat dtype. Output: float32 ``[N, out_features]``.
 
@@ -341,14 +396,16 @@ class ObservationEncoder(nn.Module):
         kinds: leaf name -> encoder kind, for inspection.
     """
 
-    def __init__(self, layout: Layout, *, hidden_size: int = 128, embedding_dim: int = 16) -> None:
+    def __init__(self, layout: Layout, *, hidden_size: int = 128, embedding_dim: int = 16,
+                 boards: bool = True) -> None:
         super().__init__()
         self.layout = layout
         self.reader = RowReader(layout)
         self.leaf_encoders = nn.ModuleList(
-            make_leaf_encoder(leaf, hidden_size=hidden_size, embedding_dim=embedding_dim) for leaf in layout.leaves
+            make_leaf_encoder(leaf, hidden_size=hidden_size, embedding_dim=embedding_dim, boards=boards)
+            for leaf in layout.leaves
         )
-        self.kinds = {leaf.name: encoder_kind(leaf) for leaf in layout.leaves}
+        self.kinds = {leaf.name: encoder_kind(leaf, boards) for leaf in layout.leaves}
         self.out_features = sum(enc.out_features for enc in self.leaf_encoders)
         self.portable = False
 

@@ -228,8 +228,7 @@ def load_policy(source: str | os.PathLike[str] | dict[str, Any], env: Any = None
     if cls is None:
         raise CheckpointError(f"{where} holds a {name}, which shoal does not rebuild; build it yourself and use "
                               "load_state_dict")
-    if cls is Policy:
-        check_saved_config(data["config"], where)
-    policy = cls(obs_layout, action_layout, **data["config"])
+    config = check_saved_config(data["config"], where) if cls is Policy else data["config"]
+    policy = cls(obs_layout, action_layout, **config)
     load_state_dict(policy, data)
     return policy.to(device)

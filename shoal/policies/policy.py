@@ -252,6 +252,8 @@ class Policy(nn.Module):
         continuous_std: ``"state_independent"`` or ``"state_dependent"`` Gaussian std.
         encoding: the observation encoding's version; only :data:`ENCODING` (saved in :attr:`config`, so a policy
             saved by another version is refused on loading).
+        board_encoder: encode board-game planes (connect four's ``(6, 7, 2)`` int8 board...) with the convolutional
+            :class:`~shoal.policies.encoders.BoardEncoder`; False: as flat vectors (policies saved before it existed).
         device: where to put the parameters.
 
     Raises:
@@ -263,7 +265,8 @@ class Policy(nn.Module):
                  num_layers: int = 1, embedding_dim: int = 16, recurrent: bool = False, lstm_size: int = 128,
                  num_agent_ids: int = 0, agent_id_embedding: int = 16, critic_input_size: int | None = None,
                  continuous_std: str = "state_independent", separate_critic: bool | None = None,
-                 encoding: int = ENCODING, device: torch.device | str | None = None) -> None:
+                 encoding: int = ENCODING, board_encoder: bool = True,
+                 device: torch.device | str | None = None) -> None:
         super().__init__()
         if encoding != ENCODING:
             raise APIUsageError(f"encoding={encoding!r}: this shoal builds only the observation encoding {ENCODING} "
@@ -288,8 +291,10 @@ class Policy(nn.Module):
             lstm_size=lstm_size, num_agent_ids=num_agent_ids, agent_id_embedding=agent_id_embedding,
             critic_input_size=critic_input_size, continuous_std=continuous_std, separate_critic=separate_critic,
             encoding=encoding,
+            board_encoder=board_encoder,
         )
-        self.encoder = ObservationEncoder(self.obs_layout, hidden_size=hidden_size, embedding_dim=embedding_dim)
+        self.encoder = ObservationEncoder(self.obs_layout, hidden_size=hidden_size, embedding_dim=embedding_dim,
+                                          boards=board_encoder)
         self.num_agent_ids = num_agent_ids
         width = self.encoder.out_features
         if num_agent_ids:
@@ -309,7 +314,7 @@ class Policy(nn.Module):
         self.separate_critic = separate_critic and critic_input_size is None and not recurrent
         if self.separate_critic:
             self.critic_encoder = ObservationEncoder(self.obs_layout, hidden_size=hidden_size,
-                                                     embedding_dim=embedding_dim)
+                                                     embedding_dim=embedding_dim, boards=board_encoder)
             width = self.critic_encoder.out_features + (agent_id_embedding if num_agent_ids else 0)
             layers = []
             for _ in range(num_layers):
@@ -606,10 +611,14 @@ def centralized_input_size(layout: Layout, num_slots: int) -> int:
     return num_slots * (sum(leaf.size for leaf in layout.leaves) + 1)
 
 
-def check_saved_config(config: dict[str, Any], source: str) -> None:
-    """Refuse a saved :attr:`Policy.config` from before the default network last changed (its ``encoding`` is not
-    :data:`ENCODING`): its weights would load into a network that encodes observations differently, and compute
-    something else without an error (or fail with a shape mismatch)."""
+def check_saved_config(config: dict[str, Any], source: str) -> dict[str, Any]:
+    """The keyword arguments that rebuild the policy of a saved :attr:`Policy.config`.
+
+    Refuses a config from before the default network last changed (its ``encoding`` is not :data:`ENCODING`): its
+    weights would load into a network that encodes observations differently, and compute something else without an
+    error (or fail with a shape mismatch). A config saved before the board encoder existed encodes boards as
+    vectors.
+    """
     if config and config.get("encoding") != ENCODING:
         raise CheckpointError(
             f"{source} holds a policy saved by an older shoal, before the default network changed (float Box "
@@ -617,3 +626,4 @@ def check_saved_config(config: dict[str, Any], source: str) -> None:
             "and small-range images scaled by their high); this version cannot rebuild it exactly: retrain it, "
             "or evaluate it with the shoal version that trained it"
         )
+    return {"board_encoder": False, **config} if config else dict(config)

@@ -43,7 +43,7 @@ def rebuild_policy(name: str | None, config: dict[str, Any], env: Any, source: s
             f"its own classes ({', '.join(POLICY_CLASSES)}): rebuild it yourself and load payload['model']"
         )
     if cls is Policy:
-        check_saved_config(config, source)
+        config = check_saved_config(config, source)
     try:
         return cls.from_env(env, **config, device=device)  # type: ignore[attr-defined]
     except TypeError as exc:

@@ -36,10 +36,14 @@ __all__ = [
     "ALGO_DEFAULTS",
     "ALGOS",
     "BASELINES",
+    "DEFAULT_MIX",
+    "LEAGUE_PRESETS",
+    "SEARCH_BASELINES",
     "STRATEGIES",
     "Algo",
     "TrainConfig",
     "field_docs",
+    "is_baseline",
     "parse_mix",
     "plain_text",
 ]
@@ -71,27 +75,59 @@ ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 #: Opponent strategies and scripted baselines of ``league_opponents`` (see :mod:`shoal.train.selfplay.opponents`).
-STRATEGIES: tuple[str, ...] = ("latest", "uniform", "pfsp")
-BASELINES: tuple[str, ...] = ("random", "heuristic")
+STRATEGIES: tuple[str, ...] = ("self", "latest", "uniform", "pfsp")
+BASELINES: tuple[str, ...] = ("random", "heuristic", "solver", "alphabeta")
+#: baselines that search the game tree; ``alphabeta`` takes a depth as ``alphabeta@<plies>``
+SEARCH_BASELINES: tuple[str, ...] = ("solver", "alphabeta")
+
+
+def is_baseline(name: str) -> bool:
+    """``name`` is a scripted baseline: one of :data:`BASELINES`, or ``alphabeta@<plies>`` (plies >= 1).
+
+    Raises:
+        APIUsageError: a depth on a player that takes none, or a depth that is not a positive integer.
+    """
+    base, at, depth = name.partition("@")
+    if base not in BASELINES:
+        return False
+    if at and base != "alphabeta":
+        raise APIUsageError(f"{name!r}: only 'alphabeta' takes a search depth ('alphabeta@4'); {base!r} takes none")
+    if at and not (depth.isdigit() and int(depth) >= 1):
+        raise APIUsageError(f"{name!r}: the search depth after '@' must be a positive integer, e.g. 'alphabeta@4'")
+    return True
 
 Mix = tuple[tuple[str, float], ...]
 
+#: ``league_opponents="auto"``: the mix for a game (env name without version), else :data:`DEFAULT_MIX`. The
+#: classic games add their search players as anchors: games against them show the learner strong play that
+#: self-play alone reaches late, and put a known strength on the rating scale.
+LEAGUE_PRESETS: dict[str, str] = {
+    "tictactoe": "self:0.7,uniform:0.1,solver:0.2",
+    "connect_four": "self:0.6,uniform:0.2,heuristic:0.1,alphabeta@2:0.1",
+}
+DEFAULT_MIX = "self:0.8,uniform:0.2"
 
-def parse_mix(spec: str) -> Mix:
-    """Parse an opponent mix such as ``"latest:0.8,uniform:0.2"`` into ``(name, weight)`` pairs summing to 1.
+
+def parse_mix(spec: str, game: str = "") -> Mix:
+    """Parse an opponent mix such as ``"latest:0.8,uniform:0.2"`` into ``(name, weight)`` pairs summing to 1;
+    ``"auto"`` is the preset of ``game`` (:data:`LEAGUE_PRESETS`, else :data:`DEFAULT_MIX`).
 
     Raises:
         APIUsageError: unknown names, repeated names, or weights that are not positive numbers.
     """
     if not isinstance(spec, str) or not spec.strip():
-        raise APIUsageError(f"league_opponents must be a non-empty string like 'latest:0.8,uniform:0.2', got {spec!r}")
+        raise APIUsageError(f"league_opponents must be 'auto' or a non-empty mix like 'self:0.8,uniform:0.2', "
+                            f"got {spec!r}")
+    if spec.strip() == "auto":
+        spec = LEAGUE_PRESETS.get(game, DEFAULT_MIX)
     entries: dict[str, float] = {}
     for part in spec.split(","):
         name, _, weight_text = part.strip().partition(":")
         name = name.strip()
-        if name not in STRATEGIES + BASELINES:
+        if name not in STRATEGIES and not is_baseline(name):
             raise APIUsageError(f"league_opponents: unknown opponent {name!r} in {spec!r}; valid names: "
-                                f"{list(STRATEGIES + BASELINES)} (e.g. 'latest:0.8,uniform:0.2')")
+                                f"{list(STRATEGIES + BASELINES)} or 'alphabeta@<depth>' (e.g. "
+                                "'self:0.8,uniform:0.2')")
         if name in entries:
             raise APIUsageError(f"league_opponents: {name!r} appears twice in {spec!r}")
         try:
@@ -289,13 +325,22 @@ class TrainConfig:
     """Self-play league for PettingZoo games: per episode the learner takes a random seat, frozen snapshots of
     itself (or scripted baselines) take the others, only the learner's rows are trained on, and every game
     updates ELO ratings (``run_dir/league.json``, ``shoal league RUN``)."""
-    league_opponents: str = "latest:0.8,uniform:0.2"
-    """Opponent mix, ``name[:weight],...`` with names ``latest``, ``uniform`` (over past snapshots), ``pfsp``
-    (prioritized fictitious self-play), ``random``, ``heuristic`` (scripted baselines, fixed-rating anchors)."""
+    league_opponents: str = "auto"
+    """Opponent mix: ``"auto"`` (the game's preset, see ``LEAGUE_PRESETS``: tic-tac-toe
+    ``self:0.7,uniform:0.1,solver:0.2``, connect four ``self:0.6,uniform:0.2,heuristic:0.1,alphabeta@2:0.1``,
+    others ``self:0.8,uniform:0.2``) or ``name[:weight],...`` with names ``self`` (the live learner takes the seat
+    too, and learns from it), ``latest`` (the newest frozen snapshot), ``uniform`` (over past snapshots), ``pfsp``
+    (prioritized fictitious self-play), ``random``, ``heuristic``, ``solver`` (tic-tac-toe), ``alphabeta[@depth]``
+    (connect four): scripted baselines, fixed-rating anchors."""
     league_snapshot_interval: int = 10
     """Updates between snapshots of the learner added to the opponent pool."""
     league_k: float = 32.0
     """ELO K factor of the league's ratings."""
+    league_rating_games: int = 16
+    """Games each new snapshot plays (seats alternating, sampling its actions) against the previous snapshot, one
+    older snapshot drawn at random and every scripted anchor of the mix; these games among frozen players are what
+    rates the snapshots (the learner's own games move only its rating). 0: no such games (snapshots keep the
+    rating they entered with)."""
 
     # ---- logging, checkpoints, evaluation ------------------------------------------------------------------
     log_interval: float = 1.0
@@ -450,6 +495,9 @@ class TrainConfig:
                                     f"{self.league_snapshot_interval!r}")
             if not (isinstance(self.league_k, int | float) and math.isfinite(self.league_k) and self.league_k > 0):
                 raise APIUsageError(f"league_k must be a positive number, got {self.league_k!r}")
+            if isinstance(self.league_rating_games, bool) or not isinstance(self.league_rating_games, int) \
+                    or self.league_rating_games < 0:
+                raise APIUsageError(f"league_rating_games must be an int >= 0, got {self.league_rating_games!r}")
         if isinstance(self.async_handover, bool) or not (
             isinstance(self.async_handover, int | float) and 0.0 <= self.async_handover <= 1.0
         ):

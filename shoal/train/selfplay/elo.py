@@ -4,10 +4,12 @@ Two-player games use the textbook update. With ratings ``R_a``, ``R_b``, the exp
 ``E_a = 1 / (1 + 10 ** ((R_b - R_a) / 400))``; after a game where ``a`` scores ``S_a`` (1 win, 0.5 draw, 0 loss)
 ``R_a' = R_a + K (S_a - E_a)`` and ``R_b' = R_b + K ((1 - S_a) - (1 - E_a))``.
 
-Games with more than two players (or teams) are rated **pairwise**: every pair of participants is treated as one
-two-player game, scored 1/0.5/0 by comparing their final results (episode returns or ranks), and each pairwise
-update uses ``K / (N - 1)`` so a player's total change stays on the two-player scale. Pairwise ELO is simple,
-order-independent within one game and reduces exactly to the textbook update when ``N == 2``.
+Games with more than two players (or teams) are rated with the Plackett-Luce model of `openskill
+<https://pypi.org/project/openskill/>`_ (``pip install shoal[league]``), set on the ELO scale: ``mu`` starts at
+:data:`DEFAULT_RATING` and ``beta = 400 / (ln 10 * sqrt 2)``, so that between two players of settled ratings its
+win probability is ELO's ``1 / (1 + 10 ** (-d / 400))``. A player's ``rating`` is its ``mu``; its uncertainty
+``sigma`` starts at :data:`DEFAULT_SIGMA` and shrinks with its games. Every pair of players of such a game is also
+tallied in the W/D/L records (1/0.5/0 by comparing their results).
 
 Fixed-rating anchors (scripted baselines such as a random player) keep their rating; their opponents still move.
 """
@@ -15,6 +17,7 @@ Fixed-rating anchors (scripted baselines such as a random player) keep their rat
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +28,11 @@ from shoal.errors import APIUsageError, CheckpointError
 __all__ = ["LeagueTable", "Player", "elo_update", "expected_score", "pairwise_scores"]
 
 DEFAULT_RATING = 1000.0
+DEFAULT_SIGMA = DEFAULT_RATING / 3  # openskill's default mu / sigma ratio
+#: openskill's performance spread on the ELO scale: logistic win probability with scale 400 / ln 10 for two
+#: players of certain ratings, whose combined spread is sqrt(2) * beta
+ELO_BETA = 400.0 / (math.log(10.0) * math.sqrt(2.0))
+_FIXED_SIGMA = 1.0  # anchors' ratings are known: a near-zero uncertainty
 
 
 def expected_score(rating_a: float, rating_b: float) -> float:
@@ -59,6 +67,7 @@ class Player:
 
     Attributes:
         rating: current ELO rating.
+        sigma: uncertainty of the rating in games of more than two players (openskill), None before the first.
         games: games played.
         fixed: anchors (scripted baselines) keep their rating.
         parent: id of the snapshot this one was taken after (its initial rating), if any.
@@ -67,6 +76,7 @@ class Player:
     """
 
     rating: float = DEFAULT_RATING
+    sigma: float | None = None
     games: int = 0
     fixed: bool = False
     parent: str | None = None
@@ -115,38 +125,45 @@ class LeagueTable:
 
     # ---- results ----------------------------------------------------------------------------------------------
 
-    def record_game(self, a: str, b: str, score_a: float) -> None:
-        """Rate one two-player game in which ``a`` scored ``score_a`` against ``b``."""
-        self._pair(a, b, score_a, self.k)
+    def record_game(self, a: str, b: str, score_a: float, *, only: str | None = None) -> None:
+        """Rate one two-player game in which ``a`` scored ``score_a`` against ``b``; with ``only`` (``a`` or ``b``)
+        the other player's rating stays (its record still counts the game)."""
+        if only is not None and only not in (a, b):
+            raise APIUsageError(f"only={only!r} must be one of the two players {a!r}, {b!r}")
+        self._pair(a, b, score_a, self.k, only)
         self.total_games += 1
         self._snapshot()
 
     def record_multiplayer(self, player_ids: Sequence[str], results: Sequence[float]) -> None:
-        """Rate one game of ``N >= 2`` players (or teams) pairwise from their results (higher is better)."""
+        """Rate one game of ``N >= 2`` players (or teams) from their results (higher is better) with openskill's
+        Plackett-Luce model on the ELO scale (module docstring); fixed anchors keep their rating."""
         if len(player_ids) != len(results) or len(player_ids) < 2:
             raise APIUsageError("record_multiplayer needs one result per player and at least two players")
-        k = self.k / (len(player_ids) - 1)
+        try:
+            from openskill.models import PlackettLuce
+        except ImportError:
+            raise APIUsageError("rating games of more than two players needs openskill: pip install 'shoal[league]'") \
+                from None
+        model = PlackettLuce(mu=DEFAULT_RATING, sigma=DEFAULT_SIGMA, beta=ELO_BETA, tau=DEFAULT_SIGMA / 100)
         players = [self._get(pid) for pid in player_ids]
-        before = [p.rating for p in players]  # every pair is rated from the pre-game ratings
-        delta = [0.0] * len(players)
-        for i, j, score in pairwise_scores(results):
-            new_i, new_j = elo_update(before[i], before[j], score, k)
-            delta[i] += new_i - before[i]
-            delta[j] += new_j - before[j]
-            self._tally(player_ids[i], player_ids[j], score)
-        for player, change in zip(players, delta, strict=True):
+        teams = [[model.rating(mu=p.rating, sigma=_FIXED_SIGMA if p.fixed else (p.sigma or DEFAULT_SIGMA))]
+                 for p in players]
+        rated = model.rate(teams, scores=[float(r) for r in results])
+        for player, (new,) in zip(players, rated, strict=True):
             if not player.fixed:
-                player.rating += change
+                player.rating, player.sigma = float(new.mu), float(new.sigma)
             player.games += 1
+        for i, j, score in pairwise_scores(results):
+            self._tally(player_ids[i], player_ids[j], score)
         self.total_games += 1
         self._snapshot()
 
-    def _pair(self, a: str, b: str, score_a: float, k: float) -> None:
+    def _pair(self, a: str, b: str, score_a: float, k: float, only: str | None = None) -> None:
         pa, pb = self._get(a), self._get(b)
         new_a, new_b = elo_update(pa.rating, pb.rating, score_a, k)
-        if not pa.fixed:
+        if not pa.fixed and only in (None, a):
             pa.rating = new_a
-        if not pb.fixed:
+        if not pb.fixed and only in (None, b):
             pb.rating = new_b
         self._tally(a, b, score_a)
         pa.games += 1

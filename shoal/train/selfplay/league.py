@@ -1,9 +1,9 @@
 """Self-play leagues: the learner plays PettingZoo games against frozen past selves and scripted baselines, and
 every finished game updates the ELO ratings of a :class:`~shoal.train.selfplay.elo.LeagueTable`.
 
-    shoal train pettingzoo.classic.connect_four_v3 --league --league-opponents latest:0.8,uniform:0.2
+    shoal train pettingzoo.classic.connect_four_v3 --league --league-opponents self:0.8,uniform:0.2
     shoal league runs/connect_four --plot
-    shoal eval runs/connect_four --opponent heuristic --episodes 200
+    shoal eval runs/connect_four --opponent alphabeta@4 --episodes 200
 
 How it plugs into the trainer
     With ``TrainConfig.league`` the :class:`~shoal.train.loop.trainer.Trainer` holds a :class:`League` as
@@ -17,21 +17,25 @@ Seats (per env, per episode)
     When an env starts an episode (its first reset, or a result where a row's info holds ``"reset_info"``: the
     emulator's auto-reset) the league first rates the game that just ended, then draws the new seating: the
     learner takes one occupied slot uniformly at random, every other slot gets an opponent drawn from the mix
-    (:mod:`shoal.train.selfplay.opponents`). Opponents therefore change only at episode boundaries of their env, and
+    (:mod:`shoal.train.selfplay.opponents`); a ``self`` draw seats the live learner there too, and its rows are
+    learner rows like the first. Opponents therefore change only at episode boundaries of their env, and
     their recurrent state is reset there (``starts``). Rows of slots with no agent are never learner rows.
 
 Ratings
     The live learner is the player ``"learner"``. Every ``league_snapshot_interval`` updates (and once before
     training) a frozen copy joins the pool as ``snapshot-<update>`` with its parent's (the learner's) current
-    rating. A finished game is scored from the seats' episode returns (higher is better, equal is a draw):
-    two distinct players get the textbook ELO update with ``league_k``; games with more seats (or teams) are rated
-    **pairwise** over the distinct players (each player's result is the mean return of its seats; every pair is
-    one two-player game with ``K / (N - 1)``, see :mod:`shoal.train.selfplay.elo`): pairwise ELO keeps one rating scale
-    for
-    every game size, is order-independent within a game and equals the two-player update when ``N == 2``.
-    Scripted baselines named in the mix are fixed-rating anchors: ``random`` at 1000 (the rating every learner
-    starts from: a fresh policy plays almost uniformly), ``heuristic`` at 1000 plus the ELO difference implied by
-    its score in :data:`CALIBRATION_GAMES` games against ``random``, measured when the league starts.
+    rating, and plays ``league_rating_games`` games (seats alternating, sampling its actions) against the
+    previous snapshot, one older snapshot drawn at random and every anchor: these games among frozen players rate
+    the snapshots, so the table shows real progress. (The learner's own games move only its rating: it trains
+    against its opponents and beats them more often than their strength against anyone else predicts.) A
+    finished game is scored from the seats' episode returns (higher is better, equal is a draw): two distinct
+    players get the textbook ELO update with ``league_k``; games of more distinct players (or teams) are rated by
+    openskill's Plackett-Luce model on the ELO scale (:mod:`shoal.train.selfplay.elo`). Games the live learner
+    plays against itself (the ``self`` strategy) are not rated. Scripted baselines named in the mix are
+    fixed-rating anchors: ``random`` at 1000 (the rating every learner starts from: a fresh policy plays almost
+    uniformly), ``heuristic`` at 1000 plus the ELO difference implied by its score in :data:`CALIBRATION_GAMES`
+    games against ``random``, and the search players (``solver``, ``alphabeta[@depth]``) at the heuristic's
+    rating plus the difference implied by their score against it, all measured when the league starts.
 
 Files in the run directory (written with every checkpoint, before it)
     ``league.json``: the table (ratings, games, W/D/L against every opponent, rating history: one entry per
@@ -53,6 +57,7 @@ import numpy as np
 
 from shoal import __version__, vector
 from shoal.errors import APIUsageError, CheckpointError
+from shoal.train.config import is_baseline
 from shoal.train.runs.checkpoint import FORMAT, env_signature, find_checkpoint, load_checkpoint, save_checkpoint
 from shoal.train.runs.evaluate import load_policy_from_checkpoint
 from shoal.train.selfplay.elo import DEFAULT_RATING, LeagueTable, expected_score
@@ -65,6 +70,7 @@ from shoal.train.selfplay.opponents import (
     frozen_copy,
     parse_mix,
 )
+from shoal.train.selfplay.search import search_player
 
 __all__ = [
     "CALIBRATION_GAMES",
@@ -85,6 +91,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 LEARNER = "learner"
+SELF = "self"  # the opponent strategy that seats the live learner
 #: Games of ``heuristic`` against ``random`` that fix the heuristic anchor's rating.
 CALIBRATION_GAMES = 400
 LEAGUE_FILE = "league.json"
@@ -129,7 +136,6 @@ class League:
         self.num_envs = int(vec.num_envs)
         self.num_rows = int(vec.num_agents)
         self.action_layout = vec.action_layout
-        self.sampler = OpponentSampler(parse_mix(cfg.league_opponents))
         self.interval = int(cfg.league_snapshot_interval)
         self.rng = np.random.default_rng([int(cfg.seed), 0x1EA6])
         self.table = LeagueTable(k=cfg.league_k)
@@ -140,16 +146,17 @@ class League:
         self._meta: dict[str, dict[str, int]] = {}
         self._unsaved: list[str] = []
         self._counts = np.zeros(3, np.int64)  # learner wins/draws/losses since the last scalars()
-        self._env_name = ""
-        if "heuristic" in self.sampler.baselines:
-            env = trainer.env_fn()
-            try:
-                self._env_name = env_name(env)
-            finally:
-                env.close()
+        self._anchors: dict[str, float] = {}  # calibrated anchor ratings, by baseline name
+        env = trainer.env_fn()
+        try:
+            self._env_name = env_name(env)
+        finally:
+            env.close()
+        self.sampler = OpponentSampler(parse_mix(cfg.league_opponents, self._env_name))
         for name in self.sampler.baselines:
             self._register(self._baseline(name, self.rng))
-            self.table.add(name, rating=self._anchor_rating(name), fixed=True)
+            self._anchors[name] = self._anchors.get(name) or self._anchor_rating(name)
+            self.table.add(name, rating=self._anchors[name], fixed=True)
         self.reset_envs()
         self.snapshot()
         self._mark = len(self.table.history)
@@ -160,16 +167,21 @@ class League:
         return make_scripted(name, self.action_layout, self._env_name, rng)
 
     def _anchor_rating(self, name: str) -> float:
+        """Fixed rating of the baseline ``name``: ``random`` 1000; ``heuristic`` calibrated against ``random``; a
+        search player against ``heuristic`` (each from :data:`CALIBRATION_GAMES` games, seats alternating)."""
         if name == "random":
             return DEFAULT_RATING
+        weaker = "random" if name == "heuristic" else "heuristic"
+        if weaker not in self._anchors:
+            self._anchors[weaker] = self._anchor_rating(weaker)
         seed = int(self.trainer.config.seed) + 7_919
-        heuristic = self._baseline("heuristic", np.random.default_rng([seed, 1]))
-        random_player = self._baseline("random", np.random.default_rng([seed, 2]))
-        result = play_match(heuristic, random_player, self.trainer.env_fn, CALIBRATION_GAMES, seed=seed,
+        player = self._baseline(name, np.random.default_rng([seed, 1]))
+        reference = self._baseline(weaker, np.random.default_rng([seed, 2]))
+        result = play_match(player, reference, self.trainer.env_fn, CALIBRATION_GAMES, seed=seed,
                             num_envs=16, max_agents=self.trainer.config.max_agents)
-        rating = DEFAULT_RATING + elo_difference(result.score, result.games)
-        log.info("league: heuristic scored %.3f against random in %d games: anchor rating %.0f",
-                 result.score, result.games, rating)
+        rating = self._anchors[weaker] + elo_difference(result.score, result.games)
+        log.info("league: %s scored %.3f against %s in %d games: anchor rating %.0f", name, result.score, weaker,
+                 result.games, rating)
         return rating
 
     def _register(self, player: Player) -> None:
@@ -192,7 +204,35 @@ class League:
         self.snapshots.append(pid)
         self._meta[pid] = {"update": int(trainer.update), "global_step": int(trainer.global_step)}
         self._unsaved.append(pid)
+        self._rate_snapshot(pid)
         return pid
+
+    def _rate_snapshot(self, pid: str) -> None:
+        """Play the new snapshot ``pid`` against the previous one, a random older one and every anchor
+        (``league_rating_games`` games each) and rate those games: snapshots are rated among frozen players."""
+        cfg = self.trainer.config
+        games = int(cfg.league_rating_games)
+        previous = self.snapshots[:-1]
+        opponents = previous[-1:]
+        if len(previous) > 1:
+            opponents.append(previous[int(self.rng.integers(len(previous) - 1))])
+        opponents += self.sampler.baselines
+        if not games or not opponents:
+            return
+        me = PolicyPlayer(pid, self.players[self.index[pid]].policy)  # type: ignore[attr-defined]
+        update = int(self.trainer.update)
+        for n, other in enumerate(opponents):
+            seed = int(cfg.seed) * 1_000_003 + update * 31 + n
+            player = self.players[self.index[other]]
+            opponent: Player = (PolicyPlayer(other, player.policy) if isinstance(player, PolicyPlayer)  # own rows
+                                else self._baseline(other, np.random.default_rng([seed, 3])))
+            result = play_match(me, opponent, self.trainer.env_fn, games, seed=seed, num_envs=min(games, 16),
+                                max_agents=cfg.max_agents)
+            # spread wins, draws and losses evenly over the sequence: sequential ELO updates depend on the order
+            spread = [((i + 0.5) / count, score) for score, count in ((1.0, result.wins), (0.5, result.draws),
+                                                                       (0.0, result.losses)) for i in range(count)]
+            for _, score in sorted(spread):
+                self.table.record_game(pid, other, score)
 
     # ---- the trainer's hooks ---------------------------------------------------------------------------------
 
@@ -295,7 +335,12 @@ class League:
         self.learner[rows[seat]] = True
         for slot in range(a):
             if slot != seat:
-                self.opponent[rows[slot]] = self.index[self.sampler.sample(self.rng, self.snapshots, self.expected)]
+                pid = self.sampler.sample(self.rng, self.snapshots, self.expected)
+                if pid == SELF:  # the live learner plays this seat too (and learns from it)
+                    self.learner[rows[slot]] = True
+                    self.opponent[rows[slot]] = -1
+                else:
+                    self.opponent[rows[slot]] = self.index[pid]
         self.opponent[rows[seat]] = -1
         self.opp_starts[rows] = True
         self.results[rows] = 0.0
@@ -320,7 +365,10 @@ class League:
         means = [float(np.mean([res for pid, res in zip(ids, results, strict=True) if pid == d])) for d in distinct]
         if len(distinct) == 2:
             score = 1.0 if means[0] > means[1] else 0.0 if means[0] < means[1] else 0.5
-            self.table.record_game(distinct[0], distinct[1], score)
+            # the learner trains against its opponents, so it beats snapshots more often than their strength against
+            # anyone else predicts: with rating games among frozen players, its games move only its own rating
+            only = LEARNER if distinct[0] == LEARNER and self.trainer.config.league_rating_games else None
+            self.table.record_game(distinct[0], distinct[1], score, only=only)
         else:
             self.table.record_multiplayer(distinct, means)
         if distinct[0] == LEARNER:
@@ -585,7 +633,9 @@ def play_match(player: Player, opponent: Player, env_fn: Callable[[], Any], game
 
 
 def make_scripted(name: str, action_layout: Any, game: str, rng: np.random.Generator) -> ScriptedPlayer:
-    """The scripted baseline ``name`` (``"random"`` or ``"heuristic"``) for a game named ``game``."""
+    """The scripted baseline ``name`` for a game named ``game``: ``"random"``, ``"heuristic"``
+    (:mod:`~shoal.train.selfplay.heuristics`), ``"solver"`` (exact tic-tac-toe) or ``"alphabeta[@depth]"``
+    (connect four; :mod:`~shoal.train.selfplay.search`)."""
     if name == "random":
         if action_layout.kind != "discrete":
             raise APIUsageError(f"the random baseline needs a Discrete action space, got {action_layout.flat_space!r}")
@@ -596,15 +646,19 @@ def make_scripted(name: str, action_layout: Any, game: str, rng: np.random.Gener
             raise APIUsageError(f"{game!r} has no scripted heuristic (shoal has heuristics for {sorted(HEURISTICS)}); "
                                 "use the 'random' baseline")
         return ScriptedPlayer("heuristic", fn, rng)
-    raise APIUsageError(f"unknown baseline {name!r}; valid: 'random', 'heuristic'")
+    if is_baseline(name):
+        return ScriptedPlayer(name, search_player(name, game), rng)
+    raise APIUsageError(f"unknown baseline {name!r}; valid: 'random', 'heuristic', 'solver' (tictactoe), "
+                        "'alphabeta' or 'alphabeta@<depth>' (connect_four)")
 
 
 def make_player(spec: str, env_fn: Callable[[], Any], *, device: Any = "cpu", deterministic: bool = True,
                 seed: int = 0) -> Player:
-    """A player from a command-line spec: ``random``, ``heuristic``, a run directory or a checkpoint file
-    (including a league snapshot ``RUN/league/snapshot-00120.pt``), checked against ``env_fn``'s env."""
+    """A player from a command-line spec: a scripted baseline (``random``, ``heuristic``, ``solver``,
+    ``alphabeta[@depth]``, see :func:`make_scripted`), a run directory or a checkpoint file (including a league
+    snapshot ``RUN/league/snapshot-00120.pt``), checked against ``env_fn``'s env."""
 
-    if spec in ("random", "heuristic"):
+    if is_baseline(spec):
         env = env_fn()
         try:
             game = env_name(env)

@@ -5,17 +5,23 @@ The opponent mix
     normalized; a bare name weighs 1). Each time an env starts an episode, one entry is drawn by weight for each
     seat the learner does not take, then the entry picks the opponent:
 
-    * ``latest``: the newest snapshot of the learner;
+    * ``self``: the live learner itself, as in plain self-play: it acts in that seat too and learns from it (its
+      rows are learner rows). A seat against a frozen copy teaches only one side of each game, and a copy even a
+      few updates old is a fixed target the learner overfits to beating (it lost to perfect play far more often
+      than plain self-play at the same step budget); live seats keep the plain self-play signal, and the frozen
+      pool adds robustness on top;
+    * ``latest``: the newest frozen snapshot of the learner;
     * ``uniform``: a snapshot drawn uniformly from the whole history (fictitious self-play);
     * ``pfsp``: prioritized fictitious self-play: snapshot ``j`` is drawn with probability proportional to
       ``(1 - p_j) ** 2``, where ``p_j`` is the learner's expected score against ``j`` from the current ELO
       ratings (AlphaStar's "hard" weighting: opponents the learner struggles against are played most; a
       snapshot it always beats is almost never drawn);
-    * ``random`` / ``heuristic``: the scripted baseline of that name (see :mod:`shoal.train.selfplay.heuristics`).
-      Naming a
-      baseline also adds it to the league table as a fixed-rating anchor.
+    * ``random`` / ``heuristic``: the scripted baseline of that name (see :mod:`shoal.train.selfplay.heuristics`);
+      ``solver`` (exact tic-tac-toe) / ``alphabeta[@depth]`` (connect four): the search players of
+      :mod:`shoal.train.selfplay.search`. Naming a baseline also adds it to the league table as a fixed-rating
+      anchor.
 
-    ``"latest:0.8,uniform:0.2"`` is the classic 80% latest / 20% past mix.
+    ``"self:0.8,uniform:0.2"`` (the default) plays 80% of the seats live and 20% against past snapshots.
 
 Players
     Anything with ``player_id``, ``bind(num_rows, agents_per_env)`` and ``act(obs, action_masks, rows, starts)``
@@ -34,7 +40,7 @@ from torch import nn
 
 from shoal.errors import APIUsageError
 from shoal.train.acting import RowActor
-from shoal.train.config import BASELINES, STRATEGIES, Mix, parse_mix
+from shoal.train.config import BASELINES, STRATEGIES, Mix, is_baseline, parse_mix
 from shoal.train.selfplay.heuristics import ScriptedPolicy
 
 __all__ = [
@@ -67,7 +73,7 @@ class OpponentSampler:
     @property
     def baselines(self) -> list[str]:
         """The scripted baselines the mix names (they join the league as anchors)."""
-        return [name for name in self.names if name in BASELINES]
+        return [name for name in self.names if is_baseline(name)]
 
     def pfsp_weights(self, expected: np.ndarray) -> np.ndarray:
         """Normalized PFSP weights from the learner's expected scores ``expected`` float ``[n]``."""
@@ -77,7 +83,8 @@ class OpponentSampler:
 
     def sample(self, rng: np.random.Generator, snapshots: Sequence[str],
                expected_score: Callable[[str], float]) -> str:
-        """One opponent id: a snapshot (``snapshots`` oldest first, not empty) or a baseline name.
+        """One opponent id: ``"self"`` (the live learner), a snapshot (``snapshots`` oldest first, not empty) or a
+        baseline name.
 
         ``expected_score(id)`` is the learner's expected score against ``id`` (used by ``pfsp``).
         """
@@ -168,8 +175,9 @@ class PolicyPlayer:
         return bool(getattr(self.policy, "is_recurrent", False))
 
     def bind(self, num_rows: int, agents_per_env: int) -> None:
+        # sampling players replay verified traces of the acting pass (a frozen policy's trace never goes stale)
         self.acting = RowActor(self.policy, num_rows, agents_per_env, self.device, continuous=self.continuous,
-                               deterministic=self.deterministic)
+                               deterministic=self.deterministic, trace=not self.deterministic)
 
     def act(self, obs: np.ndarray, action_masks: np.ndarray | None, rows: np.ndarray,
             starts: np.ndarray) -> np.ndarray:

@@ -1,11 +1,13 @@
-"""ELO: the textbook formula on hand-computed cases, anchors, pairwise multiplayer, save/load."""
+"""ELO: the textbook formula on hand-computed cases, anchors, multiplayer games with openskill, save/load."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 
 from shoal.errors import APIUsageError
-from shoal.train.selfplay.elo import LeagueTable, elo_update, expected_score, pairwise_scores
+from shoal.train.selfplay.elo import DEFAULT_SIGMA, LeagueTable, elo_update, expected_score, pairwise_scores
 
 
 def test_textbook_cases() -> None:
@@ -41,21 +43,27 @@ def test_table_records_anchors_and_parents() -> None:
         table.record_game("ghost", "random", 1.0)
 
 
-def test_pairwise_multiplayer_reduces_to_two_player() -> None:
+def test_multiplayer_games_use_openskill_on_the_elo_scale() -> None:
     assert pairwise_scores([3.0, 1.0, 3.0]) == [(0, 1, 1.0), (0, 2, 0.5), (1, 2, 0.0)]
-    two, multi = LeagueTable(k=32), LeagueTable(k=32)
-    for t in (two, multi):
-        t.add("a", rating=1100)
-        t.add("b")
-    two.record_game("a", "b", 0.0)
-    multi.record_multiplayer(["a", "b"], [0.0, 1.0])
-    assert two.rating("a") == multi.rating("a") and two.rating("b") == multi.rating("b")
     three = LeagueTable(k=32)
     for pid in "xyz":
         three.add(pid)
     three.record_multiplayer(list("xyz"), [2.0, 1.0, 0.0])
-    assert three.rating("x") == pytest.approx(1016) and three.rating("y") == pytest.approx(1000)
-    assert three.rating("z") == pytest.approx(984)
+    x, y, z = (three.players[pid] for pid in "xyz")
+    assert x.rating > y.rating > z.rating
+    assert x.rating > 1000 > z.rating
+    assert all(p.sigma is not None and p.sigma < DEFAULT_SIGMA for p in (x, y, z))  # uncertainty shrinks
+    assert x.record == {"y": [1, 0, 0], "z": [1, 0, 0]} and three.total_games == 1
+    # against a fixed anchor, a player scoring 76% settles near +200 (ELO's expected score for +200 is 0.76)
+    table = LeagueTable(k=32)
+    table.add("anchor", rating=1000.0, fixed=True)
+    table.add("a")
+    pattern = [1.0] * 19 + [0.0] * 6
+    for game in range(2500):
+        win = pattern[(game * 7) % 25]
+        table.record_multiplayer(["a", "anchor"], [win, 1.0 - win])
+    assert table.rating("anchor") == 1000.0
+    assert table.rating("a") == pytest.approx(1000 + 400 * math.log10(0.76 / 0.24), abs=40)
 
 
 def test_save_and_load_round_trip(tmp_path) -> None:

@@ -122,7 +122,8 @@ def small(**overrides: Any) -> TrainConfig:
 def test_opponents_stay_for_the_whole_episode_and_only_learner_rows_reach_the_buffer(
     monkeypatch: pytest.MonkeyPatch, players: int, recurrent: bool
 ) -> None:
-    trainer = Trainer(small(recurrent=recurrent), env_fn=functools.partial(TurnGame, players))
+    # no rating games among snapshots: every opponent move recorded here is one of the training games
+    trainer = Trainer(small(recurrent=recurrent, league_rating_games=0), env_fn=functools.partial(TurnGame, players))
     league = trainer.league
     a = players
     buffered: list[tuple[int, int, int]] = []  # (env, episode, slot) of every transition in the buffer
@@ -195,6 +196,44 @@ def test_opponents_stay_for_the_whole_episode_and_only_learner_rows_reach_the_bu
     table = league.table
     assert table.players[LEARNER].games == table.total_games > 20
     assert len(table.players[LEARNER].record) >= 3
+
+
+def test_default_league_trains_on_both_seats_of_live_games_and_one_seat_against_snapshots() -> None:
+    """The league once seated a frozen copy in every other seat, so it learned one side of each game against a
+    stale target and lost to perfect play far more often than plain self-play. By default (``self:0.8``) the live
+    learner takes both seats of most games, and learns from both, as in plain self-play."""
+    cfg = small(recurrent=False, league_opponents="auto", league_rating_games=0, total_steps=600)
+    assert cfg.league_opponents == "auto"  # the default
+    trainer = Trainer(cfg, env_fn=functools.partial(TurnGame, 2))
+    league = trainer.league
+    assert dict(league.sampler.mix) == {"self": pytest.approx(0.8), "uniform": pytest.approx(0.2)}
+    seats: dict[tuple[int, int], set[int]] = defaultdict(set)  # (env, episode) -> learner slots in the buffer
+    original_act = trainer.buffer.act
+
+    def buffer_act(rows: np.ndarray, obs: np.ndarray, *args: Any, **kwargs: Any) -> None:
+        assert league.learner[rows].all() and (league.opponent[rows] < 0).all()
+        for row, episode in zip(rows.tolist(), obs[:, 1].astype(int).tolist(), strict=True):
+            seats[row // 2, episode].add(row % 2)
+        original_act(rows, obs, *args, **kwargs)
+
+    trainer.buffer.act = buffer_act  # type: ignore[method-assign]
+    trainer.train()
+    both = sum(len(s) == 2 for s in seats.values())
+    assert len(seats) > 100
+    assert 0.7 < both / len(seats) < 0.9  # ~80% live games: both seats train
+    table = trainer.league.table
+    # live games (the learner on both sides) are not rated; games against snapshots are
+    assert 0 < table.players[LEARNER].games < len(seats) - both + 10
+
+
+def test_auto_mix_is_the_games_preset() -> None:
+    assert dict(parse_mix("auto", "tictactoe")) == pytest.approx({"self": 0.7, "uniform": 0.1, "solver": 0.2})
+    assert dict(parse_mix("auto", "connect_four"))["alphabeta@2"] == pytest.approx(0.1)
+    assert dict(parse_mix("auto", "rps")) == pytest.approx({"self": 0.8, "uniform": 0.2})
+    assert parse_mix("self,alphabeta@3:1") == (("self", 0.5), ("alphabeta@3", 0.5))
+    for bad, match in (("alphabeta@x", "positive integer"), ("solver@2", "takes none"), ("minimax", "unknown")):
+        with pytest.raises(APIUsageError, match=match):
+            parse_mix(bad)
 
 
 def test_league_needs_a_multi_agent_env() -> None:
@@ -317,6 +356,34 @@ def test_league_table_survives_save_and_resume_exactly(tmp_path: Path) -> None:
     assert snapshots == ["snapshot-00000.pt", "snapshot-00002.pt", "snapshot-00004.pt"]
 
 
+def test_snapshots_stay_frozen_and_the_final_checkpoint_is_the_learners(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    trainer = Trainer(small(env=TICTACTOE, run_dir=str(run), total_steps=8 * 8 * 6, league_snapshot_interval=2,
+                            league_opponents="self:0.5,latest:0.5", league_rating_games=4))
+    initial = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
+    result = trainer.train()
+    league = trainer.league
+
+    def weights(pid: str) -> dict[str, torch.Tensor]:
+        return league.players[league.index[pid]].policy.state_dict()  # type: ignore[attr-defined]
+
+    def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+        return all(torch.equal(a[k], b[k]) for k in a)
+
+    assert same(weights("snapshot-00000"), initial)  # taken before training, never trained since
+    final = result.policy.state_dict()
+    assert not same(final, initial)
+    assert len(league.snapshots) >= 3
+    for pid in league.snapshots:
+        saved = torch.load(run / "league" / f"{pid}.pt", weights_only=False)["model"]
+        assert same(weights(pid), saved), pid  # the file holds the weights the league plays with
+        if pid != league.snapshots[-1]:
+            assert not same(weights(pid), final), pid  # later updates did not reach the snapshot
+    # the run's newest checkpoint holds the learner's weights, not a snapshot's
+    newest = sorted((run / "checkpoints").iterdir())[-1]
+    assert same(torch.load(newest, weights_only=False)["model"], final)
+
+
 def test_resuming_a_run_without_league_is_refused(tmp_path: Path) -> None:
     train(small(env=TICTACTOE, run_dir=str(tmp_path), league=False, total_steps=64))
     with pytest.raises(CheckpointError, match="league=False"):
@@ -377,7 +444,13 @@ def test_cli_league_table_plot_and_eval_against_opponents(tmp_path: Path, capsys
     table = LeagueTable.load(run / "league.json")
     assert {p["id"] for p in out["players"]} == set(table.players)
     learner = next(p for p in out["players"] if p["id"] == LEARNER)
-    assert sum(map(sum, learner["record"].values())) == learner["games"] == table.total_games
+    assert sum(map(sum, learner["record"].values())) == learner["games"]
+    # the rest of the games are among frozen players: each snapshot against the previous one and the anchor
+    frozen = table.total_games - learner["games"]
+    snapshots = [pid for pid in table.players if pid.startswith("snapshot-")]
+    assert frozen == sum(sum(record) for pid in snapshots for opp, record in table.players[pid].record.items()
+                         if opp != LEARNER and not opp > pid)  # counted once: by the newer snapshot
+    assert table.players["snapshot-00000"].record["random"] and table.players["snapshot-00001"].record["snapshot-00000"]
     for opponent in ("random", "heuristic", str(run / "league" / "snapshot-00000.pt"), str(run)):
         assert main(["eval", str(run), "--opponent", opponent, "--episodes", "12", "--json"]) == 0
         out = last_json()
@@ -403,11 +476,29 @@ def test_league_plays_the_classic_games(env: str, kwargs: dict[str, Any], mix: s
     table = trainer.league.table
     players = 3 if kwargs else 2
     assert result.episodes > 0 and table.total_games > 0
-    assert table.players[LEARNER].games == table.total_games  # every rated game had the learner in it
+    assert 0 < table.players[LEARNER].games < table.total_games  # the rest: games among frozen players
     for name in ("random", "heuristic"):
         if name in mix:
             assert table.players[name].fixed and table.players[name].games > 0
     if "heuristic" in mix:  # calibrated against random: a higher fixed rating
         assert table.rating("heuristic") > table.rating("random")
     if players == 3:  # pairwise: a 3-seat game tallies the learner against both distinct opponents or one twice
-        assert sum(map(sum, table.players[LEARNER].record.values())) >= table.total_games
+        assert sum(map(sum, table.players[LEARNER].record.values())) >= table.players[LEARNER].games
+
+
+def test_connect_four_league_run_with_the_board_encoder_reloads_with_eval_and_league(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "c4"
+    result = train(small(env="pettingzoo.classic.connect_four_v3", run_dir=str(run), total_steps=256,
+                         league_opponents="self:0.5,latest:0.3,alphabeta@1:0.2", league_rating_games=4))
+    assert "board" in result.policy.encoder.kinds.values()
+    assert main(["eval", str(run), "--opponent", "alphabeta@1", "--episodes", "6", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["ok"] and out["games"] == 6 and out["opponent"] == "alphabeta@1"
+    assert main(["league", str(run), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"learner", "alphabeta@1", "snapshot-00000"} <= {p["id"] for p in out["players"]}
+    table = load_league(run)
+    # the search anchor's fixed rating: calibrated against the heuristic, itself calibrated against random (1000)
+    assert table.players["alphabeta@1"].fixed and table.rating("alphabeta@1") > 1200
+    assert table.players["snapshot-00000"].record["alphabeta@1"]  # rated against the anchor, not only the learner
