@@ -25,11 +25,12 @@ def _leaf(space: spaces.Space) -> Leaf:
 def test_board_planes_get_the_board_encoder_and_other_leaves_do_not() -> None:
     assert encoder_kind(_leaf(CONNECT_FOUR)) == "board"
     assert encoder_kind(_leaf(spaces.Box(0, 1, (8, 8, 111), bool))) == "board"  # chess planes
-    assert encoder_kind(_leaf(spaces.Box(0, 1, (3, 3, 2), np.int8))) == "vector"  # tic-tac-toe: too small
+    # integer leaves that are not boards are codes, embedded per element
+    assert encoder_kind(_leaf(spaces.Box(0, 1, (3, 3, 2), np.int8))) == "embedding"  # tic-tac-toe: too small
     assert encoder_kind(_leaf(spaces.Box(0, 255, (84, 84, 3), np.uint8))) == "image"
-    assert encoder_kind(_leaf(spaces.Box(0, 5, (6, 7, 2), np.int8))) == "vector"  # counts, not 0/1 planes
+    assert encoder_kind(_leaf(spaces.Box(0, 5, (6, 7, 2), np.int8))) == "embedding"  # counts, not 0/1 planes
     assert encoder_kind(_leaf(spaces.Box(0.0, 1.0, (6, 7, 2), np.float32))) == "vector"
-    assert encoder_kind(_leaf(CONNECT_FOUR), boards=False) == "vector"
+    assert encoder_kind(_leaf(CONNECT_FOUR), boards=False) == "embedding"
     with pytest.raises(SpaceError, match="is not a board"):
         BoardEncoder(_leaf(spaces.Box(0, 1, (3, 3, 2), np.int8)), 32)
 
