@@ -85,7 +85,7 @@ def _valid() -> str:
 def _literal(node: ast.expr, name: str, spec: str) -> Any:
     try:
         return ast.literal_eval(node)
-    except ValueError:
+    except (ValueError, TypeError, MemoryError, RecursionError):  # e.g. an unhashable dict key
         raise APIUsageError(
             f"wrappers: argument {ast.unparse(node)!r} of {name} in {spec!r} is not a literal; arguments must be "
             "numbers, strings, booleans, None, or tuples/lists/dicts of those"

@@ -33,6 +33,7 @@ def test_a_spec_parses_into_calls_in_order() -> None:
         ("resize_v1", "write resize_v1() to call it"),
         ("resize_v1(*[84, 84])", "unpacks arguments"),
         ("resize_v1(84, 84", "cannot parse"),
+        ("resize_v1({[1]: 2})", "is not a literal"),  # an unhashable key: ast.literal_eval raises TypeError
     ],
 )
 def test_unknown_wrappers_and_code_are_refused_naming_the_wrapper(spec: str, needle: str) -> None:

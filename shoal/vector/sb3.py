@@ -73,6 +73,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 from stable_baselines3.common.env_util import is_wrapped
+from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import VecEnv as SB3BaseVecEnv
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvStepReturn
 
@@ -276,8 +277,18 @@ class SB3VecEnv(SB3BaseVecEnv):
         return [_wrapper_attr(env, method_name)(*method_args, **method_kwargs) for env in envs]
 
     def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
-        """Whether each index's env is wrapped in ``wrapper_class`` (serial backend; False for PettingZoo envs,
-        which are not Gymnasium wrappers)."""
+        """Whether each index's env is wrapped in ``wrapper_class``.
+
+        ``Monitor`` (or a subclass): True on every backend, as the bridge reports SB3's ``info["episode"]`` itself
+        (so ``evaluate_policy``, ``EvalCallback`` and ``VecMonitor`` count real episodes, never padding ends).
+        Other wrappers: looked up in the envs on the serial backend (False for PettingZoo envs, which are not
+        Gymnasium wrappers), False elsewhere (the envs live in other processes).
+        """
+        count = len(self._indices(indices))
+        if issubclass(wrapper_class, Monitor):
+            return [True] * count
+        if not isinstance(self.vec, SerialVecEnv):
+            return [False] * count
         return [isinstance(env, gym.Env) and is_wrapped(env, wrapper_class)
                 for env in self._envs(indices, f"env_is_wrapped({wrapper_class.__name__})")]
 

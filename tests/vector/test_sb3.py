@@ -315,3 +315,16 @@ def test_multiprocessing_backend_says_what_it_cannot_do() -> None:
             with pytest.raises(NotImplementedError, match=r"'multiprocessing' backend .* backend='serial'"):
                 call()
         assert not env.has_attr("gravity")
+
+
+def test_sb3_evaluation_and_vec_monitor_work_off_the_serial_backend() -> None:
+    # the bridge reports Monitor's episode info itself: SB3's helpers that ask for a Monitor run on any backend
+    from stable_baselines3.common.vec_env import VecMonitor
+
+    with shoal.vector.make(lambda: gym.make("CartPole-v1"), 2, backend="multiprocessing", num_workers=2) as vec:
+        env = shoal.vector.to_sb3(vec)
+        assert env.env_is_wrapped(Monitor) == [True, True] and env.env_is_wrapped(gym.Wrapper) == [False, False]
+        model = PPO("MlpPolicy", env, n_steps=16, batch_size=16, seed=0, device="cpu")
+        returns, lengths = evaluate_policy(model, env, n_eval_episodes=4, return_episode_rewards=True)
+        assert len(returns) == 4 and all(r == n for r, n in zip(returns, lengths, strict=True))  # CartPole: 1/step
+        VecMonitor(env)

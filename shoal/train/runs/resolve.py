@@ -39,8 +39,12 @@ _PETTINGZOO_FAMILIES = ("atari", "butterfly", "classic", "mpe", "sisl")
 #: Env packages whose ``module:EnvId`` names a run directory or checkpoint may hold (they only register envs on
 #: import); any other module named by a file is refused, as importing it would run code the file chose.
 TRUSTED_ENV_MODULES: tuple[str, ...] = (
-    "ale_py", "minigrid", "miniworld", "gymnasium_robotics", "shimmy", "highway_env", "mo_gymnasium",
+    "ale_py", "minigrid", "miniworld", "gymnasium_robotics", "highway_env", "mo_gymnasium",
 )
+
+#: Registered ids that build another library's env from a name in their arguments (the old ``gym.make`` behind
+#: them imports the module a ``"module:Env"`` id names): never taken from a file.
+_LOADER_IDS = ("GymV21Environment", "GymV26Environment")
 
 
 @dataclass(frozen=True)
@@ -191,7 +195,9 @@ def resolve_env(name: str, kwargs: dict[str, Any] | None = None, *, source: str 
     if name in envs.REGISTRY:
         return EnvFn(name, "builtin", kwargs, wrappers)
     trusted = _TRUSTED_ID.fullmatch(name) is not None
-    if source is not None and not trusted and (":" in name or ("." in name and not _ENV_MODULE.fullmatch(name))):
+    loader = any(loader_id in name for loader_id in _LOADER_IDS)
+    if source is not None and (loader or (not trusted and (
+            ":" in name or ("." in name and not _ENV_MODULE.fullmatch(name))))):
         raise APIUsageError(
             f"{source} names the env {name!r}, which loading would import and call with arguments from the file; "
             f"it is not used. If you trust the file, name the env yourself (e.g. shoal eval ... --env {name!r})"

@@ -57,6 +57,8 @@ def test_unknown_module_env_id_suggests_close_ids() -> None:
 
 def test_names_read_from_a_file_accept_trusted_env_packages_only(env_module: str) -> None:
     assert resolve_env("minigrid:MiniGrid-Empty-5x5-v0", source="run/config.json").kind == "gymnasium"
-    for name in (f"{env_module}:ShoalPole-v0", "shoal.envs.memory:MemoryEnv", "minigrid:Wrapper"):
+    # ...and never the compatibility ids that build another library's env from a module path in their arguments
+    for name in (f"{env_module}:ShoalPole-v0", "shoal.envs.memory:MemoryEnv", "minigrid:Wrapper",
+                 "shimmy:GymV26Environment-v0", "GymV26Environment-v0", "GymV21Environment-v0"):
         with pytest.raises(APIUsageError, match="which loading would import and call"):
             resolve_env(name, source="run/config.json")
