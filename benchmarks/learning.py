@@ -144,10 +144,12 @@ SUITE: dict[str, EnvSpec] = {spec.env: spec for spec in (
     EnvSpec("LunarLander-v3", "discrete", 1_000_000, 50_000, (1, 2, 3),
             {"ppo": Published(242.119, 31.823, 1_000_000, ZOO_PPO_SRC)}),
     EnvSpec("Pendulum-v1", "box", 100_000, 50_000, (1, 2, 3),
-            {"ppo": Published(-172.225, 104.159, 100_000, ZOO_PPO_SRC), "sac": Published(-156.995, 88.714, 20_000, ZOO_SAC_SRC)},
-            full_sac_steps=20_000, quick_sac_steps=10_000),
+            {"ppo": Published(-172.225, 104.159, 100_000, ZOO_PPO_SRC),
+             "sac": Published(-156.995, 88.714, 20_000, ZOO_SAC_SRC)},
+            full_sac_steps=20_000, quick_sac_steps=5_000),
     EnvSpec("LunarLanderContinuous-v3", "box", 1_000_000, 50_000, (1, 2, 3),
-            {"ppo": Published(270.863, 32.072, 1_000_000, ZOO_PPO_SRC), "sac": Published(260.390, 65.467, 500_000, ZOO_SAC_SRC)},
+            {"ppo": Published(270.863, 32.072, 1_000_000, ZOO_PPO_SRC),
+             "sac": Published(260.390, 65.467, 500_000, ZOO_SAC_SRC)},
             full_sac_steps=300_000, quick_sac_steps=0),
     EnvSpec(SPREAD, "spread", 2_000_000, 200_000, (1, 2, 3)),
     EnvSpec(KAZ, "kaz", 1_000_000, 100_000, (1, 2, 3)),
@@ -244,28 +246,37 @@ _EPISODE_LINE = re.compile(r"^global_step=(\d+), episodic_return=([-+0-9.eE]+|na
 _SPS_LINE = re.compile(r"^SPS: (\d+)\s*$")
 
 
+def cleanrl_command(env_id: str, steps: int, seed: int) -> list[str]:
+    """The command line of CleanRL's PPO script for ``env_id``'s action space (Box: the continuous-action one)."""
+    script = "cleanrl_ppo_continuous_action.py" if _is_box(env_id) else "cleanrl_ppo.py"
+    return [sys.executable, str(REFERENCE_DIR / script), "--env-id", env_id, "--total-timesteps", str(steps),
+            "--seed", str(seed), "--cuda", "false"]
+
+
+def parse_cleanrl(stdout: str) -> tuple[list[tuple[int, float]], float]:
+    """``([(global_step, episodic_return), ...], last SPS)`` from what a CleanRL script printed (SPS NaN if none)."""
+    episodes, sps = [], math.nan
+    for line in stdout.splitlines():
+        if m := _EPISODE_LINE.match(line):
+            episodes.append((int(m[1]), float(m[2])))
+        elif m := _SPS_LINE.match(line):
+            sps = float(m[1])
+    return episodes, sps
+
+
 def run_cleanrl(job: Job) -> Run:
-    """CleanRL's PPO script for the env's action space, as a subprocess in a temporary directory (its TensorBoard
-    events go there), one torch thread; the curve comes from the ``episodic_return`` lines it prints."""
-    box = _is_box(job.env)
-    script = REFERENCE_DIR / ("cleanrl_ppo_continuous_action.py" if box else "cleanrl_ppo.py")
-    argv = [sys.executable, str(script), "--env-id", job.env, "--total-timesteps", str(job.steps),
-            "--seed", str(job.seed), "--cuda", "false"]
+    """CleanRL's PPO script as a subprocess in a temporary directory (its TensorBoard events go there), one torch
+    thread; the curve comes from the ``episodic_return`` lines it prints."""
+    argv = cleanrl_command(job.env, job.steps, job.seed)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="cleanrl-") as cwd:
         proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - start
     if proc.returncode:
-        raise RuntimeError(f"{script.name} --env-id {job.env} --seed {job.seed} failed (exit {proc.returncode}):\n"
-                           f"{proc.stderr[-3000:]}")
-    episodes, sps = [], math.nan
-    for line in proc.stdout.splitlines():
-        if m := _EPISODE_LINE.match(line):
-            episodes.append((int(m[1]), float(m[2])))
-        elif m := _SPS_LINE.match(line):
-            sps = float(m[1])
-    iteration = 2048 if box else 512  # the scripts' default num_envs * num_steps: they train whole iterations
+        raise RuntimeError(f"{' '.join(argv[1:])} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    episodes, sps = parse_cleanrl(proc.stdout)
+    iteration = 2048 if argv[1].endswith("continuous_action.py") else 512  # default num_envs * num_steps
     return Run(job, job.steps // iteration * iteration, seconds, sps, running_mean(episodes))
 
 
@@ -506,7 +517,8 @@ def _fmt_sps(value: float) -> str:
 
 
 def _verdict(ok: bool | None) -> str:
-    return "not checked (budget below the target's)" if ok is None else ("met" if ok else "MISSED")
+    return "not checked (budget or seeds below the target's, or no finished episode)" if ok is None else (
+        "met" if ok else "MISSED")
 
 
 def targets(runs: Sequence[Run]) -> list[str]:
@@ -537,7 +549,8 @@ def targets(runs: Sequence[Run]) -> list[str]:
         if not mine:
             continue
         ours, theirs = [r.final for r in mine], [r.final for r in ref_runs]
-        quality = _mean(ours) >= _mean(theirs) - _spread(theirs)
+        quality = None if math.isnan(_mean(ours)) or math.isnan(_mean(theirs)) else (
+            _mean(ours) >= _mean(theirs) - _spread(theirs))
         ratio = _mean([r.sps for r in mine]) / _mean([r.sps for r in ref_runs])
         lines.append(
             f"{SHORT_NAMES.get(env, env)}: {mine[0].job.impl} final {_mean(ours):.1f} vs {impl} {_mean(theirs):.1f}"
@@ -560,8 +573,9 @@ def targets(runs: Sequence[Run]) -> list[str]:
     kaz, rand = groups.get((KAZ, "shoal PPO")), groups.get((KAZ, "random"))
     if kaz and rand:
         ours, theirs = _mean([r.final for r in kaz]), rand[0].eval
+        ok = None if math.isnan(ours) else ours > theirs
         lines.append(f"knights_archers_zombies_v11: shoal PPO team return {ours:.2f} vs random {theirs:.2f} -> "
-                     f"{_verdict(ours > theirs)}")
+                     f"{_verdict(ok)}")
     return lines
 
 
