@@ -151,7 +151,7 @@ SUITE: dict[str, EnvSpec] = {spec.env: spec for spec in (
             {"ppo": Published(270.863, 32.072, 1_000_000, ZOO_PPO_SRC),
              "sac": Published(260.390, 65.467, 500_000, ZOO_SAC_SRC)},
             full_sac_steps=300_000, quick_sac_steps=0),
-    EnvSpec(SPREAD, "spread", 2_000_000, 200_000, (1, 2, 3)),
+    EnvSpec(SPREAD, "spread", 2_000_000, 100_000, (1, 2, 3)),
     EnvSpec(KAZ, "kaz", 1_000_000, 100_000, (1, 2, 3)),
 )}
 SHORT_NAMES = {SPREAD: "simple_spread_v3", KAZ: "knights_archers_zombies_v11"}
