@@ -10,7 +10,7 @@ CONSTRAINTS ?= constraints.txt
 BIN := $(VENV)/bin
 PIP_CONSTRAINTS := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench learning clean
 
 $(VENV)/.installed: pyproject.toml setup.py shoal/emulation/_rowcopy.c $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -28,9 +28,15 @@ test: install
 
 bench: install
 	for script in benchmarks/*.py; do \
-		case $$script in */common.py|*/__init__.py) continue;; esac; \
+		case $$script in */common.py|*/__init__.py|*/learning.py) continue;; esac; \
 		echo "== $$script"; $(BIN)/python $$script || exit 1; \
 	done
+
+# The learning-quality suite's quick mode (about 20 minutes); the full mode takes hours:
+# $(BIN)/python benchmarks/learning.py
+learning: install
+	$(BIN)/pip install --quiet $(PIP_CONSTRAINTS) -e ".[test,bench]"
+	$(BIN)/python benchmarks/learning.py --quick
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache .hypothesis build
