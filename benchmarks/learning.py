@@ -17,8 +17,9 @@ seeds) beside that script's scripted heuristic and a random policy; ``knights_ar
 beside random actions (the team return: every agent's reward of an env episode summed).
 
 Columns: ``final`` is the mean return of the last 20 training episodes at the end of the run (sampled actions;
-multi-agent: per agent for simple_spread, per env episode for the team return), ``best`` the best such 20-episode
-mean during the run, ``eval`` the mean return of 10 episodes with the most likely actions after training (shoal, SB3,
+simple_spread: the per-agent return of the last 300 agent-episodes, ``benchmarks/mappo.py``'s window, logged every
+5 s; knights_archers_zombies: the team return of the last 20 env episodes), ``best`` the best such mean during the
+run, ``eval`` the mean return of 10 episodes with the most likely actions after training (shoal, SB3,
 simple_spread baselines on 100 env episodes; CleanRL's scripts do not evaluate), ``published`` the
 rl-baselines3-zoo's ``benchmark.md`` figure for that algorithm and its budget (LunarLander: the zoo's ``-v2``
 entries, same dynamics). Figures over several seeds are ``mean ± std``. ``wall s`` is the job's wall time (process
@@ -31,10 +32,18 @@ eval >= 200 by 1M steps; on every env shoal's final return >= each reference's a
 standard deviation of its seeds) at >= 2x its steps/s; simple_spread_v3 MAPPO eval >= the heuristic by 2M steps and
 MAPPO >= IPPO at equal steps over 3 seeds; knights_archers_zombies team return above random.
 
-Training curves (20-episode mean return against steps, every run) are saved as ``docs/learning/<env>.png``.
+Training curves (those running means against steps, every run) are saved as ``docs/learning/<env>.png``.
 
-    python benchmarks/learning.py --quick           # about 15-20 minutes on 2 loaded CPU cores, 1 seed
-    python benchmarks/learning.py                   # full budgets and seeds: roughly 8-10 hours on 2 cores
+Budgets (env steps; agent steps for the multi-agent envs) and seeds: full mode CartPole-v1 100k and Acrobot-v1 300k
+on seeds 1-5; MountainCar-v0, LunarLander-v3, LunarLanderContinuous-v3 1M, Pendulum-v1 100k (SAC 20k),
+LunarLanderContinuous-v3 SAC 100k, simple_spread_v3 2M and knights_archers_zombies_v11 1M on seeds 1-3. Quick mode:
+seed 1, CartPole-v1 100k, the other single-agent envs 50k (Pendulum-v1 SAC 5k, no SAC on LunarLanderContinuous-v3),
+simple_spread_v3 and knights_archers_zombies_v11 100k. The references train whole rollouts, so their step counts
+round to their rollout sizes (the table prints the steps each trained).
+
+    python benchmarks/learning.py --quick    # 14.4 min measured on 2 CPU cores shared with other jobs
+    python benchmarks/learning.py            # full mode: roughly 8 hours there (estimated from the quick run's
+                                             # steps/s; the references take most of it, SB3 SAC about 2 hours)
     python benchmarks/learning.py --envs CartPole-v1,Acrobot-v1 --refs cleanrl --seeds 1,2 --steps 50000
 """
 
@@ -150,7 +159,7 @@ SUITE: dict[str, EnvSpec] = {spec.env: spec for spec in (
     EnvSpec("LunarLanderContinuous-v3", "box", 1_000_000, 50_000, (1, 2, 3),
             {"ppo": Published(270.863, 32.072, 1_000_000, ZOO_PPO_SRC),
              "sac": Published(260.390, 65.467, 500_000, ZOO_SAC_SRC)},
-            full_sac_steps=300_000, quick_sac_steps=0),
+            full_sac_steps=100_000, quick_sac_steps=0),
     EnvSpec(SPREAD, "spread", 2_000_000, 100_000, (1, 2, 3)),
     EnvSpec(KAZ, "kaz", 1_000_000, 100_000, (1, 2, 3)),
 )}
@@ -158,7 +167,7 @@ SHORT_NAMES = {SPREAD: "simple_spread_v3", KAZ: "knights_archers_zombies_v11"}
 
 
 def _short(steps: int) -> str:
-    return f"{steps / 1e6:g}M" if steps >= 1_000_000 else f"{steps / 1e3:g}k"
+    return f"{steps / 1e6:.4g}M" if steps >= 1_000_000 else f"{steps / 1e3:.4g}k"
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -602,7 +611,8 @@ def plot(runs: Sequence[Run], out_dir: Path) -> list[Path]:
             elif run.eval is not None:
                 ax.axhline(run.eval, color=colour, linestyle="--", linewidth=1.0, label=label)
         name = SHORT_NAMES.get(env, env)
-        ax.set_title(f"{name}: mean return of the last {WINDOW} training episodes")
+        window = "300 agent-episodes" if env == SPREAD else f"{WINDOW} episodes"
+        ax.set_title(f"{name}: mean training return of the last {window}")
         ax.set_xlabel("agent steps" if env in (SPREAD, KAZ) else "env steps")
         ax.set_ylabel("team return" if env == KAZ else "return")
         ax.grid(alpha=0.3)
