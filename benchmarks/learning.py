@@ -195,6 +195,7 @@ class Run:
         eval: mean return with the most likely actions after training (None where not measured).
         steps: env steps (agent steps for multi-agent envs) actually trained.
         seconds: wall time of the job; sps: training steps per second.
+        error: why the job failed (its figures are then empty), else None.
     """
 
     job: Job
@@ -203,6 +204,7 @@ class Run:
     sps: float
     curve: list[tuple[int, float]]
     eval: float | None = None
+    error: str | None = None
 
     @property
     def final(self) -> float:
@@ -410,11 +412,14 @@ IMPLS: dict[str, Callable[[Job], Run]] = {
 
 
 def run_job(job: Job) -> Run:
-    """Run one job with one torch thread (the pool's processes call this)."""
+    """Run one job with one torch thread (the pool's processes call this). A job that raises comes back as a Run
+    holding the error, so one failure does not discard the other runs of an hours-long suite."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         return IMPLS[job.impl](job)
+    except Exception as exc:
+        return Run(job, 0, 0.0, math.nan, [], error=f"{type(exc).__name__}: {exc}"[-2000:])
     finally:
         torch.set_num_threads(threads)
 
@@ -663,14 +668,18 @@ def main(argv: Sequence[str] | None = None) -> list[Run]:
           f"references: {', '.join(refs) or 'none'}", flush=True)
     wall = time.perf_counter()
     runs = execute(jobs, args.workers, report=lambda run: print(
-        f"  done {SHORT_NAMES.get(run.job.env, run.job.env)} {run.job.impl} seed {run.job.seed}: "
-        f"final {run.final:.1f} in {run.seconds:.0f} s", flush=True))
+        f"  {'FAILED' if run.error else 'done'} {SHORT_NAMES.get(run.job.env, run.job.env)} {run.job.impl} seed "
+        f"{run.job.seed}: {run.error or f'final {run.final:.1f} in {run.seconds:.0f} s'}", flush=True))
+    good = [run for run in runs if run.error is None]
     print()
-    print("\n".join(table(runs)))
+    print("\n".join(table(good)))
     print()
-    print("\n".join(targets(runs)))
+    print("\n".join(targets(good)))
+    for run in runs:
+        if run.error:
+            print(f"FAILED, left out of the table: {run.job.env} {run.job.impl} seed {run.job.seed}: {run.error}")
     if args.plots:
-        paths = plot(runs, Path(args.plots))
+        paths = plot(good, Path(args.plots))
         print(f"curves: {', '.join(str(p.relative_to(ROOT) if p.is_relative_to(ROOT) else p) for p in paths)}")
     print(f"total {(time.perf_counter() - wall) / 60:.1f} min")
     return runs

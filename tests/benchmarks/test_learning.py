@@ -73,3 +73,9 @@ def test_unknown_env_and_reference_names_are_refused_with_the_choices() -> None:
         learning.main(["--envs", "CartPole-v0"])
     with pytest.raises(SystemExit, match=r"unknown ref 'rllib'.*cleanrl, sb3"):
         learning.main(["--refs", "rllib"])
+
+
+def test_a_failing_job_comes_back_with_its_error_instead_of_ending_the_suite() -> None:
+    run = learning.run_job(learning.Job("CartPole-v1", "SB3 SAC", 1, 1000))
+    assert run.error is not None and "no rl-baselines3-zoo hyperparameters for SB3 SAC on CartPole-v1" in run.error
+    assert run.curve == [] and math.isnan(run.final)
