@@ -24,7 +24,8 @@ simple_spread baselines on 100 env episodes; CleanRL's scripts do not evaluate),
 rl-baselines3-zoo's ``benchmark.md`` figure for that algorithm and its budget (LunarLander: the zoo's ``-v2``
 entries, same dynamics). Figures over several seeds are ``mean ± std``. ``wall s`` is the job's wall time (process
 start and evaluation included) and ``steps/s`` the training throughput; jobs run ``--workers`` at a time (default 2,
-one per core), every job with one torch thread, so the machine is shared the same way for all of them.
+one per core), every job with one torch thread, an env's shoal and reference jobs one after the other, so that on a
+machine shared with other work they meet about the same load.
 
 Targets (the issue's, checked at the full budgets and printed as met/MISSED/not checked): CartPole-v1 eval >= 475
 at 100k steps on every seed, each under 10 s; Acrobot-v1 eval >= -100 by 300k steps on every seed; LunarLander-v3
@@ -60,7 +61,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -456,26 +457,22 @@ def plan(envs: Sequence[str], refs: Sequence[str], quick: bool, seeds: Sequence[
     return jobs
 
 
-#: Rough cost per step of each implementation, to start the longest jobs first.
-_COST = {"SB3 SAC": 40.0, "shoal SAC": 10.0, "CleanRL PPO": 3.0, "SB3 PPO": 4.0, "shoal MAPPO": 2.0,
-         "shoal IPPO": 2.0}
-
-
 def execute(jobs: Sequence[Job], workers: int, report: Callable[[Run], None] = lambda run: None) -> list[Run]:
-    """Run ``jobs``, ``workers`` at a time (1: in this process, one after the other); results in job order."""
+    """Run ``jobs``, ``workers`` at a time (1: in this process, one after the other), started in the given order
+    (an env's shoal and reference jobs next to each other, so they share the machine's load of the same minutes);
+    results in job order, ``report`` called as each finishes."""
     if workers <= 1:
         runs = []
         for job in jobs:
             runs.append(run_job(job))
             report(runs[-1])
         return runs
-    order = sorted(range(len(jobs)), key=lambda i: -jobs[i].steps * _COST.get(jobs[i].impl, 1.0))
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {i: pool.submit(run_job, jobs[i]) for i in order}
+        futures = {pool.submit(run_job, job): i for i, job in enumerate(jobs)}
         results: dict[int, Run] = {}
-        for i in order:
-            results[i] = futures[i].result()
-            report(results[i])
+        for future in as_completed(futures):
+            results[futures[future]] = future.result()
+            report(results[futures[future]])
     return [results[i] for i in range(len(jobs))]
 
 
