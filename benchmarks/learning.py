@@ -42,7 +42,7 @@ seed 1, CartPole-v1 100k, the other single-agent envs 50k (Pendulum-v1 SAC 5k, n
 simple_spread_v3 and knights_archers_zombies_v11 100k. The references train whole rollouts, so their step counts
 round to their rollout sizes (the table prints the steps each trained).
 
-    python benchmarks/learning.py --quick    # 14.4 min measured on 2 CPU cores shared with other jobs
+    python benchmarks/learning.py --quick    # 10.7-14.4 min measured on 2 CPU cores shared with other jobs
     python benchmarks/learning.py            # full mode: roughly 8 hours there (estimated from the quick run's
                                              # steps/s; the references take most of it, SB3 SAC about 2 hours)
     python benchmarks/learning.py --envs CartPole-v1,Acrobot-v1 --refs cleanrl --seeds 1,2 --steps 50000
