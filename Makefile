@@ -12,7 +12,7 @@ CONSTRAINTS ?= constraints.txt
 BIN := $(VENV)/bin
 PIP_CONSTRAINTS := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 
-.PHONY: install demo test bench docs docs-serve clean
+.PHONY: install demo test bench learning docs docs-serve clean
 
 $(VENV)/.installed: pyproject.toml setup.py shoal/emulation/_rowcopy.c $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,7 @@ test: install
 
 bench: install
 	for script in benchmarks/*.py; do \
-		case $$script in */common.py|*/__init__.py) continue;; esac; \
+		case $$script in */common.py|*/__init__.py|*/learning.py) continue;; esac; \
 		echo "== $$script"; $(BIN)/python $$script || exit 1; \
 	done
 
@@ -39,6 +39,12 @@ docs: install
 
 docs-serve: install
 	$(BIN)/mkdocs serve
+
+# The learning-quality suite's quick mode (about 20 minutes); the full mode takes hours:
+# $(BIN)/python benchmarks/learning.py
+learning: install
+	$(BIN)/pip install --quiet $(PIP_CONSTRAINTS) -e ".[test,bench]"
+	$(BIN)/python benchmarks/learning.py --quick
 
 clean:
 	rm -rf $(VENV) site runs .pytest_cache .ruff_cache .hypothesis build

@@ -58,7 +58,13 @@ TAG = "mpe2.simple_tag_v3"
 
 
 class _Out(NamedTuple):
+    """The fields of a policy output that :class:`~shoal.train.acting.RowActor` reads (a scripted rule has no
+    value, no recurrent state, and its log-probabilities are never trained on)."""
+
     action: Tensor
+    log_prob: Tensor
+    value: Tensor | None = None
+    state: Any = None
 
 
 class ScriptedPolicy(nn.Module):
@@ -78,7 +84,8 @@ class ScriptedPolicy(nn.Module):
 
     def forward(self, obs: Tensor, state: Any = None, *, agent_ids: Tensor | None = None, **_: Any) -> _Out:
         assert agent_ids is not None
-        return _Out(self.rule(obs.float(), agent_ids, self.generator))
+        action = self.rule(obs.float(), agent_ids, self.generator)
+        return _Out(action, torch.zeros(action.shape[0]))
 
     def clip_action(self, action: Tensor) -> Tensor:
         return action

@@ -1,0 +1,1 @@
+"""Reference implementations the learning suite (``benchmarks/learning.py``) runs beside shoal."""
