@@ -53,12 +53,13 @@ Threads
     for the same cores and a small machine trains orders of magnitude slower.
 
 Env access
-    :meth:`~SB3VecEnv.get_attr`, :meth:`~SB3VecEnv.set_attr`, :meth:`~SB3VecEnv.env_method`,
-    :meth:`~SB3VecEnv.env_is_wrapped` and rendering reach the envs themselves, so they need the ``serial`` backend
-    (the envs of the other backends live in other processes or machines, which shoal steps but does not call into):
-    elsewhere they raise ``NotImplementedError`` naming the backend. ``"action_masks"`` and ``"render_mode"`` are
-    answered by the bridge on every backend. Several SB3 indices share one env in multi-agent games: calls are made
-    once per index, on that index's env.
+    :meth:`~SB3VecEnv.get_attr`, :meth:`~SB3VecEnv.set_attr`, :meth:`~SB3VecEnv.env_method` and rendering reach
+    the envs themselves, so they need the ``serial`` backend (the envs of the other backends live in other
+    processes or machines, which shoal steps but does not call into): elsewhere they raise ``NotImplementedError``
+    naming the backend. ``"action_masks"`` and ``"render_mode"`` are answered by the bridge on every backend, and
+    :meth:`~SB3VecEnv.env_is_wrapped` answers ``Monitor`` with True everywhere (the bridge reports Monitor's
+    episode info itself) and other wrappers from the envs on ``serial``, False elsewhere. Several SB3 indices
+    share one env in multi-agent games: calls are made once per index, on that index's env.
 """
 
 from __future__ import annotations

@@ -296,7 +296,7 @@ def test_serial_backend_reaches_the_envs() -> None:
         assert env.get_attr("gravity") == [9.8, 5.0]
         assert env.env_method("get_wrapper_attr", "gravity", indices=[1]) == [5.0]
         assert env.env_is_wrapped(gym.wrappers.TimeLimit) == [True, True]
-        assert env.env_is_wrapped(Monitor) == [False, False]
+        assert env.env_is_wrapped(Monitor) == [True, True]  # the bridge reports Monitor's episode info itself
         image = env.render()
         assert image.dtype == np.uint8 and image.shape[2] == 3
         with pytest.raises(IndexError, match="index 2"):
@@ -311,7 +311,7 @@ def test_multiprocessing_backend_says_what_it_cannot_do() -> None:
         env.reset()
         assert env.render_mode is None and env.get_attr("render_mode") == [None, None]
         for call in (lambda: env.get_attr("gravity"), lambda: env.set_attr("gravity", 1.0),
-                     lambda: env.env_method("reset"), lambda: env.env_is_wrapped(Monitor), env.get_images):
+                     lambda: env.env_method("reset"), env.get_images):
             with pytest.raises(NotImplementedError, match=r"'multiprocessing' backend .* backend='serial'"):
                 call()
         assert not env.has_attr("gravity")
