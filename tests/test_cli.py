@@ -204,3 +204,13 @@ def test_python_dash_m_shoal(tmp_path: Path) -> None:
     assert done.returncode == 0
     lines = done.stdout.strip().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["command"] == "list"
+
+
+def test_a_raw_minigrid_env_named_on_the_command_line_trains_and_evaluates(tmp_path, capsys) -> None:
+    # MiniGrid's MissionSpace is stored as text without the user registering it
+    run_dir = str(tmp_path / "minigrid")
+    assert main(["train", "minigrid:MiniGrid-Empty-5x5-v0", "--total-steps", "256", "--num-envs", "2",
+                 "--run-dir", run_dir, "--json", *FAST]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["global_step"] >= 256
+    assert main(["eval", run_dir, "--episodes", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["episodes"] == 2

@@ -12,7 +12,10 @@ Observations
     ``Box``, e.g. ``float32[4]`` for CartPole, ``int8[18]`` for tic-tac-toe) whenever every leaf of the native
     space has one dtype. When the leaves mix dtypes the row is raw bytes, meaningless as numbers, so SB3 gets a
     ``float32`` ``Box`` of every leaf's values instead, leaf after leaf in the layout's order (a ``Discrete`` leaf
-    is its integer value, a ``Text`` leaf its character codes). Observations are always copies.
+    is its integer value, a ``Text`` leaf its character codes). Observations are always copies. Being flat, they
+    suit SB3's ``MlpPolicy`` only: its ``CnnPolicy`` (images) and ``MultiInputPolicy`` (Dict spaces) refuse them;
+    train image observations with shoal's own PPO (its default policy has a CNN) or give SB3 a ``features_extractor``
+    that unflattens the row.
 
 Actions
     The vector env's flat action space: ``Discrete``, ``MultiDiscrete`` or ``Box``. The hybrid layout (mixed discrete

@@ -143,7 +143,7 @@ def evaluate(
     try:
         obs, _ = vec.reset(seed)
         if writer is not None:
-            writer.append(recorder.frame())
+            _write_frames(writer, recorder)
         starts = np.ones(rows, np.bool_)
         for _ in range(max_steps):
             masks = vec.masks
@@ -151,7 +151,7 @@ def evaluate(
             starts = np.where(masks, False, starts)
             obs, _rewards, terminals, truncations, infos = vec.step(action)
             if writer is not None:
-                writer.append(recorder.frame())
+                _write_frames(writer, recorder)
             ended = terminals | truncations
             starts = starts | ended
             if ended.any():
@@ -195,6 +195,15 @@ def evaluate(
         "mean_agent_length": float(np.mean([n for game in games for n in game.lengths])),
         **recorded,
     }
+
+
+def _write_frames(writer: VideoWriter, recorder: FrameRecorder | None) -> None:
+    """The frames the env rendered during the last vector call (its last frame before an autoreset included); an
+    env the recorder could not wrap gives the frame it shows now."""
+    assert recorder is not None
+    frames = recorder.take() if recorder.env is not None and recorder.pending else [recorder.frame()]
+    for frame in frames:
+        writer.append(frame)
 
 
 def load_policy_from_checkpoint(

@@ -26,9 +26,13 @@ import difflib
 import importlib
 import pkgutil
 import re
+import string
 from dataclasses import dataclass, field
 from typing import Any
 
+from gymnasium import spaces
+
+from shoal.emulation import register_space
 from shoal.errors import APIUsageError
 from shoal.wrappers import apply_wrappers, parse_wrappers
 
@@ -79,10 +83,24 @@ class EnvFn:
             return factory(**self.kwargs)
         import gymnasium as gym
 
+        if self.name.startswith("minigrid:"):
+            _register_minigrid_spaces()  # in every process that builds the env (vector workers included)
         return gym.make(self.name, **self.kwargs)
 
     def __hash__(self) -> int:
         return hash((self.name, self.kind, self.wrappers))
+
+
+#: The characters of MiniGrid's missions (short English sentences such as "get to the green goal square").
+_MISSION_CHARS = string.ascii_letters + string.digits + " ,.-'"
+
+
+def _register_minigrid_spaces() -> None:
+    """Store MiniGrid's ``MissionSpace`` as a Text leaf of at most 96 characters, so raw MiniGrid envs named by an
+    ENV string emulate without the user registering it (:func:`shoal.emulation.register_space`; idempotent)."""
+    from minigrid.core.mission import MissionSpace
+
+    register_space(MissionSpace, lambda space: spaces.Text(96, charset=_MISSION_CHARS))
 
 
 def _load_attribute(spec: str) -> Any:

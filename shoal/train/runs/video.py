@@ -1,7 +1,9 @@
 """Watching a policy: frames of evaluation episodes into an mp4 or a gif, or a window on screen.
 
-The env is built with ``render_mode="rgb_array"`` to record (``"human"`` to watch), and its ``render()`` is called
-once after the reset and after every step: for a PettingZoo env that is the whole env's frame, all agents together.
+The env is built with ``render_mode="rgb_array"`` to record (``"human"`` to watch). To record, it is wrapped so that
+its ``render()`` is called inside its own ``reset()`` and ``step()``: every episode's last frame is kept, before the
+emulator resets the env for the next one. For a PettingZoo env that is the whole env's frame, all agents together
+(a turn-based game gives one frame per move).
 Videos need the ``video`` extra (``pip install "shoal[video]"``: imageio, and imageio-ffmpeg for mp4).
 """
 
@@ -15,7 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
+from pettingzoo import AECEnv, ParallelEnv
+from pettingzoo.utils.wrappers import BaseParallelWrapper, BaseWrapper
 
 from shoal.errors import APIUsageError, EnvError
 from shoal.train.runs.resolve import EnvFn
@@ -78,7 +83,17 @@ class FrameRecorder:
                 f"render_mode={self.mode!r} (an env named by its ENV string gets it automatically)"
             )
         self.env = env
-        return env
+        self.pending: list[np.ndarray] = []
+        return env if self.mode != "rgb_array" else _filmed(env, self)
+
+    def capture(self) -> None:
+        """Keep the env's current frame (called by the wrapper after the env's reset and each step)."""
+        self.pending.append(self.frame())
+
+    def take(self) -> list[np.ndarray]:
+        """The frames captured since the last call, oldest first."""
+        frames, self.pending = self.pending, []
+        return frames
 
     def frame(self) -> np.ndarray:
         """The env's current frame, ``uint8[height, width, 3]``."""
@@ -90,6 +105,64 @@ class FrameRecorder:
                            f"{type(frame).__name__} {getattr(frame, 'shape', '')}, not an RGB image "
                            "(uint8[height, width, 3])")
         return np.ascontiguousarray(frame[..., :3], dtype=np.uint8)
+
+
+def _filmed(env: Any, recorder: FrameRecorder) -> Any:
+    """``env`` wrapped to capture a frame after its reset and after each step (Gymnasium, PettingZoo parallel or
+    AEC); the wrapper passes everything else through."""
+    if isinstance(env, gym.Env):
+        return _FilmedEnv(env, recorder)
+    if isinstance(env, ParallelEnv):
+        return _FilmedParallelEnv(env, recorder)
+    if isinstance(env, AECEnv):
+        return _FilmedAECEnv(env, recorder)
+    return env  # another kind of env: evaluate takes its frame after the vector step
+
+
+class _FilmedEnv(gym.Wrapper):
+    def __init__(self, env: gym.Env, recorder: FrameRecorder) -> None:
+        super().__init__(env)
+        self._recorder = recorder
+
+    def reset(self, **kwargs: Any) -> Any:
+        out = self.env.reset(**kwargs)
+        self._recorder.capture()
+        return out
+
+    def step(self, action: Any) -> Any:
+        out = self.env.step(action)
+        self._recorder.capture()
+        return out
+
+
+class _FilmedParallelEnv(BaseParallelWrapper):
+    def __init__(self, env: ParallelEnv, recorder: FrameRecorder) -> None:
+        super().__init__(env)
+        self._recorder = recorder
+
+    def reset(self, seed: int | None = None, options: dict | None = None) -> Any:
+        out = self.env.reset(seed=seed, options=options)
+        self._recorder.capture()
+        return out
+
+    def step(self, actions: Any) -> Any:
+        out = self.env.step(actions)
+        self._recorder.capture()
+        return out
+
+
+class _FilmedAECEnv(BaseWrapper):
+    def __init__(self, env: AECEnv, recorder: FrameRecorder) -> None:
+        super().__init__(env)
+        self._recorder = recorder
+
+    def reset(self, seed: int | None = None, options: dict | None = None) -> None:
+        self.env.reset(seed=seed, options=options)
+        self._recorder.capture()
+
+    def step(self, action: Any) -> None:
+        self.env.step(action)
+        self._recorder.capture()
 
 
 class VideoWriter:

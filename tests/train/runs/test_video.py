@@ -49,8 +49,9 @@ def test_a_gymnasium_env_is_recorded_frame_by_frame(tmp_path: Path, suffix: str)
     path = Path(result["video"])
     assert path == tmp_path / f"cartpole{suffix}"
     count, first = _frames(path, fps=25)
-    # one frame after the reset and one after every step of the two episodes
-    assert count == result["frames"] == 1 + round(result["mean_length"] * result["episodes"])
+    # one frame after the reset and one after every step of the two episodes, each end followed by the frame of
+    # the reset that starts the next episode
+    assert count == result["frames"] == 1 + round(result["mean_length"] * result["episodes"]) + result["episodes"]
     assert first.shape == (400, 600, 3) and first.std() > 0
     assert result["episodes"] == 2 and len(result["returns"]) == 2
 
@@ -64,7 +65,7 @@ def test_a_pettingzoo_env_is_recorded_with_its_env_level_frame(tmp_path: Path) -
     # the whole env's picture in colour, not an agent's grey 32x32 observation
     assert first.shape == screen.render().shape == (560, 240, 3)
     assert result["episodes"] == 1 and result["agent_episodes"] == 4
-    assert count == result["frames"] == 1 + round(result["mean_length"])
+    assert count == result["frames"] == 1 + round(result["mean_length"]) + 1
 
 
 def test_video_without_the_extra_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -112,3 +113,33 @@ def test_render_shows_the_episodes_in_a_window(monkeypatch: pytest.MonkeyPatch) 
     env_fn = resolve_env("CartPole-v1", {"max_episode_steps": 5})
     result = evaluate(_policy(env_fn), env_fn, 1, render=True)
     assert result["episodes"] == 1 and result["mean_length"] == 5 and "video" not in result
+
+
+class _Counter(gym.Env):
+    """Three steps per episode; its frame shows how many steps the episode has taken (in every pixel)."""
+
+    metadata = {"render_modes": ["rgb_array"]}
+    observation_space = gym.spaces.Box(0.0, 3.0, (1,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, render_mode: str | None = None) -> None:
+        self.render_mode, self.t = render_mode, 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple:
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action: object) -> tuple:
+        self.t += 1
+        return np.full(1, self.t, np.float32), 1.0, self.t == 3, False, {}
+
+    def render(self) -> np.ndarray:
+        return np.full((16, 16, 3), 60 * self.t, np.uint8)
+
+
+def test_every_episodes_last_frame_is_recorded_before_the_next_reset(tmp_path: Path) -> None:
+    result = evaluate(_policy(lambda: _Counter("rgb_array")), lambda: _Counter("rgb_array"), 2,
+                      video=tmp_path / "counter.gif", fps=10)
+    frames = imageio.mimread(result["video"], memtest=False)
+    assert [round(float(f[..., :3].mean()) / 60) for f in frames] == [0, 1, 2, 3, 0, 1, 2, 3, 0]
