@@ -1,8 +1,8 @@
 """SuperSuit image wrappers in the pipeline: train an image env end to end on the default CNN and report its
 return beside a uniform random policy's, in the same run.
 
-Both are measured the same way: ``--eval-episodes`` agent-episodes on the same evaluation seeds, the random policy
-taking uniform legal actions (``shoal.bench.random_actions``), the trained one sampling its own actions
+Both are measured the same way: ``--eval-episodes`` whole env episodes (games) on the same evaluation seeds, the
+random policy taking uniform legal actions (``shoal.bench.random_actions``), the trained one sampling its own actions
 (``--greedy`` for the most likely ones). The training budget is ``--steps`` agent steps; a wall-time cap
 (``--minutes``) stops a run early at its last completed update, so slow machines still finish.
 
@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from shoal import vector
 from shoal.bench import random_actions
 from shoal.train import TrainConfig, evaluate, make_trainer
+from shoal.train.runs.agent_stats import Game, GameTracker
 from shoal.train.runs.resolve import resolve_env
 
 #: Presets: env, its keyword arguments, the wrappers, and settings for a short CPU run.
@@ -53,18 +54,20 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def random_returns(env_fn: Any, episodes: int, seed: int) -> list[float]:
-    """Episode returns of uniform random legal actions (one env, ``episodes`` agent-episodes)."""
+    """Mean return per game of uniform random legal actions: one env, ``episodes`` whole env episodes (games), each
+    game's mean over its agents, as :func:`shoal.train.evaluate` measures the trained policy."""
     rng = np.random.default_rng(seed)
-    returns: list[float] = []
+    games: list[Game] = []
     with vector.make(env_fn, 1, backend="serial", seed=seed) as vec:
         vec.reset(seed)
-        while len(returns) < episodes:
+        tracker = GameTracker(1, vec.agents_per_env)
+        rows, env_ids = np.arange(vec.num_agents), np.zeros(1, np.int64)
+        while len(games) < episodes:
             *_, terminals, truncations, infos = vec.step(random_actions(vec, rng, vec.num_agents))
-            for k in np.flatnonzero(terminals | truncations):
-                episode = infos[k].get("episode")
-                if episode is not None:
-                    returns.append(float(episode["return"]))
-    return returns[:episodes]
+            ended = terminals | truncations
+            if ended.any():
+                games += tracker.record(rows, env_ids, infos, ended)
+    return [game.mean_return for game in games[:episodes]]
 
 
 class _Deadline:
