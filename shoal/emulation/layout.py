@@ -36,7 +36,7 @@ from gymnasium import spaces
 
 from shoal.errors import SpaceError
 
-__all__ = ["Layout", "Leaf", "Path", "SpaceHandler", "compile_layout", "format_path", "register_space"]
+__all__ = ["Layout", "Leaf", "Path", "SpaceHandler", "compile_layout", "format_path", "is_registered", "register_space"]
 
 Path = tuple[str | int, ...]
 TEXT_DTYPE = np.dtype(np.int32)
@@ -315,6 +315,11 @@ def register_space(
                             "be None)")
     _HANDLERS[space_type] = SpaceHandler(as_space, encode, decode)
     _collect.register(space_type, _registered_leaf)
+
+
+def is_registered(space_type: type[spaces.Space]) -> bool:
+    """Whether :func:`register_space` stores ``space_type`` (itself or through a registered base class)."""
+    return any(cls in _HANDLERS for cls in space_type.__mro__)
 
 
 def space_handler(space: spaces.Space) -> SpaceHandler:

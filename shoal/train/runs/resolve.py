@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import itertools
+import math
 import pkgutil
 import re
 import string
@@ -33,6 +35,7 @@ from typing import Any
 from gymnasium import spaces
 
 from shoal.emulation import register_space
+from shoal.emulation.layout import is_registered
 from shoal.errors import APIUsageError
 from shoal.wrappers import apply_wrappers, parse_wrappers
 
@@ -93,14 +96,36 @@ class EnvFn:
 
 #: The characters of MiniGrid's missions (short English sentences such as "get to the green goal square").
 _MISSION_CHARS = string.ascii_letters + string.digits + " ,.-'"
+#: BabyAI's generated instructions have no enumerable set; its longest sentences run to a few hundred characters.
+_LONG_MISSION = 512
+
+
+def _mission_length(space: Any) -> int:
+    """The longest mission ``space`` can hold: enumerated from its placeholders (MiniGrid's envs), else
+    :data:`_LONG_MISSION` (BabyAI's language, or missions that cannot be enumerated)."""
+    if "BabyAI" in type(space).__name__:
+        return _LONG_MISSION
+    placeholders = getattr(space, "ordered_placeholders", None)
+    try:
+        if placeholders is None:
+            missions = [space.mission_func()]
+        elif math.prod(len(options) for options in placeholders) <= 100_000:
+            missions = [space.mission_func(*combo) for combo in itertools.product(*placeholders)]
+        else:
+            return _LONG_MISSION
+        return max(len(mission) for mission in missions)
+    except Exception:  # a mission function that needs arguments it does not declare: stay generous
+        return _LONG_MISSION
 
 
 def _register_minigrid_spaces() -> None:
-    """Store MiniGrid's ``MissionSpace`` as a Text leaf of at most 96 characters, so raw MiniGrid envs named by an
-    ENV string emulate without the user registering it (:func:`shoal.emulation.register_space`; idempotent)."""
+    """Store MiniGrid's ``MissionSpace`` as a Text leaf as long as its longest mission, so raw MiniGrid envs named by
+    an ENV string emulate without the user registering it (:func:`shoal.emulation.register_space`). A registration
+    of the user's own is kept."""
     from minigrid.core.mission import MissionSpace
 
-    register_space(MissionSpace, lambda space: spaces.Text(96, charset=_MISSION_CHARS))
+    if not is_registered(MissionSpace):
+        register_space(MissionSpace, lambda space: spaces.Text(_mission_length(space), charset=_MISSION_CHARS))
 
 
 def _load_attribute(spec: str) -> Any:

@@ -161,8 +161,13 @@ class _FilmedAECEnv(BaseWrapper):
         self._recorder.capture()
 
     def step(self, action: Any) -> None:
+        # the emulator steps agents that are already done with None (PettingZoo's contract); nothing moves on
+        # screen, so no frame
+        agent = self.env.agent_selection
+        done = self.env.terminations.get(agent, False) or self.env.truncations.get(agent, False)
         self.env.step(action)
-        self._recorder.capture()
+        if not done:
+            self._recorder.capture()
 
 
 class VideoWriter:

@@ -62,3 +62,16 @@ def test_names_read_from_a_file_accept_trusted_env_packages_only(env_module: str
                  "shimmy:GymV26Environment-v0", "GymV26Environment-v0", "GymV21Environment-v0"):
         with pytest.raises(APIUsageError, match="which loading would import and call"):
             resolve_env(name, source="run/config.json")
+
+
+def test_raw_minigrid_and_babyai_envs_emulate_with_missions_as_long_as_they_get() -> None:
+    import shoal
+    from shoal.emulation.layout import is_registered
+
+    # BabyAI's generated instructions run past 100 characters on some seeds
+    with shoal.vector.make(resolve_env("minigrid:BabyAI-BossLevel-v0"), 1) as vec:
+        for seed in range(30):
+            vec.reset(seed=seed)
+    from minigrid.core.mission import MissionSpace
+
+    assert is_registered(MissionSpace)

@@ -3,6 +3,7 @@ window; clear errors without the video extra, for an env that cannot render, and
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
 from collections.abc import Callable
@@ -143,3 +144,16 @@ def test_every_episodes_last_frame_is_recorded_before_the_next_reset(tmp_path: P
                       video=tmp_path / "counter.gif", fps=10)
     frames = imageio.mimread(result["video"], memtest=False)
     assert [round(float(f[..., :3].mean()) / 60) for f in frames] == [0, 1, 2, 3, 0, 1, 2, 3, 0]
+
+
+def test_a_turn_based_game_gives_one_frame_per_move_and_none_for_finished_players(tmp_path: Path) -> None:
+    from pettingzoo.classic import tictactoe_v3
+
+    def env_fn() -> Any:
+        return tictactoe_v3.env(render_mode="rgb_array")
+
+    result = evaluate(_policy(env_fn), env_fn, 1, video=tmp_path / "ttt.gif")
+    frames = imageio.mimread(result["video"], memtest=False)
+    # the reset, every move (each changes the board), then the next game's reset: never the same frame twice
+    assert len(frames) == result["frames"] >= 1 + 5 + 1
+    assert all(not np.array_equal(a, b) for a, b in itertools.pairwise(frames))
