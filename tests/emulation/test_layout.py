@@ -24,7 +24,7 @@ def test_a_raw_minigrid_env_emulates_once_its_mission_space_is_registered() -> N
     with pytest.raises(SpaceError, match=r"MissionSpace at obs\['mission'\].*shoal\.emulation\.register_space\("
                                          r"MissionSpace, as_space, encode\)"):
         shoal.emulate(env)
-    register_space(MissionSpace, lambda space: spaces.Text(96, charset=MISSION_CHARS))
+    register_space(MissionSpace, lambda space: spaces.Text(512, charset=MISSION_CHARS))  # room for BabyAI
     emu = shoal.emulate(env)
     obs, _ = emu.reset(seed=0)
     native = to_native(emu.obs_layout, obs[0])
