@@ -100,8 +100,11 @@ def make(env_fn: Callable[[], Any] | Sequence[Callable[[], Any]], num_envs: int,
     return cls(config, **backend_kwargs)
 
 
-def to_sb3(vec: VecEnv) -> SB3VecEnv:
+def to_sb3(vec: VecEnv, observations: str = "flat") -> SB3VecEnv:
     """Wrap ``vec`` as a Stable-Baselines3 ``VecEnv``: one SB3 env index per agent slot.
+
+    ``observations="flat"`` gives SB3 the flat row (``MlpPolicy``); ``"leaves"`` each leaf of the native space in
+    its own space (an image ``Box`` for ``CnnPolicy``, a flat ``Dict`` of leaves for ``MultiInputPolicy``).
 
     Returns a :class:`shoal.vector.sb3.SB3VecEnv` (see its module for observations, padded slots, action masks and
     which calls need the serial backend). Needs ``pip install "shoal[sb3]"``; imported here on first use, so
@@ -112,4 +115,4 @@ def to_sb3(vec: VecEnv) -> SB3VecEnv:
     except ImportError as exc:
         raise ImportError(f"shoal.vector.to_sb3 needs Stable-Baselines3 ({exc}); install it with "
                           "pip install 'shoal[sb3]'") from exc
-    return SB3VecEnv(vec)
+    return SB3VecEnv(vec, observations)  # type: ignore[arg-type]

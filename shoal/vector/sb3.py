@@ -13,9 +13,16 @@ Observations
     space has one dtype. When the leaves mix dtypes the row is raw bytes, meaningless as numbers, so SB3 gets a
     ``float32`` ``Box`` of every leaf's values instead, leaf after leaf in the layout's order (a ``Discrete`` leaf
     is its integer value, a ``Text`` leaf its character codes). Observations are always copies. Being flat, they
-    suit SB3's ``MlpPolicy`` only: its ``CnnPolicy`` (images) and ``MultiInputPolicy`` (Dict spaces) refuse them;
-    train image observations with shoal's own PPO (its default policy has a CNN) or give SB3 a ``features_extractor``
-    that unflattens the row.
+    suit SB3's ``MlpPolicy``.
+
+    ``to_sb3(vec, observations="leaves")`` gives SB3 each leaf of the native space in its own form instead, for
+    its ``CnnPolicy`` and ``MultiInputPolicy``: a space with one leaf is that leaf's space (an image ``Box`` stays
+    ``uint8[H, W, C]``, so ``CnnPolicy`` applies); a ``Dict``/``Tuple`` space, nested or not, becomes one flat
+    ``Dict`` keyed by each leaf's path joined by ``/`` (``"agent/position"``; SB3 takes no nested ``Dict``, and
+    torch module names no dots), for
+    ``MultiInputPolicy``. ``Discrete``/``MultiDiscrete`` leaves with a ``start`` are shifted to start at 0 (SB3
+    one-hot encodes from 0). ``Text`` leaves and spaces registered with
+    :func:`shoal.emulation.layout.register_space` have no SB3 space and are refused (use the flat form).
 
 Actions
     The vector env's flat action space: ``Discrete``, ``MultiDiscrete`` or ``Box``. The hybrid layout (mixed discrete
@@ -71,7 +78,7 @@ import functools
 import operator
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -83,6 +90,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvS
 
 from shoal.emulation import unflatten
 from shoal.emulation.actions import HybridBox
+from shoal.emulation.layout import Layout, Leaf, format_path
 from shoal.errors import APIUsageError
 from shoal.vector.base import VecEnv
 from shoal.vector.serial import SerialVecEnv
@@ -99,6 +107,8 @@ class SB3VecEnv(SB3BaseVecEnv):
     Args:
         vec: a shoal vector env with synchronous batches (``batch_size == num_envs``), any backend. The bridge owns
             it from now on: :meth:`close` closes it.
+        observations: ``"flat"`` (one ``Box`` row, for ``MlpPolicy``) or ``"leaves"`` (each leaf in its own SB3
+            space, for ``CnnPolicy`` and ``MultiInputPolicy``); see the module docstring.
 
     Attributes:
         vec: the wrapped shoal vector env.
@@ -106,10 +116,11 @@ class SB3VecEnv(SB3BaseVecEnv):
         observation_space: one row, see the module docstring; action_space: ``vec.single_action_space``.
 
     Raises:
-        APIUsageError: partial batches, a closed vector env, or hybrid actions.
+        APIUsageError: partial batches, a closed vector env, hybrid actions, or ``"leaves"`` with a leaf SB3 has no
+            space for.
     """
 
-    def __init__(self, vec: VecEnv) -> None:
+    def __init__(self, vec: VecEnv, observations: Literal["flat", "leaves"] = "flat") -> None:
         if not isinstance(vec, VecEnv):
             raise APIUsageError(f"to_sb3(vec) takes a shoal vector env (shoal.vector.make(...)), got "
                                 f"{type(vec).__name__}")
@@ -123,14 +134,22 @@ class SB3VecEnv(SB3BaseVecEnv):
             raise APIUsageError(f"to_sb3(vec): the action space mixes discrete and continuous leaves "
                                 f"({vec.action_layout.space!r}); SB3 has no distribution for such actions. Use "
                                 "shoal.train, or wrap the env to expose only one kind")
+        if observations not in ("flat", "leaves"):
+            raise APIUsageError(f"to_sb3(vec, observations={observations!r}): choose 'flat' (one Box row, for "
+                                "MlpPolicy) or 'leaves' (each leaf in its own space, for CnnPolicy and "
+                                "MultiInputPolicy)")
         self.vec = vec
         self._layout = vec.obs_layout
-        self._as_floats = vec.obs_layout.is_bytes
-        obs_space = vec.single_observation_space
-        if self._as_floats:
+        self._leaves = _sb3_leaves(vec.obs_layout) if observations == "leaves" else None
+        self._as_floats = self._leaves is None and vec.obs_layout.is_bytes
+        obs_space: spaces.Space = vec.single_observation_space
+        if self._leaves is not None:
+            obs_space = (self._leaves[0][2] if len(self._leaves) == 1 and not self._leaves[0][1].path
+                         else spaces.Dict({key: space for key, _, space, _ in self._leaves}))
+        elif self._as_floats:
             width = sum(leaf.size for leaf in vec.obs_layout.leaves)
             obs_space = spaces.Box(-np.inf, np.inf, (width,), np.float32)
-        self._zero_obs = np.zeros(obs_space.shape, obs_space.dtype)
+        self._obs_space = obs_space
         self._actions: np.ndarray | None = None
         self._reset_seed: int | None = None
         self._start = time.time()
@@ -139,13 +158,28 @@ class SB3VecEnv(SB3BaseVecEnv):
 
     # ---- observations ------------------------------------------------------------------------------------------
 
-    def _obs(self, rows: np.ndarray) -> np.ndarray:
+    def _zero_obs(self) -> np.ndarray | dict[str, np.ndarray]:
+        """The observation of a padded slot: zeros of the observation space (a fresh copy)."""
+        if isinstance(self._obs_space, spaces.Dict):
+            return {key: np.zeros(space.shape, space.dtype) for key, space in self._obs_space.spaces.items()}
+        return np.zeros(self._obs_space.shape, self._obs_space.dtype)
+
+    def _obs(self, rows: np.ndarray) -> np.ndarray | dict[str, np.ndarray]:
         """Rows ``[R, flat]`` (or one row ``[flat]``) in SB3's observation form: a copy."""
-        if not self._as_floats:
+        if not self._as_floats and self._leaves is None:
             return np.array(rows, copy=True)
         one = rows.ndim == 1
         views = unflatten(self._layout, rows[None] if one else rows)
         n = 1 if one else len(rows)
+        if self._leaves is not None:
+            out_leaves = {}
+            for key, leaf, space, offset in self._leaves:
+                value = np.asarray(functools.reduce(operator.getitem, leaf.path, views))
+                value = (value - offset if offset is not None else value).astype(space.dtype, copy=True)
+                out_leaves[key] = value[0] if one else value
+            if not isinstance(self._obs_space, spaces.Dict):
+                return out_leaves[self._leaves[0][0]]
+            return out_leaves
         columns = [np.asarray(functools.reduce(operator.getitem, leaf.path, views), np.float32).reshape(n, -1)
                    for leaf in self._layout.leaves]
         out = np.concatenate(columns, axis=1)
@@ -181,7 +215,7 @@ class SB3VecEnv(SB3BaseVecEnv):
             if "reset_info" in info and not self._live[k] and not dones[k]:
                 # A padding segment ends with its env's episode (see the module docstring).
                 dones[k] = True
-                out["terminal_observation"] = self._zero_obs.copy()
+                out["terminal_observation"] = self._zero_obs()
                 out["TimeLimit.truncated"] = False
             out_infos.append(out)
         self._live = self.vec.masks.copy()
@@ -336,6 +370,24 @@ class SB3VecEnv(SB3BaseVecEnv):
 
     def __repr__(self) -> str:
         return f"SB3VecEnv({self.vec!r})"
+
+
+def _sb3_leaves(layout: Layout) -> list[tuple[str, Leaf, spaces.Space, np.ndarray | None]]:
+    """``(key, leaf, SB3 space, offset to subtract)`` for every leaf of ``layout``, or a clear error for a leaf
+    SB3 has no space for."""
+    out: list[tuple[str, Leaf, spaces.Space, np.ndarray | None]] = []
+    for leaf in layout.leaves:
+        space, offset = leaf.space, None
+        if leaf.source is not None or leaf.kind == "text":
+            raise APIUsageError(f"to_sb3(vec, observations='leaves'): the observation leaf at "
+                                f"{format_path(leaf.path)} ({type(leaf.source or space).__name__}) has no "
+                                "Stable-Baselines3 space; use observations='flat' (every leaf as float columns)")
+        if isinstance(space, spaces.Discrete) and space.start != 0:
+            space, offset = spaces.Discrete(int(space.n)), np.asarray(space.start, np.int64)
+        elif isinstance(space, spaces.MultiDiscrete) and np.any(space.start != 0):
+            space, offset = spaces.MultiDiscrete(space.nvec), np.asarray(space.start, np.int64)
+        out.append(("/".join(str(key) for key in leaf.path) or "obs", leaf, space, offset))
+    return out
 
 
 def _wrapper_attr(env: Any, name: str) -> Any:

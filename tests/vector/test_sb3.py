@@ -153,6 +153,86 @@ def test_mixed_dtype_rows_become_float_columns_of_every_leaf() -> None:
             np.testing.assert_array_equal(obs, np.concatenate(columns, axis=1))
 
 
+class _ShiftedChoices(gym.Env):
+    """A Dict observation whose Discrete and MultiDiscrete leaves start above 0."""
+
+    observation_space = gym.spaces.Dict({"level": gym.spaces.Discrete(3, start=5),
+                                         "dice": gym.spaces.MultiDiscrete([6, 6], start=[1, 1]),
+                                         "pos": gym.spaces.Box(-1.0, 1.0, (2,), np.float32)})
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[Any, dict]:
+        super().reset(seed=seed)
+        return self.observation_space.sample(), {}
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        return self.observation_space.sample(), 0.0, False, False, {}
+
+
+def test_leaves_give_cnn_policy_the_image_of_a_gymnasium_env() -> None:
+    def car() -> gym.Env:
+        return gym.make("CarRacing-v3")
+
+    raw = car()
+    with shoal.vector.to_sb3(shoal.vector.make(car, num_envs=1, seed=3), observations="leaves") as env:
+        assert env.observation_space == raw.observation_space  # Box(0, 255, (96, 96, 3), uint8)
+        obs = env.reset()
+        np.testing.assert_array_equal(obs[0], raw.reset(seed=3)[0])
+        actions = np.array([[0.0, 0.5, 0.0]], np.float32)
+        obs = env.step(actions)[0]
+        np.testing.assert_array_equal(obs[0], raw.step(actions[0])[0])
+        model = PPO("CnnPolicy", env, n_steps=16, batch_size=16, n_epochs=1, seed=0)
+        assert type(model.policy.features_extractor).__name__ == "NatureCNN"
+        model.learn(32)
+    raw.close()
+
+
+def test_leaves_give_multi_input_policy_one_dict_key_per_leaf() -> None:
+    twin = shoal.vector.make(envs.nested, num_envs=2, seed=1)
+    with twin, shoal.vector.to_sb3(shoal.vector.make(envs.nested, num_envs=2, seed=1), observations="leaves") as env:
+        keys = ["/".join(map(str, leaf.path)) for leaf in twin.obs_layout.leaves]
+        assert list(env.observation_space.spaces) == keys
+        assert env.observation_space["agent/position"] == gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+        twin.reset()
+        env.reset()
+        rng = np.random.default_rng(0)
+        for _ in range(10):
+            actions = random_actions(env.action_space, 2, rng)
+            views = unflatten(twin.obs_layout, twin.step(actions)[0])
+            obs = env.step(actions)[0]
+            for name, leaf in zip(keys, twin.obs_layout.leaves, strict=True):
+                value = views
+                for key in leaf.path:
+                    value = value[key]
+                np.testing.assert_array_equal(obs[name], value)
+            assert all({key: value[k] for key, value in obs.items()} in env.observation_space for k in range(2))
+        model = PPO("MultiInputPolicy", env, n_steps=16, batch_size=32, n_epochs=1, seed=0)
+        model.learn(64)
+
+
+def test_leaves_shift_discrete_starts_to_zero_for_sb3() -> None:
+    with shoal.vector.to_sb3(shoal.vector.make(_ShiftedChoices, num_envs=3, seed=0), observations="leaves") as env:
+        assert env.observation_space["level"] == gym.spaces.Discrete(3)
+        assert env.observation_space["dice"] == gym.spaces.MultiDiscrete([6, 6])
+        for _ in range(5):
+            obs = env.reset()
+            for k in range(3):
+                assert {key: value[k] for key, value in obs.items()} in env.observation_space
+        PPO("MultiInputPolicy", env, n_steps=8, batch_size=24, n_epochs=1, seed=0).learn(24)
+
+
+def test_leaves_refuse_a_text_leaf_and_name_it() -> None:
+    from shoal.train.runs.resolve import resolve_env
+
+    # shoal's resolver stores MiniGrid's mission as a Text leaf
+    grid = shoal.vector.make(resolve_env("minigrid:MiniGrid-Empty-5x5-v0", {}), num_envs=1)
+    with pytest.raises(APIUsageError, match=r"mission.*observations='flat'"):
+        shoal.vector.to_sb3(grid, observations="leaves")
+    grid.close()
+    with pytest.raises(APIUsageError, match="choose 'flat'"):
+        shoal.vector.to_sb3(shoal.vector.make(pendulum, num_envs=1), observations="dict")
+
+
 # ---- training ------------------------------------------------------------------------------------------------
 
 
