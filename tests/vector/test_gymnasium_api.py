@@ -163,6 +163,38 @@ def test_next_step_autoreset_matches_gymnasium_sync_vector_env(backend: str, env
     reference.close()
 
 
+def _assert_infos_match(infos: dict, ref: dict) -> None:
+    """Every key Gymnasium gives is there with equal values; shoal adds only its episode statistics."""
+    assert set(infos) - set(ref) <= {"episode", "_episode"}, set(infos) ^ set(ref)
+    for key, value in ref.items():
+        if isinstance(value, dict):
+            _assert_infos_match(infos[key], value)
+        else:
+            np.testing.assert_array_equal(infos[key], value, err_msg=key)
+            assert np.asarray(infos[key]).dtype == np.asarray(value).dtype, key
+
+
+@pytest.mark.parametrize("backend", ["serial", "multiprocessing"])
+def test_next_step_autoreset_infos_match_gymnasium_sync_vector_env(backend: str) -> None:
+    # Taxi reports its transition probability and legal-action mask in every info, the reset's included; random
+    # play is truncated at 200 steps, so the run crosses reset steps.
+    fns = [functools.partial(gym.make, "Taxi-v4") for _ in range(NUM_ENVS)]
+    reference = gym.vector.SyncVectorEnv(fns, autoreset_mode=AutoresetMode.NEXT_STEP)
+    with GymnasiumVectorEnv(fns, backend=backend, num_workers=2, autoreset_mode=AutoresetMode.NEXT_STEP) as envs_:
+        _assert_infos_match(envs_.reset(seed=4)[1], reference.reset(seed=4)[1])
+        rng = np.random.default_rng(1)
+        ends = 0
+        for _ in range(420):
+            actions = rng.integers(0, 6, NUM_ENVS)
+            obs, _, _, _, infos = envs_.step(actions)
+            ref_obs, _, ref_terms, ref_truncs, ref_infos = reference.step(actions)
+            np.testing.assert_array_equal(obs.reshape(-1), ref_obs)
+            _assert_infos_match(infos, ref_infos)
+            ends += int((ref_terms | ref_truncs).sum())
+        assert ends >= NUM_ENVS
+    reference.close()
+
+
 def test_normalize_observation_runs_on_next_step_autoreset() -> None:
     fns = [envs.cartpole] * NUM_ENVS
     with GymnasiumVectorEnv(fns) as same_step, pytest.raises(ValueError, match="NEXT_STEP or DISABLED"):
