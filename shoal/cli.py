@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -163,6 +164,20 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         )
 
 
+def claim_run_dir(base: Path) -> Path:
+    """Create and return a fresh directory ``base`` (or ``base-2``, ``base-3``...): runs started in the same second
+    with the same env and seed each get their own default run directory, never one another's."""
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for n in itertools.count(1):
+        path = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        try:
+            path.mkdir()  # atomic: exactly one process creates it
+        except FileExistsError:
+            continue
+        return path
+    raise AssertionError("unreachable")
+
+
 def _slug(text: str) -> str:
     return (
         re.sub(
@@ -197,9 +212,9 @@ def _train_config(args: argparse.Namespace) -> Any:
     else:
         if overrides.get("run_dir") is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
-            overrides["run_dir"] = str(
-                Path("runs") / f"{_slug(args.env)}-s{overrides.get('seed', 0)}-{stamp}"
-            )
+            name = f"{_slug(args.env)}-s{overrides.get('seed', 0)}-{stamp}"
+            config = TrainConfig(env=args.env, **{**overrides, "run_dir": str(Path("runs") / name)}).validate()
+            return config.replace(run_dir=str(claim_run_dir(Path(config.run_dir))))  # once the config is valid
         config = TrainConfig(env=args.env, **overrides)
     return config.validate()
 

@@ -215,3 +215,12 @@ def test_a_raw_minigrid_env_named_on_the_command_line_trains_and_evaluates(tmp_p
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["global_step"] >= 256
     assert main(["eval", run_dir, "--episodes", "2", "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["episodes"] == 2
+
+
+def test_runs_started_in_the_same_second_get_their_own_default_run_dirs(tmp_path: Path) -> None:
+    from shoal.cli import claim_run_dir
+
+    base = tmp_path / "runs" / "CartPole-v1-s0-20261206-120000"
+    claimed = [claim_run_dir(base) for _ in range(3)]
+    assert claimed == [base, base.with_name(base.name + "-2"), base.with_name(base.name + "-3")]
+    assert all(path.is_dir() for path in claimed)
