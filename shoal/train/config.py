@@ -35,6 +35,7 @@ from shoal.wrappers import parse_wrappers
 __all__ = [
     "ALGO_DEFAULTS",
     "ALGOS",
+    "ENV_PRESETS",
     "BASELINES",
     "DEFAULT_MIX",
     "LEAGUE_PRESETS",
@@ -54,6 +55,7 @@ Advantage = Literal["gae", "vtrace"]
 CriticInput = Literal["auto", "state", "concat"]
 ValueNorm = Literal["auto", "none", "running", "popart"]
 WandbMode = Literal["offline", "online", "disabled"]
+Preset = Literal["auto", "none"]
 
 #: The algorithms :func:`shoal.train.train` runs.
 ALGOS: tuple[str, ...] = typing.get_args(Algo)
@@ -64,13 +66,29 @@ ALGOS: tuple[str, ...] = typing.get_args(Algo)
 #: bonus; tuned on mpe2.simple_spread_v3 (``benchmarks/mappo.py``).
 ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
     "ppo": {"num_envs": 8, "horizon": 64, "learning_rate": 4e-3, "update_epochs": 3, "minibatch_size": 128,
-            "ent_coef": 0.01, "hidden_size": 64, "agent_ids": False, "anneal_lr": True},
+            "ent_coef": 0.01, "hidden_size": 64, "agent_ids": False, "anneal_lr": True, "gamma": 0.99,
+            "gae_lambda": 0.95},
     "mappo": {"num_envs": 16, "horizon": 50, "learning_rate": 2.5e-3, "update_epochs": 10, "minibatch_size": 1200,
-              "ent_coef": 0.01, "hidden_size": 128, "agent_ids": True, "anneal_lr": True},
+              "ent_coef": 0.01, "hidden_size": 128, "agent_ids": True, "anneal_lr": True, "gamma": 0.99,
+              "gae_lambda": 0.95},
     # SAC: an update is `horizon` vector steps, each followed by its gradient steps; minibatch_size is the
     # sampled batch; a constant learning rate (as SB3 and CleanRL use); ent_coef and update_epochs are unused.
     "sac": {"num_envs": 4, "horizon": 50, "learning_rate": 1e-3, "update_epochs": 1, "minibatch_size": 256,
-            "ent_coef": 0.0, "hidden_size": 256, "agent_ids": False, "anneal_lr": False},
+            "ent_coef": 0.0, "hidden_size": 256, "agent_ids": False, "anneal_lr": False, "gamma": 0.99,
+            "gae_lambda": 0.95},
+}
+
+#: Per algorithm and env id, settings for the fields a config leaves unset, applied before :data:`ALGO_DEFAULTS`
+#: when ``preset="auto"`` (the default): envs whose good settings differ from the general defaults, as
+#: rl-baselines3-zoo tunes its hyperparameters per env. Each entry is measured by ``benchmarks/learning.py``
+#: against SB3 with the zoo's own settings. Pendulum-v1 wants a short horizon of discounting (gamma 0.9: its reward
+#: is immediate), long rollouts and many epochs; Acrobot-v1's -1 per step needs normalized value targets.
+ENV_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "ppo": {
+        "Pendulum-v1": {"num_envs": 4, "horizon": 1024, "learning_rate": 1e-3, "gamma": 0.9, "update_epochs": 10,
+                        "minibatch_size": 64, "ent_coef": 0.0, "value_norm": "running"},
+        "Acrobot-v1": {"value_norm": "running"},
+    },
 }
 
 
@@ -161,6 +179,10 @@ class TrainConfig:
     """Algorithm: ``"ppo"`` (on PettingZoo envs IPPO: parameter-shared, every live slot a row) or ``"mappo"``
     (PPO with a centralized critic and value normalization). The fields left at None take this algorithm's
     defaults (:data:`ALGO_DEFAULTS`)."""
+    preset: Preset = "auto"
+    """Per-env settings for the fields left unset: ``"auto"`` takes the env's entry in :data:`ENV_PRESETS` for
+    this algorithm when there is one (printed at the start of a run; any flag overrides its field), ``"none"``
+    only the algorithm's defaults."""
     total_steps: int = 150_000
     """Budget of agent steps: actions of live agents collected (env steps times live agents)."""
     seed: int = 0
@@ -226,10 +248,10 @@ class TrainConfig:
     """Stop the epochs of an update early once the approximate KL exceeds this (None: never)."""
 
     # ---- advantages ----------------------------------------------------------------------------------------
-    gamma: float = 0.99
-    """Discount factor."""
-    gae_lambda: float = 0.95
-    """GAE lambda."""
+    gamma: float | None = None
+    """Discount factor (default 0.99; some env presets use another, e.g. 0.9 for Pendulum-v1)."""
+    gae_lambda: float | None = None
+    """GAE lambda (default 0.95)."""
     advantage: Advantage = "gae"
     """``"gae"`` or ``"vtrace"`` (V-trace-clipped GAE, recomputed before each minibatch)."""
     vtrace_rho_clip: float = 1.0
@@ -378,8 +400,9 @@ class TrainConfig:
             APIUsageError: naming the first bad field and how to fix it.
         """
         self._check_choices()
-        out = dataclasses.replace(self, **{name: value for name, value in ALGO_DEFAULTS[self.algo].items()
-                                           if getattr(self, name) is None})
+        out = dataclasses.replace(self, **self.preset_fields())
+        out = dataclasses.replace(out, **{name: value for name, value in ALGO_DEFAULTS[self.algo].items()
+                                          if getattr(out, name) is None})
         if agents_per_env is not None and isinstance(out.num_envs, int) and isinstance(out.horizon, int):
             rows = out.num_envs * agents_per_env
             if out.batch_size is None:
@@ -392,6 +415,14 @@ class TrainConfig:
                 )
         out._check()
         return out
+
+    def preset_fields(self) -> dict[str, Any]:
+        """The fields :meth:`resolved` takes from the env's preset (:data:`ENV_PRESETS`): those of the entry for
+        this algorithm and ``env`` that this config leaves unset (None, or ``"auto"`` for ``value_norm``)."""
+        if self.preset == "none":
+            return {}
+        entry = ENV_PRESETS.get(self.algo, {}).get(self.env, {})
+        return {name: value for name, value in entry.items() if getattr(self, name) in (None, "auto")}
 
     def validate(self) -> TrainConfig:
         """Raise :class:`~shoal.errors.APIUsageError` naming the first bad field; return self (unchanged:

@@ -140,3 +140,37 @@ def test_training_fails_loudly_on_a_nan_reward_and_can_be_told_not_to() -> None:
     with pytest.raises(APIUsageError, match="env_timeout must be a positive number"):
         TrainConfig(env_timeout=0).validate()
     assert TrainConfig(env_timeout=None, check_finite=False).resolved().env_timeout is None
+
+
+# ---- env presets -------------------------------------------------------------------------------------------------
+
+
+def test_an_env_preset_fills_only_the_fields_left_unset() -> None:
+    from shoal.train.config import ENV_PRESETS
+
+    preset = ENV_PRESETS["ppo"]["Pendulum-v1"]
+    resolved = TrainConfig(env="Pendulum-v1").resolved()
+    for name, value in preset.items():
+        assert getattr(resolved, name) == value, name
+    assert resolved.clip_coef == TrainConfig().clip_coef  # not in the preset: the general default
+    mine = TrainConfig(env="Pendulum-v1", gamma=0.97, num_envs=2).resolved()
+    assert (mine.gamma, mine.num_envs, mine.horizon) == (0.97, 2, preset["horizon"])
+    assert TrainConfig(env="Pendulum-v1", preset="none").resolved().gamma == ALGO_DEFAULTS["ppo"]["gamma"]
+    # presets are per algorithm: SAC on Pendulum keeps SAC's defaults
+    sac = TrainConfig(env="Pendulum-v1", algo="sac").resolved()
+    assert (sac.gamma, sac.num_envs) == (ALGO_DEFAULTS["sac"]["gamma"], ALGO_DEFAULTS["sac"]["num_envs"])
+    assert resolved.resolved() == resolved  # resolving twice changes nothing
+    with pytest.raises(APIUsageError, match="preset"):
+        TrainConfig(env="Pendulum-v1", preset="zoo").resolved()
+
+
+def test_the_command_line_prints_the_preset_it_applies(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["train", "Pendulum-v1", "--total-steps", "512", "--horizon", "64", "--update-epochs", "1",
+                 "--run-dir", str(tmp_path / "run"), "--no-dashboard"])
+    assert code == 0
+    err = capsys.readouterr()
+    text = err.out + err.err
+    assert "preset for Pendulum-v1 (ppo): num_envs 4, learning_rate 0.001, gamma 0.9" in text
+    assert "horizon" not in text.split("preset for")[1].split("\n")[0]  # given by a flag, so not from the preset
+    saved = TrainConfig.load(tmp_path / "run" / "config.json")
+    assert (saved.gamma, saved.horizon, saved.value_norm) == (0.9, 64, "running")

@@ -103,7 +103,8 @@ class Trainer(CheckpointMixin):
         policy: nn.Module | None = None,
         callbacks: Sequence[Callback] = (),
     ) -> None:
-        self.config = cfg = config.resolved()  # the algorithm's defaults filled in
+        self.preset = config.preset_fields()  # what the env's preset sets (printed by describe)
+        self.config = cfg = config.resolved()  # the env's preset and the algorithm's defaults filled in
         self.device = resolve_device(cfg.device)
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
@@ -229,7 +230,11 @@ class Trainer(CheckpointMixin):
 
     def describe(self) -> list[str]:
         """Lines about the run's setup worth printing before it starts (the command line prints them)."""
-        return []
+        if not self.preset:
+            return []
+        settings = ", ".join(f"{name} {value}" for name, value in self.preset.items())
+        return [f"preset for {self.config.env} ({self.config.algo}): {settings} (flags override; --preset none "
+                "for the plain defaults)"]
 
     def _default_policy(self, policy_cls: Any, **extra: Any) -> nn.Module:
         """``policy_cls.from_env`` with the config's sizes (``extra``: further keywords, e.g. a critic input)."""

@@ -552,6 +552,7 @@ class MAPPOTrainer(Trainer):
         callbacks: Sequence[Callable[..., None]] = (),
     ) -> None:
         self._default_minibatch = config.minibatch_size is None
+        preset = config.preset_fields()
         config = config.resolved()
         self.centralized = config.algo == "mappo"
         base_fn = env_fn if env_fn is not None else resolve_env(config.env, config.env_kwargs,
@@ -572,6 +573,7 @@ class MAPPOTrainer(Trainer):
                 base_fn = WithGlobalState(base_fn)
         self._value_norm_kind = resolve_value_norm(config)
         super().__init__(config, env_fn=base_fn, policy=policy, callbacks=callbacks)
+        self.preset = preset  # read before the config was resolved here
 
     # ---- setup ---------------------------------------------------------------------------------------------
 

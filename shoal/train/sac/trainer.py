@@ -124,7 +124,7 @@ class SACTrainer(Trainer):
         self._stat_steps = 0
 
     def describe(self) -> list[str]:
-        return [self._replay_summary]
+        return [*super().describe(), self._replay_summary]
 
     def _start_learner(self) -> None:
         """SAC learns in this process, step by step inside :meth:`collect`; there is no separate learner."""
