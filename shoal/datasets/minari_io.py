@@ -23,6 +23,7 @@ observation space becomes the action masks, as the emulators do), its actions th
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
@@ -300,19 +301,33 @@ def load_dataset(target: str | os.PathLike[str]) -> OfflineDataset:
     """
     _, storage_cls = _minari()
     data_path = _data_path(target)
-    file = data_path / _MAIN
+    with _reading(data_path / _METADATA):
+        raw = storage_cls.read_raw_metadata(data_path)
+        if not isinstance(raw, dict):
+            raise ValueError(f"the metadata is a {type(raw).__name__}, not a JSON object")
+    with _reading(data_path / _MAIN):
+        return _load(storage_cls, data_path, raw)
+
+
+_UNREADABLE = (OSError, KeyError, ValueError, TypeError, AssertionError, IndexError, AttributeError)
+
+
+@contextlib.contextmanager
+def _reading(file: Path) -> Iterator[None]:
+    """Turn what h5py, json and Minari raise on a broken ``file`` into a :class:`DatasetError` naming it."""
     try:
-        return _load(storage_cls, data_path)
+        yield
     except ShoalError:
         raise
-    except (OSError, KeyError, ValueError, TypeError, AssertionError, IndexError) as exc:
-        broken = file if file.exists() else data_path / _METADATA
-        raise DatasetError(f"{broken}: cannot read this dataset ({type(exc).__name__}: {exc}); the file is "
-                           "truncated or corrupt: record or download the dataset again") from exc
+    except _UNREADABLE as exc:
+        if not file.exists():
+            raise DatasetError(f"{file} is missing: the dataset directory is incomplete; record or download the "
+                               "dataset again") from exc
+        raise DatasetError(f"{file}: cannot read this dataset ({type(exc).__name__}: {exc}); the file is truncated "
+                           "or corrupt: record or download the dataset again") from exc
 
 
-def _load(storage_cls: Any, data_path: Path) -> OfflineDataset:
-    raw = storage_cls.read_raw_metadata(data_path)
+def _load(storage_cls: Any, data_path: Path, raw: dict[str, Any]) -> OfflineDataset:
     facts = raw.get("shoal")
     storage = storage_cls.read(data_path)
     if facts is not None:
