@@ -90,7 +90,7 @@ def test_an_existing_path_is_kept_unless_overwrite(tmp_path: Path) -> None:
     first = record_dataset("random", "CartPole-v1", 30, seed=1)
     second = record_dataset("random", "CartPole-v1", 40, seed=2)
     path = save_dataset(first, tmp_path / "ds")
-    with pytest.raises(APIUsageError, match="already exists.*overwrite"):
+    with pytest.raises(APIUsageError, match=r"already exists.*overwrite"):
         save_dataset(second, path)
     assert load_dataset(path).num_steps == 30
     save_dataset(second, path, overwrite=True)
@@ -163,6 +163,6 @@ def test_a_path_without_a_dataset_is_refused(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "root"))
     with pytest.raises(DatasetError, match="holds no dataset"):
         load_dataset(tmp_path)
-    with pytest.raises(DatasetError, match="neither a dataset directory nor a local Minari dataset id.*minari "
+    with pytest.raises(DatasetError, match=r"neither a dataset directory nor a local Minari dataset id.*minari "
                                            "download"):
         load_dataset("nowhere/none-v0")
