@@ -215,3 +215,20 @@ def test_a_raw_minigrid_env_named_on_the_command_line_trains_and_evaluates(tmp_p
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["global_step"] >= 256
     assert main(["eval", run_dir, "--episodes", "2", "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["episodes"] == 2
+
+
+def test_record_writes_a_minari_dataset_and_refuses_to_overwrite_it(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import minari
+
+    out = tmp_path / "cartpole-random"
+    code, payload, text = run(capsys, "record", "random", "--env", "CartPole-v1", "--steps", "200", "--seed", "2",
+                              "--out", str(out))
+    assert code == 0 and payload["ok"] and payload["command"] == "record"
+    assert payload["steps"] == 200 and payload["path"] == str(out) and 10 < payload["mean_return"] < 40
+    assert f"recorded {payload['episodes']} episodes, 200 steps" in text
+    assert minari.MinariDataset(out / "data").total_steps == 200
+    code, payload, text = run(capsys, "record", "random", "--env", "CartPole-v1", "--steps", "200", "--out", str(out))
+    assert code == 2 and "already exists" in payload["error"] and "--overwrite" in payload["error"]
+    code, payload, _ = run(capsys, "record", "random", "--steps", "20", "--out", str(tmp_path / "x"))
+    assert code == 2 and "needs an env" in payload["error"]
