@@ -252,9 +252,11 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         _fail(
             "train",
             f"{how} at step {trainer.global_step:,} (update {trainer.update:,}); the last checkpoint is "
-            f"{checkpoint}" + ("" if checkpoint is None else f" (continue with --run-dir {config.run_dir} --resume)"),
+            f"{checkpoint}" + ("" if checkpoint is None else f" (continue with --run-dir {config.run_dir} --resume)")
+            + ("" if trainer.dataset_path is None else f"; the data collected is in {trainer.dataset_path}"),
             code=EXIT_INTERRUPTED,
             checkpoint=None if checkpoint is None else str(checkpoint),
+            dataset=None if trainer.dataset_path is None else str(trainer.dataset_path),
             run_dir=config.run_dir,
             global_step=trainer.global_step,
             signal=signal_name(exc),
@@ -267,6 +269,8 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     )
     if result.episode_return is not None:
         _say(args, f"training episode return (last {config.stats_window}): {result.episode_return:.2f}")
+    if result.dataset is not None:
+        _say(args, f"wrote every decision the run collected to the dataset {result.dataset}")
     extra: dict[str, Any] = {}
     if result.evaluation is not None and "error" in result.evaluation:
         # training succeeded and is saved: a failed evaluation is reported, not turned into a failure
