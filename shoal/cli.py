@@ -1,4 +1,4 @@
-"""The ``shoal`` command line: ``shoal train|eval|league|plot|list``.
+"""The ``shoal`` command line: ``shoal train|eval|record|league|plot|list``.
 
 Every command ends with one machine-readable JSON line on stdout (``--json`` prints only that line); human
 output (the live dashboard, summaries) goes before it, the dashboard to stderr. Every failure prints ``shoal:
@@ -23,6 +23,8 @@ error: ...`` on stderr and a JSON line ``{"command": ..., "ok": false, "error": 
     shoal train pettingzoo.classic.connect_four_v3 --league --run-dir runs/c4
     shoal eval runs/c4 --opponent heuristic --episodes 200
     shoal league runs/c4 --plot
+    shoal record runs/cartpole --steps 50000 --out data/cartpole-medium
+    shoal record solver --env pettingzoo.classic.tictactoe_v3 --steps 20000 --epsilon 0.2 --out data/ttt
     shoal plot runs/cartpole
     shoal list
 
@@ -265,9 +267,11 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         _fail(
             "train",
             f"{how} at step {trainer.global_step:,} (update {trainer.update:,}); the last checkpoint is "
-            f"{checkpoint}" + ("" if checkpoint is None else f" (continue with --run-dir {config.run_dir} --resume)"),
+            f"{checkpoint}" + ("" if checkpoint is None else f" (continue with --run-dir {config.run_dir} --resume)")
+            + ("" if trainer.dataset_path is None else f"; the data collected is in {trainer.dataset_path}"),
             code=EXIT_INTERRUPTED,
             checkpoint=None if checkpoint is None else str(checkpoint),
+            dataset=None if trainer.dataset_path is None else str(trainer.dataset_path),
             run_dir=config.run_dir,
             global_step=trainer.global_step,
             signal=signal_name(exc),
@@ -280,6 +284,8 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     )
     if result.episode_return is not None:
         _say(args, f"training episode return (last {config.stats_window}): {result.episode_return:.2f}")
+    if result.dataset is not None:
+        _say(args, f"wrote every decision the run collected to the dataset {result.dataset}")
     extra: dict[str, Any] = {}
     if result.evaluation is not None and "error" in result.evaluation:
         # training succeeded and is saved: a failed evaluation is reported, not turned into a failure
@@ -358,6 +364,26 @@ def _eval_match(args: argparse.Namespace) -> dict[str, Any]:
         f"{'stochastic' if args.stochastic else 'deterministic'} actions",
     )
     return {"command": "eval", "ok": True, **result}
+
+
+def cmd_record(args: argparse.Namespace) -> dict[str, Any]:
+    from shoal.datasets.minari_io import check_output_path, save_dataset
+    from shoal.train.record import record_dataset
+
+    if args.steps < 1:
+        raise APIUsageError(f"--steps must be >= 1, got {args.steps}")
+    check_output_path(args.out, args.overwrite)  # before the rollout, not after it
+    if args.env is not None:
+        _check_env_kwargs(args.env, args.env_kwargs)
+    dataset = record_dataset(args.source, args.env, args.steps, epsilon=args.epsilon, deterministic=args.deterministic,
+                             seed=args.seed, num_envs=args.num_envs, env_kwargs=args.env_kwargs, device=args.device)
+    path = save_dataset(dataset, args.out, overwrite=args.overwrite)
+    mean_return = float(dataset.episode_returns().mean())
+    _say(args, f"{dataset.metadata['env']}: recorded {dataset.num_episodes} episodes, {dataset.num_steps} steps, mean "
+               f"return {mean_return:.2f} ({dataset.metadata['source']}); wrote {path}")
+    return {"command": "record", "ok": True, "env": dataset.metadata["env"], "source": dataset.metadata["source"],
+            "episodes": dataset.num_episodes, "steps": dataset.num_steps, "mean_return": mean_return,
+            "path": str(path)}
 
 
 def cmd_league(args: argparse.Namespace) -> dict[str, Any]:
@@ -511,6 +537,35 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--fps", type=float, default=30.0, help="frames per second of --video (default: 30)")
     evaluate.add_argument("--json", action="store_true", help="print only the final JSON line")
     evaluate.set_defaults(handler=cmd_eval)
+
+    record = sub.add_parser(
+        "record",
+        help="record an offline dataset (Minari format)",
+        description="Roll out RUN_OR_SOURCE and write every decision as per-slot episodes into a Minari dataset "
+        "directory (readable by minari.MinariDataset(OUT/data) and shoal.datasets.load_dataset). RUN_OR_SOURCE is "
+        "a run directory or checkpoint (its policy samples its actions unless --deterministic), random (uniform "
+        "legal actions), or a scripted player of the classic games: heuristic, solver (tic-tac-toe), "
+        "alphabeta[@DEPTH] (connect four). A step is a decision of one agent slot; rewards a slot receives while "
+        "it waits for its turn land on its last move; episodes still running after --steps end truncated.",
+    )
+    record.command = "record"  # type: ignore[attr-defined]
+    record.add_argument("source", metavar="RUN_OR_SOURCE")
+    record.add_argument("--steps", type=int, required=True, help="decisions (agent steps) to record")
+    record.add_argument("--out", required=True, metavar="PATH", help="the dataset directory to create")
+    record.add_argument("--env", default=None, metavar="ENV",
+                        help="the env to play: required for random and scripted sources; a run's own env by default")
+    record.add_argument("--env-kwargs", type=_parse_dict, default=None, metavar="JSON",
+                        help="keyword arguments of the env (default: the run's, for the run's env)")
+    record.add_argument("--epsilon", type=float, default=0.0,
+                        help="probability that a decision is replaced by a uniformly random legal action (default 0)")
+    record.add_argument("--deterministic", action="store_true",
+                        help="a run's policy takes its most likely action instead of sampling")
+    record.add_argument("--seed", type=int, default=0, help="seed of the envs and of every random choice")
+    record.add_argument("--num-envs", type=int, default=1, help="envs played side by side (default 1)")
+    record.add_argument("--device", default="cpu")
+    record.add_argument("--overwrite", action="store_true", help="replace a dataset already at --out")
+    record.add_argument("--json", action="store_true", help="print only the final JSON line")
+    record.set_defaults(handler=cmd_record)
 
     league = sub.add_parser(
         "league",

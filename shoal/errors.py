@@ -10,6 +10,7 @@ __all__ = [
     "APIUsageError",
     "CapacityError",
     "CheckpointError",
+    "DatasetError",
     "EnvError",
     "NonFiniteError",
     "ShoalError",
@@ -79,3 +80,7 @@ class WorkerTimeoutError(WorkerError):
 
 class CheckpointError(ShoalError, RuntimeError):
     """A checkpoint is missing, corrupt, or belongs to another env or policy shape."""
+
+
+class DatasetError(ShoalError, RuntimeError):
+    """An offline dataset is missing, corrupt, or was recorded in other spaces than the env it is used with."""

@@ -224,3 +224,20 @@ def test_runs_started_in_the_same_second_get_their_own_default_run_dirs(tmp_path
     claimed = [claim_run_dir(base) for _ in range(3)]
     assert claimed == [base, base.with_name(base.name + "-2"), base.with_name(base.name + "-3")]
     assert all(path.is_dir() for path in claimed)
+
+
+def test_record_writes_a_minari_dataset_and_refuses_to_overwrite_it(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import minari
+
+    out = tmp_path / "cartpole-random"
+    code, payload, text = run(capsys, "record", "random", "--env", "CartPole-v1", "--steps", "200", "--seed", "2",
+                              "--out", str(out))
+    assert code == 0 and payload["ok"] and payload["command"] == "record"
+    assert payload["steps"] == 200 and payload["path"] == str(out) and 10 < payload["mean_return"] < 40
+    assert f"recorded {payload['episodes']} episodes, 200 steps" in text
+    assert minari.MinariDataset(out / "data").total_steps == 200
+    code, payload, text = run(capsys, "record", "random", "--env", "CartPole-v1", "--steps", "200", "--out", str(out))
+    assert code == 2 and "already exists" in payload["error"] and "--overwrite" in payload["error"]
+    code, payload, _ = run(capsys, "record", "random", "--steps", "20", "--out", str(tmp_path / "x"))
+    assert code == 2 and "needs an env" in payload["error"]

@@ -7,7 +7,7 @@ from typing import Any
 from shoal.emulation.actions import ActionLayout
 from shoal.emulation.base import Buffers, Emulator
 from shoal.emulation.check import check_env
-from shoal.emulation.flatten import Flattener, flatten, to_native, unflatten
+from shoal.emulation.flatten import Flattener, flatten, flatten_batch, to_native, unflatten
 from shoal.emulation.gymnasium import GymnasiumEmulator
 from shoal.emulation.layout import Layout, Leaf, SpaceHandler, compile_layout, register_space
 from shoal.emulation.pettingzoo import PettingZooEmulator
@@ -29,6 +29,7 @@ __all__ = [
     "SpaceHandler",
     "compile_layout",
     "flatten",
+    "flatten_batch",
     "register_space",
     "to_native",
     "unflatten",

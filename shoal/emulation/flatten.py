@@ -18,7 +18,7 @@ from gymnasium import spaces
 from shoal.emulation.layout import Layout, Leaf, _Node, compile_layout, format_path, leaf_value, space_handler
 from shoal.errors import SpaceError
 
-__all__ = ["Flattener", "flatten", "to_native", "unflatten"]
+__all__ = ["Flattener", "flatten", "flatten_batch", "to_native", "unflatten"]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -93,12 +93,7 @@ class Flattener:
         self.row = row
         self._plan: list[tuple[Leaf, np.ndarray, Callable[[Any], Any] | None]] = []
         for leaf in layout.leaves:
-            encoder = None if encode_leaf.dispatch(type(leaf.space)) is encode_leaf.dispatch(object) else (
-                functools.partial(encode_leaf, leaf.space)
-            )
-            if leaf.source is not None:
-                encoder = _registered_encoder(leaf, encoder)
-            self._plan.append((leaf, _leaf_view(layout, leaf, row), encoder))
+            self._plan.append((leaf, _leaf_view(layout, leaf, row), _leaf_encoder(leaf)))
         only = self._plan[0]
         single = len(self._plan) == 1 and only[2] is None and not only[0].path
         self._single = only[1] if single else None
@@ -128,6 +123,14 @@ class Flattener:
     def clear(self) -> None:
         """Zero-fill the row (used for dead and padded slots)."""
         self.row[...] = 0
+
+
+def _leaf_encoder(leaf: Leaf) -> Callable[[Any], Any] | None:
+    """What turns one value of ``leaf`` into what its row stores (None: stored as it is)."""
+    encoder = None if encode_leaf.dispatch(type(leaf.space)) is encode_leaf.dispatch(object) else (
+        functools.partial(encode_leaf, leaf.space)
+    )
+    return encoder if leaf.source is None else _registered_encoder(leaf, encoder)
 
 
 def _registered_encoder(leaf: Leaf, then: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
@@ -175,6 +178,49 @@ def flatten(layout: Layout | spaces.Space, sample: Any, out: np.ndarray | None =
     layout = compile_layout(layout)
     row = np.zeros(layout.flat_size, layout.flat_dtype) if out is None else out
     return Flattener(layout, row).write(sample)
+
+
+def flatten_batch(layout: Layout | spaces.Space, batch: Any, out: np.ndarray | None = None) -> np.ndarray:
+    """Flatten ``N`` samples given leaf by leaf into ``N`` rows (the rows :func:`flatten` writes, one per sample).
+
+    Args:
+        layout: a :class:`Layout` or a space.
+        batch: the space's nesting (``dict``/``tuple``) with, at each leaf, the ``N`` values of that leaf stacked
+            along a new first axis (an array ``[N, *leaf.shape]``; a sequence of ``N`` str for a Text leaf).
+        out: optional ``[N, flat_size]`` array of ``layout.flat_dtype`` to write into; new zeroed rows otherwise.
+
+    Returns:
+        ``[N, flat_size]`` rows of ``layout.flat_dtype`` (``out`` when given).
+
+    Raises:
+        SpaceError: a leaf is missing, leaves hold different numbers of samples, or a leaf's values do not fit it.
+    """
+    layout = compile_layout(layout)
+    values = []
+    for leaf in layout.leaves:
+        try:
+            value = leaf_value(batch, leaf.path)
+        except (KeyError, IndexError, TypeError) as exc:
+            raise SpaceError(f"batch has no entry at {format_path(leaf.path)} ({exc!r}); it does not match "
+                             f"{layout}") from None
+        values.append(value)
+    counts = {len(value) for value in values}
+    if len(counts) != 1:
+        sizes = ", ".join(f"{format_path(leaf.path)}: {len(v)}" for leaf, v in zip(layout.leaves, values, strict=True))
+        raise SpaceError(f"the leaves of a batch hold different numbers of samples ({sizes})")
+    (n,) = counts
+    rows = np.zeros((n, layout.flat_size), layout.flat_dtype) if out is None else out
+    _check_row(layout, rows, "out")
+    views = unflatten(layout, rows)  # writable views of every leaf in the rows
+    for leaf, value in zip(layout.leaves, values, strict=True):
+        encoder = _leaf_encoder(leaf)
+        if encoder is not None:  # Text and registered leaves: value by value, as Flattener.write does
+            value = np.stack([encoder(v) for v in value]) if n else np.zeros((0, *leaf.shape), leaf.dtype)
+        try:
+            leaf_value(views, leaf.path)[...] = value
+        except (ValueError, TypeError) as exc:
+            raise _bad_value(leaf, value, exc) from None
+    return rows
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -61,6 +61,9 @@ def make_trainer(
         if resolved.algo == "sac":
             raise APIUsageError("algo='sac' runs one learner; several data-parallel learners (torchrun) are not "
                                 "supported for it: run it as one process")
+        if resolved.record_dataset is not None:
+            raise APIUsageError("record_dataset records one learner's rollouts; several data-parallel learners "
+                                "(torchrun) would each write it: run one process, or drop --record-dataset")
         if resolved.async_learner:
             raise APIUsageError("async_learner=True runs one learner process; it cannot be combined with several "
                                 "data-parallel learners (torchrun): drop --async-learner")

@@ -384,6 +384,11 @@ class TrainConfig:
     """Episodes averaged in the reported episode return and length."""
     eval_episodes: int = 0
     """Episodes of deterministic evaluation after training (0 = none)."""
+    record_dataset: str | None = None
+    """Write every decision of the learner's slots (everything the run collected, as per-slot episodes of raw
+    rewards, see shoal.datasets.EpisodeRecorder) to a Minari dataset directory at this path when training ends or
+    is interrupted; held in memory until then. An existing dataset there is replaced only with ``overwrite``. Not
+    with several data-parallel learners."""
 
     # ---- resolution and validation ------------------------------------------------------------------------
 
@@ -536,6 +541,8 @@ class TrainConfig:
         if self.async_learner and self.league:
             raise APIUsageError("async_learner=True cannot train a self-play league (its opponents follow the "
                                 "learner's updates); drop --async-learner or --league")
+        if self.record_dataset is not None and not (isinstance(self.record_dataset, str) and self.record_dataset):
+            raise APIUsageError(f"record_dataset must be a directory path or None, got {self.record_dataset!r}")
         if self.wandb and self.run_dir is None:
             raise APIUsageError("wandb=True needs a run_dir to hold the run's files (give --run-dir)")
         if self.wandb_mode is not None and self.wandb_mode not in typing.get_args(WandbMode):

@@ -9,7 +9,7 @@ from gymnasium import spaces
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shoal.emulation import Flattener, compile_layout, flatten, to_native, unflatten
+from shoal.emulation import Flattener, compile_layout, flatten, flatten_batch, to_native, unflatten
 from shoal.emulation.layout import leaf_value
 from shoal.errors import SpaceError
 from tests.emulation.helpers import assert_same_sample
@@ -142,3 +142,30 @@ def test_wrong_sample_and_row_errors_name_the_leaf() -> None:
         unflatten(layout, np.zeros((2, layout.flat_size + 1), layout.flat_dtype))
     with pytest.raises(SpaceError, match="dtype"):
         unflatten(compile_layout(SPACE_ZOO["box_float32"]), np.zeros((2, 4), np.float64))
+
+
+def _stacked(space: spaces.Space, samples: list) -> object:
+    """The samples leaf by leaf, stacked along a new first axis (Text: a list of str)."""
+    if isinstance(space, spaces.Dict):
+        return {key: _stacked(sub, [s[key] for s in samples]) for key, sub in space.spaces.items()}
+    if isinstance(space, spaces.Tuple):
+        return tuple(_stacked(sub, [s[i] for s in samples]) for i, sub in enumerate(space.spaces))
+    return list(samples) if isinstance(space, spaces.Text) else np.stack([np.asarray(s) for s in samples])
+
+
+@pytest.mark.parametrize("name", sorted(SPACE_ZOO))
+def test_flatten_batch_writes_the_rows_flatten_writes(name: str) -> None:
+    space = SPACE_ZOO[name]
+    space.seed(3)
+    layout = compile_layout(space)
+    samples = [space.sample() for _ in range(4)]
+    rows = flatten_batch(layout, _stacked(space, samples))
+    assert rows.tobytes() == np.stack([flatten(layout, s) for s in samples]).tobytes()
+
+
+def test_flatten_batch_names_a_missing_leaf_and_uneven_leaves() -> None:
+    space = spaces.Dict({"a": spaces.Discrete(3), "b": spaces.Box(0, 1, (2,), np.float32)})
+    with pytest.raises(SpaceError, match=r"no entry at obs\['b'\]"):
+        flatten_batch(space, {"a": np.zeros(2, np.int64)})
+    with pytest.raises(SpaceError, match=r"different numbers of samples \(obs\['a'\]: 2, obs\['b'\]: 3\)"):
+        flatten_batch(space, {"a": np.zeros(2, np.int64), "b": np.zeros((3, 2), np.float32)})

@@ -32,6 +32,7 @@ class TrainResult:
             ``{"error": message, "mean_return": None, "episodes": 0}`` (the training itself succeeded).
         resumed_from: the checkpoint this run continued from, or None.
         exact_resume: False when a resumed run had to restart its envs.
+        dataset: the dataset directory written (``config.record_dataset``), or None.
     """
 
     config: TrainConfig
@@ -48,6 +49,7 @@ class TrainResult:
     evaluation: dict[str, Any] | None = None
     resumed_from: Path | None = None
     exact_resume: bool = True
+    dataset: Path | None = None
 
     def summary(self) -> dict[str, Any]:
         """A JSON-serializable summary (what the command line prints)."""
@@ -64,6 +66,7 @@ class TrainResult:
             "episodes": self.episodes,
             "checkpoint": None if self.checkpoint is None else str(self.checkpoint),
             "resumed_from": None if self.resumed_from is None else str(self.resumed_from),
+            "dataset": None if self.dataset is None else str(self.dataset),
             "eval_mean_return": None if self.evaluation is None else self.evaluation["mean_return"],
             "eval_episodes": None if self.evaluation is None else self.evaluation["episodes"],
             "eval_stochastic_mean_return": None if self.evaluation is None

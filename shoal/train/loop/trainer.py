@@ -41,6 +41,8 @@ import torch
 from torch import Tensor, nn
 
 from shoal import vector
+from shoal.datasets.minari_io import check_output_path, save_dataset
+from shoal.datasets.recorder import EpisodeRecorder
 from shoal.emulation.base import action_mask_width
 from shoal.errors import APIUsageError
 from shoal.interrupts import deferred_signals
@@ -201,6 +203,12 @@ class Trainer(CheckpointMixin):
         self.league: Any = None
         if cfg.league:
             self.league = League(self)
+        #: ``record_dataset``: every decision of the learner's rows as per-slot episodes, written when training ends
+        self.recorder: EpisodeRecorder | None = None
+        self.dataset_path: Path | None = None
+        if cfg.record_dataset is not None:
+            check_output_path(cfg.record_dataset, cfg.overwrite)  # now, not after the whole run
+            self.recorder = EpisodeRecorder(vec.obs_layout, vec.action_layout, self.num_rows, self.agents_per_env)
 
     def _setup_learning(self) -> None:
         """The algorithm's part of the setup: its optimizer, its storage (``self.buffer``) and its loss.
@@ -318,6 +326,7 @@ class Trainer(CheckpointMixin):
                        None if agent_ids is None else agent_ids[live],
                        None if acted.state_before is None else (acted.state_before[0][live],
                                                                acted.state_before[1][live]))
+        self._record_decisions(carry, masks, acted.env_actions)
         if self.league is not None:  # the opponents' rows: their actions replace the learner's
             self.league.act(carry, acted.env_actions)
         self._times["inference"] += time.perf_counter() - t
@@ -363,6 +372,7 @@ class Trainer(CheckpointMixin):
                 final_values[truncated] = self._values(rows[truncated], final_obs, carry, final=True)
             self._record_episodes(carry, ended, counted)
         buffer.finish(rows, rewards, terminals, truncations, carry.masks, final_values)
+        self._record_results(carry)
         self._times["inference"] += time.perf_counter() - t
 
     def _scaled_rewards(self, rewards: np.ndarray) -> np.ndarray:
@@ -385,6 +395,40 @@ class Trainer(CheckpointMixin):
             self.episodes += 1
         if self.agent_stats is not None:
             self.agent_stats.record(carry.rows, carry.env_ids, carry.infos, counted, carry.agent_types, games)
+
+    def _record_decisions(self, carry: Carry, live: np.ndarray, env_actions: np.ndarray) -> None:
+        """``record_dataset``: record the decisions of ``carry``'s ``live`` rows (bool ``[len(rows)]``, the rows
+        the learner drives) with the actions the env receives."""
+        if self.recorder is None or not live.any():
+            return
+        picked = np.flatnonzero(live)
+        self.recorder.act(carry.rows[picked], carry.obs[picked], env_actions[picked],
+                          None if carry.action_masks is None else carry.action_masks[picked],
+                          None if carry.agent_types is None else carry.agent_types[picked])
+
+    def _record_results(self, carry: Carry) -> None:
+        """``record_dataset``: apply an env result (raw rewards) to the recorded decisions."""
+        if self.recorder is not None:
+            self.recorder.finish(carry.rows, carry.rewards, carry.terminals, carry.truncations, carry.masks, carry.obs,
+                                 carry.infos)
+
+    def save_recorded_dataset(self) -> Path | None:
+        """``record_dataset``: write every decision recorded so far as a dataset (running episodes end truncated,
+        see :class:`~shoal.datasets.EpisodeRecorder`); returns its path (None when nothing was recorded)."""
+        cfg = self.config
+        if self.recorder is None or self.recorder.num_steps == 0 or cfg.record_dataset is None:
+            return None
+        self.recorder.stop()
+        env = getattr(self.env_fn, "name", cfg.env)
+        dataset = self.recorder.dataset({
+            "env": env, "env_kwargs": dict(cfg.env_kwargs), "source": f"training run ({cfg.algo})", "algo": cfg.algo,
+            "run_dir": None if self.run_dir is None else str(self.run_dir), "seed": cfg.seed,
+            "steps": self.recorder.num_steps, "global_step": self.global_step, "max_agents": cfg.max_agents,
+        })
+        self.dataset_path = save_dataset(dataset, cfg.record_dataset, overwrite=cfg.overwrite)
+        log.info("wrote the %d recorded steps (%d episodes) to %s", dataset.num_steps, dataset.num_episodes,
+                 self.dataset_path)
+        return self.dataset_path
 
     def _start(self) -> None:
         t = time.perf_counter()
@@ -613,6 +657,8 @@ class Trainer(CheckpointMixin):
                 self.optimizer.load_state_dict(learner["optimizer"])
                 self.generator.set_state(learner["generator"])
             seconds = time.perf_counter() - self._t0
+            with deferred_signals():  # a dataset is never left half-written
+                self.save_recorded_dataset()
             evaluation = None
             if cfg.eval_episodes:
                 evaluation = evaluate_after_training(self.policy, self.env_fn, cfg, self.device)
@@ -645,10 +691,14 @@ class Trainer(CheckpointMixin):
                 evaluation=evaluation,
                 resumed_from=self._resume_from,
                 exact_resume=self.exact_resume,
+                dataset=self.dataset_path,
             )
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM under the command line: keep the last completed update
             if start_update is not None and self.update > start_update:
                 self.save_interrupted()
+            if self.dataset_path is None:  # and what the run collected (unless it was written already)
+                with deferred_signals():
+                    self.save_recorded_dataset()
             raise
         finally:
             self.close()

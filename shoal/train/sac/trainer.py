@@ -151,6 +151,7 @@ class SACTrainer(Trainer):
             actions = self._random_actions(carry)
         else:
             actions = self.acting.act(carry.obs, rows, masks, action_masks=carry.action_masks).env_actions
+        self._record_decisions(carry, masks, actions)
         if masks.all():
             self.buffer.act(rows, carry.obs, actions, carry.action_masks)
             self._acted += len(rows)
@@ -177,6 +178,7 @@ class SACTrainer(Trainer):
             self._record_episodes(carry, ended, ended)
         self.buffer.finish(rows, self._scaled_rewards(carry.rewards), terminals, truncations, carry.masks, carry.obs,
                            carry.action_masks, final_obs)
+        self._record_results(carry)
         self._times["inference"] += time.perf_counter() - t
 
     def collect(self) -> None:

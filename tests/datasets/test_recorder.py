@@ -1,0 +1,81 @@
+"""EpisodeRecorder: per-slot episodes out of a vector env's results, checked against the env replayed by hand."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from shoal import vector
+from shoal.datasets import EpisodeRecorder
+from shoal.errors import APIUsageError
+from shoal.train.runs.resolve import resolve_env
+
+pytestmark = pytest.mark.filterwarnings("ignore:The old environment creation API:DeprecationWarning")
+
+
+def test_cartpole_episodes_replay_exactly_in_the_raw_env() -> None:
+    vec = vector.make(lambda: gym.make("CartPole-v1"), 1, seed=5)
+    recorder = EpisodeRecorder(vec.obs_layout, vec.action_layout, vec.num_agents, vec.agents_per_env)
+    rng = np.random.default_rng(0)
+    rows = np.arange(1)
+    obs, _ = vec.reset(5)
+    for _ in range(150):
+        actions = rng.integers(0, 2, 1)
+        recorder.act(rows, obs, actions)
+        obs, rewards, terminals, truncations, infos = vec.step(actions)
+        recorder.finish(rows, rewards, terminals, truncations, vec.masks, obs, infos)
+    vec.close()
+    recorder.stop()
+    dataset = recorder.dataset({"env": "CartPole-v1"})
+    assert dataset.num_steps == 150 and dataset.metadata["unanswered_decisions"] == 0
+    # the same actions in a fresh CartPole, reset as the emulator resets it (seeded once, then unseeded)
+    env = gym.make("CartPole-v1")
+    first, _ = env.reset(seed=5)
+    for e in range(dataset.num_episodes):
+        steps = range(dataset.episode_offsets[e], dataset.episode_offsets[e + 1])
+        rows = dataset.observations[dataset.obs_offsets[e]: dataset.obs_offsets[e + 1]]
+        assert np.array_equal(rows[0], first)
+        for j, t in enumerate(steps):
+            obs, reward, terminated, truncated, _ = env.step(int(dataset.actions[t]))
+            assert np.array_equal(rows[j + 1], obs) and reward == dataset.rewards[t]
+            assert terminated == dataset.terminations[t]
+            assert truncated == dataset.truncations[t] or (e == dataset.num_episodes - 1 and t == steps[-1])
+        first, _ = env.reset()
+    assert dataset.terminations[:-1].sum() == dataset.num_episodes - 1  # every finished CartPole episode fails
+    assert dataset.truncations[-1] and not dataset.terminations[-1]  # the one the budget cut
+
+
+def test_a_turn_based_move_without_its_outcome_is_left_out_until_answered() -> None:
+    vec = vector.make(resolve_env("pettingzoo.classic.tictactoe_v3"), 1, seed=0)
+    recorder = EpisodeRecorder(vec.obs_layout, vec.action_layout, vec.num_agents, vec.agents_per_env)
+    all_rows = np.arange(2)
+    obs, _ = vec.reset(0)
+    for move in (0, 4, 8):  # player_1, player_2, player_1
+        row = np.flatnonzero(vec.masks)
+        recorder.act(row, obs[row], np.array([move]), vec.action_masks[row])
+        obs, rewards, terminals, truncations, infos = vec.step(np.full(2, move))
+        recorder.finish(all_rows, rewards, terminals, truncations, vec.masks, obs, infos)
+    assert recorder.pending.tolist() == [True, False]  # player_1's last move waits for player_2's
+    recorder.stop()
+    with pytest.raises(APIUsageError, match="stopped"):
+        recorder.act(np.array([1]), obs[1:], np.array([2]))
+    cut = recorder.dataset()
+    assert cut.metadata["unanswered_decisions"] == 1
+    assert cut.agents.tolist() == [0, 1] and cut.episode_lengths.tolist() == [1, 1]
+    assert cut.truncations.tolist() == [True, True] and not cut.terminations.any()
+    # player_1's final observation is the board it made its unanswered move on: its stone and player_2's
+    board = cut.observations.reshape(-1, 3, 3, 2)
+    assert board[1].sum() == 2 and board[1][..., 0].sum() == 1  # after move 0 and player_2's 4
+    assert recorder.dataset().observations.tobytes() == cut.observations.tobytes()  # dataset() changes nothing
+    # player_2 moves (not recorded): player_1's move is answered, its episode ends before its next decision
+    obs, rewards, terminals, truncations, infos = vec.step(np.full(2, 2))
+    recorder.finish(all_rows, rewards, terminals, truncations, vec.masks, obs, infos)
+    vec.close()
+    answered = recorder.dataset()
+    assert answered.metadata["unanswered_decisions"] == 0
+    assert answered.agents.tolist() == [0, 1] and answered.episode_lengths.tolist() == [2, 1]
+    assert answered.truncations.tolist() == [False, True, True]
+    assert np.array_equal(answered.actions, [0, 8, 4])
+    # the legal moves stored with each decision: 9, then 7 free squares for player_1
+    assert answered.action_masks[answered.obs_index].sum(1).tolist() == [9, 7, 8]

@@ -1,0 +1,122 @@
+"""record_dataset: random, scripted and trained sources on single-agent, parallel and turn-based envs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shoal.datasets import OfflineDataset, load_dataset, save_dataset
+from shoal.errors import APIUsageError, CheckpointError
+from shoal.train import TrainConfig, train
+from shoal.train.record import record_dataset
+from tests.datasets.helpers import assert_same_dataset
+
+pytestmark = pytest.mark.filterwarnings("ignore:The old environment creation API:DeprecationWarning")
+
+TICTACTOE = "pettingzoo.classic.tictactoe_v3"
+
+
+@pytest.fixture(scope="module")
+def cartpole_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("cartpole")
+    train(TrainConfig(env="CartPole-v1", total_steps=8_000, run_dir=str(run_dir), tensorboard=False, seed=0))
+    return run_dir
+
+
+def _episodes(dataset: OfflineDataset) -> list[slice]:
+    return [slice(int(a), int(b)) for a, b in zip(dataset.episode_offsets[:-1], dataset.episode_offsets[1:],
+                                                  strict=True)]
+
+
+def test_random_cartpole_records_exactly_the_budget_and_is_reproducible() -> None:
+    dataset = record_dataset("random", "CartPole-v1", 1000, seed=0)
+    assert dataset.num_steps == 1000 and dataset.metadata["steps"] == 1000
+    assert dataset.metadata["env"] == "CartPole-v1" and dataset.metadata["source"] == "random"
+    assert 10 < dataset.episode_returns().mean() < 40  # a random CartPole policy lasts about 22 steps
+    assert 0.4 < dataset.actions.mean() < 0.6
+    assert dataset.truncations[-1] and dataset.terminations[:-1].sum() == dataset.num_episodes - 1
+    assert_same_dataset(dataset, record_dataset("random", "CartPole-v1", 1000, seed=0))
+    assert not np.array_equal(dataset.actions, record_dataset("random", "CartPole-v1", 1000, seed=1).actions)
+
+
+def test_a_trained_run_records_better_play_than_random_and_round_trips(cartpole_run: Path, tmp_path: Path) -> None:
+    random_return = record_dataset("random", "CartPole-v1", 600, seed=1).episode_returns()[:-1].mean()
+    dataset = record_dataset(cartpole_run, steps=600, seed=1)  # the run's env, sampling actions
+    assert dataset.metadata["env"] == "CartPole-v1" and dataset.metadata["source"] == str(cartpole_run)
+    assert dataset.episode_returns()[:-1].mean() > 2 * random_return
+    noisy = record_dataset(cartpole_run, steps=600, seed=1, epsilon=1.0)  # every decision random
+    assert noisy.episode_returns()[:-1].mean() < 40
+    path = save_dataset(dataset, tmp_path / "medium")
+    assert_same_dataset(dataset, load_dataset(path))
+
+
+def test_simple_spread_records_one_episode_per_agent_slot(tmp_path: Path) -> None:
+    dataset = record_dataset("random", "mpe2.simple_spread_v3", 150, env_kwargs={"max_cycles": 25}, seed=0)
+    assert dataset.num_episodes == 6 and dataset.episode_lengths.tolist() == [25] * 6
+    assert dataset.agents.tolist() == [0, 1, 2, 0, 1, 2]
+    ends = dataset.episode_offsets[1:] - 1
+    assert dataset.truncations[ends].all() and not dataset.terminations.any()
+    assert dataset.truncations.sum() == 6
+    # each slot sees itself: its own velocity and position lead its observation, so slots differ at a step
+    first_rows = dataset.observations[dataset.obs_offsets[:3]]
+    assert len({row.tobytes() for row in first_rows}) == 3
+    assert_same_dataset(dataset, load_dataset(save_dataset(dataset, tmp_path / "spread")))
+
+
+def test_agents_that_die_store_nothing_after_their_death() -> None:
+    dataset = record_dataset("random", "squad", 300, seed=0)  # 3 agents; a wrong echo kills
+    deaths = 0
+    for steps in _episodes(dataset):
+        rewards = dataset.rewards[steps]
+        assert (rewards[:-1] == 1.0).all()  # alive while echoing
+        if dataset.terminations[steps.stop - 1]:
+            deaths += 1
+            assert rewards[-1] == -1.0
+        else:
+            assert rewards[-1] == 1.0 and dataset.truncations[steps.stop - 1] and len(rewards) <= 8
+    assert deaths > 0.8 * dataset.num_episodes and set(dataset.agents.tolist()) == {0, 1, 2}
+
+
+def test_tictactoe_stores_only_each_players_moves_and_the_losers_penalty_on_its_last_move() -> None:
+    dataset = record_dataset("random", TICTACTOE, 300, seed=0)
+    assert dataset.action_masks is not None and dataset.num_steps == 300
+    boards = dataset.observations.reshape(-1, 3, 3, 2).astype(np.int64)
+    stones = boards.sum((1, 2, 3))
+    obs = dataset.obs_index
+    # a move is legal, on a square left free, and the mask lists exactly the free squares
+    assert dataset.action_masks[obs, dataset.actions].all()
+    assert (dataset.action_masks[obs].sum(1) == 9 - stones[obs]).all()
+    wins = losses = 0
+    for e, steps in enumerate(_episodes(dataset)):
+        player = int(dataset.agents[e])
+        moves = stones[obs[steps]]
+        assert moves.tolist() == [2 * t + player for t in range(len(moves))]  # its own turns only
+        rewards = dataset.rewards[steps]
+        assert (rewards[:-1] == 0).all()
+        if dataset.terminations[steps.stop - 1]:
+            wins += rewards[-1] == 1.0
+            losses += rewards[-1] == -1.0
+    assert wins == losses > 5  # each lost game: the loser's -1 on its last move, the winner's +1 on its own
+
+
+def test_a_scripted_solver_draws_against_itself_unless_epsilon_mixes_in_random_moves() -> None:
+    solved = record_dataset("solver", TICTACTOE, 200, seed=0)
+    assert solved.metadata["source"] == "solver" and not solved.rewards.any()  # perfect play: every game a draw
+    mixed = record_dataset("solver", TICTACTOE, 200, seed=0, epsilon=0.5)
+    assert mixed.rewards.any() and mixed.metadata["epsilon"] == 0.5
+    assert mixed.action_masks[mixed.obs_index, mixed.actions].all()  # random moves are legal moves too
+
+
+def test_bad_sources_and_arguments_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(APIUsageError, match="needs an env"):
+        record_dataset("random", steps=10)
+    with pytest.raises(APIUsageError, match="steps must be a positive int"):
+        record_dataset("random", "CartPole-v1", 0)
+    with pytest.raises(APIUsageError, match="epsilon"):
+        record_dataset("random", "CartPole-v1", 10, epsilon=1.5)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        record_dataset(tmp_path / "no-run", steps=10)
+    with pytest.raises(APIUsageError, match="heuristic"):
+        record_dataset("heuristic", "CartPole-v1", 10)
