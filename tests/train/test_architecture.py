@@ -1,7 +1,8 @@
 """The training layer's import arrows point one way: each part imports only the parts below it, at module level.
 
 Layers, bottom to top: config; core (the algorithm core); speed (traces, learner process, collectives); acting;
-runs (env names, checkpoint files, logs, evaluation); selfplay; loop (the trainer); mappo; sac; api; the package.
+runs (env names, checkpoint files, logs, evaluation); selfplay; loop (the trainer); mappo; sac; offline (BC, IQL);
+api; the package.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import shoal.train
 
-LAYERS = ["config", "core", "speed", "acting", "runs", "selfplay", "loop", "mappo", "sac", "api", "__init__"]
+LAYERS = ["config", "core", "speed", "acting", "runs", "selfplay", "loop", "mappo", "sac", "offline", "api",
+          "__init__"]
 ROOT = Path(shoal.train.__file__).parent
 
 
