@@ -39,6 +39,7 @@ __all__ = [
     "BASELINES",
     "DEFAULT_MIX",
     "LEAGUE_PRESETS",
+    "OFFLINE_ALGOS",
     "SEARCH_BASELINES",
     "STRATEGIES",
     "Algo",
@@ -49,7 +50,7 @@ __all__ = [
     "plain_text",
 ]
 
-Algo = Literal["ppo", "mappo", "sac"]
+Algo = Literal["ppo", "mappo", "sac", "bc", "iql"]
 Backend = Literal["serial", "multiprocessing", "ray"]
 Advantage = Literal["gae", "vtrace"]
 CriticInput = Literal["auto", "state", "concat"]
@@ -76,6 +77,16 @@ ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
     "sac": {"num_envs": 4, "horizon": 50, "learning_rate": 1e-3, "update_epochs": 1, "minibatch_size": 256,
             "ent_coef": 0.0, "hidden_size": 256, "agent_ids": False, "anneal_lr": False, "gamma": 0.99,
             "gae_lambda": 0.95},
+    # Offline (BC, IQL; shoal.train.offline): total_steps counts gradient steps, as CORL does; an update is
+    # `horizon` gradient steps (the unit of logging, checkpoint_interval and eval_interval) on sampled minibatches
+    # of minibatch_size transitions; num_envs envs play the online evaluations; a constant learning rate (CORL's
+    # 3e-4 for IQL); ent_coef and update_epochs are unused.
+    "bc": {"num_envs": 8, "horizon": 500, "learning_rate": 1e-3, "update_epochs": 1, "minibatch_size": 256,
+           "ent_coef": 0.0, "hidden_size": 256, "agent_ids": False, "anneal_lr": False, "gamma": 0.99,
+           "gae_lambda": 0.95},
+    "iql": {"num_envs": 8, "horizon": 500, "learning_rate": 3e-4, "update_epochs": 1, "minibatch_size": 256,
+            "ent_coef": 0.0, "hidden_size": 256, "agent_ids": False, "anneal_lr": False, "gamma": 0.99,
+            "gae_lambda": 0.95},
 }
 
 #: Per algorithm and env id, settings for the fields a config leaves unset, applied before :data:`ALGO_DEFAULTS`
@@ -90,6 +101,9 @@ ENV_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "Acrobot-v1": {"value_norm": "running"},
     },
 }
+
+#: The algorithms that learn from a recorded dataset (``TrainConfig.dataset``) instead of collecting experience.
+OFFLINE_ALGOS: tuple[str, ...] = ("bc", "iql")
 
 
 #: Opponent strategies and scripted baselines of ``league_opponents`` (see :mod:`shoal.train.selfplay.opponents`).
@@ -176,15 +190,21 @@ class TrainConfig:
     :mod:`shoal.wrappers`). Recorded in the run, so evaluation rebuilds the same env. Applied to an ``env_fn``
     given to ``train`` too."""
     algo: Algo = "ppo"
-    """Algorithm: ``"ppo"`` (on PettingZoo envs IPPO: parameter-shared, every live slot a row) or ``"mappo"``
-    (PPO with a centralized critic and value normalization). The fields left at None take this algorithm's
-    defaults (:data:`ALGO_DEFAULTS`)."""
+    """Algorithm: ``"ppo"`` (on PettingZoo envs IPPO: parameter-shared, every live slot a row), ``"mappo"``
+    (PPO with a centralized critic and value normalization), ``"sac"`` (soft actor-critic), or an offline one
+    learning from ``dataset``: ``"bc"`` (behaviour cloning) or ``"iql"`` (implicit Q-learning). The fields left at
+    None take this algorithm's defaults (:data:`ALGO_DEFAULTS`)."""
     preset: Preset = "auto"
     """Per-env settings for the fields left unset: ``"auto"`` takes the env's entry in :data:`ENV_PRESETS` for
     this algorithm when there is one (printed at the start of a run; any flag overrides its field), ``"none"``
     only the algorithm's defaults."""
     total_steps: int = 150_000
-    """Budget of agent steps: actions of live agents collected (env steps times live agents)."""
+    """Budget of agent steps: actions of live agents collected (env steps times live agents). Offline algorithms
+    (``bc``, ``iql``) collect nothing: for them it counts gradient steps (one minibatch each), as CORL does."""
+    dataset: str | None = None
+    """Offline algorithms (``bc``, ``iql``): the recorded dataset to learn from (a path read by
+    ``shoal.datasets.load_dataset``); from Python an ``OfflineDataset`` may be given to ``train(config,
+    dataset=...)`` instead. It must match the env's observation and action layouts."""
     seed: int = 0
     """Seed of the envs, the policy initialization, action sampling and minibatch shuffling."""
     device: str = "cpu"
@@ -243,7 +263,7 @@ class TrainConfig:
     """Transitions per minibatch (whole segments for recurrent policies and prioritized sampling); None: the
     algorithm's default (:data:`ALGO_DEFAULTS`)."""
     max_grad_norm: float = 0.5
-    """Clip the global gradient norm to this value (0 disables)."""
+    """PPO and MAPPO: clip the global gradient norm to this value (0 disables)."""
     target_kl: float | None = None
     """Stop the epochs of an update early once the approximate KL exceeds this (None: never)."""
 
@@ -294,7 +314,7 @@ class TrainConfig:
     utd_ratio: float = 1.0
     """SAC: gradient steps per agent step collected (the update-to-data ratio)."""
     tau: float = 0.005
-    """SAC: Polyak averaging rate of the target critics."""
+    """SAC and IQL: Polyak averaging rate of the target critics."""
     n_step: int = 1
     """SAC: decisions of a slot joined into one transition (n-step returns, bootstrapping with ``gamma^n``)."""
     sac_alpha: float | None = None
@@ -305,6 +325,19 @@ class TrainConfig:
     save_replay: bool = True
     """SAC: checkpoints hold the replay buffer, so a resumed run continues exactly (False: smaller checkpoints; a
     resumed run refills its buffer from scratch)."""
+
+    # ---- offline (BC, IQL) -----------------------------------------------------------------------------------
+    eval_interval: int = 10
+    """Offline algorithms: updates between online evaluations of the policy during training (and one after the last
+    update), each playing one episode in each of the ``num_envs`` envs with the most likely actions; their returns
+    are the logged ``charts/episode_return``. 0: none during training."""
+    expectile: float = 0.7
+    """IQL: the expectile of the state value's regression onto the target Q (0.5: the mean, the behaviour's value;
+    towards 1: the best action seen in the data)."""
+    iql_beta: float = 3.0
+    """IQL: inverse temperature of the advantage-weighted actor (weights ``exp(iql_beta * (Q - V))``)."""
+    iql_max_weight: float = 100.0
+    """IQL: the actor's per-sample weights are clipped to at most this."""
 
     # ---- policy --------------------------------------------------------------------------------------------
     hidden_size: int | None = None
@@ -461,7 +494,7 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise APIUsageError(f"{name} must be a positive int, got {value!r}")
-        for name in ("seed", "torch_threads", "checkpoint_interval", "eval_episodes"):
+        for name in ("seed", "torch_threads", "checkpoint_interval", "eval_episodes", "eval_interval"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise APIUsageError(f"{name} must be a non-negative int, got {value!r}")
@@ -504,6 +537,8 @@ class TrainConfig:
             raise APIUsageError(f"target_kl must be > 0 (or None to disable), got {self.target_kl}")
         if self.algo == "sac":
             self._check_sac()
+        elif self.algo in OFFLINE_ALGOS:
+            self._check_offline()
         elif self.batch_size is not None and self.minibatch_size > self.batch_size:
             raise APIUsageError(
                 f"minibatch_size={self.minibatch_size} is larger than batch_size={self.batch_size}; "
@@ -548,6 +583,10 @@ class TrainConfig:
         if self.wandb_mode is not None and self.wandb_mode not in typing.get_args(WandbMode):
             raise APIUsageError(f"wandb_mode={self.wandb_mode!r} is unknown; valid choices: "
                                 f"{list(typing.get_args(WandbMode))} or None (WANDB_MODE, else 'offline')")
+        if self.dataset is not None and self.algo not in OFFLINE_ALGOS:
+            raise APIUsageError(f"dataset={self.dataset!r} is read by the offline algorithms {list(OFFLINE_ALGOS)} "
+                                f"only; algo={self.algo!r} collects its own experience: drop --dataset or choose "
+                                "--algo bc or --algo iql")
         parse_wrappers(self.wrappers)
         if not isinstance(self.env_kwargs, dict):
             raise APIUsageError(f"env_kwargs must be a dict, got {type(self.env_kwargs).__name__}")
@@ -573,6 +612,29 @@ class TrainConfig:
                 flag = "--" + name.replace("_", "-")
                 raise APIUsageError(f"algo='sac' does not support {what} ({name}=True); drop {flag} or train with "
                                     "--algo ppo")
+
+    def _check_offline(self) -> None:
+        if self.dataset is not None and not (isinstance(self.dataset, str) and self.dataset):
+            raise APIUsageError(f"dataset must be a path (a non-empty string) or None, got {self.dataset!r}")
+        if not (isinstance(self.tau, int | float) and 0.0 < self.tau <= 1.0):
+            raise APIUsageError(f"tau must be in (0, 1], got {self.tau!r}")
+        if not (isinstance(self.expectile, int | float) and 0.0 < self.expectile < 1.0):
+            raise APIUsageError(f"expectile must be in (0, 1) (IQL uses 0.7; 0.5 regresses onto the mean), got "
+                                f"{self.expectile!r}")
+        for name in ("iql_beta", "iql_max_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise APIUsageError(f"{name} must be a positive number, got {value!r}")
+        refused = {"league": "a self-play league", "async_learner": "a learner process",
+                   "recurrent": "an LSTM policy"}
+        for name, what in refused.items():
+            if getattr(self, name):
+                flag = "--" + name.replace("_", "-")
+                raise APIUsageError(f"algo={self.algo!r} does not support {what} ({name}=True); drop {flag}")
+        if self.env_batch_size is not None and self.env_batch_size != self.num_envs:
+            raise APIUsageError(f"algo={self.algo!r} evaluates on every env at once, so env_batch_size="
+                                f"{self.env_batch_size} (fewer than num_envs={self.num_envs}) does not apply; "
+                                "drop --env-batch-size")
 
     # ---- (de)serialization ---------------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 Layers, bottom to top: config; core (the algorithm core); speed (traces, learner process, collectives); acting;
 runs (env names, checkpoint files, logs, evaluation); selfplay; record (offline datasets from
-rollouts of runs and scripted players); loop (the trainer); mappo; sac; api; the package.
+rollouts of runs and scripted players); loop (the trainer); mappo; sac; offline (BC, IQL); api; the package.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from pathlib import Path
 
 import shoal.train
 
-LAYERS = ["config", "core", "speed", "acting", "runs", "selfplay", "record", "loop", "mappo", "sac", "api", "__init__"]
+LAYERS = ["config", "core", "speed", "acting", "runs", "selfplay", "record", "loop", "mappo", "sac", "offline", "api",
+          "__init__"]
 ROOT = Path(shoal.train.__file__).parent
 
 

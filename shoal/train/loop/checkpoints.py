@@ -58,6 +58,8 @@ RESUMABLE_CHANGES = {
     "torch_threads",
     "stats_window",
     "ray_address",
+    "dataset",  # offline runs: the checkpoint's dataset fingerprint says whether it is the same data
+    "eval_interval",
 }
 
 
@@ -128,7 +130,7 @@ class CheckpointMixin:
                 "generator": self.generator.get_state(),
             },
             "trainer": {
-                "buffer": self.buffer.carry_state(),
+                "buffer": None if self.buffer is None else self.buffer.carry_state(),
                 "rnn_state": None
                 if self.rnn_state is None
                 else tuple(s.detach().cpu().clone() for s in self.rnn_state),
@@ -254,8 +256,12 @@ class CheckpointMixin:
         self.last_checkpoint = path
         if self.league is not None:
             self.league.load_state_dict(payload.get("league"))
+        self._restore_envs(payload, path)
 
-        # The envs: a fresh reset, then (serial, picklable) the snapshot of where they were.
+    def _restore_envs(self, payload: dict[str, Any], path: Path) -> None:
+        """Put the envs and the rollout carry-over back: a fresh reset, then (serial backend, picklable envs) the
+        snapshot of where they were; without one the envs restart and :attr:`exact_resume` turns False."""
+        trainer = payload["trainer"]
         t = time.perf_counter()
         self.vecenv.async_reset(self.env_seed)
         batch = self.vecenv.recv()

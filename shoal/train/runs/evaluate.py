@@ -32,6 +32,7 @@ __all__ = [
     "evaluate",
     "evaluate_after_training",
     "evaluate_checkpoint",
+    "evaluate_vecenv",
     "load_policy_from_checkpoint",
 ]
 
@@ -91,8 +92,8 @@ def evaluate(
     Returns:
         Per game: ``"episodes"`` (games played), ``"returns"`` (each game's mean return over its agents: the
         return of a single-agent env), ``"mean_return"``, ``"std_return"``, ``"team_returns"`` and
-        ``"mean_team_return"`` (summed over its agents), ``"mean_length"`` (its longest agent episode). Per agent
-        episode of those games: ``"agent_episodes"``, ``"agent_returns"``, ``"agent_lengths"``,
+        ``"mean_team_return"`` (summed over its agents), ``"lengths"`` and ``"mean_length"`` (its longest agent
+        episode). Per agent episode of those games: ``"agent_episodes"``, ``"agent_returns"``, ``"agent_lengths"``,
         ``"mean_agent_return"``, ``"mean_agent_length"``. With ``video``: ``"video"`` (the file written) and
         ``"frames"``.
 
@@ -128,6 +129,36 @@ def evaluate(
     except BaseException:
         vec.close()
         raise
+    try:
+        after_step = None if writer is None else (lambda: _write_frames(writer, recorder))
+        result = evaluate_vecenv(policy, vec, episodes, seed=seed, deterministic=deterministic, device=device,
+                                 max_steps=max_steps, after_step=after_step)
+    finally:
+        vec.close()
+        if writer is not None:
+            writer.close()
+    recorded = {} if writer is None else {"video": str(writer.path), "frames": writer.frames}
+    return {**result, **recorded}
+
+
+def evaluate_vecenv(policy: nn.Module, vec: Any, episodes: int, *, seed: int = 0, deterministic: bool = True,
+                    device: Any = None, max_steps: int | None = None,
+                    after_step: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Play ``episodes`` whole games on an open shoal vector env ``vec`` (reset with ``seed`` first; left open).
+
+    The loop of :func:`evaluate` (which builds a serial vector env, and returns the same keys but ``"video"`` and
+    ``"frames"``); the offline trainers evaluate on their own vector env with it. ``vec`` must step every env at
+    once (its batch size is its number of envs). ``after_step`` is called after the reset and after every step.
+
+    Raises:
+        APIUsageError: no game finished within ``max_steps`` steps per env (the message says how to bound them).
+    """
+    if episodes < 1:
+        raise APIUsageError(f"episodes must be >= 1, got {episodes}")
+    max_steps = DEFAULT_MAX_STEPS if max_steps is None else max_steps
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise APIUsageError(f"max_steps must be a positive int, got {max_steps!r}")
+    num_envs = vec.num_envs
     device = torch.device(device) if device is not None else next(policy.parameters()).device
     rows = vec.num_agents
     every_row = np.arange(rows, dtype=np.int64)
@@ -142,16 +173,16 @@ def evaluate(
     policy.eval()
     try:
         obs, _ = vec.reset(seed)
-        if writer is not None:
-            _write_frames(writer, recorder)
+        if after_step is not None:
+            after_step()
         starts = np.ones(rows, np.bool_)
         for _ in range(max_steps):
             masks = vec.masks
             action = acting.act(obs, every_row, masks, starts=starts, action_masks=vec.action_masks).env_actions
             starts = np.where(masks, False, starts)
             obs, _rewards, terminals, truncations, infos = vec.step(action)
-            if writer is not None:
-                _write_frames(writer, recorder)
+            if after_step is not None:
+                after_step()
             ended = terminals | truncations
             starts = starts | ended
             if ended.any():
@@ -173,19 +204,16 @@ def evaluate(
             )
     finally:
         policy.train(was_training)
-        vec.close()
-        if writer is not None:
-            writer.close()
     games = games[:episodes]
     returns = [game.mean_return for game in games]
     agent_returns = [r for game in games for r in game.returns]
-    recorded = {} if writer is None else {"video": str(writer.path), "frames": writer.frames}
     return {
         "mean_return": float(np.mean(returns)),
         "std_return": float(np.std(returns)),
         "mean_length": float(np.mean([game.length for game in games])),
         "episodes": len(games),
         "returns": returns,
+        "lengths": [game.length for game in games],
         "team_returns": [game.total_return for game in games],
         "mean_team_return": float(np.mean([game.total_return for game in games])),
         "agent_episodes": len(agent_returns),
@@ -193,7 +221,6 @@ def evaluate(
         "mean_agent_return": float(np.mean(agent_returns)),
         "agent_lengths": [n for game in games for n in game.lengths],
         "mean_agent_length": float(np.mean([n for game in games for n in game.lengths])),
-        **recorded,
     }
 
 

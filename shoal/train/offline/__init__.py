@@ -1,0 +1,1 @@
+"""Offline algorithms: behaviour cloning and IQL, learning from a recorded dataset on the shared loop."""
