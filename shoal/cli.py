@@ -141,10 +141,13 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         optional = type(None) in typing.get_args(hint)
         base = args[0] if optional and len(args) == 1 else hint
         help_text = docs.get(f.name, "")
-        if f.name in ALGO_DEFAULTS["ppo"]:
+        if f.name == "run_dir":  # the API's default writes nothing; the command line always keeps a run
+            help_text = ("Directory for the config, checkpoints, TensorBoard events and the scalars CSV (default: a "
+                         "new directory runs/ENV-sSEED-DATE-TIME)")
+        elif f.name in ALGO_DEFAULTS["ppo"]:
             per_algo = ", ".join(f"{algo} {values[f.name]}" for algo, values in ALGO_DEFAULTS.items())
             help_text = f"{help_text} (default: per algorithm, {per_algo})"
-        else:
+        elif f.name != "run_dir":
             help_text = f"{help_text} (default: {getattr(defaults, f.name)!r})"
         help_text = help_text.replace("%", "%%")
         if base is bool:
