@@ -143,7 +143,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         help_text = docs.get(f.name, "")
         if f.name == "run_dir":  # the API's default writes nothing; the command line always keeps a run
             help_text = ("Directory for the config, checkpoints, TensorBoard events and the scalars CSV (default: a "
-                         "new directory runs/ENV-sSEED-DATE-TIME)")
+                         "new directory runs/ENV-sSEED-DATE-TIME, with -2, -3... when that name is taken)")
         elif f.name in ALGO_DEFAULTS["ppo"]:
             per_algo = ", ".join(f"{algo} {values[f.name]}" for algo, values in ALGO_DEFAULTS.items())
             help_text = f"{help_text} (default: per algorithm, {per_algo})"
@@ -218,8 +218,8 @@ def _train_config(args: argparse.Namespace) -> Any:
         if overrides.get("run_dir") is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             name = f"{_slug(args.env)}-s{overrides.get('seed', 0)}-{stamp}"
-            config = TrainConfig(env=args.env, **{**overrides, "run_dir": str(Path("runs") / name)}).validate()
-            return config.replace(run_dir=str(claim_run_dir(Path(config.run_dir))))  # once the config is valid
+            args.default_run_dir = True  # claimed by cmd_train once the env is known to build
+            return TrainConfig(env=args.env, **{**overrides, "run_dir": str(Path("runs") / name)}).validate()
         config = TrainConfig(env=args.env, **overrides)
     return config.validate()
 
@@ -253,12 +253,21 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
 
     config = _train_config(args)
     _check_env_kwargs(config.env, config.env_kwargs)
+    claimed = None
+    if getattr(args, "default_run_dir", False):
+        claimed = claim_run_dir(Path(config.run_dir))
+        config = config.replace(run_dir=str(claimed))
     callbacks = []
     if not args.json and not args.no_dashboard:
         callbacks.append(
             Dashboard(sys.stderr, title=f"shoal {config.algo} · {config.env} · {config.run_dir}")
         )
-    trainer = make_trainer(config, callbacks=callbacks)  # one of several learners under torchrun
+    try:
+        trainer = make_trainer(config, callbacks=callbacks)  # one of several learners under torchrun
+    except BaseException:
+        if claimed is not None and not any(claimed.iterdir()):
+            claimed.rmdir()  # a run that never started leaves no empty directory behind
+        raise
     for text in trainer.describe():
         _say(args, text)
     try:

@@ -241,3 +241,14 @@ def test_record_writes_a_minari_dataset_and_refuses_to_overwrite_it(tmp_path: Pa
     assert code == 2 and "already exists" in payload["error"] and "--overwrite" in payload["error"]
     code, payload, _ = run(capsys, "record", "random", "--steps", "20", "--out", str(tmp_path / "x"))
     assert code == 2 and "needs an env" in payload["error"]
+
+
+def test_a_run_that_fails_to_start_leaves_no_default_run_dir(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "CartPole-v1", "--env-kwargs", '{"bogus": 1}', "--json"]) == 2
+    assert main(["train", "CartPole-v1", "--horizon", "0", "--json"]) == 2
+    # refused by the trainer itself, after the run directory was claimed
+    assert main(["train", "CartPole-v1", "--algo", "mappo", "--critic-input", "state", "--json"]) == 2
+    runs = tmp_path / "runs"
+    assert not runs.exists() or not any(runs.iterdir())

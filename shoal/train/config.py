@@ -269,7 +269,7 @@ class TrainConfig:
 
     # ---- advantages ----------------------------------------------------------------------------------------
     gamma: float | None = None
-    """Discount factor (default 0.99; some env presets use another, e.g. 0.9 for Pendulum-v1)."""
+    """Discount factor (some env presets set another, e.g. 0.9 for Pendulum-v1)."""
     gae_lambda: float | None = None
     """GAE lambda (default 0.95)."""
     advantage: Advantage = "gae"
@@ -373,7 +373,8 @@ class TrainConfig:
     one is refused before anything is allocated."""
     value_norm: ValueNorm = "auto"
     """Value normalization: ``"running"`` (running mean/std of the returns), ``"popart"``, ``"none"`` or
-    ``"auto"`` (running for MAPPO, none for PPO)."""
+    ``"auto"`` (the env preset's choice if it makes one, e.g. running for PPO on Acrobot-v1; else running for
+    MAPPO, none for PPO)."""
 
     # ---- self-play league (shoal.train.selfplay.league) -------------------------------------------------------------
     league: bool = False
@@ -649,6 +650,8 @@ class TrainConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise APIUsageError(f"unknown config field(s) {unknown}; valid fields: {sorted(names)}")
+        if "preset" not in data:  # written before env presets: resuming it must not start using one
+            data = {**data, "preset": "none"}
         return cls(**data)
 
     def save(self, path: str | Path) -> None:

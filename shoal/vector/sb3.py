@@ -164,8 +164,9 @@ class SB3VecEnv(SB3BaseVecEnv):
             return {key: np.zeros(space.shape, space.dtype) for key, space in self._obs_space.spaces.items()}
         return np.zeros(self._obs_space.shape, self._obs_space.dtype)
 
-    def _obs(self, rows: np.ndarray) -> np.ndarray | dict[str, np.ndarray]:
-        """Rows ``[R, flat]`` (or one row ``[flat]``) in SB3's observation form: a copy."""
+    def _obs(self, rows: np.ndarray, live: np.ndarray | None = None) -> np.ndarray | dict[str, np.ndarray]:
+        """Rows ``[R, flat]`` (or one row ``[flat]``) in SB3's observation form: a copy. ``live`` (bool ``[R]``)
+        marks the rows of live agents: the others are padding, zeros in every form."""
         if not self._as_floats and self._leaves is None:
             return np.array(rows, copy=True)
         one = rows.ndim == 1
@@ -176,6 +177,8 @@ class SB3VecEnv(SB3BaseVecEnv):
             for key, leaf, space, offset in self._leaves:
                 value = np.asarray(functools.reduce(operator.getitem, leaf.path, views))
                 value = (value - offset if offset is not None else value).astype(space.dtype, copy=True)
+                if offset is not None and live is not None:
+                    value[~live] = 0  # a padded row is zeros: unshifted, not 0 - start
                 out_leaves[key] = value[0] if one else value
             if not isinstance(self._obs_space, spaces.Dict):
                 return out_leaves[self._leaves[0][0]]
@@ -193,7 +196,7 @@ class SB3VecEnv(SB3BaseVecEnv):
         self._reset_seed = None
         self._live = self.vec.masks.copy()
         self.reset_infos = [dict(info) for info in infos]
-        return self._obs(obs)
+        return self._obs(obs, self._live)
 
     def step_async(self, actions: np.ndarray) -> None:
         """Keep ``actions`` ``[num_envs, *action_shape]`` for :meth:`step_wait`; rows of padded slots are ignored."""
@@ -219,7 +222,7 @@ class SB3VecEnv(SB3BaseVecEnv):
                 out["TimeLimit.truncated"] = False
             out_infos.append(out)
         self._live = self.vec.masks.copy()
-        return self._obs(obs), rewards.copy(), dones, out_infos
+        return self._obs(obs, self._live), rewards.copy(), dones, out_infos
 
     def _episode_end(self, info: dict[str, Any], terminal: bool, truncated: bool) -> dict[str, Any]:
         out = {key: value for key, value in info.items() if key not in ("final_observation", "episode", "reset_info")}
@@ -376,12 +379,20 @@ def _sb3_leaves(layout: Layout) -> list[tuple[str, Leaf, spaces.Space, np.ndarra
     """``(key, leaf, SB3 space, offset to subtract)`` for every leaf of ``layout``, or a clear error for a leaf
     SB3 has no space for."""
     out: list[tuple[str, Leaf, spaces.Space, np.ndarray | None]] = []
+    refuse = ("to_sb3(vec, observations='leaves'): the observation leaf at {path} {why}; use observations='flat' "
+              "(every leaf as float columns)")
     for leaf in layout.leaves:
         space, offset = leaf.space, None
+        path = format_path(leaf.path)
         if leaf.source is not None or leaf.kind == "text":
-            raise APIUsageError(f"to_sb3(vec, observations='leaves'): the observation leaf at "
-                                f"{format_path(leaf.path)} ({type(leaf.source or space).__name__}) has no "
-                                "Stable-Baselines3 space; use observations='flat' (every leaf as float columns)")
+            raise APIUsageError(refuse.format(path=path, why=f"({type(leaf.source or space).__name__}) has no "
+                                              "Stable-Baselines3 space"))
+        if any("." in str(key) or "/" in str(key) for key in leaf.path):
+            raise APIUsageError(refuse.format(path=path, why="has a key with '.' or '/', which SB3's Dict "
+                                              "features cannot name"))
+        if isinstance(space, spaces.MultiDiscrete) and space.nvec.ndim != 1:
+            raise APIUsageError(refuse.format(path=path, why=f"is a {space.nvec.ndim}-D MultiDiscrete, which SB3 "
+                                              "does not encode"))
         if isinstance(space, spaces.Discrete) and space.start != 0:
             space, offset = spaces.Discrete(int(space.n)), np.asarray(space.start, np.int64)
         elif isinstance(space, spaces.MultiDiscrete) and np.any(space.start != 0):

@@ -174,3 +174,12 @@ def test_the_command_line_prints_the_preset_it_applies(tmp_path: Path, capsys: p
     assert "horizon" not in text.split("preset for")[1].split("\n")[0]  # given by a flag, so not from the preset
     saved = TrainConfig.load(tmp_path / "run" / "config.json")
     assert (saved.gamma, saved.horizon, saved.value_norm) == (0.9, 64, "running")
+
+
+def test_a_config_saved_before_presets_resumes_without_one(tmp_path: Path) -> None:
+    config = TrainConfig(env="Acrobot-v1", gamma=0.99, gae_lambda=0.95)
+    data = config.to_dict()
+    del data["preset"]  # as written before env presets existed
+    loaded = TrainConfig.from_dict(data)
+    assert loaded.preset == "none" and loaded.resolved().value_norm == "auto"
+    assert TrainConfig.from_dict(config.to_dict()).resolved().value_norm == "running"

@@ -176,9 +176,10 @@ def _assert_infos_match(infos: dict, ref: dict) -> None:
 
 @pytest.mark.parametrize("backend", ["serial", "multiprocessing"])
 def test_next_step_autoreset_infos_match_gymnasium_sync_vector_env(backend: str) -> None:
-    # Taxi reports its transition probability and legal-action mask in every info, the reset's included; random
-    # play is truncated at 200 steps, so the run crosses reset steps.
-    fns = [functools.partial(gym.make, "Taxi-v4") for _ in range(NUM_ENVS)]
+    # Taxi reports its transition probability (rainy: not always 1) and legal-action mask in every info, the
+    # reset's included; time limits that differ per env make steps where some envs reset and others do not.
+    fns = [functools.partial(gym.make, "Taxi-v4", is_rainy=True, max_episode_steps=40 + 17 * i)
+           for i in range(NUM_ENVS)]
     reference = gym.vector.SyncVectorEnv(fns, autoreset_mode=AutoresetMode.NEXT_STEP)
     with GymnasiumVectorEnv(fns, backend=backend, num_workers=2, autoreset_mode=AutoresetMode.NEXT_STEP) as envs_:
         _assert_infos_match(envs_.reset(seed=4)[1], reference.reset(seed=4)[1])

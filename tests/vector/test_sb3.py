@@ -11,6 +11,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from pettingzoo import ParallelEnv
 from sb3_contrib import MaskablePPO
 from stable_baselines3 import A2C, PPO, SAC
 from stable_baselines3.common.evaluation import evaluate_policy
@@ -219,6 +220,45 @@ def test_leaves_shift_discrete_starts_to_zero_for_sb3() -> None:
             for k in range(3):
                 assert {key: value[k] for key, value in obs.items()} in env.observation_space
         PPO("MultiInputPolicy", env, n_steps=8, batch_size=24, n_epochs=1, seed=0).learn(24)
+
+
+class _DyingShifted(ParallelEnv):
+    """Two agents observing a Discrete(3, start=5) leaf; agent "b" dies after its first step."""
+
+    metadata = {"name": "dying_shifted"}
+    possible_agents = ["a", "b"]
+
+    def observation_space(self, agent: str) -> gym.spaces.Space:
+        return gym.spaces.Dict({"level": gym.spaces.Discrete(3, start=5), "pos": gym.spaces.Box(-1, 1, (2,))})
+
+    def action_space(self, agent: str) -> gym.spaces.Space:
+        return gym.spaces.Discrete(2)
+
+    def _obs(self) -> dict[str, Any]:
+        return {agent: {"level": 6, "pos": np.zeros(2, np.float32)} for agent in self.agents}
+
+    def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
+        self.agents, self.t = list(self.possible_agents), 0
+        return self._obs(), {agent: {} for agent in self.agents}
+
+    def step(self, actions: dict) -> tuple[dict, ...]:
+        self.t += 1
+        ended = {agent: agent == "b" or self.t >= 4 for agent in self.agents}
+        rewards = {agent: 0.0 for agent in self.agents}
+        truncations = {agent: False for agent in self.agents}
+        infos = {agent: {} for agent in self.agents}
+        obs = self._obs()
+        self.agents = [agent for agent in self.agents if not ended[agent]]
+        return obs, rewards, ended, truncations, infos
+
+
+def test_leaves_give_padded_slots_zeros_not_a_shifted_start() -> None:
+    with shoal.vector.to_sb3(shoal.vector.make(_DyingShifted, num_envs=2), observations="leaves") as env:
+        env.reset()
+        obs = env.step(np.zeros(4, np.int64))[0]  # "b" died: its slots (1, 3) are padding from now on
+        np.testing.assert_array_equal(obs["level"], [1, 0, 1, 0])
+        assert all({key: value[k] for key, value in obs.items()} in env.observation_space for k in range(4))
+        PPO("MultiInputPolicy", env, n_steps=8, batch_size=32, n_epochs=1, seed=0).learn(32)
 
 
 def test_leaves_refuse_a_text_leaf_and_name_it() -> None:

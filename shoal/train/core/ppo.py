@@ -262,7 +262,8 @@ def loss_coefficients(cfg: TrainConfig) -> dict[str, Any]:
 def advantages_and_returns(data: RolloutTensors, cfg: TrainConfig, ratios: Tensor | None = None
                            ) -> tuple[Tensor, Tensor]:
     """Advantages and value targets, float ``[S, H]`` each: GAE, or V-trace-clipped GAE given the current
-    policy's importance ``ratios`` float ``[S, H]``."""
+    policy's importance ``ratios`` float ``[S, H]``. ``cfg`` is resolved (:meth:`TrainConfig.resolved`: its
+    ``gamma`` and ``gae_lambda`` filled in)."""
     if ratios is None:
         advantages = gae(data.rewards, data.values, data.next_values, data.dones, gamma=cfg.gamma,
                          lam=cfg.gae_lambda)
