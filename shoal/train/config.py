@@ -93,12 +93,14 @@ ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
 #: when ``preset="auto"`` (the default): envs whose good settings differ from the general defaults, as
 #: rl-baselines3-zoo tunes its hyperparameters per env. Each entry is measured by ``benchmarks/learning.py``
 #: against SB3 with the zoo's own settings. Pendulum-v1 wants a short horizon of discounting (gamma 0.9: its reward
-#: is immediate), long rollouts and many epochs; Acrobot-v1's -1 per step needs normalized value targets.
+#: is immediate), long rollouts and many epochs; Acrobot-v1's -1 per step and LunarLander-v3's crash and landing
+#: bonuses (about +-100) need normalized value targets.
 ENV_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "ppo": {
         "Pendulum-v1": {"num_envs": 4, "horizon": 1024, "learning_rate": 1e-3, "gamma": 0.9, "update_epochs": 10,
                         "minibatch_size": 64, "ent_coef": 0.0, "value_norm": "running"},
         "Acrobot-v1": {"value_norm": "running"},
+        "LunarLander-v3": {"value_norm": "running"},
     },
 }
 
