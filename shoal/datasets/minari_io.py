@@ -215,7 +215,8 @@ def save_dataset(dataset: OfflineDataset, path: str | os.PathLike[str], *, datas
     path = check_output_path(path, overwrite)
     _check_json(dataset.metadata)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    # absolute: Minari sizes a dataset by joining its data path with paths it globbed below it
+    staging = path.absolute().with_name(f".{path.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
