@@ -27,6 +27,7 @@ CASES = {
     "continuous-actions": ("Pendulum-v1", 250),
     "tuple-text-obs-hybrid-actions": (TextTupleEnv, 40),
     "turn-based-action-masks": ("pettingzoo.classic.tictactoe_v3", 60),
+    "registered-space-as-text": ("minigrid:MiniGrid-Empty-5x5-v0", 40),  # MiniGrid's MissionSpace
 }
 
 
