@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from gymnasium import spaces
 
 from shoal.emulation.actions import ActionLayout
-from shoal.emulation.layout import Layout, compile_layout, is_registered, space_handler
+from shoal.emulation.layout import Layout, compile_layout, format_path, is_registered, space_handler
 from shoal.errors import DatasetError
 
 if TYPE_CHECKING:
@@ -59,6 +59,13 @@ def check_dataset_matches(dataset: OfflineDataset, obs_layout: Layout | spaces.S
             f"{name}{where} holds observations of {ours!r} (rows of {dataset.obs_layout.flat_dtype}"
             f"[{dataset.obs_layout.flat_size}]), but {env} observes {theirs!r} (rows of {obs_layout.flat_dtype}"
             f"[{obs_layout.flat_size}]); use a dataset recorded on this env, or train on the env it was recorded on")
+    for ours_leaf, theirs_leaf in zip(dataset.obs_layout.leaves, obs_layout.leaves, strict=True):
+        # equal Text spaces may number their characters in different orders (their codes then differ)
+        if ours_leaf.kind == "text" and ours_leaf.space.character_list != theirs_leaf.space.character_list:
+            raise DatasetError(
+                f"{name}{where} codes the text at {format_path(ours_leaf.path)} with the characters "
+                f"{''.join(ours_leaf.space.character_list)!r}, but {env} with "
+                f"{''.join(theirs_leaf.space.character_list)!r} (in that order); use a dataset recorded on this env")
     if dataset.action_layout.space != action_layout.space:
         raise DatasetError(
             f"{name}{where} holds actions of {dataset.action_layout.space!r}, but {env} takes actions of "

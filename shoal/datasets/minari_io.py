@@ -121,20 +121,6 @@ def _native_observations(layout: Layout, rows: np.ndarray) -> Any:
     return _tree(stored_space(layout.space), leaf)
 
 
-def _native_actions(action_layout: ActionLayout, actions: np.ndarray) -> Any:
-    """``[N, *flat_shape]`` flat actions as the action space's nesting of leaf arrays ``[N, *leaf.shape]``."""
-    natives = [action_layout.to_native(a) for a in actions]
-    return _tree(action_layout.space, lambda path: np.stack([np.asarray(leaf_value(n, path)) for n in natives]))
-
-
-def _flat_actions(action_layout: ActionLayout, native: Any, steps: int) -> np.ndarray:
-    """Leaf-wise native actions (``[T, *leaf.shape]`` at each leaf) as flat actions ``[T, *flat_shape]``."""
-    out = np.zeros((steps, *action_layout.flat_shape), action_layout.flat_dtype)
-    for t in range(steps):
-        out[t] = action_layout.from_native(_tree(action_layout.space, lambda path, t=t: leaf_value(native, path)[t]))
-    return out
-
-
 # --------------------------------------------------------------------------------------------------------------
 # save
 # --------------------------------------------------------------------------------------------------------------
@@ -215,7 +201,8 @@ def save_dataset(dataset: OfflineDataset, path: str | os.PathLike[str], *, datas
     path = check_output_path(path, overwrite)
     _check_json(dataset.metadata)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    # absolute: Minari sizes a dataset by joining its data path with paths it globbed below it
+    staging = path.absolute().with_name(f".{path.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
@@ -255,7 +242,7 @@ def _episode_buffers(dataset: OfflineDataset, buffer_cls: type) -> Iterator[Any]
         infos = None if dataset.action_masks is None else {ACTION_MASK_KEY: np.array(dataset.action_masks[rows])}
         yield buffer_cls(
             observations=_native_observations(dataset.obs_layout, dataset.observations[rows]),
-            actions=_native_actions(dataset.action_layout, dataset.actions[steps]),
+            actions=dataset.action_layout.to_native_batch(dataset.actions[steps]),
             rewards=np.array(dataset.rewards[steps], np.float32),
             terminations=np.array(dataset.terminations[steps], np.bool_),
             truncations=np.array(dataset.truncations[steps], np.bool_),
@@ -372,7 +359,10 @@ def _load(storage_cls: Any, data_path: Path, raw: dict[str, Any]) -> OfflineData
             raise DatasetError(f"{data_path / _MAIN}: episode {index} has {len(rows)} observations for {steps} "
                                "steps; a Minari episode holds one more observation than steps")
         parts["obs"].append(rows)
-        parts["actions"].append(_flat_actions(action_layout, episode["actions"], steps))
+        actions = action_layout.from_native_batch(episode["actions"])
+        if len(actions) != steps:
+            raise DatasetError(f"{data_path / _MAIN}: episode {index} has {len(actions)} actions for {steps} rewards")
+        parts["actions"].append(actions)
         parts["rewards"].append(np.asarray(episode["rewards"], np.float32).reshape(steps))
         parts["terms"].append(np.asarray(episode["terminations"], np.bool_).reshape(steps))
         parts["truncs"].append(np.asarray(episode["truncations"], np.bool_).reshape(steps))

@@ -204,6 +204,38 @@ class ActionLayout:
                 seg.leaf.dtype, np.floating) else value
         return out
 
+    def to_native_batch(self, flat: np.ndarray) -> Any:
+        """:meth:`to_native` of ``N`` flat actions ``[N, *flat_shape]`` at once: the native space's nesting with, at
+        each leaf, its ``N`` values stacked ``[N, *leaf.shape]`` (in the leaf's dtype; ``int64`` for Discrete)."""
+        flat = np.asarray(flat)
+        n = len(flat)
+        if self._root_discrete_start is not None:
+            return flat.reshape(n).astype(np.int64) + self._root_discrete_start
+        values = []
+        for seg in self._segments:
+            part, leaf = flat[:, seg.start : seg.stop], seg.leaf
+            if leaf.kind == "box" and np.issubdtype(leaf.dtype, np.floating):
+                values.append(part.reshape(n, *leaf.shape).astype(leaf.dtype))
+            elif leaf.kind == "discrete":
+                values.append(part[:, 0].astype(np.int64) + int(seg.offset))
+            else:
+                values.append((part.astype(np.int64) + seg.offset).reshape(n, *leaf.shape).astype(leaf.dtype))
+        return _build(self.layout.tree, values)
+
+    def from_native_batch(self, batch: Any) -> np.ndarray:
+        """:meth:`from_native` of ``N`` native actions given leaf by leaf (the nesting of :meth:`to_native_batch`):
+        ``[N, *flat_shape]`` flat actions."""
+        if self._root_discrete_start is not None:
+            return (np.asarray(batch).reshape(-1) - self._root_discrete_start).astype(self.flat_dtype)
+        leaves = [np.asarray(leaf_value(batch, seg.leaf.path)) for seg in self._segments]
+        n = len(leaves[0])
+        out = np.zeros((n, *self.flat_shape), self.flat_dtype)
+        for seg, value in zip(self._segments, leaves, strict=True):
+            value = value.reshape(n, -1)
+            floating = seg.leaf.kind == "box" and np.issubdtype(seg.leaf.dtype, np.floating)
+            out[:, seg.start : seg.stop] = value if floating else value - seg.offset
+        return out
+
     def validate(self, actions: np.ndarray, num_rows: int, live: np.ndarray | None = None,
                  names: list[str] | None = None) -> np.ndarray:
         """Check a batch of flat actions ``[num_rows, *flat_shape]``; return it as an ndarray.

@@ -9,7 +9,8 @@ slot), :mod:`~shoal.train.core.advantage` (GAE, V-trace-clipped GAE), :mod:`~sho
 :mod:`~shoal.train.loop.trainer` (the loop), :mod:`~shoal.train.runs.checkpoint`, :mod:`~shoal.train.runs.logger`,
 :mod:`~shoal.train.runs.resolve` (ENV names -> constructors), :mod:`~shoal.train.runs.evaluate`,
 :mod:`~shoal.train.runs.plot`, :mod:`~shoal.train.mappo.trainer` (centralized critic, ``algo="mappo"``),
-:mod:`~shoal.train.core.normalize` (value normalization), :mod:`~shoal.train.runs.agent_stats` (per-agent/team returns).
+:mod:`~shoal.train.core.normalize` (value normalization), :mod:`~shoal.train.runs.agent_stats` (per-agent/team returns),
+:mod:`~shoal.train.record` (offline datasets recorded from runs and scripted players).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from shoal.train.core.rollout import RolloutBuffer, RolloutData
 from shoal.train.loop.result import TrainResult
 from shoal.train.loop.trainer import Trainer
 from shoal.train.mappo.trainer import MAPPOTrainer
+from shoal.train.record import record_dataset
 from shoal.train.runs.evaluate import evaluate, evaluate_checkpoint, load_policy_from_checkpoint
 from shoal.train.runs.resolve import EnvFn, list_envs, resolve_env
 
@@ -45,6 +47,8 @@ __all__ = [
     "evaluate",
     "evaluate_checkpoint",
     "load_policy_from_checkpoint",
+    # offline datasets
+    "record_dataset",
     # building blocks
     "RolloutBuffer",
     "RolloutData",

@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 
 import gymnasium as gym
+import numpy as np
 import pytest
 from gymnasium import spaces
 
 from shoal import vector
-from shoal.datasets import check_dataset_matches, load_dataset, save_dataset
+from shoal.datasets import OfflineDataset, check_dataset_matches, load_dataset, save_dataset
+from shoal.emulation import compile_layout
 from shoal.errors import DatasetError
 from shoal.train.record import record_dataset
 from shoal.train.runs.resolve import resolve_env
@@ -24,7 +26,7 @@ def _layouts(env: str) -> tuple:
 
 
 def test_a_dataset_fits_the_env_it_was_recorded_on(tmp_path) -> None:
-    for env in ("CartPole-v1", "nested"):
+    for env in ("CartPole-v1", "nested", "minigrid:MiniGrid-Empty-5x5-v0"):
         dataset = load_dataset(save_dataset(record_dataset("random", env, 50), tmp_path / env))
         check_dataset_matches(dataset, *_layouts(env), env=env)  # no error
 
@@ -38,3 +40,15 @@ def test_other_spaces_are_refused_naming_both() -> None:
     cartpole_obs = gym.make("CartPole-v1").observation_space
     with pytest.raises(DatasetError, match=r"actions of Discrete\(2\), but the env takes actions of Discrete\(3\)"):
         check_dataset_matches(dataset, cartpole_obs, spaces.Discrete(3))
+
+
+def test_text_coded_in_another_character_order_is_refused() -> None:
+    dataset = record_dataset("random", "CartPole-v1", 20)
+    ours = spaces.Dict({"word": spaces.Text(4, charset="abc")})
+    theirs = spaces.Dict({"word": spaces.Text(4, charset="cba")})
+    assert ours == theirs  # equal spaces, other codes
+    worded = OfflineDataset(np.zeros((len(dataset.observations), 4), np.int32), dataset.actions, dataset.rewards,
+                            dataset.terminations, dataset.truncations, dataset.episode_offsets, compile_layout(ours),
+                            dataset.action_layout)
+    with pytest.raises(DatasetError, match=r"text at obs\['word'\] with the characters 'abc'.*'cba'"):
+        check_dataset_matches(worded, theirs, dataset.action_layout.space)

@@ -27,6 +27,7 @@ CASES = {
     "continuous-actions": ("Pendulum-v1", 250),
     "tuple-text-obs-hybrid-actions": (TextTupleEnv, 40),
     "turn-based-action-masks": ("pettingzoo.classic.tictactoe_v3", 60),
+    "registered-space-as-text": ("minigrid:MiniGrid-Empty-5x5-v0", 40),  # MiniGrid's MissionSpace
 }
 
 
@@ -166,3 +167,27 @@ def test_a_path_without_a_dataset_is_refused(tmp_path: Path, monkeypatch: pytest
     with pytest.raises(DatasetError, match=r"neither a dataset directory nor a local Minari dataset id.*minari "
                                            "download"):
         load_dataset("nowhere/none-v0")
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_foreign_action_mask_observation_entry_becomes_the_action_masks(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the emulators do: ``"action_mask"`` leaves a Dict observation and becomes the legal-action masks."""
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    board = gym.spaces.Box(0, 1, (3, 3), np.int8)
+    space = gym.spaces.Dict({"observation": board, "action_mask": gym.spaces.Box(0, 1, (9,), np.int8)})
+    rng = np.random.default_rng(0)
+    masks = (rng.random((5, 9)) < 0.5).astype(np.int8)
+    boards = rng.integers(0, 2, (5, 3, 3)).astype(np.int8)
+    episode = EpisodeBuffer(observations={"observation": boards, "action_mask": masks}, actions=np.array([0, 4, 8, 2]),
+                            rewards=[0.0, 0.0, 0.0, 1.0], terminations=[False, False, False, True],
+                            truncations=[False] * 4)
+    minari.create_dataset_from_buffers("test/masked-v0", [episode], observation_space=space,
+                                       action_space=gym.spaces.Discrete(9), algorithm_name="random", author="shoal",
+                                       author_email="shoal@example.org", code_permalink="https://example.org",
+                                       description="masked moves")
+    dataset = load_dataset("test/masked-v0")
+    assert dataset.obs_layout.space == gym.spaces.Dict({"observation": board})
+    assert np.array_equal(dataset.observations.reshape(5, 3, 3), boards)
+    assert np.array_equal(dataset.action_masks, masks.astype(bool))
+    assert dataset.actions.tolist() == [0, 4, 8, 2] and dataset.terminations.tolist() == [False] * 3 + [True]

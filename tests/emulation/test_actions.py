@@ -56,6 +56,28 @@ def test_native_round_trip(name: str) -> None:
         assert_same_sample(space, native, layout.to_native(flat), "action")
 
 
+@pytest.mark.parametrize("name", sorted(ACTION_SPACES))
+def test_batch_conversions_are_the_per_action_ones_stacked(name: str) -> None:
+    space = ACTION_SPACES[name]
+    space.seed(5)
+    layout = ActionLayout(space)
+    natives = [space.sample() for _ in range(6)]
+    flat = np.stack([layout.from_native(native) for native in natives])
+    batch = layout.to_native_batch(flat)
+    for i, native in enumerate(natives):
+        assert_same_sample(space, layout.to_native(flat[i]), _row(batch, i), "action")
+        assert_same_sample(space, native, _row(batch, i), "action")
+    assert layout.from_native_batch(batch).tobytes() == flat.tobytes()
+
+
+def _row(batch: object, i: int) -> object:
+    if isinstance(batch, dict):
+        return {key: _row(value, i) for key, value in batch.items()}
+    if isinstance(batch, tuple):
+        return tuple(_row(value, i) for value in batch)
+    return batch[i]
+
+
 def test_hybrid_puts_discrete_choices_first() -> None:
     layout = ActionLayout(ACTION_SPACES["hybrid"])
     assert layout.num_discrete == 2 and layout.num_continuous == 2

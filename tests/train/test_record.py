@@ -12,6 +12,7 @@ from shoal.errors import APIUsageError, CheckpointError
 from shoal.train import TrainConfig, train
 from shoal.train.record import record_dataset
 from tests.datasets.helpers import assert_same_dataset
+from tests.emulation.test_pettingzoo import SpawnEnv
 
 pytestmark = pytest.mark.filterwarnings("ignore:The old environment creation API:DeprecationWarning")
 
@@ -77,6 +78,21 @@ def test_agents_that_die_store_nothing_after_their_death() -> None:
         else:
             assert rewards[-1] == 1.0 and dataset.truncations[steps.stop - 1] and len(rewards) <= 8
     assert deaths > 0.8 * dataset.num_episodes and set(dataset.agents.tolist()) == {0, 1, 2}
+
+
+def test_spawned_agents_start_their_episode_at_their_first_decision() -> None:
+    """SpawnEnv: two walkers live 4 steps; a child is born every step and dies 2 steps later (the last one is born
+    truncated and never acts). A newborn's first reward came before it decided anything: it is not stored."""
+    dataset = record_dataset("random", lambda: SpawnEnv(lifetime=2, horizon=4), 26, max_agents=6, seed=0)
+    assert dataset.num_episodes == 10  # two games of walker_0, walker_1, child_1, child_2, child_3
+    assert dataset.episode_lengths.tolist() == [4, 4, 2, 2, 1] * 2
+    assert dataset.agents.tolist() == [0, 1, 2, 3, 4] * 2 and dataset.agent_types.tolist() == [0, 0, 1, 1, 1] * 2
+    ends = dataset.episode_offsets[1:] - 1
+    assert dataset.terminations[ends].tolist() == [False, False, True, True, False] * 2
+    assert dataset.truncations[ends].tolist() == [True, True, False, True, True] * 2
+    assert np.array_equal(dataset.rewards, dataset.actions + 0.5)  # each step's own reward, no birth reward
+    child_1 = dataset.observations[dataset.obs_offsets[2]: dataset.obs_offsets[3]]
+    assert child_1.tolist() == [[1, 0], [2, 1], [3, 2]]  # born at t=1, acts at t=1 and 2, final at t=3
 
 
 def test_tictactoe_stores_only_each_players_moves_and_the_losers_penalty_on_its_last_move() -> None:
