@@ -13,10 +13,11 @@ from shoal.datasets import OfflineDataset
 from shoal.emulation import ActionLayout, compile_layout, flatten
 
 
-def record(env_id: str, act: Callable[[np.ndarray, np.random.Generator], Any], episodes: int, seed: int = 0,
-           **env_kwargs: Any) -> OfflineDataset:
-    """``episodes`` whole episodes of ``act(obs, rng) -> native action`` on ``gymnasium.make(env_id)``."""
-    env = gym.make(env_id, **env_kwargs)
+def record(env_id: str | Callable[[], gym.Env], act: Callable[[np.ndarray, np.random.Generator], Any], episodes: int,
+           seed: int = 0, **env_kwargs: Any) -> OfflineDataset:
+    """``episodes`` whole episodes of ``act(obs, rng) -> native action`` on ``gymnasium.make(env_id)`` (or the env
+    ``env_id()`` builds)."""
+    env = gym.make(env_id, **env_kwargs) if isinstance(env_id, str) else env_id()
     obs_layout, action_layout = compile_layout(env.observation_space), ActionLayout(env.action_space)
     rng = np.random.default_rng(seed)
     rows, actions, rewards, terminations, truncations, offsets = [], [], [], [], [], [0]
@@ -37,7 +38,7 @@ def record(env_id: str, act: Callable[[np.ndarray, np.random.Generator], Any], e
     env.close()
     return OfflineDataset(np.stack(rows), np.stack(actions), np.asarray(rewards, np.float32),
                           np.asarray(terminations), np.asarray(truncations), np.asarray(offsets, np.int64),
-                          obs_layout, action_layout, metadata={"env_id": env_id})
+                          obs_layout, action_layout, metadata={"env_id": env_id if isinstance(env_id, str) else ""})
 
 
 def join(*datasets: OfflineDataset) -> OfflineDataset:
@@ -75,3 +76,13 @@ def pendulum_expert(obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def pendulum_random(obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return rng.uniform(-2.0, 2.0, size=1).astype(np.float32)
+
+
+def bandit_mostly_wrong(correct_arms: np.ndarray) -> Callable[[np.ndarray, np.random.Generator], int]:
+    """On the contextual bandit: the context's arm 30% of the time, the next one (never right) 50%, any 20%."""
+    def act(obs: np.ndarray, rng: np.random.Generator) -> int:
+        right, n = int(correct_arms[int(np.argmax(obs))]), len(correct_arms)
+        draw = rng.random()
+        return right if draw < 0.3 else (right + 1) % n if draw < 0.8 else int(rng.integers(n))
+
+    return act
