@@ -243,26 +243,27 @@ def test_record_writes_a_minari_dataset_and_refuses_to_overwrite_it(tmp_path: Pa
     assert code == 2 and "needs an env" in payload["error"]
 
 
-def test_train_bc_from_a_dataset_path_then_eval_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    # The file reader (shoal.datasets.load_dataset) is not part of this shoal yet: the path is answered with a
-    # dataset recorded on CartPole here, so the command line's own path (flag, config, trainer, run) is what runs.
-    import shoal.train.offline.data as data
+def test_train_bc_from_a_dataset_path_then_eval_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from shoal.datasets import save_dataset
     from tests.train.offline.recorded import cartpole_expert, record
 
     path = str(tmp_path / "cartpole-expert")
-    recorded = {path: record("CartPole-v1", cartpole_expert, 4)}
-    monkeypatch.setattr(data, "load_dataset", lambda target: recorded[target])
+    save_dataset(record("CartPole-v1", cartpole_expert, 4), path)
     run_dir = str(tmp_path / "bc")
     common = ["--algo", "bc", "--dataset", path, "--run-dir", run_dir, "--hidden-size", "32", "--num-envs", "2",
               "--horizon", "100", "--no-tensorboard", "--no-dashboard"]
     code, payload, text = run(capsys, "train", "CartPole-v1", "--total-steps", "200", *common)
     assert code == 0 and payload["ok"] and payload["algo"] == "bc" and payload["global_step"] == 200, text
-    assert "dataset: 4 episodes, 2,000 steps, episode return 500.00" in text
+    assert f"dataset: 4 episodes, 2,000 steps, episode return 500.00 (min 500.00, max 500.00) from {path}" in text
     assert json.loads((tmp_path / "bc" / "config.json").read_text())["dataset"] == path
     code, payload, _ = run(capsys, "eval", run_dir, "--episodes", "2", "--json")
     assert code == 0 and payload["episodes"] == 2 and payload["mean_return"] > 100
     code, payload, _ = run(capsys, "train", "CartPole-v1", "--total-steps", "300", "--resume", *common)
     assert code == 0 and payload["global_step"] == 300 and payload["resumed_from"].endswith("update_000002.pt")
-    code, payload, text = run(capsys, "train", "CartPole-v1", "--algo", "bc", "--run-dir", str(tmp_path / "none"))
+    code, payload, _ = run(capsys, "train", "Pendulum-v1", "--algo", "iql", "--dataset", path, "--run-dir",
+                           str(tmp_path / "pendulum"))
+    assert code == 2 and "but 'Pendulum-v1' observes Box" in payload["error"]
+    code, payload, _ = run(capsys, "train", "CartPole-v1", "--algo", "bc", "--run-dir", str(tmp_path / "none"))
     assert code == 2 and "learns from a recorded dataset: give --dataset PATH" in payload["error"]
+    code, payload, _ = run(capsys, "train", "CartPole-v1", "--algo", "bc", "--dataset", str(tmp_path / "missing"))
+    assert code == 2 and "missing" in payload["error"]

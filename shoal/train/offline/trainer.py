@@ -65,7 +65,9 @@ class OfflineTrainer(Trainer):
         dataset: the recorded data; None reads the file ``config.dataset``.
 
     Raises:
-        APIUsageError: no dataset, or one that does not fit the env (the message names the difference).
+        APIUsageError: no dataset given.
+        DatasetError: a dataset file that cannot be read, or a dataset that does not fit the env (the message names
+            the difference).
     """
 
     #: The ``algo`` values this trainer runs.
@@ -85,7 +87,7 @@ class OfflineTrainer(Trainer):
 
     def _setup_learning(self) -> None:
         cfg, dataset = self.config, self.dataset
-        check_dataset(dataset, self.vecenv, self.dataset_source)
+        check_dataset(dataset, self.vecenv, self.dataset_source, repr(cfg.env))
         self.fingerprint = dataset_fingerprint(dataset)
         self.loss_fn = None
         self.reducer = SINGLE_LEARNER

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 from shoal import vector
-from shoal.errors import APIUsageError
+from shoal.errors import APIUsageError, DatasetError
 from shoal.train import TrainConfig
 from shoal.train.offline.data import check_dataset, dataset_fingerprint, resolve_dataset
+from shoal.train.record import record_dataset
 from shoal.train.runs.resolve import resolve_env
-from tests.train.offline.recorded import cartpole_expert, random_discrete, record
+from tests.train.offline.recorded import cartpole_expert, record
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +44,14 @@ def _forbid(dataset: object, step: int) -> np.ndarray:
 ])
 def test_a_dataset_that_does_not_fit_is_refused_saying_what(cartpole: object, change: object, words: str) -> None:
     dataset = record("CartPole-v1", cartpole_expert, 1)
-    with pytest.raises(APIUsageError, match=words):
+    with pytest.raises(DatasetError, match=words):
         check_dataset(dataclasses.replace(dataset, **change(dataset)), cartpole, "expert")  # type: ignore[operator]
 
 
 def test_the_fingerprint_follows_the_data_not_the_object() -> None:
     a, b = record("CartPole-v1", cartpole_expert, 2), record("CartPole-v1", cartpole_expert, 2)
     assert a is not b and dataset_fingerprint(a) == dataset_fingerprint(b)
-    assert dataset_fingerprint(a) != dataset_fingerprint(record("CartPole-v1", random_discrete(2), 2))
+    assert dataset_fingerprint(a) != dataset_fingerprint(record_dataset("random", "CartPole-v1", 50))
     flipped = dataclasses.replace(a, actions=1 - a.actions)
     assert dataset_fingerprint(flipped) != dataset_fingerprint(a)
 
