@@ -107,6 +107,8 @@ def test_an_offline_algo_without_a_dataset_says_how_to_give_one() -> None:
         make_trainer(TrainConfig(env="CartPole-v1", algo="ppo"), dataset=record("CartPole-v1", cartpole_expert, 1))
     with pytest.raises(APIUsageError, match="does not support an LSTM policy"):
         TrainConfig(algo="bc", recurrent=True).validate()
+    with pytest.raises(APIUsageError, match="collects no experience to record; drop --record-dataset"):
+        TrainConfig(algo="iql", record_dataset="data/x").validate()
 
 
 def test_the_result_evaluates_from_its_run_directory(tmp_path: Path, expert: Any) -> None:
