@@ -475,8 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser(
         "train",
-        help="train a policy (PPO)",
-        description="Train a policy with PPO. "
+        help="train a policy (PPO; --algo mappo, sac, or offline bc, iql)",
+        description="Train a policy with PPO, or the --algo given (offline ones learn from --dataset). "
         "ENV is a Gymnasium id (module:EnvId imports module first), a PettingZoo module path, module:attribute or a "
         "built-in env (shoal list).",
     )

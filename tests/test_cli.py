@@ -252,3 +252,29 @@ def test_a_run_that_fails_to_start_leaves_no_default_run_dir(tmp_path: Path,
     assert main(["train", "CartPole-v1", "--algo", "mappo", "--critic-input", "state", "--json"]) == 2
     runs = tmp_path / "runs"
     assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_train_bc_from_a_dataset_path_then_eval_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from shoal.datasets import save_dataset
+    from tests.train.offline.recorded import cartpole_expert, record
+
+    path = str(tmp_path / "cartpole-expert")
+    save_dataset(record("CartPole-v1", cartpole_expert, 4), path)
+    run_dir = str(tmp_path / "bc")
+    common = ["--algo", "bc", "--dataset", path, "--run-dir", run_dir, "--hidden-size", "32", "--num-envs", "2",
+              "--horizon", "100", "--no-tensorboard", "--no-dashboard"]
+    code, payload, text = run(capsys, "train", "CartPole-v1", "--total-steps", "200", *common)
+    assert code == 0 and payload["ok"] and payload["algo"] == "bc" and payload["global_step"] == 200, text
+    assert f"dataset: 4 episodes, 2,000 steps, episode return 500.00 (min 500.00, max 500.00) from {path}" in text
+    assert json.loads((tmp_path / "bc" / "config.json").read_text())["dataset"] == path
+    code, payload, _ = run(capsys, "eval", run_dir, "--episodes", "2", "--json")
+    assert code == 0 and payload["episodes"] == 2 and payload["mean_return"] > 100
+    code, payload, _ = run(capsys, "train", "CartPole-v1", "--total-steps", "300", "--resume", *common)
+    assert code == 0 and payload["global_step"] == 300 and payload["resumed_from"].endswith("update_000002.pt")
+    code, payload, _ = run(capsys, "train", "Pendulum-v1", "--algo", "iql", "--dataset", path, "--run-dir",
+                           str(tmp_path / "pendulum"))
+    assert code == 2 and "but 'Pendulum-v1' observes Box" in payload["error"]
+    code, payload, _ = run(capsys, "train", "CartPole-v1", "--algo", "bc", "--run-dir", str(tmp_path / "none"))
+    assert code == 2 and "learns from a recorded dataset: give --dataset PATH" in payload["error"]
+    code, payload, _ = run(capsys, "train", "CartPole-v1", "--algo", "bc", "--dataset", str(tmp_path / "missing"))
+    assert code == 2 and "missing" in payload["error"]

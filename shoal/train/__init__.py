@@ -1,4 +1,5 @@
-"""Training (torch): PPO for single-agent and parameter-shared multi-agent envs.
+"""Training (torch): PPO for single-agent and parameter-shared multi-agent envs, MAPPO, SAC, and offline behaviour
+cloning and IQL from recorded datasets.
 
     from shoal.train import TrainConfig, train
     result = train(TrainConfig(env="CartPole-v1", total_steps=150_000, run_dir="runs/cartpole"))
@@ -10,7 +11,8 @@ slot), :mod:`~shoal.train.core.advantage` (GAE, V-trace-clipped GAE), :mod:`~sho
 :mod:`~shoal.train.runs.resolve` (ENV names -> constructors), :mod:`~shoal.train.runs.evaluate`,
 :mod:`~shoal.train.runs.plot`, :mod:`~shoal.train.mappo.trainer` (centralized critic, ``algo="mappo"``),
 :mod:`~shoal.train.core.normalize` (value normalization), :mod:`~shoal.train.runs.agent_stats` (per-agent/team returns),
-:mod:`~shoal.train.record` (offline datasets recorded from runs and scripted players).
+:mod:`~shoal.train.record` (offline datasets recorded from runs and scripted players);
+:mod:`~shoal.train.offline.trainer` (``algo="bc"``, ``"iql"``: gradient steps on a dataset).
 """
 
 from __future__ import annotations

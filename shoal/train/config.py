@@ -634,6 +634,9 @@ class TrainConfig:
             if getattr(self, name):
                 flag = "--" + name.replace("_", "-")
                 raise APIUsageError(f"algo={self.algo!r} does not support {what} ({name}=True); drop {flag}")
+        if self.record_dataset is not None:
+            raise APIUsageError(f"algo={self.algo!r} collects no experience to record; drop --record-dataset (shoal "
+                                "record RUN_DIR records the trained policy's play)")
         if self.env_batch_size is not None and self.env_batch_size != self.num_envs:
             raise APIUsageError(f"algo={self.algo!r} evaluates on every env at once, so env_batch_size="
                                 f"{self.env_batch_size} (fewer than num_envs={self.num_envs}) does not apply; "

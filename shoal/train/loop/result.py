@@ -21,9 +21,11 @@ class TrainResult:
         config: the configuration used.
         policy: the trained policy (on its training device).
         run_dir: the run directory, or None.
-        global_step: agent steps collected in total (across resumes); updates: updates done in total.
-        seconds: wall time of this call; sps: agent steps per second in this call.
-        episode_return, episode_length: mean over the last ``stats_window`` finished episodes (None if none).
+        global_step: agent steps collected in total (across resumes; offline algorithms: gradient steps);
+            updates: updates done in total.
+        seconds: wall time of this call; sps: agent steps (offline: gradient steps) per second in this call.
+        episode_return, episode_length: mean over the last ``stats_window`` finished episodes (offline algorithms:
+            the episodes of their last online evaluation; None if none).
         episodes: episodes finished in total.
         checkpoint: the last checkpoint written, or None.
         evaluation: when ``eval_episodes > 0``, the :func:`shoal.train.runs.evaluate.evaluate` result with the most

@@ -1,8 +1,8 @@
 """The dataset of an offline run: where it comes from, whether it fits the env, and its fingerprint.
 
 A dataset is given as an :class:`~shoal.datasets.OfflineDataset` (``train(config, dataset=...)``) or by path
-(``TrainConfig.dataset``, read by ``shoal.datasets.load_dataset``). Before any gradient step it is checked against
-the layouts of the env the policy will play (:func:`check_dataset`); a checkpoint records its fingerprint
+(``TrainConfig.dataset``, read by :func:`shoal.datasets.load_dataset`). Before any gradient step it is checked
+against the env the policy will play (:func:`check_dataset`); a checkpoint records its fingerprint
 (:func:`dataset_fingerprint`), so a run is never resumed on other data.
 """
 
@@ -13,15 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from shoal.datasets import OfflineDataset
+from shoal.datasets import OfflineDataset, check_dataset_matches, load_dataset
 from shoal.emulation.base import action_mask_width
-from shoal.errors import APIUsageError
+from shoal.errors import APIUsageError, DatasetError
 from shoal.train.config import TrainConfig
-
-try:  # dataset files and their reader live in shoal.datasets
-    from shoal.datasets import load_dataset
-except ImportError:  # a shoal that reads no dataset files: datasets are given as OfflineDataset objects
-    load_dataset = None
 
 __all__ = ["check_dataset", "dataset_fingerprint", "resolve_dataset"]
 
@@ -31,8 +26,8 @@ def resolve_dataset(config: TrainConfig, dataset: OfflineDataset | None) -> tupl
     ``shoal.datasets.load_dataset``; ``source`` names it in messages.
 
     Raises:
-        APIUsageError: no dataset at all, something other than an :class:`OfflineDataset`, or a path when this shoal
-            cannot read dataset files.
+        APIUsageError: no dataset at all, or something other than an :class:`OfflineDataset`.
+        DatasetError: the file cannot be read (see ``load_dataset``).
     """
     if dataset is not None:
         if not isinstance(dataset, OfflineDataset):
@@ -41,52 +36,46 @@ def resolve_dataset(config: TrainConfig, dataset: OfflineDataset | None) -> tupl
     if config.dataset is None:
         raise APIUsageError(f"algo={config.algo!r} learns from a recorded dataset: give --dataset PATH (from Python: "
                             "TrainConfig(dataset=PATH), or train(config, dataset=OfflineDataset))")
-    if load_dataset is None:
-        raise APIUsageError(f"cannot read the dataset file {config.dataset!r}: this shoal has no "
-                            "shoal.datasets.load_dataset; pass the OfflineDataset itself: train(config, dataset=...)")
     return load_dataset(config.dataset), config.dataset
 
 
-def check_dataset(dataset: OfflineDataset, env: Any, source: str) -> None:
-    """Raise :class:`~shoal.errors.APIUsageError` unless ``dataset`` fits ``env`` (a shoal vector env or emulator
-    with ``obs_layout``, ``action_layout`` and ``agents_per_env``): the same observation space (so the same flat
-    rows), the same flat action space, slots the env has, action masks of the env's width, recorded actions legal
-    under their masks, finite rewards and continuous actions. ``source`` names the dataset in the message."""
-    recorded = dataset.metadata.get("env_id") or dataset.metadata.get("env")
-    hint = f" (it was recorded on {recorded!r})" if recorded else ""
-    fix = "train on the env it was recorded on, or record a dataset on this one"
-    obs, env_obs = dataset.obs_layout, env.obs_layout
-    if obs.space != env_obs.space or obs.flat_dtype != env_obs.flat_dtype or obs.flat_size != env_obs.flat_size:
-        raise APIUsageError(f"{source} does not fit this env{hint}: its observation space is {obs.space} ({obs}) but "
-                            f"the env's is {env_obs.space} ({env_obs}); {fix}")
-    actions, env_actions = dataset.action_layout.flat_space, env.action_layout.flat_space
-    if actions != env_actions:
-        raise APIUsageError(f"{source} does not fit this env{hint}: its flat action space is {actions} but the env's "
-                            f"is {env_actions}; {fix}")
+def check_dataset(dataset: OfflineDataset, env: Any, source: str, env_name: str = "the env") -> None:
+    """Refuse ``dataset`` unless it can train a policy for ``env`` (a shoal vector env or emulator with
+    ``obs_layout``, ``action_layout`` and ``agents_per_env``).
+
+    The spaces are :func:`~shoal.datasets.check_dataset_matches`'s to compare; on top of them a learner needs the
+    episodes in slots the env has, action masks of the env's width, recorded actions legal under their masks, and
+    finite rewards and continuous actions. ``source`` and ``env_name`` name the dataset and the env in messages.
+
+    Raises:
+        DatasetError: naming what does not fit, and where.
+    """
+    check_dataset_matches(dataset, env.obs_layout, env.action_layout, env=env_name)
     slots = int(getattr(env, "agents_per_env", 1))
-    if dataset.num_episodes and (int(dataset.agents.max()) >= slots or int(dataset.agents.min()) < 0):
-        raise APIUsageError(f"{source} has episodes played in slots {sorted(set(dataset.agents.tolist()))}, but the "
-                            f"env has {slots} slot(s) per env; {fix}")
+    if int(dataset.agents.max()) >= slots or int(dataset.agents.min()) < 0:
+        raise DatasetError(f"{source} has episodes played in slots {sorted(set(dataset.agents.tolist()))}, but "
+                           f"{env_name} has {slots} slot(s) per env; train on the env it was recorded on (with its "
+                           "max_agents)")
     masks = dataset.action_masks
     if masks is not None:
         width = action_mask_width(env.action_layout) if env.action_layout.kind != "continuous" else 0
         if masks.ndim != 2 or masks.shape[1] != width:
-            raise APIUsageError(f"{source} has action_masks of shape {masks.shape}; this env's actions need "
-                                f"[{len(masks)}, {width}] (or none)")
+            raise DatasetError(f"{source} has action_masks of shape {masks.shape}; the actions of {env_name} need "
+                               f"[{len(masks)}, {width}] (or none)")
         if env.action_layout.kind == "discrete":
             legal = masks[dataset.obs_index, dataset.actions.astype(np.int64)]
             if not legal.all():
                 step = int(np.flatnonzero(~legal)[0])
-                raise APIUsageError(f"{source}: the action {int(dataset.actions[step])} recorded at step {step} "
-                                    f"(episode {int(dataset.episode_of_step[step])}) is illegal under its action "
-                                    "mask; the dataset is inconsistent, record it again")
+                raise DatasetError(f"{source}: the action {int(dataset.actions[step])} recorded at step {step} "
+                                   f"(episode {int(dataset.episode_of_step[step])}) is illegal under its action "
+                                   "mask; the dataset is inconsistent, record it again")
     if not np.isfinite(dataset.rewards).all():
         step = int(np.flatnonzero(~np.isfinite(dataset.rewards))[0])
-        raise APIUsageError(f"{source}: the reward at step {step} is {dataset.rewards[step]}; offline learning needs "
-                            "finite rewards")
+        raise DatasetError(f"{source}: the reward at step {step} is {dataset.rewards[step]}; offline learning needs "
+                           "finite rewards")
     if dataset.actions.dtype.kind == "f" and not np.isfinite(dataset.actions).all():
         step = int(np.flatnonzero(~np.isfinite(dataset.actions).reshape(len(dataset.actions), -1).all(-1))[0])
-        raise APIUsageError(f"{source}: the action at step {step} is not finite ({dataset.actions[step]})")
+        raise DatasetError(f"{source}: the action at step {step} is not finite ({dataset.actions[step]})")
 
 
 def dataset_fingerprint(dataset: OfflineDataset) -> str:

@@ -15,7 +15,8 @@ and replaces the algorithm's parts:
   (:func:`~shoal.train.runs.evaluate.evaluate_vecenv`); those returns are the logged ``charts/episode_return``.
 
 An algorithm subclasses it: :meth:`OfflineTrainer.setup_algorithm` (optimizer, extra networks) and
-:meth:`OfflineTrainer.gradient_step`, plus :meth:`checkpoint_payload` / :meth:`_restore_algorithm` for state kept
+:meth:`OfflineTrainer.gradient_step`, :meth:`OfflineTrainer.make_sampler` when it learns from something other than
+single transitions, plus :meth:`checkpoint_payload` / :meth:`_restore_algorithm` for state kept
 outside the policy and the optimizer (:class:`~shoal.train.offline.bc.BCTrainer`,
 :class:`~shoal.train.offline.iql.IQLTrainer`).
 
@@ -40,7 +41,7 @@ from shoal.errors import APIUsageError, CheckpointError
 from shoal.policies import Policy
 from shoal.train.config import OFFLINE_ALGOS, TrainConfig
 from shoal.train.core.ppo import SINGLE_LEARNER, make_optimizer
-from shoal.train.core.transitions import TransitionBatch, TransitionSampler
+from shoal.train.core.transitions import TransitionSampler
 from shoal.train.loop.trainer import Trainer
 from shoal.train.offline.data import check_dataset, dataset_fingerprint, resolve_dataset
 from shoal.train.runs.evaluate import evaluate_vecenv
@@ -65,7 +66,9 @@ class OfflineTrainer(Trainer):
         dataset: the recorded data; None reads the file ``config.dataset``.
 
     Raises:
-        APIUsageError: no dataset, or one that does not fit the env (the message names the difference).
+        APIUsageError: no dataset given.
+        DatasetError: a dataset file that cannot be read, or a dataset that does not fit the env (the message names
+            the difference).
     """
 
     #: The ``algo`` values this trainer runs.
@@ -85,18 +88,29 @@ class OfflineTrainer(Trainer):
 
     def _setup_learning(self) -> None:
         cfg, dataset = self.config, self.dataset
-        check_dataset(dataset, self.vecenv, self.dataset_source)
+        check_dataset(dataset, self.vecenv, self.dataset_source, repr(cfg.env))
         self.fingerprint = dataset_fingerprint(dataset)
         self.loss_fn = None
         self.reducer = SINGLE_LEARNER
         self.buffer = None  # nothing collected: no rollout storage
         self.all_rows = np.arange(self.num_rows, dtype=np.int64)
-        self.sampler = TransitionSampler(dataset, self.device, rewards=self._scaled_rewards(dataset.rewards),
-                                         agent_ids=bool(self.num_agent_ids))
+        self.sampler = self.make_sampler()
         self.setup_algorithm()
         log.info("%s", self.describe()[0])
         if cfg.eval_interval == 0:
             log.info("eval_interval=0: no online evaluation during training")
+
+    def make_sampler(self) -> Any:
+        """What the minibatches are drawn from: single transitions (:class:`TransitionSampler`, rewards scaled by
+        ``reward_scale`` / ``reward_clip``) unless an algorithm learns from something else, e.g. windows of
+        episodes."""
+        return TransitionSampler(self.dataset, self.device, rewards=self._scaled_rewards(self.dataset.rewards),
+                                 agent_ids=bool(self.num_agent_ids))
+
+    def sample_batch(self) -> Any:
+        """The next minibatch: ``minibatch_size`` draws of :attr:`sampler` by the trainer's generator (saved with
+        every checkpoint, so a resumed run draws the same ones)."""
+        return self.sampler.sample(self.config.minibatch_size, self.generator)
 
     def setup_algorithm(self) -> None:
         """The algorithm's part of the setup: ``self.optimizer`` (saved with every checkpoint) and any network
@@ -125,8 +139,9 @@ class OfflineTrainer(Trainer):
     def collect(self) -> None:
         """Nothing to collect: the data is recorded."""
 
-    def gradient_step(self, batch: TransitionBatch) -> dict[str, Tensor]:
-        """One gradient step on ``batch``; returns detached scalar statistics (averaged over the update)."""
+    def gradient_step(self, batch: Any) -> dict[str, Tensor]:
+        """One gradient step on ``batch`` (a :meth:`sample_batch`); returns detached scalar statistics (averaged over
+        the update)."""
         raise NotImplementedError
 
     def learn(self) -> dict[str, float]:
@@ -139,7 +154,7 @@ class OfflineTrainer(Trainer):
         t = time.perf_counter()
         sums: dict[str, Tensor] = {}
         for _ in range(steps):
-            stats = self.gradient_step(self.sampler.sample(cfg.minibatch_size, self.generator))
+            stats = self.gradient_step(self.sample_batch())
             for name, value in stats.items():
                 sums[name] = sums[name] + value if name in sums else value
         self.global_step += steps

@@ -1,5 +1,6 @@
-"""A tiny recorder for the offline tests: steps a real Gymnasium env with a scripted controller and fills an
-OfflineDataset (the form shoal's own recording writes), plus the controllers themselves."""
+"""A tiny recorder for the offline tests: steps a real Gymnasium env with a scripted controller (a function of the
+observation, which shoal.train.record.record_dataset does not take as a source) and fills an OfflineDataset, plus
+the controllers themselves. Random data comes from record_dataset("random", ...)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from shoal.datasets import OfflineDataset
 from shoal.emulation import ActionLayout, compile_layout, flatten
 
 
-def record(env_id: str, act: Callable[[np.ndarray, np.random.Generator], Any], episodes: int, seed: int = 0,
-           **env_kwargs: Any) -> OfflineDataset:
-    """``episodes`` whole episodes of ``act(obs, rng) -> native action`` on ``gymnasium.make(env_id)``."""
-    env = gym.make(env_id, **env_kwargs)
+def record(env_id: str | Callable[[], gym.Env], act: Callable[[np.ndarray, np.random.Generator], Any], episodes: int,
+           seed: int = 0, **env_kwargs: Any) -> OfflineDataset:
+    """``episodes`` whole episodes of ``act(obs, rng) -> native action`` on ``gymnasium.make(env_id)`` (or the env
+    ``env_id()`` builds)."""
+    env = gym.make(env_id, **env_kwargs) if isinstance(env_id, str) else env_id()
     obs_layout, action_layout = compile_layout(env.observation_space), ActionLayout(env.action_space)
     rng = np.random.default_rng(seed)
     rows, actions, rewards, terminations, truncations, offsets = [], [], [], [], [], [0]
@@ -37,28 +39,13 @@ def record(env_id: str, act: Callable[[np.ndarray, np.random.Generator], Any], e
     env.close()
     return OfflineDataset(np.stack(rows), np.stack(actions), np.asarray(rewards, np.float32),
                           np.asarray(terminations), np.asarray(truncations), np.asarray(offsets, np.int64),
-                          obs_layout, action_layout, metadata={"env_id": env_id})
-
-
-def join(*datasets: OfflineDataset) -> OfflineDataset:
-    """The episodes of ``datasets`` one after the other (same layouts)."""
-    first = datasets[0]
-    offsets = [np.zeros(1, np.int64)]
-    for d in datasets:
-        offsets.append(d.episode_offsets[1:] + offsets[-1][-1])
-    return OfflineDataset(*(np.concatenate([getattr(d, name) for d in datasets]) for name in
-                            ("observations", "actions", "rewards", "terminations", "truncations")),
-                          np.concatenate(offsets), first.obs_layout, first.action_layout, metadata=first.metadata)
+                          obs_layout, action_layout, metadata={"env": env_id if isinstance(env_id, str) else ""})
 
 
 def cartpole_expert(obs: np.ndarray, rng: np.random.Generator) -> int:
     """Push towards where the pole falls, corrected for the cart's drift: 500 (the time limit) from any start."""
     x, x_dot, theta, theta_dot = obs
     return int(theta + 0.5 * theta_dot + 0.01 * x + 0.1 * x_dot > 0)
-
-
-def random_discrete(n: int) -> Callable[[np.ndarray, np.random.Generator], int]:
-    return lambda obs, rng: int(rng.integers(n))
 
 
 def pendulum_expert(obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -73,5 +60,11 @@ def pendulum_expert(obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.asarray([np.clip(torque, -2.0, 2.0)], np.float32)
 
 
-def pendulum_random(obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    return rng.uniform(-2.0, 2.0, size=1).astype(np.float32)
+def bandit_mostly_wrong(correct_arms: np.ndarray) -> Callable[[np.ndarray, np.random.Generator], int]:
+    """On the contextual bandit: the context's arm 30% of the time, the next one (never right) 50%, any 20%."""
+    def act(obs: np.ndarray, rng: np.random.Generator) -> int:
+        right, n = int(correct_arms[int(np.argmax(obs))]), len(correct_arms)
+        draw = rng.random()
+        return right if draw < 0.3 else (right + 1) % n if draw < 0.8 else int(rng.integers(n))
+
+    return act

@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from shoal.errors import APIUsageError, CheckpointError
+from shoal.errors import APIUsageError, CheckpointError, DatasetError
 from shoal.policies.export import export_onnx, run_onnx
 from shoal.train import TrainConfig, make_trainer, train
 from shoal.train.offline.bc import BCTrainer
+from shoal.train.record import record_dataset
 from shoal.train.runs.checkpoint import list_checkpoints
 from shoal.train.runs.evaluate import evaluate_checkpoint
 from shoal.train.runs.logger import read_scalars
-from tests.train.offline.recorded import cartpole_expert, pendulum_expert, random_discrete, record
+from tests.train.offline.recorded import cartpole_expert, pendulum_expert, record
 
 FAST = dict(tensorboard=False, log_interval=0.0, hidden_size=32, num_envs=2)
 
@@ -82,18 +83,20 @@ def test_ctrl_c_saves_the_last_whole_update_and_the_run_resumes_exactly(tmp_path
 def test_resuming_on_another_dataset_is_refused(tmp_path: Path, expert: Any) -> None:
     common = dict(env="CartPole-v1", algo="bc", horizon=50, run_dir=str(tmp_path / "run"), **FAST)
     train(TrainConfig(total_steps=50, **common), dataset=expert)
-    other = record("CartPole-v1", random_discrete(2), 3)
-    with pytest.raises(CheckpointError, match=r"trained on another dataset .*3 episodes"):
+    other = record_dataset("random", "CartPole-v1", 60)
+    with pytest.raises(CheckpointError, match=r"trained on another dataset \(the dataset given: 4 episodes, 2000 "
+                                              r"steps\) than the dataset given \(\d+ episodes, 60 steps\)"):
         train(TrainConfig(total_steps=100, resume=True, **common), dataset=other)
 
 
 def test_a_dataset_of_another_env_is_refused_naming_both_spaces(expert: Any) -> None:
-    with pytest.raises(APIUsageError, match=r"does not fit this env \(it was recorded on 'CartPole-v1'\): its "
-                                            r"observation space is Box.*\(4,\).* but the env's is Box.*\(3,\)"):
+    with pytest.raises(DatasetError, match=r"holds observations of Box.*\(4,\).*but 'Pendulum-v1' observes "
+                                           r"Box.*\(3,\)"):
         make_trainer(TrainConfig(env="Pendulum-v1", algo="bc", **FAST), dataset=expert)
     box_actions = dataclasses.replace(expert, actions=np.zeros((expert.num_steps, 1), np.float32),
                                       action_layout=record("Pendulum-v1", pendulum_expert, 1).action_layout)
-    with pytest.raises(APIUsageError, match=r"its flat action space is Box.* but the env's is Discrete\(2\)"):
+    with pytest.raises(DatasetError, match=r"holds actions of Box.*, but 'CartPole-v1' takes actions of "
+                                           r"Discrete\(2\)"):
         make_trainer(TrainConfig(env="CartPole-v1", algo="bc", **FAST), dataset=box_actions)
 
 
@@ -104,14 +107,21 @@ def test_an_offline_algo_without_a_dataset_says_how_to_give_one() -> None:
         make_trainer(TrainConfig(env="CartPole-v1", algo="ppo"), dataset=record("CartPole-v1", cartpole_expert, 1))
     with pytest.raises(APIUsageError, match="does not support an LSTM policy"):
         TrainConfig(algo="bc", recurrent=True).validate()
+    with pytest.raises(APIUsageError, match="collects no experience to record; drop --record-dataset"):
+        TrainConfig(algo="iql", record_dataset="data/x").validate()
 
 
-def test_the_result_evaluates_from_its_run_directory_and_exports_to_onnx(tmp_path: Path, expert: Any) -> None:
+def test_the_result_evaluates_from_its_run_directory(tmp_path: Path, expert: Any) -> None:
     run_dir = tmp_path / "run"
-    result = train(TrainConfig(env="CartPole-v1", algo="bc", total_steps=400, horizon=200, run_dir=str(run_dir),
-                               **FAST), dataset=expert)
-    evaluated = evaluate_checkpoint(run_dir, episodes=2)
+    train(TrainConfig(env="CartPole-v1", algo="bc", total_steps=400, horizon=200, eval_interval=0,
+                      run_dir=str(run_dir), **FAST), dataset=expert)
+    evaluated = evaluate_checkpoint(run_dir, episodes=2)  # what shoal eval RUN runs
     assert evaluated["episodes"] == 2 and evaluated["mean_return"] > 100
+
+
+def test_the_cloned_policy_exports_to_onnx_with_the_same_logits(tmp_path: Path, expert: Any) -> None:
+    result = train(TrainConfig(env="CartPole-v1", algo="bc", total_steps=100, horizon=100, eval_interval=0, **FAST),
+                   dataset=expert)
     path = tmp_path / "bc.onnx"
     export_onnx(result.policy, path)
     obs = np.asarray(expert.observations[:16])
