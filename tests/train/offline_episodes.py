@@ -22,9 +22,15 @@ def balance(obs: np.ndarray) -> int:
     return int(angle + 0.5 * angular_velocity + 0.01 * velocity > 0)
 
 
+def topple(obs: np.ndarray) -> int:
+    """The opposite of :func:`balance`: the pole falls within about ten steps."""
+    return 1 - balance(obs)
+
+
 def cartpole_dataset(noise: list[float], seed: int = 0, max_episode_steps: int = 200) -> OfflineDataset:
     """One episode per entry of ``noise``: the balancing controller, replaced by a uniformly random action with
-    that probability at each step (1.0: a random policy). The emulator's own flat rows and final observations."""
+    that probability at each step (1.0: a random policy); a negative entry ``-p`` plays :func:`topple` with that
+    noise instead. The emulator's own flat rows and final observations."""
     vec = vector.make(cartpole_fn(max_episode_steps), 1, backend="serial", seed=seed)
     rng = np.random.default_rng(seed)
     observations, actions, rewards, terminations, truncations, offsets = [], [], [], [], [], [0]
@@ -33,7 +39,8 @@ def cartpole_dataset(noise: list[float], seed: int = 0, max_episode_steps: int =
         for epsilon in noise:
             while True:
                 observations.append(obs[0].copy())
-                action = int(rng.integers(2)) if rng.random() < epsilon else balance(obs[0])
+                controller = topple if epsilon < 0 else balance
+                action = int(rng.integers(2)) if rng.random() < abs(epsilon) else controller(obs[0])
                 obs, reward, terminal, truncated, infos = vec.step(np.array([action]))
                 actions.append(action)
                 rewards.append(float(reward[0]))

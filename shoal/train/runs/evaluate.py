@@ -90,7 +90,8 @@ def evaluate(
         render: show the episodes in a window instead (``render_mode="human"``, one env).
         fps: frames per second of the video.
         target_return: the return a sequence policy (the Decision Transformer) conditions every episode on; None:
-            its own default (the best episode return of its training data), if it has one.
+            its own default (the best episode return of its training data), if it has one. Other policies take
+            none.
 
     Returns:
         Per game: ``"episodes"`` (games played), ``"returns"`` (each game's mean return over its agents: the
@@ -110,6 +111,9 @@ def evaluate(
 
     if episodes < 1:
         raise APIUsageError(f"episodes must be >= 1, got {episodes}")
+    if target_return is not None and not getattr(policy, "is_sequence", False):
+        raise APIUsageError(f"target_return={target_return!r} conditions a Decision Transformer; this policy is a "
+                            f"{type(policy).__name__}, which takes none: leave it out (--target-return)")
     max_steps = DEFAULT_MAX_STEPS if max_steps is None else max_steps
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
         raise APIUsageError(f"max_steps must be a positive int, got {max_steps!r}")
@@ -309,11 +313,13 @@ def evaluate_checkpoint(
     video: str | Path | None = None,
     render: bool = False,
     fps: float = 30.0,
+    target_return: float | None = None,
 ) -> dict[str, Any]:
     """:func:`evaluate` the policy of a checkpoint or run directory.
 
     ``env``/``env_kwargs`` evaluate it on another env than the run's (see :func:`load_policy_from_checkpoint`);
-    ``video``, ``render`` and ``fps`` record or show the episodes (see :func:`evaluate`).
+    ``video``, ``render`` and ``fps`` record or show the episodes; ``target_return`` conditions a Decision
+    Transformer (see :func:`evaluate`).
     Adds ``"checkpoint"``, ``"env"`` (the env played) and ``"trained_env"`` to the result.
     """
     checkpoint = find_checkpoint(path)
@@ -329,6 +335,7 @@ def evaluate_checkpoint(
         video=video,
         render=render,
         fps=fps,
+        target_return=target_return,
     )
     result["checkpoint"] = str(checkpoint)
     result["env"] = env_fn.name if isinstance(env_fn, EnvFn) else config.env
