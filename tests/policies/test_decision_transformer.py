@@ -9,7 +9,7 @@ from gymnasium import spaces
 
 from shoal.emulation import ActionLayout, compile_layout
 from shoal.errors import APIUsageError, SpaceError
-from shoal.policies import load_policy, save_policy
+from shoal.policies import export_onnx, load_policy, save_policy
 from shoal.policies.decision_transformer import DecisionTransformer
 from shoal.policies.registry import rebuild_policy
 
@@ -110,6 +110,8 @@ def test_bad_inputs_name_what_is_wrong() -> None:
         DecisionTransformer(compile_layout(MIXED), ActionLayout(spaces.Box(-np.inf, np.inf, (2,), np.float32)))
     with pytest.raises(APIUsageError, match="none was given: pass --target-return"):
         model(target_return=None).initial_context(2)
+    with pytest.raises(APIUsageError, match="is not exported: save it with save_policy"):
+        export_onnx(m, "never-written.onnx")
 
 
 def test_save_and_load_rebuild_the_same_model(tmp_path) -> None:
