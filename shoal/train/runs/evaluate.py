@@ -103,7 +103,7 @@ def evaluate(
 
     Raises:
         APIUsageError: no game finished within ``max_steps`` (the message says how to bound the episodes); a
-            sequence policy without a target return;
+            sequence policy without a target return, or a target return for another policy;
             ``video`` without the ``video`` extra installed, an env that cannot render, ``render`` without a
             display.
     """
@@ -111,9 +111,6 @@ def evaluate(
 
     if episodes < 1:
         raise APIUsageError(f"episodes must be >= 1, got {episodes}")
-    if target_return is not None and not getattr(policy, "is_sequence", False):
-        raise APIUsageError(f"target_return={target_return!r} conditions a Decision Transformer; this policy is a "
-                            f"{type(policy).__name__}, which takes none: leave it out (--target-return)")
     max_steps = DEFAULT_MAX_STEPS if max_steps is None else max_steps
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
         raise APIUsageError(f"max_steps must be a positive int, got {max_steps!r}")
@@ -162,13 +159,16 @@ def evaluate_vecenv(policy: nn.Module, vec: Any, episodes: int, *, seed: int = 0
 
     Raises:
         APIUsageError: no game finished within ``max_steps`` steps per env (the message says how to bound them); a
-            sequence policy without a target return.
+            sequence policy without a target return, or a target return for another policy.
     """
     if episodes < 1:
         raise APIUsageError(f"episodes must be >= 1, got {episodes}")
     max_steps = DEFAULT_MAX_STEPS if max_steps is None else max_steps
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
         raise APIUsageError(f"max_steps must be a positive int, got {max_steps!r}")
+    if target_return is not None and not getattr(policy, "is_sequence", False):
+        raise APIUsageError(f"target_return={target_return!r} conditions a Decision Transformer; this policy is a "
+                            f"{type(policy).__name__}, which takes none: leave it out (--target-return)")
     num_envs = vec.num_envs
     device = torch.device(device) if device is not None else next(policy.parameters()).device
     rows = vec.num_agents
