@@ -3,8 +3,10 @@ extended only by the rows that act."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -16,7 +18,8 @@ from shoal.policies.decision_transformer import DecisionTransformer
 from shoal.train import evaluate
 from shoal.train.acting import RowActor
 
-from .offline_episodes import cartpole_fn
+#: CartPole with a short time limit
+CARTPOLE = functools.partial(gym.make, "CartPole-v1", max_episode_steps=200)
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +37,7 @@ def transformer(vec: vector.VecEnv, target_return: float | None = 50.0) -> Decis
 
 
 def test_the_context_follows_each_row_and_restarts_with_its_episode() -> None:
-    with vector.make(cartpole_fn(), 2, seed=0) as vec:
+    with vector.make(CARTPOLE, 2, seed=0) as vec:
         policy = transformer(vec)
         actor = RowActor(policy, 2, 1, "cpu", continuous=False, deterministic=True, target_return=30.0)
         rows = np.arange(2)
@@ -86,12 +89,12 @@ def test_turn_based_rows_extend_their_context_only_when_they_act() -> None:
 
 
 def test_acting_without_a_target_return_or_rewards_is_refused() -> None:
-    with vector.make(cartpole_fn(), 1, seed=0) as vec:
+    with vector.make(CARTPOLE, 1, seed=0) as vec:
         obs, _ = vec.reset(0)
         untargeted = transformer(vec, target_return=None)
         with pytest.raises(APIUsageError, match="none was given: pass --target-return"):
-            evaluate(untargeted, cartpole_fn(), 1)
-        assert evaluate(untargeted, cartpole_fn(), 1, target_return=5.0)["episodes"] == 1
+            evaluate(untargeted, CARTPOLE, 1)
+        assert evaluate(untargeted, CARTPOLE, 1, target_return=5.0)["episodes"] == 1
         actor = RowActor(transformer(vec), 1, 1, "cpu", continuous=False)
         with pytest.raises(ValueError, match=r"needs starts .* and rewards"):
             actor.act(obs, np.arange(1), starts=np.ones(1, bool))

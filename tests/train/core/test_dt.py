@@ -3,6 +3,7 @@ return it is asked for."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 import gymnasium as gym
@@ -15,8 +16,7 @@ from shoal.datasets import OfflineDataset
 from shoal.policies.decision_transformer import DecisionTransformer
 from shoal.train import evaluate
 from shoal.train.core.dt import WindowSampler, conditioning_defaults, dt_loss, dt_update
-
-from ..offline_episodes import cartpole_dataset, cartpole_fn
+from tests.train.offline.recorded import mixed_cartpole
 
 
 @pytest.fixture(autouse=True)
@@ -27,10 +27,14 @@ def _single_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
+#: CartPole with the time limit of the recorded episodes
+CARTPOLE = functools.partial(gym.make, "CartPole-v1", max_episode_steps=200)
+
+
 @pytest.fixture(scope="module")
 def mixed() -> OfflineDataset:
-    """Balancing (return 200), noisy (about 35-200), toppling (about 9) and random (about 20) episodes."""
-    return cartpole_dataset([0.0] * 6 + [0.6] * 6 + [-0.01] * 6 + [1.0] * 6, seed=0)
+    """Balancing (return 200), noisy (about 30-120), toppling (about 9) and random (about 20) episodes."""
+    return mixed_cartpole()
 
 
 def test_windows_end_at_a_step_and_are_left_padded_at_their_episode_start(mixed: OfflineDataset) -> None:
@@ -112,7 +116,7 @@ def test_a_trained_transformer_follows_the_target_return_and_beats_random(mixed:
     for _ in range(250):
         stats = dt_update(model, optimizer, sampler.sample(64, generator), max_grad_norm=1.0)
     assert stats["accuracy"] > 0.75
-    low = evaluate(model, cartpole_fn(), 8, seed=1, target_return=10.0)["mean_return"]
-    high = evaluate(model, cartpole_fn(), 8, seed=1)["mean_return"]  # the model's default: the best return, 200
+    low = evaluate(model, CARTPOLE, 8, seed=1, target_return=10.0)["mean_return"]
+    high = evaluate(model, CARTPOLE, 8, seed=1)["mean_return"]  # the model's default: the best return, 200
     random_policy = np.mean(mixed.episode_returns()[-6:])
     assert high > 150 > 3 * random_policy and low < 30, (low, high)
