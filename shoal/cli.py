@@ -329,6 +329,9 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     if args.opponent is not None:
         if args.video is not None or args.render:
             raise APIUsageError("--video and --render do not apply with --opponent; evaluate without it to watch")
+        if args.target_return is not None:
+            raise APIUsageError("--target-return does not apply with --opponent (games between two players); "
+                                "evaluate without --opponent to condition a Decision Transformer")
         if args.env is not None or args.env_kwargs is not None:
             raise APIUsageError("--env and --env-kwargs do not apply with --opponent: games are played on the env "
                                 "of RUN_OR_CHECKPOINT")
@@ -347,6 +350,7 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
         video=args.video,
         render=args.render,
         fps=args.fps,
+        target_return=args.target_return,
     )
     if "video" in result:
         _say(args, f"wrote {result['video']} ({result['frames']} frames)")
@@ -547,6 +551,9 @@ def build_parser() -> argparse.ArgumentParser:
                           '.gif or ffmpeg is missing; needs pip install "shoal[video]"')
     evaluate.add_argument("--render", action="store_true", help="show the episodes in a window (needs a display)")
     evaluate.add_argument("--fps", type=float, default=30.0, help="frames per second of --video (default: 30)")
+    evaluate.add_argument("--target-return", type=float, default=None, metavar="RETURN",
+                          help="the return a Decision Transformer conditions every episode on (default: the best "
+                          "episode return of its training data, saved with it)")
     evaluate.add_argument("--json", action="store_true", help="print only the final JSON line")
     evaluate.set_defaults(handler=cmd_eval)
 

@@ -107,7 +107,13 @@ def export_onnx(policy: Policy, path: str | os.PathLike[str], *, with_action_mas
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        APIUsageError: a sequence policy (the Decision Transformer), which acts from a window of past steps.
     """
+    if getattr(policy, "is_sequence", False):
+        raise APIUsageError(f"export_onnx exports one-step actors; a {type(policy).__name__} reads a window of "
+                            "past steps (a token context) and is not exported: save it with save_policy instead")
     path = Path(path)
     actor = _Actor(policy, with_action_masks)
     inputs = example_inputs(policy, batch_size, with_action_masks=with_action_masks)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from shoal.errors import CheckpointError
+from shoal.policies.decision_transformer import DecisionTransformer
 from shoal.policies.policy import Policy, check_saved_config
 from shoal.policies.sac import SACPolicy
 
@@ -20,6 +21,7 @@ DEFAULT_CLASS = "shoal.policies.policy.Policy"
 POLICY_CLASSES: dict[str, type[nn.Module]] = {
     "shoal.policies.policy.Policy": Policy,
     "shoal.policies.sac.SACPolicy": SACPolicy,
+    "shoal.policies.decision_transformer.DecisionTransformer": DecisionTransformer,
 }
 
 

@@ -1,7 +1,9 @@
 """Acting: one way to run a policy on rows of a vector env, for rollouts, evaluation and league opponents.
 
 A :class:`RowActor` owns what acting needs besides the observations: the LSTM state of every vector row (zeroed
-where an episode starts, advanced only for the rows that acted), the agent-id of each row (its slot in its
+where an episode starts, advanced only for the rows that acted), or for a sequence policy (``is_sequence``, the
+Decision Transformer) each row's context of its last steps (emptied where an episode starts, extended only by the
+rows that acted, its return-to-go lowered by the rewards every row receives), the agent-id of each row (its slot in its
 env), legal-action masks (dropped when every action is legal, so the policy skips masking) and the clipping of
 continuous actions to the action space (the unclipped action is kept for the learner).
 
@@ -13,6 +15,7 @@ run eagerly.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,10 +56,13 @@ class RowActor:
         continuous: the action layout has continuous entries (actions are clipped for the env).
         deterministic: take the most likely action (evaluation) instead of sampling.
         trace: replay verified TorchScript traces of the acting pass (sampling only).
+        target_return: the return a sequence policy conditions on (None: the policy's own default, if it has
+            one); ignored by other policies.
     """
 
     def __init__(self, policy: nn.Module, num_rows: int, agents_per_env: int, device: torch.device | str, *,
-                 continuous: bool, deterministic: bool = False, trace: bool = False) -> None:
+                 continuous: bool, deterministic: bool = False, trace: bool = False,
+                 target_return: float | None = None) -> None:
         self.policy = policy
         self.device = torch.device(device)
         self.num_rows = num_rows
@@ -68,13 +74,17 @@ class RowActor:
         self._every_rows: np.ndarray | None = None  # the last array found to hold every row in order (not mutated)
         recurrent = bool(getattr(policy, "is_recurrent", False))
         self.state: tuple[Tensor, Tensor] | None = policy.initial_state(num_rows, self.device) if recurrent else None
+        #: a sequence policy's per-row context (e.g. :class:`~shoal.policies.decision_transformer.TokenContext`)
+        self.context: Any = None
+        if getattr(policy, "is_sequence", False):
+            self.context = policy.initial_context(num_rows, self.device, target_return)
 
     def _tensor(self, array: np.ndarray) -> Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).to(self.device, non_blocking=True)
 
     def act(self, obs: np.ndarray, rows: np.ndarray, live: np.ndarray | None = None, *,
             starts: np.ndarray | None = None, action_masks: np.ndarray | None = None,
-            critic_obs: Tensor | None = None) -> Acted:
+            critic_obs: Tensor | None = None, rewards: np.ndarray | None = None) -> Acted:
         """Actions for ``rows``.
 
         Args:
@@ -85,7 +95,11 @@ class RowActor:
                 LSTM.
             action_masks: bool ``[B, W]`` legal actions, or None.
             critic_obs: float ``[B, C]`` centralized critic inputs (MAPPO), or None.
+            rewards: float32 ``[B]``: the rewards the rows received from the previous step (the env's last
+                result); needed with a sequence policy, whose return-to-go they lower.
         """
+        if self.context is not None:
+            return self._act_in_context(obs, rows, live, starts, action_masks, rewards)
         # Every row, in order (then rows == 0..n-1)? Callers pass the same array each step: check it once.
         every = rows is self._every_rows
         if not every and len(rows) == self.num_rows and bool((rows[1:] > rows[:-1]).all()):
@@ -119,6 +133,23 @@ class RowActor:
             self._advance(rows, every, index, live, new_state)
         values = None if value is None else value.float().cpu().numpy()
         return Acted(env_actions, actions, log_prob.float().cpu().numpy(), values, state_before)
+
+    def _act_in_context(self, obs: np.ndarray, rows: np.ndarray, live: np.ndarray | None,
+                        starts: np.ndarray | None, action_masks: np.ndarray | None,
+                        rewards: np.ndarray | None) -> Acted:
+        """A sequence policy's step: its context holds each row's last steps (see :meth:`act`)."""
+        if starts is None or rewards is None:
+            raise ValueError("RowActor.act of a sequence policy needs starts (episode starts of the rows) and "
+                             "rewards (what they received from the previous step)")
+        masks = None if action_masks is None or action_masks.all() else self._tensor(action_masks)
+        with torch.inference_mode():
+            action, log_prob = self.context.act(
+                self._tensor(np.asarray(rows, np.int64)), self._tensor(obs), self._tensor(starts),
+                self._tensor(np.asarray(rewards, np.float32)), None if live is None else self._tensor(live),
+                masks, deterministic=self.deterministic)
+        env_actions = (self.policy.clip_action(action) if self.continuous else action).cpu().numpy()
+        actions = action.cpu().numpy() if self.continuous else env_actions
+        return Acted(env_actions, actions, log_prob.float().cpu().numpy(), None, None)
 
     def _advance(self, rows: np.ndarray, every: bool, index: Tensor | None, live: np.ndarray | None,
                  new_state: tuple[Tensor, Tensor]) -> None:

@@ -23,6 +23,7 @@ from shoal.train.loop.result import TrainResult
 from shoal.train.loop.trainer import Trainer
 from shoal.train.mappo.trainer import MAPPOTrainer, resolve_value_norm
 from shoal.train.offline.bc import BCTrainer
+from shoal.train.offline.dt import DTTrainer
 from shoal.train.offline.iql import IQLTrainer
 from shoal.train.offline.trainer import OfflineTrainer
 from shoal.train.runs.logger import LogRecord
@@ -37,14 +38,17 @@ Callback = Callable[[LogRecord], None]
 
 
 def trainer_class(config: TrainConfig) -> type[Trainer]:
-    """The trainer for ``config``: :class:`SACTrainer` for SAC, :class:`BCTrainer` and :class:`IQLTrainer` for the
-    offline algorithms, :class:`MAPPOTrainer` for MAPPO or value normalization, else :class:`Trainer` (PPO)."""
+    """The trainer for ``config``: :class:`SACTrainer` for SAC, :class:`BCTrainer`, :class:`IQLTrainer` and
+    :class:`DTTrainer` for the offline algorithms, :class:`MAPPOTrainer` for MAPPO or value normalization, else
+    :class:`Trainer` (PPO)."""
     if config.algo == "sac":
         return SACTrainer
     if config.algo == "bc":
         return BCTrainer
     if config.algo == "iql":
         return IQLTrainer
+    if config.algo == "dt":
+        return DTTrainer
     if config.algo == "mappo" or resolve_value_norm(config) != "none":
         return MAPPOTrainer
     return Trainer
@@ -104,8 +108,8 @@ def train(
         env_fn: a callable returning a Gymnasium or PettingZoo env (default: resolved from ``config.env``).
         policy: the policy to train (default: built from the env and the config).
         callbacks: called with each :class:`~shoal.train.runs.logger.LogRecord`.
-        dataset: offline algorithms (``algo="bc"``, ``"iql"``): the :class:`~shoal.datasets.OfflineDataset` to learn
-            from (else the file ``config.dataset`` is read).
+        dataset: offline algorithms (``algo="bc"``, ``"iql"``, ``"dt"``): the :class:`~shoal.datasets.OfflineDataset`
+            to learn from (else the file ``config.dataset`` is read).
 
     Returns:
         A :class:`TrainResult` with the trained policy, final statistics and the last checkpoint.

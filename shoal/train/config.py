@@ -50,7 +50,7 @@ __all__ = [
     "plain_text",
 ]
 
-Algo = Literal["ppo", "mappo", "sac", "bc", "iql"]
+Algo = Literal["ppo", "mappo", "sac", "bc", "iql", "dt"]
 Backend = Literal["serial", "multiprocessing", "ray"]
 Advantage = Literal["gae", "vtrace"]
 CriticInput = Literal["auto", "state", "concat"]
@@ -87,6 +87,12 @@ ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
     "iql": {"num_envs": 8, "horizon": 500, "learning_rate": 3e-4, "update_epochs": 1, "minibatch_size": 256,
             "ent_coef": 0.0, "hidden_size": 256, "agent_ids": False, "anneal_lr": False, "gamma": 0.99,
             "gae_lambda": 0.95},
+    # The Decision Transformer: minibatch_size counts windows of context_length steps; hidden_size is the width
+    # of its tokens. A transformer step costs far more than an MLP's (about 0.1 s on one CPU core with these), so
+    # an update is 100 of them; gamma and gae_lambda are unused (returns-to-go are undiscounted).
+    "dt": {"num_envs": 8, "horizon": 100, "learning_rate": 1e-3, "update_epochs": 1, "minibatch_size": 64,
+           "ent_coef": 0.0, "hidden_size": 64, "agent_ids": False, "anneal_lr": False, "gamma": 0.99,
+           "gae_lambda": 0.95},
 }
 
 #: Per algorithm and env id, settings for the fields a config leaves unset, applied before :data:`ALGO_DEFAULTS`
@@ -105,7 +111,7 @@ ENV_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 #: The algorithms that learn from a recorded dataset (``TrainConfig.dataset``) instead of collecting experience.
-OFFLINE_ALGOS: tuple[str, ...] = ("bc", "iql")
+OFFLINE_ALGOS: tuple[str, ...] = ("bc", "iql", "dt")
 
 
 #: Opponent strategies and scripted baselines of ``league_opponents`` (see :mod:`shoal.train.selfplay.opponents`).
@@ -194,17 +200,19 @@ class TrainConfig:
     algo: Algo = "ppo"
     """Algorithm: ``"ppo"`` (on PettingZoo envs IPPO: parameter-shared, every live slot a row), ``"mappo"``
     (PPO with a centralized critic and value normalization), ``"sac"`` (soft actor-critic), or an offline one
-    learning from ``dataset``: ``"bc"`` (behaviour cloning) or ``"iql"`` (implicit Q-learning). The fields left at
-    None take this algorithm's defaults (:data:`ALGO_DEFAULTS`)."""
+    learning from ``dataset``: ``"bc"`` (behaviour cloning), ``"iql"`` (implicit Q-learning) or ``"dt"`` (the
+    Decision Transformer, conditioned on ``target_return``). The fields left at None take this algorithm's
+    defaults (:data:`ALGO_DEFAULTS`)."""
     preset: Preset = "auto"
     """Per-env settings for the fields left unset: ``"auto"`` takes the env's entry in :data:`ENV_PRESETS` for
     this algorithm when there is one (printed at the start of a run; any flag overrides its field), ``"none"``
     only the algorithm's defaults."""
     total_steps: int = 150_000
     """Budget of agent steps: actions of live agents collected (env steps times live agents). Offline algorithms
-    (``bc``, ``iql``) collect nothing: for them it counts gradient steps (one minibatch each), as CORL does."""
+    (``bc``, ``iql``, ``dt``) collect nothing: for them it counts gradient steps (one minibatch each), as CORL
+    does."""
     dataset: str | None = None
-    """Offline algorithms (``bc``, ``iql``): the recorded dataset to learn from (a path read by
+    """Offline algorithms (``bc``, ``iql``, ``dt``): the recorded dataset to learn from (a path read by
     ``shoal.datasets.load_dataset``); from Python an ``OfflineDataset`` may be given to ``train(config,
     dataset=...)`` instead. It must match the env's observation and action layouts."""
     seed: int = 0
@@ -265,7 +273,7 @@ class TrainConfig:
     """Transitions per minibatch (whole segments for recurrent policies and prioritized sampling); None: the
     algorithm's default (:data:`ALGO_DEFAULTS`)."""
     max_grad_norm: float = 0.5
-    """PPO and MAPPO: clip the global gradient norm to this value (0 disables)."""
+    """PPO, MAPPO and DT: clip the global gradient norm to this value (0 disables)."""
     target_kl: float | None = None
     """Stop the epochs of an update early once the approximate KL exceeds this (None: never)."""
 
@@ -340,6 +348,20 @@ class TrainConfig:
     """IQL: inverse temperature of the advantage-weighted actor (weights ``exp(iql_beta * (Q - V))``)."""
     iql_max_weight: float = 100.0
     """IQL: the actor's per-sample weights are clipped to at most this."""
+    context_length: int = 20
+    """DT: steps the Decision Transformer reads (its context ``K``: ``3K`` tokens of return-to-go, observation and
+    action), in training windows and when acting."""
+    target_return: float | None = None
+    """DT: the return the Decision Transformer goes for when it acts (evaluations during and after training; saved
+    with the model as the default of ``shoal eval``, which ``shoal eval --target-return`` overrides). None: the
+    dataset's best episode return."""
+    return_scale: float | None = None
+    """DT: returns-to-go are divided by this before the model reads them. None: the dataset's largest absolute
+    episode return (so they are about 1)."""
+    dt_layers: int = 3
+    """DT: transformer blocks."""
+    dt_heads: int = 1
+    """DT: attention heads per block (must divide ``hidden_size``, the width of the tokens)."""
 
     # ---- policy --------------------------------------------------------------------------------------------
     hidden_size: int | None = None
@@ -586,10 +608,15 @@ class TrainConfig:
         if self.wandb_mode is not None and self.wandb_mode not in typing.get_args(WandbMode):
             raise APIUsageError(f"wandb_mode={self.wandb_mode!r} is unknown; valid choices: "
                                 f"{list(typing.get_args(WandbMode))} or None (WANDB_MODE, else 'offline')")
+        for name in ("target_return", "return_scale"):
+            if getattr(self, name) is not None and self.algo != "dt":
+                raise APIUsageError(f"{name}={getattr(self, name)!r} conditions the Decision Transformer; "
+                                    f"algo={self.algo!r} takes none: drop --{name.replace('_', '-')} or train with "
+                                    "--algo dt")
         if self.dataset is not None and self.algo not in OFFLINE_ALGOS:
             raise APIUsageError(f"dataset={self.dataset!r} is read by the offline algorithms {list(OFFLINE_ALGOS)} "
                                 f"only; algo={self.algo!r} collects its own experience: drop --dataset or choose "
-                                "--algo bc or --algo iql")
+                                f"one of them (--algo {' / '.join(OFFLINE_ALGOS)})")
         parse_wrappers(self.wrappers)
         if not isinstance(self.env_kwargs, dict):
             raise APIUsageError(f"env_kwargs must be a dict, got {type(self.env_kwargs).__name__}")
@@ -617,6 +644,8 @@ class TrainConfig:
                                     "--algo ppo")
 
     def _check_offline(self) -> None:
+        if self.algo == "dt":
+            self._check_dt()
         if self.dataset is not None and not (isinstance(self.dataset, str) and self.dataset):
             raise APIUsageError(f"dataset must be a path (a non-empty string) or None, got {self.dataset!r}")
         if not (isinstance(self.tau, int | float) and 0.0 < self.tau <= 1.0):
@@ -641,6 +670,24 @@ class TrainConfig:
             raise APIUsageError(f"algo={self.algo!r} evaluates on every env at once, so env_batch_size="
                                 f"{self.env_batch_size} (fewer than num_envs={self.num_envs}) does not apply; "
                                 "drop --env-batch-size")
+
+    def _check_dt(self) -> None:
+        for name in ("context_length", "dt_layers", "dt_heads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise APIUsageError(f"{name} must be a positive int, got {value!r}")
+        if self.hidden_size % self.dt_heads:
+            raise APIUsageError(f"dt_heads={self.dt_heads} must divide hidden_size={self.hidden_size} (the width of "
+                                "the Decision Transformer's tokens)")
+        if self.target_return is not None and (isinstance(self.target_return, bool) or not (
+                isinstance(self.target_return, int | float) and math.isfinite(self.target_return))):
+            raise APIUsageError(f"target_return must be a finite number or None, got {self.target_return!r}")
+        if self.return_scale is not None and (isinstance(self.return_scale, bool) or not (
+                isinstance(self.return_scale, int | float) and math.isfinite(self.return_scale)
+                and self.return_scale > 0)):
+            raise APIUsageError(f"return_scale must be a positive number or None, got {self.return_scale!r}")
+        if self.agent_ids:
+            raise APIUsageError("algo='dt' does not embed agent ids (agent_ids=True): drop --agent-ids")
 
     # ---- (de)serialization ---------------------------------------------------------------------------------
 

@@ -33,3 +33,15 @@ def test_a_given_env_fn_is_wrapped_too() -> None:
         assert str(trainer.vecenv.obs_layout.flat_dtype) == "float64"
     finally:
         trainer.vecenv.close()
+
+
+@pytest.mark.parametrize("algo", ["ppo", "sac"])
+def test_online_algorithms_refuse_a_decision_transformer(algo: str) -> None:
+    from shoal import vector
+    from shoal.errors import APIUsageError
+    from shoal.policies.decision_transformer import DecisionTransformer
+
+    with vector.make(resolve_env("CartPole-v1"), 1) as vec:
+        policy = DecisionTransformer.from_env(vec, context_length=2, embed_dim=8, num_layers=1, hidden_size=8)
+    with pytest.raises(APIUsageError, match=f"algo='{algo}' trains policies that act from one step"):
+        train(TrainConfig(algo=algo, total_steps=16, **{**FAST, "minibatch_size": 8}), policy=policy)

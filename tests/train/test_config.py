@@ -39,6 +39,13 @@ def test_every_field_has_a_docstring() -> None:
         ({"reward_clip": -1.0}, "reward_clip"),
         ({"trace_learner": "yes"}, "trace_learner must be True or False"),
         ({"norm_adv": 1}, "norm_adv must be True or False"),
+        ({"target_return": 100.0}, "target_return=100.0 conditions the Decision Transformer; algo='ppo' takes none"),
+        ({"algo": "bc", "return_scale": 10.0}, "return_scale=10.0 conditions the Decision Transformer"),
+        ({"algo": "dt", "context_length": 0}, "context_length must be a positive int"),
+        ({"algo": "dt", "dt_heads": 3}, "dt_heads=3 must divide hidden_size=64"),
+        ({"algo": "dt", "target_return": float("nan")}, "target_return must be a finite number"),
+        ({"algo": "dt", "return_scale": 0.0}, "return_scale must be a positive number"),
+        ({"algo": "dt", "agent_ids": True}, "does not embed agent ids"),
     ],
 )
 def test_validation_names_the_field(changes: dict, message: str) -> None:

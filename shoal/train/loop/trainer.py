@@ -94,6 +94,10 @@ class Trainer(CheckpointMixin):
         callbacks: called with every :class:`LogRecord` (e.g. the command line's dashboard).
     """
 
+    #: Whether this trainer trains sequence policies (``is_sequence``: the Decision Transformer), which act from a
+    #: window of past steps conditioned on a target return; the online algorithms train one-step policies.
+    trains_sequences: bool = False
+
     #: Statistics of an update logged as ``losses/<name>``.
     loss_names: tuple[str, ...] = ("policy_loss", "value_loss", "entropy", "approx_kl", "old_approx_kl", "clipfrac",
                                    "explained_variance", "grad_norm")
@@ -167,6 +171,10 @@ class Trainer(CheckpointMixin):
                     f"the policy was built for observations {layout} but the env gives "
                     f"{vec.obs_layout}; build it with Policy.from_env(vecenv)"
                 )
+        if getattr(policy, "is_sequence", False) and not self.trains_sequences:
+            raise APIUsageError(f"algo={cfg.algo!r} trains policies that act from one step; a "
+                                f"{type(policy).__name__} acts from a window of past steps towards a target return "
+                                "and learns offline from recorded episodes (shoal.train.core.dt)")
         self.policy = policy.to(self.device)
         self.recurrent = bool(getattr(policy, "is_recurrent", False))
         self.num_agent_ids = int(getattr(policy, "num_agent_ids", 0))

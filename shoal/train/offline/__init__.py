@@ -1,1 +1,2 @@
-"""Offline algorithms: behaviour cloning and IQL, learning from a recorded dataset on the shared loop."""
+"""Offline algorithms: behaviour cloning, IQL and the Decision Transformer, learning from a recorded dataset on the
+shared loop."""

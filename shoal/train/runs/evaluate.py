@@ -66,6 +66,7 @@ def evaluate(
     video: str | Path | None = None,
     render: bool = False,
     fps: float = 30.0,
+    target_return: float | None = None,
 ) -> dict[str, Any]:
     """Play ``episodes`` whole env episodes (games) and report their returns, with per-agent returns beside them.
 
@@ -88,6 +89,9 @@ def evaluate(
             build its env so). One frame after the reset and after every step.
         render: show the episodes in a window instead (``render_mode="human"``, one env).
         fps: frames per second of the video.
+        target_return: the return a sequence policy (the Decision Transformer) conditions every episode on; None:
+            its own default (the best episode return of its training data), if it has one. Other policies take
+            none.
 
     Returns:
         Per game: ``"episodes"`` (games played), ``"returns"`` (each game's mean return over its agents: the
@@ -98,7 +102,8 @@ def evaluate(
         ``"frames"``.
 
     Raises:
-        APIUsageError: no game finished within ``max_steps`` (the message says how to bound the episodes);
+        APIUsageError: no game finished within ``max_steps`` (the message says how to bound the episodes); a
+            sequence policy without a target return, or a target return for another policy;
             ``video`` without the ``video`` extra installed, an env that cannot render, ``render`` without a
             display.
     """
@@ -132,7 +137,7 @@ def evaluate(
     try:
         after_step = None if writer is None else (lambda: _write_frames(writer, recorder))
         result = evaluate_vecenv(policy, vec, episodes, seed=seed, deterministic=deterministic, device=device,
-                                 max_steps=max_steps, after_step=after_step)
+                                 max_steps=max_steps, after_step=after_step, target_return=target_return)
     finally:
         vec.close()
         if writer is not None:
@@ -143,28 +148,32 @@ def evaluate(
 
 def evaluate_vecenv(policy: nn.Module, vec: Any, episodes: int, *, seed: int = 0, deterministic: bool = True,
                     device: Any = None, max_steps: int | None = None,
-                    after_step: Callable[[], None] | None = None) -> dict[str, Any]:
+                    after_step: Callable[[], None] | None = None,
+                    target_return: float | None = None) -> dict[str, Any]:
     """Play ``episodes`` whole games on an open shoal vector env ``vec`` (reset with ``seed`` first; left open).
 
     The loop of :func:`evaluate` (which builds a serial vector env, and returns the same keys but ``"video"`` and
     ``"frames"``); the offline trainers evaluate on their own vector env with it. ``vec`` must step every env at
     once (its batch size is its number of envs). ``after_step`` is called after the reset and after every step.
+    ``target_return`` conditions a sequence policy (see :func:`evaluate`).
 
     Raises:
-        APIUsageError: no game finished within ``max_steps`` steps per env (the message says how to bound them).
+        APIUsageError: no game finished within ``max_steps`` steps per env (the message says how to bound them); a
+            sequence policy without a target return, or a target return for another policy.
     """
     if episodes < 1:
         raise APIUsageError(f"episodes must be >= 1, got {episodes}")
     max_steps = DEFAULT_MAX_STEPS if max_steps is None else max_steps
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
         raise APIUsageError(f"max_steps must be a positive int, got {max_steps!r}")
+    if target_return is not None and not getattr(policy, "is_sequence", False):
+        raise APIUsageError(f"target_return={target_return!r} conditions a Decision Transformer; this policy is a "
+                            f"{type(policy).__name__}, which takes none: leave it out (--target-return)")
     num_envs = vec.num_envs
     device = torch.device(device) if device is not None else next(policy.parameters()).device
     rows = vec.num_agents
     every_row = np.arange(rows, dtype=np.int64)
     env_ids = np.arange(num_envs, dtype=np.int64)
-    acting = RowActor(policy, rows, vec.agents_per_env, device,
-                      continuous=vec.action_layout.kind in ("continuous", "hybrid"), deterministic=deterministic)
     tracker = GameTracker(num_envs, vec.agents_per_env)
     quota = math.ceil(episodes / num_envs)
     counts = np.zeros(num_envs, np.int64)
@@ -172,15 +181,20 @@ def evaluate_vecenv(policy: nn.Module, vec: Any, episodes: int, *, seed: int = 0
     was_training = policy.training
     policy.eval()
     try:
+        acting = RowActor(policy, rows, vec.agents_per_env, device,
+                          continuous=vec.action_layout.kind in ("continuous", "hybrid"), deterministic=deterministic,
+                          target_return=target_return)
         obs, _ = vec.reset(seed)
         if after_step is not None:
             after_step()
         starts = np.ones(rows, np.bool_)
+        rewards = np.zeros(rows, np.float32)
         for _ in range(max_steps):
             masks = vec.masks
-            action = acting.act(obs, every_row, masks, starts=starts, action_masks=vec.action_masks).env_actions
+            action = acting.act(obs, every_row, masks, starts=starts, action_masks=vec.action_masks,
+                                rewards=rewards).env_actions
             starts = np.where(masks, False, starts)
-            obs, _rewards, terminals, truncations, infos = vec.step(action)
+            obs, rewards, terminals, truncations, infos = vec.step(action)
             if after_step is not None:
                 after_step()
             ended = terminals | truncations
@@ -299,11 +313,13 @@ def evaluate_checkpoint(
     video: str | Path | None = None,
     render: bool = False,
     fps: float = 30.0,
+    target_return: float | None = None,
 ) -> dict[str, Any]:
     """:func:`evaluate` the policy of a checkpoint or run directory.
 
     ``env``/``env_kwargs`` evaluate it on another env than the run's (see :func:`load_policy_from_checkpoint`);
-    ``video``, ``render`` and ``fps`` record or show the episodes (see :func:`evaluate`).
+    ``video``, ``render`` and ``fps`` record or show the episodes; ``target_return`` conditions a Decision
+    Transformer (see :func:`evaluate`).
     Adds ``"checkpoint"``, ``"env"`` (the env played) and ``"trained_env"`` to the result.
     """
     checkpoint = find_checkpoint(path)
@@ -319,6 +335,7 @@ def evaluate_checkpoint(
         video=video,
         render=render,
         fps=fps,
+        target_return=target_return,
     )
     result["checkpoint"] = str(checkpoint)
     result["env"] = env_fn.name if isinstance(env_fn, EnvFn) else config.env

@@ -157,10 +157,18 @@ class PolicyPlayer:
         policy: the policy (not copied: pass a frozen copy when the original keeps training).
         deterministic: take the most likely action instead of sampling.
         device: where to run it (default: the policy's device).
+
+    Raises:
+        APIUsageError: a sequence policy (the Decision Transformer): it conditions on a target return and the
+            rewards of its own episode, which games between players do not give it.
     """
 
     def __init__(self, player_id: str, policy: nn.Module, deterministic: bool = False,
                  device: torch.device | str | None = None) -> None:
+        if getattr(policy, "is_sequence", False):
+            raise APIUsageError(f"player {player_id!r} is a {type(policy).__name__}, which acts towards a target "
+                                "return from the rewards of its own episodes; matches and leagues do not play it: "
+                                "evaluate it alone with shoal eval RUN --target-return RETURN")
         self.player_id = player_id
         self.policy = policy.eval()
         self.deterministic = deterministic

@@ -42,6 +42,21 @@ def record(env_id: str | Callable[[], gym.Env], act: Callable[[np.ndarray, np.ra
                           obs_layout, action_layout, metadata={"env": env_id if isinstance(env_id, str) else ""})
 
 
+def join(*datasets: OfflineDataset) -> OfflineDataset:
+    """The episodes of ``datasets`` one after the other (same layouts)."""
+    first = datasets[0]
+    offsets = [np.zeros(1, np.int64)]
+    for d in datasets:
+        offsets.append(d.episode_offsets[1:] + offsets[-1][-1])
+    return OfflineDataset(*(np.concatenate([getattr(d, name) for d in datasets]) for name in
+                            ("observations", "actions", "rewards", "terminations", "truncations")),
+                          np.concatenate(offsets), first.obs_layout, first.action_layout, metadata=first.metadata)
+
+
+def random_discrete(n: int) -> Callable[[np.ndarray, np.random.Generator], int]:
+    return lambda obs, rng: int(rng.integers(n))
+
+
 def cartpole_expert(obs: np.ndarray, rng: np.random.Generator) -> int:
     """Push towards where the pole falls, corrected for the cart's drift: 500 (the time limit) from any start."""
     x, x_dot, theta, theta_dot = obs
@@ -68,3 +83,33 @@ def bandit_mostly_wrong(correct_arms: np.ndarray) -> Callable[[np.ndarray, np.ra
         return right if draw < 0.3 else (right + 1) % n if draw < 0.8 else int(rng.integers(n))
 
     return act
+
+
+def pendulum_random(obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return rng.uniform(-2.0, 2.0, size=1).astype(np.float32)
+
+
+def cartpole_balancer(obs: np.ndarray, rng: np.random.Generator) -> int:
+    """Pole feedback alone (no correction for the cart): balances for 200 steps, though the cart drifts off the
+    track before 500. A simpler rule than the expert's, which a small model imitates within a few hundred steps."""
+    _, x_dot, theta, theta_dot = obs
+    return int(theta + 0.5 * theta_dot + 0.01 * x_dot > 0)
+
+
+def cartpole_toppler(obs: np.ndarray, rng: np.random.Generator) -> int:
+    """The balancer's opposite: the pole falls within about ten steps."""
+    return 1 - cartpole_balancer(obs, rng)
+
+
+def noisy(act: Callable[[np.ndarray, np.random.Generator], int], epsilon: float,
+          n: int = 2) -> Callable[[np.ndarray, np.random.Generator], int]:
+    """``act`` with a uniformly random action of ``n`` in place of its own with probability ``epsilon``."""
+    return lambda obs, rng: int(rng.integers(n)) if rng.random() < epsilon else act(obs, rng)
+
+
+def mixed_cartpole(episodes: int = 6, max_episode_steps: int = 200) -> OfflineDataset:
+    """CartPole episodes of four qualities, ``episodes`` of each: the balancer (the time limit of 200), the balancer
+    with 60% random actions (about 30 to 120), the toppler (about 9) and random play (about 20)."""
+    controllers = [cartpole_balancer, noisy(cartpole_balancer, 0.6), cartpole_toppler, random_discrete(2)]
+    return join(*(record("CartPole-v1", act, episodes, seed=100 * i, max_episode_steps=max_episode_steps)
+                  for i, act in enumerate(controllers)))

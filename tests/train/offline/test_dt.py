@@ -1,0 +1,85 @@
+"""--algo dt: trained from a dataset file on the command line, evaluated by shoal eval at the target return the run
+saved (the dataset's best) or at one given; exact resume; a policy other than the Decision Transformer refused."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from shoal.cli import main
+from shoal.datasets import OfflineDataset, save_dataset
+from shoal.errors import APIUsageError
+from shoal.policies import Policy
+from shoal.train import TrainConfig, make_trainer, train
+from shoal.train.runs.evaluate import load_policy_from_checkpoint
+from tests.train.offline.recorded import mixed_cartpole
+
+#: a small transformer that learns the mixed CartPole data in a few hundred gradient steps
+SMALL = dict(env="CartPole-v1", env_kwargs={"max_episode_steps": 200}, algo="dt", context_length=5, hidden_size=32,
+             dt_layers=1, learning_rate=3e-3, num_envs=4, tensorboard=False, log_interval=60.0)
+
+
+@pytest.fixture(autouse=True)
+def _single_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def mixed() -> OfflineDataset:
+    return mixed_cartpole()
+
+
+def _json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
+    assert main(list(argv)) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_shoal_train_algo_dt_then_shoal_eval_at_its_own_and_a_given_target(
+        tmp_path: Path, mixed: OfflineDataset, capsys: pytest.CaptureFixture[str]) -> None:
+    path = save_dataset(mixed, tmp_path / "cartpole-mixed")
+    run = str(tmp_path / "run")
+    trained = _json(capsys, "train", "CartPole-v1", "--algo", "dt", "--dataset", str(path), "--env-kwargs",
+                    '{"max_episode_steps": 200}', "--total-steps", "200", "--horizon", "200", "--context-length", "5",
+                    "--hidden-size", "32", "--dt-layers", "1", "--learning-rate", "3e-3", "--eval-interval", "0",
+                    "--run-dir", run, "--no-tensorboard", "--json")
+    assert trained["ok"] and trained["global_step"] == 200
+    policy, config, _ = load_policy_from_checkpoint(run)
+    assert config.algo == "dt" and config.target_return is None
+    assert policy.target_return == 200.0 and policy.return_scale == 200.0 and policy.max_timestep == 200
+    high = _json(capsys, "eval", run, "--episodes", "6", "--json")  # the dataset's best return, saved
+    low = _json(capsys, "eval", run, "--episodes", "6", "--target-return", "10", "--json")
+    random_play = mixed.episode_returns()[-6:].mean()
+    assert high["mean_return"] > 150 > 3 * random_play and low["mean_return"] < 40, (low, high)
+
+
+def test_a_resumed_run_continues_exactly(tmp_path: Path, mixed: OfflineDataset) -> None:
+    common = dict(SMALL, horizon=50, eval_interval=0, seed=2)
+    straight = train(TrainConfig(total_steps=100, **common), dataset=mixed)
+    run_dir = str(tmp_path / "run")
+    train(TrainConfig(total_steps=50, run_dir=run_dir, **common), dataset=mixed)
+    resumed = train(TrainConfig(total_steps=100, run_dir=run_dir, resume=True, **common), dataset=mixed)
+    assert resumed.exact_resume and resumed.global_step == 100
+    a, b = straight.policy.state_dict(), resumed.policy.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ"
+
+
+def test_a_given_target_return_is_what_the_model_keeps_and_other_policies_are_refused(
+        mixed: OfflineDataset) -> None:
+    trainer = make_trainer(TrainConfig(total_steps=10, target_return=120.0, return_scale=50.0, **SMALL),
+                           dataset=mixed)
+    try:
+        assert trainer.policy.target_return == 120.0 and trainer.policy.return_scale == 50.0
+        assert trainer.acting.context.target_return == 120.0
+    finally:
+        trainer.close()
+    policy = Policy.from_env(type("Env", (), {"obs_layout": mixed.obs_layout, "action_layout": mixed.action_layout}))
+    with pytest.raises(APIUsageError, match=r"algo='dt' trains a shoal\.policies\.decision_transformer"):
+        make_trainer(TrainConfig(total_steps=10, **SMALL), policy=policy, dataset=mixed)
