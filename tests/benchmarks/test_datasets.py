@@ -9,7 +9,7 @@ from benchmarks import datasets
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_a_small_run_prints_both_figures_and_the_verdicts(capsys: pytest.CaptureFixture[str]) -> None:
-    datasets.main(["--steps", "300", "--envs", "nested", "--repeats", "1"])
+    datasets.main(["--steps", "100", "--envs", "nested", "--repeats", "1"])
     out = capsys.readouterr().out.splitlines()
     # benchmarks.common.line: the name in 48 columns, then the figure
     rates = {line[:48].strip(): float(line[48:63].replace(",", "")) for line in out if "steps/s" in line}
