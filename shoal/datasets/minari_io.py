@@ -216,7 +216,8 @@ def save_dataset(dataset: OfflineDataset, path: str | os.PathLike[str], *, datas
             "observation_space": space_to_json(obs_space),
             "action_space": space_to_json(action_space),
             "mask_width": None if dataset.action_masks is None else int(dataset.action_masks.shape[1]),
-            "metadata": dataset.metadata,
+            # where a loaded dataset was read from is not a fact of the copy
+            "metadata": {key: value for key, value in dataset.metadata.items() if key not in ("path", "dataset_id")},
         }
         storage.update_metadata({"dataset_id": _dataset_id(path, dataset_id), "minari_version": minari_version,
                                  "shoal": shoal_facts})
@@ -292,7 +293,22 @@ def load_dataset(target: str | os.PathLike[str]) -> OfflineDataset:
         raw = storage_cls.read_raw_metadata(data_path)
         if not isinstance(raw, dict):
             raise ValueError(f"the metadata is a {type(raw).__name__}, not a JSON object")
-    with _reading(data_path / _MAIN):
+    missing = [key for key in ("observation_space", "action_space") if not isinstance(raw.get(key), str)]
+    if missing:  # Minari would build the env its env_spec names to find them: code the file chose
+        raise DatasetError(f"{data_path / _METADATA} does not state its {' and '.join(missing)} (Minari would make "
+                           "the env its env_spec names to find out, and shoal does not run code a file names); "
+                           "write the spaces into the dataset's metadata")
+    data_format = raw.get("data_format", "hdf5")
+    if data_format != "hdf5":
+        try:
+            from minari.dataset._storages import get_minari_storage
+
+            get_minari_storage(data_format)
+        except (ImportError, KeyError) as exc:
+            raise DatasetError(f"{data_path / _METADATA}: this dataset is stored as {data_format!r}, which this "
+                               f"Minari installation cannot read ({type(exc).__name__}: {exc}); install the package "
+                               "its storage needs (e.g. pip install \"minari[arrow]\")") from None
+    with _reading(data_path / _MAIN if data_format == "hdf5" else data_path):
         return _load(storage_cls, data_path, raw)
 
 

@@ -18,11 +18,13 @@ end with ``truncations=True``: at their last answered step, the observation they
 decision still waiting for its outcome then (a turn-based slot between its move and its next turn) has no next
 observation: it is left out, and counted in ``metadata["unanswered_decisions"]``.
 
-Everything is held in memory (about ``row_bytes + action_bytes + 12`` bytes per step) until :meth:`dataset`.
+Everything is held in memory (about ``row_bytes + action_bytes + mask_width + 18`` bytes per step) until
+:meth:`dataset`.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from typing import Any
 
@@ -79,6 +81,7 @@ class EpisodeRecorder:
         self._actions: list[np.ndarray] = []
         self._masks: list[np.ndarray] = []
         self._episode_of: list[np.ndarray] = []
+        self._chunk_starts: list[int] = []  # the first decision of each chunk
         self._rewards = _Growing(np.float64)
         self._terminations = _Growing(np.bool_)
         self._truncations = _Growing(np.bool_)
@@ -130,6 +133,7 @@ class EpisodeRecorder:
             types = np.zeros(len(rows), np.int32) if agent_types is None else np.asarray(agent_types)
             self._agents.extend(int(r) % self.agents_per_env for r in starting)
             self._agent_types.extend(int(t) for t in types[self._episode[rows] >= first])
+        self._chunk_starts.append(self._rewards.size)
         index = self._rewards.extend(len(rows))
         self._terminations.extend(len(rows))
         self._truncations.extend(len(rows))
@@ -195,12 +199,9 @@ class EpisodeRecorder:
         self._last[row] = -1
 
     def _obs_of(self, decision: int) -> np.ndarray:
-        """The observation of ``decision`` (a rare lookup through the chunks)."""
-        for chunk, episodes in zip(self._obs, self._episode_of, strict=True):
-            if decision < len(episodes):
-                return chunk[decision]
-            decision -= len(episodes)
-        raise IndexError(decision)
+        """The observation ``decision`` acted on."""
+        chunk = bisect.bisect_right(self._chunk_starts, decision) - 1
+        return self._obs[chunk][decision - self._chunk_starts[chunk]]
 
     # ---- the dataset ---------------------------------------------------------------------------------------
 

@@ -445,8 +445,8 @@ class TrainConfig:
     record_dataset: str | None = None
     """Write every decision of the learner's slots (everything the run collected, as per-slot episodes of raw
     rewards, see shoal.datasets.EpisodeRecorder) to a Minari dataset directory at this path when training ends or
-    is interrupted; held in memory until then. An existing dataset there is replaced only with ``overwrite``. Not
-    with several data-parallel learners."""
+    is interrupted; held in memory until then. An existing dataset there is replaced only with ``overwrite``; a
+    resumed run records from where it resumes (give it a new path). Not with several data-parallel learners."""
 
     # ---- resolution and validation ------------------------------------------------------------------------
 

@@ -147,16 +147,28 @@ def _stack(samples: list[Any]) -> Any:
 
 def test_a_truncated_or_corrupt_file_is_named(tmp_path: Path) -> None:
     path = save_dataset(record_dataset("random", "nested", 200), tmp_path / "ds")
-    data = path / "data" / "main_data.hdf5"
+    data, metadata = path / "data" / "main_data.hdf5", path / "data" / "metadata.json"
     data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
-    with pytest.raises(DatasetError, match=r"main_data\.hdf5.*truncated or corrupt"):
-        load_dataset(path)
-    (path / "data" / "metadata.json").write_text("{not json")
-    with pytest.raises(DatasetError, match=r"metadata\.json.*truncated or corrupt"):
+    with pytest.raises(DatasetError, match=r"main_data\.hdf5: cannot read .* truncated or corrupt"):
         load_dataset(path)
     data.unlink()
-    (path / "data" / "metadata.json").write_text(json.dumps({"total_episodes": 1, "data_format": "hdf5"}))
-    with pytest.raises(DatasetError, match=r"main_data\.hdf5"):
+    with pytest.raises(DatasetError, match=r"main_data\.hdf5 is missing"):
+        load_dataset(path)
+    metadata.write_text("{not json")
+    with pytest.raises(DatasetError, match=r"metadata\.json: cannot read .* truncated or corrupt"):
+        load_dataset(path)
+
+
+def test_a_dataset_naming_its_spaces_only_through_an_env_spec_is_refused(tmp_path: Path) -> None:
+    """Minari would make the env the file's env_spec names (importing its entry point) to learn the spaces."""
+    path = save_dataset(record_dataset("random", "CartPole-v1", 30), tmp_path / "ds")
+    metadata = path / "data" / "metadata.json"
+    raw = json.loads(metadata.read_text())
+    del raw["observation_space"], raw["action_space"]
+    metadata.write_text(json.dumps(raw))
+    assert "env_spec" in raw
+    with pytest.raises(DatasetError, match=r"metadata\.json does not state its observation_space and action_space "
+                                           r".*does not run code a file names"):
         load_dataset(path)
 
 

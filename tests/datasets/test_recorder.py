@@ -5,6 +5,8 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
+from gymnasium import spaces
+from pettingzoo import ParallelEnv
 
 from shoal import vector
 from shoal.datasets import EpisodeRecorder
@@ -79,3 +81,54 @@ def test_a_turn_based_move_without_its_outcome_is_left_out_until_answered() -> N
     assert np.array_equal(answered.actions, [0, 8, 4])
     # the legal moves stored with each decision: 9, then 7 free squares for player_1
     assert answered.action_masks[answered.obs_index].sum(1).tolist() == [9, 7, 8]
+
+
+class _VanishEnv(ParallelEnv):
+    """Two agents; ``b`` leaves after its second step without a termination or truncation flag (so without a final
+    observation); ``a`` truncates after four steps. Observation: ``[t, agent index]``."""
+
+    metadata = {"name": "vanish_v0"}
+    possible_agents = ["a", "b"]
+
+    def observation_space(self, agent: str) -> spaces.Box:
+        return spaces.Box(0, 10, (2,), np.float32)
+
+    def action_space(self, agent: str) -> spaces.Discrete:
+        return spaces.Discrete(2)
+
+    def _obs(self, agent: str) -> np.ndarray:
+        return np.array([self.t, self.possible_agents.index(agent)], np.float32)
+
+    def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
+        self.t, self.agents = 0, ["a", "b"]
+        return {a: self._obs(a) for a in self.agents}, {}
+
+    def step(self, actions: dict) -> tuple[dict, dict, dict, dict, dict]:
+        self.t += 1
+        if self.t == 2:
+            self.agents = ["a"]
+        done = self.t >= 4
+        out = ({a: self._obs(a) for a in self.agents}, dict.fromkeys(self.agents, 1.0),
+               dict.fromkeys(self.agents, False), dict.fromkeys(self.agents, done), {})
+        if done:
+            self.agents = []
+        return out
+
+
+def test_an_agent_gone_without_a_final_observation_ends_on_its_last_one() -> None:
+    vec = vector.make(_VanishEnv, 1, seed=0)
+    recorder = EpisodeRecorder(vec.obs_layout, vec.action_layout, vec.num_agents, vec.agents_per_env)
+    rows = np.arange(2)
+    obs, _ = vec.reset(0)
+    for _ in range(4):
+        live = np.flatnonzero(vec.masks)
+        recorder.act(live, obs[live], np.zeros(len(live), np.int64))
+        obs, rewards, terminals, truncations, infos = vec.step(np.zeros(2, np.int64))
+        recorder.finish(rows, rewards, terminals, truncations, vec.masks, obs, infos)
+    vec.close()
+    dataset = recorder.dataset()
+    assert dataset.metadata["missing_final_observations"] == 1
+    assert dataset.agents.tolist() == [0, 1] and dataset.episode_lengths.tolist() == [4, 2]
+    b = dataset.observations[dataset.obs_offsets[1]: dataset.obs_offsets[2]]
+    assert b.tolist() == [[0, 1], [1, 1], [1, 1]]  # its last observation stands in for the final one
+    assert dataset.truncations.tolist() == [False, False, False, True, False, True]

@@ -9,7 +9,7 @@ import pytest
 
 from shoal.datasets import OfflineDataset, load_dataset, save_dataset
 from shoal.errors import APIUsageError, CheckpointError
-from shoal.train import TrainConfig, train
+from shoal.train import TrainConfig, load_policy_from_checkpoint, train
 from shoal.train.record import record_dataset
 from tests.datasets.helpers import assert_same_dataset
 from tests.emulation.test_pettingzoo import SpawnEnv
@@ -47,6 +47,8 @@ def test_a_trained_run_records_better_play_than_random_and_round_trips(cartpole_
     dataset = record_dataset(cartpole_run, steps=600, seed=1)  # the run's env, sampling actions
     assert dataset.metadata["env"] == "CartPole-v1" and dataset.metadata["source"] == str(cartpole_run)
     assert dataset.episode_returns()[:-1].mean() > 2 * random_return
+    policy, _, _ = load_policy_from_checkpoint(cartpole_run)
+    assert_same_dataset(dataset, record_dataset(policy, "CartPole-v1", 600, seed=1))  # the policy module itself
     noisy = record_dataset(cartpole_run, steps=600, seed=1, epsilon=1.0)  # every decision random
     assert noisy.episode_returns()[:-1].mean() < 40
     path = save_dataset(dataset, tmp_path / "medium")

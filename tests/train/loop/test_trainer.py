@@ -51,6 +51,18 @@ def test_a_league_records_only_the_learners_seat(tmp_path: Path) -> None:
     assert dataset.num_episodes < 0.6 * result.global_step / 2  # about one episode per game, not two
 
 
+def test_mappo_records_every_agent_slot(tmp_path: Path) -> None:
+    config = TrainConfig(env="mpe2.simple_spread_v3", env_kwargs={"max_cycles": 16}, algo="mappo", total_steps=384,
+                         num_envs=2, horizon=16, minibatch_size=96, update_epochs=1, tensorboard=False,
+                         run_dir=str(tmp_path / "run"), record_dataset=str(tmp_path / "data"))
+    result = make_trainer(config).train()
+    dataset = load_dataset(tmp_path / "data")
+    assert dataset.num_steps == result.global_step == 384
+    assert dataset.episode_lengths.tolist() == [16] * 24  # 2 envs x 3 slots x 4 episodes of 16 steps
+    assert Counter(dataset.agents.tolist()) == {0: 8, 1: 8, 2: 8}
+    assert dataset.truncations.sum() == 24 and not dataset.terminations.any()
+
+
 def test_sac_records_its_steps(tmp_path: Path) -> None:
     config = TrainConfig(env="Pendulum-v1", algo="sac", total_steps=400, learning_starts=100, num_envs=2,
                          horizon=50, minibatch_size=32, tensorboard=False, run_dir=str(tmp_path / "run"),
