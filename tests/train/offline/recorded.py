@@ -113,3 +113,8 @@ def mixed_cartpole(episodes: int = 6, max_episode_steps: int = 200) -> OfflineDa
     controllers = [cartpole_balancer, noisy(cartpole_balancer, 0.6), cartpole_toppler, random_discrete(2)]
     return join(*(record("CartPole-v1", act, episodes, seed=100 * i, max_episode_steps=max_episode_steps)
                   for i, act in enumerate(controllers)))
+
+
+def aiming_expert(obs: np.ndarray, rng: np.random.Generator) -> dict[str, Any]:
+    """On tests.emulation.helpers.HybridActionEnv: aim at the target shown (reward 0), one fixed weapon setting."""
+    return {"weapon": 2, "fire": np.ones(1, np.int8), "power": np.ones(1, np.int32), "aim": obs.astype(np.float32)}

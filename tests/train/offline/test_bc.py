@@ -8,7 +8,8 @@ from pathlib import Path
 from shoal.train import TrainConfig, train
 from shoal.train.record import record_dataset
 from shoal.train.selfplay.league import evaluate_match
-from tests.train.offline.recorded import cartpole_expert, pendulum_expert, record
+from tests.emulation.helpers import HybridActionEnv
+from tests.train.offline.recorded import aiming_expert, cartpole_expert, pendulum_expert, record
 
 FAST = dict(tensorboard=False, log_interval=60.0, hidden_size=64, seed=1)
 
@@ -38,3 +39,12 @@ def test_bc_clones_the_tic_tac_toe_solver_from_masked_per_seat_moves(tmp_path: P
     match = evaluate_match(tmp_path / "bc", "random", 60)  # shoal eval RUN --opponent random, seats alternating
     # the solver never loses; random play loses about 44% of its games against random play
     assert match["losses"] <= 12, match
+
+
+def test_bc_with_hybrid_actions_aims_like_the_expert() -> None:
+    expert = record(HybridActionEnv, aiming_expert, 20)  # a weapon choice, fire, power and a float aim per step
+    assert expert.action_layout.kind == "hybrid" and expert.episode_returns().max() == 0.0
+    result = train(TrainConfig(env="aiming", algo="bc", total_steps=600, horizon=600, num_envs=8, **FAST),
+                   env_fn=HybridActionEnv, dataset=expert)
+    # uniformly random aim misses by 2/3 per axis: about -67 over an episode's 50 steps
+    assert result.episodes == 8 and result.episode_return > -10, result.episode_return

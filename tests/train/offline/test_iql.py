@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from shoal.envs.bandit import ContextualBandit
+from shoal.errors import APIUsageError
 from shoal.train import TrainConfig, make_trainer, train
 from shoal.train.offline.iql import IQLTrainer
 from shoal.train.runs.evaluate import evaluate_checkpoint
-from tests.train.offline.recorded import bandit_mostly_wrong, pendulum_expert, record
+from tests.emulation.helpers import HybridActionEnv
+from tests.train.offline.recorded import aiming_expert, bandit_mostly_wrong, pendulum_expert, record
 
 FAST = dict(tensorboard=False, log_interval=60.0, hidden_size=32, num_envs=8)
 
@@ -42,3 +45,10 @@ def test_a_resumed_iql_run_continues_exactly_as_an_uninterrupted_one(tmp_path: P
         a, b = mine.state_dict(), theirs.state_dict()
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert evaluate_checkpoint(run_dir, episodes=1)["episodes"] == 1  # shoal eval rebuilds the default Policy
+
+
+def test_iql_refuses_hybrid_actions_saying_to_clone_them_instead() -> None:
+    data = record(HybridActionEnv, aiming_expert, 1)
+    with pytest.raises(APIUsageError, match=r"IQL needs Box or Discrete actions; this env's actions are hybrid "
+                                            r"\(Dict\(.*\)\)\. Train it with --algo bc"):
+        make_trainer(TrainConfig(env="aiming", algo="iql", **FAST), env_fn=HybridActionEnv, dataset=data)
