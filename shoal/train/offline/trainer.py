@@ -88,7 +88,8 @@ class OfflineTrainer(Trainer):
 
     def _setup_learning(self) -> None:
         cfg, dataset = self.config, self.dataset
-        check_dataset(dataset, self.vecenv, self.dataset_source, repr(cfg.env))
+        name = getattr(self.env_fn, "name", None)  # an env named by the config (an EnvFn), else a given env_fn
+        check_dataset(dataset, self.vecenv, self.dataset_source, repr(name) if isinstance(name, str) else "the env")
         self.fingerprint = dataset_fingerprint(dataset)
         self.loss_fn = None
         self.reducer = SINGLE_LEARNER
