@@ -255,6 +255,8 @@ class MAPPOTrainer(Trainer):
     Attributes:
         critic_mode: ``"state"``, ``"concat"`` or ``"local"`` (IPPO).
         critic_size: width of a critic input row (0 for a local critic).
+        central: the :class:`~shoal.train.core.centralized.CentralizedInputs` that builds those rows (None for a
+            local critic).
         value_norm: the :class:`~shoal.train.core.normalize.ValueNormalizer`, or None.
         env_info: the probed :class:`EnvInfo`.
     """
