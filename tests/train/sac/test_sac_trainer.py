@@ -180,8 +180,9 @@ def _spread() -> object:
     return simple_spread_v3.parallel_env(N=3, max_cycles=25, continuous_actions=True)
 
 
-@pytest.mark.parametrize("critic_input", ["concat", "state"])
-def test_centralized_critics_train_on_simple_spread_and_each_transition_keeps_its_inputs(critic_input: str) -> None:
+@pytest.mark.parametrize(("critic_input", "mode"), [("concat", "concat"), ("state", "state"), ("auto", "state")])
+def test_centralized_critics_train_on_simple_spread_and_each_transition_keeps_its_inputs(critic_input: str,
+                                                                                         mode: str) -> None:
     trainer = make_trainer(TrainConfig(algo="sac", total_steps=600, learning_starts=150, hidden_size=32, num_envs=2,
                                        horizon=10, agent_ids=True, critic_input=critic_input, replay_size=5000,
                                        **FAST), env_fn=_spread)
@@ -190,7 +191,7 @@ def test_centralized_critics_train_on_simple_spread_and_each_transition_keeps_it
         layout, central, buf = trainer.vecenv.obs_layout, trainer.central, trainer.buffer
     finally:
         trainer.close()
-    assert trainer.critic_mode == critic_input and central is not None
+    assert trainer.critic_mode == mode and central is not None  # "auto": simple_spread's 54-number state()
     assert trainer.policy.critic_input_size == central.size == critic_input_size(layout, 3, 1, central.state_size)
     assert trainer.last_stats["gradient_steps"] > 0 and np.isfinite(trainer.last_stats["q_loss"])
     assert any("critic inputs (centralized" in line for line in trainer.describe())
