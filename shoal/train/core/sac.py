@@ -3,10 +3,9 @@
     optimizers = SACOptimizers.for_policy(policy, learning_rate=3e-4)
     stats = sac_update(policy, optimizers, replay.sample(256, generator, device), tau=0.005, target_entropy=-1.0)
 
-Per minibatch, in this order (Haarnoja et al., 2018, with the temperature tuned as in their follow-up):
-
-The critics read the batch's centralized inputs (``critic_obs``, ``next_critic_obs``) when it has them, else the
-actor's features of ``obs`` / ``next_obs``.
+The critics read the batch's centralized inputs (``critic_obs``, ``next_critic_obs``) when the policy has
+centralized critics, else the actor's features of ``obs`` / ``next_obs``. Per minibatch, in this order (Haarnoja
+et al., 2018, with the temperature tuned as in their follow-up):
 
 1. critics: ``y = r + discount * (1 - terminal) * (min_i Q'_i(s', a') - alpha * log pi(a'|s'))`` with
    ``a' ~ pi(s')`` (Discrete: the expectation over ``pi(.|s')`` exactly) and ``discount`` the transition's
@@ -27,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from shoal.errors import APIUsageError
 from shoal.policies.sac import SACPolicy
 from shoal.train.core.replay import ReplayBatch
 
@@ -101,6 +101,12 @@ def sac_update(policy: SACPolicy, optimizers: SACOptimizers, batch: ReplayBatch,
     Returns detached scalar tensors (``q_loss``, ``actor_loss``, ``alpha``, ``entropy``, ``q_mean``): the caller
     averages them over many steps before reading them, so no step waits on a ``.item()``.
     """
+    if (batch.critic_obs is None) != (policy.critic_input_size == 0):
+        raise APIUsageError(
+            f"the policy's critics read {policy.critic_input_size or 'no'} centralized inputs per row but the batch "
+            f"holds {'none' if batch.critic_obs is None else batch.critic_obs.shape[-1]}: sample it from a "
+            "ReplayBuffer whose critic_width is the policy's critic_input_size"
+        )
     features = policy.features(batch.obs, batch.agent_ids)
     next_features = policy.features(batch.next_obs, batch.agent_ids)
     # a centralized critic reads the stored critic inputs; the actor always reads its own observation
