@@ -13,6 +13,9 @@ Design:
       (which must be finite). The critics read the action in ``[-1, 1]`` units.
     * Discrete actions: a categorical actor over the legal actions; each critic outputs one value per action, so
       the soft value is an exact expectation (no sampling).
+    * A centralized critic (``critic_input_size > 0``) reads a given float32 row per transition (built by the
+      trainer from the whole env, see :mod:`shoal.train.core.centralized`) in place of the actor's features,
+      plus the slot's own action (Box); the actor stays decentralized.
     * The two critics are one ensemble (weights ``[2, in, out]``, batched matrix products): one call evaluates
       both, which is what makes small-network SAC fast on a CPU.
 """
@@ -99,6 +102,7 @@ class SACPolicy(nn.Module):
         hidden_size: width of every hidden layer of the actor and the critics.
         num_layers: hidden layers of each network (>= 1).
         num_agent_ids: agent slots to tell apart with a one-hot id (parameter sharing); 0 disables.
+        critic_input_size: width of a centralized critic input row; 0: the critics read the actor's features.
         init_alpha: the entropy temperature before any tuning.
         device: where to put the parameters.
 
@@ -108,12 +112,13 @@ class SACPolicy(nn.Module):
     """
 
     def __init__(self, obs_layout: Layout | Any, action_layout: ActionLayout | Any, *, hidden_size: int = 256,
-                 num_layers: int = 2, num_agent_ids: int = 0, init_alpha: float = 1.0,
+                 num_layers: int = 2, num_agent_ids: int = 0, critic_input_size: int = 0, init_alpha: float = 1.0,
                  device: torch.device | str | None = None) -> None:
         super().__init__()
-        if hidden_size < 1 or num_layers < 1 or num_agent_ids < 0 or not init_alpha > 0:
+        if hidden_size < 1 or num_layers < 1 or num_agent_ids < 0 or critic_input_size < 0 or not init_alpha > 0:
             raise APIUsageError(f"hidden_size={hidden_size} and num_layers={num_layers} must be >= 1, "
-                                f"num_agent_ids={num_agent_ids} >= 0 and init_alpha={init_alpha} > 0")
+                                f"num_agent_ids={num_agent_ids} and critic_input_size={critic_input_size} >= 0 and "
+                                f"init_alpha={init_alpha} > 0")
         self.obs_layout = compile_layout(obs_layout)
         self.action_layout = action_layout if isinstance(action_layout, ActionLayout) else ActionLayout(action_layout)
         kind = self.action_layout.kind
@@ -129,13 +134,16 @@ class SACPolicy(nn.Module):
                 "Train image observations with --algo ppo"
             )
         self.config: dict[str, Any] = dict(hidden_size=hidden_size, num_layers=num_layers,
-                                           num_agent_ids=num_agent_ids, init_alpha=init_alpha)
+                                           num_agent_ids=num_agent_ids, critic_input_size=critic_input_size,
+                                           init_alpha=init_alpha)
         self.kind = kind
         self.num_agent_ids = num_agent_ids
+        self.critic_input_size = critic_input_size
         self.is_recurrent = False
         self._flat_dtype = torch_dtype(self.obs_layout.flat_dtype)
         zero = torch.zeros((1, self.obs_layout.flat_size), dtype=self._flat_dtype)
         self.feature_size = int(float_features(self.obs_layout, zero, scaled=True).shape[-1]) + num_agent_ids
+        critic_features = critic_input_size or self.feature_size
         if kind == "continuous":
             low = np.asarray(self.action_layout.low, np.float64)
             high = np.asarray(self.action_layout.high, np.float64)
@@ -150,11 +158,11 @@ class SACPolicy(nn.Module):
             self.register_buffer("half_range", torch.as_tensor((high - low) / 2, dtype=torch.float32),
                                  persistent=False)
             self.actor_net = _mlp(self.feature_size, hidden_size, num_layers, 2 * self.action_size)
-            self.critic = TwinCritic(self.feature_size + self.action_size, hidden_size, num_layers, 1)
+            self.critic = TwinCritic(critic_features + self.action_size, hidden_size, num_layers, 1)
         else:
             self.action_size = int(action_mask_width(self.action_layout))
             self.actor_net = _mlp(self.feature_size, hidden_size, num_layers, self.action_size)
-            self.critic = TwinCritic(self.feature_size, hidden_size, num_layers, self.action_size)
+            self.critic = TwinCritic(critic_features, hidden_size, num_layers, self.action_size)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(init_alpha), dtype=torch.float32))
         self.to(device)
@@ -212,7 +220,9 @@ class SACPolicy(nn.Module):
                  frozen: bool = False) -> Tensor:
         """Both critics: ``[2, N]`` for Box actions (given in ``[-1, 1]`` units), ``[2, N, n]`` for Discrete.
 
-        ``target``: the Polyak-averaged target critics. ``frozen``: no gradient to the critics' weights.
+        ``features``: float32 ``[N, critic_input_size]`` centralized inputs when the policy has them, else the
+        actor's :meth:`features` ``[N, feature_size]``. ``target``: the Polyak-averaged target critics.
+        ``frozen``: no gradient to the critics' weights.
         """
         critic = self.critic_target if target else self.critic
         if self.kind == "continuous":

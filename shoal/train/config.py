@@ -68,31 +68,32 @@ ALGOS: tuple[str, ...] = typing.get_args(Algo)
 ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
     "ppo": {"num_envs": 8, "horizon": 64, "learning_rate": 4e-3, "update_epochs": 3, "minibatch_size": 128,
             "ent_coef": 0.01, "hidden_size": 64, "agent_ids": False, "anneal_lr": True, "gamma": 0.99,
-            "gae_lambda": 0.95},
+            "gae_lambda": 0.95, "critic_input": "auto"},
     "mappo": {"num_envs": 16, "horizon": 50, "learning_rate": 2.5e-3, "update_epochs": 10, "minibatch_size": 1200,
               "ent_coef": 0.01, "hidden_size": 128, "agent_ids": True, "anneal_lr": True, "gamma": 0.99,
-              "gae_lambda": 0.95},
+              "gae_lambda": 0.95, "critic_input": "auto"},
     # SAC: an update is `horizon` vector steps, each followed by its gradient steps; minibatch_size is the
-    # sampled batch; a constant learning rate (as SB3 and CleanRL use); ent_coef and update_epochs are unused.
+    # sampled batch; a constant learning rate (as SB3 and CleanRL use); ent_coef and update_epochs are unused;
+    # critic_input None: each critic reads the slot's own observation (decentralized) unless one is asked for.
     "sac": {"num_envs": 4, "horizon": 50, "learning_rate": 1e-3, "update_epochs": 1, "minibatch_size": 256,
             "ent_coef": 0.0, "hidden_size": 256, "agent_ids": False, "anneal_lr": False, "gamma": 0.99,
-            "gae_lambda": 0.95},
+            "gae_lambda": 0.95, "critic_input": None},
     # Offline (BC, IQL; shoal.train.offline): total_steps counts gradient steps, as CORL does; an update is
     # `horizon` gradient steps (the unit of logging, checkpoint_interval and eval_interval) on sampled minibatches
     # of minibatch_size transitions; num_envs envs play the online evaluations; a constant learning rate (CORL's
     # 3e-4 for IQL); ent_coef and update_epochs are unused.
     "bc": {"num_envs": 8, "horizon": 500, "learning_rate": 1e-3, "update_epochs": 1, "minibatch_size": 256,
            "ent_coef": 0.0, "hidden_size": 256, "agent_ids": False, "anneal_lr": False, "gamma": 0.99,
-           "gae_lambda": 0.95},
+           "gae_lambda": 0.95, "critic_input": None},
     "iql": {"num_envs": 8, "horizon": 500, "learning_rate": 3e-4, "update_epochs": 1, "minibatch_size": 256,
             "ent_coef": 0.0, "hidden_size": 256, "agent_ids": False, "anneal_lr": False, "gamma": 0.99,
-            "gae_lambda": 0.95},
+            "gae_lambda": 0.95, "critic_input": None},
     # The Decision Transformer: minibatch_size counts windows of context_length steps; hidden_size is the width
     # of its tokens. A transformer step costs far more than an MLP's (about 0.1 s on one CPU core with these), so
     # an update is 100 of them; gamma and gae_lambda are unused (returns-to-go are undiscounted).
     "dt": {"num_envs": 8, "horizon": 100, "learning_rate": 1e-3, "update_epochs": 1, "minibatch_size": 64,
            "ent_coef": 0.0, "hidden_size": 64, "agent_ids": False, "anneal_lr": False, "gamma": 0.99,
-           "gae_lambda": 0.95},
+           "gae_lambda": 0.95, "critic_input": None},
 }
 
 #: Per algorithm and env id, settings for the fields a config leaves unset, applied before :data:`ALGO_DEFAULTS`
@@ -388,13 +389,16 @@ class TrainConfig:
     agent_ids: bool | None = None
     """Feed the slot index of each agent to the policy (an embedding), so shared parameters can specialize
     (None: the algorithm's default, :data:`ALGO_DEFAULTS`)."""
-    critic_input: CriticInput = "auto"
-    """MAPPO critic's global input: ``"state"`` (the PettingZoo env's ``state()``), ``"concat"`` (every slot of the
-    env concatenated, masked; observation leaves of more than 256 numbers, such as images, average-pooled down to
-    at most 256) or ``"auto"`` (``state()`` when the env has a flat one of at most 4096 numbers, else ``"concat"``)."""
+    critic_input: CriticInput | None = None
+    """Centralized critic's global input (MAPPO, and SAC's twin critics when given): ``"state"`` (the PettingZoo
+    env's ``state()``), ``"concat"`` (every slot of the env concatenated, masked; observation leaves of more than
+    256 numbers, such as images, average-pooled down to at most 256) or ``"auto"`` (``state()`` when the env has a
+    flat one of at most 4096 numbers, else ``"concat"``). None: the algorithm's default (:data:`ALGO_DEFAULTS`):
+    ``"auto"`` for MAPPO; for SAC None keeps the critics decentralized (each reads its slot's observation)."""
     critic_memory_limit: float = 4.0
-    """MAPPO: largest size in GiB of the buffer of critic inputs (float32, one row per stored transition); a larger
-    one is refused before anything is allocated."""
+    """MAPPO and SAC with ``critic_input``: largest size in GiB of the stored critic inputs (float32; MAPPO: one
+    row per transition of a rollout, SAC: two per replay transition, its input and the next one); more is refused
+    before anything is allocated."""
     value_norm: ValueNorm = "auto"
     """Value normalization: ``"running"`` (running mean/std of the returns), ``"popart"``, ``"none"`` or
     ``"auto"`` (the env preset's choice if it makes one, e.g. running for PPO on Acrobot-v1; else running for
@@ -497,7 +501,13 @@ class TrainConfig:
         """Every field typed as a ``Literal`` holds one of its values."""
         hints = _type_hints()
         for f in dataclasses.fields(self):
-            choices = typing.get_args(hints[f.name]) if typing.get_origin(hints[f.name]) is Literal else None
+            hint = hints[f.name]
+            optional = type(None) in typing.get_args(hint)
+            if optional:  # ``Literal[...] | None``: None is one of the choices
+                hint = next(a for a in typing.get_args(hint) if a is not type(None))
+            choices = typing.get_args(hint) if typing.get_origin(hint) is Literal else None
+            if choices is not None and optional:
+                choices = (*choices, None)
             value = getattr(self, f.name)
             if choices is not None and value not in choices:
                 raise APIUsageError(f"{f.name}={value!r} is unknown; valid choices: {list(choices)}")
@@ -704,6 +714,8 @@ class TrainConfig:
             raise APIUsageError(f"unknown config field(s) {unknown}; valid fields: {sorted(names)}")
         if "preset" not in data:  # written before env presets: resuming it must not start using one
             data = {**data, "preset": "none"}
+            if data.get("algo") == "sac" and data.get("critic_input") == "auto":
+                data["critic_input"] = None  # SAC then had no centralized critics: its "auto" meant nothing
         return cls(**data)
 
     def save(self, path: str | Path) -> None:

@@ -66,3 +66,28 @@ def test_save_policy_and_load_policy_round_trip_a_sac_policy(tmp_path) -> None:
     with torch.no_grad():
         torch.testing.assert_close(loaded(torch.from_numpy(obs), deterministic=True).action,
                                    policy(torch.from_numpy(obs), deterministic=True).action)
+
+
+def test_centralized_critics_read_their_own_input_width_and_the_policy_round_trips(tmp_path) -> None:
+    from mpe2 import simple_spread_v3
+
+    from shoal.policies import load_policy, save_policy
+
+    def env_fn() -> object:
+        return simple_spread_v3.parallel_env(N=3, max_cycles=5, continuous_actions=True)
+
+    with shoal.vector.make(env_fn, 2) as vec:
+        policy = SACPolicy.from_env(vec, hidden_size=8, num_agent_ids=3, critic_input_size=40)
+        loaded = load_policy(save_policy(policy, tmp_path / "central.pt"), vec)
+        obs, _ = vec.reset(seed=0)
+    assert isinstance(loaded, SACPolicy) and loaded.critic_input_size == 40
+    central = torch.randn(6, 40)
+    actions = torch.rand(6, 5) * 2 - 1
+    with torch.no_grad():
+        q = policy.q_values(central, actions)
+        assert q.shape == (2, 6)
+        torch.testing.assert_close(loaded.q_values(central, actions), q)
+        # the actor is unchanged: its own observation and slot id
+        ids = torch.arange(6) % 3
+        assert policy(torch.from_numpy(obs), agent_ids=ids, deterministic=True).action.shape == (6, 5)
+    assert policy.critic.layers[0].weight.shape[1] == 40 + 5  # the input row plus the slot's own action

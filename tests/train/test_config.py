@@ -190,3 +190,6 @@ def test_a_config_saved_before_presets_resumes_without_one(tmp_path: Path) -> No
     loaded = TrainConfig.from_dict(data)
     assert loaded.preset == "none" and loaded.resolved().value_norm == "auto"
     assert TrainConfig.from_dict(config.to_dict()).resolved().value_norm == "running"
+    old_sac = {**TrainConfig(env="Pendulum-v1", algo="sac", critic_input="auto").to_dict()}
+    del old_sac["preset"]  # SAC saved "auto", which it ignored, before it had centralized critics
+    assert TrainConfig.from_dict(old_sac).critic_input is None

@@ -1,4 +1,6 @@
-"""The algorithm core: rollout storage, advantages, value normalization and the PPO loss and update.
+"""The algorithm core: rollout and replay storage, advantages, value normalization, the PPO and SAC updates, and the
+centralized critic's input (:mod:`shoal.train.core.centralized`, shared by MAPPO and SAC).
 
-Pure computations over tensors and arrays; nothing here knows about vector envs, run directories or processes.
+Computations over tensors and arrays; nothing here knows about vector envs, run directories or processes (the
+centralized input only wraps an env's constructor, to report its ``state()``).
 """

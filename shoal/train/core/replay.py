@@ -13,7 +13,10 @@ completed transitions:
   ``r_t + gamma r_{t+1} + ... + gamma^(k-1) r_{t+k-1}`` over ``k = n_step`` decisions (fewer at the episode's end),
   the next observation the one ``k`` decisions later, and the discount to bootstrap with ``gamma^k``;
 * observations are stored once per transition as flat rows of the layout's dtype (mixed-dtype rows stay bytes),
-  plus the next observation: memory is ``capacity * (2 * row_bytes + ...)``, reported by :attr:`nbytes`.
+  plus the next observation: memory is ``capacity * (2 * row_bytes + ...)``, reported by :attr:`nbytes`;
+* with a centralized critic (``critic_width > 0``) each transition also holds the critic's float32 input at the
+  decision and at the next one (at the episode's final step when truncated): ``capacity * 2 * critic_width * 4``
+  bytes more, counted in :attr:`nbytes` too.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ class ReplayBatch:
         discounts: float32 ``[N]``: the factor of the bootstrapped value, ``gamma^k`` for ``k`` joined decisions.
         action_masks, next_action_masks: bool ``[N, W]`` legal actions at ``obs`` / ``next_obs``, or None.
         agent_ids: int64 ``[N]``: the slot of each transition in its env.
+        critic_obs, next_critic_obs: float32 ``[N, C]`` centralized critic inputs at ``obs`` / ``next_obs``, or
+            None (the critics read the observations).
     """
 
     obs: Tensor
@@ -52,6 +57,8 @@ class ReplayBatch:
     action_masks: Tensor | None
     next_action_masks: Tensor | None
     agent_ids: Tensor
+    critic_obs: Tensor | None = None
+    next_critic_obs: Tensor | None = None
 
 
 class ReplayBuffer:
@@ -66,20 +73,24 @@ class ReplayBuffer:
         mask_width: width of legal-action masks (0: no masks).
         gamma: the discount (stored per transition as ``gamma^k``).
         n_step: decisions joined into one transition (1: plain one-step transitions).
+        critic_width: width ``C`` of a centralized critic input stored beside each decision (0: none).
     """
 
     _RING = ("obs", "actions", "rewards", "next_obs", "terminals", "discounts", "action_masks", "next_action_masks",
-             "agent_ids")
+             "agent_ids", "critic_obs", "next_critic_obs")
     _PENDING = ("p_obs", "p_actions", "p_rewards", "p_masks", "pending", "c_obs", "c_actions", "c_rewards", "c_masks",
-                "c_length")
+                "c_length", "p_critic", "c_critic")
 
     def __init__(self, capacity: int, num_rows: int, agents_per_env: int, obs_width: int, obs_dtype: Any,
                  action_shape: tuple[int, ...], action_dtype: Any, mask_width: int, *, gamma: float = 0.99,
-                 n_step: int = 1) -> None:
+                 n_step: int = 1, critic_width: int = 0) -> None:
         if capacity < 1:
             raise ValueError(f"replay capacity must be >= 1, got {capacity}")
         if n_step < 1:
             raise ValueError(f"n_step must be >= 1, got {n_step}")
+        if critic_width < 0:
+            raise ValueError(f"critic_width must be >= 0, got {critic_width}")
+        self.critic_width = critic_width
         self.capacity = capacity
         self.gamma = gamma
         self.n_step = n_step
@@ -95,6 +106,8 @@ class ReplayBuffer:
         self.action_masks = np.zeros((capacity, mask_width), np.bool_) if mask_width else None
         self.next_action_masks = np.zeros((capacity, mask_width), np.bool_) if mask_width else None
         self.agent_ids = np.zeros(capacity, np.int64)
+        self.critic_obs = np.zeros((capacity, critic_width), np.float32) if critic_width else None
+        self.next_critic_obs = np.zeros((capacity, critic_width), np.float32) if critic_width else None
         self.size = 0
         self.position = 0
         self.added = 0  # transitions ever completed
@@ -104,6 +117,7 @@ class ReplayBuffer:
         self.p_rewards = np.zeros(num_rows, np.float32)
         self.p_masks = np.ones((num_rows, mask_width), np.bool_) if mask_width else None
         self.pending = np.zeros(num_rows, np.bool_)
+        self.p_critic = np.zeros((num_rows, critic_width), np.float32) if critic_width else None
         # n_step > 1: each row's last transitions not joined yet (one-step rewards)
         chain = n_step - 1
         self.c_obs = np.zeros((num_rows, chain, obs_width), obs_dtype) if chain else None
@@ -111,14 +125,21 @@ class ReplayBuffer:
         self.c_rewards = np.zeros((num_rows, chain), np.float32) if chain else None
         self.c_masks = np.ones((num_rows, chain, mask_width), np.bool_) if chain and mask_width else None
         self.c_length = np.zeros(num_rows, np.int64) if chain else None
+        self.c_critic = np.zeros((num_rows, chain, critic_width), np.float32) if chain and critic_width else None
 
     @property
     def nbytes(self) -> int:
         """Bytes held by the ring (allocated up front)."""
         return sum(getattr(self, name).nbytes for name in self._RING if getattr(self, name) is not None)
 
-    def act(self, rows: np.ndarray, obs: np.ndarray, actions: np.ndarray, action_masks: np.ndarray | None) -> None:
-        """Record the decisions of ``rows`` (int64 ``[B]``): observations ``[B, flat]``, env actions, masks."""
+    def act(self, rows: np.ndarray, obs: np.ndarray, actions: np.ndarray, action_masks: np.ndarray | None,
+            critic_obs: np.ndarray | None = None) -> None:
+        """Record the decisions of ``rows`` (int64 ``[B]``): observations ``[B, flat]``, env actions, masks, and
+        with ``critic_width`` the critic inputs float32 ``[B, C]`` (required then)."""
+        if self.p_critic is not None:
+            if critic_obs is None:
+                raise ValueError("this replay buffer stores critic inputs: pass critic_obs to act()")
+            self.p_critic[rows] = critic_obs
         self.p_obs[rows] = obs
         self.p_actions[rows] = actions
         self.p_rewards[rows] = 0.0
@@ -128,7 +149,8 @@ class ReplayBuffer:
 
     def finish(self, rows: np.ndarray, rewards: np.ndarray, terminals: np.ndarray, truncations: np.ndarray,
                live: np.ndarray, obs: np.ndarray, action_masks: np.ndarray | None,
-               final_obs: dict[int, np.ndarray]) -> int:
+               final_obs: dict[int, np.ndarray], critic_obs: np.ndarray | None = None,
+               final_critic: dict[int, np.ndarray] | None = None) -> int:
         """Apply an env result to the pending decisions of ``rows``; returns the transitions completed.
 
         Args:
@@ -137,6 +159,9 @@ class ReplayBuffer:
                 ``[B, W]`` or None.
             final_obs: for each position ``k`` of a truncated (not terminated) row with a pending decision, the
                 episode's final observation ``[flat]``.
+            critic_obs: with ``critic_width``: float32 ``[B, C]``, the critic inputs of the result's rows.
+            final_critic: with ``critic_width``: for the positions of ``final_obs``, the critic input at the
+                episode's final step ``[C]``.
         """
         pending = self.pending[rows]
         if not pending.any():
@@ -156,6 +181,18 @@ class ReplayBuffer:
                 except KeyError:
                     raise RuntimeError(f"internal error: row {int(rows[k])} was truncated with a pending decision "
                                        "but no final observation was given") from None
+        next_critic = None
+        if self.critic_width:
+            if critic_obs is None:
+                raise ValueError("this replay buffer stores critic inputs: pass critic_obs to finish()")
+            next_critic = np.array(critic_obs[picks], copy=True)
+            for j, k in enumerate(picks):
+                if truncations[k] and not terminals[k]:
+                    try:
+                        next_critic[j] = (final_critic or {})[int(k)]
+                    except KeyError:
+                        raise RuntimeError(f"internal error: row {int(rows[k])} was truncated with a pending "
+                                           "decision but no final critic input was given") from None
         next_masks = None
         if self.mask_width:
             next_masks = np.ones((len(picks), self.mask_width), np.bool_)
@@ -167,15 +204,18 @@ class ReplayBuffer:
         if self.n_step == 1:
             self._add(self.p_obs[done_rows], self.p_actions[done_rows], self.p_rewards[done_rows], next_obs,
                       terminals[picks], np.full(len(picks), self.gamma, np.float32),
-                      None if self.p_masks is None else self.p_masks[done_rows], next_masks, done_rows)
+                      None if self.p_masks is None else self.p_masks[done_rows], next_masks, done_rows,
+                      None if self.p_critic is None else self.p_critic[done_rows], next_critic)
         else:
             for j, row in enumerate(done_rows):
                 self._join(int(row), next_obs[j], bool(terminals[picks[j]]), bool(ended[picks[j]]),
-                           None if next_masks is None else next_masks[j])
+                           None if next_masks is None else next_masks[j],
+                           None if next_critic is None else next_critic[j])
         self.pending[done_rows] = False
         return len(picks)
 
-    def _join(self, row: int, next_obs: np.ndarray, terminal: bool, ended: bool, next_mask: np.ndarray | None) -> None:
+    def _join(self, row: int, next_obs: np.ndarray, terminal: bool, ended: bool, next_mask: np.ndarray | None,
+              next_critic: np.ndarray | None = None) -> None:
         """n-step: append ``row``'s completed decision to its chain; store the joined transitions that are due
         (the oldest once ``n_step`` decisions are joined; all of them when the episode ended)."""
         length = int(self.c_length[row])
@@ -185,6 +225,9 @@ class ReplayBuffer:
         masks = None
         if self.c_masks is not None:
             masks = np.concatenate([self.c_masks[row, :length], self.p_masks[row][None]])
+        critic = None
+        if self.c_critic is not None:
+            critic = np.concatenate([self.c_critic[row, :length], self.p_critic[row][None]])
         count = length + 1
         due = count if ended else count - self.n_step + 1  # how many of the oldest transitions to store
         if due > 0:
@@ -193,7 +236,9 @@ class ReplayBuffer:
             discounts = (self.gamma ** (count - np.arange(due))).astype(np.float32)
             self._add(obs[:due], actions[:due], joined, np.repeat(next_obs[None], due, 0),
                       np.full(due, terminal, np.float32), discounts, None if masks is None else masks[:due],
-                      None if next_mask is None else np.repeat(next_mask[None], due, 0), np.full(due, row))
+                      None if next_mask is None else np.repeat(next_mask[None], due, 0), np.full(due, row),
+                      None if critic is None else critic[:due],
+                      None if next_critic is None else np.repeat(next_critic[None], due, 0))
         keep = 0 if ended else count - max(due, 0)
         start = count - keep
         self.c_obs[row, :keep] = obs[start:]
@@ -201,11 +246,13 @@ class ReplayBuffer:
         self.c_rewards[row, :keep] = rewards[start:]
         if self.c_masks is not None:
             self.c_masks[row, :keep] = masks[start:]
+        if self.c_critic is not None:
+            self.c_critic[row, :keep] = critic[start:]
         self.c_length[row] = keep
 
     def _add(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, next_obs: np.ndarray,
              terminals: np.ndarray, discounts: np.ndarray, masks: np.ndarray | None, next_masks: np.ndarray | None,
-             rows: np.ndarray) -> None:
+             rows: np.ndarray, critic: np.ndarray | None = None, next_critic: np.ndarray | None = None) -> None:
         n = len(rows)
         if n > self.capacity:  # only the newest fit
             keep = slice(n - self.capacity, n)
@@ -213,6 +260,8 @@ class ReplayBuffer:
             terminals, discounts, rows = terminals[keep], discounts[keep], rows[keep]
             masks = None if masks is None else masks[keep]
             next_masks = None if next_masks is None else next_masks[keep]
+            critic = None if critic is None else critic[keep]
+            next_critic = None if next_critic is None else next_critic[keep]
             n = self.capacity
         index = (self.position + np.arange(n)) % self.capacity
         self.obs[index] = obs
@@ -224,6 +273,9 @@ class ReplayBuffer:
         if self.action_masks is not None:
             self.action_masks[index] = masks
             self.next_action_masks[index] = next_masks
+        if self.critic_obs is not None:
+            self.critic_obs[index] = critic
+            self.next_critic_obs[index] = next_critic
         self.agent_ids[index] = rows % self.agents_per_env
         self.position = int((self.position + n) % self.capacity)
         self.size = min(self.size + n, self.capacity)
@@ -242,7 +294,8 @@ class ReplayBuffer:
 
         return ReplayBatch(take(self.obs), take(self.actions), take(self.rewards), take(self.next_obs),
                            take(self.terminals), take(self.discounts), take(self.action_masks),
-                           take(self.next_action_masks), take(self.agent_ids))
+                           take(self.next_action_masks), take(self.agent_ids), take(self.critic_obs),
+                           take(self.next_critic_obs))
 
     # ---- checkpoints --------------------------------------------------------------------------------------
 
@@ -252,7 +305,7 @@ class ReplayBuffer:
 
     def load_carry_state(self, state: dict[str, Any]) -> None:
         for name in self._PENDING:
-            if state[name] is not None:
+            if state.get(name) is not None:
                 getattr(self, name)[...] = state[name]
 
     def state_dict(self) -> dict[str, Any]:
@@ -270,5 +323,8 @@ class ReplayBuffer:
         size = int(state["size"])
         for name in self._RING:
             if getattr(self, name) is not None:
+                if state.get(name) is None:
+                    raise ValueError(f"the saved replay buffer holds no {name!r}: it was saved by a run with another "
+                                     "critic input")
                 getattr(self, name)[:size] = state[name]
         self.size, self.position, self.added = size, int(state["position"]), int(state["added"])

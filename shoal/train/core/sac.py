@@ -3,7 +3,9 @@
     optimizers = SACOptimizers.for_policy(policy, learning_rate=3e-4)
     stats = sac_update(policy, optimizers, replay.sample(256, generator, device), tau=0.005, target_entropy=-1.0)
 
-Per minibatch, in this order (Haarnoja et al., 2018, with the temperature tuned as in their follow-up):
+The critics read the batch's centralized inputs (``critic_obs``, ``next_critic_obs``) when the policy has
+centralized critics, else the actor's features of ``obs`` / ``next_obs``. Per minibatch, in this order (Haarnoja
+et al., 2018, with the temperature tuned as in their follow-up):
 
 1. critics: ``y = r + discount * (1 - terminal) * (min_i Q'_i(s', a') - alpha * log pi(a'|s'))`` with
    ``a' ~ pi(s')`` (Discrete: the expectation over ``pi(.|s')`` exactly) and ``discount`` the transition's
@@ -24,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from shoal.errors import APIUsageError
 from shoal.policies.sac import SACPolicy
 from shoal.train.core.replay import ReplayBatch
 
@@ -98,8 +101,17 @@ def sac_update(policy: SACPolicy, optimizers: SACOptimizers, batch: ReplayBatch,
     Returns detached scalar tensors (``q_loss``, ``actor_loss``, ``alpha``, ``entropy``, ``q_mean``): the caller
     averages them over many steps before reading them, so no step waits on a ``.item()``.
     """
+    if (batch.critic_obs is None) != (policy.critic_input_size == 0):
+        raise APIUsageError(
+            f"the policy's critics read {policy.critic_input_size or 'no'} centralized inputs per row but the batch "
+            f"holds {'none' if batch.critic_obs is None else batch.critic_obs.shape[-1]}: sample it from a "
+            "ReplayBuffer whose critic_width is the policy's critic_input_size"
+        )
     features = policy.features(batch.obs, batch.agent_ids)
     next_features = policy.features(batch.next_obs, batch.agent_ids)
+    # a centralized critic reads the stored critic inputs; the actor always reads its own observation
+    critic_in = features if batch.critic_obs is None else batch.critic_obs
+    next_critic_in = next_features if batch.next_critic_obs is None else batch.next_critic_obs
     alpha = policy.log_alpha.detach().exp()
     not_done = 1.0 - batch.terminals
     continuous = policy.kind == "continuous"
@@ -108,18 +120,18 @@ def sac_update(policy: SACPolicy, optimizers: SACOptimizers, batch: ReplayBatch,
     with torch.no_grad():
         if continuous:
             next_action, next_log_prob = policy.squashed_sample(next_features)
-            next_q = policy.q_values(next_features, next_action, target=True).min(0).values
+            next_q = policy.q_values(next_critic_in, next_action, target=True).min(0).values
             next_value = next_q - alpha * next_log_prob
         else:
             next_probs, next_log_probs = _policy(policy.logits(next_features, batch.next_action_masks))
-            next_q = policy.q_values(next_features, target=True).min(0).values
+            next_q = policy.q_values(next_critic_in, target=True).min(0).values
             next_value = (next_probs * (next_q - alpha * next_log_probs)).sum(-1)
         target = batch.rewards + batch.discounts * not_done * next_value
     if continuous:
-        q = policy.q_values(features, policy.to_unit_range(batch.actions))
+        q = policy.q_values(critic_in, policy.to_unit_range(batch.actions))
     else:
         index = batch.actions.long().reshape(1, -1, 1).expand(2, -1, 1)
-        q = policy.q_values(features).gather(-1, index).squeeze(-1)
+        q = policy.q_values(critic_in).gather(-1, index).squeeze(-1)
     q_loss = 0.5 * (q - target).pow(2).mean(-1).sum()
     optimizers.critic.zero_grad(set_to_none=True)
     q_loss.backward()
@@ -128,12 +140,12 @@ def sac_update(policy: SACPolicy, optimizers: SACOptimizers, batch: ReplayBatch,
     # 2. actor (the critics' weights frozen: no gradient is computed for them)
     if continuous:
         action, log_prob = policy.squashed_sample(features)
-        q_pi = policy.q_values(features, action, frozen=True).min(0).values
+        q_pi = policy.q_values(critic_in, action, frozen=True).min(0).values
         actor_loss = (alpha * log_prob - q_pi).mean()
         entropy = -log_prob.detach()
     else:
         probs, log_probs = _policy(policy.logits(features, batch.action_masks))
-        q_pi = policy.q_values(features, frozen=True).min(0).values
+        q_pi = policy.q_values(critic_in, frozen=True).min(0).values
         actor_loss = (probs * (alpha * log_probs - q_pi)).sum(-1).mean()
         entropy = -(probs * log_probs).sum(-1).detach()
     # 3. temperature (its loss reads only log_alpha: one backward pass and one step with the actor's)

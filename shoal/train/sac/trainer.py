@@ -17,6 +17,17 @@ evaluation, the command line):
 With an asynchronous backend the actions of a step are sent before its gradient steps run, so the envs step
 while the learner works. Multi-agent envs train one parameter-shared policy over every agent slot (with
 ``agent_ids``, a one-hot slot id tells slots apart).
+
+Centralized critics (``critic_input`` set: ``"auto"``, ``"state"`` or ``"concat"``, as for MAPPO; unset, the
+critics are decentralized): the twin critics and their targets read MAPPO's centralized input of the slot
+(:mod:`shoal.train.core.centralized`: the env's ``state()`` or every slot of the env, plus the slot's own
+observation, slot and type) together with the slot's *own* action; the actor still reads only its observation.
+Own action rather than every agent's: a joint-action critic's target needs the other agents' next actions drawn
+from the current policy at their next observations, which exist only when every slot decides at the same steps
+(not in turn-based games, nor once an agent is gone); with its own action each live slot stays one transition,
+and the other agents' behaviour is part of what the critic averages over. The replay stores each transition's
+critic input and the next one (at the episode's final step when truncated); their memory is in the printed
+replay size and bounded by ``critic_memory_limit``.
 """
 
 from __future__ import annotations
@@ -37,12 +48,14 @@ from shoal.errors import APIUsageError
 from shoal.interrupts import deferred_signals
 from shoal.policies.sac import SACPolicy
 from shoal.train.config import TrainConfig
+from shoal.train.core.centralized import CentralizedInputs, centralized_env
 from shoal.train.core.ppo import SINGLE_LEARNER
 from shoal.train.core.replay import ReplayBuffer
 from shoal.train.core.sac import SACOptimizers, sac_update
 from shoal.train.loop.env_result import Carry
 from shoal.train.loop.trainer import Trainer
 from shoal.train.runs.logger import LogRecord
+from shoal.train.runs.resolve import resolve_env
 
 __all__ = ["SACTrainer"]
 
@@ -51,6 +64,7 @@ log = logging.getLogger(__name__)
 #: Refuse a replay buffer larger than this fraction of the machine's memory (numpy reserves it lazily, so an
 #: oversized buffer would otherwise fail hours later, when it fills).
 _MAX_MEMORY_FRACTION = 0.8
+_GIB = 2**30
 
 
 def _physical_memory() -> int | None:
@@ -64,10 +78,20 @@ class SACTrainer(Trainer):
     """Soft actor-critic (Box or Discrete actions; single-agent, or parameter-shared over agent slots).
 
     Args:
-        config: the configuration (``algo="sac"``).
+        config: the configuration (``algo="sac"``); ``critic_input`` set gives the critics a centralized input
+            (PettingZoo envs only).
         env_fn: env constructor, as for :class:`~shoal.train.loop.trainer.Trainer`.
-        policy: a :class:`~shoal.policies.sac.SACPolicy` (default: built from the env and the config).
+        policy: a :class:`~shoal.policies.sac.SACPolicy` (default: built from the env and the config; with
+            ``critic_input``, built with ``critic_input_size=`` the width of :attr:`central`).
         callbacks: called with every :class:`~shoal.train.runs.logger.LogRecord`.
+
+    Attributes:
+        critic_mode: ``"state"``, ``"concat"`` (centralized critics) or ``"local"``.
+        central: the :class:`~shoal.train.core.centralized.CentralizedInputs` builder, or None (``"local"``).
+
+    Raises:
+        APIUsageError: ``critic_input`` for an env that is not a PettingZoo env (a single agent has no other agents
+            to centralize over), or ``"state"`` for an env without a usable ``state()``.
     """
 
     loss_names = ("q_loss", "actor_loss", "alpha", "entropy", "q_mean", "gradient_steps")
@@ -76,12 +100,45 @@ class SACTrainer(Trainer):
                  policy: nn.Module | None = None, callbacks: Sequence[Callable[[LogRecord], None]] = ()) -> None:
         if config.algo != "sac":
             raise APIUsageError(f"SACTrainer trains algo='sac', got algo={config.algo!r}")
+        self.critic_mode = "local"
+        self.central: CentralizedInputs | None = None
+        resolved = config.resolved()
+        if resolved.critic_input is not None:
+            if env_fn is None:
+                env_fn = resolve_env(resolved.env, resolved.env_kwargs, wrappers=resolved.wrappers)
+            self.critic_mode, self._env_info, env_fn = centralized_env(resolved.critic_input, env_fn, resolved.env,
+                                                                       "SAC")
+            if not self._env_info.possible_agents:
+                raise APIUsageError(
+                    f"critic_input={resolved.critic_input!r} gives SAC's critics an input built from every agent of a "
+                    f"PettingZoo env, but {resolved.env!r} is a single-agent env ({self._env_info.state_note}); "
+                    "leave critic_input unset (drop --critic-input) for a single agent"
+                )
         super().__init__(config, env_fn=env_fn, policy=policy, callbacks=callbacks)
+
+    def _setup(self, policy: nn.Module | None, policy_cls: Any) -> None:
+        vec = self.vecenv
+        if self.critic_mode != "local":
+            self.central = CentralizedInputs(self.critic_mode, self._env_info, vec.obs_layout, vec.num_envs,
+                                             vec.agents_per_env, self.device)
+        width = 0 if self.central is None else self.central.size
+        if policy is not None and isinstance(policy, SACPolicy) and policy.critic_input_size != width:
+            raise APIUsageError(
+                f"SAC feeds the critics rows of {width} floats ({self.describe_critic()}); build the policy with "
+                f"SACPolicy.from_env(vecenv, critic_input_size={width}) (it has "
+                f"critic_input_size={policy.critic_input_size})"
+            )
+        super()._setup(policy, policy_cls)
+
+    def describe_critic(self) -> str:
+        """What the critics read, e.g. ``"centralized, concat: 3 slots"`` or ``"the slot's own observation"``."""
+        return "the slot's own observation" if self.central is None else f"centralized, {self.central.describe()}"
 
     def _default_policy(self, policy_cls: Any, **extra: Any) -> nn.Module:
         cfg = self.config
         return SACPolicy.from_env(self.vecenv, hidden_size=cfg.hidden_size,
                                   num_agent_ids=self.vecenv.agents_per_env if cfg.agent_ids else 0,
+                                  critic_input_size=0 if self.central is None else self.central.size,
                                   init_alpha=cfg.sac_alpha if cfg.sac_alpha is not None else 1.0)
 
     def _setup_learning(self) -> None:
@@ -98,9 +155,18 @@ class SACTrainer(Trainer):
         self.target_entropy = cfg.target_entropy
         layout = vec.action_layout
         mask_width = action_mask_width(layout) if layout.kind == "discrete" else 0
+        critic_width = 0 if self.central is None else self.central.size
+        critic_bytes = 2 * cfg.replay_size * critic_width * 4  # float32, at the decision and at the next one
+        if critic_bytes > cfg.critic_memory_limit * _GIB:
+            raise APIUsageError(
+                f"SAC's critic inputs ({self.describe_critic()}: {critic_width:,} floats, two per transition) take "
+                f"{critic_bytes / _GIB:.2f} GiB in a replay buffer of {cfg.replay_size:,} transitions, more than "
+                f"critic_memory_limit={cfg.critic_memory_limit:g} GiB; lower --replay-size or raise "
+                "--critic-memory-limit"
+            )
         self.buffer = ReplayBuffer(cfg.replay_size, self.num_rows, self.agents_per_env, vec.obs_layout.flat_size,
                                    vec.obs_layout.flat_dtype, tuple(layout.flat_shape), layout.flat_dtype,
-                                   mask_width, gamma=cfg.gamma, n_step=cfg.n_step)
+                                   mask_width, gamma=cfg.gamma, n_step=cfg.n_step, critic_width=critic_width)
         memory, limit = self.buffer.nbytes, _physical_memory()
         # writing a checkpoint with the replay copies the filled ring once more
         peak = memory * (2 if cfg.save_replay else 1)
@@ -112,8 +178,10 @@ class SACTrainer(Trainer):
                 "--replay-size" + (" or pass --no-save-replay" if cfg.save_replay else "")
             )
         row_bytes = vec.obs_layout.flat_size * vec.obs_layout.flat_dtype.itemsize
-        self._replay_summary = (f"replay buffer: {cfg.replay_size:,} transitions of {row_bytes:,}-byte observations, "
-                                f"{memory / 2**20:,.1f} MiB")
+        critic = "" if self.central is None else (f" and {4 * critic_width:,}-byte critic inputs "
+                                                  f"({self.describe_critic()})")
+        self._replay_summary = (f"replay buffer: {cfg.replay_size:,} transitions of {row_bytes:,}-byte observations"
+                                f"{critic}, {memory / 2**20:,.1f} MiB")
         log.info("%s", self._replay_summary)
         self.all_rows = np.arange(self.num_rows, dtype=np.int64)
         self._low = torch.as_tensor(np.asarray(layout.low, np.float32)) if layout.kind == "continuous" else None
@@ -128,6 +196,18 @@ class SACTrainer(Trainer):
 
     def _start_learner(self) -> None:
         """SAC learns in this process, step by step inside :meth:`collect`; there is no separate learner."""
+
+    def critic_inputs(self, carry: Carry, live: np.ndarray | slice) -> Tensor | None:
+        """The centralized critic inputs float32 ``[len(live), C]`` of ``carry``'s rows ``live`` (None for
+        decentralized critics); stored in the replay beside the decisions and as their next inputs."""
+        if self.central is None:
+            return None
+        x = self.central.rows(carry)
+        return x[live] if isinstance(live, slice) else x[torch.from_numpy(np.asarray(live)).to(x.device)]
+
+    def _critic_array(self, carry: Carry, live: np.ndarray | slice) -> np.ndarray | None:
+        x = self.critic_inputs(carry, live)
+        return None if x is None else x.cpu().numpy()
 
     # ---- acting and storage ------------------------------------------------------------------------------------
 
@@ -153,12 +233,13 @@ class SACTrainer(Trainer):
             actions = self.acting.act(carry.obs, rows, masks, action_masks=carry.action_masks).env_actions
         self._record_decisions(carry, masks, actions)
         if masks.all():
-            self.buffer.act(rows, carry.obs, actions, carry.action_masks)
+            self.buffer.act(rows, carry.obs, actions, carry.action_masks, self._critic_array(carry, slice(None)))
             self._acted += len(rows)
         elif masks.any():
             live = np.flatnonzero(masks)
             self.buffer.act(rows[live], carry.obs[live], actions[live],
-                            None if carry.action_masks is None else carry.action_masks[live])
+                            None if carry.action_masks is None else carry.action_masks[live],
+                            self._critic_array(carry, live))
             self._acted += len(live)
         self._times["inference"] += time.perf_counter() - t
         t = time.perf_counter()
@@ -172,12 +253,22 @@ class SACTrainer(Trainer):
         rows, terminals, truncations = carry.rows, carry.terminals, carry.truncations
         ended = terminals | truncations
         final_obs: dict[int, np.ndarray] = {}
+        final_critic: dict[int, np.ndarray] = {}
+        if self.central is not None:
+            self.central.track(carry)  # the global states of this result, before its inputs are built
         if ended.any():
-            for k in np.flatnonzero(truncations & ~terminals & self.buffer.pending[rows]):
+            truncated = np.flatnonzero(truncations & ~terminals & self.buffer.pending[rows])
+            for k in truncated:
                 final_obs[int(k)] = carry.infos[k]["final_observation"]
+            if self.central is not None and len(truncated):
+                finals = self.central.final_rows(carry, truncated).cpu().numpy()
+                final_critic = {int(k): finals[j] for j, k in enumerate(truncated)}
             self._record_episodes(carry, ended, ended)
+        critic = None
+        if self.central is not None and self.buffer.pending[rows].any():
+            critic = self._critic_array(carry, slice(None))
         self.buffer.finish(rows, self._scaled_rewards(carry.rewards), terminals, truncations, carry.masks, carry.obs,
-                           carry.action_masks, final_obs)
+                           carry.action_masks, final_obs, critic, final_critic)
         self._record_results(carry)
         self._times["inference"] += time.perf_counter() - t
 
@@ -254,12 +345,15 @@ class SACTrainer(Trainer):
     def checkpoint_payload(self) -> dict[str, Any]:
         payload = super().checkpoint_payload()
         payload["sac"] = {"replay": self.buffer.state_dict() if self.config.save_replay else None,
-                          "owed": self._owed}
+                          "owed": self._owed,
+                          "central": None if self.central is None else self.central.state_dict()}
         return payload
 
     def _restore_algorithm(self, payload: dict[str, Any]) -> None:
         saved = payload.get("sac") or {}
         self._owed = float(saved.get("owed", 0.0))
+        if self.central is not None and saved.get("central") is not None:
+            self.central.load_state_dict(saved["central"])
         if saved.get("replay") is not None:
             self.buffer.load_state_dict(saved["replay"])
         else:

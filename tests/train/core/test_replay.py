@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
+import pytest
 import torch
 from pettingzoo.classic import tictactoe_v3
 
@@ -165,3 +166,63 @@ def test_n_step_chains_of_interleaved_slots_stay_apart_and_a_truncation_flushes_
     assert np.isclose(buf.rewards[i], 2.0) and np.isclose(buf.discounts[i], gamma) and buf.terminals[i] == 0
     np.testing.assert_array_equal(buf.next_obs[i], [-5, -5, -5])
     assert buf.c_length.tolist() == [1, 0]
+
+
+def _critic_buffer(n_step: int = 1, capacity: int = 50) -> ReplayBuffer:
+    return ReplayBuffer(capacity, 2, 2, 3, np.float32, (), np.int64, 0, gamma=0.5, n_step=n_step, critic_width=4)
+
+
+def test_critic_inputs_ride_with_their_transitions_and_a_truncation_takes_the_final_one() -> None:
+    buf = _critic_buffer()
+    plain = _buffer(capacity=50)
+    assert buf.nbytes - plain.nbytes == 50 * 2 * 4 * 4  # two float32 rows of 4 numbers per transition
+    rows = np.arange(2)
+    critic0 = np.array([[1, 2, 3, 4], [5, 6, 7, 8]], np.float32)
+    buf.act(rows, np.zeros((2, 3), np.float32), np.array([0, 1]), None, critic0)
+    critic1 = critic0 + 100
+    final = np.full(4, -9.0, np.float32)
+    no = np.zeros(2, np.bool_)
+    buf.finish(rows, np.ones(2, np.float32), no, np.array([False, True]), np.ones(2, np.bool_),
+               np.ones((2, 3), np.float32), None, {1: np.full(3, -1.0, np.float32)}, critic1, {1: final})
+    np.testing.assert_array_equal(buf.critic_obs[:2], critic0)
+    np.testing.assert_array_equal(buf.next_critic_obs[0], critic1[0])
+    np.testing.assert_array_equal(buf.next_critic_obs[1], final)
+    batch = buf.sample(16, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert batch.critic_obs.shape == (16, 4) and batch.next_critic_obs.dtype == torch.float32
+    # each sampled row's inputs belong to its own transition (actions 0 and 1 came from rows 0 and 1)
+    for i in range(16):
+        np.testing.assert_array_equal(batch.critic_obs[i].numpy(), critic0[int(batch.actions[i])])
+    plain.act(np.array([0]), np.zeros((1, 3), np.float32), np.array([0]), None)
+    plain.finish(np.array([0]), np.ones(1, np.float32), np.ones(1, np.bool_), np.zeros(1, np.bool_),
+                 np.ones(1, np.bool_), np.zeros((1, 3), np.float32), None, {})
+    assert plain.sample(2, torch.Generator(), torch.device("cpu")).critic_obs is None  # none stored, none sampled
+
+
+def test_n_step_joins_carry_the_first_decisions_critic_input_and_the_last_next_one() -> None:
+    buf = _critic_buffer(n_step=2)
+    row = np.array([0])
+    no, yes = np.zeros(1, np.bool_), np.ones(1, np.bool_)
+    for step in range(3):
+        buf.act(row, np.full((1, 3), step, np.float32), np.array([step]), None, np.full((1, 4), step, np.float32))
+        end = np.array([step == 2])
+        buf.finish(row, np.ones(1, np.float32), end, no, yes, np.full((1, 3), step + 1, np.float32), None, {},
+                   np.full((1, 4), step + 1, np.float32))
+    # transitions from decisions 0 (joined with 1), 1 (joined with 2, terminal) and 2 (flushed at the end)
+    assert buf.size == 3
+    np.testing.assert_array_equal(buf.critic_obs[:3, 0], [0, 1, 2])
+    np.testing.assert_array_equal(buf.next_critic_obs[:3, 0], [2, 3, 3])
+    np.testing.assert_array_equal(buf.next_obs[:3, 0], [2, 3, 3])
+    restored = _critic_buffer(n_step=2)
+    restored.load_state_dict(buf.state_dict())
+    restored.load_carry_state(buf.carry_state())
+    for name in ("critic_obs", "next_critic_obs", "p_critic", "c_critic"):
+        np.testing.assert_array_equal(getattr(restored, name), getattr(buf, name))
+
+
+def test_a_buffer_with_critic_inputs_refuses_decisions_without_them_and_states_without_them() -> None:
+    buf = _critic_buffer()
+    with pytest.raises(ValueError, match="critic_obs"):
+        buf.act(np.arange(2), np.zeros((2, 3), np.float32), np.array([0, 1]), None)
+    plain = ReplayBuffer(50, 2, 2, 3, np.float32, (), np.int64, 0, gamma=0.5)
+    with pytest.raises(ValueError, match="critic_obs"):
+        buf.load_state_dict(plain.state_dict())

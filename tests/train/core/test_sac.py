@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import gymnasium as gym
 import numpy as np
+import pytest
 import torch
 
 from shoal.emulation import ActionLayout, compile_layout
+from shoal.errors import APIUsageError
 from shoal.policies.sac import SACPolicy
 from shoal.train.core.replay import ReplayBatch
 from shoal.train.core.sac import SACOptimizers, discrete_target_entropy, sac_update
@@ -84,3 +87,19 @@ def test_float64_box_actions_update_in_float32() -> None:
                                                                                 discounts=0.99),
                        tau=0.005, target_entropy=None)
     assert torch.isfinite(stats["q_loss"]) and stats["q_loss"].dtype == torch.float32
+
+
+def test_centralized_critics_learn_from_the_batchs_critic_inputs_and_a_mismatch_is_refused() -> None:
+    torch.manual_seed(2)
+    policy = SACPolicy(compile_layout(OBS), ActionLayout(gym.spaces.Box(-1.0, 1.0, (2,))), hidden_size=16,
+                       critic_input_size=7)
+    actions = torch.rand(32, 2) * 2 - 1
+    local = _batch(32, actions, terminals=1.0, discounts=0.99)
+    central = dataclasses.replace(local, critic_obs=torch.randn(32, 7), next_critic_obs=torch.randn(32, 7))
+    with torch.no_grad():  # a terminal transition: the critics regress onto the reward from the critic inputs
+        q = policy.q_values(central.critic_obs, policy.to_unit_range(actions))
+        expected = 0.5 * (q - central.rewards).pow(2).mean(-1).sum()
+    stats = sac_update(policy, SACOptimizers.for_policy(policy, 1e-3), central, tau=0.005, target_entropy=None)
+    torch.testing.assert_close(stats["q_loss"], expected)
+    with pytest.raises(APIUsageError, match="critic_input_size"):
+        sac_update(policy, SACOptimizers.for_policy(policy, 1e-3), local, tau=0.005, target_entropy=None)

@@ -85,8 +85,8 @@ def test_multiwalker_trains_through_walkers_falling(
                       horizon=50, minibatch_size=150, **SMALL)
     trainer = MAPPOTrainer(cfg)
     assert trainer.critic_mode == "state"  # "auto": its 75-number state()
-    monkeypatch.setattr("shoal.train.mappo.trainer._STATE_WARNED", set())
-    with caplog.at_level(logging.WARNING, "shoal.train.mappo.trainer"):
+    monkeypatch.setattr("shoal.train.core.centralized._STATE_WARNED", set())
+    with caplog.at_level(logging.WARNING, "shoal.train.core.centralized"):
         stats = _train(trainer, 4)
     warned = [r for r in caplog.records if "state() failed once its agents were gone" in r.getMessage()]
     assert len(warned) == 1  # once, not once per env copy

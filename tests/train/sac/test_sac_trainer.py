@@ -1,5 +1,6 @@
 """SAC on the shared training loop: it learns (Box and Discrete actions), resumes exactly, trains agent slots of
-PettingZoo games, and refuses what it cannot train with a message that says what to do."""
+PettingZoo games (with decentralized or centralized critics), and refuses what it cannot train with a message that
+says what to do."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from shoal.cli import main
 from shoal.errors import APIUsageError
 from shoal.policies.sac import SACPolicy
 from shoal.train import TrainConfig, make_trainer, train
+from shoal.train.core.centralized import agent_summary, critic_input_size, summary_size
 
 FAST = dict(tensorboard=False, log_interval=60.0, trace_actor=False)
 
@@ -172,3 +174,72 @@ def test_a_run_resumed_without_its_replay_refills_before_learning(tmp_path: obje
           callbacks=[lambda record: steps.append(record.scalars.get("losses/gradient_steps", 0.0))])
     # the first updates after the resume refill the buffer (60 transitions, less the one pending) without learning
     assert steps[:5] == [0.0] * 5 and sum(steps) > 0
+
+
+def _spread() -> object:
+    return simple_spread_v3.parallel_env(N=3, max_cycles=25, continuous_actions=True)
+
+
+@pytest.mark.parametrize(("critic_input", "mode"), [("concat", "concat"), ("state", "state"), ("auto", "state")])
+def test_centralized_critics_train_on_simple_spread_and_each_transition_keeps_its_inputs(critic_input: str,
+                                                                                         mode: str) -> None:
+    trainer = make_trainer(TrainConfig(algo="sac", total_steps=600, learning_starts=150, hidden_size=32, num_envs=2,
+                                       horizon=10, agent_ids=True, critic_input=critic_input, replay_size=5000,
+                                       **FAST), env_fn=_spread)
+    try:
+        trainer.train()
+        layout, central, buf = trainer.vecenv.obs_layout, trainer.central, trainer.buffer
+    finally:
+        trainer.close()
+    assert trainer.critic_mode == mode and central is not None  # "auto": simple_spread's 54-number state()
+    assert trainer.policy.critic_input_size == central.size == critic_input_size(layout, 3, 1, central.state_size)
+    assert trainer.last_stats["gradient_steps"] > 0 and np.isfinite(trainer.last_stats["q_loss"])
+    assert any("critic inputs (centralized" in line for line in trainer.describe())
+    # every step stores the 6 rows (2 envs x 3 agents) in order: transition s * 6 + row
+    n = buf.size
+    assert n == 600
+    critic, next_critic = buf.critic_obs[:n], buf.next_critic_obs[:n]
+    f = summary_size(layout)
+    own = slice(central.size - f - 4, central.size - 4)  # [global | own features | slot one-hot (3) | type (1)]
+    for stored, obs in ((critic, buf.obs[:n]), (next_critic, buf.next_obs[:n])):
+        expected = agent_summary(layout, torch.from_numpy(obs)).numpy()
+        np.testing.assert_allclose(stored[:, own], expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(critic[:, -4:-1].argmax(1), buf.agent_ids[:n])
+    joint = critic[:, : central.size - f - 4].reshape(-1, 2, 3, central.size - f - 4)
+    assert np.array_equal(joint[:, :, 0], joint[:, :, 1]) and np.array_equal(joint[:, :, 0], joint[:, :, 2])
+    # within an episode (25 steps, then truncated) a transition's next input is the next decision's input
+    steps = np.arange(n // 6 - 1)
+    going_on = steps[(steps + 1) % 25 != 0]
+    later = (going_on[:, None] * 6 + np.arange(6)).reshape(-1)
+    np.testing.assert_array_equal(next_critic[later], critic[later + 6])
+
+
+@pytest.mark.parametrize(("env", "critic_input"), [("squad", "concat"), ("coordination", "state")])
+def test_a_resumed_run_with_centralized_critics_continues_exactly(tmp_path: object, env: str,
+                                                                   critic_input: str) -> None:
+    # built-in PettingZoo envs whose copies can be snapshotted (mpe2's hold a pygame surface): squad's agents die
+    # mid-episode (masked slots), coordination's global state is tracked across the checkpoint
+    common = dict(env=env, algo="sac", critic_input=critic_input, learning_starts=60, hidden_size=16, horizon=10,
+                  num_envs=2, agent_ids=True, checkpoint_interval=1, seed=5, **FAST)
+    straight = train(TrainConfig(total_steps=400, **common))
+    run_dir = str(tmp_path / "run")  # type: ignore[operator]
+    train(TrainConfig(total_steps=200, run_dir=run_dir, **common))
+    resumed = train(TrainConfig(total_steps=400, run_dir=run_dir, resume=True, **common))
+    assert resumed.exact_resume and resumed.global_step == straight.global_step
+    assert resumed.policy.critic_input_size > 0
+    a, b = _weights(straight.policy), _weights(resumed.policy)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ"
+
+
+def test_centralized_critics_need_a_pettingzoo_env_and_fit_the_memory_limit() -> None:
+    with pytest.raises(APIUsageError, match=r"single-agent env.*drop --critic-input"):
+        make_trainer(TrainConfig(env="Pendulum-v1", algo="sac", critic_input="concat", **FAST))
+    with pytest.raises(APIUsageError, match=r"critic_memory_limit=0\.0001 GiB; lower --replay-size"):
+        make_trainer(TrainConfig(algo="sac", critic_input="concat", replay_size=10_000, critic_memory_limit=1e-4,
+                                 **FAST), env_fn=_spread)
+    # unset, SAC's critics stay decentralized on the same env
+    trainer = make_trainer(TrainConfig(algo="sac", replay_size=1000, **FAST), env_fn=_spread)
+    try:
+        assert trainer.central is None and trainer.policy.critic_input_size == 0 and trainer.buffer.critic_obs is None
+    finally:
+        trainer.close()
