@@ -57,5 +57,14 @@ class DTTrainer(OfflineTrainer):
         self.optimizer = optim.AdamW(self.policy.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps,
                                      weight_decay=1e-4)
 
+    def describe(self) -> list[str]:
+        policy, cfg = self.policy, self.config
+        if not isinstance(policy, DecisionTransformer):
+            return super().describe()
+        target = "none: give --target-return to evaluate" if policy.target_return is None else (
+            f"{policy.target_return:g} ({'--target-return' if cfg.target_return is not None else 'the best episode'})")
+        return [*super().describe(), f"decision transformer: {policy.context_length} steps of context, target return "
+                f"{target}, returns-to-go divided by {policy.return_scale:g}"]
+
     def gradient_step(self, batch: Windows) -> dict[str, Tensor]:
         return dt_update(self.policy, self.optimizer, batch, self.config.max_grad_norm)

@@ -78,6 +78,8 @@ def test_a_given_target_return_is_what_the_model_keeps_and_other_policies_are_re
     try:
         assert trainer.policy.target_return == 120.0 and trainer.policy.return_scale == 50.0
         assert trainer.acting.context.target_return == 120.0
+        assert trainer.describe()[-1] == ("decision transformer: 5 steps of context, target return 120 "
+                                          "(--target-return), returns-to-go divided by 50")
     finally:
         trainer.close()
     policy = Policy.from_env(type("Env", (), {"obs_layout": mixed.obs_layout, "action_layout": mixed.action_layout}))
