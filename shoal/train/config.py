@@ -89,8 +89,8 @@ ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
             "ent_coef": 0.0, "hidden_size": 256, "agent_ids": False, "anneal_lr": False, "gamma": 0.99,
             "gae_lambda": 0.95, "critic_input": None},
     # The Decision Transformer: minibatch_size counts windows of context_length steps; hidden_size is the width
-    # of its tokens. A transformer step costs far more than an MLP's (about 0.1 s on one CPU core with these), so
-    # an update is 100 of them; gamma and gae_lambda are unused (returns-to-go are undiscounted).
+    # of its tokens. A transformer step costs far more than an MLP's (0.1 to 0.3 s on one CPU core with these),
+    # so an update is 100 of them; gamma and gae_lambda are unused (returns-to-go are undiscounted).
     "dt": {"num_envs": 8, "horizon": 100, "learning_rate": 1e-3, "update_epochs": 1, "minibatch_size": 64,
            "ent_coef": 0.0, "hidden_size": 64, "agent_ids": False, "anneal_lr": False, "gamma": 0.99,
            "gae_lambda": 0.95, "critic_input": None},
