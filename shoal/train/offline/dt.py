@@ -47,13 +47,17 @@ class DTTrainer(OfflineTrainer):
             target_return=cfg.target_return if cfg.target_return is not None else best,
         )
 
-    def setup_algorithm(self) -> None:
+    def make_sampler(self) -> WindowSampler:
+        """Windows of the policy's context length (the first part of the setup to need the policy: it is checked
+        here)."""
         if not isinstance(self.policy, DecisionTransformer):
             raise APIUsageError(f"algo='dt' trains a shoal.policies.decision_transformer.DecisionTransformer, got "
                                 f"{type(self.policy).__name__}; leave policy=None or build it with "
                                 "DecisionTransformer.from_env(vecenv)")
+        return WindowSampler(self.dataset, self.policy.context_length, self.device)
+
+    def setup_algorithm(self) -> None:
         cfg = self.config
-        self.sampler = WindowSampler(self.dataset, self.policy.context_length, self.device)
         self.optimizer = optim.AdamW(self.policy.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps,
                                      weight_decay=1e-4)
 
