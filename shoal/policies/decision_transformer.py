@@ -36,7 +36,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -44,7 +43,7 @@ from shoal.emulation.actions import ActionLayout
 from shoal.emulation.base import action_mask_width
 from shoal.emulation.layout import Layout, compile_layout
 from shoal.errors import APIUsageError, SpaceError
-from shoal.policies.distributions import masked_logits
+from shoal.policies.distributions import masked_logits, register_squash_bounds
 from shoal.policies.encoders import ObservationEncoder
 from shoal.policies.policy import env_layouts
 from shoal.policies.unflatten import torch_dtype
@@ -134,18 +133,8 @@ class DecisionTransformer(nn.Module):
             self.embed_action: nn.Module = nn.Embedding(self.num_actions, embed_dim)
             self.head = nn.Linear(embed_dim, self.num_actions)
         else:
-            low = np.asarray(self.action_layout.low, np.float64)
-            high = np.asarray(self.action_layout.high, np.float64)
-            if not (np.isfinite(low).all() and np.isfinite(high).all() and (high > low).all()):
-                raise APIUsageError(
-                    f"the Decision Transformer squashes Box actions into their bounds, but "
-                    f"{self.action_layout.space} has infinite or empty bounds; wrap the env with "
-                    "gymnasium.wrappers.RescaleAction (or ClipAction to a finite range) first"
-                )
+            register_squash_bounds(self, self.action_layout, "the Decision Transformer")
             self.num_actions = int(self.action_layout.num_continuous)
-            self.register_buffer("center", torch.as_tensor((low + high) / 2, dtype=torch.float32), persistent=False)
-            self.register_buffer("half_range", torch.as_tensor((high - low) / 2, dtype=torch.float32),
-                                 persistent=False)
             self.embed_action = nn.Linear(self.num_actions, embed_dim)
             self.head = nn.Linear(embed_dim, self.num_actions)
         self.embed_norm = nn.LayerNorm(embed_dim)

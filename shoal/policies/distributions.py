@@ -20,9 +20,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
+import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from shoal.errors import APIUsageError
 
 __all__ = [
     "ActionDistribution",
@@ -31,9 +35,29 @@ __all__ = [
     "MaskedCategorical",
     "MultiCategorical",
     "masked_logits",
+    "register_squash_bounds",
 ]
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def register_squash_bounds(module: nn.Module, action_layout: Any, who: str) -> None:
+    """Give ``module`` the float32 buffers ``center`` and ``half_range`` ``[num_continuous]`` of the continuous
+    entries' bounds of ``action_layout`` (an :class:`~shoal.emulation.actions.ActionLayout`), for a policy (``who``)
+    that squashes actions into them with ``tanh``.
+
+    Raises:
+        APIUsageError: an infinite or empty bound, saying how to make the bounds finite.
+    """
+    low = np.asarray(action_layout.low, np.float64)
+    high = np.asarray(action_layout.high, np.float64)
+    if not (np.isfinite(low).all() and np.isfinite(high).all() and (high > low).all()):
+        raise APIUsageError(
+            f"{who} squashes Box actions into their bounds, but {action_layout.space} has infinite or empty bounds; "
+            "wrap the env with gymnasium.wrappers.RescaleAction (or ClipAction to a finite range) first"
+        )
+    module.register_buffer("center", torch.as_tensor((low + high) / 2, dtype=torch.float32), persistent=False)
+    module.register_buffer("half_range", torch.as_tensor((high - low) / 2, dtype=torch.float32), persistent=False)
 
 
 def masked_logits(logits: Tensor, mask: Tensor | None, valid: Tensor | None = None) -> Tensor:

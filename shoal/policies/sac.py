@@ -27,7 +27,6 @@ import itertools
 import math
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -36,7 +35,7 @@ from shoal.emulation.actions import ActionLayout
 from shoal.emulation.base import action_mask_width
 from shoal.emulation.layout import Layout, compile_layout
 from shoal.errors import APIUsageError
-from shoal.policies.distributions import masked_logits
+from shoal.policies.distributions import masked_logits, register_squash_bounds
 from shoal.policies.encoders import encoder_kind
 from shoal.policies.policy import PolicyOutput, env_layouts, float_features
 from shoal.policies.unflatten import torch_dtype
@@ -145,18 +144,8 @@ class SACPolicy(nn.Module):
         self.feature_size = int(float_features(self.obs_layout, zero, scaled=True).shape[-1]) + num_agent_ids
         critic_features = critic_input_size or self.feature_size
         if kind == "continuous":
-            low = np.asarray(self.action_layout.low, np.float64)
-            high = np.asarray(self.action_layout.high, np.float64)
-            if not (np.isfinite(low).all() and np.isfinite(high).all() and (high > low).all()):
-                raise APIUsageError(
-                    f"SAC squashes actions into the Box's bounds, but {self.action_layout.space} has infinite or "
-                    "empty bounds; wrap the env with gymnasium.wrappers.RescaleAction (or ClipAction to a finite "
-                    "range) first"
-                )
+            register_squash_bounds(self, self.action_layout, "SAC")
             self.action_size = int(self.action_layout.num_continuous)
-            self.register_buffer("center", torch.as_tensor((low + high) / 2, dtype=torch.float32), persistent=False)
-            self.register_buffer("half_range", torch.as_tensor((high - low) / 2, dtype=torch.float32),
-                                 persistent=False)
             self.actor_net = _mlp(self.feature_size, hidden_size, num_layers, 2 * self.action_size)
             self.critic = TwinCritic(critic_features + self.action_size, hidden_size, num_layers, 1)
         else:

@@ -4,7 +4,6 @@ extended only by the rows that act."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
 
 import gymnasium as gym
 import numpy as np
@@ -22,12 +21,6 @@ from shoal.train.acting import RowActor
 CARTPOLE = functools.partial(gym.make, "CartPole-v1", max_episode_steps=200)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def transformer(vec: vector.VecEnv, target_return: float | None = 50.0) -> DecisionTransformer:

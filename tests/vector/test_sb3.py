@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import gymnasium as gym
@@ -43,15 +42,6 @@ def spread() -> Any:
 
 def pendulum() -> gym.Env:
     return gym.make("Pendulum-v1")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # torch's threads would compete with the multiprocessing workers for the same cores (see shoal.vector.sb3)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # ---- the API ---------------------------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ return it is asked for."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
 
 import gymnasium as gym
 import numpy as np
@@ -17,15 +16,6 @@ from shoal.policies.decision_transformer import DecisionTransformer
 from shoal.train import evaluate
 from shoal.train.core.dt import WindowSampler, conditioning_defaults, dt_loss, dt_update
 from tests.train.offline.recorded import mixed_cartpole
-
-
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 #: CartPole with the time limit of the recorded episodes
 CARTPOLE = functools.partial(gym.make, "CartPole-v1", max_episode_steps=200)

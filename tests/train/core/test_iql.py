@@ -4,8 +4,6 @@ cloning stays at the behaviour's average)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -37,16 +35,6 @@ def _one_step_data(n: int, generator: torch.Generator) -> TransitionBatch:
     return TransitionBatch(obs, actions, rewards, torch.ones(n), obs, None, None, None)
 
 
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """One torch thread, as training runs (``torch_threads=1``): small networks are fastest so."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.mark.usefixtures("one_thread")
 def test_on_uniform_actions_iql_acts_near_the_best_one_where_bc_takes_the_average() -> None:
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)

@@ -4,7 +4,6 @@ saved (the dataset's best) or at one given; exact resume; a policy other than th
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +23,6 @@ SMALL = dict(env="CartPole-v1", env_kwargs={"max_episode_steps": 200}, algo="dt"
              dt_layers=1, learning_rate=3e-3, num_envs=4, tensorboard=False, log_interval=60.0)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
-"""Policy tests use tiny tensors: run torch single-threaded so they stay fast on a shared 2-core machine (idle
-OpenMP threads spin while another process holds a core, making small LAPACK/BLAS calls ~40x slower)."""
+"""Tests use tiny tensors: run torch single-threaded so they stay fast on a shared 2-core machine (idle OpenMP
+threads spin while another process holds a core, making small LAPACK/BLAS calls ~40x slower), and so torch's
+threads do not compete with the multiprocessing backend's workers."""
 
 from __future__ import annotations
 
