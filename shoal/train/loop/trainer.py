@@ -215,6 +215,7 @@ class Trainer(CheckpointMixin):
         self.recorder: EpisodeRecorder | None = None
         self.dataset_path: Path | None = None
         if cfg.record_dataset is not None:
+            self._check_resumed_dataset_path()
             check_output_path(cfg.record_dataset, cfg.overwrite)  # now, not after the whole run
             self.recorder = EpisodeRecorder(vec.obs_layout, vec.action_layout, self.num_rows, self.agents_per_env)
 
@@ -271,6 +272,25 @@ class Trainer(CheckpointMixin):
         Data-parallel learners offset it per rank (:class:`shoal.train.loop.distributed_trainer.DistributedTrainer`).
         """
         return self.config.seed
+
+    def _check_resumed_dataset_path(self) -> None:
+        """``record_dataset`` on resume: refuse the path the run's first part was written to, even with
+        ``overwrite`` (replacing it would lose the decisions recorded before the resume point)."""
+        cfg = self.config
+        if self._resume_from is None or self.run_dir is None or cfg.record_dataset is None:
+            return
+        config_file = self.run_dir / "config.json"  # the run's original config (kept on resume)
+        if not config_file.is_file():
+            return
+        earlier = TrainConfig.load(config_file).record_dataset
+        if earlier is None or not Path(earlier).exists():
+            return
+        if Path(earlier).resolve() == Path(cfg.record_dataset).resolve():
+            raise APIUsageError(
+                f"record_dataset={cfg.record_dataset!r} holds the dataset this run recorded before the resume "
+                "point; give the resumed run a new path (--record-dataset NEW_PATH): it records from the resume "
+                "point on, and both parts can be loaded and trained on"
+            )
 
     def _find_resume_checkpoint(self) -> Path | None:
         assert self.run_dir is not None
