@@ -134,10 +134,10 @@ def _dataset_id(path: Path, given: str | None) -> str:
 
 
 def _env_spec(metadata: dict[str, Any]) -> Any:
-    """The Gymnasium spec of the dataset's env when it is a registered id made without extra keywords (so
-    ``MinariDataset.recover_environment`` rebuilds it), else None."""
+    """The Gymnasium spec of the dataset's env when it is a registered id made without extra keywords or wrappers
+    (so ``MinariDataset.recover_environment`` rebuilds it), else None (a bare spec would name another env)."""
     env = metadata.get("env")
-    if not isinstance(env, str) or metadata.get("env_kwargs"):
+    if not isinstance(env, str) or metadata.get("env_kwargs") or metadata.get("wrappers"):
         return None
     import gymnasium
 

@@ -150,7 +150,8 @@ def record_dataset(
         device: where a policy runs.
 
     Returns:
-        The dataset; its ``metadata`` holds ``env``, ``source``, ``steps``, ``seed``, ``epsilon``,
+        The dataset; its ``metadata`` holds ``env``, the ``env_kwargs`` and SuperSuit ``wrappers`` the env was
+        built with (a run's own when it came from the run), ``source``, ``steps``, ``seed``, ``epsilon``,
         ``deterministic`` and how many decisions went unanswered (see :class:`~shoal.datasets.EpisodeRecorder`).
 
     Raises:
@@ -178,9 +179,11 @@ def record_dataset(
     finally:
         vec.close()
     label = source if isinstance(source, str) else ("policy" if isinstance(source, nn.Module) else str(source))
+    built = env_fn if isinstance(env_fn, EnvFn) else None  # what the env was built with (a run's own kwargs)
     return recorder.dataset({
         "env": env_name,
-        "env_kwargs": dict(env_kwargs or {}),
+        "env_kwargs": dict(built.kwargs if built is not None else env_kwargs or {}),
+        "wrappers": None if built is None else built.wrappers,
         "source": label,
         "steps": recorder.num_steps,
         "seed": seed,

@@ -60,7 +60,7 @@ from shoal.train.runs.agent_stats import AgentStats, GameTracker
 from shoal.train.runs.checkpoint import checkpoint_path, find_checkpoint, list_checkpoints, remove_stale_temporaries
 from shoal.train.runs.evaluate import evaluate_after_training
 from shoal.train.runs.logger import CSVSink, LogRecord, RunLogger, TensorBoardSink, WandbSink
-from shoal.train.runs.resolve import resolve_env
+from shoal.train.runs.resolve import EnvFn, resolve_env
 from shoal.train.selfplay.league import League
 from shoal.train.speed.learner_process import LearnerProcess
 from shoal.train.speed.traced_loss import loss_fn_for
@@ -448,8 +448,10 @@ class Trainer(CheckpointMixin):
             return None
         self.recorder.stop()
         env = getattr(self.env_fn, "name", cfg.env)
+        env_kwargs = self.env_fn.kwargs if isinstance(self.env_fn, EnvFn) else cfg.env_kwargs  # as it was built
         dataset = self.recorder.dataset({
-            "env": env, "env_kwargs": dict(cfg.env_kwargs), "source": f"training run ({cfg.algo})", "algo": cfg.algo,
+            "env": env, "env_kwargs": dict(env_kwargs), "wrappers": cfg.wrappers,
+            "source": f"training run ({cfg.algo})", "algo": cfg.algo,
             "run_dir": None if self.run_dir is None else str(self.run_dir), "seed": cfg.seed,
             "steps": self.recorder.num_steps, "global_step": self.global_step, "max_agents": cfg.max_agents,
         })
