@@ -203,3 +203,20 @@ def test_a_foreign_action_mask_observation_entry_becomes_the_action_masks(tmp_pa
     assert np.array_equal(dataset.observations.reshape(5, 3, 3), boards)
     assert np.array_equal(dataset.action_masks, masks.astype(bool))
     assert dataset.actions.tolist() == [0, 4, 8, 2] and dataset.terminations.tolist() == [False] * 3 + [True]
+
+
+@pytest.mark.parametrize("corrupt", ["shoal_space", "minari_space", "shoal_metadata"])
+def test_a_corrupt_metadata_file_is_named_not_the_data_file(tmp_path: Path, corrupt: str) -> None:
+    path = save_dataset(record_dataset("random", "CartPole-v1", 30), tmp_path / "ds")
+    metadata = path / "data" / "metadata.json"
+    raw = json.loads(metadata.read_text())
+    if corrupt == "shoal_space":
+        raw["shoal"]["observation_space"] = {"type": "Nonsense"}
+    elif corrupt == "minari_space":
+        raw["observation_space"] = "{not a space"
+    else:
+        raw["shoal"]["metadata"] = ["not", "a", "dict"]
+    metadata.write_text(json.dumps(raw))
+    with pytest.raises(DatasetError, match=r"metadata\.json: cannot read .* truncated or corrupt") as caught:
+        load_dataset(path)
+    assert "main_data.hdf5" not in str(caught.value)
