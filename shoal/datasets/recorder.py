@@ -222,7 +222,9 @@ class EpisodeRecorder:
 
     def dataset(self, metadata: dict[str, Any] | None = None) -> OfflineDataset:
         """Every episode recorded so far (running ones end as :meth:`stop` ends them, without changing this
-        recorder), in the order they started.
+        recorder), in the order they started. Its ``metadata`` is ``metadata`` with ``steps`` (the steps stored),
+        ``unanswered_decisions`` (decisions left out, see the module docstring) and
+        ``missing_final_observations`` set.
 
         Raises:
             APIUsageError: nothing was recorded yet.
@@ -260,6 +262,7 @@ class EpisodeRecorder:
             masks = np.ones((steps + count, self.mask_width), np.bool_)  # a final observation: every action legal
             masks[np.arange(steps) + rank] = np.concatenate(self._masks)[order]
         meta = dict(metadata or {})
+        meta["steps"] = steps  # the steps stored: the decisions recorded less the unanswered ones
         meta["unanswered_decisions"] = unanswered
         meta["missing_final_observations"] = self.missing_final
         return OfflineDataset(

@@ -161,3 +161,14 @@ def test_a_run_records_the_env_kwargs_and_wrappers_it_was_built_with(tmp_path: P
     plain = record_dataset("random", "CartPole-v1", 30, env_kwargs={"max_episode_steps": 20})
     raw = json.loads((save_dataset(plain, tmp_path / "plain") / "data" / "metadata.json").read_text())
     assert plain.metadata["wrappers"] is None and "env_spec" not in raw
+
+
+def test_the_metadata_counts_the_steps_stored_not_the_unanswered_moves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A turn-based move still waiting for its outcome when the drain limit is reached is left out: ``steps``
+    counts what the dataset holds and ``unanswered_decisions`` what was left out."""
+    import shoal.train.record as record_module
+
+    monkeypatch.setattr(record_module, "_DRAIN_STEPS_PER_SLOT", 0)  # no stepping on after the budget
+    dataset = record_dataset("random", TICTACTOE, 11, seed=0)
+    assert dataset.metadata["unanswered_decisions"] > 0
+    assert dataset.metadata["steps"] == dataset.num_steps == 11 - dataset.metadata["unanswered_decisions"]

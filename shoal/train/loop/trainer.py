@@ -453,7 +453,7 @@ class Trainer(CheckpointMixin):
             "env": env, "env_kwargs": dict(env_kwargs), "wrappers": cfg.wrappers,
             "source": f"training run ({cfg.algo})", "algo": cfg.algo,
             "run_dir": None if self.run_dir is None else str(self.run_dir), "seed": cfg.seed,
-            "steps": self.recorder.num_steps, "global_step": self.global_step, "max_agents": cfg.max_agents,
+            "global_step": self.global_step, "max_agents": cfg.max_agents,
         })
         self.dataset_path = save_dataset(dataset, cfg.record_dataset, overwrite=cfg.overwrite)
         log.info("wrote the %d recorded steps (%d episodes) to %s", dataset.num_steps, dataset.num_episodes,

@@ -43,6 +43,7 @@ def test_a_league_records_only_the_learners_seat(tmp_path: Path) -> None:
     dataset = load_dataset(tmp_path / "data")
     # the learner's decisions; a rollout ends at its batch size, so the last ones may belong to no update
     recorded = dataset.num_steps + dataset.metadata["unanswered_decisions"]
+    assert dataset.metadata["steps"] == dataset.num_steps  # what the dataset holds, not the decisions recorded
     assert result.global_step <= recorded <= result.global_step + 8
     assert set(dataset.agents.tolist()) == {0, 1}  # the learner's seat changes from game to game
     stones = dataset.observations.reshape(-1, 18).astype(np.int64).sum(1)[dataset.obs_index]
