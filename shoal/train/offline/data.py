@@ -106,11 +106,12 @@ def _check_legal(dataset: OfflineDataset, layout: ActionLayout, source: str) -> 
 
 
 def dataset_fingerprint(dataset: OfflineDataset) -> str:
-    """A SHA-256 (hex) of every recorded array and both layouts: equal for the same data, whatever its file."""
+    """A SHA-256 (hex) of every recorded array (the slots' agents and agent types included) and both layouts: equal
+    for the same data, whatever its file."""
     digest = hashlib.sha256()
     digest.update(repr((dataset.obs_layout, dataset.action_layout.flat_space)).encode())
     arrays = [dataset.observations, dataset.actions, dataset.rewards, dataset.terminations, dataset.truncations,
-              dataset.episode_offsets, dataset.agents]
+              dataset.episode_offsets, dataset.agents, dataset.agent_types]
     if dataset.action_masks is not None:
         arrays.append(dataset.action_masks)
     for array in arrays:
