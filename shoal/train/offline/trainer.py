@@ -37,7 +37,7 @@ import numpy as np
 from torch import Tensor, nn
 
 from shoal.datasets import OfflineDataset
-from shoal.errors import APIUsageError, CheckpointError
+from shoal.errors import APIUsageError, CheckpointError, EpisodeLimitError
 from shoal.policies import Policy
 from shoal.train.config import OFFLINE_ALGOS, TrainConfig
 from shoal.train.core.ppo import SINGLE_LEARNER, make_optimizer
@@ -187,7 +187,7 @@ class OfflineTrainer(Trainer):
         try:
             result = evaluate_vecenv(self.policy, self.vecenv, self.vecenv.num_envs, seed=cfg.seed + _EVAL_SEED_OFFSET,
                                      deterministic=True, device=self.device, max_steps=ONLINE_EVAL_MAX_STEPS)
-        except APIUsageError as exc:  # no episode ended: the env's fault, not the training's
+        except EpisodeLimitError as exc:  # no episode ended: the env's doing, not the training's
             env = getattr(self.env_fn, "name", cfg.env)
             log.warning("skipped the online evaluation at step %d (training goes on): no episode of %s ended within "
                         "%s steps per env with the most likely actions; give the env a time limit (e.g. --env-kwargs "
