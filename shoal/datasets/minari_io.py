@@ -46,7 +46,7 @@ from shoal.emulation.layout import Layout, compile_layout, format_path, leaf_val
 from shoal.emulation.layout import Path as LeafPath
 from shoal.errors import APIUsageError, DatasetError, ShoalError
 
-__all__ = ["check_output_path", "load_dataset", "save_dataset"]
+__all__ = ["check_output_path", "load_dataset", "read_metadata", "save_dataset"]
 
 log = logging.getLogger(__name__)
 
@@ -276,6 +276,33 @@ def _data_path(target: str | os.PathLike[str]) -> Path:
                        "minari download ID")
 
 
+def _raw_metadata(data_path: Path) -> dict[str, Any]:
+    """The parsed ``metadata.json`` in ``data_path`` (a JSON object)."""
+    _, storage_cls = _minari()
+    with _reading(data_path / _METADATA):
+        raw = storage_cls.read_raw_metadata(data_path)
+        if not isinstance(raw, dict):
+            raise ValueError(f"the metadata is a {type(raw).__name__}, not a JSON object")
+    return raw
+
+
+def read_metadata(target: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``metadata`` of the dataset :func:`save_dataset` wrote at ``target`` (env, source, run_dir, steps...),
+    read from its ``metadata.json`` alone (the data file is not opened); ``{}`` for a dataset shoal did not write.
+
+    Raises:
+        DatasetError: no dataset there; a missing or corrupt ``metadata.json`` (naming it).
+    """
+    data_path = _data_path(target)
+    raw = _raw_metadata(data_path)
+    with _reading(data_path / _METADATA):
+        facts = raw.get("shoal") or {}
+        metadata = facts.get("metadata") or {} if isinstance(facts, dict) else None
+        if not isinstance(metadata, dict):
+            raise ValueError("its 'shoal' entry or the metadata in it is not a JSON object")
+    return dict(metadata)
+
+
 def load_dataset(target: str | os.PathLike[str]) -> OfflineDataset:
     """Read a dataset written by :func:`save_dataset`, or any Minari dataset, into an :class:`OfflineDataset`.
 
@@ -287,12 +314,8 @@ def load_dataset(target: str | os.PathLike[str]) -> OfflineDataset:
         DatasetError: no dataset there; a missing, truncated or corrupt file (naming it); spaces shoal cannot
             flatten; action masks that do not fit the action space.
     """
-    _, storage_cls = _minari()
     data_path = _data_path(target)
-    with _reading(data_path / _METADATA):
-        raw = storage_cls.read_raw_metadata(data_path)
-        if not isinstance(raw, dict):
-            raise ValueError(f"the metadata is a {type(raw).__name__}, not a JSON object")
+    raw = _raw_metadata(data_path)
     missing = [key for key in ("observation_space", "action_space") if not isinstance(raw.get(key), str)]
     if missing:  # Minari would build the env its env_spec names to find them: code the file chose
         raise DatasetError(f"{data_path / _METADATA} does not state its {' and '.join(missing)} (Minari would make "

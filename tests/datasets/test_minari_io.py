@@ -13,6 +13,7 @@ import pytest
 from minari.data_collector import EpisodeBuffer
 
 from shoal.datasets import load_dataset, save_dataset
+from shoal.datasets.minari_io import read_metadata
 from shoal.emulation import ActionLayout, compile_layout, flatten, to_native
 from shoal.envs.nested import NestedDictEnv
 from shoal.errors import APIUsageError, DatasetError
@@ -220,3 +221,18 @@ def test_a_corrupt_metadata_file_is_named_not_the_data_file(tmp_path: Path, corr
     with pytest.raises(DatasetError, match=r"metadata\.json: cannot read .* truncated or corrupt") as caught:
         load_dataset(path)
     assert "main_data.hdf5" not in str(caught.value)
+
+
+def test_read_metadata_reads_metadata_json_alone(tmp_path: Path) -> None:
+    dataset = record_dataset("random", "CartPole-v1", 30, seed=4)
+    path = save_dataset(dataset, tmp_path / "ds")
+    (path / "data" / "main_data.hdf5").unlink()  # not opened
+    metadata = read_metadata(path)
+    assert metadata["seed"] == 4 and metadata["env"] == "CartPole-v1" and metadata["steps"] == 30
+    raw = json.loads((path / "data" / "metadata.json").read_text())
+    del raw["shoal"]  # a dataset shoal did not write
+    (path / "data" / "metadata.json").write_text(json.dumps(raw))
+    assert read_metadata(path) == {}
+    (path / "data" / "metadata.json").write_text("[1, 2]")
+    with pytest.raises(DatasetError, match=r"metadata\.json: cannot read"):
+        read_metadata(path)

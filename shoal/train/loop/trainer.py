@@ -41,10 +41,10 @@ import torch
 from torch import Tensor, nn
 
 from shoal import vector
-from shoal.datasets.minari_io import check_output_path, save_dataset
+from shoal.datasets.minari_io import check_output_path, read_metadata, save_dataset
 from shoal.datasets.recorder import EpisodeRecorder
 from shoal.emulation.base import action_mask_width
-from shoal.errors import APIUsageError
+from shoal.errors import APIUsageError, DatasetError
 from shoal.interrupts import deferred_signals
 from shoal.policies import Policy
 from shoal.train.acting import RowActor
@@ -274,22 +274,23 @@ class Trainer(CheckpointMixin):
         return self.config.seed
 
     def _check_resumed_dataset_path(self) -> None:
-        """``record_dataset`` on resume: refuse the path the run's first part was written to, even with
-        ``overwrite`` (replacing it would lose the decisions recorded before the resume point)."""
+        """``record_dataset`` on resume: refuse a dataset this run recorded before (its first part, or the part of
+        an earlier resume), even with ``overwrite``: replacing it would lose those decisions."""
         cfg = self.config
         if self._resume_from is None or self.run_dir is None or cfg.record_dataset is None:
             return
-        config_file = self.run_dir / "config.json"  # the run's original config (kept on resume)
-        if not config_file.is_file():
+        path = Path(cfg.record_dataset)
+        if not path.exists():
             return
-        earlier = TrainConfig.load(config_file).record_dataset
-        if earlier is None or not Path(earlier).exists():
-            return
-        if Path(earlier).resolve() == Path(cfg.record_dataset).resolve():
+        try:
+            recorded_by = read_metadata(path).get("run_dir")
+        except DatasetError:
+            return  # not a dataset this run wrote: check_output_path says what is there
+        if recorded_by is not None and Path(recorded_by).resolve() == self.run_dir.resolve():
             raise APIUsageError(
-                f"record_dataset={cfg.record_dataset!r} holds the dataset this run recorded before the resume "
-                "point; give the resumed run a new path (--record-dataset NEW_PATH): it records from the resume "
-                "point on, and both parts can be loaded and trained on"
+                f"record_dataset={cfg.record_dataset!r} holds a dataset this run recorded before the resume point; "
+                "give the resumed run a new path (--record-dataset NEW_PATH): it records from the resume point on, "
+                "and both parts can be loaded and trained on"
             )
 
     def _find_resume_checkpoint(self) -> Path | None:

@@ -115,3 +115,8 @@ def test_a_resumed_run_records_its_part_to_a_new_path(tmp_path: Path, capsys: py
     assert main([*args, "--record-dataset", str(second)]) == 0
     assert load_dataset(first).num_steps == 128 and load_dataset(second).num_steps == 128  # from the resume point
     assert load_dataset(first).metadata["global_step"] == 128 and load_dataset(second).metadata["global_step"] == 256
+    # the part of an earlier resume is the run's too
+    again = ["train", "CartPole-v1", "--run-dir", str(run), "--resume", "--total-steps", "384", "--overwrite"]
+    assert main([*again, "--record-dataset", str(second)]) == 2
+    assert "give the resumed run a new path" in capsys.readouterr().err
+    assert load_dataset(second).num_steps == 128
