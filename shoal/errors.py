@@ -12,6 +12,7 @@ __all__ = [
     "CheckpointError",
     "DatasetError",
     "EnvError",
+    "EpisodeLimitError",
     "NonFiniteError",
     "ShoalError",
     "SpaceError",
@@ -30,6 +31,11 @@ class SpaceError(ShoalError, TypeError):
 
 class APIUsageError(ShoalError, ValueError):
     """A shoal object was called wrongly: bad argument, wrong shape or dtype, wrong call order."""
+
+
+class EpisodeLimitError(APIUsageError):
+    """An evaluation reached its bound on steps before any episode ended (an env without a time limit, or a policy
+    that never ends its episodes); the message says how to bound them."""
 
 
 class CapacityError(ShoalError, RuntimeError):

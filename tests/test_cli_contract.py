@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from shoal.cli import main
-from shoal.errors import APIUsageError
+from shoal.errors import APIUsageError, EpisodeLimitError
 from shoal.train.runs.resolve import resolve_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,7 +136,7 @@ class AlwaysUp(nn.Module):
 
 def test_evaluation_stops_at_its_step_bound_and_says_how_to_end_episodes() -> None:
     env_fn = resolve_env("CliffWalking-v1")
-    with pytest.raises(APIUsageError, match=r"200 steps per env.*--stochastic.*max_episode_steps"):
+    with pytest.raises(EpisodeLimitError, match=r"200 steps per env.*--stochastic.*max_episode_steps"):
         EVALUATE.evaluate(AlwaysUp(), env_fn, 2, max_steps=200)
     with pytest.raises(APIUsageError, match="max_steps must be a positive int"):
         EVALUATE.evaluate(AlwaysUp(), env_fn, 2, max_steps=0)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from shoal.emulation.actions import ActionLayout
+from shoal.emulation.base import action_mask_width
 from shoal.emulation.layout import Layout
 from shoal.errors import APIUsageError
 
@@ -39,6 +40,10 @@ class OfflineDataset:
         agents: ``int32[E]``: the slot (agent index) each episode was played in (0 for single-agent envs).
         agent_types: ``int32[E]``: the agent type of each episode's slot (0 for single-agent envs).
         metadata: free-form facts about how it was recorded (env id, source, steps, seed).
+
+    Raises:
+        APIUsageError: an array whose shape does not fit the episodes (``agents`` and ``agent_types`` included) or
+            the layouts (``action_masks`` one column per choice of the action layout; none for Box actions).
     """
 
     observations: np.ndarray
@@ -76,13 +81,23 @@ class OfflineDataset:
         if self.observations.dtype != self.obs_layout.flat_dtype:
             raise APIUsageError(f"offline dataset observations are {self.observations.dtype}; the layout's rows are "
                                 f"{self.obs_layout.flat_dtype}")
-        if self.action_masks is not None and len(self.action_masks) != steps + episodes:
-            raise APIUsageError(f"offline dataset action_masks has {len(self.action_masks)} rows; expected "
-                                f"{steps + episodes}, one per observation")
-        if self.agents is None:
-            object.__setattr__(self, "agents", np.zeros(episodes, np.int32))
-        if self.agent_types is None:
-            object.__setattr__(self, "agent_types", np.zeros(episodes, np.int32))
+        if self.action_masks is not None:
+            if len(self.action_masks) != steps + episodes:
+                raise APIUsageError(f"offline dataset action_masks has {len(self.action_masks)} rows; expected "
+                                    f"{steps + episodes}, one per observation")
+            width = action_mask_width(self.action_layout) if self.action_layout.kind != "continuous" else 0
+            if self.action_masks.shape != (steps + episodes, width) or not width:
+                raise APIUsageError(f"offline dataset action_masks has shape {self.action_masks.shape}; the "
+                                    f"{self.action_layout.kind} actions {self.action_layout.flat_space} need "
+                                    + (f"[{steps + episodes}, {width}] (one column per choice) or None" if width
+                                       else "none (leave action_masks=None)"))
+        for name in ("agents", "agent_types"):
+            value = getattr(self, name)
+            if value is None:
+                object.__setattr__(self, name, np.zeros(episodes, np.int32))
+            elif np.shape(value) != (episodes,):
+                raise APIUsageError(f"offline dataset field {name!r} has shape {np.shape(value)}; expected "
+                                    f"({episodes},), one entry per episode")
 
     @property
     def num_episodes(self) -> int:

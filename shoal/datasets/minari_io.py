@@ -32,7 +32,7 @@ import re
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from gymnasium import spaces
@@ -46,7 +46,7 @@ from shoal.emulation.layout import Layout, compile_layout, format_path, leaf_val
 from shoal.emulation.layout import Path as LeafPath
 from shoal.errors import APIUsageError, DatasetError, ShoalError
 
-__all__ = ["check_output_path", "load_dataset", "save_dataset"]
+__all__ = ["check_output_path", "load_dataset", "read_metadata", "save_dataset"]
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +134,10 @@ def _dataset_id(path: Path, given: str | None) -> str:
 
 
 def _env_spec(metadata: dict[str, Any]) -> Any:
-    """The Gymnasium spec of the dataset's env when it is a registered id made without extra keywords (so
-    ``MinariDataset.recover_environment`` rebuilds it), else None."""
+    """The Gymnasium spec of the dataset's env when it is a registered id made without extra keywords or wrappers
+    (so ``MinariDataset.recover_environment`` rebuilds it), else None (a bare spec would name another env)."""
     env = metadata.get("env")
-    if not isinstance(env, str) or metadata.get("env_kwargs"):
+    if not isinstance(env, str) or metadata.get("env_kwargs") or metadata.get("wrappers"):
         return None
     import gymnasium
 
@@ -276,6 +276,33 @@ def _data_path(target: str | os.PathLike[str]) -> Path:
                        "minari download ID")
 
 
+def _raw_metadata(data_path: Path) -> dict[str, Any]:
+    """The parsed ``metadata.json`` in ``data_path`` (a JSON object)."""
+    _, storage_cls = _minari()
+    with _reading(data_path / _METADATA):
+        raw = storage_cls.read_raw_metadata(data_path)
+        if not isinstance(raw, dict):
+            raise ValueError(f"the metadata is a {type(raw).__name__}, not a JSON object")
+    return raw
+
+
+def read_metadata(target: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``metadata`` of the dataset :func:`save_dataset` wrote at ``target`` (env, source, run_dir, steps...),
+    read from its ``metadata.json`` alone (the data file is not opened); ``{}`` for a dataset shoal did not write.
+
+    Raises:
+        DatasetError: no dataset there; a missing or corrupt ``metadata.json`` (naming it).
+    """
+    data_path = _data_path(target)
+    raw = _raw_metadata(data_path)
+    with _reading(data_path / _METADATA):
+        facts = raw.get("shoal") or {}
+        metadata = facts.get("metadata") or {} if isinstance(facts, dict) else None
+        if not isinstance(metadata, dict):
+            raise ValueError("its 'shoal' entry or the metadata in it is not a JSON object")
+    return dict(metadata)
+
+
 def load_dataset(target: str | os.PathLike[str]) -> OfflineDataset:
     """Read a dataset written by :func:`save_dataset`, or any Minari dataset, into an :class:`OfflineDataset`.
 
@@ -287,12 +314,8 @@ def load_dataset(target: str | os.PathLike[str]) -> OfflineDataset:
         DatasetError: no dataset there; a missing, truncated or corrupt file (naming it); spaces shoal cannot
             flatten; action masks that do not fit the action space.
     """
-    _, storage_cls = _minari()
     data_path = _data_path(target)
-    with _reading(data_path / _METADATA):
-        raw = storage_cls.read_raw_metadata(data_path)
-        if not isinstance(raw, dict):
-            raise ValueError(f"the metadata is a {type(raw).__name__}, not a JSON object")
+    raw = _raw_metadata(data_path)
     missing = [key for key in ("observation_space", "action_space") if not isinstance(raw.get(key), str)]
     if missing:  # Minari would build the env its env_spec names to find them: code the file chose
         raise DatasetError(f"{data_path / _METADATA} does not state its {' and '.join(missing)} (Minari would make "
@@ -308,8 +331,10 @@ def load_dataset(target: str | os.PathLike[str]) -> OfflineDataset:
             raise DatasetError(f"{data_path / _METADATA}: this dataset is stored as {data_format!r}, which this "
                                f"Minari installation cannot read ({type(exc).__name__}: {exc}); install the package "
                                "its storage needs (e.g. pip install \"minari[arrow]\")") from None
+    with _reading(data_path / _METADATA):  # the spaces are the metadata's: a bad one is that file's fault
+        spaces_read = _read_spaces(raw)
     with _reading(data_path / _MAIN if data_format == "hdf5" else data_path):
-        return _load(storage_cls, data_path, raw)
+        return _load(data_path, raw, spaces_read)
 
 
 _UNREADABLE = (OSError, KeyError, ValueError, TypeError, AssertionError, IndexError, AttributeError)
@@ -330,20 +355,45 @@ def _reading(file: Path) -> Iterator[None]:
                            "or corrupt: record or download the dataset again") from exc
 
 
-def _load(storage_cls: Any, data_path: Path, raw: dict[str, Any]) -> OfflineDataset:
+class _Spaces(NamedTuple):
+    """The spaces a dataset's metadata.json states: Minari's (as stored) and the ones shoal flattens."""
+
+    stored_obs: spaces.Space
+    stored_action: spaces.Space
+    obs: spaces.Space
+    action: spaces.Space
+    mask_in_obs: bool
+    metadata: dict[str, Any]
+
+
+def _read_spaces(raw: dict[str, Any]) -> _Spaces:
+    """Parse the spaces (and shoal's facts) of a dataset's metadata ``raw``, without opening its data file."""
+    from minari.serialization import deserialize_space
+
+    stored_obs = deserialize_space(raw["observation_space"])
+    stored_action = deserialize_space(raw["action_space"])
     facts = raw.get("shoal")
-    storage = storage_cls.read(data_path)
-    if facts is not None:
-        obs_space = space_from_json(facts["observation_space"])
-        action_space = space_from_json(facts["action_space"])
-        mask_in_obs = False
-        metadata = dict(facts.get("metadata") or {})
-    else:
-        obs_space, mask_in_obs = split_action_mask(storage.observation_space)
-        action_space = storage.action_space
-        metadata = {"source": "minari"}
-        if raw.get("env_spec"):
-            metadata["env_spec"] = raw["env_spec"]
+    if facts is None:
+        obs_space, mask_in_obs = split_action_mask(stored_obs)
+        return _Spaces(stored_obs, stored_action, obs_space, stored_action, mask_in_obs, {"source": "minari"})
+    if not isinstance(facts, dict):
+        raise ValueError(f"its 'shoal' entry is a {type(facts).__name__}, not a JSON object")
+    metadata = facts.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise ValueError(f"its 'shoal' metadata is a {type(metadata).__name__}, not a JSON object")
+    return _Spaces(stored_obs, stored_action, space_from_json(facts["observation_space"]),
+                   space_from_json(facts["action_space"]), False, dict(metadata))
+
+
+def _load(data_path: Path, raw: dict[str, Any], read: _Spaces) -> OfflineDataset:
+    from minari.dataset._storages import get_minari_storage
+
+    # built from the spaces parsed above (MinariStorage.read would parse them again, here blamed on the data file)
+    storage = get_minari_storage(raw.get("data_format", "hdf5"))(
+        data_path, read.stored_obs, read.stored_action, jpeg_encoding=bool(raw.get("jpeg_encoding", True)))
+    obs_space, action_space, mask_in_obs, metadata = read.obs, read.action, read.mask_in_obs, read.metadata
+    if raw.get("shoal") is None and raw.get("env_spec"):  # a foreign dataset: keep what it says of its env
+        metadata["env_spec"] = raw["env_spec"]
     metadata.setdefault("dataset_id", raw.get("dataset_id"))
     metadata["path"] = str(data_path.parent if data_path.name == _DATA else data_path)
     try:

@@ -35,6 +35,7 @@ from shoal.emulation.actions import ActionLayout
 from shoal.emulation.base import action_mask_width
 from shoal.emulation.layout import Layout
 from shoal.errors import APIUsageError
+from shoal.interrupts import deferred_signals
 
 __all__ = ["EpisodeRecorder"]
 
@@ -126,26 +127,35 @@ class EpisodeRecorder:
             bad = int(rows[self._stopped[rows] | (self._pending[rows] >= 0)][0])
             raise APIUsageError(f"row {bad} cannot decide now: its recording was stopped, or its last decision has "
                                 "had no result yet (call finish with the env's result first)")
-        starting = rows[self._episode[rows] < 0]
-        if len(starting):
-            first = len(self._agents)
-            self._episode[starting] = np.arange(first, first + len(starting))
-            types = np.zeros(len(rows), np.int32) if agent_types is None else np.asarray(agent_types)
-            self._agents.extend(int(r) % self.agents_per_env for r in starting)
-            self._agent_types.extend(int(t) for t in types[self._episode[rows] >= first])
-        self._chunk_starts.append(self._rewards.size)
-        index = self._rewards.extend(len(rows))
-        self._terminations.extend(len(rows))
-        self._truncations.extend(len(rows))
-        self._obs.append(np.array(obs, self.obs_layout.flat_dtype, copy=True))
-        self._actions.append(np.array(actions, self.action_layout.flat_dtype, copy=True).reshape(
-            len(rows), *self.action_layout.flat_shape))
+        # every entry of the step first (copies, shapes), then the recorder's lists and arrays in one section that
+        # Ctrl-C cannot cut: a half-applied step would misalign them for the dataset saved after the interrupt
+        obs = np.array(obs, self.obs_layout.flat_dtype, copy=True)
+        actions = np.array(actions, self.action_layout.flat_dtype, copy=True).reshape(
+            len(rows), *self.action_layout.flat_shape)
+        masks = None
         if self.mask_width:
-            self._masks.append(np.ones((len(rows), self.mask_width), np.bool_) if action_masks is None
-                               else np.array(action_masks, np.bool_, copy=True))
-        self._episode_of.append(self._episode[rows].copy())
-        self._pending[rows] = index
-        self._last[rows] = index
+            masks = (np.ones((len(rows), self.mask_width), np.bool_) if action_masks is None
+                     else np.array(action_masks, np.bool_, copy=True))
+        types = np.zeros(len(rows), np.int32) if agent_types is None else np.asarray(agent_types)
+        starting = self._episode[rows] < 0
+        first = len(self._agents)
+        episode_of = self._episode[rows].copy()
+        episode_of[starting] = np.arange(first, first + int(starting.sum()))
+        with deferred_signals():
+            self._agents.extend(int(r) % self.agents_per_env for r in rows[starting])
+            self._agent_types.extend(int(t) for t in types[starting])
+            self._episode[rows] = episode_of
+            self._chunk_starts.append(self._rewards.size)
+            index = self._rewards.extend(len(rows))
+            self._terminations.extend(len(rows))
+            self._truncations.extend(len(rows))
+            self._obs.append(obs)
+            self._actions.append(actions)
+            if masks is not None:
+                self._masks.append(masks)
+            self._episode_of.append(episode_of)
+            self._pending[rows] = index
+            self._last[rows] = index
 
     def finish(self, rows: np.ndarray, rewards: np.ndarray, terminals: np.ndarray, truncations: np.ndarray,
                live: np.ndarray, obs: np.ndarray, infos: Sequence[dict[str, Any]]) -> None:
@@ -153,6 +163,11 @@ class EpisodeRecorder:
         ``truncations``, ``live`` bool ``[B]`` (``live``: the slot must act now), ``obs`` ``[B, flat_size]``
         and ``infos`` (``"final_observation"`` of ended slots)."""
         rows = np.asarray(rows, np.int64)
+        with deferred_signals():  # applied whole, as act's step is (a half-applied result misaligns the episodes)
+            self._finish(rows, rewards, terminals, truncations, live, obs, infos)
+
+    def _finish(self, rows: np.ndarray, rewards: np.ndarray, terminals: np.ndarray, truncations: np.ndarray,
+                live: np.ndarray, obs: np.ndarray, infos: Sequence[dict[str, Any]]) -> None:
         pending = self._pending[rows]
         waiting = pending >= 0
         if waiting.any():
@@ -207,7 +222,9 @@ class EpisodeRecorder:
 
     def dataset(self, metadata: dict[str, Any] | None = None) -> OfflineDataset:
         """Every episode recorded so far (running ones end as :meth:`stop` ends them, without changing this
-        recorder), in the order they started.
+        recorder), in the order they started. Its ``metadata`` is ``metadata`` with ``steps`` (the steps stored),
+        ``unanswered_decisions`` (decisions left out, see the module docstring) and
+        ``missing_final_observations`` set.
 
         Raises:
             APIUsageError: nothing was recorded yet.
@@ -245,6 +262,7 @@ class EpisodeRecorder:
             masks = np.ones((steps + count, self.mask_width), np.bool_)  # a final observation: every action legal
             masks[np.arange(steps) + rank] = np.concatenate(self._masks)[order]
         meta = dict(metadata or {})
+        meta["steps"] = steps  # the steps stored: the decisions recorded less the unanswered ones
         meta["unanswered_decisions"] = unanswered
         meta["missing_final_observations"] = self.missing_final
         return OfflineDataset(

@@ -450,7 +450,8 @@ class TrainConfig:
     """Write every decision of the learner's slots (everything the run collected, as per-slot episodes of raw
     rewards, see shoal.datasets.EpisodeRecorder) to a Minari dataset directory at this path when training ends or
     is interrupted; held in memory until then. An existing dataset there is replaced only with ``overwrite``; a
-    resumed run records from where it resumes (give it a new path). Not with several data-parallel learners."""
+    resumed run records from where it resumes: give it a new path (a dataset the run recorded before is refused
+    even with ``overwrite``; both parts can be loaded and trained on). Not with several data-parallel learners."""
 
     # ---- resolution and validation ------------------------------------------------------------------------
 

@@ -15,10 +15,12 @@ Sources
     * with ``epsilon > 0``, each decision is replaced with probability ``epsilon`` by a random legal action.
 
 Episodes are per agent slot and follow :class:`~shoal.datasets.EpisodeRecorder`'s rules (a step is a decision;
-rewards received while waiting land on the slot's last decision; dead and padded slots store nothing). Exactly
-``steps`` decisions are recorded; episodes still running then are kept and end with ``truncations=True``. In a
-turn-based game the slots whose last move waits for its outcome get it first: the envs step on (those few moves
-are not recorded) until every recorded move is answered.
+rewards received while waiting land on the slot's last decision; dead and padded slots store nothing). ``steps``
+decisions are recorded; episodes still running then are kept and end with ``truncations=True``. In a turn-based
+game the slots whose last move waits for its outcome get it first: the envs step on (those few moves are not
+recorded) until every recorded move is answered, for at most ``64`` vector steps per slot of an env; a move still
+unanswered then is left out, so the dataset may hold fewer than ``steps`` steps (``metadata["steps"]`` is the
+number stored, ``metadata["unanswered_decisions"]`` the number left out).
 """
 
 from __future__ import annotations
@@ -150,8 +152,10 @@ def record_dataset(
         device: where a policy runs.
 
     Returns:
-        The dataset; its ``metadata`` holds ``env``, ``source``, ``steps``, ``seed``, ``epsilon``,
-        ``deterministic`` and how many decisions went unanswered (see :class:`~shoal.datasets.EpisodeRecorder`).
+        The dataset; its ``metadata`` holds ``steps`` (those stored, see the module docstring), ``env``, the
+        ``env_kwargs`` and SuperSuit ``wrappers`` the env was built with (a run's own when it came from the run),
+        ``source``, ``seed``, ``epsilon``, ``deterministic`` and how many decisions went unanswered
+        (``unanswered_decisions``, see :class:`~shoal.datasets.EpisodeRecorder`).
 
     Raises:
         APIUsageError: bad arguments, a source that needs an env without one, an unknown source.
@@ -178,11 +182,12 @@ def record_dataset(
     finally:
         vec.close()
     label = source if isinstance(source, str) else ("policy" if isinstance(source, nn.Module) else str(source))
+    built = env_fn if isinstance(env_fn, EnvFn) else None  # what the env was built with (a run's own kwargs)
     return recorder.dataset({
         "env": env_name,
-        "env_kwargs": dict(env_kwargs or {}),
+        "env_kwargs": dict(built.kwargs if built is not None else env_kwargs or {}),
+        "wrappers": None if built is None else built.wrappers,
         "source": label,
-        "steps": recorder.num_steps,
         "seed": seed,
         "epsilon": float(epsilon),
         "deterministic": bool(deterministic),

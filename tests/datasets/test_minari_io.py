@@ -13,6 +13,7 @@ import pytest
 from minari.data_collector import EpisodeBuffer
 
 from shoal.datasets import load_dataset, save_dataset
+from shoal.datasets.minari_io import read_metadata
 from shoal.emulation import ActionLayout, compile_layout, flatten, to_native
 from shoal.envs.nested import NestedDictEnv
 from shoal.errors import APIUsageError, DatasetError
@@ -203,3 +204,35 @@ def test_a_foreign_action_mask_observation_entry_becomes_the_action_masks(tmp_pa
     assert np.array_equal(dataset.observations.reshape(5, 3, 3), boards)
     assert np.array_equal(dataset.action_masks, masks.astype(bool))
     assert dataset.actions.tolist() == [0, 4, 8, 2] and dataset.terminations.tolist() == [False] * 3 + [True]
+
+
+@pytest.mark.parametrize("corrupt", ["shoal_space", "minari_space", "shoal_metadata"])
+def test_a_corrupt_metadata_file_is_named_not_the_data_file(tmp_path: Path, corrupt: str) -> None:
+    path = save_dataset(record_dataset("random", "CartPole-v1", 30), tmp_path / "ds")
+    metadata = path / "data" / "metadata.json"
+    raw = json.loads(metadata.read_text())
+    if corrupt == "shoal_space":
+        raw["shoal"]["observation_space"] = {"type": "Nonsense"}
+    elif corrupt == "minari_space":
+        raw["observation_space"] = "{not a space"
+    else:
+        raw["shoal"]["metadata"] = ["not", "a", "dict"]
+    metadata.write_text(json.dumps(raw))
+    with pytest.raises(DatasetError, match=r"metadata\.json: cannot read .* truncated or corrupt") as caught:
+        load_dataset(path)
+    assert "main_data.hdf5" not in str(caught.value)
+
+
+def test_read_metadata_reads_metadata_json_alone(tmp_path: Path) -> None:
+    dataset = record_dataset("random", "CartPole-v1", 30, seed=4)
+    path = save_dataset(dataset, tmp_path / "ds")
+    (path / "data" / "main_data.hdf5").unlink()  # not opened
+    metadata = read_metadata(path)
+    assert metadata["seed"] == 4 and metadata["env"] == "CartPole-v1" and metadata["steps"] == 30
+    raw = json.loads((path / "data" / "metadata.json").read_text())
+    del raw["shoal"]  # a dataset shoal did not write
+    (path / "data" / "metadata.json").write_text(json.dumps(raw))
+    assert read_metadata(path) == {}
+    (path / "data" / "metadata.json").write_text("[1, 2]")
+    with pytest.raises(DatasetError, match=r"metadata\.json: cannot read"):
+        read_metadata(path)

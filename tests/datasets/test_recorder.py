@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from shoal import vector
 from shoal.datasets import EpisodeRecorder
 from shoal.errors import APIUsageError
 from shoal.train.runs.resolve import resolve_env
+from tests.datasets.helpers import assert_same_dataset
 
 pytestmark = pytest.mark.filterwarnings("ignore:The old environment creation API:DeprecationWarning")
 
@@ -132,3 +135,73 @@ def test_an_agent_gone_without_a_final_observation_ends_on_its_last_one() -> Non
     b = dataset.observations[dataset.obs_offsets[1]: dataset.obs_offsets[2]]
     assert b.tolist() == [[0, 1], [1, 1], [1, 1]]  # its last observation stands in for the final one
     assert dataset.truncations.tolist() == [False, False, False, True, False, True]
+
+
+def _record_tictactoe(steps: int, cut: str | None = None, last_finish: bool = True) -> tuple[EpisodeRecorder, bool]:
+    """Random legal moves in 2 tic-tac-toe envs for ``steps`` steps (the last one's result not applied unless
+    ``last_finish``); with ``cut``, a real SIGINT is raised inside the last step's ``act`` or ``finish``, between
+    two of the recorder's updates. Returns the recorder and whether the recording was interrupted."""
+    vec = vector.make(resolve_env("pettingzoo.classic.tictactoe_v3"), 2, seed=0)
+    recorder = EpisodeRecorder(vec.obs_layout, vec.action_layout, vec.num_agents, vec.agents_per_env)
+    rng = np.random.default_rng(0)
+    every_row = np.arange(vec.num_agents)
+    obs, _ = vec.reset(0)
+    try:
+        for step in range(steps):
+            live = np.flatnonzero(vec.masks)
+            legal = vec.action_masks[live]
+            actions = np.array([rng.choice(np.flatnonzero(m)) for m in legal])
+            last = step == steps - 1
+            if last and cut == "act":  # after the step's entries are counted, before its observations are stored
+                _interrupt_once(recorder, "_obs")
+            recorder.act(live, obs[live], actions, legal)
+            full = np.zeros(vec.num_agents, np.int64)
+            full[live] = actions
+            obs, rewards, terminals, truncations, infos = vec.step(full)
+            if last and cut == "finish":  # after the rewards are added, before the answered moves are marked
+                _interrupt_once(recorder, "_last_obs")
+            if last_finish or not last:
+                recorder.finish(every_row, rewards, terminals, truncations, vec.masks, obs, infos)
+    except KeyboardInterrupt:
+        return recorder, True
+    finally:
+        vec.close()
+    return recorder, False
+
+
+def _interrupt_once(recorder: EpisodeRecorder, attribute: str) -> None:
+    """Make the recorder's next use of its ``attribute`` raise SIGINT (Ctrl-C) first."""
+    inner = getattr(recorder, attribute)
+
+    def interrupt() -> None:
+        setattr(recorder, attribute, inner)
+        signal.raise_signal(signal.SIGINT)  # KeyboardInterrupt at the next bytecode, unless held
+
+    class Interrupting:
+        def __getattr__(self, name: str) -> object:
+            interrupt()
+            return getattr(inner, name)
+
+        def __getitem__(self, key: object) -> object:
+            interrupt()
+            return inner[key]
+
+        def __setitem__(self, key: object, value: object) -> None:
+            interrupt()
+            inner[key] = value
+
+    setattr(recorder, attribute, Interrupting())
+
+
+@pytest.mark.parametrize("cut", ["act", "finish"])
+def test_ctrl_c_in_the_middle_of_a_step_applies_the_step_whole(cut: str) -> None:
+    """Ctrl-C between two of a step's updates is delivered once the step is applied: the dataset saved after the
+    interrupt is the one an uninterrupted recording of the same steps gives (a half-applied step misaligned it)."""
+    interrupted, stopped = _record_tictactoe(6, cut)
+    whole, _ = _record_tictactoe(6, last_finish=cut == "finish")  # the interrupt stops the loop after the cut call
+    assert stopped
+    for recorder in (interrupted, whole):
+        recorder.stop()
+    saved, expected = interrupted.dataset(), whole.dataset()
+    assert_same_dataset(saved, expected)
+    assert saved.metadata == expected.metadata

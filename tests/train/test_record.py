@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -138,3 +139,36 @@ def test_bad_sources_and_arguments_are_refused(tmp_path: Path) -> None:
         record_dataset(tmp_path / "no-run", steps=10)
     with pytest.raises(APIUsageError, match="heuristic"):
         record_dataset("heuristic", "CartPole-v1", 10)
+
+
+def test_a_run_records_the_env_kwargs_and_wrappers_it_was_built_with(tmp_path: Path) -> None:
+    """Both ways of recording a run (during training, and from its checkpoint afterwards) store the env it played:
+    the run's own env_kwargs and SuperSuit wrappers, and no Gymnasium env_spec (the bare registered spec would
+    rebuild another env: 500 steps, no wrappers)."""
+    run_dir, wrappers = tmp_path / "run", "clip_reward_v0(lower_bound=0, upper_bound=0.5)"
+    train(TrainConfig(env="CartPole-v1", env_kwargs={"max_episode_steps": 20}, wrappers=wrappers, total_steps=128,
+                      num_envs=2, horizon=64, minibatch_size=64, update_epochs=1, tensorboard=False,
+                      run_dir=str(run_dir), record_dataset=str(tmp_path / "during")))
+    after = record_dataset(run_dir, steps=100, seed=0)
+    for dataset in (load_dataset(tmp_path / "during"), after):
+        assert dataset.metadata["env_kwargs"] == {"max_episode_steps": 20}
+        assert dataset.metadata["wrappers"] == wrappers
+        assert dataset.episode_lengths.max() <= 20 and dataset.rewards.max() == 0.5  # the env it was built as
+    raw = json.loads((save_dataset(after, tmp_path / "after") / "data" / "metadata.json").read_text())
+    assert "env_spec" not in raw and raw["shoal"]["metadata"]["wrappers"] == wrappers
+    assert "env_spec" not in json.loads((tmp_path / "during" / "data" / "metadata.json").read_text())
+    # without wrappers a registered id made with keywords is no bare spec either
+    plain = record_dataset("random", "CartPole-v1", 30, env_kwargs={"max_episode_steps": 20})
+    raw = json.loads((save_dataset(plain, tmp_path / "plain") / "data" / "metadata.json").read_text())
+    assert plain.metadata["wrappers"] is None and "env_spec" not in raw
+
+
+def test_the_metadata_counts_the_steps_stored_not_the_unanswered_moves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A turn-based move still waiting for its outcome when the drain limit is reached is left out: ``steps``
+    counts what the dataset holds and ``unanswered_decisions`` what was left out."""
+    import shoal.train.record as record_module
+
+    monkeypatch.setattr(record_module, "_DRAIN_STEPS_PER_SLOT", 0)  # no stepping on after the budget
+    dataset = record_dataset("random", TICTACTOE, 11, seed=0)
+    assert dataset.metadata["unanswered_decisions"] > 0
+    assert dataset.metadata["steps"] == dataset.num_steps == 11 - dataset.metadata["unanswered_decisions"]

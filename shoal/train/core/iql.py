@@ -130,8 +130,11 @@ class IQLCritics(nn.Module):
 
 @dataclass
 class IQLOptimizers:
-    """Adam for the policy (actor and state value: disjoint parameters, so one step serves both losses) and Adam for
-    the Q networks. Saved and restored together; ``param_groups`` lists both (for the learning rate)."""
+    """Adam for the policy (actor and state value, one step on the sum of their losses) and Adam for the Q
+    networks. Saved and restored together; ``param_groups`` lists both (for the learning rate).
+
+    The actor and V have separate networks except for the policy's agent-id embedding (``num_agent_ids > 0``),
+    which both read: it is trained by both losses, as PPO trains it by its actor and critic losses."""
 
     policy: torch.optim.Optimizer
     critics: torch.optim.Optimizer
@@ -169,7 +172,8 @@ def iql_update(policy: Policy, critics: IQLCritics, optimizers: IQLOptimizers, b
         target_q = critics(features, batch.actions, target=True).min(0).values
         next_value = policy.value(batch.next_obs, agent_ids=ids)
 
-    # 1. value (expectile regression) and 2. actor (advantage-weighted likelihood): disjoint parameters, one step
+    # 1. value (expectile regression) and 2. actor (advantage-weighted likelihood): one step on the summed losses
+    # (only the agent-id embedding, when there is one, receives gradients from both)
     value = policy.value(batch.obs, agent_ids=ids)
     advantage = target_q - value
     value_loss = expectile_loss(advantage, expectile)

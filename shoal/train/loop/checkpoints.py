@@ -52,6 +52,7 @@ RESUMABLE_CHANGES = {
     "wandb_project",
     "wandb_mode",
     "eval_episodes",
+    "record_dataset",  # a resumed run records from its resume point, to a new path
     "device",
     "trace_actor",
     "trace_learner",

@@ -41,10 +41,10 @@ import torch
 from torch import Tensor, nn
 
 from shoal import vector
-from shoal.datasets.minari_io import check_output_path, save_dataset
+from shoal.datasets.minari_io import check_output_path, read_metadata, save_dataset
 from shoal.datasets.recorder import EpisodeRecorder
 from shoal.emulation.base import action_mask_width
-from shoal.errors import APIUsageError
+from shoal.errors import APIUsageError, DatasetError
 from shoal.interrupts import deferred_signals
 from shoal.policies import Policy
 from shoal.train.acting import RowActor
@@ -60,7 +60,7 @@ from shoal.train.runs.agent_stats import AgentStats, GameTracker
 from shoal.train.runs.checkpoint import checkpoint_path, find_checkpoint, list_checkpoints, remove_stale_temporaries
 from shoal.train.runs.evaluate import evaluate_after_training
 from shoal.train.runs.logger import CSVSink, LogRecord, RunLogger, TensorBoardSink, WandbSink
-from shoal.train.runs.resolve import resolve_env
+from shoal.train.runs.resolve import EnvFn, resolve_env
 from shoal.train.selfplay.league import League
 from shoal.train.speed.learner_process import LearnerProcess
 from shoal.train.speed.traced_loss import loss_fn_for
@@ -215,6 +215,7 @@ class Trainer(CheckpointMixin):
         self.recorder: EpisodeRecorder | None = None
         self.dataset_path: Path | None = None
         if cfg.record_dataset is not None:
+            self._check_resumed_dataset_path()
             check_output_path(cfg.record_dataset, cfg.overwrite)  # now, not after the whole run
             self.recorder = EpisodeRecorder(vec.obs_layout, vec.action_layout, self.num_rows, self.agents_per_env)
 
@@ -271,6 +272,26 @@ class Trainer(CheckpointMixin):
         Data-parallel learners offset it per rank (:class:`shoal.train.loop.distributed_trainer.DistributedTrainer`).
         """
         return self.config.seed
+
+    def _check_resumed_dataset_path(self) -> None:
+        """``record_dataset`` on resume: refuse a dataset this run recorded before (its first part, or the part of
+        an earlier resume), even with ``overwrite``: replacing it would lose those decisions."""
+        cfg = self.config
+        if self._resume_from is None or self.run_dir is None or cfg.record_dataset is None:
+            return
+        path = Path(cfg.record_dataset)
+        if not path.exists():
+            return
+        try:
+            recorded_by = read_metadata(path).get("run_dir")
+        except DatasetError:
+            return  # not a dataset this run wrote: check_output_path says what is there
+        if recorded_by is not None and Path(recorded_by).resolve() == self.run_dir.resolve():
+            raise APIUsageError(
+                f"record_dataset={cfg.record_dataset!r} holds a dataset this run recorded before the resume point; "
+                "give the resumed run a new path (--record-dataset NEW_PATH): it records from the resume point on, "
+                "and both parts can be loaded and trained on"
+            )
 
     def _find_resume_checkpoint(self) -> Path | None:
         assert self.run_dir is not None
@@ -428,10 +449,12 @@ class Trainer(CheckpointMixin):
             return None
         self.recorder.stop()
         env = getattr(self.env_fn, "name", cfg.env)
+        env_kwargs = self.env_fn.kwargs if isinstance(self.env_fn, EnvFn) else cfg.env_kwargs  # as it was built
         dataset = self.recorder.dataset({
-            "env": env, "env_kwargs": dict(cfg.env_kwargs), "source": f"training run ({cfg.algo})", "algo": cfg.algo,
+            "env": env, "env_kwargs": dict(env_kwargs), "wrappers": cfg.wrappers,
+            "source": f"training run ({cfg.algo})", "algo": cfg.algo,
             "run_dir": None if self.run_dir is None else str(self.run_dir), "seed": cfg.seed,
-            "steps": self.recorder.num_steps, "global_step": self.global_step, "max_agents": cfg.max_agents,
+            "global_step": self.global_step, "max_agents": cfg.max_agents,
         })
         self.dataset_path = save_dataset(dataset, cfg.record_dataset, overwrite=cfg.overwrite)
         log.info("wrote the %d recorded steps (%d episodes) to %s", dataset.num_steps, dataset.num_episodes,

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from shoal.datasets import OfflineDataset, check_dataset_matches, load_dataset
+from shoal.emulation.actions import ActionLayout
 from shoal.emulation.base import action_mask_width
 from shoal.errors import APIUsageError, DatasetError
 from shoal.train.config import TrainConfig
@@ -44,8 +45,9 @@ def check_dataset(dataset: OfflineDataset, env: Any, source: str, env_name: str 
     ``obs_layout``, ``action_layout`` and ``agents_per_env``).
 
     The spaces are :func:`~shoal.datasets.check_dataset_matches`'s to compare; on top of them a learner needs the
-    episodes in slots the env has, action masks of the env's width, recorded actions legal under their masks, and
-    finite rewards and continuous actions. ``source`` and ``env_name`` name the dataset and the env in messages.
+    episodes in slots the env has, action masks of the env's width, every discrete entry of the recorded actions in
+    range and legal under its mask (Discrete, MultiDiscrete, a hybrid action's discrete part), and finite rewards
+    and continuous actions. ``source`` and ``env_name`` name the dataset and the env in messages.
 
     Raises:
         DatasetError: naming what does not fit, and where.
@@ -62,13 +64,8 @@ def check_dataset(dataset: OfflineDataset, env: Any, source: str, env_name: str 
         if masks.ndim != 2 or masks.shape[1] != width:
             raise DatasetError(f"{source} has action_masks of shape {masks.shape}; the actions of {env_name} need "
                                f"[{len(masks)}, {width}] (or none)")
-        if env.action_layout.kind == "discrete":
-            legal = masks[dataset.obs_index, dataset.actions.astype(np.int64)]
-            if not legal.all():
-                step = int(np.flatnonzero(~legal)[0])
-                raise DatasetError(f"{source}: the action {int(dataset.actions[step])} recorded at step {step} "
-                                   f"(episode {int(dataset.episode_of_step[step])}) is illegal under its action "
-                                   "mask; the dataset is inconsistent, record it again")
+    if env.action_layout.kind != "continuous":
+        _check_legal(dataset, env.action_layout, source)
     if not np.isfinite(dataset.rewards).all():
         step = int(np.flatnonzero(~np.isfinite(dataset.rewards))[0])
         raise DatasetError(f"{source}: the reward at step {step} is {dataset.rewards[step]}; offline learning needs "
@@ -78,12 +75,43 @@ def check_dataset(dataset: OfflineDataset, env: Any, source: str, env_name: str 
         raise DatasetError(f"{source}: the action at step {step} is not finite ({dataset.actions[step]})")
 
 
+def _check_legal(dataset: OfflineDataset, layout: ActionLayout, source: str) -> None:
+    """Every discrete entry of every recorded action (Discrete, each MultiDiscrete entry, a hybrid action's
+    discrete part) is a whole number in range and legal under the step's action mask, if any (an illegal one has
+    probability 0: its log-likelihood would be -inf and the loss NaN)."""
+    masks = dataset.action_masks
+    n = len(dataset.actions)
+    if layout.kind == "discrete":
+        nvec, choices = [int(layout.flat_space.n)], dataset.actions.reshape(n, 1)
+    else:
+        nvec = [int(k) for k in layout.nvec]
+        choices = dataset.actions.reshape(n, -1)[:, :len(nvec)]
+    offset = 0
+    for entry, size in enumerate(nvec):
+        values = choices[:, entry]
+        whole = np.isfinite(values) & (values == np.floor(values)) & (values >= 0) & (values < size)
+        index = np.where(whole, values, 0).astype(np.int64)
+        legal = whole if masks is None else whole & masks[dataset.obs_index, offset + index]
+        if not legal.all():
+            step = int(np.flatnonzero(~legal)[0])
+            episode = int(dataset.episode_of_step[step])
+            where = f"step {step} (episode {episode}, its step {step - int(dataset.episode_offsets[episode])})"
+            what = ("the action" if layout.kind == "discrete" else f"entry {entry} of the action")
+            reason = ("is illegal under its action mask" if whole[step]
+                      else f"is not one of its {size} choices (0 .. {size - 1})")
+            value = int(values[step]) if whole[step] else values[step].item()
+            raise DatasetError(f"{source}: {what} {value!r} recorded at {where} {reason}; the dataset is "
+                               "inconsistent, record it again")
+        offset += size
+
+
 def dataset_fingerprint(dataset: OfflineDataset) -> str:
-    """A SHA-256 (hex) of every recorded array and both layouts: equal for the same data, whatever its file."""
+    """A SHA-256 (hex) of every recorded array (the slots' agents and agent types included) and both layouts: equal
+    for the same data, whatever its file."""
     digest = hashlib.sha256()
     digest.update(repr((dataset.obs_layout, dataset.action_layout.flat_space)).encode())
     arrays = [dataset.observations, dataset.actions, dataset.rewards, dataset.terminations, dataset.truncations,
-              dataset.episode_offsets, dataset.agents]
+              dataset.episode_offsets, dataset.agents, dataset.agent_types]
     if dataset.action_masks is not None:
         arrays.append(dataset.action_masks)
     for array in arrays:

@@ -37,7 +37,7 @@ import numpy as np
 from torch import Tensor, nn
 
 from shoal.datasets import OfflineDataset
-from shoal.errors import APIUsageError, CheckpointError
+from shoal.errors import APIUsageError, CheckpointError, EpisodeLimitError
 from shoal.policies import Policy
 from shoal.train.config import OFFLINE_ALGOS, TrainConfig
 from shoal.train.core.ppo import SINGLE_LEARNER, make_optimizer
@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 
 #: The seed offset of online evaluations (the same as the evaluation after training).
 _EVAL_SEED_OFFSET = 10_007
+#: Steps per env an online evaluation during training plays at most: bounded well below the final evaluation's
+#: limit, as an env whose episodes never end would otherwise hold up training (with Ctrl-C deferred) for long.
+ONLINE_EVAL_MAX_STEPS = 5_000
 
 
 class OfflineTrainer(Trainer):
@@ -173,13 +176,26 @@ class OfflineTrainer(Trainer):
             group["lr"] = learning_rate
 
     def evaluate_online(self) -> dict[str, Any]:
-        """Play one episode in each env of the vector env with the most likely actions; their returns and lengths
-        replace the logged episode statistics. Returns the :func:`~shoal.train.runs.evaluate.evaluate_vecenv`
-        result."""
+        """Play one episode in each env of the vector env with the most likely actions (at most
+        :data:`ONLINE_EVAL_MAX_STEPS` steps per env); their returns and lengths replace the logged episode
+        statistics. Returns the :func:`~shoal.train.runs.evaluate.evaluate_vecenv` result.
+
+        When no episode ends within the bound, the evaluation is skipped with a warning (training goes on, the
+        logged statistics keep their last values) and the result is ``{"error": message, "episodes": 0}``."""
+        cfg = self.config
         t = time.perf_counter()
-        result = evaluate_vecenv(self.policy, self.vecenv, self.vecenv.num_envs,
-                                 seed=self.config.seed + _EVAL_SEED_OFFSET, deterministic=True, device=self.device)
-        self._times["env"] += time.perf_counter() - t
+        try:
+            result = evaluate_vecenv(self.policy, self.vecenv, self.vecenv.num_envs, seed=cfg.seed + _EVAL_SEED_OFFSET,
+                                     deterministic=True, device=self.device, max_steps=ONLINE_EVAL_MAX_STEPS)
+        except EpisodeLimitError as exc:  # no episode ended: the env's doing, not the training's
+            env = getattr(self.env_fn, "name", cfg.env)
+            log.warning("skipped the online evaluation at step %d (training goes on): no episode of %s ended within "
+                        "%s steps per env with the most likely actions; give the env a time limit (e.g. --env-kwargs "
+                        "'{\"max_episode_steps\": 1000}' for a Gymnasium id, or a TimeLimit wrapper in env_fn) to "
+                        "evaluate it during training", self.global_step, env, f"{ONLINE_EVAL_MAX_STEPS:,}")
+            return {"error": str(exc), "episodes": 0}
+        finally:
+            self._times["env"] += time.perf_counter() - t
         self.episode_returns.clear()
         self.episode_lengths.clear()
         self.episode_returns.extend(result["returns"])

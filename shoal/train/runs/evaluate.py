@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from shoal.errors import APIUsageError, CheckpointError, ShoalError
+from shoal.errors import APIUsageError, CheckpointError, EpisodeLimitError, ShoalError
 from shoal.policies.registry import rebuild_policy
 from shoal.train.acting import RowActor
 from shoal.train.config import TrainConfig
@@ -102,8 +102,8 @@ def evaluate(
         ``"frames"``.
 
     Raises:
-        APIUsageError: no game finished within ``max_steps`` (the message says how to bound the episodes); a
-            sequence policy without a target return, or a target return for another policy;
+        EpisodeLimitError: no game finished within ``max_steps`` (the message says how to bound the episodes).
+        APIUsageError: a sequence policy without a target return, or a target return for another policy;
             ``video`` without the ``video`` extra installed, an env that cannot render, ``render`` without a
             display.
     """
@@ -158,8 +158,9 @@ def evaluate_vecenv(policy: nn.Module, vec: Any, episodes: int, *, seed: int = 0
     ``target_return`` conditions a sequence policy (see :func:`evaluate`).
 
     Raises:
-        APIUsageError: no game finished within ``max_steps`` steps per env (the message says how to bound them); a
-            sequence policy without a target return, or a target return for another policy.
+        EpisodeLimitError: no game finished within ``max_steps`` steps per env (the message says how to bound
+            them).
+        APIUsageError: a sequence policy without a target return, or a target return for another policy.
     """
     if episodes < 1:
         raise APIUsageError(f"episodes must be >= 1, got {episodes}")
@@ -208,7 +209,7 @@ def evaluate_vecenv(policy: nn.Module, vec: Any, episodes: int, *, seed: int = 0
                 break
         else:
             if not games:
-                raise APIUsageError(
+                raise EpisodeLimitError(
                     f"evaluation stopped: no episode finished within {max_steps:,} steps per env; "
                     + _no_end_hint(deterministic)
                 )

@@ -69,3 +69,25 @@ def test_iql_critics_refuse_actions_they_cannot_score() -> None:
         IQLCritics(OBS, hybrid)
     with pytest.raises(APIUsageError, match="image leaf"):
         IQLCritics(spaces.Box(0, 255, (32, 32, 3), np.uint8), BOX)
+
+
+@pytest.mark.parametrize("expectile", [0.5, 0.8])
+def test_the_value_regresses_onto_the_smaller_target_twin(expectile: float) -> None:
+    """V's regression target is min_i Q'_i(s, a) of the TARGET critics: not the online ones, not the larger twin."""
+    torch.manual_seed(0)
+    config = TrainConfig(algo="iql", hidden_size=16).resolved()
+    policy, critics = Policy(OBS, BOX, hidden_size=16), IQLCritics(OBS, BOX, hidden_size=16)
+    optimizers = IQLOptimizers.for_networks(policy, critics, config)
+    with torch.no_grad():  # constant twins: target (1, 3), online (10, 20), told apart by the value loss
+        for net, (low, high) in ((critics.q_target, (1.0, 3.0)), (critics.q, (10.0, 20.0))):
+            net.out.weight.zero_()
+            net.out.bias[0].fill_(low)
+            net.out.bias[1].fill_(high)
+    batch = _one_step_data(64, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        value = policy.value(batch.obs)
+    stats = iql_update(policy, critics, optimizers, batch, gamma=0.99, tau=0.005, expectile=expectile, beta=3.0,
+                       max_weight=100.0)
+    for wrong in (3.0, 10.0, 20.0):
+        assert not torch.allclose(stats["value_loss"], expectile_loss(wrong - value, expectile))
+    torch.testing.assert_close(stats["value_loss"], expectile_loss(1.0 - value, expectile))

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from shoal.cli import main
 from shoal.datasets import load_dataset
 from shoal.errors import APIUsageError
 from shoal.train import TrainConfig, make_trainer
@@ -42,6 +43,7 @@ def test_a_league_records_only_the_learners_seat(tmp_path: Path) -> None:
     dataset = load_dataset(tmp_path / "data")
     # the learner's decisions; a rollout ends at its batch size, so the last ones may belong to no update
     recorded = dataset.num_steps + dataset.metadata["unanswered_decisions"]
+    assert dataset.metadata["steps"] == dataset.num_steps  # what the dataset holds, not the decisions recorded
     assert result.global_step <= recorded <= result.global_step + 8
     assert set(dataset.agents.tolist()) == {0, 1}  # the learner's seat changes from game to game
     stones = dataset.observations.reshape(-1, 18).astype(np.int64).sum(1)[dataset.obs_index]
@@ -95,3 +97,26 @@ def test_an_existing_dataset_is_refused_before_training_unless_overwrite(tmp_pat
     assert load_dataset(tmp_path / "data").num_steps == 128
     make_trainer(config.replace(total_steps=256, overwrite=True)).train()
     assert load_dataset(tmp_path / "data").num_steps == 256
+
+
+def test_a_resumed_run_records_its_part_to_a_new_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run, first, second = tmp_path / "run", tmp_path / "part1", tmp_path / "part2"
+    config = TrainConfig(env="CartPole-v1", total_steps=128, run_dir=str(run), record_dataset=str(first), **FAST)
+    make_trainer(config).train()
+    resumed = config.replace(total_steps=256, resume=True)
+    for same in (resumed, resumed.replace(overwrite=True)):  # overwriting would lose the first part
+        with pytest.raises(APIUsageError, match="recorded before the resume point; give the resumed run a new path"):
+            make_trainer(same)
+    # the command line reuses the saved config, so its default is the same path: refused with the same advice
+    args = ["train", "CartPole-v1", "--run-dir", str(run), "--resume", "--total-steps", "256"]
+    assert main(args) == 2
+    assert "give the resumed run a new path" in capsys.readouterr().err
+    assert load_dataset(first).num_steps == 128
+    assert main([*args, "--record-dataset", str(second)]) == 0
+    assert load_dataset(first).num_steps == 128 and load_dataset(second).num_steps == 128  # from the resume point
+    assert load_dataset(first).metadata["global_step"] == 128 and load_dataset(second).metadata["global_step"] == 256
+    # the part of an earlier resume is the run's too
+    again = ["train", "CartPole-v1", "--run-dir", str(run), "--resume", "--total-steps", "384", "--overwrite"]
+    assert main([*again, "--record-dataset", str(second)]) == 2
+    assert "give the resumed run a new path" in capsys.readouterr().err
+    assert load_dataset(second).num_steps == 128

@@ -14,10 +14,11 @@ import torch
 from shoal.errors import APIUsageError, CheckpointError, DatasetError
 from shoal.policies.export import export_onnx, run_onnx
 from shoal.train import TrainConfig, make_trainer, train
+from shoal.train.offline import trainer as offline_trainer
 from shoal.train.offline.bc import BCTrainer
 from shoal.train.record import record_dataset
 from shoal.train.runs.checkpoint import list_checkpoints
-from shoal.train.runs.evaluate import evaluate_checkpoint
+from shoal.train.runs.evaluate import DEFAULT_MAX_STEPS, evaluate_checkpoint
 from shoal.train.runs.logger import read_scalars
 from tests.train.offline.recorded import cartpole_expert, pendulum_expert, record
 
@@ -137,3 +138,17 @@ def test_the_trainer_class_of_bc(expert: Any) -> None:
             "dataset: 4 episodes, 2,000 steps, episode return 500.00")
     finally:
         trainer.close()
+
+
+def test_an_online_evaluation_that_sees_no_episode_end_is_skipped_with_a_warning(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    assert offline_trainer.ONLINE_EVAL_MAX_STEPS <= DEFAULT_MAX_STEPS // 10  # bounded below the final evaluation's
+    monkeypatch.setattr(offline_trainer, "ONLINE_EVAL_MAX_STEPS", 300)  # keeps the test fast
+    data = record("Pendulum-v1", pendulum_expert, 1)
+    endless = "gymnasium.envs.classic_control.pendulum:PendulumEnv"  # the bare class: no time limit
+    result = train(TrainConfig(env=endless, algo="bc", total_steps=40, horizon=10, eval_interval=2, **FAST),
+                   dataset=data)
+    assert result.global_step == 40 and result.updates == 4  # trained to the end
+    assert result.episodes == 0
+    skipped = [r.getMessage() for r in caplog.records if "skipped the online evaluation" in r.getMessage()]
+    assert len(skipped) == 2 and "PendulumEnv" in skipped[0] and "time limit" in skipped[0]
