@@ -21,7 +21,7 @@ from shoal.errors import CheckpointError
 from shoal.interrupts import deferred_signals
 from shoal.policies.policy import Policy, check_saved_config
 from shoal.train.config import TrainConfig
-from shoal.train.loop.env_result import Carry
+from shoal.train.loop.env_result import EnvResult
 from shoal.train.runs.checkpoint import (
     FORMAT,
     check_signature,
@@ -274,7 +274,7 @@ class CheckpointMixin:
             and not saved["acted"]
             and restore_env_state(self.vecenv, payload["env_state"])
         ):
-            carry = Carry(batch, self._rows(batch.env_ids))
+            carry = EnvResult(batch, self._rows(batch.env_ids))
             for name in (
                 "obs",
                 "rewards",
@@ -301,7 +301,7 @@ class CheckpointMixin:
                 self.config.backend,
             )
             self.exact_resume = False
-            self._carry = Carry(batch, self._rows(batch.env_ids))
+            self._carry = EnvResult(batch, self._rows(batch.env_ids))
             if self.league is not None:  # fresh envs: every env gets a new seating
                 self.league.reset_envs()
             self._finish(self._carry)

@@ -1,4 +1,4 @@
-"""The trainer's carry-over between env results: the last result and whether its live rows already acted."""
+"""EnvResult: the last env result the trainer holds between steps, and whether its live rows already acted."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Carry"]
+__all__ = ["EnvResult"]
 
 
-class Carry:
+class EnvResult:
     """The last env result (views of the vector env's batch; copied where needed) and whether its live rows
     already acted."""
 

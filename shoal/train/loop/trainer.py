@@ -54,7 +54,7 @@ from shoal.train.core.learner import InProcessLearner, Learner
 from shoal.train.core.ppo import SINGLE_LEARNER, Reducer, make_optimizer
 from shoal.train.core.rollout import RolloutBuffer
 from shoal.train.loop.checkpoints import CheckpointMixin
-from shoal.train.loop.env_result import Carry
+from shoal.train.loop.env_result import EnvResult
 from shoal.train.loop.result import TrainResult
 from shoal.train.runs.agent_stats import AgentStats, GameTracker
 from shoal.train.runs.checkpoint import checkpoint_path, find_checkpoint, list_checkpoints, remove_stale_temporaries
@@ -189,7 +189,7 @@ class Trainer(CheckpointMixin):
         self.episode_returns: deque[float] = deque(maxlen=cfg.stats_window)
         self.episode_lengths: deque[float] = deque(maxlen=cfg.stats_window)
         self.episodes = 0
-        self._carry: Carry | None = None
+        self._carry: EnvResult | None = None
         self._elapsed_before = 0.0
         self._times = {"env": 0.0, "inference": 0.0, "learn": 0.0}
         self.exact_resume = True
@@ -309,16 +309,16 @@ class Trainer(CheckpointMixin):
         a = self.agents_per_env
         return (np.asarray(env_ids, np.int64)[:, None] * a + np.arange(a)).reshape(-1)
 
-    def _recv(self) -> Carry:
+    def _recv(self) -> EnvResult:
         t = time.perf_counter()
         batch = self.vecenv.recv()
         self._times["env"] += time.perf_counter() - t
-        return Carry(batch, self._rows(batch.env_ids))
+        return EnvResult(batch, self._rows(batch.env_ids))
 
     def _tensor(self, array: np.ndarray) -> Tensor:
         return torch.from_numpy(array).to(self.device, non_blocking=True)
 
-    def critic_inputs(self, carry: Carry, live: np.ndarray | slice) -> Tensor | None:
+    def critic_inputs(self, carry: EnvResult, live: np.ndarray | slice) -> Tensor | None:
         """Centralized critic input for the live rows of ``carry`` (None for PPO; MAPPO overrides this)."""
         return None
 
@@ -333,7 +333,7 @@ class Trainer(CheckpointMixin):
     def rnn_state(self, state: tuple[Tensor, Tensor] | None) -> None:
         self.acting.state = state
 
-    def _act(self, carry: Carry) -> None:
+    def _act(self, carry: EnvResult) -> None:
         """Run the policy on ``carry``'s rows, record the live rows' pending transitions, send the actions.
 
         Every row of the result goes through the policy (a fixed batch shape, so traces are reused); only live
@@ -364,7 +364,7 @@ class Trainer(CheckpointMixin):
         self._times["env"] += time.perf_counter() - t
         carry.acted = True
 
-    def _values(self, rows: np.ndarray, obs: np.ndarray, carry: Carry | None, final: bool = False) -> np.ndarray:
+    def _values(self, rows: np.ndarray, obs: np.ndarray, carry: EnvResult | None, final: bool = False) -> np.ndarray:
         """Critic values of ``obs`` for ``rows`` with their current LSTM state (no state update).
 
         ``final``: ``obs`` are the final observations of episodes that ended in ``carry`` (a centralized critic
@@ -383,7 +383,7 @@ class Trainer(CheckpointMixin):
             values = self.policy.value(self._tensor(np.ascontiguousarray(obs)), state, done=done, **kwargs)
         return values.float().cpu().numpy()
 
-    def _finish(self, carry: Carry) -> None:
+    def _finish(self, carry: EnvResult) -> None:
         """Complete the pending transitions answered by ``carry``; record finished episodes."""
         t = time.perf_counter()
         buffer = self.buffer
@@ -413,7 +413,7 @@ class Trainer(CheckpointMixin):
                 rewards = np.clip(rewards, -cfg.reward_clip, cfg.reward_clip).astype(np.float32)
         return rewards
 
-    def _record_episodes(self, carry: Carry, ended: np.ndarray, counted: np.ndarray) -> None:
+    def _record_episodes(self, carry: EnvResult, ended: np.ndarray, counted: np.ndarray) -> None:
         """Add what ended in ``carry`` to the statistics: whole env episodes (games) to the episode returns and
         lengths, the agents' own episodes at the ``counted`` positions (a league: the learner's) to
         :attr:`agent_stats`."""
@@ -425,7 +425,7 @@ class Trainer(CheckpointMixin):
         if self.agent_stats is not None:
             self.agent_stats.record(carry.rows, carry.env_ids, carry.infos, counted, carry.agent_types, games)
 
-    def _record_decisions(self, carry: Carry, live: np.ndarray, env_actions: np.ndarray) -> None:
+    def _record_decisions(self, carry: EnvResult, live: np.ndarray, env_actions: np.ndarray) -> None:
         """``record_dataset``: record the decisions of ``carry``'s ``live`` rows (bool ``[len(rows)]``, the rows
         the learner drives) with the actions the env receives."""
         if self.recorder is None or not live.any():
@@ -435,7 +435,7 @@ class Trainer(CheckpointMixin):
                           None if carry.action_masks is None else carry.action_masks[picked],
                           None if carry.agent_types is None else carry.agent_types[picked])
 
-    def _record_results(self, carry: Carry) -> None:
+    def _record_results(self, carry: EnvResult) -> None:
         """``record_dataset``: apply an env result (raw rewards) to the recorded decisions."""
         if self.recorder is not None:
             self.recorder.finish(carry.rows, carry.rewards, carry.terminals, carry.truncations, carry.masks, carry.obs,
@@ -491,7 +491,7 @@ class Trainer(CheckpointMixin):
         else:
             self._bootstrap(carry)
 
-    def _bootstrap(self, carry: Carry) -> None:
+    def _bootstrap(self, carry: EnvResult) -> None:
         waiting = self.buffer.waiting_rows()
         if not len(waiting):
             return

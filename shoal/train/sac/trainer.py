@@ -52,7 +52,7 @@ from shoal.train.core.centralized import CentralizedInputs, centralized_env
 from shoal.train.core.ppo import SINGLE_LEARNER
 from shoal.train.core.replay import ReplayBuffer
 from shoal.train.core.sac import SACOptimizers, sac_update
-from shoal.train.loop.env_result import Carry
+from shoal.train.loop.env_result import EnvResult
 from shoal.train.loop.trainer import Trainer
 from shoal.train.runs.logger import LogRecord
 from shoal.train.runs.resolve import resolve_env
@@ -197,7 +197,7 @@ class SACTrainer(Trainer):
     def _start_learner(self) -> None:
         """SAC learns in this process, step by step inside :meth:`collect`; there is no separate learner."""
 
-    def critic_inputs(self, carry: Carry, live: np.ndarray | slice) -> Tensor | None:
+    def critic_inputs(self, carry: EnvResult, live: np.ndarray | slice) -> Tensor | None:
         """The centralized critic inputs float32 ``[len(live), C]`` of ``carry``'s rows ``live`` (None for
         decentralized critics); stored in the replay beside the decisions and as their next inputs."""
         if self.central is None:
@@ -205,13 +205,13 @@ class SACTrainer(Trainer):
         x = self.central.rows(carry)
         return x[live] if isinstance(live, slice) else x[torch.from_numpy(np.asarray(live)).to(x.device)]
 
-    def _critic_array(self, carry: Carry, live: np.ndarray | slice) -> np.ndarray | None:
+    def _critic_array(self, carry: EnvResult, live: np.ndarray | slice) -> np.ndarray | None:
         x = self.critic_inputs(carry, live)
         return None if x is None else x.cpu().numpy()
 
     # ---- acting and storage ------------------------------------------------------------------------------------
 
-    def _random_actions(self, carry: Carry) -> np.ndarray:
+    def _random_actions(self, carry: EnvResult) -> np.ndarray:
         """Uniform actions over the action space (Box) or the legal actions (Discrete), drawn by
         :attr:`generator` so a resumed run draws the same ones."""
         n = len(carry.rows)
@@ -224,7 +224,7 @@ class SACTrainer(Trainer):
         legal[legal.sum(-1) == 0] = 1.0  # a row with no legal action (not live) still needs a placeholder
         return torch.multinomial(legal, 1, generator=self.generator).squeeze(-1).numpy()
 
-    def _act(self, carry: Carry) -> None:
+    def _act(self, carry: EnvResult) -> None:
         t = time.perf_counter()
         rows, masks = carry.rows, carry.masks
         if self.global_step + self._acted < self.config.learning_starts:
@@ -247,7 +247,7 @@ class SACTrainer(Trainer):
         self._times["env"] += time.perf_counter() - t
         carry.acted = True
 
-    def _finish(self, carry: Carry) -> None:
+    def _finish(self, carry: EnvResult) -> None:
         """Complete the pending decisions answered by ``carry`` into transitions; record finished episodes."""
         t = time.perf_counter()
         rows, terminals, truncations = carry.rows, carry.terminals, carry.truncations
