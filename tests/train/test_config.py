@@ -193,3 +193,20 @@ def test_a_config_saved_before_presets_resumes_without_one(tmp_path: Path) -> No
     old_sac = {**TrainConfig(env="Pendulum-v1", algo="sac", critic_input="auto").to_dict()}
     del old_sac["preset"]  # SAC saved "auto", which it ignored, before it had centralized critics
     assert TrainConfig.from_dict(old_sac).critic_input is None
+
+
+def test_the_dashboard_shows_the_statistics_its_algorithm_logs() -> None:
+    # SAC logs no PPO statistics: its progress used to print "pg -  vf -  kl -  clip -" for the whole run
+    sac = LogRecord(10, {"perf/sps": 100.0, "losses/q_loss": 1.25, "losses/actor_loss": -3.5, "losses/alpha": 0.2,
+                         "losses/entropy": -0.75, "losses/q_mean": 9.0}, 100, 1.0)
+    stream = io.StringIO()
+    Dashboard(stream, live=False)(sac)
+    line = stream.getvalue()
+    assert "q_loss 1.25  actor_loss -3.5  alpha 0.2  entropy -0.75" in line and "pg" not in line
+    live = "\n".join(Dashboard(io.StringIO(), live=True).render(sac))
+    assert "q loss 1.25" in live and "q mean 9" in live and "KL" not in live
+    ppo = LogRecord(10, {"losses/entropy": 0.5, "losses/clipfrac": 0.1, "losses/policy_loss": 0.02,
+                         "losses/approx_kl": 0.01, "losses/value_loss": 3.0}, 100, 1.0)
+    stream = io.StringIO()
+    Dashboard(stream, live=False)(ppo)
+    assert "pg 0.02  vf 3  kl 0.01  clip 0.1" in stream.getvalue()

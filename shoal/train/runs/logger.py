@@ -215,6 +215,29 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return f"{value:.{digits}g}"
 
 
+#: PPO's main statistics first, in this order; the rest (and every other algorithm's: SAC's q_loss, actor_loss,
+#: alpha, ...) in the order logged, so each algorithm's progress shows its own statistics rather than PPO's blanks
+_PPO_ORDER = ("policy_loss", "value_loss", "approx_kl", "clipfrac")
+#: the compact line's names for PPO's statistics
+_SHORT = {"policy_loss": "pg", "value_loss": "vf", "approx_kl": "kl", "clipfrac": "clip"}
+#: statistics on the one-line (non-TTY) progress
+_PLAIN_LOSSES = 4
+
+
+def _losses(scalars: dict[str, float]) -> list[tuple[str, float]]:
+    """The ``losses/<name>`` scalars as ``(name, value)``: PPO's in :data:`_PPO_ORDER`, then the rest as logged."""
+    found = {key.removeprefix("losses/"): value for key, value in scalars.items() if key.startswith("losses/")}
+    names = [n for n in _PPO_ORDER if n in found] + [n for n in found if n not in _PPO_ORDER]
+    return [(name, found[name]) for name in names]
+
+
+def _loss_lines(scalars: dict[str, float]) -> list[str]:
+    """The dashboard's statistics lines: three per line, then the learning rate."""
+    items = [f"{name.replace('_', ' ')} {_fmt(value)}" for name, value in _losses(scalars)]
+    items.append(f"lr {_fmt(scalars.get('charts/learning_rate'))}")
+    return [" " + "   ".join(items[i:i + 3]) for i in range(0, len(items), 3)]
+
+
 def _agent_lines(scalars: dict[str, float], columns: int) -> list[str]:
     """Dashboard lines of multi-agent runs: team returns, then agent returns (``teams/*``, ``agents/*``)."""
     lines = []
@@ -281,12 +304,7 @@ class Dashboard:
             f" episode return {_fmt(s.get('charts/episode_return'))}   "
             f"length {_fmt(s.get('charts/episode_length'))}"
             f"   episodes {int(s.get('charts/episodes', 0)):,}",
-            f" policy loss {_fmt(s.get('losses/policy_loss'))}   "
-            f"value loss {_fmt(s.get('losses/value_loss'))}   "
-            f"entropy {_fmt(s.get('losses/entropy'))}",
-            f" KL {_fmt(s.get('losses/approx_kl'))}   clip frac {_fmt(s.get('losses/clipfrac'))}   "
-            f"explained var {_fmt(s.get('losses/explained_variance'))}   "
-            f"lr {_fmt(s.get('charts/learning_rate'))}",
+            *_loss_lines(s),
             f" time: env {env_t:.0%}   inference {act_t:.0%}   learn {learn_t:.0%}",
         ]
         return lines + _agent_lines(s, shutil.get_terminal_size((100, 20)).columns)
@@ -305,8 +323,7 @@ class Dashboard:
                 f"[{frac:6.1%}] step {record.step:,}  sps {s.get('perf/sps', 0.0):,.0f}  "
                 f"return {_fmt(s.get('charts/episode_return'))}  "
                 f"length {_fmt(s.get('charts/episode_length'))}  "
-                f"pg {_fmt(s.get('losses/policy_loss'))}  vf {_fmt(s.get('losses/value_loss'))}  "
-                f"kl {_fmt(s.get('losses/approx_kl'))}  clip {_fmt(s.get('losses/clipfrac'))}"
+                + "  ".join(f"{_SHORT.get(name, name)} {_fmt(value)}" for name, value in _losses(s)[:_PLAIN_LOSSES])
                 + "".join(f"\n{line}" for line in _agent_lines(s, 10_000))
                 + "\n"
             )
