@@ -6,9 +6,14 @@ the same ``learning_starts=100``).
 
 SB3 runs as the zoo configures Pendulum-v1 (``learning_rate=1e-3``; otherwise SB3's defaults: a 1M buffer,
 ``batch_size=256``, ``learning_starts=100``, ``tau=0.005``, ``gamma=0.99``, ``train_freq=1``,
-``gradient_steps=1``, two 256-unit layers, a tuned temperature), with torch's default threads. shoal runs with
-its defaults for ``--algo sac`` (printed below) except ``learning_starts=100``. Both are evaluated on 10
-deterministic episodes.
+``gradient_steps=1``, two 256-unit layers, a tuned temperature), with torch's default threads (``--sb3-threads``
+sets them). shoal runs as ``shoal train Pendulum-v1 --algo sac`` does (its defaults and its Pendulum-v1 preset,
+64-unit layers; printed below) except ``learning_starts=100``. Both are evaluated on 10 deterministic episodes.
+
+Same-network lines (one seed each; ``--skip-same-network`` leaves them out) show what the preset's smaller
+network is worth: shoal with SB3's 256-unit layers, and SB3 with the preset's 64-unit layers. On a CPU a
+256-unit SAC step is compute-bound in both libraries (about 0.5 GFLOP per gradient step), so at equal width the
+ratio is far below the preset's.
 
     python benchmarks/sac.py [--steps 20000] [--seeds 1,2,3,4,5] [--sb3-seeds 1,2] [--skip-sb3] [--hidden-size 256]
 
@@ -61,13 +66,15 @@ def run_shoal(steps: int, seed: int, hidden_size: int | None = None) -> tuple[fl
     return result.evaluation["mean_return"], result.global_step / result.seconds
 
 
-def run_sb3(steps: int, seed: int) -> tuple[float, float]:
-    """(deterministic eval return over 10 episodes, steps/s) of one SB3 run with the zoo's hyperparameters."""
+def run_sb3(steps: int, seed: int, hidden_size: int = 256) -> tuple[float, float]:
+    """(deterministic eval return over 10 episodes, steps/s) of one SB3 run with the zoo's hyperparameters
+    (``hidden_size``: its layers' width, 256 as the zoo leaves it)."""
     import gymnasium as gym
     from stable_baselines3 import SAC
     from stable_baselines3.common.evaluation import evaluate_policy
 
-    model = SAC("MlpPolicy", gym.make(ENV_ID), learning_rate=1e-3, seed=seed, verbose=0)
+    model = SAC("MlpPolicy", gym.make(ENV_ID), learning_rate=1e-3, seed=seed, verbose=0,
+                policy_kwargs={"net_arch": [hidden_size, hidden_size]})
     start = time.perf_counter()
     model.learn(steps)
     seconds = time.perf_counter() - start
@@ -112,6 +119,9 @@ def main() -> None:
     parser.add_argument("--skip-sb3", action="store_true")
     parser.add_argument("--hidden-size", type=int, default=None,
                         help="shoal's layer width (default: its own; 256 is SB3's, for a same-network figure)")
+    parser.add_argument("--skip-same-network", action="store_true",
+                        help="leave out the equal-width lines (shoal at 256 units, SB3 at shoal's width)")
+    parser.add_argument("--sb3-threads", type=int, default=0, help="SB3's torch threads (0: torch's default)")
     parser.add_argument("--pettingzoo", action="store_true",
                         help=f"compare SAC with PPO on {PZ_ENV} instead (see above)")
     parser.add_argument("--pz-steps", type=int, default=60_000, help="agent steps per method with --pettingzoo")
@@ -120,8 +130,9 @@ def main() -> None:
     if args.pettingzoo:
         run_pettingzoo(args.pz_steps, args.seed)
         return
+    sb3_threads = args.sb3_threads or torch.get_num_threads()  # shoal's runs set their own (torch_threads)
     cfg = TrainConfig(env=ENV_ID, algo="sac", hidden_size=args.hidden_size).resolved(1)
-    print(f"shoal SAC defaults: num_envs={cfg.num_envs} hidden_size={cfg.hidden_size} lr={cfg.learning_rate} "
+    print(f"shoal SAC settings (defaults and the env preset): num_envs={cfg.num_envs} hidden_size={cfg.hidden_size} lr={cfg.learning_rate} "
           f"minibatch={cfg.minibatch_size} utd_ratio={cfg.utd_ratio} learning_starts={SB3_LEARNING_STARTS} "
           f"tau={cfg.tau} torch_threads={cfg.torch_threads}")
     shoal_runs = []
@@ -131,10 +142,22 @@ def main() -> None:
         print(f"shoal SAC  seed {seed}: eval {ret:8.1f}   {sps:7.1f} steps/s", flush=True)
     sb3_runs = []
     if not args.skip_sb3:
+        torch.set_num_threads(sb3_threads)
+        print(f"SB3 SAC (zoo): 256-unit layers, torch threads {torch.get_num_threads()}")
         for seed in (int(s) for s in args.sb3_seeds.split(",")):
             ret, sps = run_sb3(args.steps, seed)
             sb3_runs.append((ret, sps))
             print(f"SB3 SAC    seed {seed}: eval {ret:8.1f}   {sps:7.1f} steps/s", flush=True)
+    same_network = None
+    if not (args.skip_sb3 or args.skip_same_network):
+        seed = int(args.seeds.split(",")[0])
+        wide = run_shoal(args.steps, seed, 256)
+        print(f"shoal SAC  seed {seed}, 256-unit layers: eval {wide[0]:8.1f}   {wide[1]:7.1f} steps/s", flush=True)
+        torch.set_num_threads(sb3_threads)
+        narrow = run_sb3(args.steps, seed, cfg.hidden_size)
+        print(f"SB3 SAC    seed {seed}, {cfg.hidden_size}-unit layers: eval {narrow[0]:8.1f}   {narrow[1]:7.1f} "
+              "steps/s", flush=True)
+        same_network = (wide[1], narrow[1])
     returns = [r for r, _ in shoal_runs]
     shoal_sps = statistics.median(s for _, s in shoal_runs)
     print(f"\n{ENV_ID} after {args.steps:,} steps")
@@ -148,7 +171,12 @@ def main() -> None:
         print(f"SB3 SAC (zoo): eval mean {statistics.mean(sb3_returns):8.1f}, worst {min(sb3_returns):8.1f} over "
               f"{len(sb3_returns)} seeds; {_median_sps(sb3_sps)}")
         ratio = shoal_sps / sb3_sps
-        print(f"steps/s ratio shoal / SB3: {ratio:.2f}x (target >= 3x: {'met' if ratio >= 3 else 'MISSED'})")
+        print(f"steps/s ratio shoal ({cfg.hidden_size} units) / SB3 zoo (256 units): {ratio:.2f}x "
+              f"(target >= 3x: {'met' if ratio >= 3 else 'MISSED'})")
+        if same_network:
+            wide_sps, narrow_sps = same_network
+            print(f"equal width, 256 units: shoal / SB3 {wide_sps / sb3_sps:.2f}x; {cfg.hidden_size} units: shoal "
+                  f"(median) / SB3 {shoal_sps / narrow_sps:.2f}x")
 
 
 def _median_sps(sps: float) -> str:

@@ -109,6 +109,12 @@ ENV_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "Acrobot-v1": {"value_norm": "running"},
         "LunarLander-v3": {"value_norm": "running"},
     },
+    # SAC on Pendulum-v1 (3 observations, 1 torque): 64-unit layers learn it as well as 256-unit ones within 20k
+    # steps (benchmarks/sac.py, 5 seeds) at a quarter of the compute per gradient step, which on a CPU is most of
+    # SAC's time; the zoo's learning rate (1e-3) is already SAC's default
+    "sac": {
+        "Pendulum-v1": {"hidden_size": 64},
+    },
 }
 
 #: The algorithms that learn from a recorded dataset (``TrainConfig.dataset``) instead of collecting experience.

@@ -166,6 +166,7 @@ def test_an_env_preset_fills_only_the_fields_left_unset() -> None:
     # presets are per algorithm: SAC on Pendulum keeps SAC's defaults
     sac = TrainConfig(env="Pendulum-v1", algo="sac").resolved()
     assert (sac.gamma, sac.num_envs) == (ALGO_DEFAULTS["sac"]["gamma"], ALGO_DEFAULTS["sac"]["num_envs"])
+    assert sac.hidden_size == ENV_PRESETS["sac"]["Pendulum-v1"]["hidden_size"] != ALGO_DEFAULTS["sac"]["hidden_size"]
     assert resolved.resolved() == resolved  # resolving twice changes nothing
     with pytest.raises(APIUsageError, match="preset"):
         TrainConfig(env="Pendulum-v1", preset="zoo").resolved()
