@@ -384,15 +384,29 @@ def _eval_match(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_record(args: argparse.Namespace) -> dict[str, Any]:
     from shoal.datasets.minari_io import check_output_path, save_dataset
-    from shoal.train.record import record_dataset
+    from shoal.interrupts import deferred_signals
+    from shoal.train.record import RecordingInterrupted, record_dataset
 
     if args.steps < 1:
         raise APIUsageError(f"--steps must be >= 1, got {args.steps}")
     check_output_path(args.out, args.overwrite)  # before the rollout, not after it
     if args.env is not None:
         _check_env_kwargs(args.env, args.env_kwargs)
-    dataset = record_dataset(args.source, args.env, args.steps, epsilon=args.epsilon, deterministic=args.deterministic,
-                             seed=args.seed, num_envs=args.num_envs, env_kwargs=args.env_kwargs, device=args.device)
+    try:
+        dataset = record_dataset(args.source, args.env, args.steps, epsilon=args.epsilon,
+                                 deterministic=args.deterministic, seed=args.seed, num_envs=args.num_envs,
+                                 env_kwargs=args.env_kwargs, device=args.device)
+    except RecordingInterrupted as exc:  # write what was recorded, then exit as interrupted
+        how = "interrupted" if exc.signal_name == "SIGINT" else f"stopped by {exc.signal_name}"
+        if exc.dataset.num_steps == 0:
+            _fail("record", f"{how} before any step was recorded; nothing written", code=EXIT_INTERRUPTED,
+                  signal=exc.signal_name)
+        with deferred_signals():
+            path = save_dataset(exc.dataset, args.out, overwrite=args.overwrite)
+        _fail("record", f"{how} after {exc.dataset.num_steps:,} of {args.steps:,} steps; wrote the "
+                        f"{exc.dataset.num_episodes:,} episodes recorded so far (running ones end truncated) to {path}",
+              code=EXIT_INTERRUPTED, signal=exc.signal_name, path=str(path), steps=exc.dataset.num_steps,
+              episodes=exc.dataset.num_episodes)
     path = save_dataset(dataset, args.out, overwrite=args.overwrite)
     mean_return = float(dataset.episode_returns().mean())
     _say(args, f"{dataset.metadata['env']}: recorded {dataset.num_episodes} episodes, {dataset.num_steps} steps, mean "

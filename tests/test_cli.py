@@ -278,3 +278,19 @@ def test_train_bc_from_a_dataset_path_then_eval_and_resume(tmp_path: Path, capsy
     assert code == 2 and "learns from a recorded dataset: give --dataset PATH" in payload["error"]
     code, payload, _ = run(capsys, "train", "CartPole-v1", "--algo", "bc", "--dataset", str(tmp_path / "missing"))
     assert code == 2 and "missing" in payload["error"]
+
+
+def test_an_interrupted_record_writes_the_steps_recorded_so_far(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from shoal.datasets import load_dataset
+
+    out = tmp_path / "partial"
+    # the env raises KeyboardInterrupt at its 150th step, as Ctrl-C would
+    code, payload, text = run(capsys, "record", "random", "--env", "tests.train.test_record:InterruptedCartPole",
+                              "--steps", "1000", "--out", str(out), "--json")
+    assert code == 1 and not payload["ok"] and payload["signal"] == "SIGINT"
+    assert payload["steps"] == 149 and payload["path"] == str(out)
+    assert "interrupted after 149 of 1,000 steps" in payload["error"]
+    dataset = load_dataset(out)
+    assert dataset.num_steps == 149 and dataset.metadata["interrupted"] is True
+    assert dataset.num_episodes == payload["episodes"] and dataset.truncations[-1]

@@ -21,6 +21,10 @@ game the slots whose last move waits for its outcome get it first: the envs step
 recorded) until every recorded move is answered, for at most ``64`` vector steps per slot of an env; a move still
 unanswered then is left out, so the dataset may hold fewer than ``steps`` steps (``metadata["steps"]`` is the
 number stored, ``metadata["unanswered_decisions"]`` the number left out).
+
+Interrupted (Ctrl-C, or SIGTERM under the command line), recording stops as if the budget had been reached there,
+without stepping on: :class:`RecordingInterrupted` carries the dataset of the decisions made so far
+(``metadata["interrupted"]`` is True), which ``shoal record`` writes before it exits.
 """
 
 from __future__ import annotations
@@ -38,13 +42,27 @@ from shoal.datasets.episodes import OfflineDataset
 from shoal.datasets.recorder import EpisodeRecorder
 from shoal.emulation.actions import ActionLayout
 from shoal.errors import APIUsageError
+from shoal.interrupts import deferred_signals, signal_name
 from shoal.train.config import is_baseline
 from shoal.train.runs.evaluate import load_policy_from_checkpoint
 from shoal.train.runs.resolve import EnvFn, resolve_env
 from shoal.train.selfplay.league import make_player
 from shoal.train.selfplay.opponents import Player, PolicyPlayer
 
-__all__ = ["random_actions", "record_dataset"]
+__all__ = ["RecordingInterrupted", "random_actions", "record_dataset"]
+
+class RecordingInterrupted(KeyboardInterrupt):
+    """Recording was interrupted; ``dataset`` holds what was recorded until then (see the module docstring).
+
+    A ``KeyboardInterrupt``, so code that does not look for it stops as it would on Ctrl-C; ``signal_name`` is
+    the signal's (``"SIGINT"`` or ``"SIGTERM"``).
+    """
+
+    def __init__(self, dataset: OfflineDataset, signal_name: str = "SIGINT") -> None:
+        super().__init__(f"recording interrupted after {dataset.num_steps} steps")
+        self.dataset = dataset
+        self.signal_name = signal_name
+
 
 #: Vector steps allowed after the budget for the outcomes of turn-based moves still waiting (per slot of an env).
 _DRAIN_STEPS_PER_SLOT = 64
@@ -176,24 +194,33 @@ def record_dataset(
         if player == "random":
             player = _RandomPlayer(vec.action_layout, rng)
         recorder = EpisodeRecorder(vec.obs_layout, vec.action_layout, vec.num_agents, vec.agents_per_env)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            _roll_out(vec, player, recorder, steps, epsilon, rng, seed)
+        interrupt: KeyboardInterrupt | None = None
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                _roll_out(vec, player, recorder, steps, epsilon, rng, seed)
+        except KeyboardInterrupt as exc:  # keep what was recorded (the recorder is consistent between its calls)
+            interrupt = exc
     finally:
         vec.close()
     label = source if isinstance(source, str) else ("policy" if isinstance(source, nn.Module) else str(source))
     built = env_fn if isinstance(env_fn, EnvFn) else None  # what the env was built with (a run's own kwargs)
-    return recorder.dataset({
-        "env": env_name,
-        "env_kwargs": dict(built.kwargs if built is not None else env_kwargs or {}),
-        "wrappers": None if built is None else built.wrappers,
-        "source": label,
-        "seed": seed,
-        "epsilon": float(epsilon),
-        "deterministic": bool(deterministic),
-        "num_envs": num_envs,
-        "max_agents": max_agents,
-    })
+    with deferred_signals():
+        dataset = recorder.dataset({
+            "env": env_name,
+            "env_kwargs": dict(built.kwargs if built is not None else env_kwargs or {}),
+            "wrappers": None if built is None else built.wrappers,
+            "source": label,
+            "seed": seed,
+            "epsilon": float(epsilon),
+            "deterministic": bool(deterministic),
+            "num_envs": num_envs,
+            "max_agents": max_agents,
+            "interrupted": interrupt is not None,
+        })
+    if interrupt is not None:
+        raise RecordingInterrupted(dataset, signal_name(interrupt)) from interrupt
+    return dataset
 
 
 def _roll_out(vec: Any, player: Player, recorder: EpisodeRecorder, steps: int, epsilon: float,

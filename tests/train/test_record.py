@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
 
 import numpy as np
 import pytest
@@ -11,7 +14,7 @@ import pytest
 from shoal.datasets import OfflineDataset, load_dataset, save_dataset
 from shoal.errors import APIUsageError, CheckpointError
 from shoal.train import TrainConfig, load_policy_from_checkpoint, train
-from shoal.train.record import record_dataset
+from shoal.train.record import RecordingInterrupted, record_dataset
 from tests.datasets.helpers import assert_same_dataset
 from tests.emulation.test_pettingzoo import SpawnEnv
 
@@ -172,3 +175,34 @@ def test_the_metadata_counts_the_steps_stored_not_the_unanswered_moves(monkeypat
     dataset = record_dataset("random", TICTACTOE, 11, seed=0)
     assert dataset.metadata["unanswered_decisions"] > 0
     assert dataset.metadata["steps"] == dataset.num_steps == 11 - dataset.metadata["unanswered_decisions"]
+
+
+class InterruptedCartPole(gym.Wrapper):
+    """CartPole that raises KeyboardInterrupt (as Ctrl-C would) at its ``at``-th step."""
+
+    def __init__(self, at: int = 150) -> None:
+        super().__init__(gym.make("CartPole-v1"))
+        self.at, self.steps = at, 0
+
+    def step(self, action: Any) -> Any:
+        self.steps += 1
+        if self.steps == self.at:
+            raise KeyboardInterrupt
+        return self.env.step(action)
+
+
+def test_an_interrupted_recording_keeps_every_decision_made_until_then() -> None:
+    with pytest.raises(RecordingInterrupted) as caught:
+        record_dataset("random", InterruptedCartPole, 1000, seed=3)
+    partial = caught.value.dataset
+    assert isinstance(caught.value, KeyboardInterrupt) and caught.value.signal_name == "SIGINT"
+    # 149 steps answered; the 150th decision never got its outcome, so it is not stored
+    assert partial.num_steps == 149 and partial.metadata["interrupted"] is True
+    assert partial.metadata["unanswered_decisions"] == 1
+    # the same steps as an uninterrupted recording of the same seed, the running episode ending truncated
+    full = record_dataset("random", "CartPole-v1", 149, seed=3)
+    np.testing.assert_array_equal(partial.observations, full.observations)
+    np.testing.assert_array_equal(partial.actions, full.actions)
+    np.testing.assert_array_equal(partial.rewards, full.rewards)
+    np.testing.assert_array_equal(partial.terminations, full.terminations)
+    assert partial.truncations[-1] and full.metadata["interrupted"] is False
