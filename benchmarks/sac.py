@@ -132,9 +132,9 @@ def main() -> None:
         return
     sb3_threads = args.sb3_threads or torch.get_num_threads()  # shoal's runs set their own (torch_threads)
     cfg = TrainConfig(env=ENV_ID, algo="sac", hidden_size=args.hidden_size).resolved(1)
-    print(f"shoal SAC settings (defaults and the env preset): num_envs={cfg.num_envs} hidden_size={cfg.hidden_size} lr={cfg.learning_rate} "
-          f"minibatch={cfg.minibatch_size} utd_ratio={cfg.utd_ratio} learning_starts={SB3_LEARNING_STARTS} "
-          f"tau={cfg.tau} torch_threads={cfg.torch_threads}")
+    print(f"shoal SAC settings (defaults and the env preset): num_envs={cfg.num_envs} hidden_size={cfg.hidden_size} "
+          f"lr={cfg.learning_rate} minibatch={cfg.minibatch_size} utd_ratio={cfg.utd_ratio} "
+          f"learning_starts={SB3_LEARNING_STARTS} tau={cfg.tau} torch_threads={cfg.torch_threads}")
     shoal_runs = []
     for seed in (int(s) for s in args.seeds.split(",")):
         ret, sps = run_shoal(args.steps, seed, args.hidden_size)

@@ -286,8 +286,8 @@ def test_an_interrupted_record_writes_the_steps_recorded_so_far(tmp_path: Path,
 
     out = tmp_path / "partial"
     # the env raises KeyboardInterrupt at its 150th step, as Ctrl-C would
-    code, payload, text = run(capsys, "record", "random", "--env", "tests.train.test_record:InterruptedCartPole",
-                              "--steps", "1000", "--out", str(out), "--json")
+    code, payload, _ = run(capsys, "record", "random", "--env", "tests.train.test_record:InterruptedCartPole",
+                           "--steps", "1000", "--out", str(out), "--json")
     assert code == 1 and not payload["ok"] and payload["signal"] == "SIGINT"
     assert payload["steps"] == 149 and payload["path"] == str(out)
     assert "interrupted after 149 of 1,000 steps" in payload["error"]
