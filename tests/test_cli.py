@@ -286,7 +286,7 @@ def test_an_interrupted_record_writes_the_steps_recorded_so_far(tmp_path: Path,
 
     out = tmp_path / "partial"
     # the env raises KeyboardInterrupt at its 150th step, as Ctrl-C would
-    code, payload, _ = run(capsys, "record", "random", "--env", "tests.train.test_record:InterruptedCartPole",
+    code, payload, _ = run(capsys, "record", "random", "--env", "tests.faults.envs:interrupted_cartpole",
                            "--steps", "1000", "--out", str(out), "--json")
     assert code == 1 and not payload["ok"] and payload["signal"] == "SIGINT"
     assert payload["steps"] == 149 and payload["path"] == str(out)

@@ -13,8 +13,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-__all__ = ["FAULTS", "FaultyCartPole", "Float64Observations", "cartpole", "faulty", "float64_cartpole",
-           "raises_in_step_cli"]
+__all__ = ["FAULTS", "FaultyCartPole", "Float64Observations", "InterruptAt", "cartpole", "faulty", "float64_cartpole",
+           "interrupted_cartpole", "raises_in_step_cli"]
 
 #: What :class:`FaultyCartPole` can do wrong, and when.
 FAULTS = ("reset", "step", "close", "obs_shape", "obs_dtype", "exit", "kill", "segfault", "hang")
@@ -99,3 +99,22 @@ def faulty(fault: str, **kwargs: Any) -> Callable[[], FaultyCartPole]:
 def raises_in_step_cli() -> FaultyCartPole:
     """For the command line (``tests.faults.envs:raises_in_step_cli``): raises on its 40th step."""
     return FaultyCartPole("step", after=40)
+
+
+class InterruptAt(gym.Wrapper):
+    """``env_id`` that raises KeyboardInterrupt (as Ctrl-C would) at its ``at``-th step, counted across episodes."""
+
+    def __init__(self, env_id: str, at: int) -> None:
+        super().__init__(gym.make(env_id))
+        self.at, self.steps = at, 0
+
+    def step(self, action: Any) -> Any:
+        self.steps += 1
+        if self.steps == self.at:
+            raise KeyboardInterrupt
+        return self.env.step(action)
+
+
+def interrupted_cartpole() -> InterruptAt:
+    """For the command line (``tests.faults.envs:interrupted_cartpole``): CartPole-v1 interrupted at its 150th step."""
+    return InterruptAt("CartPole-v1", 150)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import pytest
 
@@ -16,6 +14,7 @@ from shoal.train import TrainConfig, load_policy_from_checkpoint, train
 from shoal.train.record import RecordingInterrupted, record_dataset
 from tests.datasets.helpers import assert_same_dataset
 from tests.emulation.test_pettingzoo import SpawnEnv
+from tests.faults.envs import interrupted_cartpole
 
 pytestmark = pytest.mark.filterwarnings("ignore:The old environment creation API:DeprecationWarning")
 
@@ -176,23 +175,9 @@ def test_the_metadata_counts_the_steps_stored_not_the_unanswered_moves(monkeypat
     assert dataset.metadata["steps"] == dataset.num_steps == 11 - dataset.metadata["unanswered_decisions"]
 
 
-class InterruptedCartPole(gym.Wrapper):
-    """CartPole that raises KeyboardInterrupt (as Ctrl-C would) at its ``at``-th step."""
-
-    def __init__(self, at: int = 150) -> None:
-        super().__init__(gym.make("CartPole-v1"))
-        self.at, self.steps = at, 0
-
-    def step(self, action: Any) -> Any:
-        self.steps += 1
-        if self.steps == self.at:
-            raise KeyboardInterrupt
-        return self.env.step(action)
-
-
 def test_an_interrupted_recording_keeps_every_decision_made_until_then() -> None:
     with pytest.raises(RecordingInterrupted) as caught:
-        record_dataset("random", InterruptedCartPole, 1000, seed=3)
+        record_dataset("random", interrupted_cartpole, 1000, seed=3)
     partial = caught.value.dataset
     assert isinstance(caught.value, KeyboardInterrupt) and caught.value.signal_name == "SIGINT"
     # 149 steps answered; the 150th decision never got its outcome, so it is not stored

@@ -18,6 +18,7 @@ from shoal.errors import APIUsageError
 from shoal.policies.sac import SACPolicy
 from shoal.train import TrainConfig, make_trainer, train
 from shoal.train.core.centralized import agent_summary, critic_input_size, summary_size
+from tests.faults.envs import InterruptAt
 
 FAST = dict(tensorboard=False, log_interval=60.0, trace_actor=False)
 
@@ -136,25 +137,11 @@ def test_command_line_trains_saves_and_evaluates_sac(tmp_path: object, capsys: p
     assert evaluated["ok"] and evaluated["episodes"] == 2 and evaluated["mean_return"] < 0
 
 
-class _InterruptAt(gym.Wrapper):
-    """Pendulum that raises KeyboardInterrupt (as Ctrl-C would) at its ``at``-th step."""
-
-    def __init__(self, at: int) -> None:
-        super().__init__(gym.make("Pendulum-v1"))
-        self.at, self.steps = at, 0
-
-    def step(self, action: object) -> tuple:
-        self.steps += 1
-        if self.steps == self.at:
-            raise KeyboardInterrupt
-        return self.env.step(action)
-
-
 def test_an_interrupt_mid_update_saves_it_whole_and_the_run_resumes_from_it(tmp_path: object) -> None:
     run_dir = str(tmp_path / "run")  # type: ignore[operator]
     common = dict(env="Pendulum-v1", algo="sac", learning_starts=20, hidden_size=8, horizon=10, num_envs=1,
                   run_dir=run_dir, **FAST)
-    trainer = make_trainer(TrainConfig(total_steps=100, **common), env_fn=lambda: _InterruptAt(35))
+    trainer = make_trainer(TrainConfig(total_steps=100, **common), env_fn=lambda: InterruptAt("Pendulum-v1", 35))
     with pytest.raises(KeyboardInterrupt):
         trainer.train()
     # 34 steps were acted: 3 whole updates and a partial one, saved as update 4 with every acted step counted
