@@ -5,11 +5,12 @@ Targets (2 CPU cores): shoal reaches a mean return >= 475 over 100 evaluation ep
 (``async_learner=True``: updates on the second core while the next rollout is collected; the first half of each
 rollout is acted by the weights one update older); the one-process trainer is measured too, for reference.
 
-The CleanRL-style loop below follows CleanRL's ``ppo.py`` line by line (Gymnasium ``SyncVectorEnv`` with
-same-step autoreset and ``RecordEpisodeStatistics``, ``torch.distributions.Categorical``, GAE loop, shuffled
-minibatches, clipped value loss), with two differences that keep the comparison about the loops only: its
-network is the very same module as shoal's policy (same layers, same initialization seed) and its
-hyperparameters are read from the same :class:`~shoal.train.TrainConfig`.
+The CleanRL-style loop is CleanRL's ``ppo.py`` as reimplemented in ``benchmarks/reference/cleanrl_ppo.py``
+(Gymnasium ``SyncVectorEnv`` with same-step autoreset and ``RecordEpisodeStatistics``,
+``torch.distributions.Categorical``, GAE loop, shuffled minibatches, clipped value loss), with three differences
+that keep the comparison about the loops only: its network is the very same module as shoal's policy (same
+layers, same initialization seed), its hyperparameters are read from the same :class:`~shoal.train.TrainConfig`,
+and its TensorBoard scalars and printed lines are off.
 
     python benchmarks/train.py [--total-steps 150000] [--seed 1] [--cleanrl-steps 150000] [--skip-cleanrl]
                                 [--more-seeds 2,3,4,5]
@@ -21,7 +22,6 @@ import argparse
 import functools
 import json
 import sys
-import time
 from pathlib import Path
 
 import gymnasium as gym
@@ -33,6 +33,7 @@ from torch.distributions.categorical import Categorical
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import line
+from benchmarks.reference import cleanrl_ppo as cleanrl_reference
 from shoal.policies import Policy
 from shoal.train import TrainConfig, evaluate, train
 
@@ -67,132 +68,30 @@ class CleanRLAgent(nn.Module):
         return action, probs.log_prob(action), probs.entropy(), self.net.value_head(self.net.encode_critic(x))
 
 
-def make_env(env_id: str) -> gym.Env:
-    return gym.wrappers.RecordEpisodeStatistics(gym.make(env_id))
-
-
 def cleanrl_ppo(cfg: TrainConfig, total_steps: int) -> dict[str, float]:
-    """Train with the CleanRL-style loop; returns steps/s and the mean of the last 100 training episodes."""
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    device = torch.device("cpu")
-    num_envs, num_steps = cfg.num_envs, cfg.horizon
-    batch_size = num_envs * num_steps
-    minibatch_size = cfg.minibatch_size
-    num_iterations = total_steps // batch_size
-    envs = gym.vector.SyncVectorEnv(
-        [functools.partial(make_env, ENV_ID) for _ in range(num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
-    probe = Policy(envs.single_observation_space, envs.single_action_space, hidden_size=cfg.hidden_size)
-    agent = CleanRLAgent(probe).to(device)
-    optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5)
+    """Train with CleanRL's loop (``benchmarks/reference/cleanrl_ppo.py``, its logging off) on shoal's network and
+    ``cfg``'s hyperparameters; returns steps/s and the mean of the last 100 training episodes."""
+    batch_size = cfg.num_envs * cfg.horizon
+    args = cleanrl_reference.parse_args([
+        "--env-id", ENV_ID, "--seed", str(cfg.seed), "--cuda", "false", "--total-timesteps", str(total_steps),
+        "--learning-rate", str(cfg.learning_rate), "--num-envs", str(cfg.num_envs), "--num-steps", str(cfg.horizon),
+        "--anneal-lr", str(cfg.anneal_lr), "--gamma", str(cfg.gamma), "--gae-lambda", str(cfg.gae_lambda),
+        "--num-minibatches", str(batch_size // cfg.minibatch_size), "--update-epochs", str(cfg.update_epochs),
+        "--norm-adv", str(cfg.norm_adv), "--clip-coef", str(cfg.clip_coef), "--clip-vloss", str(cfg.clip_vloss),
+        "--ent-coef", str(cfg.ent_coef), "--vf-coef", str(cfg.vf_coef), "--max-grad-norm", str(cfg.max_grad_norm),
+        *(["--target-kl", str(cfg.target_kl)] if cfg.target_kl is not None else []),
+    ])
 
-    obs = torch.zeros((num_steps, num_envs, *envs.single_observation_space.shape)).to(device)
-    actions = torch.zeros((num_steps, num_envs, *envs.single_action_space.shape)).to(device)
-    logprobs = torch.zeros((num_steps, num_envs)).to(device)
-    rewards = torch.zeros((num_steps, num_envs)).to(device)
-    dones = torch.zeros((num_steps, num_envs)).to(device)
-    values = torch.zeros((num_steps, num_envs)).to(device)
+    def agent(envs: gym.vector.VectorEnv) -> CleanRLAgent:
+        return CleanRLAgent(Policy(envs.single_observation_space, envs.single_action_space,
+                                   hidden_size=cfg.hidden_size))
 
-    global_step = 0
-    returns_seen: list[float] = []
-    start_time = time.time()
-    next_obs, _ = envs.reset(seed=cfg.seed)
-    next_obs = torch.Tensor(next_obs).to(device)
-    next_done = torch.zeros(num_envs).to(device)
-
-    for iteration in range(1, num_iterations + 1):
-        if cfg.anneal_lr:
-            frac = 1.0 - (iteration - 1.0) / num_iterations
-            optimizer.param_groups[0]["lr"] = frac * cfg.learning_rate
-
-        for step in range(0, num_steps):
-            global_step += num_envs
-            obs[step] = next_obs
-            dones[step] = next_done
-            with torch.no_grad():
-                action, logprob, _, value = agent.get_action_and_value(next_obs)
-                values[step] = value.flatten()
-            actions[step] = action
-            logprobs[step] = logprob
-            next_obs, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
-            next_done = np.logical_or(terminations, truncations)
-            rewards[step] = torch.tensor(reward).to(device).view(-1)
-            next_obs, next_done = torch.Tensor(next_obs).to(device), torch.Tensor(next_done).to(device)
-            final = infos.get("final_info", infos)  # same-step autoreset files the last step's info here
-            if "episode" in final:
-                for i in np.flatnonzero(final["_episode"]):
-                    returns_seen.append(float(final["episode"]["r"][i]))
-
-        with torch.no_grad():
-            next_value = agent.get_value(next_obs).reshape(1, -1)
-            advantages = torch.zeros_like(rewards).to(device)
-            lastgaelam = 0
-            for t in reversed(range(num_steps)):
-                if t == num_steps - 1:
-                    nextnonterminal = 1.0 - next_done
-                    nextvalues = next_value
-                else:
-                    nextnonterminal = 1.0 - dones[t + 1]
-                    nextvalues = values[t + 1]
-                delta = rewards[t] + cfg.gamma * nextvalues * nextnonterminal - values[t]
-                advantages[t] = lastgaelam = delta + cfg.gamma * cfg.gae_lambda * nextnonterminal * lastgaelam
-            returns = advantages + values
-
-        b_obs = obs.reshape((-1, *envs.single_observation_space.shape))
-        b_logprobs = logprobs.reshape(-1)
-        b_actions = actions.reshape((-1, *envs.single_action_space.shape))
-        b_advantages = advantages.reshape(-1)
-        b_returns = returns.reshape(-1)
-        b_values = values.reshape(-1)
-
-        b_inds = np.arange(batch_size)
-        clipfracs = []
-        for _epoch in range(cfg.update_epochs):
-            np.random.shuffle(b_inds)
-            for start in range(0, batch_size, minibatch_size):
-                end = start + minibatch_size
-                mb_inds = b_inds[start:end]
-                _, newlogprob, entropy, newvalue = agent.get_action_and_value(
-                    b_obs[mb_inds], b_actions.long()[mb_inds]
-                )
-                logratio = newlogprob - b_logprobs[mb_inds]
-                ratio = logratio.exp()
-                with torch.no_grad():
-                    approx_kl = ((ratio - 1) - logratio).mean()
-                    clipfracs += [((ratio - 1.0).abs() > cfg.clip_coef).float().mean().item()]
-                mb_advantages = b_advantages[mb_inds]
-                if cfg.norm_adv:
-                    mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
-                pg_loss1 = -mb_advantages * ratio
-                pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - cfg.clip_coef, 1 + cfg.clip_coef)
-                pg_loss = torch.max(pg_loss1, pg_loss2).mean()
-                newvalue = newvalue.view(-1)
-                if cfg.clip_vloss:
-                    v_loss_unclipped = (newvalue - b_returns[mb_inds]) ** 2
-                    v_clipped = b_values[mb_inds] + torch.clamp(
-                        newvalue - b_values[mb_inds], -cfg.vf_clip_coef, cfg.vf_clip_coef
-                    )
-                    v_loss_clipped = (v_clipped - b_returns[mb_inds]) ** 2
-                    v_loss = 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
-                else:
-                    v_loss = 0.5 * ((newvalue - b_returns[mb_inds]) ** 2).mean()
-                entropy_loss = entropy.mean()
-                loss = pg_loss - cfg.ent_coef * entropy_loss + v_loss * cfg.vf_coef
-                optimizer.zero_grad()
-                loss.backward()
-                nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-            if cfg.target_kl is not None and approx_kl > cfg.target_kl:
-                break
-    seconds = time.time() - start_time
-    envs.close()
-    tail = returns_seen[-100:]
+    result = cleanrl_reference.run(args, agent_fn=agent, verbose=False)
+    tail = result["episode_returns"][-100:]
     return {
-        "sps": global_step / seconds,
-        "seconds": seconds,
-        "steps": global_step,
+        "sps": result["sps"],
+        "seconds": result["seconds"],
+        "steps": result["steps"],
         "train_return": float(np.mean(tail)) if tail else float("nan"),
     }
 

@@ -11,7 +11,9 @@ episodic_return=...`` and ``SPS: ...`` lines), with the published defaults. What
   dict-of-arrays format;
 * argparse with the published flag names in place of tyro; Weights & Biases, video capture and model saving are
   left out (the learning suite uses none of them). TensorBoard events go to ``runs/`` in the working directory, as
-  in the original.
+  in the original;
+* the body after argument parsing is a function, :func:`run`, so ``benchmarks/train.py`` times this same loop
+  (without its logging) on shoal's network.
 
     python benchmarks/reference/cleanrl_ppo.py --env-id CartPole-v1 --total-timesteps 500000 --seed 1
 """
@@ -22,6 +24,8 @@ import argparse
 import os
 import random
 import time
+from collections.abc import Callable
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -128,7 +132,19 @@ def main(argv: list[str] | None = None) -> None:
         "hyperparameters",
         "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in vars(args).items()),
     )
+    run(args, writer)
+    writer.close()
 
+
+def run(args: argparse.Namespace, writer: SummaryWriter | None = None,
+        agent_fn: Callable[[gym.vector.VectorEnv], nn.Module] = Agent, verbose: bool = True) -> dict[str, Any]:
+    """The published script's body from seeding to closing the envs.
+
+    ``writer`` None and ``verbose`` False leave out its TensorBoard scalars and printed lines; ``agent_fn`` builds
+    the agent (anything with ``get_value`` and ``get_action_and_value`` as :class:`Agent`'s), so a benchmark can
+    time this loop on another library's network. Returns ``steps``, ``seconds``, ``sps`` and ``episode_returns``
+    (every finished episode's return, in order).
+    """
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -141,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     assert isinstance(envs.single_action_space, gym.spaces.Discrete), "only discrete action space is supported"
 
-    agent = Agent(envs).to(device)
+    agent = agent_fn(envs).to(device)
     optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
 
     # rollout storage [num_steps, num_envs, ...]
@@ -153,6 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     values = torch.zeros((args.num_steps, args.num_envs)).to(device)
 
     global_step = 0
+    episode_returns: list[float] = []
     start_time = time.time()
     next_obs, _ = envs.reset(seed=args.seed)
     next_obs = torch.Tensor(next_obs).to(device)
@@ -185,9 +202,12 @@ def main(argv: list[str] | None = None) -> None:
                 for episodic_return, episodic_length in zip(
                     infos["final_info"]["episode"]["r"][ended], infos["final_info"]["episode"]["l"][ended], strict=True
                 ):
-                    print(f"global_step={global_step}, episodic_return={episodic_return}")
-                    writer.add_scalar("charts/episodic_return", episodic_return, global_step)
-                    writer.add_scalar("charts/episodic_length", episodic_length, global_step)
+                    episode_returns.append(float(episodic_return))
+                    if verbose:
+                        print(f"global_step={global_step}, episodic_return={episodic_return}")
+                    if writer is not None:
+                        writer.add_scalar("charts/episodic_return", episodic_return, global_step)
+                        writer.add_scalar("charts/episodic_length", episodic_length, global_step)
 
         # GAE, bootstrapping from the value of the observation after the rollout
         with torch.no_grad():
@@ -258,23 +278,25 @@ def main(argv: list[str] | None = None) -> None:
             if args.target_kl is not None and approx_kl > args.target_kl:
                 break
 
-        y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
-        var_y = np.var(y_true)
-        explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
+        if writer is not None:
+            y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
+            var_y = np.var(y_true)
+            explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
+            writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
+            writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
+            writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
+            writer.add_scalar("losses/entropy", entropy_loss.item(), global_step)
+            writer.add_scalar("losses/old_approx_kl", old_approx_kl.item(), global_step)
+            writer.add_scalar("losses/approx_kl", approx_kl.item(), global_step)
+            writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
+            writer.add_scalar("losses/explained_variance", explained_var, global_step)
+            writer.add_scalar("charts/SPS", int(global_step / (time.time() - start_time)), global_step)
+        if verbose:
+            print("SPS:", int(global_step / (time.time() - start_time)))
 
-        writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
-        writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
-        writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
-        writer.add_scalar("losses/entropy", entropy_loss.item(), global_step)
-        writer.add_scalar("losses/old_approx_kl", old_approx_kl.item(), global_step)
-        writer.add_scalar("losses/approx_kl", approx_kl.item(), global_step)
-        writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
-        writer.add_scalar("losses/explained_variance", explained_var, global_step)
-        print("SPS:", int(global_step / (time.time() - start_time)))
-        writer.add_scalar("charts/SPS", int(global_step / (time.time() - start_time)), global_step)
-
+    seconds = time.time() - start_time
     envs.close()
-    writer.close()
+    return {"steps": global_step, "seconds": seconds, "sps": global_step / seconds, "episode_returns": episode_returns}
 
 
 if __name__ == "__main__":
