@@ -72,6 +72,14 @@ def cleanrl_ppo(cfg: TrainConfig, total_steps: int) -> dict[str, float]:
     """Train with CleanRL's loop (``benchmarks/reference/cleanrl_ppo.py``, its logging off) on shoal's network and
     ``cfg``'s hyperparameters; returns steps/s and the mean of the last 100 training episodes."""
     batch_size = cfg.num_envs * cfg.horizon
+    # CleanRL clips the value update with clip_coef and splits the batch into equal minibatches: refuse a config
+    # the reference loop would silently train differently
+    if cfg.clip_vloss and cfg.vf_clip_coef != cfg.clip_coef:
+        raise SystemExit(f"vf_clip_coef={cfg.vf_clip_coef} != clip_coef={cfg.clip_coef}: CleanRL's loop clips the "
+                         "value update with clip_coef")
+    if batch_size % cfg.minibatch_size:
+        raise SystemExit(f"minibatch_size={cfg.minibatch_size} does not divide the batch of {batch_size}: CleanRL's "
+                         "loop trains batch_size // num_minibatches-sized minibatches")
     args = cleanrl_reference.parse_args([
         "--env-id", ENV_ID, "--seed", str(cfg.seed), "--cuda", "false", "--total-timesteps", str(total_steps),
         "--learning-rate", str(cfg.learning_rate), "--num-envs", str(cfg.num_envs), "--num-steps", str(cfg.horizon),

@@ -398,11 +398,13 @@ def cmd_record(args: argparse.Namespace) -> dict[str, Any]:
                                  env_kwargs=args.env_kwargs, device=args.device)
     except RecordingInterrupted as exc:  # write what was recorded, then exit as interrupted
         how = "interrupted" if exc.signal_name == "SIGINT" else f"stopped by {exc.signal_name}"
-        if exc.dataset.num_steps == 0:
-            _fail("record", f"{how} before any step was recorded; nothing written", code=EXIT_INTERRUPTED,
-                  signal=exc.signal_name)
-        with deferred_signals():
-            path = save_dataset(exc.dataset, args.out, overwrite=args.overwrite)
+        path = None
+        try:
+            with deferred_signals():
+                path = save_dataset(exc.dataset, args.out, overwrite=args.overwrite)
+        except KeyboardInterrupt:  # another signal during the write: delivered after it, when it is written whole
+            if path is None:
+                raise
         _fail("record", f"{how} after {exc.dataset.num_steps:,} of {args.steps:,} steps; wrote the "
                         f"{exc.dataset.num_episodes:,} episodes recorded so far (running ones end truncated) to {path}",
               code=EXIT_INTERRUPTED, signal=exc.signal_name, path=str(path), steps=exc.dataset.num_steps,

@@ -172,12 +172,15 @@ def record_dataset(
     Returns:
         The dataset; its ``metadata`` holds ``steps`` (those stored, see the module docstring), ``env``, the
         ``env_kwargs`` and SuperSuit ``wrappers`` the env was built with (a run's own when it came from the run),
-        ``source``, ``seed``, ``epsilon``, ``deterministic`` and how many decisions went unanswered
-        (``unanswered_decisions``, see :class:`~shoal.datasets.EpisodeRecorder`).
+        ``source``, ``seed``, ``epsilon``, ``deterministic``, how many decisions went unanswered
+        (``unanswered_decisions``, see :class:`~shoal.datasets.EpisodeRecorder`) and ``interrupted`` (False).
 
     Raises:
         APIUsageError: bad arguments, a source that needs an env without one, an unknown source.
         CheckpointError: an unreadable checkpoint or one that does not fit the env.
+        RecordingInterrupted: Ctrl-C (or SIGTERM under the command line) after at least one whole step; its
+            ``dataset`` holds the steps recorded until then (``metadata["interrupted"]`` True). Interrupted
+            before any step had its result, the plain ``KeyboardInterrupt`` is raised.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise APIUsageError(f"steps must be a positive int, got {steps!r}")
@@ -205,19 +208,31 @@ def record_dataset(
         vec.close()
     label = source if isinstance(source, str) else ("policy" if isinstance(source, nn.Module) else str(source))
     built = env_fn if isinstance(env_fn, EnvFn) else None  # what the env was built with (a run's own kwargs)
-    with deferred_signals():
-        dataset = recorder.dataset({
-            "env": env_name,
-            "env_kwargs": dict(built.kwargs if built is not None else env_kwargs or {}),
-            "wrappers": None if built is None else built.wrappers,
-            "source": label,
-            "seed": seed,
-            "epsilon": float(epsilon),
-            "deterministic": bool(deterministic),
-            "num_envs": num_envs,
-            "max_agents": max_agents,
-            "interrupted": interrupt is not None,
-        })
+    dataset: OfflineDataset | None = None
+    try:
+        with deferred_signals():  # an interrupt now is delivered once the dataset is whole
+            dataset = recorder.dataset({
+                "env": env_name,
+                "env_kwargs": dict(built.kwargs if built is not None else env_kwargs or {}),
+                "wrappers": None if built is None else built.wrappers,
+                "source": label,
+                "seed": seed,
+                "epsilon": float(epsilon),
+                "deterministic": bool(deterministic),
+                "num_envs": num_envs,
+                "max_agents": max_agents,
+                "interrupted": interrupt is not None,
+            })
+    except APIUsageError:  # no whole step: interrupted before the first step had its result
+        if interrupt is None:
+            raise
+        raise interrupt from None
+    except KeyboardInterrupt as exc:  # arrived while the dataset was built: keep it (a second one stops at once)
+        if dataset is None:
+            raise
+        interrupt = interrupt or exc
+        dataset.metadata["interrupted"] = True
+    assert dataset is not None  # built, or raised above
     if interrupt is not None:
         raise RecordingInterrupted(dataset, signal_name(interrupt)) from interrupt
     return dataset

@@ -163,7 +163,7 @@ def test_an_env_preset_fills_only_the_fields_left_unset() -> None:
     mine = TrainConfig(env="Pendulum-v1", gamma=0.97, num_envs=2).resolved()
     assert (mine.gamma, mine.num_envs, mine.horizon) == (0.97, 2, preset["horizon"])
     assert TrainConfig(env="Pendulum-v1", preset="none").resolved().gamma == ALGO_DEFAULTS["ppo"]["gamma"]
-    # presets are per algorithm: SAC on Pendulum keeps SAC's defaults
+    # presets are per algorithm: SAC on Pendulum keeps SAC's defaults but for its own preset's layer width
     sac = TrainConfig(env="Pendulum-v1", algo="sac").resolved()
     assert (sac.gamma, sac.num_envs) == (ALGO_DEFAULTS["sac"]["gamma"], ALGO_DEFAULTS["sac"]["num_envs"])
     assert sac.hidden_size == ENV_PRESETS["sac"]["Pendulum-v1"]["hidden_size"] != ALGO_DEFAULTS["sac"]["hidden_size"]

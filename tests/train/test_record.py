@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from shoal.datasets import OfflineDataset, load_dataset, save_dataset
+from shoal.datasets.recorder import EpisodeRecorder
 from shoal.errors import APIUsageError, CheckpointError
 from shoal.train import TrainConfig, load_policy_from_checkpoint, train
 from shoal.train.record import RecordingInterrupted, record_dataset
 from tests.datasets.helpers import assert_same_dataset
 from tests.emulation.test_pettingzoo import SpawnEnv
-from tests.faults.envs import interrupted_cartpole
+from tests.faults.envs import InterruptAt, interrupted_cartpole
 
 pytestmark = pytest.mark.filterwarnings("ignore:The old environment creation API:DeprecationWarning")
 
@@ -190,3 +192,23 @@ def test_an_interrupted_recording_keeps_every_decision_made_until_then() -> None
     np.testing.assert_array_equal(partial.rewards, full.rewards)
     np.testing.assert_array_equal(partial.terminations, full.terminations)
     assert partial.truncations[-1] and full.metadata["interrupted"] is False
+
+
+def test_an_interrupt_before_the_first_whole_step_is_a_plain_interrupt() -> None:
+    # the first decision never got its outcome: nothing to keep, and Ctrl-C is not a usage error
+    with pytest.raises(KeyboardInterrupt) as caught:
+        record_dataset("random", lambda: InterruptAt("CartPole-v1", 1), 100, seed=0)
+    assert not isinstance(caught.value, RecordingInterrupted)
+
+
+def test_an_interrupt_while_the_dataset_is_built_keeps_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    build = EpisodeRecorder.dataset
+
+    def interrupted(self: EpisodeRecorder, metadata: dict | None = None) -> OfflineDataset:
+        signal.raise_signal(signal.SIGINT)  # Ctrl-C while the (complete) recording becomes a dataset
+        return build(self, metadata)
+
+    monkeypatch.setattr(EpisodeRecorder, "dataset", interrupted)
+    with pytest.raises(RecordingInterrupted) as caught:
+        record_dataset("random", "CartPole-v1", 50, seed=0)
+    assert caught.value.dataset.num_steps == 50 and caught.value.dataset.metadata["interrupted"] is True
