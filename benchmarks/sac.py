@@ -6,9 +6,10 @@ the same ``learning_starts=100``).
 
 SB3 runs as the zoo configures Pendulum-v1 (``learning_rate=1e-3``; otherwise SB3's defaults: a 1M buffer,
 ``batch_size=256``, ``learning_starts=100``, ``tau=0.005``, ``gamma=0.99``, ``train_freq=1``,
-``gradient_steps=1``, two 256-unit layers, a tuned temperature), with torch's default threads (``--sb3-threads``
-sets them). shoal runs as ``shoal train Pendulum-v1 --algo sac`` does (its defaults and its Pendulum-v1 preset,
-64-unit layers; printed below) except ``learning_starts=100``. Both are evaluated on 10 deterministic episodes.
+``gradient_steps=1``, two 256-unit layers, a tuned temperature), with as many torch threads as shoal
+(``--sb3-threads`` sets others). shoal runs as ``shoal train Pendulum-v1 --algo sac`` does (its defaults and its
+Pendulum-v1 preset, 64-unit layers; printed below) except ``learning_starts=100``. Both are evaluated on 10
+deterministic episodes.
 
 Same-network lines (one seed each; ``--skip-same-network`` leaves them out) show what the preset's smaller
 network is worth: shoal with SB3's 256-unit layers, and SB3 with the preset's 64-unit layers. On a CPU a
@@ -16,6 +17,7 @@ network is worth: shoal with SB3's 256-unit layers, and SB3 with the preset's 64
 ratio is far below the preset's.
 
     python benchmarks/sac.py [--steps 20000] [--seeds 1,2,3,4,5] [--sb3-seeds 1,2] [--skip-sb3] [--hidden-size 256]
+                             [--skip-same-network] [--sb3-threads N]
 
 ``--pettingzoo``: SAC against PPO on a continuous-action PettingZoo env, ``pettingzoo.sisl.multiwalker_v9``
 (3 walkers carrying a package, 31 observations and 4 torques each, a 75-number ``state()``; waterworld_v4 needs
@@ -121,7 +123,8 @@ def main() -> None:
                         help="shoal's layer width (default: its own; 256 is SB3's, for a same-network figure)")
     parser.add_argument("--skip-same-network", action="store_true",
                         help="leave out the equal-width lines (shoal at 256 units, SB3 at shoal's width)")
-    parser.add_argument("--sb3-threads", type=int, default=0, help="SB3's torch threads (0: torch's default)")
+    parser.add_argument("--sb3-threads", type=int, default=0,
+                        help="SB3's torch threads (0: shoal's, so both run with as many threads)")
     parser.add_argument("--pettingzoo", action="store_true",
                         help=f"compare SAC with PPO on {PZ_ENV} instead (see above)")
     parser.add_argument("--pz-steps", type=int, default=60_000, help="agent steps per method with --pettingzoo")
@@ -130,8 +133,9 @@ def main() -> None:
     if args.pettingzoo:
         run_pettingzoo(args.pz_steps, args.seed)
         return
-    sb3_threads = args.sb3_threads or torch.get_num_threads()  # shoal's runs set their own (torch_threads)
     cfg = TrainConfig(env=ENV_ID, algo="sac", hidden_size=args.hidden_size).resolved(1)
+    # one thread count for both: with 2 threads on a busy 2-core machine SB3 slows down many times over
+    sb3_threads = args.sb3_threads or cfg.torch_threads
     print(f"shoal SAC settings (defaults and the env preset): num_envs={cfg.num_envs} hidden_size={cfg.hidden_size} "
           f"lr={cfg.learning_rate} minibatch={cfg.minibatch_size} utd_ratio={cfg.utd_ratio} "
           f"learning_starts={SB3_LEARNING_STARTS} tau={cfg.tau} torch_threads={cfg.torch_threads}")
@@ -149,7 +153,7 @@ def main() -> None:
             sb3_runs.append((ret, sps))
             print(f"SB3 SAC    seed {seed}: eval {ret:8.1f}   {sps:7.1f} steps/s", flush=True)
     same_network = None
-    if not (args.skip_sb3 or args.skip_same_network):
+    if not (args.skip_sb3 or args.skip_same_network or cfg.hidden_size == 256):
         seed = int(args.seeds.split(",")[0])
         wide = run_shoal(args.steps, seed, 256)
         print(f"shoal SAC  seed {seed}, 256-unit layers: eval {wide[0]:8.1f}   {wide[1]:7.1f} steps/s", flush=True)

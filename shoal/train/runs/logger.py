@@ -224,6 +224,11 @@ _SHORT = {"policy_loss": "pg", "value_loss": "vf", "approx_kl": "kl", "clipfrac"
 _PLAIN_LOSSES = 4
 
 
+def _short(name: str, scalars: dict[str, float]) -> str:
+    """The compact line's label of ``losses/<name>``: PPO's (and MAPPO's) short names, others' own."""
+    return _SHORT.get(name, name) if "losses/approx_kl" in scalars else name
+
+
 def _losses(scalars: dict[str, float]) -> list[tuple[str, float]]:
     """The ``losses/<name>`` scalars as ``(name, value)``: PPO's in :data:`_PPO_ORDER`, then the rest as logged."""
     found = {key.removeprefix("losses/"): value for key, value in scalars.items() if key.startswith("losses/")}
@@ -314,7 +319,7 @@ class Dashboard:
             lines = self.render(record)
             if self._lines:
                 self.stream.write(f"\x1b[{self._lines}F")
-            self.stream.write("".join(f"\x1b[2K{line}\n" for line in lines))
+            self.stream.write("".join(f"\x1b[2K{line}\n" for line in lines) + "\x1b[J")  # and clear any leftover
             self._lines = len(lines)
         else:
             s = record.scalars
@@ -323,7 +328,7 @@ class Dashboard:
                 f"[{frac:6.1%}] step {record.step:,}  sps {s.get('perf/sps', 0.0):,.0f}  "
                 f"return {_fmt(s.get('charts/episode_return'))}  "
                 f"length {_fmt(s.get('charts/episode_length'))}  "
-                + "  ".join(f"{_SHORT.get(name, name)} {_fmt(value)}" for name, value in _losses(s)[:_PLAIN_LOSSES])
+                + "  ".join(f"{_short(name, s)} {_fmt(value)}" for name, value in _losses(s)[:_PLAIN_LOSSES])
                 + "".join(f"\n{line}" for line in _agent_lines(s, 10_000))
                 + "\n"
             )
