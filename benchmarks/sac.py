@@ -19,6 +19,14 @@ ratio is far below the preset's.
     python benchmarks/sac.py [--steps 20000] [--seeds 1,2,3,4,5] [--sb3-seeds 1,2] [--skip-sb3] [--hidden-size 256]
                              [--skip-same-network] [--sb3-threads N]
 
+``--lunar``: shoal SAC at its defaults (``shoal train LunarLanderContinuous-v3 --algo sac``) for ``--lunar-steps``
+agent steps (500k), a checkpoint kept every 50k; each is evaluated on 20 episodes with the most likely actions.
+Target: an evaluation >= 200 by 500k steps. ``--lunar-run-dir DIR`` evaluates the checkpoints of a run made with
+``shoal train`` instead of training (SB3 is left out here: at the zoo's 400-300 networks it would take hours on a
+CPU).
+
+    python benchmarks/sac.py --lunar [--lunar-steps 500000] [--seed 1] [--lunar-run-dir runs/llc]
+
 ``--pettingzoo``: SAC against PPO on a continuous-action PettingZoo env, ``pettingzoo.sisl.multiwalker_v9``
 (3 walkers carrying a package, 31 observations and 4 torques each, a 75-number ``state()``; waterworld_v4 needs
 pymunk, which is not installed here), at an equal budget of agent steps, one line each beside a uniformly random
@@ -48,6 +56,9 @@ from shoal.train import TrainConfig, TrainResult, evaluate, train
 from shoal.train.runs.resolve import resolve_env
 
 ENV_ID = "Pendulum-v1"
+LUNAR_ENV = "LunarLanderContinuous-v3"
+LUNAR_EVERY = 50_000
+LUNAR_EVAL_EPISODES = 20
 PZ_ENV = "pettingzoo.sisl.multiwalker_v9"
 PZ_EVAL_EPISODES = 10
 #: SAC's settings for the PettingZoo comparison that differ from its defaults (the budget is the point: a gradient
@@ -82,6 +93,42 @@ def run_sb3(steps: int, seed: int, hidden_size: int = 256) -> tuple[float, float
     seconds = time.perf_counter() - start
     mean, _ = evaluate_policy(model, gym.make(ENV_ID), n_eval_episodes=10, deterministic=True)
     return float(mean), steps / seconds
+
+
+def run_lunar(steps: int, seed: int, run_dir: str | None) -> None:
+    """Train (or take ``run_dir``'s run) and evaluate its checkpoints on :data:`LUNAR_ENV` (see the docstring)."""
+    import tempfile
+
+    from shoal.train.runs.checkpoint import list_checkpoints
+    from shoal.train.runs.evaluate import load_policy_from_checkpoint
+
+    with tempfile.TemporaryDirectory(prefix="shoal-sac-lunar-") as tmp:
+        if run_dir is None:
+            run_dir = tmp
+            cfg = TrainConfig(env=LUNAR_ENV, algo="sac", total_steps=steps, seed=seed, run_dir=run_dir,
+                              tensorboard=False, log_interval=60.0, eval_episodes=0, keep_checkpoints=1_000)
+            resolved = cfg.resolved(1)
+            cfg = cfg.replace(checkpoint_interval=max(1, LUNAR_EVERY // (resolved.num_envs * resolved.horizon)))
+            print(f"{LUNAR_ENV}: shoal SAC at its defaults (hidden_size={resolved.hidden_size} lr="
+                  f"{resolved.learning_rate} num_envs={resolved.num_envs} utd_ratio={resolved.utd_ratio} "
+                  f"learning_starts={resolved.learning_starts}), {steps:,} steps, seed {seed}", flush=True)
+            result = train(cfg)
+            print(f"trained {result.global_step:,} steps in {result.seconds / 60:.1f} min "
+                  f"({result.sps:.1f} steps/s)", flush=True)
+        best = None
+        checkpoints = list_checkpoints(run_dir)
+        for checkpoint in checkpoints:
+            policy, config, env_fn = load_policy_from_checkpoint(checkpoint)
+            resolved = config.resolved(1)  # SAC's update is horizon vector steps of num_envs single-agent envs
+            step = int(checkpoint.stem.removeprefix("update_")) * resolved.num_envs * resolved.horizon
+            if step % LUNAR_EVERY >= LUNAR_EVERY // 10 and checkpoint != checkpoints[-1]:
+                continue  # only the checkpoints nearest each 50k, and the last
+            evaluation = evaluate(policy, env_fn, LUNAR_EVAL_EPISODES, seed=seed + 10_007)
+            ret, std = evaluation["mean_return"], evaluation["std_return"]
+            print(f"step {step:>9,}: eval {ret:8.1f} +- {std:6.1f} over {LUNAR_EVAL_EPISODES} episodes", flush=True)
+            if ret >= 200 and step <= 500_000 and best is None:
+                best = step
+    print(f"target eval >= 200 by 500k steps: {'met at step ' + format(best, ',') if best else 'MISSED'}")
 
 
 def _uniform_torques(obs: Tensor, slot: Tensor, generator: torch.Generator) -> Tensor:
@@ -125,6 +172,9 @@ def main() -> None:
                         help="leave out the equal-width lines (shoal at 256 units, SB3 at shoal's width)")
     parser.add_argument("--sb3-threads", type=int, default=0,
                         help="SB3's torch threads (0: shoal's, so both run with as many threads)")
+    parser.add_argument("--lunar", action="store_true", help=f"SAC on {LUNAR_ENV} instead (see above)")
+    parser.add_argument("--lunar-steps", type=int, default=500_000)
+    parser.add_argument("--lunar-run-dir", default=None, help="evaluate this run's checkpoints instead of training")
     parser.add_argument("--pettingzoo", action="store_true",
                         help=f"compare SAC with PPO on {PZ_ENV} instead (see above)")
     parser.add_argument("--pz-steps", type=int, default=60_000, help="agent steps per method with --pettingzoo")
@@ -132,6 +182,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.pettingzoo:
         run_pettingzoo(args.pz_steps, args.seed)
+        return
+    if args.lunar:
+        run_lunar(args.lunar_steps, args.seed, args.lunar_run_dir)
         return
     cfg = TrainConfig(env=ENV_ID, algo="sac", hidden_size=args.hidden_size).resolved(1)
     # one thread count for both: with 2 threads on a busy 2-core machine SB3 slows down many times over
