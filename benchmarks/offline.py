@@ -141,7 +141,7 @@ def _line(env: str, dataset: str, episodes: int, data_return: float, algo: str, 
     mean, se = ret
     score = (mean - rand) / (expert - rand) if expert != rand else float("nan")
     print(f"{env:<16} {dataset:<7} {episodes:>5} {data_return:>10.1f}  {algo:<14} {mean:>9.1f} {se:>6.1f} "
-          f"{score:>7.2f} {seconds:>7.1f}  {note}", flush=True)
+          f"{score:>7.2f} {seconds:>7.1f}  {note}".rstrip(), flush=True)
     return {"env": env, "dataset": dataset, "episodes": episodes, "data_return": data_return, "algo": algo,
             "return": mean, "se": se, "normalized": score, "seconds": seconds, "note": note}
 
