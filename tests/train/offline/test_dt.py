@@ -1,5 +1,6 @@
 """--algo dt: trained from a dataset file on the command line, evaluated by shoal eval at the target return the run
-saved (the dataset's best) or at one given; exact resume; a policy other than the Decision Transformer refused."""
+saved (the dataset's best) or at one given; Box actions follow a high and a low target; exact resume; a policy other
+than the Decision Transformer refused."""
 
 from __future__ import annotations
 
@@ -7,22 +8,46 @@ import json
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
+import numpy as np
 import pytest
 import torch
+from gymnasium import spaces
 
 from shoal.cli import main
 from shoal.datasets import OfflineDataset, save_dataset
 from shoal.errors import APIUsageError
 from shoal.policies import Policy
-from shoal.train import TrainConfig, make_trainer, train
+from shoal.train import TrainConfig, evaluate, make_trainer, record_dataset, resolve_env, train
 from shoal.train.runs.evaluate import load_policy_from_checkpoint
-from tests.train.offline.recorded import mixed_cartpole
+from tests.train.offline.recorded import join, mixed_cartpole, record
 
 #: a small transformer that learns the mixed CartPole data in a few hundred gradient steps
 SMALL = dict(env="CartPole-v1", env_kwargs={"max_episode_steps": 200}, algo="dt", context_length=5, hidden_size=32,
              dt_layers=1, learning_rate=3e-3, num_envs=4, tensorboard=False, log_interval=60.0)
 
 
+class AimEnv(gym.Env):
+    """Each step shows a target in [-1, 1] and pays ``-|action - target|`` for the action (Box [-1, 1]): the optimal
+    action is the target itself (return 0); uniformly random actions miss by 2/3 a step on average."""
+
+    observation_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
+    action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self._target = self.np_random.uniform(-1.0, 1.0, 1).astype(np.float32)
+        return self._target.copy(), {}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        reward = -abs(float(action[0]) - float(self._target[0]))
+        self._target = self.np_random.uniform(-1.0, 1.0, 1).astype(np.float32)
+        return self._target.copy(), reward, False, False, {}
+
+
+AIM = "ShoalTestAim-v0"
+if AIM not in gym.registry:
+    gym.register(AIM, entry_point=AimEnv, max_episode_steps=10)
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +76,23 @@ def test_shoal_train_algo_dt_then_shoal_eval_at_its_own_and_a_given_target(
     low = _json(capsys, "eval", run, "--episodes", "6", "--target-return", "10", "--json")
     random_play = mixed.episode_returns()[-6:].mean()
     assert high["mean_return"] > 150 > 3 * random_play and low["mean_return"] < 40, (low, high)
+
+
+def test_box_actions_follow_a_high_target_to_the_optimum_and_a_low_one_away_from_it() -> None:
+    # episodes of three qualities: the optimal action (return 0), always -1 (about -10) and uniform random (about -7)
+    random_play = record_dataset("random", AIM, 400, seed=1)
+    data = join(record(AIM, lambda obs, rng: np.asarray(obs, np.float32), 40, seed=1),
+                record(AIM, lambda obs, rng: np.full(1, -1.0, np.float32), 40, seed=1_000), random_play)
+    assert data.action_layout.kind == "continuous"
+    result = train(TrainConfig(env=AIM, algo="dt", total_steps=300, seed=1, context_length=3, hidden_size=32,
+                               dt_layers=1, learning_rate=3e-3, eval_interval=0, tensorboard=False,
+                               log_interval=60.0), dataset=data)
+    high, low = (evaluate(result.policy, resolve_env(AIM), 8, seed=100, target_return=target)["mean_return"]
+                 for target in (0.0, -10.0))
+    chance = float(random_play.episode_returns()[random_play.episode_lengths == 10].mean())  # whole episodes
+    # measured on seeds 1-5: high -1.3 to -1.8, low -7.0 to -8.7, random play -6.9 to -7.0; an 8-episode mean of
+    # random play has a standard error of about 0.5, so 4 is eight of them
+    assert high > chance + 4 and high > low + 4, (high, low, chance)
 
 
 def test_a_resumed_run_continues_exactly(tmp_path: Path, mixed: OfflineDataset) -> None:
