@@ -9,9 +9,10 @@ The PPO defaults train CartPole-v1 to a deterministic evaluation return of 500 w
 two CPU cores). Other envs usually want a longer ``total_steps`` and often a smaller ``learning_rate`` (e.g.
 2.5e-4 to 1e-3).
 
-Off by default and opt-in: reward scaling/clipping (``reward_scale``, ``reward_clip``), prioritized segment
-sampling (``prio_alpha > 0``), V-trace-clipped advantages (``advantage="vtrace"``), dual clipping
-(``dual_clip``), early stopping on KL (``target_kl``), Weights & Biases (``wandb``).
+Off by default and opt-in: reward scaling/clipping/normalization (``reward_scale``, ``reward_clip``,
+``reward_norm``), prioritized segment sampling (``prio_alpha > 0``), V-trace-clipped advantages
+(``advantage="vtrace"``), dual clipping (``dual_clip``), early stopping on KL (``target_kl``), Weights & Biases
+(``wandb``).
 """
 
 from __future__ import annotations
@@ -68,32 +69,32 @@ ALGOS: tuple[str, ...] = typing.get_args(Algo)
 ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
     "ppo": {"num_envs": 8, "horizon": 64, "learning_rate": 4e-3, "update_epochs": 3, "minibatch_size": 128,
             "ent_coef": 0.01, "hidden_size": 64, "agent_ids": False, "anneal_lr": True, "gamma": 0.99,
-            "gae_lambda": 0.95, "critic_input": "auto"},
+            "gae_lambda": 0.95, "critic_input": "auto", "reward_norm": False},
     "mappo": {"num_envs": 16, "horizon": 50, "learning_rate": 2.5e-3, "update_epochs": 10, "minibatch_size": 1200,
               "ent_coef": 0.01, "hidden_size": 128, "agent_ids": True, "anneal_lr": True, "gamma": 0.99,
-              "gae_lambda": 0.95, "critic_input": "auto"},
+              "gae_lambda": 0.95, "critic_input": "auto", "reward_norm": False},
     # SAC: an update is `horizon` vector steps, each followed by its gradient steps; minibatch_size is the
     # sampled batch; a constant learning rate (as SB3 and CleanRL use); ent_coef and update_epochs are unused;
     # critic_input None: each critic reads the slot's own observation (decentralized) unless one is asked for.
     "sac": {"num_envs": 4, "horizon": 50, "learning_rate": 1e-3, "update_epochs": 1, "minibatch_size": 256,
             "ent_coef": 0.0, "hidden_size": 256, "agent_ids": False, "anneal_lr": False, "gamma": 0.99,
-            "gae_lambda": 0.95, "critic_input": None},
+            "gae_lambda": 0.95, "critic_input": None, "reward_norm": False},
     # Offline (BC, IQL; shoal.train.offline): total_steps counts gradient steps, as CORL does; an update is
     # `horizon` gradient steps (the unit of logging, checkpoint_interval and eval_interval) on sampled minibatches
     # of minibatch_size transitions; num_envs envs play the online evaluations; a constant learning rate (CORL's
     # 3e-4 for IQL); ent_coef and update_epochs are unused.
     "bc": {"num_envs": 8, "horizon": 500, "learning_rate": 1e-3, "update_epochs": 1, "minibatch_size": 256,
            "ent_coef": 0.0, "hidden_size": 256, "agent_ids": False, "anneal_lr": False, "gamma": 0.99,
-           "gae_lambda": 0.95, "critic_input": None},
+           "gae_lambda": 0.95, "critic_input": None, "reward_norm": False},
     "iql": {"num_envs": 8, "horizon": 500, "learning_rate": 3e-4, "update_epochs": 1, "minibatch_size": 256,
             "ent_coef": 0.0, "hidden_size": 256, "agent_ids": False, "anneal_lr": False, "gamma": 0.99,
-            "gae_lambda": 0.95, "critic_input": None},
+            "gae_lambda": 0.95, "critic_input": None, "reward_norm": False},
     # The Decision Transformer: minibatch_size counts windows of context_length steps; hidden_size is the width
     # of its tokens. A transformer step costs far more than an MLP's (0.1 to 0.3 s on one CPU core with these),
     # so an update is 100 of them; gamma and gae_lambda are unused (returns-to-go are undiscounted).
     "dt": {"num_envs": 8, "horizon": 100, "learning_rate": 1e-3, "update_epochs": 1, "minibatch_size": 64,
            "ent_coef": 0.0, "hidden_size": 64, "agent_ids": False, "anneal_lr": False, "gamma": 0.99,
-           "gae_lambda": 0.95, "critic_input": None},
+           "gae_lambda": 0.95, "critic_input": None, "reward_norm": False},
 }
 
 #: Per algorithm and env id, settings for the fields a config leaves unset, applied before :data:`ALGO_DEFAULTS`
@@ -322,6 +323,12 @@ class TrainConfig:
     """Multiply rewards by this before learning (statistics report raw returns). 1 = off."""
     reward_clip: float | None = None
     """Clip (scaled) rewards to ``[-reward_clip, reward_clip]`` before learning; None = off."""
+    reward_norm: bool | None = None
+    """PPO and MAPPO: divide the rewards the learner sees by the running standard deviation of the discounted return
+    (per row, restarting with each episode; the normalized rewards clipped to +-10), as Stable-Baselines3's
+    ``VecNormalize`` does (:mod:`shoal.train.core.reward_norm`); ``reward_scale`` and ``reward_clip`` then apply to
+    the normalized rewards. Statistics still report raw returns. None: the env preset's choice (e.g. on for PPO on
+    MountainCar-v0), else off."""
 
     # ---- off-policy (SAC) -----------------------------------------------------------------------------------
     replay_size: int = 1_000_000
@@ -575,6 +582,9 @@ class TrainConfig:
             raise APIUsageError(f"dual_clip must be > 1 (or None to disable), got {self.dual_clip}")
         if self.reward_clip is not None and not self.reward_clip > 0:
             raise APIUsageError(f"reward_clip must be > 0 (or None to disable), got {self.reward_clip}")
+        if self.reward_norm and self.algo not in ("ppo", "mappo"):
+            raise APIUsageError(f"reward_norm normalizes the rewards of PPO and MAPPO rollouts; algo={self.algo!r} "
+                                "does not support it (drop --reward-norm)")
         if self.target_kl is not None and not self.target_kl > 0:
             raise APIUsageError(f"target_kl must be > 0 (or None to disable), got {self.target_kl}")
         if self.algo == "sac":
