@@ -58,6 +58,7 @@ CriticInput = Literal["auto", "state", "concat"]
 ValueNorm = Literal["auto", "none", "running", "popart"]
 WandbMode = Literal["offline", "online", "disabled"]
 Preset = Literal["auto", "none"]
+Activation = Literal["relu", "tanh"]
 
 #: The algorithms :func:`shoal.train.train` runs.
 ALGOS: tuple[str, ...] = typing.get_args(Algo)
@@ -69,32 +70,32 @@ ALGOS: tuple[str, ...] = typing.get_args(Algo)
 ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
     "ppo": {"num_envs": 8, "horizon": 64, "learning_rate": 4e-3, "update_epochs": 3, "minibatch_size": 128,
             "ent_coef": 0.01, "hidden_size": 64, "agent_ids": False, "anneal_lr": True, "gamma": 0.99,
-            "gae_lambda": 0.95, "critic_input": "auto", "reward_norm": False},
+            "gae_lambda": 0.95, "critic_input": "auto", "reward_norm": False, "activation": "relu"},
     "mappo": {"num_envs": 16, "horizon": 50, "learning_rate": 2.5e-3, "update_epochs": 10, "minibatch_size": 1200,
               "ent_coef": 0.01, "hidden_size": 128, "agent_ids": True, "anneal_lr": True, "gamma": 0.99,
-              "gae_lambda": 0.95, "critic_input": "auto", "reward_norm": False},
+              "gae_lambda": 0.95, "critic_input": "auto", "reward_norm": False, "activation": "relu"},
     # SAC: an update is `horizon` vector steps, each followed by its gradient steps; minibatch_size is the
     # sampled batch; a constant learning rate (as SB3 and CleanRL use); ent_coef and update_epochs are unused;
     # critic_input None: each critic reads the slot's own observation (decentralized) unless one is asked for.
     "sac": {"num_envs": 4, "horizon": 50, "learning_rate": 1e-3, "update_epochs": 1, "minibatch_size": 256,
             "ent_coef": 0.0, "hidden_size": 256, "agent_ids": False, "anneal_lr": False, "gamma": 0.99,
-            "gae_lambda": 0.95, "critic_input": None, "reward_norm": False},
+            "gae_lambda": 0.95, "critic_input": None, "reward_norm": False, "activation": "relu"},
     # Offline (BC, IQL; shoal.train.offline): total_steps counts gradient steps, as CORL does; an update is
     # `horizon` gradient steps (the unit of logging, checkpoint_interval and eval_interval) on sampled minibatches
     # of minibatch_size transitions; num_envs envs play the online evaluations; a constant learning rate (CORL's
     # 3e-4 for IQL); ent_coef and update_epochs are unused.
     "bc": {"num_envs": 8, "horizon": 500, "learning_rate": 1e-3, "update_epochs": 1, "minibatch_size": 256,
            "ent_coef": 0.0, "hidden_size": 256, "agent_ids": False, "anneal_lr": False, "gamma": 0.99,
-           "gae_lambda": 0.95, "critic_input": None, "reward_norm": False},
+           "gae_lambda": 0.95, "critic_input": None, "reward_norm": False, "activation": "relu"},
     "iql": {"num_envs": 8, "horizon": 500, "learning_rate": 3e-4, "update_epochs": 1, "minibatch_size": 256,
             "ent_coef": 0.0, "hidden_size": 256, "agent_ids": False, "anneal_lr": False, "gamma": 0.99,
-            "gae_lambda": 0.95, "critic_input": None, "reward_norm": False},
+            "gae_lambda": 0.95, "critic_input": None, "reward_norm": False, "activation": "relu"},
     # The Decision Transformer: minibatch_size counts windows of context_length steps; hidden_size is the width
     # of its tokens. A transformer step costs far more than an MLP's (0.1 to 0.3 s on one CPU core with these),
     # so an update is 100 of them; gamma and gae_lambda are unused (returns-to-go are undiscounted).
     "dt": {"num_envs": 8, "horizon": 100, "learning_rate": 1e-3, "update_epochs": 1, "minibatch_size": 64,
            "ent_coef": 0.0, "hidden_size": 64, "agent_ids": False, "anneal_lr": False, "gamma": 0.99,
-           "gae_lambda": 0.95, "critic_input": None, "reward_norm": False},
+           "gae_lambda": 0.95, "critic_input": None, "reward_norm": False, "activation": "relu"},
 }
 
 #: Per algorithm and env id, settings for the fields a config leaves unset, applied before :data:`ALGO_DEFAULTS`
@@ -380,6 +381,10 @@ class TrainConfig:
     # ---- policy --------------------------------------------------------------------------------------------
     hidden_size: int | None = None
     """Width of the policy trunk (None: the algorithm's default, :data:`ALGO_DEFAULTS`)."""
+    activation: Activation | None = None
+    """Hidden-layer activation of the default policy (``shoal.policies.Policy``'s vector-leaf encoders and trunks):
+    ``"relu"`` or ``"tanh"``. None: the env preset's choice (tanh for PPO on MountainCar-v0), else ReLU. SAC and DT
+    build other networks and take only ReLU."""
     recurrent: bool = False
     """Add an LSTM (BPTT over segments; state carried across rollouts, reset at episode starts)."""
     lstm_size: int = 64
@@ -582,6 +587,9 @@ class TrainConfig:
             raise APIUsageError(f"dual_clip must be > 1 (or None to disable), got {self.dual_clip}")
         if self.reward_clip is not None and not self.reward_clip > 0:
             raise APIUsageError(f"reward_clip must be > 0 (or None to disable), got {self.reward_clip}")
+        if self.activation != "relu" and self.algo in ("sac", "dt"):
+            raise APIUsageError(f"activation={self.activation!r}: algo={self.algo!r} builds its own networks, with "
+                                "ReLU; drop --activation")
         if self.reward_norm and self.algo not in ("ppo", "mappo"):
             raise APIUsageError(f"reward_norm normalizes the rewards of PPO and MAPPO rollouts; algo={self.algo!r} "
                                 "does not support it (drop --reward-norm)")

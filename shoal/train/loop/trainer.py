@@ -262,6 +262,7 @@ class Trainer(CheckpointMixin):
         return policy_cls.from_env(
             self.vecenv,
             hidden_size=cfg.hidden_size,
+            activation=cfg.activation,
             recurrent=cfg.recurrent,
             lstm_size=cfg.lstm_size,
             num_agent_ids=self.vecenv.agents_per_env if cfg.agent_ids else 0,
