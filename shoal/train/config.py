@@ -747,6 +747,11 @@ class TrainConfig:
             data = {**data, "preset": "none"}
             if data.get("algo") == "sac" and data.get("critic_input") == "auto":
                 data["critic_input"] = None  # SAC then had no centralized critics: its "auto" meant nothing
+        if "activation" not in data:  # written before activation and reward_norm: ReLU on raw rewards
+            data = {**data, "activation": "relu", "reward_norm": False}
+            preset = ENV_PRESETS.get(data.get("algo", "ppo"), {}).get(data.get("env", ""), {})
+            if any(data.get(name) is None for name in preset):  # a newer preset would fill what the run left unset
+                data["preset"] = "none"
         return cls(**data)
 
     def save(self, path: str | Path) -> None:

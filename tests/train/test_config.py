@@ -205,6 +205,10 @@ def test_the_mountaincar_preset_trains_a_tanh_network_on_bound_scaled_observatio
         trainer.close()
     plain = TrainConfig(env="MountainCar-v0", preset="none").resolved()
     assert (plain.activation, plain.reward_norm, plain.wrappers) == ("relu", False, None)
+    # a run saved before the preset (and its fields) existed keeps what it trained with: no wrappers, ReLU
+    old = {k: v for k, v in plain.replace(preset="auto").to_dict().items() if k not in ("activation", "reward_norm")}
+    loaded = TrainConfig.from_dict(old).resolved()
+    assert (loaded.activation, loaded.reward_norm, loaded.wrappers, loaded.num_envs) == ("relu", False, None, 8)
 
 
 def test_a_config_saved_before_presets_resumes_without_one(tmp_path: Path) -> None:
