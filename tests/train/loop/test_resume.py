@@ -62,7 +62,8 @@ def weights(result: Any) -> dict[str, torch.Tensor]:
         {"async_learner": True},
         {"env": "memory", "recurrent": True, "async_learner": True},
         {"env": "squad", "algo": "mappo", "async_learner": True},
-        {"env": "MountainCar-v0", "reward_norm": True},
+        # the raw env: the preset's SuperSuit wrapper holds a closure, so its envs cannot be snapshotted exactly
+        {"env": "MountainCar-v0", "preset": "none", "reward_norm": True},
         {"reward_norm": True, "async_learner": True},
     ],
     ids=["cartpole", "memory-lstm", "squad-vtrace-prio", "cartpole-async", "memory-lstm-async", "squad-mappo-async",
