@@ -47,6 +47,7 @@ Scaling of ``"vector"`` leaves
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,10 +55,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from shoal.emulation.layout import Layout, Leaf, format_path
-from shoal.errors import SpaceError
+from shoal.errors import APIUsageError, SpaceError
 from shoal.policies.unflatten import RowReader
 
 __all__ = [
+    "ACTIVATIONS",
     "MAX_CODES",
     "MAX_CODE_ELEMENTS",
     "MAX_EMBEDDINGS",
@@ -71,6 +73,7 @@ __all__ = [
     "is_code_grid",
     "is_board",
     "leaf_scaling",
+    "check_activation",
     "make_leaf_encoder",
     "scale_leaf",
 ]
@@ -218,14 +221,27 @@ def _init_linear(layer: nn.Linear | nn.Conv2d, gain: float = math.sqrt(2)) -> No
         nn.init.zeros_(layer.bias)
 
 
+#: Hidden-layer activations of the default networks (``Policy(activation=...)``), by name.
+ACTIVATIONS: dict[str, Any] = {"relu": F.relu, "tanh": torch.tanh}
+
+
+def check_activation(name: str) -> None:
+    """Raise :class:`~shoal.errors.APIUsageError` unless ``name`` is one of :data:`ACTIVATIONS`."""
+    if name not in ACTIVATIONS:
+        raise APIUsageError(f"activation={name!r} is unknown; valid choices: {list(ACTIVATIONS)}")
+
+
 class VectorEncoder(nn.Module):
-    """``Linear + ReLU`` over a flattened leaf cast to float32, with the leaf's scaling (module docstring).
+    """``Linear`` and an activation (ReLU by default) over a flattened leaf cast to float32, with the leaf's
+    scaling (module docstring).
 
     Input: ``[N, *leaf.shape]`` of any real or bool dtype. Output: float32 ``[N, out_features]``.
     """
 
-    def __init__(self, leaf: Leaf, out_features: int) -> None:
+    def __init__(self, leaf: Leaf, out_features: int, activation: str = "relu") -> None:
         super().__init__()
+        check_activation(activation)
+        self.activation = activation
         self.path = leaf.path
         self.in_features = leaf.size
         self.out_features = out_features
@@ -253,6 +269,8 @@ class VectorEncoder(nn.Module):
         x = x.to(torch.float32)
         if self.mode == "symlog":
             x = torch.sign(x) * torch.log1p(torch.abs(x))
+        if self.activation == "tanh":
+            return torch.tanh(F.linear(x, weight, bias))
         return F.relu(F.linear(x, weight, bias), inplace=True)
 
 
@@ -364,11 +382,12 @@ class EmbeddingEncoder(nn.Module):
 
 
 def make_leaf_encoder(leaf: Leaf, *, hidden_size: int = 128, embedding_dim: int = 16,
-                      boards: bool = True) -> nn.Module:
+                      boards: bool = True, activation: str = "relu") -> nn.Module:
     """The encoder for ``leaf`` (:func:`encoder_kind`); it has an ``out_features`` attribute.
 
     Vector and image leaves get ``hidden_size`` features (a vector leaf's ``Linear + ReLU`` is the policy's first
     hidden layer: narrower, it is a bottleneck; 16 units for Acrobot's 6 inputs kept PPO from learning).
+    ``activation`` is that of vector leaves (:data:`ACTIVATIONS`); image and board CNNs keep ReLU.
     """
     kind = encoder_kind(leaf, boards)
     if kind == "image":
@@ -377,7 +396,7 @@ def make_leaf_encoder(leaf: Leaf, *, hidden_size: int = 128, embedding_dim: int 
         return BoardEncoder(leaf, hidden_size)
     if kind == "embedding":
         return EmbeddingEncoder(leaf, embedding_dim)
-    return VectorEncoder(leaf, hidden_size)
+    return VectorEncoder(leaf, hidden_size, activation)
 
 
 class ObservationEncoder(nn.Module):
@@ -388,6 +407,7 @@ class ObservationEncoder(nn.Module):
         hidden_size: width of image and vector leaf features (see :func:`make_leaf_encoder`).
         embedding_dim: width of one embedding vector.
         boards: encode board leaves with :class:`BoardEncoder` (False: as vectors).
+        activation: activation of the vector leaves' layers (:data:`ACTIVATIONS`).
 
     Input: ``[N, flat_size]`` rows of the layout's flat dtype. Output: float32 ``[N, out_features]``.
 
@@ -397,12 +417,13 @@ class ObservationEncoder(nn.Module):
     """
 
     def __init__(self, layout: Layout, *, hidden_size: int = 128, embedding_dim: int = 16,
-                 boards: bool = True) -> None:
+                 boards: bool = True, activation: str = "relu") -> None:
         super().__init__()
         self.layout = layout
         self.reader = RowReader(layout)
         self.leaf_encoders = nn.ModuleList(
-            make_leaf_encoder(leaf, hidden_size=hidden_size, embedding_dim=embedding_dim, boards=boards)
+            make_leaf_encoder(leaf, hidden_size=hidden_size, embedding_dim=embedding_dim, boards=boards,
+                              activation=activation)
             for leaf in layout.leaves
         )
         self.kinds = {leaf.name: encoder_kind(leaf, boards) for leaf in layout.leaves}

@@ -58,7 +58,7 @@ from shoal.policies.distributions import (
     MaskedCategorical,
     MultiCategorical,
 )
-from shoal.policies.encoders import ObservationEncoder, encoder_kind, scale_leaf
+from shoal.policies.encoders import ObservationEncoder, check_activation, encoder_kind, scale_leaf
 from shoal.policies.unflatten import check_rows, leaf_tensors, torch_dtype
 
 __all__ = [
@@ -254,6 +254,9 @@ class Policy(nn.Module):
             saved by another version is refused on loading).
         board_encoder: encode board-game planes (connect four's ``(6, 7, 2)`` int8 board...) with the convolutional
             :class:`~shoal.policies.encoders.BoardEncoder`; False: as flat vectors (policies saved before it existed).
+        activation: ``"relu"`` (default) or ``"tanh"``: the activation of the vector-leaf encoders and of the
+            trunks (actor, critic, centralized critic); image and board CNNs keep ReLU. Tanh (SB3's default)
+            bounds every feature; on MountainCar-v0 it let PPO find the goal where ReLU did not.
         device: where to put the parameters.
 
     Raises:
@@ -265,9 +268,10 @@ class Policy(nn.Module):
                  num_layers: int = 1, embedding_dim: int = 16, recurrent: bool = False, lstm_size: int = 128,
                  num_agent_ids: int = 0, agent_id_embedding: int = 16, critic_input_size: int | None = None,
                  continuous_std: str = "state_independent", separate_critic: bool | None = None,
-                 encoding: int = ENCODING, board_encoder: bool = True,
+                 encoding: int = ENCODING, board_encoder: bool = True, activation: str = "relu",
                  device: torch.device | str | None = None) -> None:
         super().__init__()
+        check_activation(activation)
         if encoding != ENCODING:
             raise APIUsageError(f"encoding={encoding!r}: this shoal builds only the observation encoding {ENCODING} "
                                 "(see shoal.policies.policy.ENCODING)")
@@ -293,8 +297,11 @@ class Policy(nn.Module):
             encoding=encoding,
             board_encoder=board_encoder,
         )
+        if activation != "relu":  # saved only when set: configs saved before the option rebuild with ReLU
+            self.config["activation"] = activation
+        act = nn.Tanh if activation == "tanh" else nn.ReLU
         self.encoder = ObservationEncoder(self.obs_layout, hidden_size=hidden_size, embedding_dim=embedding_dim,
-                                          boards=board_encoder)
+                                          boards=board_encoder, activation=activation)
         self.num_agent_ids = num_agent_ids
         width = self.encoder.out_features
         if num_agent_ids:
@@ -302,7 +309,7 @@ class Policy(nn.Module):
             width += agent_id_embedding
         layers: list[nn.Module] = []
         for _ in range(num_layers):
-            layers += [_linear(width, hidden_size), nn.ReLU()]
+            layers += [_linear(width, hidden_size), act()]
             width = hidden_size
         self.trunk = nn.Sequential(*layers)
         self.lstm: LSTM | None = None
@@ -314,11 +321,12 @@ class Policy(nn.Module):
         self.separate_critic = separate_critic and critic_input_size is None and not recurrent
         if self.separate_critic:
             self.critic_encoder = ObservationEncoder(self.obs_layout, hidden_size=hidden_size,
-                                                     embedding_dim=embedding_dim, boards=board_encoder)
+                                                     embedding_dim=embedding_dim, boards=board_encoder,
+                                                     activation=activation)
             width = self.critic_encoder.out_features + (agent_id_embedding if num_agent_ids else 0)
             layers = []
             for _ in range(num_layers):
-                layers += [_linear(width, hidden_size), nn.ReLU()]
+                layers += [_linear(width, hidden_size), act()]
                 width = hidden_size
             self.critic_trunk = nn.Sequential(*layers)
         if critic_input_size is None:
@@ -326,8 +334,8 @@ class Policy(nn.Module):
         else:
             extra = agent_id_embedding if num_agent_ids else 0
             self.critic = nn.Sequential(
-                _linear(critic_input_size + extra, hidden_size), nn.ReLU(),
-                _linear(hidden_size, hidden_size), nn.ReLU(),
+                _linear(critic_input_size + extra, hidden_size), act(),
+                _linear(hidden_size, hidden_size), act(),
                 _linear(hidden_size, 1, gain=1.0),
             )
         self.to(device)

@@ -9,9 +9,10 @@ The PPO defaults train CartPole-v1 to a deterministic evaluation return of 500 w
 two CPU cores). Other envs usually want a longer ``total_steps`` and often a smaller ``learning_rate`` (e.g.
 2.5e-4 to 1e-3).
 
-Off by default and opt-in: reward scaling/clipping (``reward_scale``, ``reward_clip``), prioritized segment
-sampling (``prio_alpha > 0``), V-trace-clipped advantages (``advantage="vtrace"``), dual clipping
-(``dual_clip``), early stopping on KL (``target_kl``), Weights & Biases (``wandb``).
+Off by default and opt-in: reward scaling/clipping/normalization (``reward_scale``, ``reward_clip``,
+``reward_norm``), prioritized segment sampling (``prio_alpha > 0``), V-trace-clipped advantages
+(``advantage="vtrace"``), dual clipping (``dual_clip``), early stopping on KL (``target_kl``), Weights & Biases
+(``wandb``).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ CriticInput = Literal["auto", "state", "concat"]
 ValueNorm = Literal["auto", "none", "running", "popart"]
 WandbMode = Literal["offline", "online", "disabled"]
 Preset = Literal["auto", "none"]
+Activation = Literal["relu", "tanh"]
 
 #: The algorithms :func:`shoal.train.train` runs.
 ALGOS: tuple[str, ...] = typing.get_args(Algo)
@@ -68,32 +70,32 @@ ALGOS: tuple[str, ...] = typing.get_args(Algo)
 ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
     "ppo": {"num_envs": 8, "horizon": 64, "learning_rate": 4e-3, "update_epochs": 3, "minibatch_size": 128,
             "ent_coef": 0.01, "hidden_size": 64, "agent_ids": False, "anneal_lr": True, "gamma": 0.99,
-            "gae_lambda": 0.95, "critic_input": "auto"},
+            "gae_lambda": 0.95, "critic_input": "auto", "reward_norm": False, "activation": "relu"},
     "mappo": {"num_envs": 16, "horizon": 50, "learning_rate": 2.5e-3, "update_epochs": 10, "minibatch_size": 1200,
               "ent_coef": 0.01, "hidden_size": 128, "agent_ids": True, "anneal_lr": True, "gamma": 0.99,
-              "gae_lambda": 0.95, "critic_input": "auto"},
+              "gae_lambda": 0.95, "critic_input": "auto", "reward_norm": False, "activation": "relu"},
     # SAC: an update is `horizon` vector steps, each followed by its gradient steps; minibatch_size is the
     # sampled batch; a constant learning rate (as SB3 and CleanRL use); ent_coef and update_epochs are unused;
     # critic_input None: each critic reads the slot's own observation (decentralized) unless one is asked for.
     "sac": {"num_envs": 4, "horizon": 50, "learning_rate": 1e-3, "update_epochs": 1, "minibatch_size": 256,
             "ent_coef": 0.0, "hidden_size": 256, "agent_ids": False, "anneal_lr": False, "gamma": 0.99,
-            "gae_lambda": 0.95, "critic_input": None},
+            "gae_lambda": 0.95, "critic_input": None, "reward_norm": False, "activation": "relu"},
     # Offline (BC, IQL; shoal.train.offline): total_steps counts gradient steps, as CORL does; an update is
     # `horizon` gradient steps (the unit of logging, checkpoint_interval and eval_interval) on sampled minibatches
     # of minibatch_size transitions; num_envs envs play the online evaluations; a constant learning rate (CORL's
     # 3e-4 for IQL); ent_coef and update_epochs are unused.
     "bc": {"num_envs": 8, "horizon": 500, "learning_rate": 1e-3, "update_epochs": 1, "minibatch_size": 256,
            "ent_coef": 0.0, "hidden_size": 256, "agent_ids": False, "anneal_lr": False, "gamma": 0.99,
-           "gae_lambda": 0.95, "critic_input": None},
+           "gae_lambda": 0.95, "critic_input": None, "reward_norm": False, "activation": "relu"},
     "iql": {"num_envs": 8, "horizon": 500, "learning_rate": 3e-4, "update_epochs": 1, "minibatch_size": 256,
             "ent_coef": 0.0, "hidden_size": 256, "agent_ids": False, "anneal_lr": False, "gamma": 0.99,
-            "gae_lambda": 0.95, "critic_input": None},
+            "gae_lambda": 0.95, "critic_input": None, "reward_norm": False, "activation": "relu"},
     # The Decision Transformer: minibatch_size counts windows of context_length steps; hidden_size is the width
     # of its tokens. A transformer step costs far more than an MLP's (0.1 to 0.3 s on one CPU core with these),
     # so an update is 100 of them; gamma and gae_lambda are unused (returns-to-go are undiscounted).
     "dt": {"num_envs": 8, "horizon": 100, "learning_rate": 1e-3, "update_epochs": 1, "minibatch_size": 64,
            "ent_coef": 0.0, "hidden_size": 64, "agent_ids": False, "anneal_lr": False, "gamma": 0.99,
-           "gae_lambda": 0.95, "critic_input": None},
+           "gae_lambda": 0.95, "critic_input": None, "reward_norm": False, "activation": "relu"},
 }
 
 #: Per algorithm and env id, settings for the fields a config leaves unset, applied before :data:`ALGO_DEFAULTS`
@@ -101,13 +103,19 @@ ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
 #: rl-baselines3-zoo tunes its hyperparameters per env. Each entry is measured by ``benchmarks/learning.py``
 #: against SB3 with the zoo's own settings. Pendulum-v1 wants a short horizon of discounting (gamma 0.9: its reward
 #: is immediate), long rollouts and many epochs; Acrobot-v1's -1 per step and LunarLander-v3's crash and landing
-#: bonuses (about +-100) need normalized value targets.
+#: bonuses (about +-100) need normalized value targets. MountainCar-v0 takes the zoo's settings (16 envs of 16
+#: steps, 4 epochs of minibatches of 64 at a constant 3e-4, gae_lambda 0.98, no entropy bonus, rewards normalized
+#: as VecNormalize does) and SB3's tanh network over observations scaled to [-1, 1] by their bounds (its velocity
+#: spans +-0.07): with ReLU, or with tanh over the raw observations, PPO never reached the goal in 100k steps.
 ENV_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "ppo": {
         "Pendulum-v1": {"num_envs": 4, "horizon": 1024, "learning_rate": 1e-3, "gamma": 0.9, "update_epochs": 10,
                         "minibatch_size": 64, "ent_coef": 0.0, "value_norm": "running"},
         "Acrobot-v1": {"value_norm": "running"},
         "LunarLander-v3": {"value_norm": "running"},
+        "MountainCar-v0": {"num_envs": 16, "horizon": 16, "gae_lambda": 0.98, "ent_coef": 0.0, "update_epochs": 4,
+                           "minibatch_size": 64, "learning_rate": 3e-4, "anneal_lr": False, "reward_norm": True,
+                           "activation": "tanh", "wrappers": "normalize_obs_v0(env_min=-1.0, env_max=1.0)"},
     },
     # SAC on Pendulum-v1 (3 observations, 1 torque): 64-unit layers learn it as well as 256-unit ones within 20k
     # steps (benchmarks/sac.py, 5 seeds) at a quarter of the compute per gradient step, which on a CPU is most of
@@ -322,6 +330,12 @@ class TrainConfig:
     """Multiply rewards by this before learning (statistics report raw returns). 1 = off."""
     reward_clip: float | None = None
     """Clip (scaled) rewards to ``[-reward_clip, reward_clip]`` before learning; None = off."""
+    reward_norm: bool | None = None
+    """PPO and MAPPO: divide the rewards the learner sees by the running standard deviation of the discounted return
+    (per row, restarting with each episode; the normalized rewards clipped to +-10), as Stable-Baselines3's
+    ``VecNormalize`` does (:mod:`shoal.train.core.reward_norm`); ``reward_scale`` and ``reward_clip`` then apply to
+    the normalized rewards. Statistics still report raw returns. None: the env preset's choice (e.g. on for PPO on
+    MountainCar-v0), else off."""
 
     # ---- off-policy (SAC) -----------------------------------------------------------------------------------
     replay_size: int = 1_000_000
@@ -373,6 +387,10 @@ class TrainConfig:
     # ---- policy --------------------------------------------------------------------------------------------
     hidden_size: int | None = None
     """Width of the policy trunk (None: the algorithm's default, :data:`ALGO_DEFAULTS`)."""
+    activation: Activation | None = None
+    """Hidden-layer activation of the default policy (``shoal.policies.Policy``'s vector-leaf encoders and trunks):
+    ``"relu"`` or ``"tanh"``. None: the env preset's choice (tanh for PPO on MountainCar-v0), else ReLU. SAC and DT
+    build other networks and take only ReLU."""
     recurrent: bool = False
     """Add an LSTM (BPTT over segments; state carried across rollouts, reset at episode starts)."""
     lstm_size: int = 64
@@ -575,6 +593,12 @@ class TrainConfig:
             raise APIUsageError(f"dual_clip must be > 1 (or None to disable), got {self.dual_clip}")
         if self.reward_clip is not None and not self.reward_clip > 0:
             raise APIUsageError(f"reward_clip must be > 0 (or None to disable), got {self.reward_clip}")
+        if self.activation != "relu" and self.algo in ("sac", "dt"):
+            raise APIUsageError(f"activation={self.activation!r}: algo={self.algo!r} builds its own networks, with "
+                                "ReLU; drop --activation")
+        if self.reward_norm and self.algo not in ("ppo", "mappo"):
+            raise APIUsageError(f"reward_norm normalizes the rewards of PPO and MAPPO rollouts; algo={self.algo!r} "
+                                "does not support it (drop --reward-norm)")
         if self.target_kl is not None and not self.target_kl > 0:
             raise APIUsageError(f"target_kl must be > 0 (or None to disable), got {self.target_kl}")
         if self.algo == "sac":
@@ -723,6 +747,11 @@ class TrainConfig:
             data = {**data, "preset": "none"}
             if data.get("algo") == "sac" and data.get("critic_input") == "auto":
                 data["critic_input"] = None  # SAC then had no centralized critics: its "auto" meant nothing
+        if "activation" not in data:  # written before activation and reward_norm: ReLU on raw rewards
+            data = {**data, "activation": "relu", "reward_norm": False}
+            preset = ENV_PRESETS.get(data.get("algo", "ppo"), {}).get(data.get("env", ""), {})
+            if any(data.get(name) is None for name in preset):  # a newer preset would fill what the run left unset
+                data["preset"] = "none"
         return cls(**data)
 
     def save(self, path: str | Path) -> None:

@@ -223,6 +223,23 @@ def test_device_argument_and_state_dict_round_trip() -> None:
     torch.testing.assert_close(copy(obs, deterministic=True).logits, policy(obs, deterministic=True).logits)
 
 
+def test_tanh_activation_bounds_every_hidden_feature_and_rebuilds_from_its_config() -> None:
+    space = spaces.Box(-1e3, 1e3, (5,), np.float32)  # large inputs: ReLU features would reach the hundreds
+    layout = compile_layout(space)
+    policy = Policy(layout, action_layout("discrete"), activation="tanh", **SMALL)
+    obs = torch.from_numpy(np.stack([space.sample() for _ in range(64)]))
+    features = policy.trunk(policy.encoder(obs))
+    assert features.abs().max() <= 1.0 and policy.critic_trunk(policy.critic_encoder(obs)).abs().max() <= 1.0
+    relu = Policy(layout, action_layout("discrete"), **SMALL)
+    assert relu.trunk(relu.encoder(obs)).min() == 0.0  # ReLU, the default: features clamped at 0 instead
+    assert "activation" not in relu.config  # configs saved before the option rebuild the ReLU network
+    copy = Policy(layout, action_layout("discrete"), **policy.config)
+    copy.load_state_dict(policy.state_dict())
+    torch.testing.assert_close(copy(obs, deterministic=True).logits, policy(obs, deterministic=True).logits)
+    with pytest.raises(APIUsageError, match="activation='gelu'"):
+        Policy(layout, action_layout("discrete"), activation="gelu")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_runs_on_cuda() -> None:  # pragma: no cover - only where a GPU exists
     layout = compile_layout(SPACE_ZOO["nethack"])

@@ -6,6 +6,7 @@ import dataclasses
 import io
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from shoal.cli import main
@@ -182,6 +183,32 @@ def test_the_command_line_prints_the_preset_it_applies(tmp_path: Path, capsys: p
     assert "horizon" not in text.split("preset for")[1].split("\n")[0]  # given by a flag, so not from the preset
     saved = TrainConfig.load(tmp_path / "run" / "config.json")
     assert (saved.gamma, saved.horizon, saved.value_norm) == (0.9, 64, "running")
+
+
+def test_the_mountaincar_preset_trains_a_tanh_network_on_bound_scaled_observations() -> None:
+    from torch import nn
+
+    from shoal.train import Trainer
+
+    trainer = Trainer(TrainConfig(env="MountainCar-v0", total_steps=256, seed=1, trace_actor=False))
+    try:
+        assert trainer.preset["activation"] == "tanh" and trainer.reward_norm is not None
+        assert trainer.policy.config["activation"] == "tanh" and isinstance(trainer.policy.trunk[1], nn.Tanh)
+        trainer.collect()
+        data = trainer.buffer.data()
+        assert data.rewards.shape == (16, 16)  # 16 envs of 16 steps
+        obs = data.obs.reshape(-1, 2)
+        # MountainCar's position (-1.2..0.6) and velocity (+-0.07) arrive scaled into [-1, 1] by their bounds
+        assert np.abs(obs).max() <= 1.0 and np.abs(obs[:, 1]).max() > 0.02
+        assert (data.rewards < 0).all() and (data.rewards != -1.0).any()  # normalized, not the raw -1
+    finally:
+        trainer.close()
+    plain = TrainConfig(env="MountainCar-v0", preset="none").resolved()
+    assert (plain.activation, plain.reward_norm, plain.wrappers) == ("relu", False, None)
+    # a run saved before the preset (and its fields) existed keeps what it trained with: no wrappers, ReLU
+    old = {k: v for k, v in plain.replace(preset="auto").to_dict().items() if k not in ("activation", "reward_norm")}
+    loaded = TrainConfig.from_dict(old).resolved()
+    assert (loaded.activation, loaded.reward_norm, loaded.wrappers, loaded.num_envs) == ("relu", False, None, 8)
 
 
 def test_a_config_saved_before_presets_resumes_without_one(tmp_path: Path) -> None:

@@ -140,6 +140,7 @@ class CheckpointMixin:
                 "episode_lengths": list(self.episode_lengths),
                 "episodes": self.episodes,
                 "elapsed": self._elapsed(),
+                "reward_norm": None if self.reward_norm is None else self.reward_norm.state_dict(),
             },
             "env_state": exact_env,
             "league": None if self.league is None else self.league.state_dict(),
@@ -254,6 +255,8 @@ class CheckpointMixin:
         self.episode_lengths.extend(trainer["episode_lengths"])
         self.episodes = int(trainer["episodes"])
         self._elapsed_before = float(trainer["elapsed"])
+        if self.reward_norm is not None and trainer.get("reward_norm") is not None:
+            self.reward_norm.load_state_dict(trainer["reward_norm"])
         self.last_checkpoint = path
         if self.league is not None:
             self.league.load_state_dict(payload.get("league"))
@@ -301,6 +304,8 @@ class CheckpointMixin:
                 self.config.backend,
             )
             self.exact_resume = False
+            if self.reward_norm is not None:  # fresh episodes: their discounted returns start at 0
+                self.reward_norm.restart_episodes()
             self._carry = EnvResult(batch, self._rows(batch.env_ids))
             if self.league is not None:  # fresh envs: every env gets a new seating
                 self.league.reset_envs()

@@ -52,6 +52,7 @@ from shoal.train.config import TrainConfig
 from shoal.train.core.device import resolve_device
 from shoal.train.core.learner import InProcessLearner, Learner
 from shoal.train.core.ppo import SINGLE_LEARNER, Reducer, make_optimizer
+from shoal.train.core.reward_norm import RewardNormalizer
 from shoal.train.core.rollout import RolloutBuffer
 from shoal.train.loop.checkpoints import CheckpointMixin
 from shoal.train.loop.env_result import EnvResult
@@ -183,6 +184,8 @@ class Trainer(CheckpointMixin):
         self.acting = RowActor(self.policy, self.num_rows, self.agents_per_env, self.device,
                                continuous=self.continuous, trace=cfg.trace_actor)
         self._setup_learning()
+        #: ``reward_norm``: the running statistics the rewards are divided by (in this process, before the buffer)
+        self.reward_norm = RewardNormalizer(self.num_rows, cfg.gamma) if cfg.reward_norm else None
         self.overlap = cfg.backend != "serial"
         self.global_step = 0
         self.update = 0
@@ -259,6 +262,7 @@ class Trainer(CheckpointMixin):
         return policy_cls.from_env(
             self.vecenv,
             hidden_size=cfg.hidden_size,
+            activation=cfg.activation,
             recurrent=cfg.recurrent,
             lstm_size=cfg.lstm_size,
             num_agent_ids=self.vecenv.agents_per_env if cfg.agent_ids else 0,
@@ -390,7 +394,11 @@ class Trainer(CheckpointMixin):
         rows = carry.rows
         terminals, truncations = carry.terminals, carry.truncations
         ended = terminals | truncations
-        rewards = self._scaled_rewards(carry.rewards)
+        rewards = carry.rewards
+        if self.reward_norm is not None:
+            # the rows with a transition waiting for this outcome: not a reset's zeros, padded or dead slots
+            rewards = self.reward_norm(rows, rewards, ended, buffer.pending[rows])
+        rewards = self._scaled_rewards(rewards)
         final_values = None
         counted = ended if self.league is None else self.league.finish(carry)  # league: the learner's episodes
         if ended.any():
@@ -622,6 +630,8 @@ class Trainer(CheckpointMixin):
         if self.episode_returns:
             out["charts/episode_return"] = float(np.mean(self.episode_returns))
             out["charts/episode_length"] = float(np.mean(self.episode_lengths))
+        if self.reward_norm is not None:
+            out["charts/reward_norm_std"] = self.reward_norm.std
         if self.agent_stats is not None:
             out.update(self.agent_stats.scalars())
         if self.league is not None:
