@@ -158,18 +158,29 @@ def run_connect_four(args: argparse.Namespace, workdir: Path) -> list[dict[str, 
                                tensorboard=False, log_interval=0.0, overwrite=True))
     league_seconds = time.perf_counter() - start
     league_vs_random = evaluate_match(run_dir, "random", args.games, seed=args.seed + 7)
-    games = record_dataset(run_dir, steps=args.record_steps, seed=args.seed + 3)  # the final policy, both seats
+    start = time.perf_counter()
+    # the final policy in both seats, sampling its moves (its most likely ones would replay one game), 8 games at once
+    games = record_dataset(run_dir, steps=args.c4_decisions, seed=args.seed + 3, num_envs=8)
+    record_seconds = time.perf_counter() - start
     start = time.perf_counter()
     bc_dir = workdir / "c4-bc"
-    train(TrainConfig(env=CONNECT_FOUR, algo="bc", total_steps=3_000 if args.quick else 6_000, seed=args.seed,
-                      run_dir=str(bc_dir), eval_episodes=0, tensorboard=False, log_interval=0.0, overwrite=True),
-          dataset=games)
+    bc = TrainConfig(env=CONNECT_FOUR, algo="bc", total_steps=3_000 if args.quick else 6_000, seed=args.seed,
+                     run_dir=str(bc_dir), eval_episodes=0, tensorboard=False, log_interval=0.0, overwrite=True,
+                     bc_min_return=args.c4_bc_min_return)
+    train(bc, dataset=games)
     bc_vs_random = evaluate_match(bc_dir, "random", args.games, seed=args.seed + 7)
     bc_seconds = time.perf_counter() - start
     recorded = load_dataset(result.dataset)
+    settings = bc.resolved()
+    kept = (games.episode_returns() >= settings.bc_min_return if settings.bc_min_return is not None
+            else np.ones(games.num_episodes, np.bool_))
     print(f"# connect four: league {result.global_step:,} steps in {league_seconds:.0f} s, recorded "
-          f"{recorded.num_steps:,} of its learner's decisions; BC on {games.num_steps:,} decisions of its final "
-          "policy's self-play games", flush=True)
+          f"{recorded.num_steps:,} of its learner's decisions; {games.num_steps:,} decisions of its final policy's "
+          f"self-play games (sampled moves) recorded in {record_seconds:.0f} s", flush=True)
+    print(f"# connect four BC: {settings.total_steps:,} gradient steps of {settings.minibatch_size}, hidden_size "
+          f"{settings.hidden_size}, learning_rate {settings.learning_rate:g}, bc_min_return "
+          f"{settings.bc_min_return} (cloning {int(kept.sum()):,} of {games.num_episodes:,} seat-episodes, "
+          f"{int(games.episode_lengths[kept].sum()):,} decisions)", flush=True)
     rows = []
     for name, match, seconds in (("league", league_vs_random, league_seconds), ("bc", bc_vs_random, bc_seconds)):
         low, high = match["win_rate_ci"]
@@ -191,6 +202,10 @@ def main() -> None:
     parser.add_argument("--record-steps", type=int, default=20_000, help="decisions in the expert/medium datasets")
     parser.add_argument("--medium-at", type=float, default=0.3, help="where in the run the medium checkpoint is")
     parser.add_argument("--games", type=int, default=200, help="connect-four games against random play")
+    parser.add_argument("--c4-decisions", type=int, default=20_000,
+                        help="decisions of the league's final policy recorded for connect-four BC")
+    parser.add_argument("--c4-bc-min-return", type=float, default=None,
+                        help="connect-four BC clones only seat-episodes with at least this return (1: games won)")
     parser.add_argument("--json", action="store_true", help="end with one JSON line of every result")
     args = parser.parse_args()
     envs = (args.envs.split(",") if args.envs else
