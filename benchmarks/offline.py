@@ -159,8 +159,10 @@ def run_connect_four(args: argparse.Namespace, workdir: Path) -> list[dict[str, 
     league_seconds = time.perf_counter() - start
     league_vs_random = evaluate_match(run_dir, "random", args.games, seed=args.seed + 7)
     start = time.perf_counter()
-    # the final policy in both seats, sampling its moves (its most likely ones would replay one game), 8 games at once
-    games = record_dataset(run_dir, steps=args.c4_decisions, seed=args.seed + 3, num_envs=8)
+    # the final policy in both seats, sampling its moves (its most likely ones would replay one game), 8 games at once;
+    # with --c4-epsilon some moves are random, so the games also reach positions random play leads to
+    games = record_dataset(run_dir, steps=args.c4_decisions, seed=args.seed + 3, num_envs=8,
+                           epsilon=args.c4_epsilon)
     record_seconds = time.perf_counter() - start
     start = time.perf_counter()
     bc_dir = workdir / "c4-bc"
@@ -176,7 +178,8 @@ def run_connect_four(args: argparse.Namespace, workdir: Path) -> list[dict[str, 
             else np.ones(games.num_episodes, np.bool_))
     print(f"# connect four: league {result.global_step:,} steps in {league_seconds:.0f} s, recorded "
           f"{recorded.num_steps:,} of its learner's decisions; {games.num_steps:,} decisions of its final policy's "
-          f"self-play games (sampled moves) recorded in {record_seconds:.0f} s", flush=True)
+          f"self-play games (sampled moves, epsilon {args.c4_epsilon:g}) recorded in {record_seconds:.0f} s",
+          flush=True)
     print(f"# connect four BC: {settings.total_steps:,} gradient steps of {settings.minibatch_size}, hidden_size "
           f"{settings.hidden_size}, learning_rate {settings.learning_rate:g}, bc_min_return "
           f"{settings.bc_min_return} (cloning {int(kept.sum()):,} of {games.num_episodes:,} seat-episodes, "
@@ -204,6 +207,8 @@ def main() -> None:
     parser.add_argument("--games", type=int, default=200, help="connect-four games against random play")
     parser.add_argument("--c4-decisions", type=int, default=20_000,
                         help="decisions of the league's final policy recorded for connect-four BC")
+    parser.add_argument("--c4-epsilon", type=float, default=0.0,
+                        help="share of the recorded connect-four moves replaced by random legal ones")
     parser.add_argument("--c4-bc-min-return", type=float, default=None,
                         help="connect-four BC clones only seat-episodes with at least this return (1: games won)")
     parser.add_argument("--json", action="store_true", help="end with one JSON line of every result")
