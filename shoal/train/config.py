@@ -342,10 +342,6 @@ class TrainConfig:
     """Offline algorithms: updates between online evaluations of the policy during training (and one after the last
     update), each playing one episode in each of the ``num_envs`` envs with the most likely actions; their returns
     are the logged ``charts/episode_return``. 0: none during training."""
-    bc_min_return: float | None = None
-    """BC: clone only the steps of episodes whose return is at least this (return-filtered BC, the "%BC" baseline
-    of the Decision Transformer paper, with a return threshold in place of a top percentage: e.g. ``1.0`` keeps
-    the games a player won in a board game scored +1 / -1). None: every episode."""
     expectile: float = 0.7
     """IQL: the expectile of the state value's regression onto the target Q (0.5: the mean, the behaviour's value;
     towards 1: the best action seen in the data)."""
@@ -668,14 +664,6 @@ class TrainConfig:
         if not (isinstance(self.expectile, int | float) and 0.0 < self.expectile < 1.0):
             raise APIUsageError(f"expectile must be in (0, 1) (IQL uses 0.7; 0.5 regresses onto the mean), got "
                                 f"{self.expectile!r}")
-        if self.bc_min_return is not None:
-            if self.algo != "bc":
-                raise APIUsageError(f"bc_min_return={self.bc_min_return!r} filters the episodes behaviour cloning "
-                                    f"learns from; algo={self.algo!r} does not read it (use --algo bc or drop "
-                                    "--bc-min-return)")
-            if isinstance(self.bc_min_return, bool) or not (isinstance(self.bc_min_return, int | float)
-                                                            and math.isfinite(self.bc_min_return)):
-                raise APIUsageError(f"bc_min_return must be a finite number or None, got {self.bc_min_return!r}")
         for name in ("iql_beta", "iql_max_weight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not (isinstance(value, int | float) and math.isfinite(value) and value > 0):

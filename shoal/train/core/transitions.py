@@ -54,11 +54,10 @@ class TransitionSampler:
         device: where the minibatches go (the whole dataset is moved there once).
         rewards: float32 ``[T]`` rewards to learn from in place of the dataset's (e.g. scaled); None: its own.
         agent_ids: give each minibatch the slot of its steps (policies that embed agent ids).
-        steps: int64 ``[S]`` the steps to draw from (e.g. those of the episodes a filter keeps); None: every step.
     """
 
     def __init__(self, dataset: OfflineDataset, device: torch.device | str, *, rewards: np.ndarray | None = None,
-                 agent_ids: bool = False, steps: np.ndarray | None = None) -> None:
+                 agent_ids: bool = False) -> None:
         device = torch.device(device)
 
         def tensor(array: np.ndarray) -> Tensor:
@@ -76,16 +75,10 @@ class TransitionSampler:
         self.action_masks = None if masks is None or masks.all() else tensor(masks.astype(np.bool_))
         steps_agents = dataset.agents[dataset.episode_of_step].astype(np.int64)
         self.agent_ids = tensor(steps_agents) if agent_ids else None
-        self.steps = None if steps is None else tensor(np.asarray(steps, np.int64))
-        if self.steps is not None:
-            self.num_steps = len(self.steps)
 
     def sample(self, batch_size: int, generator: torch.Generator) -> TransitionBatch:
-        """``batch_size`` steps drawn uniformly with replacement (by ``generator``, on the CPU) among the sampler's
-        ``steps`` (every step by default)."""
+        """``batch_size`` steps drawn uniformly with replacement (by ``generator``, on the CPU)."""
         steps = torch.randint(self.num_steps, (batch_size,), generator=generator).to(self.device)
-        if self.steps is not None:
-            steps = self.steps[steps]
         rows = self.obs_index[steps]
         masks = self.action_masks
         return TransitionBatch(

@@ -5,21 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
-from shoal.envs.bandit import ContextualBandit
-from shoal.errors import APIUsageError, DatasetError
-from shoal.train import TrainConfig, make_trainer, train
+from shoal.train import TrainConfig, train
 from shoal.train.record import record_dataset
 from shoal.train.selfplay.league import evaluate_match
 from tests.emulation.helpers import HybridActionEnv
-from tests.train.offline.recorded import (
-    aiming_expert,
-    bandit_mostly_wrong,
-    cartpole_expert,
-    pendulum_expert,
-    record,
-)
+from tests.train.offline.recorded import aiming_expert, cartpole_expert, pendulum_expert, record
 
 FAST = dict(tensorboard=False, log_interval=60.0, hidden_size=64, seed=1)
 
@@ -58,26 +48,3 @@ def test_bc_with_hybrid_actions_aims_like_the_expert() -> None:
                    env_fn=HybridActionEnv, dataset=expert)
     # uniformly random aim misses by 2/3 per axis: about -67 over an episode's 50 steps
     assert result.episodes == 8 and result.episode_return > -10, result.episode_return
-
-
-def test_return_filtered_bc_clones_only_the_rewarded_episodes_where_plain_bc_copies_the_favourite() -> None:
-    # the behaviour plays each context's arm 30% of the time and the arm after it (never rewarded) 50%
-    data = record(ContextualBandit, bandit_mostly_wrong(ContextualBandit().correct_arms), 1000)
-    common = dict(env="bandit", algo="bc", total_steps=300, horizon=300, learning_rate=3e-3, num_envs=8,
-                  **{**FAST, "hidden_size": 32})
-    trainer = make_trainer(TrainConfig(bc_min_return=1.0, **common), dataset=data)
-    kept = trainer.sampler.sample(4096, trainer.generator)
-    assert kept.rewards.min() == 1.0  # every cloned step is one of a rewarded (one-step) episode
-    filtered = trainer.train()
-    cloned = train(TrainConfig(**common), dataset=data)
-    # one episode in each of 8 envs, most likely actions: the rewarded arm only after filtering
-    assert cloned.episode_return == 0.0 and filtered.episode_return == 1.0
-
-
-def test_return_filtered_bc_names_the_best_return_when_no_episode_qualifies_and_is_bc_only() -> None:
-    data = record(ContextualBandit, bandit_mostly_wrong(ContextualBandit().correct_arms), 20)
-    with pytest.raises(DatasetError, match=r"no episode has a return of at least bc_min_return=2.0 \(the best is "
-                                           r"1\.000\); lower --bc-min-return"):
-        make_trainer(TrainConfig(env="bandit", algo="bc", bc_min_return=2.0, **FAST), dataset=data)
-    with pytest.raises(APIUsageError, match=r"algo='iql' does not read it"):
-        TrainConfig(env="bandit", algo="iql", bc_min_return=1.0).resolved()
