@@ -167,23 +167,19 @@ def run_connect_four(args: argparse.Namespace, workdir: Path) -> list[dict[str, 
     start = time.perf_counter()
     bc_dir = workdir / "c4-bc"
     bc = TrainConfig(env=CONNECT_FOUR, algo="bc", total_steps=3_000 if args.quick else 6_000, seed=args.seed,
-                     run_dir=str(bc_dir), eval_episodes=0, tensorboard=False, log_interval=0.0, overwrite=True,
-                     bc_min_return=args.c4_bc_min_return)
+                     run_dir=str(bc_dir), eval_episodes=0, tensorboard=False, log_interval=0.0, overwrite=True)
     train(bc, dataset=games)
     bc_vs_random = evaluate_match(bc_dir, "random", args.games, seed=args.seed + 7)
     bc_seconds = time.perf_counter() - start
     recorded = load_dataset(result.dataset)
     settings = bc.resolved()
-    kept = (games.episode_returns() >= settings.bc_min_return if settings.bc_min_return is not None
-            else np.ones(games.num_episodes, np.bool_))
     print(f"# connect four: league {result.global_step:,} steps in {league_seconds:.0f} s, recorded "
           f"{recorded.num_steps:,} of its learner's decisions; {games.num_steps:,} decisions of its final policy's "
           f"self-play games (sampled moves, epsilon {args.c4_epsilon:g}) recorded in {record_seconds:.0f} s",
           flush=True)
     print(f"# connect four BC: {settings.total_steps:,} gradient steps of {settings.minibatch_size}, hidden_size "
-          f"{settings.hidden_size}, learning_rate {settings.learning_rate:g}, bc_min_return "
-          f"{settings.bc_min_return} (cloning {int(kept.sum()):,} of {games.num_episodes:,} seat-episodes, "
-          f"{int(games.episode_lengths[kept].sum()):,} decisions)", flush=True)
+          f"{settings.hidden_size}, learning_rate {settings.learning_rate:g} on {games.num_episodes:,} seat-episodes",
+          flush=True)
     rows = []
     for name, match, seconds in (("league", league_vs_random, league_seconds), ("bc", bc_vs_random, bc_seconds)):
         low, high = match["win_rate_ci"]
@@ -209,8 +205,6 @@ def main() -> None:
                         help="decisions of the league's final policy recorded for connect-four BC")
     parser.add_argument("--c4-epsilon", type=float, default=0.0,
                         help="share of the recorded connect-four moves replaced by random legal ones")
-    parser.add_argument("--c4-bc-min-return", type=float, default=None,
-                        help="connect-four BC clones only seat-episodes with at least this return (1: games won)")
     parser.add_argument("--json", action="store_true", help="end with one JSON line of every result")
     args = parser.parse_args()
     envs = (args.envs.split(",") if args.envs else
