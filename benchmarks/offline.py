@@ -160,7 +160,8 @@ def run_connect_four(args: argparse.Namespace, workdir: Path) -> list[dict[str, 
     league_vs_random = evaluate_match(run_dir, "random", args.games, seed=args.seed + 7)
     start = time.perf_counter()
     # the final policy in both seats, sampling its moves (its most likely ones would replay one game), 8 games at once;
-    # with --c4-epsilon some moves are random, so the games also reach positions random play leads to
+    # with --c4-epsilon some moves are random, so the games also reach positions random play leads to (cloned on
+    # pure self-play, BC agrees with the league's most likely move on 91% of self-play positions but 62% of those)
     games = record_dataset(run_dir, steps=args.c4_decisions, seed=args.seed + 3, num_envs=8,
                            epsilon=args.c4_epsilon)
     record_seconds = time.perf_counter() - start
@@ -201,9 +202,9 @@ def main() -> None:
     parser.add_argument("--record-steps", type=int, default=20_000, help="decisions in the expert/medium datasets")
     parser.add_argument("--medium-at", type=float, default=0.3, help="where in the run the medium checkpoint is")
     parser.add_argument("--games", type=int, default=200, help="connect-four games against random play")
-    parser.add_argument("--c4-decisions", type=int, default=20_000,
+    parser.add_argument("--c4-decisions", type=int, default=40_000,
                         help="decisions of the league's final policy recorded for connect-four BC")
-    parser.add_argument("--c4-epsilon", type=float, default=0.0,
+    parser.add_argument("--c4-epsilon", type=float, default=0.2,
                         help="share of the recorded connect-four moves replaced by random legal ones")
     parser.add_argument("--json", action="store_true", help="end with one JSON line of every result")
     args = parser.parse_args()
