@@ -161,7 +161,8 @@ def run_connect_four(args: argparse.Namespace, workdir: Path) -> list[dict[str, 
     start = time.perf_counter()
     # the final policy in both seats, sampling its moves (its most likely ones would replay one game), 8 games at once;
     # with --c4-epsilon some moves are random, so the games also reach positions random play leads to (cloned on
-    # pure self-play, BC agrees with the league's most likely move on 91% of self-play positions but 62% of those)
+    # pure self-play, BC took the league's most likely move in 91% of self-play positions, 62% of positions of games
+    # with half the moves random)
     games = record_dataset(run_dir, steps=args.c4_decisions, seed=args.seed + 3, num_envs=8,
                            epsilon=args.c4_epsilon)
     record_seconds = time.perf_counter() - start
