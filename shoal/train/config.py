@@ -125,6 +125,11 @@ ENV_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
+#: The ``(algo, env)`` entries of :data:`ENV_PRESETS` added with ``activation`` and ``reward_norm``: a config saved
+#: before those fields (:meth:`TrainConfig.from_dict`) that leaves one of these entries' fields unset loads without
+#: its preset, as it trained; every other entry is the one such a config was trained with.
+_PRESETS_SINCE_ACTIVATION: frozenset[tuple[str, str]] = frozenset({("ppo", "MountainCar-v0")})
+
 #: The algorithms that learn from a recorded dataset (``TrainConfig.dataset``) instead of collecting experience.
 OFFLINE_ALGOS: tuple[str, ...] = ("bc", "iql", "dt")
 
@@ -749,8 +754,10 @@ class TrainConfig:
                 data["critic_input"] = None  # SAC then had no centralized critics: its "auto" meant nothing
         if "activation" not in data:  # written before activation and reward_norm: ReLU on raw rewards
             data = {**data, "activation": "relu", "reward_norm": False}
-            preset = ENV_PRESETS.get(data.get("algo", "ppo"), {}).get(data.get("env", ""), {})
-            if any(data.get(name) is None for name in preset):  # a newer preset would fill what the run left unset
+            key = (data.get("algo", "ppo"), data.get("env", ""))
+            preset = ENV_PRESETS.get(key[0], {}).get(key[1], {})
+            # a preset added with those fields would fill what the config left unset; older presets still apply
+            if key in _PRESETS_SINCE_ACTIVATION and any(data.get(name) is None for name in preset):
                 data["preset"] = "none"
         return cls(**data)
 

@@ -223,6 +223,18 @@ def test_a_config_saved_before_presets_resumes_without_one(tmp_path: Path) -> No
     assert TrainConfig.from_dict(old_sac).critic_input is None
 
 
+@pytest.mark.parametrize(("algo", "env", "field", "preset_value"), [
+    ("ppo", "Pendulum-v1", "horizon", 1024), ("sac", "Pendulum-v1", "hidden_size", 64),
+])
+def test_a_config_saved_before_activation_keeps_the_older_presets(algo: str, env: str, field: str,
+                                                                  preset_value: int) -> None:
+    # saved unresolved (TrainConfig.save) before activation/reward_norm existed, after these presets did
+    old = {k: v for k, v in TrainConfig(env=env, algo=algo).to_dict().items() if k not in ("activation", "reward_norm")}
+    loaded = TrainConfig.from_dict(old)
+    assert loaded.preset == "auto" and getattr(loaded.resolved(), field) == preset_value
+    assert (loaded.activation, loaded.reward_norm) == ("relu", False)
+
+
 def test_the_dashboard_shows_the_statistics_its_algorithm_logs() -> None:
     # SAC logs no PPO statistics: its progress used to print "pg -  vf -  kl -  clip -" for the whole run
     sac = LogRecord(10, {"perf/sps": 100.0, "losses/q_loss": 1.25, "losses/actor_loss": -3.5, "losses/alpha": 0.2,
