@@ -180,9 +180,22 @@ def test_the_command_line_prints_the_preset_it_applies(tmp_path: Path, capsys: p
     err = capsys.readouterr()
     text = err.out + err.err
     assert "preset for Pendulum-v1 (ppo): num_envs 4, learning_rate 0.001, gamma 0.9" in text
-    assert "horizon" not in text.split("preset for")[1].split("\n")[0]  # given by a flag, so not from the preset
+    taken, replaced = text.split("preset for")[1].split("\n")[0].split("; your settings replace its ")
+    assert "horizon" not in taken and replaced == "horizon 1024, update_epochs 10"  # given by flags
     saved = TrainConfig.load(tmp_path / "run" / "config.json")
     assert (saved.gamma, saved.horizon, saved.value_norm) == (0.9, 64, "running")
+
+
+def test_the_command_line_says_which_preset_settings_a_flag_replaces(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    # a --wrappers of one's own drops MountainCar-v0's observation scaling: the preset line says so
+    code = main(["train", "MountainCar-v0", "--total-steps", "256", "--wrappers", "dtype_v0(dtype='float32')",
+                 "--run-dir", str(tmp_path / "run"), "--no-dashboard"])
+    assert code == 0
+    out = capsys.readouterr()
+    line = (out.out + out.err).split("preset for MountainCar-v0 (ppo): ")[1].split("\n")[0]
+    assert line.endswith("; your settings replace its wrappers normalize_obs_v0(env_min=-1.0, env_max=1.0)"), line
+    assert "activation tanh" in line
 
 
 def test_the_mountaincar_preset_trains_a_tanh_network_on_bound_scaled_observations() -> None:

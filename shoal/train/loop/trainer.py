@@ -48,7 +48,7 @@ from shoal.errors import APIUsageError, DatasetError
 from shoal.interrupts import deferred_signals
 from shoal.policies import Policy
 from shoal.train.acting import RowActor
-from shoal.train.config import TrainConfig
+from shoal.train.config import ENV_PRESETS, TrainConfig
 from shoal.train.core.device import resolve_device
 from shoal.train.core.learner import InProcessLearner, Learner
 from shoal.train.core.ppo import SINGLE_LEARNER, Reducer, make_optimizer
@@ -249,12 +249,20 @@ class Trainer(CheckpointMixin):
         self.all_rows = self.buffer.all_rows  # the identity of this array marks "every row" (fast paths)
 
     def describe(self) -> list[str]:
-        """Lines about the run's setup worth printing before it starts (the command line prints them)."""
-        if not self.preset:
+        """Lines about the run's setup worth printing before it starts (the command line prints them): the env
+        preset's settings this run takes, and those its own settings replace (a ``--wrappers`` of one's own drops
+        the preset's wrappers, e.g. MountainCar-v0's observation scaling)."""
+        cfg = self.config
+        entry = {} if cfg.preset == "none" else ENV_PRESETS.get(cfg.algo, {}).get(cfg.env, {})
+        replaced = {name: value for name, value in entry.items()
+                    if name not in self.preset and getattr(cfg, name) != value}
+        if not entry or not (self.preset or replaced):
             return []
-        settings = ", ".join(f"{name} {value}" for name, value in self.preset.items())
-        return [f"preset for {self.config.env} ({self.config.algo}): {settings} (flags override; --preset none "
-                "for the plain defaults)"]
+        settings = ", ".join(f"{name} {value}" for name, value in self.preset.items()) or "nothing"
+        line = f"preset for {cfg.env} ({cfg.algo}): {settings} (flags override; --preset none for the plain defaults)"
+        if replaced:
+            line += "; your settings replace its " + ", ".join(f"{name} {value}" for name, value in replaced.items())
+        return [line]
 
     def _default_policy(self, policy_cls: Any, **extra: Any) -> nn.Module:
         """``policy_cls.from_env`` with the config's sizes (``extra``: further keywords, e.g. a critic input)."""
