@@ -23,8 +23,8 @@ Which encoder a leaf gets (:func:`encoder_kind`)
         ``"vector"``.
     ``"vector"``
         everything else: float, integer and bool ``Box`` leaves of any shape, ``MultiBinary``. Flattened, cast to
-        ``float32``, scaled (below) and fed to ``Linear + ReLU`` (:class:`VectorEncoder`). ``MultiBinary`` and bool
-        leaves go in as 0/1 (a plain linear layer).
+        ``float32``, scaled (below) and fed to ``Linear`` + ReLU or tanh (:class:`VectorEncoder`). ``MultiBinary``
+        and bool leaves go in as 0/1 (a plain linear layer).
 
     Integer ``Box`` leaves of codes (:func:`is_code_grid`) are ``"embedding"`` leaves: at most
     :data:`MAX_CODE_ELEMENTS` elements that each take at most :data:`MAX_CODES` values (object ids 0..10 of a grid
@@ -47,7 +47,6 @@ Scaling of ``"vector"`` leaves
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 import torch
@@ -221,8 +220,8 @@ def _init_linear(layer: nn.Linear | nn.Conv2d, gain: float = math.sqrt(2)) -> No
         nn.init.zeros_(layer.bias)
 
 
-#: Hidden-layer activations of the default networks (``Policy(activation=...)``), by name.
-ACTIVATIONS: dict[str, Any] = {"relu": F.relu, "tanh": torch.tanh}
+#: Names of the hidden-layer activations of the default networks (``Policy(activation=...)``).
+ACTIVATIONS: tuple[str, ...] = ("relu", "tanh")
 
 
 def check_activation(name: str) -> None:
@@ -385,8 +384,8 @@ def make_leaf_encoder(leaf: Leaf, *, hidden_size: int = 128, embedding_dim: int 
                       boards: bool = True, activation: str = "relu") -> nn.Module:
     """The encoder for ``leaf`` (:func:`encoder_kind`); it has an ``out_features`` attribute.
 
-    Vector and image leaves get ``hidden_size`` features (a vector leaf's ``Linear + ReLU`` is the policy's first
-    hidden layer: narrower, it is a bottleneck; 16 units for Acrobot's 6 inputs kept PPO from learning).
+    Vector and image leaves get ``hidden_size`` features (a vector leaf's ``Linear`` + activation is the policy's
+    first hidden layer: narrower, it is a bottleneck; 16 units for Acrobot's 6 inputs kept PPO from learning).
     ``activation`` is that of vector leaves (:data:`ACTIVATIONS`); image and board CNNs keep ReLU.
     """
     kind = encoder_kind(leaf, boards)

@@ -237,7 +237,7 @@ class Policy(nn.Module):
         obs_layout: the observation :class:`~shoal.emulation.layout.Layout` (or a space, compiled on the fly).
         action_layout: the :class:`~shoal.emulation.actions.ActionLayout` (or a native action space).
         hidden_size: width of the trunk, of image features and (at most) of vector-leaf features.
-        num_layers: ``Linear + ReLU`` layers in the shared trunk after the leaf encoders (>= 1).
+        num_layers: ``Linear`` + activation layers in the shared trunk after the leaf encoders (>= 1).
         embedding_dim: width of one embedding vector for Discrete/MultiDiscrete/Text leaves.
         recurrent: add an LSTM after the trunk.
         lstm_size: LSTM hidden size.
