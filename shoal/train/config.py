@@ -394,8 +394,8 @@ class TrainConfig:
     """Width of the policy trunk (None: the algorithm's default, :data:`ALGO_DEFAULTS`)."""
     activation: Activation | None = None
     """Hidden-layer activation of the default policy (``shoal.policies.Policy``'s vector-leaf encoders and trunks):
-    ``"relu"`` or ``"tanh"``. None: the env preset's choice (tanh for PPO on MountainCar-v0), else ReLU. SAC and DT
-    build other networks and take only ReLU."""
+    ``"relu"`` or ``"tanh"``. None: the env preset's choice (tanh for PPO on MountainCar-v0), else ReLU. SAC (ReLU
+    MLPs) and DT (a GELU transformer) build networks of their own and take only the default, ``"relu"``."""
     recurrent: bool = False
     """Add an LSTM (BPTT over segments; state carried across rollouts, reset at episode starts)."""
     lstm_size: int = 64
@@ -599,8 +599,9 @@ class TrainConfig:
         if self.reward_clip is not None and not self.reward_clip > 0:
             raise APIUsageError(f"reward_clip must be > 0 (or None to disable), got {self.reward_clip}")
         if self.activation != "relu" and self.algo in ("sac", "dt"):
-            raise APIUsageError(f"activation={self.activation!r}: algo={self.algo!r} builds its own networks, with "
-                                "ReLU; drop --activation")
+            raise APIUsageError(f"activation={self.activation!r}: algo={self.algo!r} builds its own networks "
+                                f"({'ReLU MLPs' if self.algo == 'sac' else 'a GELU transformer'}), whose activation "
+                                "is fixed; drop --activation")
         if self.reward_norm and self.algo not in ("ppo", "mappo"):
             raise APIUsageError(f"reward_norm normalizes the rewards of PPO and MAPPO rollouts; algo={self.algo!r} "
                                 "does not support it (drop --reward-norm)")

@@ -263,3 +263,11 @@ def test_the_dashboard_shows_the_statistics_its_algorithm_logs() -> None:
     stream = io.StringIO()
     Dashboard(stream, live=False)(ppo)
     assert "pg 0.02  vf 3  kl 0.01  clip 0.1" in stream.getvalue()
+
+
+@pytest.mark.parametrize(("algo", "network"), [("sac", "ReLU MLPs"), ("dt", "a GELU transformer")])
+def test_tanh_is_refused_by_the_algorithms_with_networks_of_their_own(algo: str, network: str) -> None:
+    config = TrainConfig(env="Pendulum-v1", algo=algo, activation="tanh", dataset="data" if algo == "dt" else None)
+    with pytest.raises(APIUsageError, match=rf"activation='tanh': algo='{algo}' .*\({network}\).*drop --activation"):
+        config.validate()
+    TrainConfig(env="Pendulum-v1", algo=algo, activation="relu", dataset=config.dataset).validate()
