@@ -219,12 +219,14 @@ class League:
         opponents += self.sampler.baselines
         if not games or not opponents:
             return
-        me = PolicyPlayer(pid, self.players[self.index[pid]].policy)  # type: ignore[attr-defined]
+        # a few games each: eager acting beats making traces for them
+        me = PolicyPlayer(pid, self.players[self.index[pid]].policy, trace=False)  # type: ignore[attr-defined]
         update = int(self.trainer.update)
         for n, other in enumerate(opponents):
             seed = int(cfg.seed) * 1_000_003 + update * 31 + n
             player = self.players[self.index[other]]
-            opponent: Player = (PolicyPlayer(other, player.policy) if isinstance(player, PolicyPlayer)  # own rows
+            opponent: Player = (PolicyPlayer(other, player.policy, trace=False)  # own rows
+                                if isinstance(player, PolicyPlayer)
                                 else self._baseline(other, np.random.default_rng([seed, 3])))
             result = play_match(me, opponent, self.trainer.env_fn, games, seed=seed, num_envs=min(games, 16),
                                 max_agents=cfg.max_agents)

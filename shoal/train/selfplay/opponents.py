@@ -157,6 +157,12 @@ class PolicyPlayer:
         policy: the policy (not copied: pass a frozen copy when the original keeps training).
         deterministic: take the most likely action instead of sampling.
         device: where to run it (default: the policy's device).
+        trace: a sampling player replays verified TorchScript traces of its acting pass. It then runs every
+            bound row at each :meth:`act` (the rows not asked for are masked out and their state kept), so the
+            batch shape, and with it the trace, stays the same however many rows it plays: a trace costs tens of
+            milliseconds to make and check, and a player whose batch size changed from call to call made one per
+            size. Worth it for players that live long (league pool members); a player of a few games acts
+            eagerly with ``trace=False``.
 
     Raises:
         APIUsageError: a sequence policy (the Decision Transformer): it conditions on a target return and the
@@ -164,7 +170,7 @@ class PolicyPlayer:
     """
 
     def __init__(self, player_id: str, policy: nn.Module, deterministic: bool = False,
-                 device: torch.device | str | None = None) -> None:
+                 device: torch.device | str | None = None, trace: bool = True) -> None:
         if getattr(policy, "is_sequence", False):
             raise APIUsageError(f"player {player_id!r} is a {type(policy).__name__}, which acts towards a target "
                                 "return from the rewards of its own episodes; matches and leagues do not play it: "
@@ -175,7 +181,9 @@ class PolicyPlayer:
         self.device = torch.device(device) if device is not None else next(policy.parameters()).device
         layout = getattr(policy, "action_layout", None)
         self.continuous = layout is not None and layout.kind in ("continuous", "hybrid")
+        self.trace = trace and not deterministic
         self.acting: RowActor | None = None
+        self._rows: np.ndarray | None = None  # 0..num_rows-1, the full batch a tracing player runs
 
     @property
     def recurrent(self) -> bool:
@@ -183,16 +191,34 @@ class PolicyPlayer:
         return bool(getattr(self.policy, "is_recurrent", False))
 
     def bind(self, num_rows: int, agents_per_env: int) -> None:
-        # sampling players replay verified traces of the acting pass (a frozen policy's trace never goes stale)
+        # a frozen policy's trace never goes stale
         self.acting = RowActor(self.policy, num_rows, agents_per_env, self.device, continuous=self.continuous,
-                               deterministic=self.deterministic, trace=not self.deterministic)
+                               deterministic=self.deterministic, trace=self.trace)
+        self._rows = np.arange(num_rows, dtype=np.int64)
 
     def act(self, obs: np.ndarray, action_masks: np.ndarray | None, rows: np.ndarray,
             starts: np.ndarray) -> np.ndarray:
-        if self.acting is None:
+        if self.acting is None or self._rows is None:
             raise APIUsageError(f"player {self.player_id!r}: call bind(num_rows, agents_per_env) first")
-        return self.acting.act(obs, np.asarray(rows, np.int64), starts=np.asarray(starts, np.bool_),
-                               action_masks=action_masks).env_actions
+        rows = np.asarray(rows, np.int64)
+        starts = np.asarray(starts, np.bool_)
+        n = len(self._rows)
+        if not self.trace or len(rows) == n:
+            return self.acting.act(obs, rows, starts=starts, action_masks=action_masks).env_actions
+        # every row at a fixed batch shape (see trace): the others see zeros, every action legal, and keep
+        # their state (not live, not starting)
+        full = np.zeros((n, *obs.shape[1:]), obs.dtype)
+        full[rows] = obs
+        live = np.zeros(n, np.bool_)
+        live[rows] = True
+        full_starts = np.zeros(n, np.bool_)
+        full_starts[rows] = starts
+        masks = None
+        if action_masks is not None:
+            masks = np.ones((n, *action_masks.shape[1:]), np.bool_)
+            masks[rows] = action_masks
+        acted = self.acting.act(full, self._rows, live, starts=full_starts, action_masks=masks)
+        return acted.env_actions[rows]
 
     def get_rows_state(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """The LSTM state of ``rows`` as numpy ``(h, c)``, float32 ``[len(rows), lstm_size]`` each (None if not
