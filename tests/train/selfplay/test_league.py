@@ -502,3 +502,23 @@ def test_connect_four_league_run_with_the_board_encoder_reloads_with_eval_and_le
     # the search anchor's fixed rating: calibrated against the heuristic, itself calibrated against random (1000)
     assert table.players["alphabeta@1"].fixed and table.rating("alphabeta@1") > 1200
     assert table.players["snapshot-00000"].record["alphabeta@1"]  # rated against the anchor, not only the learner
+
+
+def test_a_league_traces_each_snapshot_once_per_signature(monkeypatch: pytest.MonkeyPatch) -> None:
+    # TorchScript traces are never freed, and a player that made one per batch size (rating games made fresh
+    # players at every snapshot) grew a long connect-four league to gigabytes: pool players trace at one batch
+    # shape (at most two signatures: with and without masks) and rating games act eagerly
+    import shoal.train.speed.traced_acting as traced_acting
+
+    calls = []
+    real = traced_acting.trace
+    monkeypatch.setattr(traced_acting, "trace", lambda module, inputs: calls.append(inputs[0].shape) or real(
+        module, inputs))
+    trainer = Trainer(small(env=TICTACTOE, total_steps=4 * 8 * 20, league_rating_games=8,
+                            league_opponents="self:0.4,uniform:0.4,random:0.2"))
+    trainer.train()
+    snapshots = len(trainer.league.snapshots)
+    assert snapshots >= 10
+    rows = trainer.num_rows
+    assert all(shape[0] == rows for shape in calls)  # the learner's and every pool player's: the whole batch
+    assert len(calls) <= 2 * (snapshots + 1)
