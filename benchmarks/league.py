@@ -6,7 +6,8 @@ whose ``league_opponents="auto"`` picks each game's preset mix), on a small CPU.
     both seats, no league) for the same number of steps: the peer. Both final policies play 200 games (seats
     alternating, most likely actions) against ``random``, the one-step ``heuristic`` and the exact ``solver``.
     Targets: the league loses none of its 200 games against the solver, and scores at least as well as plain
-    self-play against the solver and the heuristic.
+    self-play against the solver and the heuristic. With ``--seeds`` each seed trains both; the solver target
+    holds on every seed, the comparison on the mean score over the seeds (one seed's swings exceed the effect).
 ``connect_four``
     Trains ``--league`` for a wall-clock budget (default 30 minutes), then plays the run reloaded from its
     directory (what ``shoal eval RUN --opponent X`` does) against ``random``, ``heuristic`` and depth-limited
@@ -20,7 +21,7 @@ The step budget is steered by time: ``total_steps`` is re-estimated at every log
 (linearly annealed) learning rate reaches ~0 at the deadline, and training stops there. The league table and its
 rating plot (``league.png``) are written to the run directory.
 
-    python benchmarks/league.py tictactoe [--minutes 5] [--seed 0] [--games 200] [--run-dir DIR]
+    python benchmarks/league.py tictactoe [--minutes 5] [--seed 0 | --seeds 0,1,2] [--games 200] [--run-dir DIR]
 """
 
 from __future__ import annotations
@@ -99,30 +100,37 @@ def wdl(summary: dict[str, Any]) -> str:
     return f"{summary['wins']:>3}/{summary['draws']:>3}/{summary['losses']:>3} W/D/L ({seats})"
 
 
-def tictactoe(args: argparse.Namespace, root: Path) -> list[bool]:
+def tictactoe(args: argparse.Namespace, root: Path) -> tuple[list[bool], Path]:
     env, _ = GAMES["tictactoe"]
-    league, minutes = train(env, root / "league", args.seed, league=True, minutes=args.minutes)
-    plain, plain_minutes = train(env, root / "plain", args.seed, league=False, steps=league.global_step)
-    print(f"tictactoe_v3 --league: {minutes:.1f} min, {league.global_step:,} learner steps; plain self-play (peer): "
-          f"{plain_minutes:.1f} min, {plain.global_step:,} steps")
+    seeds = args.seeds or [args.seed]
     passed = []
-    scores: dict[str, dict[str, float]] = {}
-    for opponent in ("random", "heuristic", "solver"):
-        for name in ("league", "plain"):
-            summary = match(root / name, opponent, args.games, args.seed + 4242)
-            scores.setdefault(opponent, {})[name] = summary["score"]
-            print(f"  {name:<6} vs {opponent:<9}: {wdl(summary)}, score {summary['score']:.3f}")
-            if name == "league" and opponent == "solver":
-                ok = summary["losses"] == 0
-                passed.append(ok)
-                print(f"  target: league loses 0 of {args.games} games to the exact solver: "
-                      f"{'met' if ok else 'MISSED'} ({summary['losses']} losses)")
+    scores: dict[str, dict[str, list[float]]] = {}
+    for seed in seeds:
+        where = root / f"seed-{seed}" if len(seeds) > 1 else root
+        league, minutes = train(env, where / "league", seed, league=True, minutes=args.minutes)
+        plain, plain_minutes = train(env, where / "plain", seed, league=False, steps=league.global_step)
+        print(f"seed {seed}: tictactoe_v3 --league: {minutes:.1f} min, {league.global_step:,} learner steps; plain "
+              f"self-play (peer): {plain_minutes:.1f} min, {plain.global_step:,} steps")
+        for opponent in ("random", "heuristic", "solver"):
+            for name in ("league", "plain"):
+                summary = match(where / name, opponent, args.games, seed + 4242)
+                scores.setdefault(opponent, {}).setdefault(name, []).append(summary["score"])
+                print(f"  {name:<6} vs {opponent:<9}: {wdl(summary)}, score {summary['score']:.3f}")
+                if name == "league" and opponent == "solver":
+                    ok = summary["losses"] == 0
+                    passed.append(ok)
+                    print(f"  target: league loses 0 of {args.games} games to the exact solver: "
+                          f"{'met' if ok else 'MISSED'} ({summary['losses']} losses)")
+    # one seed's comparison swings by more than the effect (plain self-play's score against the solver ranged
+    # 0.36-0.48 between two runs of the same seed whose step counts differed by 2%): judged on the mean over seeds
     for opponent in ("heuristic", "solver"):
-        ok = scores[opponent]["league"] >= scores[opponent]["plain"]
+        league_mean, plain_mean = (float(np.mean(scores[opponent][name])) for name in ("league", "plain"))
+        ok = league_mean >= plain_mean
         passed.append(ok)
-        print(f"  target: league score vs {opponent} >= plain self-play's at equal steps: "
-              f"{scores[opponent]['league']:.3f} vs {scores[opponent]['plain']:.3f}: {'met' if ok else 'MISSED'}")
-    return passed
+        print(f"target: league mean score vs {opponent} >= plain self-play's at equal steps over {len(seeds)} "
+              f"seed(s): {league_mean:.3f} vs {plain_mean:.3f}: {'met' if ok else 'MISSED'}")
+    first = root / f"seed-{seeds[0]}" if len(seeds) > 1 else root
+    return passed, first / "league"
 
 
 def connect_four(args: argparse.Namespace, root: Path) -> list[bool]:
@@ -138,7 +146,7 @@ def connect_four(args: argparse.Namespace, root: Path) -> list[bool]:
         passed.append(ok)
         print(f"  league (reloaded) vs {opponent:<12}: {wdl(summary)}, win rate {summary['win_rate']:.1%} "
               f"(95% CI {lo:.1%}-{hi:.1%}); target >= {target:.0%}: {'met' if ok else 'MISSED'}")
-    return passed
+    return passed, root / "league"
 
 
 def chips(returns: list[float]) -> str:
@@ -164,7 +172,7 @@ def texas_holdem(args: argparse.Namespace, root: Path) -> list[bool]:
         passed.append(float(np.mean(mine.returns)) > 0)
         print(f"  league    vs {opponent:<9}: {chips(mine.returns)}")
         print(f"  heuristic vs {opponent:<9}: {chips(peer.returns)} (peer)")
-    return passed
+    return passed, root / "league"
 
 
 def main() -> None:
@@ -172,6 +180,9 @@ def main() -> None:
     parser.add_argument("game", choices=sorted(GAMES))
     parser.add_argument("--minutes", type=float, default=None, help="training budget (default: per game)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=lambda text: [int(x) for x in text.split(",")], default=None,
+                        help="tictactoe: comma-separated seeds, each a league and a plain run (default: --seed); "
+                             "the comparison with plain self-play is judged on the mean score over them")
     parser.add_argument("--games", type=int, default=200)
     parser.add_argument("--search-depth", type=int, default=2, help="connect four: plies of the alpha-beta opponent")
     parser.add_argument("--run-dir", default=None)
@@ -179,12 +190,12 @@ def main() -> None:
     if args.minutes is None:
         args.minutes = GAMES[args.game][1]
     root = Path(args.run_dir) if args.run_dir else Path(tempfile.mkdtemp(prefix=f"shoal-league-{args.game}-"))
-    passed = {"tictactoe": tictactoe, "connect_four": connect_four, "texas_holdem": texas_holdem}[args.game](
-        args, root)
-    table = load_league(root / "league")
-    png = plot_league(table, root / "league" / "league.png")
+    passed, league_dir = {"tictactoe": tictactoe, "connect_four": connect_four, "texas_holdem": texas_holdem}[
+        args.game](args, root)
+    table = load_league(league_dir)
+    png = plot_league(table, league_dir / "league.png")
     print(format_league(table).split("\n\n")[0], file=sys.stderr)
-    print(json.dumps({"benchmark": f"league-{args.game}", "passed": all(passed), "run_dir": str(root / "league"),
+    print(json.dumps({"benchmark": f"league-{args.game}", "passed": all(passed), "run_dir": str(league_dir),
                       "png": str(png)}))
 
 
