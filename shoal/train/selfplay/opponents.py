@@ -25,8 +25,9 @@ The opponent mix
 
 Players
     Anything with ``player_id``, ``bind(num_rows, agents_per_env)`` and ``act(obs, action_masks, rows, starts)``
-    (see :class:`Player`). :class:`PolicyPlayer` wraps a frozen policy (one batched forward per call, LSTM state
-    per vector row, zeroed where ``starts``), :class:`ScriptedPlayer` a numpy function.
+    (see :class:`Player`). :class:`PolicyPlayer` wraps a frozen policy (one batched forward per call, over every
+    bound row when it replays traces; LSTM state per vector row, zeroed where ``starts``), :class:`ScriptedPlayer`
+    a numpy function.
 """
 
 from __future__ import annotations
@@ -148,7 +149,8 @@ class ScriptedPlayer:
 class PolicyPlayer:
     """A :class:`Player` backed by a (frozen) policy with the :class:`~shoal.policies.Policy` forward contract.
 
-    Each :meth:`act` is one batched forward over the given rows. A recurrent policy keeps an LSTM state per
+    Each :meth:`act` is one batched forward: over the given rows, or over every bound row when the player replays
+    traces (``trace``; the others' outputs are dropped). A recurrent policy keeps an LSTM state per
     vector row (``[1, num_rows, lstm_size]``), zeroed where ``starts`` is True, advanced only for the rows that
     act. Gradients are never taken; the policy is put in eval mode.
 
@@ -160,9 +162,9 @@ class PolicyPlayer:
         trace: a sampling player replays verified TorchScript traces of its acting pass. It then runs every
             bound row at each :meth:`act` (the rows not asked for are masked out and their state kept), so the
             batch shape, and with it the trace, stays the same however many rows it plays: a trace costs tens of
-            milliseconds to make and check, and a player whose batch size changed from call to call made one per
-            size. Worth it for players that live long (league pool members); a player of a few games acts
-            eagerly with ``trace=False``.
+            milliseconds to make and check and torch never frees it, and a player whose batch size changed from
+            call to call made one per size. Worth it for players that live long (league pool members); a player of
+            a few games acts eagerly with ``trace=False``.
 
     Raises:
         APIUsageError: a sequence policy (the Decision Transformer): it conditions on a target return and the
@@ -203,7 +205,7 @@ class PolicyPlayer:
         rows = np.asarray(rows, np.int64)
         starts = np.asarray(starts, np.bool_)
         n = len(self._rows)
-        if not self.trace or len(rows) == n:
+        if not self.acting.forward.replays_traces or len(rows) == n:
             return self.acting.act(obs, rows, starts=starts, action_masks=action_masks).env_actions
         # every row at a fixed batch shape (see trace): the others see zeros, every action legal, and keep
         # their state (not live, not starting)

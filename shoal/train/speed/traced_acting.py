@@ -67,6 +67,11 @@ class Actor:
         self._traces: dict[tuple, Any] = {}
 
     @property
+    def replays_traces(self) -> bool:
+        """Calls may run a trace: tracing is on and not every signature tried so far fell back to eager calls."""
+        return self.trace and (not self._traces or self.num_traces > 0)
+
+    @property
     def num_traces(self) -> int:
         """Verified traces in use (signatures that act eagerly are not counted)."""
         return sum(traced is not None for traced in self._traces.values())

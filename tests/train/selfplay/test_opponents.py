@@ -68,8 +68,10 @@ def test_a_tracing_recurrent_player_advances_only_the_rows_that_act() -> None:
     for player in (tracing, eager):
         player.bind(rows, per_env)
     first = np.ones(rows, np.bool_)
+    rng = np.random.default_rng(3)
     for obs, masks, live in _connect_four_rows(3, 12, seed=2):
-        starts = first[live]
+        # episode starts mid-game too: a start must zero that row's state before it acts
+        starts = first[live] | (rng.random(len(live)) < 0.3)
         first[live] = False
         for player in (tracing, eager):
             player.act(obs, masks, live, starts)
