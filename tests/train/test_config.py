@@ -224,6 +224,23 @@ def test_the_mountaincar_preset_trains_a_tanh_network_on_bound_scaled_observatio
     assert (loaded.activation, loaded.reward_norm, loaded.wrappers, loaded.num_envs) == ("relu", False, None, 8)
 
 
+def test_connect_four_takes_its_preset_by_its_pettingzoo_module_name() -> None:
+    from shoal.train.config import ENV_PRESETS
+
+    env = "pettingzoo.classic.connect_four_v3"
+    preset = ENV_PRESETS["ppo"][env]
+    resolved = TrainConfig(env=env, league=True).resolved(agents_per_env=2)
+    assert {name: getattr(resolved, name) for name in preset} == preset
+    assert resolved.learning_rate < ALGO_DEFAULTS["ppo"]["learning_rate"]
+    assert resolved.batch_size == preset["num_envs"] * 2 * resolved.horizon
+    assert TrainConfig(env=env, hidden_size=64).resolved().hidden_size == 64  # a flag replaces the preset's value
+    plain = TrainConfig(env=env, preset="none").resolved()
+    assert {name: getattr(plain, name) for name in preset} == {name: ALGO_DEFAULTS["ppo"][name] for name in preset}
+    # saved unresolved before activation/reward_norm existed, so before this preset: it loads as it trained
+    old = {k: v for k, v in TrainConfig(env=env).to_dict().items() if k not in ("activation", "reward_norm")}
+    assert TrainConfig.from_dict(old).resolved().hidden_size == ALGO_DEFAULTS["ppo"]["hidden_size"]
+
+
 def test_a_config_saved_before_presets_resumes_without_one(tmp_path: Path) -> None:
     config = TrainConfig(env="Acrobot-v1", gamma=0.99, gae_lambda=0.95)
     data = config.to_dict()
