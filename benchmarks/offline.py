@@ -233,7 +233,8 @@ def run_env(env: str, args: argparse.Namespace, workdir: Path) -> list[dict[str,
 
 
 def run_connect_four(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
-    steps = args.c4_league_steps or (150_000 if args.quick else 400_000)
+    # 800k: BC cannot beat the league it copies, which needs about that many steps to win >= 95% against random
+    steps = args.c4_league_steps or (150_000 if args.quick else 800_000)
     run_dir = workdir / "c4-league"
     start = time.perf_counter()
     result = train(TrainConfig(env=CONNECT_FOUR, league=True, total_steps=steps, seed=args.seed,
@@ -289,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=lambda text: [int(v) for v in text.split(",")], default=None,
                         help="comma-separated training seeds of BC and the DT on the replay data (default: --seed)")
     parser.add_argument("--c4-league-steps", type=int, default=None,
-                        help="agent steps of the connect-four league (default: 400k, 150k with --quick)")
+                        help="agent steps of the connect-four league (default: 800k, 150k with --quick)")
     parser.add_argument("--c4-decisions", type=int, default=40_000,
                         help="decisions of the league's final policy recorded for connect-four BC")
     parser.add_argument("--c4-epsilon", type=float, default=0.2,
