@@ -233,7 +233,8 @@ def run_env(env: str, args: argparse.Namespace, workdir: Path) -> list[dict[str,
 
 
 def run_connect_four(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
-    # 800k: BC cannot beat the league it copies, which needs about that many steps to win >= 95% against random
+    # BC cannot beat the league it copies: at 600k steps the league won 96% against random, at 800k 98.5%, which
+    # leaves BC room above 90%
     steps = args.c4_league_steps or (150_000 if args.quick else 800_000)
     run_dir = workdir / "c4-league"
     start = time.perf_counter()

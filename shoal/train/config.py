@@ -39,6 +39,7 @@ __all__ = [
     "ENV_PRESETS",
     "BASELINES",
     "DEFAULT_MIX",
+    "FORMER_LEAGUE_PRESETS",
     "LEAGUE_PRESETS",
     "OFFLINE_ALGOS",
     "SEARCH_BASELINES",
@@ -116,9 +117,10 @@ ENV_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "MountainCar-v0": {"num_envs": 16, "horizon": 16, "gae_lambda": 0.98, "ent_coef": 0.0, "update_epochs": 4,
                            "minibatch_size": 64, "learning_rate": 3e-4, "anneal_lr": False, "reward_norm": True,
                            "activation": "tanh", "wrappers": "normalize_obs_v0(env_min=-1.0, env_max=1.0)"},
-        # connect four (the board CNN): at 600k league steps, lr 1e-3 with 128-unit layers, 16 envs, 4 epochs of
-        # minibatches of 256 and half the entropy bonus won 79.5% of 200 games against the one-step heuristic and
-        # 83.5% against alphabeta@2, where the general defaults won 41% and 23% (benchmarks/league.py, seed 0)
+        # connect four (the board CNN; benchmarks/league.py, 600k league steps, seed 0, 200 games each): with the
+        # earlier league mix, lr 1e-3 with 128-unit layers, 16 envs, 4 epochs of minibatches of 256 and half the
+        # entropy bonus won 97.5% / 53% / 36.5% against random / the heuristic / alphabeta@2, the general defaults
+        # 93.5% / 41% / 23%; with the present mix (LEAGUE_PRESETS) 96% / 79.5% / 83.5%
         "pettingzoo.classic.connect_four_v3": {"num_envs": 16, "learning_rate": 1e-3, "hidden_size": 128,
                                                "update_epochs": 4, "minibatch_size": 256, "ent_coef": 0.005},
     },
@@ -130,9 +132,9 @@ ENV_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
-#: The ``(algo, env)`` entries of :data:`ENV_PRESETS` added with ``activation`` and ``reward_norm``: a config saved
-#: before those fields (:meth:`TrainConfig.from_dict`) that leaves one of these entries' fields unset loads without
-#: its preset, as it trained; every other entry is the one such a config was trained with.
+#: The ``(algo, env)`` entries of :data:`ENV_PRESETS` added with or after ``activation`` and ``reward_norm``: a
+#: config saved before those fields (:meth:`TrainConfig.from_dict`) that leaves one of these entries' fields unset
+#: loads without its preset, as it trained; every other entry is the one such a config was trained with.
 _PRESETS_SINCE_ACTIVATION: frozenset[tuple[str, str]] = frozenset({("ppo", "MountainCar-v0"),
                                                                   ("ppo", "pettingzoo.classic.connect_four_v3")})
 
@@ -169,18 +171,22 @@ Mix = tuple[tuple[str, float], ...]
 #: self-play alone reaches late, and put a known strength on the rating scale. The heuristic's random moves show
 #: it positions that perfect play never reaches: with the solver alone the tic-tac-toe league drew every game
 #: against the heuristic, with 15% of heuristic games it wins a quarter of them and still never loses to the
-#: solver (``benchmarks/league.py tictactoe``). Connect four likewise: a league that learned from self-play and
-#: deterministic search beat alphabeta@2 more often than the heuristic. At 600k steps, 40% heuristic and 10% random
-#: games in place of 25% heuristic and 25% alphabeta@2 raised its wins against the heuristic from 72.5% to 79.5%
-#: with the PPO preset of :data:`ENV_PRESETS` (from 52.5% to 67.5% at the default entropy bonus), seed 0; the
-#: earlier mix (heuristic:0.1, alphabeta@2:0.1) won 53% with that preset. alphabeta@2 varies its play little (it
-#: breaks only exact ties at random), so one winning line wins most games against it: single runs swung between
-#: 36.5% and 83.5% against it, and the heuristic is the steadier measure.
+#: solver (``benchmarks/league.py tictactoe``). Connect four, with its PPO preset (:data:`ENV_PRESETS`), 600k steps,
+#: seed 0, wins against the heuristic: 53% with ``self:0.6,uniform:0.2,heuristic:0.1,alphabeta@2:0.1``, 72.5% with
+#: ``self:0.4,uniform:0.1,heuristic:0.25,alphabeta@2:0.25``, 79.5% with the present mix (52.5% and 67.5% for the
+#: last two at the default entropy bonus). alphabeta@2 breaks only exact ties at random, so one winning line wins
+#: most games against it; the heuristic's random moves make it the steadier measure.
 LEAGUE_PRESETS: dict[str, str] = {
     "tictactoe": "self:0.5,uniform:0.1,solver:0.25,heuristic:0.15",
     "connect_four": "self:0.3,uniform:0.1,random:0.1,heuristic:0.4,alphabeta@2:0.1",
 }
 DEFAULT_MIX = "self:0.8,uniform:0.2"
+#: Earlier values of :data:`LEAGUE_PRESETS`, newest first: a league checkpoint written before the mix was stored in
+#: it (``league_opponents="auto"``) resumes with the one whose anchors its table holds.
+FORMER_LEAGUE_PRESETS: dict[str, tuple[str, ...]] = {
+    "tictactoe": ("self:0.7,uniform:0.1,solver:0.2",),
+    "connect_four": ("self:0.6,uniform:0.2,heuristic:0.1,alphabeta@2:0.1",),
+}
 
 
 def parse_mix(spec: str, game: str = "") -> Mix:

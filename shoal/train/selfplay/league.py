@@ -57,7 +57,7 @@ import numpy as np
 
 from shoal import __version__, vector
 from shoal.errors import APIUsageError, CheckpointError
-from shoal.train.config import is_baseline
+from shoal.train.config import DEFAULT_MIX, FORMER_LEAGUE_PRESETS, LEAGUE_PRESETS, Mix, is_baseline
 from shoal.train.runs.checkpoint import FORMAT, env_signature, find_checkpoint, load_checkpoint, save_checkpoint
 from shoal.train.runs.evaluate import load_policy_from_checkpoint
 from shoal.train.selfplay.elo import DEFAULT_RATING, LeagueTable, expected_score
@@ -427,7 +427,24 @@ class League:
             "seated": self.seated.copy(),
             "opp_states": states,
             "counts": self._counts.copy(),
+            # the mix as resolved ("auto" is a preset that may change between versions)
+            "mix": [[name, weight] for name, weight in self.sampler.mix],
         }
+
+    def _saved_mix(self, state: dict[str, Any]) -> Mix:
+        """The mix the checkpointed league played: stored in it, or for a checkpoint written before that with
+        ``league_opponents="auto"``, the game's preset (current or former) whose anchors its table holds."""
+        if state.get("mix") is not None:
+            return tuple((str(name), float(weight)) for name, weight in state["mix"])
+        mix = self.sampler.mix
+        if self.trainer.config.league_opponents.strip() != "auto":
+            return mix
+        anchors = {pid for pid, player in self.table.players.items() if player.fixed}
+        for spec in (LEAGUE_PRESETS.get(self._env_name, DEFAULT_MIX), *FORMER_LEAGUE_PRESETS.get(self._env_name, ())):
+            candidate = parse_mix(spec, self._env_name)
+            if {name for name, _ in candidate if is_baseline(name)} == anchors:
+                return candidate
+        return mix
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         """Restore :meth:`state_dict` output; snapshot weights are read from ``run_dir/league/``.
@@ -443,10 +460,13 @@ class League:
         self.table = LeagueTable.from_dict(state["table"])
         self._mark = len(self.table.history)
         self.players, self.index = [], {}
+        self.sampler = OpponentSampler(self._saved_mix(state))
         for name in self.sampler.baselines:
             if name not in self.table:
-                raise CheckpointError(f"the league of this checkpoint has no {name!r} baseline; resume with the "
-                                      "run's own --league-opponents")
+                anchors = sorted(pid for pid, player in self.table.players.items() if player.fixed)
+                raise CheckpointError(f"the league of this checkpoint has no {name!r} baseline (its anchors: "
+                                      f"{anchors}): it played another opponent mix than {self.sampler.mix}; resume "
+                                      "it with the shoal version that trained it")
             self._register(self._baseline(name, self.rng))
         self.snapshots, self._meta, self._unsaved = [], {}, []
         for entry in state["snapshots"]:

@@ -358,6 +358,38 @@ def test_league_table_survives_save_and_resume_exactly(tmp_path: Path) -> None:
     assert snapshots == ["snapshot-00000.pt", "snapshot-00002.pt", "snapshot-00004.pt"]
 
 
+@pytest.mark.parametrize("stored", [True, False], ids=["mix-in-checkpoint", "older-checkpoint"])
+def test_an_auto_league_resumes_exactly_after_the_games_preset_changed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stored: bool) -> None:
+    # "auto" is recorded in the run's config; the preset behind it may change in a later version. The league
+    # stores the mix it played, and a checkpoint from before that resumes with the former preset whose anchors
+    # its table holds (else: "no 'random' baseline" and no way to resume)
+    from shoal.train import config as config_module
+    from shoal.train.selfplay.league import League
+
+    before, after = "self:0.5,latest:0.3,heuristic:0.2", "self:0.5,latest:0.3,random:0.2"
+    monkeypatch.setitem(config_module.LEAGUE_PRESETS, "tictactoe", before)
+
+    def cfg(run_dir: Path, **kw: Any) -> TrainConfig:
+        return small(env=TICTACTOE, run_dir=str(run_dir), total_steps=8 * 8 * 5, checkpoint_interval=1,
+                     league_opponents="auto", league_snapshot_interval=2, **kw)
+
+    whole = train(cfg(tmp_path / "whole"))
+    if not stored:  # a checkpoint written before the league stored its mix
+        real = League.state_dict
+        monkeypatch.setattr(League, "state_dict", lambda self: {k: v for k, v in real(self).items() if k != "mix"})
+    with pytest.raises(Crash):
+        train(cfg(tmp_path / "split"), callbacks=[crash_after(3)])
+    monkeypatch.setitem(config_module.LEAGUE_PRESETS, "tictactoe", after)
+    monkeypatch.setitem(config_module.FORMER_LEAGUE_PRESETS, "tictactoe", (before,))
+    result = train(cfg(tmp_path / "split", resume=True))
+    assert result.exact_resume and result.updates == whole.updates
+    assert load_league(tmp_path / "split") == load_league(tmp_path / "whole")  # the same opponents, games, ratings
+    assert "random" not in load_league(tmp_path / "split").players
+    for name, value in whole.policy.state_dict().items():
+        assert torch.equal(value, result.policy.state_dict()[name]), name
+
+
 def test_snapshots_stay_frozen_and_the_final_checkpoint_is_the_learners(tmp_path: Path) -> None:
     run = tmp_path / "run"
     trainer = Trainer(small(env=TICTACTOE, run_dir=str(run), total_steps=8 * 8 * 6, league_snapshot_interval=2,
