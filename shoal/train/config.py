@@ -39,8 +39,8 @@ __all__ = [
     "ENV_PRESETS",
     "BASELINES",
     "DEFAULT_MIX",
-    "FORMER_LEAGUE_PRESETS",
     "LEAGUE_PRESETS",
+    "LEAGUE_PRESETS_BEFORE_STORED_MIX",
     "OFFLINE_ALGOS",
     "SEARCH_BASELINES",
     "STRATEGIES",
@@ -181,11 +181,14 @@ LEAGUE_PRESETS: dict[str, str] = {
     "connect_four": "self:0.3,uniform:0.1,random:0.1,heuristic:0.4,alphabeta@2:0.1",
 }
 DEFAULT_MIX = "self:0.8,uniform:0.2"
-#: Earlier values of :data:`LEAGUE_PRESETS`, newest first: a league checkpoint written before the mix was stored in
-#: it (``league_opponents="auto"``) resumes with the one whose anchors its table holds.
-FORMER_LEAGUE_PRESETS: dict[str, tuple[str, ...]] = {
-    "tictactoe": ("self:0.7,uniform:0.1,solver:0.2",),
-    "connect_four": ("self:0.6,uniform:0.2,heuristic:0.1,alphabeta@2:0.1",),
+#: Every mix ``league_opponents="auto"`` resolved to before league checkpoints stored their mix (frozen: never
+#: add to it), per game, ``"*"`` for games without a preset. Such a checkpoint resumes with the one whose anchors its
+#: table holds (each game's entries have distinct anchor sets).
+LEAGUE_PRESETS_BEFORE_STORED_MIX: dict[str, tuple[str, ...]] = {
+    "tictactoe": ("self:0.7,uniform:0.1,solver:0.2", "self:0.5,uniform:0.1,solver:0.25,heuristic:0.15"),
+    "connect_four": ("self:0.6,uniform:0.2,heuristic:0.1,alphabeta@2:0.1",
+                     "self:0.3,uniform:0.1,random:0.1,heuristic:0.4,alphabeta@2:0.1"),
+    "*": ("self:0.8,uniform:0.2",),
 }
 
 

@@ -57,7 +57,7 @@ import numpy as np
 
 from shoal import __version__, vector
 from shoal.errors import APIUsageError, CheckpointError
-from shoal.train.config import DEFAULT_MIX, FORMER_LEAGUE_PRESETS, LEAGUE_PRESETS, Mix, is_baseline
+from shoal.train.config import LEAGUE_PRESETS_BEFORE_STORED_MIX, Mix, is_baseline
 from shoal.train.runs.checkpoint import FORMAT, env_signature, find_checkpoint, load_checkpoint, save_checkpoint
 from shoal.train.runs.evaluate import load_policy_from_checkpoint
 from shoal.train.selfplay.elo import DEFAULT_RATING, LeagueTable, expected_score
@@ -433,14 +433,16 @@ class League:
 
     def _saved_mix(self, state: dict[str, Any]) -> Mix:
         """The mix the checkpointed league played: stored in it, or for a checkpoint written before that with
-        ``league_opponents="auto"``, the game's preset (current or former) whose anchors its table holds."""
+        ``league_opponents="auto"``, the game's mix of that time (:data:`LEAGUE_PRESETS_BEFORE_STORED_MIX`) whose
+        anchors its table holds."""
         if state.get("mix") is not None:
             return tuple((str(name), float(weight)) for name, weight in state["mix"])
         mix = self.sampler.mix
         if self.trainer.config.league_opponents.strip() != "auto":
             return mix
         anchors = {pid for pid, player in self.table.players.items() if player.fixed}
-        for spec in (LEAGUE_PRESETS.get(self._env_name, DEFAULT_MIX), *FORMER_LEAGUE_PRESETS.get(self._env_name, ())):
+        former = LEAGUE_PRESETS_BEFORE_STORED_MIX
+        for spec in former.get(self._env_name, former["*"]):
             candidate = parse_mix(spec, self._env_name)
             if {name for name, _ in candidate if is_baseline(name)} == anchors:
                 return candidate

@@ -367,7 +367,10 @@ def test_an_auto_league_resumes_exactly_after_the_games_preset_changed(
     from shoal.train import config as config_module
     from shoal.train.selfplay.league import League
 
-    before, after = "self:0.5,latest:0.3,heuristic:0.2", "self:0.5,latest:0.3,random:0.2"
+    # a stored mix must win even over a new preset with the same anchors; an older checkpoint can only be matched
+    # by its anchors
+    before = "self:0.5,latest:0.3,heuristic:0.2"
+    after = "self:0.4,latest:0.4,heuristic:0.2" if stored else "self:0.5,latest:0.3,random:0.2"
     monkeypatch.setitem(config_module.LEAGUE_PRESETS, "tictactoe", before)
 
     def cfg(run_dir: Path, **kw: Any) -> TrainConfig:
@@ -381,11 +384,12 @@ def test_an_auto_league_resumes_exactly_after_the_games_preset_changed(
     with pytest.raises(Crash):
         train(cfg(tmp_path / "split"), callbacks=[crash_after(3)])
     monkeypatch.setitem(config_module.LEAGUE_PRESETS, "tictactoe", after)
-    monkeypatch.setitem(config_module.FORMER_LEAGUE_PRESETS, "tictactoe", (before,))
+    if not stored:
+        monkeypatch.setitem(config_module.LEAGUE_PRESETS_BEFORE_STORED_MIX, "tictactoe", (before,))
     result = train(cfg(tmp_path / "split", resume=True))
     assert result.exact_resume and result.updates == whole.updates
     assert load_league(tmp_path / "split") == load_league(tmp_path / "whole")  # the same opponents, games, ratings
-    assert "random" not in load_league(tmp_path / "split").players
+    assert "random" not in load_league(tmp_path / "split").players  # the checkpoint's anchors, not the new preset's
     for name, value in whole.policy.state_dict().items():
         assert torch.equal(value, result.policy.state_dict()[name]), name
 
