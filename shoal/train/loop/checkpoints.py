@@ -20,7 +20,7 @@ import torch
 from shoal.errors import CheckpointError
 from shoal.interrupts import deferred_signals
 from shoal.policies.policy import Policy, check_saved_config
-from shoal.train.config import TrainConfig
+from shoal.train.config import ENV_PRESETS, TrainConfig
 from shoal.train.loop.env_result import EnvResult
 from shoal.train.runs.checkpoint import (
     FORMAT,
@@ -208,10 +208,14 @@ class CheckpointMixin:
         ]
         if differing:
             detail = ", ".join(f"{f}={saved.to_dict()[f]!r} (now {cfg.to_dict()[f]!r})" for f in differing)
-            raise CheckpointError(
-                f"cannot resume {source}: the run was started with {detail}. Resume with the "
-                "run's own settings (omit those flags), or start a new run directory."
-            )
+            hint = "Resume with the run's own settings (omit those flags), or start a new run directory."
+            preset = {} if cfg.preset == "none" else ENV_PRESETS.get(cfg.algo, {}).get(cfg.env, {})
+            from_preset = [f for f in differing if f in preset and cfg.to_dict()[f] == preset[f]]
+            if from_preset:
+                # the run predates this env's preset: the new values came from it, not from the caller
+                hint = (f"{', '.join(from_preset)} now come from this version's preset for {cfg.env}, which the run "
+                        "predates: resume with --preset none (preset='none') or with the run's values. " + hint)
+            raise CheckpointError(f"cannot resume {source}: the run was started with {detail}. {hint}")
         mine = dict(getattr(self.policy, "config", {}))
         if mine and isinstance(self.policy, Policy):
             check_saved_config(payload["policy_config"], str(source))

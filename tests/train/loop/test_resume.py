@@ -168,3 +168,19 @@ def test_resuming_with_another_total_steps_warns_and_anneals_over_the_new_budget
     help_text = " ".join(capsys.readouterr().out.split())
     assert "--total-steps may change, and then sets the new budget" in help_text
     assert "omit --total-steps to keep the original schedule" in help_text
+
+
+def test_resuming_a_run_that_predates_its_envs_preset_names_the_preset(tmp_path: Path) -> None:
+    # a run trained without Pendulum's preset (as one made before the preset existed) resumed with the default
+    # preset="auto": the refusal says the differing values come from the preset and how to keep the run's own
+    from shoal.errors import CheckpointError
+
+    run = tmp_path / "run"
+    small = {"env": "Pendulum-v1", "total_steps": 256, "num_envs": 2, "horizon": 64, "tensorboard": False,
+             "log_interval": 0.0, "run_dir": str(run), "eval_episodes": 0}
+    train(TrainConfig(preset="none", **small))
+    with pytest.raises(CheckpointError, match=r"gamma.*come from this version's preset for Pendulum-v1.*"
+                                              r"--preset none"):
+        train(TrainConfig(resume=True, **{**small, "total_steps": 512}))
+    result = train(TrainConfig(resume=True, preset="none", **{**small, "total_steps": 512}))
+    assert result.global_step == 512
