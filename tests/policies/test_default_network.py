@@ -55,10 +55,14 @@ def test_fitting_the_value_does_not_move_the_action_distribution() -> None:
     assert not hasattr(shared, "critic_trunk")
 
 
-def test_image_policies_share_their_cnn_and_vector_policies_do_not() -> None:
+def test_image_and_board_policies_share_their_cnn_and_vector_policies_do_not() -> None:
     image = Policy(spaces.Box(0, 255, (36, 36, 3), np.uint8), spaces.Discrete(3), hidden_size=32)
+    board = Policy(spaces.Box(0, 1, (6, 7, 2), np.int8), spaces.Discrete(7), hidden_size=32)  # connect four's
+    flat_board = Policy(spaces.Box(0, 1, (6, 7, 2), np.int8), spaces.Discrete(7), hidden_size=32, board_encoder=False)
     vector = Policy(spaces.Box(-1, 1, (6,), np.float32), spaces.Discrete(3), hidden_size=32)
-    assert image.config["separate_critic"] is False and not hasattr(image, "critic_encoder")
+    for shared in (image, board):
+        assert shared.config["separate_critic"] is False and not hasattr(shared, "critic_encoder")
+    assert flat_board.config["separate_critic"] is True  # boards read as vectors, as policies saved before
     assert vector.config["separate_critic"] is True
     obs = torch.rand(5, 6) * 2 - 1
     torch.testing.assert_close(vector.value_head(vector.encode_critic(obs)).squeeze(-1), vector.value(obs))

@@ -29,6 +29,10 @@ class IQLTrainer(OfflineTrainer):
     algos = ("iql",)
     loss_names = ("policy_loss", "value_loss", "q_loss", "entropy", "q_mean")
 
+    def _default_policy(self, policy_cls: Any, **extra: Any) -> Any:
+        # V lives on the separate critic, which board policies (sharing their CNN by default) would lack
+        return super()._default_policy(policy_cls, separate_critic=True, **extra)
+
     def setup_algorithm(self) -> None:
         cfg = self.config
         policy = self._require_policy("the actor and state value")

@@ -12,7 +12,9 @@ from shoal.envs.bandit import ContextualBandit
 from shoal.errors import APIUsageError
 from shoal.train import TrainConfig, make_trainer, train
 from shoal.train.offline.iql import IQLTrainer
+from shoal.train.record import record_dataset
 from shoal.train.runs.evaluate import evaluate_checkpoint
+from shoal.train.selfplay.league import evaluate_match
 from tests.emulation.helpers import HybridActionEnv
 from tests.train.offline.recorded import aiming_expert, bandit_mostly_wrong, pendulum_expert, record
 
@@ -52,3 +54,13 @@ def test_iql_refuses_hybrid_actions_saying_to_clone_them_instead() -> None:
     with pytest.raises(APIUsageError, match=r"IQL needs Box or Discrete actions; this env's actions are hybrid "
                                             r"\(Dict\(.*\)\)\. Train it with --algo bc"):
         make_trainer(TrainConfig(env="aiming", algo="iql", **FAST), env_fn=HybridActionEnv, dataset=data)
+
+
+def test_iql_on_a_board_game_builds_its_policy_with_a_separate_critic(tmp_path: Path) -> None:
+    # the default policy of a board game shares its CNN between actor and critic; IQL's V needs its own
+    data = record_dataset("random", "pettingzoo.classic.connect_four_v3", 300, num_envs=2)
+    run_dir = tmp_path / "iql"
+    result = train(TrainConfig(env="pettingzoo.classic.connect_four_v3", algo="iql", total_steps=20, horizon=10,
+                               eval_interval=0, run_dir=str(run_dir), **FAST), dataset=data)
+    assert result.global_step == 20 and result.policy.separate_critic
+    assert evaluate_match(run_dir, "random", 4)["games"] == 4  # reloads with shoal eval RUN --opponent random
