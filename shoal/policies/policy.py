@@ -248,8 +248,9 @@ class Policy(nn.Module):
             ``critic_input_size``). Shared features must grow with the scale of the returns to fit them, which
             scales the actor's logits too (entropy collapses without any policy gradient); False shares them.
             None (default): separate unless an observation leaf is an image or a board (a second CNN doubles the
-            cost of every step; image and board policies share theirs, as CleanRL's Atari PPO does: on connect four
-            sharing the board CNN trained 11% more steps per second at the same strength).
+            cost of every step; image and board policies share theirs, as CleanRL's Atari PPO does: a connect-four
+            league, ``benchmarks/league.py connect_four``, made 2.9M steps in 30 minutes with the shared board CNN,
+            1.8-2.0M with two, at similar strength).
         continuous_std: ``"state_independent"`` or ``"state_dependent"`` Gaussian std.
         encoding: the observation encoding's version; only :data:`ENCODING` (saved in :attr:`config`, so a policy
             saved by another version is refused on loading).

@@ -47,6 +47,7 @@ from shoal.emulation.base import action_mask_width
 from shoal.errors import APIUsageError, DatasetError
 from shoal.interrupts import deferred_signals
 from shoal.policies import Policy
+from shoal.policies.policy import check_saved_config
 from shoal.train.acting import RowActor
 from shoal.train.config import ENV_PRESETS, TrainConfig
 from shoal.train.core.device import resolve_device
@@ -58,7 +59,13 @@ from shoal.train.loop.checkpoints import CheckpointMixin
 from shoal.train.loop.env_result import EnvResult
 from shoal.train.loop.result import TrainResult
 from shoal.train.runs.agent_stats import AgentStats, GameTracker
-from shoal.train.runs.checkpoint import checkpoint_path, find_checkpoint, list_checkpoints, remove_stale_temporaries
+from shoal.train.runs.checkpoint import (
+    checkpoint_path,
+    find_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    remove_stale_temporaries,
+)
 from shoal.train.runs.evaluate import evaluate_after_training
 from shoal.train.runs.logger import CSVSink, LogRecord, RunLogger, TensorBoardSink, WandbSink
 from shoal.train.runs.resolve import EnvFn, resolve_env
@@ -265,7 +272,8 @@ class Trainer(CheckpointMixin):
         return [line]
 
     def _default_policy(self, policy_cls: Any, **extra: Any) -> nn.Module:
-        """``policy_cls.from_env`` with the config's sizes (``extra``: further keywords, e.g. a critic input)."""
+        """``policy_cls.from_env`` with the config's sizes (``extra``: further keywords, e.g. a critic input); a
+        resumed run's network choices that the config does not hold come from its checkpoint."""
         cfg = self.config
         return policy_cls.from_env(
             self.vecenv,
@@ -274,8 +282,21 @@ class Trainer(CheckpointMixin):
             recurrent=cfg.recurrent,
             lstm_size=cfg.lstm_size,
             num_agent_ids=self.vecenv.agents_per_env if cfg.agent_ids else 0,
-            **extra,
+            **{**self._resumed_network(policy_cls), **extra},
         )
+
+    def _resumed_network(self, policy_cls: Any) -> dict[str, Any]:
+        """The resumed checkpoint's ``separate_critic`` and ``board_encoder`` (for a :class:`Policy`; else none).
+
+        Defaults the config does not carry can change between versions (board policies share their CNN with the
+        critic since connect four trained faster that way): a run saved before keeps the network it was built
+        with, so it resumes instead of being refused for a policy config that differs.
+        """
+        if self._resume_from is None or not (isinstance(policy_cls, type) and issubclass(policy_cls, Policy)):
+            return {}
+        saved = check_saved_config(load_checkpoint(self._resume_from, map_location="cpu").get("policy_config") or {},
+                                   str(self._resume_from))
+        return {name: saved[name] for name in ("separate_critic", "board_encoder") if name in saved}
 
     @property
     def env_seed(self) -> int:

@@ -31,7 +31,7 @@ class IQLTrainer(OfflineTrainer):
 
     def _default_policy(self, policy_cls: Any, **extra: Any) -> Any:
         # V lives on the separate critic, which board policies (sharing their CNN by default) would lack
-        return super()._default_policy(policy_cls, separate_critic=True, **extra)
+        return super()._default_policy(policy_cls, **{"separate_critic": True, **extra})
 
     def setup_algorithm(self) -> None:
         cfg = self.config

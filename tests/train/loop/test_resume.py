@@ -184,3 +184,28 @@ def test_resuming_a_run_that_predates_its_envs_preset_names_the_preset(tmp_path:
         train(TrainConfig(resume=True, **{**small, "total_steps": 512}))
     result = train(TrainConfig(resume=True, preset="none", **{**small, "total_steps": 512}))
     assert result.global_step == 512
+
+
+@pytest.mark.parametrize("league", [False, True], ids=["ppo", "league"])
+def test_a_board_game_run_saved_with_a_separate_critic_resumes_with_it(tmp_path: Path, league: bool) -> None:
+    # board policies share their CNN with the critic by default now; a run saved when they did not (built here with
+    # separate_critic=True, as the default was) must resume with its own network, exactly
+    from shoal import vector
+    from shoal.policies import Policy
+    from shoal.train.runs.resolve import resolve_env
+
+    def separate() -> Policy:
+        with vector.make(resolve_env("pettingzoo.classic.connect_four_v3"), 2) as vec:
+            return Policy.from_env(vec, hidden_size=64, lstm_size=64, separate_critic=True)
+
+    common = dict(env="pettingzoo.classic.connect_four_v3", num_envs=2, horizon=16, minibatch_size=32,
+                  hidden_size=64, league=league, league_rating_games=2, eval_episodes=0, preset="none")
+    torch.manual_seed(5)
+    whole = train(config(tmp_path / "whole", **common), policy=separate())
+    torch.manual_seed(5)
+    with pytest.raises(Crash):
+        train(config(tmp_path / "split", **common), policy=separate(), callbacks=[crash_after(2)])
+    resumed = train(config(tmp_path / "split", resume=True, **common))  # policy=None: rebuilt from the checkpoint
+    assert resumed.policy.separate_critic and resumed.exact_resume and resumed.global_step == whole.global_step
+    a, b = weights(whole), weights(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)

@@ -229,8 +229,8 @@ def test_default_league_trains_on_both_seats_of_live_games_and_one_seat_against_
 def test_auto_mix_is_the_games_preset() -> None:
     assert dict(parse_mix("auto", "tictactoe")) == pytest.approx({"self": 0.5, "uniform": 0.1, "solver": 0.25,
                                                                "heuristic": 0.15})
-    assert dict(parse_mix("auto", "connect_four")) == pytest.approx({"self": 0.3, "uniform": 0.1, "random": 0.1,
-                                                                     "heuristic": 0.4, "alphabeta@2": 0.1})
+    assert dict(parse_mix("auto", "connect_four")) == pytest.approx({"self": 0.2, "uniform": 0.1, "random": 0.1,
+                                                                     "heuristic": 0.45, "alphabeta@2": 0.15})
     assert dict(parse_mix("auto", "rps")) == pytest.approx({"self": 0.8, "uniform": 0.2})
     assert parse_mix("self,alphabeta@3:1") == (("self", 0.5), ("alphabeta@3", 0.5))
     for bad, match in (("alphabeta@x", "positive integer"), ("solver@2", "takes none"), ("minimax", "unknown")):
