@@ -497,7 +497,8 @@ class VecEnv:
 
         Possible only on the ``serial`` backend (the others keep their envs in other processes), with
         ``batch_size == num_envs`` and when every env can be pickled (envs holding e.g. pygame surfaces, open
-        files or lambdas cannot); otherwise returns None, so callers can fall back to a fresh reset.
+        files or locks cannot; lambdas and closures are pickled by value); otherwise returns None, so callers can
+        fall back to a fresh reset.
 
         Returns:
             a picklable :class:`VecState`, or None when a snapshot is impossible (see above).

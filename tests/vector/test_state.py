@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import threading
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -32,13 +33,13 @@ def connect_four() -> Any:
 
 
 class UnpicklableEnv(gym.Env):
-    """A Gymnasium env holding a lambda, so it cannot be pickled."""
+    """A Gymnasium env holding a lock, so it cannot be pickled."""
 
     observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
     action_space = gym.spaces.Discrete(2)
 
     def __init__(self) -> None:
-        self.callback = lambda: None
+        self.lock = threading.Lock()
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
@@ -53,6 +54,15 @@ def short_cartpole() -> gym.Env:
     return gym.make("CartPole-v1", max_episode_steps=5)
 
 
+def normalized_mountain_car() -> Any:
+    """MountainCar (8-step episodes) under SuperSuit's normalize_obs_v0, as its preset runs it: the wrapper holds
+    a closure, which plain pickle refuses."""
+    from shoal.wrappers import apply_wrappers
+
+    env = gym.make("MountainCar-v0", max_episode_steps=8)
+    return apply_wrappers(env, "normalize_obs_v0(env_min=-1.0, env_max=1.0)")
+
+
 #: name -> (env constructor, num_envs, num_workers, steps before the snapshot, steps after it). The steps after
 #: the snapshot are enough for episodes to end and auto-reset.
 CASES: dict[str, tuple[Callable[[], Any], int, int, int, int]] = {
@@ -62,6 +72,7 @@ CASES: dict[str, tuple[Callable[[], Any], int, int, int, int]] = {
     "nested_dict": (envs.nested, 3, 1, 4, 30),
     "tictactoe_aec_action_masks": (envs.tictactoe, 4, 2, 3, 30),
     "connect_four_aec_action_masks": (connect_four, 2, 1, 5, 60),
+    "supersuit_closure_wrapper": (normalized_mountain_car, 3, 1, 5, 30),
 }
 
 
