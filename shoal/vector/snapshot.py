@@ -3,23 +3,37 @@
 Most Gymnasium and PettingZoo envs derive from ``EzPickle``, whose own pickling keeps only the constructor
 arguments: unpickling it builds a fresh, never-reset env. :func:`dumps_env` pickles such objects by their
 ``__dict__`` instead (RNGs, physics state, agent lists, wrappers...), which is what
-:meth:`~shoal.vector.base.VecEnv.get_state` needs to continue an episode bit for bit. Functions defined inside
-other functions and lambdas, which plain pickle refuses, are pickled by value with ``cloudpickle`` (already a
-Gymnasium dependency): SuperSuit's wrappers hold such closures (``normalize_obs_v0`` among them), and an env
-wrapped by one would otherwise restart its episodes on every resume.
+:meth:`~shoal.vector.base.VecEnv.get_state` needs to continue an episode bit for bit.
+
+Functions that cannot be found by name (defined inside another function, or lambdas), which plain pickle refuses,
+are pickled by value with ``cloudpickle`` (already a Gymnasium dependency): SuperSuit's wrappers hold such
+closures (``normalize_obs_v0`` among them), and an env wrapped by one would otherwise restart its episodes on
+every resume. Everything else pickles as plain pickle does: module-level functions and classes by reference (a
+class of your script stays your script's class), open files and locks not at all. Closures pickled by value hold
+bytecode, which only the Python version that wrote it can run: the checkpoint records it
+(:data:`~shoal.train.runs.checkpoint.ENV_STATE_TAG`).
 
 Loading executes pickle: load only snapshots you trust.
 """
 
 from __future__ import annotations
 
+import builtins
+import copyreg
 import io
 import pickle
+import types
+from collections import ChainMap
 from typing import Any
 
 import cloudpickle
 
 __all__ = ["dumps_env", "loads_env"]
+
+#: What a function pickled by value is made of: its code, its closure cells, the modules its globals name.
+#: cloudpickle's own table would also copy open text files into ``StringIO`` objects and memoryviews into bytes,
+#: which an env cannot continue with: those stay unpicklable, as with plain pickle.
+_BY_VALUE_PARTS = (types.CodeType, types.CellType, types.ModuleType)
 
 
 def _new_object(cls: type) -> Any:
@@ -30,23 +44,36 @@ def _set_dict(obj: Any, state: dict[str, Any]) -> None:
     obj.__dict__.update(state)
 
 
+def _by_value(obj: Any) -> bool:
+    """``obj`` is a function plain pickle cannot find by its qualified name, or one of the interpreter's types
+    that rebuilding such a function calls (``code``, ``cell``: not attributes of ``builtins``)."""
+    if isinstance(obj, types.FunctionType):
+        return "<locals>" in obj.__qualname__ or "<lambda>" in obj.__qualname__
+    return isinstance(obj, type) and obj.__module__ == "builtins" and getattr(builtins, obj.__name__, None) is not obj
+
+
 class _StatePickler(cloudpickle.Pickler):
     """Pickles ``EzPickle`` instances by their ``__dict__`` rather than by their constructor arguments, and
-    local functions and lambdas by value (cloudpickle)."""
+    functions plain pickle cannot name by value (cloudpickle); the rest as plain pickle does."""
+
+    dispatch_table = ChainMap({kind: cloudpickle.Pickler.dispatch_table[kind] for kind in _BY_VALUE_PARTS},
+                              copyreg.dispatch_table)
 
     def reducer_override(self, obj: Any) -> Any:
         from gymnasium.utils.ezpickle import EzPickle
 
         if isinstance(obj, EzPickle) and not isinstance(obj, type) and hasattr(obj, "__dict__"):
             return _new_object, (type(obj),), dict(obj.__dict__), None, None, _set_dict
-        return super().reducer_override(obj)
+        if _by_value(obj):
+            return super().reducer_override(obj)
+        return NotImplemented
 
 
 def dumps_env(env: Any) -> bytes:
     """Pickle ``env`` (typically an emulator and the env it wraps) with its running state.
 
     Raises whatever pickle raises for objects that cannot be pickled (e.g. ``TypeError`` for a pygame
-    ``Surface``, an open file or a lock).
+    ``Surface``, an open file or a lock; a class defined inside a function).
     """
     out = io.BytesIO()
     _StatePickler(out, protocol=pickle.HIGHEST_PROTOCOL).dump(env)

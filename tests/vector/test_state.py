@@ -15,6 +15,7 @@ import pytest
 import shoal.vector
 from shoal.errors import APIUsageError
 from shoal.vector import VecEnv
+from shoal.vector.snapshot import dumps_env, loads_env
 from tests.vector import envs_for_tests as envs
 from tests.vector.helpers import random_actions
 
@@ -190,6 +191,22 @@ def test_unpicklable_envs_and_partial_batches_give_none() -> None:
     assert state is not None
     with shoal.vector.make(envs.cartpole, 4, num_workers=2, batch_size=2) as vecenv:
         assert vecenv.set_state(state) is False
+
+
+def test_closures_pickle_by_value_and_files_locks_and_views_not_at_all() -> None:
+    def scale(k: float) -> Callable[[np.ndarray], np.ndarray]:
+        def apply(x: np.ndarray) -> np.ndarray:
+            return np.asarray(x) * k
+
+        return apply
+
+    restored = loads_env(dumps_env({"scale": scale(3.0), "shift": lambda x: x + 1, "env": envs.cartpole}))
+    assert restored["scale"](np.array([2.0]))[0] == 6.0 and restored["shift"](1) == 2
+    assert restored["env"] is envs.cartpole  # module-level functions (and classes) stay references
+    with open(__file__) as handle:
+        for refused in (handle, threading.Lock(), memoryview(b"board")):
+            with pytest.raises(TypeError):
+                dumps_env({"held": refused})
 
 
 def test_call_order_errors() -> None:

@@ -29,10 +29,10 @@ capture, and unpickling a foreign file can run any code. It is therefore stored 
 signature made with a secret key of the user who wrote it (:func:`checkpoint_key_path`: ``$SHOAL_HOME/
 checkpoint.key``, else ``~/.cache/shoal/checkpoint.key``; 32 random bytes created on first use, mode 0600).
 :func:`restore_env_state` unpickles a snapshot only when its signature verifies under the reader's own key; any
-other snapshot (another machine or user, an edited file, an older shoal) is not unpickled: resume logs a warning
-and restarts the envs from a fresh reset (a valid, but not bit-identical, continuation). To resume exactly on
-another machine, copy the key file there (or point ``SHOAL_HOME`` at a shared folder). Evaluation never reads
-the snapshot.
+other snapshot (another machine or user, an edited file, another shoal or Python version) is not unpickled:
+resume logs a warning and restarts the envs from a fresh reset (a valid, but not bit-identical, continuation).
+To resume exactly on another machine, copy the key file there (or point ``SHOAL_HOME`` at a shared folder).
+Evaluation never reads the snapshot.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ import os
 import pickle
 import re
 import secrets
+import sys
 import time
 import zipfile
 from collections import OrderedDict, deque
@@ -412,8 +413,10 @@ def check_signature(saved: dict[str, Any], current: dict[str, Any], source: str,
 
 #: Prefix of env snapshots, followed by the HMAC-SHA256 of tag + pickle and the pickle. Snapshots pickle
 #: emulator internals, so they are only read back by the shoal that wrote them: change the tag whenever emulator
-#: or vector env attributes change.
-ENV_STATE_TAG = b"shoal-env-state-3\n"
+#: or vector env attributes change. The tag also names the interpreter (``sys.implementation.cache_tag``, e.g.
+#: ``cpython-311``): closures in a snapshot are pickled as bytecode (:mod:`shoal.vector.snapshot`), which another
+#: Python version may misread or crash on rather than refuse.
+ENV_STATE_TAG = f"shoal-env-state-4 {sys.implementation.cache_tag}\n".encode()
 _MAC_SIZE = hashlib.sha256().digest_size
 _KEY_SIZE = 32
 _keys: dict[Path, bytes | None] = {}
@@ -516,11 +519,12 @@ def restore_env_state(vecenv: VecEnv, blob: bytes) -> bool:
     The snapshot is unpickled only when its signature verifies under this user's key (see the module
     docstring). The vector env must have just returned its first batch (``async_reset`` + ``recv``). True on
     success; False when the snapshot is not signed by this user's key (another machine or user, a modified file),
-    when an older shoal wrote it, when this vector env cannot take it (another backend, number of envs or buffer
-    shapes), or when it cannot be unpickled here (the caller then restarts the envs).
+    when another shoal or Python version wrote it, when this vector env cannot take it (another backend, number
+    of envs or buffer shapes), or when it cannot be unpickled here (the caller then restarts the envs).
     """
     if not isinstance(blob, bytes) or not blob.startswith(ENV_STATE_TAG):
-        log.warning("the env snapshot was written by another version of shoal; the envs restart instead")
+        log.warning("the env snapshot was written by another version of shoal or of Python (this one reads %r); the "
+                    "envs restart instead", ENV_STATE_TAG.decode().strip())
         return False
     body = blob[len(ENV_STATE_TAG):]
     mac, data = body[:_MAC_SIZE], body[_MAC_SIZE:]

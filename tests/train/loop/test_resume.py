@@ -4,6 +4,7 @@ damaged checkpoints: tests/faults/test_checkpoints.py)."""
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,35 @@ def test_env_snapshots_of_another_shoal_version_restart_the_envs(caplog: pytest.
         assert "another version of shoal" in caplog.text
     finally:
         for v in (source, fresh, old):
+            v.close()
+
+
+def test_env_snapshots_of_another_python_restart_the_envs(monkeypatch: pytest.MonkeyPatch,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """A snapshot signed with this user's key but written by another Python version is not unpickled: closures
+    in it are bytecode, which another interpreter may crash on."""
+    import gymnasium as gym
+
+    from shoal import vector
+    from shoal.train.runs import checkpoint
+
+    def make() -> Any:
+        v = vector.make(lambda: gym.make("CartPole-v1"), 2, backend="serial")
+        v.async_reset(0)
+        v.recv()
+        return v
+
+    assert sys.implementation.cache_tag in checkpoint.ENV_STATE_TAG.decode()
+    source, fresh = make(), make()
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(checkpoint, "ENV_STATE_TAG", b"shoal-env-state-4 cpython-399\n")
+            blob = checkpoint.snapshot_env_state(source)  # signed with this user's key, as another Python would
+        assert blob is not None
+        assert not checkpoint.restore_env_state(fresh, blob)
+        assert "another version of shoal or of Python" in caplog.text
+    finally:
+        for v in (source, fresh):
             v.close()
 
 
