@@ -96,7 +96,12 @@ class SerialVecEnv(VecEnv):
     def _restore_envs(self, snapshots: list[list[bytes]]) -> bool:
         if [len(group.envs) for group in self._groups] != [len(blobs) for blobs in snapshots]:
             return False
-        envs = [[loads_env(raw) for raw in blobs] for blobs in snapshots]  # every env loads before any is replaced
+        try:
+            envs = [[loads_env(raw) for raw in blobs] for blobs in snapshots]  # all load before any is replaced
+        except Exception as exc:  # e.g. an env class renamed or moved since the snapshot: the caller restarts them
+            log.warning("cannot load the envs of this snapshot (%s: %s); they are left as they are",
+                        type(exc).__name__, exc)
+            return False
         for group, group_envs in zip(self._groups, envs, strict=True):
             group.replace_envs(group_envs)
         return True

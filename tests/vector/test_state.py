@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 import threading
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -61,7 +64,16 @@ def normalized_mountain_car() -> Any:
     from shoal.wrappers import apply_wrappers
 
     env = gym.make("MountainCar-v0", max_episode_steps=8)
-    return apply_wrappers(env, "normalize_obs_v0(env_min=-1.0, env_max=1.0)")
+    return apply_wrappers(env, "frame_stack_v1(3),max_observation_v0(2)")
+
+
+def stacked_mountain_car() -> Any:
+    """MountainCar under SuperSuit wrappers built from classes defined inside functions (frame stacking, the
+    maximum over the last observations)."""
+    from shoal.wrappers import apply_wrappers
+
+    env = gym.make("MountainCar-v0", max_episode_steps=8)
+    return apply_wrappers(env, "frame_stack_v1(3),max_observation_v0(2)")
 
 
 #: name -> (env constructor, num_envs, num_workers, steps before the snapshot, steps after it). The steps after
@@ -74,6 +86,7 @@ CASES: dict[str, tuple[Callable[[], Any], int, int, int, int]] = {
     "tictactoe_aec_action_masks": (envs.tictactoe, 4, 2, 3, 30),
     "connect_four_aec_action_masks": (connect_four, 2, 1, 5, 60),
     "supersuit_closure_wrapper": (normalized_mountain_car, 3, 1, 5, 30),
+    "supersuit_local_class_wrappers": (stacked_mountain_car, 3, 1, 5, 30),
 }
 
 
@@ -207,6 +220,44 @@ def test_closures_pickle_by_value_and_files_locks_and_views_not_at_all() -> None
         for refused in (handle, threading.Lock(), memoryview(b"board")):
             with pytest.raises(TypeError):
                 dumps_env({"held": refused})
+
+
+def test_a_snapshot_whose_envs_cannot_load_returns_false_and_leaves_the_envs(caplog: pytest.LogCaptureFixture) -> None:
+    with shoal.vector.make(envs.cartpole, 2, seed=0) as source:
+        source.reset()
+        state = source.get_state()
+    assert state is not None
+    state["emulators"] = [[b"not a pickle" for _ in blobs] for blobs in state["emulators"]]
+    with shoal.vector.make(envs.cartpole, 2, seed=1) as other:
+        obs, _ = other.reset()
+        before = obs.copy()
+        assert other.set_state(state) is False
+        assert "cannot load the envs of this snapshot" in caplog.text
+        np.testing.assert_array_equal(obs, before)
+        other.step(np.zeros(2, np.int64))  # the envs still run
+
+
+def test_classes_and_functions_of_a_script_stay_references(tmp_path: Path) -> None:
+    """A script's own env class and module-level functions pickle by name (as plain pickle does), so a resumed
+    script's envs are its own classes; only what has no name (locals, lambdas) is pickled by value."""
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import sys\n"
+        "from shoal.vector.snapshot import dumps_env\n"
+        "class Walker:\n"
+        "    def step(self):\n"
+        "        return 1\n"
+        "def reward(x):\n"
+        "    return x\n"
+        "data = dumps_env({'env': Walker(), 'reward': reward, 'shift': lambda x: x + 1})\n"
+        "sys.stdout.write(data.hex())\n"
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[2])
+    data = bytes.fromhex(out.stdout)
+    assert b"__main__" in data and b"Walker" in data and b"reward" in data
+    assert b"_make_skeleton_class" not in data  # the class is not copied by value
+    assert data.count(b"_make_function") == 1  # only the lambda is
 
 
 def test_call_order_errors() -> None:

@@ -51,6 +51,7 @@ from collections import OrderedDict, deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import cloudpickle
 import numpy as np
 import torch
 
@@ -414,9 +415,9 @@ def check_signature(saved: dict[str, Any], current: dict[str, Any], source: str,
 #: Prefix of env snapshots, followed by the HMAC-SHA256 of tag + pickle and the pickle. Snapshots pickle
 #: emulator internals, so they are only read back by the shoal that wrote them: change the tag whenever emulator
 #: or vector env attributes change. The tag also names the interpreter (``sys.implementation.cache_tag``, e.g.
-#: ``cpython-311``): closures in a snapshot are pickled as bytecode (:mod:`shoal.vector.snapshot`), which another
-#: Python version may misread or crash on rather than refuse.
-ENV_STATE_TAG = f"shoal-env-state-4 {sys.implementation.cache_tag}\n".encode()
+#: ``cpython-311``) and cloudpickle's version: closures in a snapshot are pickled as bytecode by cloudpickle
+#: (:mod:`shoal.vector.snapshot`), which another Python version may misread or crash on rather than refuse.
+ENV_STATE_TAG = f"shoal-env-state-4 {sys.implementation.cache_tag} cloudpickle-{cloudpickle.__version__}\n".encode()
 _MAC_SIZE = hashlib.sha256().digest_size
 _KEY_SIZE = 32
 _keys: dict[Path, bytes | None] = {}
@@ -523,8 +524,9 @@ def restore_env_state(vecenv: VecEnv, blob: bytes) -> bool:
     of envs or buffer shapes), or when it cannot be unpickled here (the caller then restarts the envs).
     """
     if not isinstance(blob, bytes) or not blob.startswith(ENV_STATE_TAG):
-        log.warning("the env snapshot was written by another version of shoal or of Python (this one reads %r); the "
-                    "envs restart instead", ENV_STATE_TAG.decode().strip())
+        written = blob.split(b"\n", 1)[0][:80] if isinstance(blob, bytes) else b"?"
+        log.warning("the env snapshot was written by another version of shoal or of Python (%r; this one reads %r); "
+                    "the envs restart instead", written.decode(errors="replace"), ENV_STATE_TAG.decode().strip())
         return False
     body = blob[len(ENV_STATE_TAG):]
     mac, data = body[:_MAC_SIZE], body[_MAC_SIZE:]
