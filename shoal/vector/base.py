@@ -532,8 +532,8 @@ class VecEnv:
 
         Returns:
             True when restored; False when this vector env cannot take the snapshot: a backend other than
-            ``serial``, ``batch_size < num_envs``, or another number of envs per worker, buffer names, shapes
-            or dtypes.
+            ``serial``, ``batch_size < num_envs``, another number of envs per worker, buffer names, shapes
+            or dtypes, or envs that cannot be unpickled here (e.g. their class was renamed since).
 
         Raises:
             APIUsageError: ``state`` is not a snapshot of :meth:`get_state`; called after :meth:`close` or while a

@@ -6,8 +6,10 @@ Workers are in-process groups of consecutive envs, stepped lazily in submission 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import traceback
+from typing import Any
 
 from shoal.emulation import Emulator
 from shoal.errors import WorkerError
@@ -96,11 +98,18 @@ class SerialVecEnv(VecEnv):
     def _restore_envs(self, snapshots: list[list[bytes]]) -> bool:
         if [len(group.envs) for group in self._groups] != [len(blobs) for blobs in snapshots]:
             return False
-        try:
-            envs = [[loads_env(raw) for raw in blobs] for blobs in snapshots]  # all load before any is replaced
+        envs: list[list[Any]] = []
+        try:  # every env loads before any is replaced
+            for blobs in snapshots:
+                envs.append([])
+                for raw in blobs:
+                    envs[-1].append(loads_env(raw))
         except Exception as exc:  # e.g. an env class renamed or moved since the snapshot: the caller restarts them
-            log.warning("cannot load the envs of this snapshot (%s: %s); they are left as they are",
+            log.warning("cannot load the envs of this snapshot (%s: %s); the running envs are left as they are",
                         type(exc).__name__, exc)
+            for env in (env for group in envs for env in group):
+                with contextlib.suppress(Exception):  # closing a half-restored copy must not hide why it failed
+                    env.close()
             return False
         for group, group_envs in zip(self._groups, envs, strict=True):
             group.replace_envs(group_envs)

@@ -53,7 +53,7 @@ def _by_value(obj: Any) -> bool:
     that rebuilding a function calls (:data:`_HIDDEN_TYPES`)."""
     if not isinstance(obj, types.FunctionType | type):
         return False
-    if obj in _HIDDEN_TYPES:
+    if any(obj is hidden for hidden in _HIDDEN_TYPES):  # identity: a metaclass may define __eq__
         return True
     if getattr(obj, "__module__", None) == "builtins":
         return False

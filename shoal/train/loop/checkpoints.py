@@ -301,8 +301,8 @@ class CheckpointMixin:
             self.exact_resume = True
         else:
             log.warning(
-                "resume from %s: the envs could not be restored (backend %r, unpicklable envs, or an env "
-                "snapshot not signed on this machine), so they "
+                "resume from %s: the envs could not be restored (backend %r, unpicklable envs, an env snapshot "
+                "not signed on this machine or by this Python, or one that no longer loads), so they "
                 "restart from a fresh reset; training continues, but not exactly as an uninterrupted run",
                 path,
                 self.config.backend,

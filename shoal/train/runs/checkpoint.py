@@ -525,8 +525,9 @@ def restore_env_state(vecenv: VecEnv, blob: bytes) -> bool:
     """
     if not isinstance(blob, bytes) or not blob.startswith(ENV_STATE_TAG):
         written = blob.split(b"\n", 1)[0][:80] if isinstance(blob, bytes) else b"?"
-        log.warning("the env snapshot was written by another version of shoal or of Python (%r; this one reads %r); "
-                    "the envs restart instead", written.decode(errors="replace"), ENV_STATE_TAG.decode().strip())
+        log.warning("the env snapshot was written by another version of shoal, Python or cloudpickle (%r; this one "
+                    "reads %r); the envs restart instead", written.decode(errors="replace"),
+                    ENV_STATE_TAG.decode().strip())
         return False
     body = blob[len(ENV_STATE_TAG):]
     mac, data = body[:_MAC_SIZE], body[_MAC_SIZE:]
