@@ -456,7 +456,7 @@ def test_rps_self_play_moves_toward_uniform() -> None:
     config = TrainConfig(env="pettingzoo.classic.rps_v2", total_steps=30_000, num_envs=8, horizon=16,
                          minibatch_size=256, update_epochs=2, learning_rate=3e-3, ent_coef=0.1, norm_adv=False,
                          seed=0, tensorboard=False, league=True, league_opponents="latest",
-                         league_snapshot_interval=1)
+                         league_snapshot_interval=1, league_rating_games=0)
     result = train(config, policy=policy)
     end = distribution(result.policy)
     uniform = np.full(3, 1 / 3)
