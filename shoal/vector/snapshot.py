@@ -65,7 +65,7 @@ def _by_value(obj: Any) -> bool:
 
 class _StatePickler(cloudpickle.Pickler):
     """Pickles ``EzPickle`` instances by their ``__dict__`` rather than by their constructor arguments, and
-    functions plain pickle cannot name by value (cloudpickle); the rest as plain pickle does."""
+    functions and classes plain pickle cannot name by value (cloudpickle); the rest as plain pickle does."""
 
     dispatch_table = ChainMap({kind: cloudpickle.Pickler.dispatch_table[kind] for kind in _BY_VALUE_PARTS},
                               copyreg.dispatch_table)
