@@ -42,6 +42,10 @@ Scaling of ``"vector"`` leaves
     ``[-1, 1]`` when it is an integer Box; the rescale is folded into the linear layer's weights (no extra pass
     over the data, same gradients as scaling the input). Any other Box goes through
     ``symlog(x) = sign(x) * log1p(|x|)``.
+
+    With ``obs_norm`` (``Policy(obs_norm=True)``) float Box leaves are instead normalized by the running mean
+    and variance of the observations trained on (:mod:`shoal.policies.obs_stats`, as SB3's ``VecNormalize``
+    does): MountainCar-v0's velocity spans +-0.07, and fixed scaling left PPO behind SB3 there.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ from torch import Tensor, nn
 
 from shoal.emulation.layout import Layout, Leaf, format_path
 from shoal.errors import APIUsageError, SpaceError
+from shoal.policies.obs_stats import RunningObsStats
 from shoal.policies.unflatten import RowReader
 
 __all__ = [
@@ -74,6 +79,7 @@ __all__ = [
     "leaf_scaling",
     "check_activation",
     "make_leaf_encoder",
+    "normalizes",
     "scale_leaf",
 ]
 
@@ -201,6 +207,12 @@ def leaf_scaling(leaf: Leaf) -> tuple[str, np.ndarray | None, np.ndarray | None]
     return "affine", scale, -(low + half) * scale
 
 
+def normalizes(leaf: Leaf) -> bool:
+    """True for the leaves running observation normalization applies to: float ``Box`` leaves the default
+    policy encodes as vectors (integer, bool and 0/1 leaves keep their fixed scaling)."""
+    return leaf.kind == "box" and np.issubdtype(leaf.dtype, np.floating) and encoder_kind(leaf) == "vector"
+
+
 def scale_leaf(leaf: Leaf, x: Tensor) -> Tensor:
     """float32 ``[*batch, leaf.size]``: the leaf's values ``x [*batch, *leaf.shape]`` scaled by
     :func:`leaf_scaling` (a copy; encoders fold the affine case into their weights instead)."""
@@ -232,12 +244,13 @@ def check_activation(name: str) -> None:
 
 class VectorEncoder(nn.Module):
     """``Linear`` and an activation (ReLU by default) over a flattened leaf cast to float32, with the leaf's
-    scaling (module docstring).
+    scaling (module docstring); with ``normalize`` a float leaf is normalized by running statistics instead
+    (:class:`~shoal.policies.obs_stats.RunningObsStats`, in ``obs_stats``; mode ``"running"``).
 
     Input: ``[N, *leaf.shape]`` of any real or bool dtype. Output: float32 ``[N, out_features]``.
     """
 
-    def __init__(self, leaf: Leaf, out_features: int, activation: str = "relu") -> None:
+    def __init__(self, leaf: Leaf, out_features: int, activation: str = "relu", normalize: bool = False) -> None:
         super().__init__()
         check_activation(activation)
         self.activation = activation
@@ -247,6 +260,10 @@ class VectorEncoder(nn.Module):
         self.linear = nn.Linear(leaf.size, out_features)
         _init_linear(self.linear)
         self.mode, scale, shift = leaf_scaling(leaf)
+        self.obs_stats: RunningObsStats | None = None
+        if normalize and normalizes(leaf):
+            self.mode = "running"
+            self.obs_stats = RunningObsStats(leaf.size)
         if self.mode == "affine":
             self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32), persistent=False)
             self.register_buffer("shift", torch.as_tensor(shift, dtype=torch.float32), persistent=False)
@@ -268,6 +285,8 @@ class VectorEncoder(nn.Module):
         x = x.to(torch.float32)
         if self.mode == "symlog":
             x = torch.sign(x) * torch.log1p(torch.abs(x))
+        elif self.obs_stats is not None:
+            x = self.obs_stats(x)
         if self.activation == "tanh":
             return torch.tanh(F.linear(x, weight, bias))
         return F.relu(F.linear(x, weight, bias), inplace=True)
@@ -381,12 +400,13 @@ class EmbeddingEncoder(nn.Module):
 
 
 def make_leaf_encoder(leaf: Leaf, *, hidden_size: int = 128, embedding_dim: int = 16,
-                      boards: bool = True, activation: str = "relu") -> nn.Module:
+                      boards: bool = True, activation: str = "relu", obs_norm: bool = False) -> nn.Module:
     """The encoder for ``leaf`` (:func:`encoder_kind`); it has an ``out_features`` attribute.
 
     Vector and image leaves get ``hidden_size`` features (a vector leaf's ``Linear`` + activation is the policy's
     first hidden layer: narrower, it is a bottleneck; 16 units for Acrobot's 6 inputs kept PPO from learning).
-    ``activation`` is that of vector leaves (:data:`ACTIVATIONS`); image and board CNNs keep ReLU.
+    ``activation`` is that of vector leaves (:data:`ACTIVATIONS`); image and board CNNs keep ReLU. ``obs_norm``:
+    float vector leaves are normalized by running statistics (:func:`normalizes`).
     """
     kind = encoder_kind(leaf, boards)
     if kind == "image":
@@ -395,7 +415,7 @@ def make_leaf_encoder(leaf: Leaf, *, hidden_size: int = 128, embedding_dim: int 
         return BoardEncoder(leaf, hidden_size)
     if kind == "embedding":
         return EmbeddingEncoder(leaf, embedding_dim)
-    return VectorEncoder(leaf, hidden_size, activation)
+    return VectorEncoder(leaf, hidden_size, activation, normalize=obs_norm)
 
 
 class ObservationEncoder(nn.Module):
@@ -407,6 +427,8 @@ class ObservationEncoder(nn.Module):
         embedding_dim: width of one embedding vector.
         boards: encode board leaves with :class:`BoardEncoder` (False: as vectors).
         activation: activation of the vector leaves' layers (:data:`ACTIVATIONS`).
+        obs_norm: normalize float vector leaves by running statistics (:meth:`observation_moments`,
+            :meth:`update_observation_stats`).
 
     Input: ``[N, flat_size]`` rows of the layout's flat dtype. Output: float32 ``[N, out_features]``.
 
@@ -416,15 +438,17 @@ class ObservationEncoder(nn.Module):
     """
 
     def __init__(self, layout: Layout, *, hidden_size: int = 128, embedding_dim: int = 16,
-                 boards: bool = True, activation: str = "relu") -> None:
+                 boards: bool = True, activation: str = "relu", obs_norm: bool = False) -> None:
         super().__init__()
         self.layout = layout
         self.reader = RowReader(layout)
         self.leaf_encoders = nn.ModuleList(
             make_leaf_encoder(leaf, hidden_size=hidden_size, embedding_dim=embedding_dim, boards=boards,
-                              activation=activation)
+                              activation=activation, obs_norm=obs_norm)
             for leaf in layout.leaves
         )
+        self._stats = [(i, enc.obs_stats) for i, enc in enumerate(self.leaf_encoders)
+                       if getattr(enc, "obs_stats", None) is not None]
         self.kinds = {leaf.name: encoder_kind(leaf, boards) for leaf in layout.leaves}
         self.out_features = sum(enc.out_features for enc in self.leaf_encoders)
         self.portable = False
@@ -433,3 +457,31 @@ class ObservationEncoder(nn.Module):
         leaves = self.reader.read(obs, portable=self.portable)
         features = [enc(x) for enc, x in zip(self.leaf_encoders, leaves, strict=True)]
         return features[0] if len(features) == 1 else torch.cat(features, -1)
+
+    @property
+    def normalizes(self) -> bool:
+        """Some leaf is normalized by running statistics."""
+        return bool(self._stats)
+
+    @torch.no_grad()
+    def observation_moments(self, obs: Tensor) -> Tensor:
+        """float64 ``[K]``: the moments of flat rows ``obs [N, flat_size]`` for every normalized leaf
+        (:meth:`RunningObsStats.moments <shoal.policies.obs_stats.RunningObsStats.moments>`, concatenated; empty
+        when nothing is normalized). Moments of several batches (or learners) add up."""
+        if not self._stats:
+            return torch.zeros(0, dtype=torch.float64, device=obs.device)
+        leaves = self.reader.read(obs)
+        return torch.cat([stats.moments(leaves[i]) for i, stats in self._stats])
+
+    @torch.no_grad()
+    def update_observation_stats(self, moments: Tensor) -> None:
+        """Fold :meth:`observation_moments` (summed over batches or learners) into every normalized leaf's
+        statistics."""
+        start = 0
+        for _, stats in self._stats:
+            width = 1 + 2 * stats.size
+            stats.merge(moments[start : start + width])
+            start += width
+        if start != moments.numel():
+            raise APIUsageError(f"observation moments have {moments.numel()} values; this encoder's normalized "
+                                f"leaves take {start}")

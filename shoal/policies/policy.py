@@ -259,6 +259,10 @@ class Policy(nn.Module):
         activation: ``"relu"`` (default) or ``"tanh"``: the activation of the vector-leaf encoders and of the
             trunks (actor, critic, centralized critic); image and board CNNs keep ReLU. Tanh (SB3's default)
             bounds every feature; on MountainCar-v0 it let PPO find the goal where ReLU did not.
+        obs_norm: normalize float Box observation leaves by the running mean and variance of the observations
+            trained on (clipped to +-10), as SB3's ``VecNormalize`` does, instead of feeding them at their own
+            scale; the statistics are buffers of the policy (:mod:`shoal.policies.obs_stats`), updated by the
+            trainer after each update (:meth:`update_observation_stats`).
         device: where to put the parameters.
 
     Raises:
@@ -271,7 +275,7 @@ class Policy(nn.Module):
                  num_agent_ids: int = 0, agent_id_embedding: int = 16, critic_input_size: int | None = None,
                  continuous_std: str = "state_independent", separate_critic: bool | None = None,
                  encoding: int = ENCODING, board_encoder: bool = True, activation: str = "relu",
-                 device: torch.device | str | None = None) -> None:
+                 obs_norm: bool = False, device: torch.device | str | None = None) -> None:
         super().__init__()
         check_activation(activation)
         if encoding != ENCODING:
@@ -302,9 +306,11 @@ class Policy(nn.Module):
         )
         if activation != "relu":  # saved only when set: configs saved before the option rebuild with ReLU
             self.config["activation"] = activation
+        if obs_norm:  # likewise: configs saved before the option rebuild without statistics
+            self.config["obs_norm"] = True
         act = nn.Tanh if activation == "tanh" else nn.ReLU
         self.encoder = ObservationEncoder(self.obs_layout, hidden_size=hidden_size, embedding_dim=embedding_dim,
-                                          boards=board_encoder, activation=activation)
+                                          boards=board_encoder, activation=activation, obs_norm=obs_norm)
         self.num_agent_ids = num_agent_ids
         width = self.encoder.out_features
         if num_agent_ids:
@@ -325,7 +331,7 @@ class Policy(nn.Module):
         if self.separate_critic:
             self.critic_encoder = ObservationEncoder(self.obs_layout, hidden_size=hidden_size,
                                                      embedding_dim=embedding_dim, boards=board_encoder,
-                                                     activation=activation)
+                                                     activation=activation, obs_norm=obs_norm)
             width = self.critic_encoder.out_features + (agent_id_embedding if num_agent_ids else 0)
             layers = []
             for _ in range(num_layers):
@@ -445,6 +451,20 @@ class Policy(nn.Module):
             return self.value_head(self._critic_features(obs, agent_ids, lead)).reshape(lead)
         lead, features, _ = self._actor_features(obs, state, done, agent_ids)
         return self.value_head(features).reshape(lead)
+
+    def observation_moments(self, obs: Tensor) -> Tensor:
+        """float64 ``[K]``: moments of flat observation rows ``obs [N, flat_size]`` for the running observation
+        statistics (``obs_norm``; empty without it). Moments of several batches or learners add up; pass their
+        sum to :meth:`update_observation_stats`."""
+        return self.encoder.observation_moments(obs.reshape(-1, self._flat_size))
+
+    def update_observation_stats(self, moments: Tensor) -> None:
+        """Fold summed :meth:`observation_moments` into the statistics of the actor's (and a separate critic's)
+        encoder. Call it between rollouts only: acting and the update on a rollout must see the same
+        statistics."""
+        self.encoder.update_observation_stats(moments)
+        if self.separate_critic:
+            self.critic_encoder.update_observation_stats(moments)
 
     def clip_action(self, action: Tensor) -> Tensor:
         """Clip the continuous entries of flat actions into the action space's bounds (for stepping the env).

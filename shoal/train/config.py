@@ -71,32 +71,38 @@ ALGOS: tuple[str, ...] = typing.get_args(Algo)
 ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
     "ppo": {"num_envs": 8, "horizon": 64, "learning_rate": 4e-3, "update_epochs": 3, "minibatch_size": 128,
             "ent_coef": 0.01, "hidden_size": 64, "agent_ids": False, "anneal_lr": True, "gamma": 0.99,
-            "gae_lambda": 0.95, "critic_input": "auto", "reward_norm": False, "activation": "relu"},
+            "gae_lambda": 0.95, "critic_input": "auto", "reward_norm": False, "activation": "relu",
+            "obs_norm": False},
     "mappo": {"num_envs": 16, "horizon": 50, "learning_rate": 2.5e-3, "update_epochs": 10, "minibatch_size": 1200,
               "ent_coef": 0.01, "hidden_size": 128, "agent_ids": True, "anneal_lr": True, "gamma": 0.99,
-              "gae_lambda": 0.95, "critic_input": "auto", "reward_norm": False, "activation": "relu"},
+              "gae_lambda": 0.95, "critic_input": "auto", "reward_norm": False, "activation": "relu",
+              "obs_norm": False},
     # SAC: an update is `horizon` vector steps, each followed by its gradient steps; minibatch_size is the
     # sampled batch; a constant learning rate (as SB3 and CleanRL use); ent_coef and update_epochs are unused;
     # critic_input None: each critic reads the slot's own observation (decentralized) unless one is asked for.
     "sac": {"num_envs": 4, "horizon": 50, "learning_rate": 1e-3, "update_epochs": 1, "minibatch_size": 256,
             "ent_coef": 0.0, "hidden_size": 256, "agent_ids": False, "anneal_lr": False, "gamma": 0.99,
-            "gae_lambda": 0.95, "critic_input": None, "reward_norm": False, "activation": "relu"},
+            "gae_lambda": 0.95, "critic_input": None, "reward_norm": False, "activation": "relu",
+            "obs_norm": False},
     # Offline (BC, IQL; shoal.train.offline): total_steps counts gradient steps, as CORL does; an update is
     # `horizon` gradient steps (the unit of logging, checkpoint_interval and eval_interval) on sampled minibatches
     # of minibatch_size transitions; num_envs envs play the online evaluations; a constant learning rate (CORL's
     # 3e-4 for IQL); ent_coef and update_epochs are unused.
     "bc": {"num_envs": 8, "horizon": 500, "learning_rate": 1e-3, "update_epochs": 1, "minibatch_size": 256,
            "ent_coef": 0.0, "hidden_size": 256, "agent_ids": False, "anneal_lr": False, "gamma": 0.99,
-           "gae_lambda": 0.95, "critic_input": None, "reward_norm": False, "activation": "relu"},
+           "gae_lambda": 0.95, "critic_input": None, "reward_norm": False, "activation": "relu",
+           "obs_norm": False},
     "iql": {"num_envs": 8, "horizon": 500, "learning_rate": 3e-4, "update_epochs": 1, "minibatch_size": 256,
             "ent_coef": 0.0, "hidden_size": 256, "agent_ids": False, "anneal_lr": False, "gamma": 0.99,
-            "gae_lambda": 0.95, "critic_input": None, "reward_norm": False, "activation": "relu"},
+            "gae_lambda": 0.95, "critic_input": None, "reward_norm": False, "activation": "relu",
+            "obs_norm": False},
     # The Decision Transformer: minibatch_size counts windows of context_length steps; hidden_size is the width
     # of its tokens. A transformer step costs far more than an MLP's (0.1 to 0.3 s on one CPU core with these),
     # so an update is 100 of them; gamma and gae_lambda are unused (returns-to-go are undiscounted).
     "dt": {"num_envs": 8, "horizon": 100, "learning_rate": 1e-3, "update_epochs": 1, "minibatch_size": 64,
            "ent_coef": 0.0, "hidden_size": 64, "agent_ids": False, "anneal_lr": False, "gamma": 0.99,
-           "gae_lambda": 0.95, "critic_input": None, "reward_norm": False, "activation": "relu"},
+           "gae_lambda": 0.95, "critic_input": None, "reward_norm": False, "activation": "relu",
+           "obs_norm": False},
 }
 
 #: Per algorithm and env id, settings for the fields a config leaves unset, applied before :data:`ALGO_DEFAULTS`
@@ -105,9 +111,10 @@ ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
 #: against SB3 with the zoo's own settings. Pendulum-v1 wants a short horizon of discounting (gamma 0.9: its reward
 #: is immediate), long rollouts and many epochs; Acrobot-v1's -1 per step and LunarLander-v3's crash and landing
 #: bonuses (about +-100) need normalized value targets. MountainCar-v0 takes the zoo's settings (16 envs of 16
-#: steps, 4 epochs of minibatches of 64 at a constant 3e-4, gae_lambda 0.98, no entropy bonus, rewards normalized
-#: as VecNormalize does) and SB3's tanh network over observations scaled to [-1, 1] by their bounds (its velocity
-#: spans +-0.07): with ReLU, or with tanh over the raw observations, PPO never reached the goal in 100k steps.
+#: steps, 4 epochs of minibatches of 64 at a constant 3e-4, gae_lambda 0.98, no entropy bonus, observations and
+#: rewards normalized as VecNormalize does) and SB3's tanh network: its velocity spans +-0.07; with ReLU, or with
+#: tanh over the raw observations, PPO never reached the goal in 100k steps, and over observations scaled to
+#: [-1, 1] by their bounds it trailed SB3 (final -140 against -128 at 100k steps, seeds 1-3).
 ENV_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "ppo": {
         "Pendulum-v1": {"num_envs": 4, "horizon": 1024, "learning_rate": 1e-3, "gamma": 0.9, "update_epochs": 10,
@@ -116,7 +123,7 @@ ENV_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "LunarLander-v3": {"value_norm": "running"},
         "MountainCar-v0": {"num_envs": 16, "horizon": 16, "gae_lambda": 0.98, "ent_coef": 0.0, "update_epochs": 4,
                            "minibatch_size": 64, "learning_rate": 3e-4, "anneal_lr": False, "reward_norm": True,
-                           "activation": "tanh", "wrappers": "normalize_obs_v0(env_min=-1.0, env_max=1.0)"},
+                           "activation": "tanh", "obs_norm": True},
         # connect four (the board CNN; benchmarks/league.py, 600k league steps, seed 0, 200 games each): with the
         # earlier league mix, lr 1e-3 with 128-unit layers, 16 envs, 4 epochs of minibatches of 256 and half the
         # entropy bonus won 97.5% / 53% / 36.5% against random / the heuristic / alphabeta@2, the general defaults
@@ -138,6 +145,12 @@ ENV_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 #: loads without its preset, as it trained; every other entry is the one such a config was trained with.
 _PRESETS_SINCE_ACTIVATION: frozenset[tuple[str, str]] = frozenset({("ppo", "MountainCar-v0"),
                                                                   ("ppo", "pettingzoo.classic.connect_four_v3")})
+
+#: What the ``(algo, env)`` entries of :data:`ENV_PRESETS` changed to ``obs_norm`` held before: a config saved
+#: before the field (:meth:`TrainConfig.from_dict`) resumes with the settings it trained with.
+_PRESETS_BEFORE_OBS_NORM: dict[tuple[str, str], dict[str, Any]] = {
+    ("ppo", "MountainCar-v0"): {"wrappers": "normalize_obs_v0(env_min=-1.0, env_max=1.0)"},
+}
 
 #: The algorithms that learn from a recorded dataset (``TrainConfig.dataset``) instead of collecting experience.
 OFFLINE_ALGOS: tuple[str, ...] = ("bc", "iql", "dt")
@@ -370,6 +383,12 @@ class TrainConfig:
     ``VecNormalize`` does (:mod:`shoal.train.core.reward_norm`); ``reward_scale`` and ``reward_clip`` then apply to
     the normalized rewards. Statistics still report raw returns. None: the env preset's choice (e.g. on for PPO on
     MountainCar-v0), else off."""
+    obs_norm: bool | None = None
+    """PPO and MAPPO: the default policy normalizes its float ``Box`` observation leaves by the running mean and
+    variance of the observations it trained on (clipped to +-10), as Stable-Baselines3's ``VecNormalize`` does;
+    the statistics are part of the policy (checkpoints, ``shoal eval``, exports) and change only between rollouts
+    (:mod:`shoal.policies.obs_stats`). Integer, bool and image leaves keep their fixed scaling. None: the env
+    preset's choice (on for PPO on MountainCar-v0), else off."""
 
     # ---- off-policy (SAC) -----------------------------------------------------------------------------------
     replay_size: int = 1_000_000
@@ -634,6 +653,9 @@ class TrainConfig:
         if self.reward_norm and self.algo not in ("ppo", "mappo"):
             raise APIUsageError(f"reward_norm normalizes the rewards of PPO and MAPPO rollouts; algo={self.algo!r} "
                                 "does not support it (drop --reward-norm)")
+        if self.obs_norm and self.algo not in ("ppo", "mappo"):
+            raise APIUsageError(f"obs_norm keeps running observation statistics updated between PPO and MAPPO "
+                                f"rollouts; algo={self.algo!r} does not support it (drop --obs-norm)")
         if self.target_kl is not None and not self.target_kl > 0:
             raise APIUsageError(f"target_kl must be > 0 (or None to disable), got {self.target_kl}")
         if self.algo == "sac":
@@ -789,6 +811,11 @@ class TrainConfig:
             # a preset added with those fields would fill what the config left unset; older presets still apply
             if key in _PRESETS_SINCE_ACTIVATION and any(data.get(name) is None for name in preset):
                 data["preset"] = "none"
+        if "obs_norm" not in data:  # written before obs_norm: no statistics, and the preset's settings of then
+            data = {**data, "obs_norm": False}
+            before = _PRESETS_BEFORE_OBS_NORM.get((data.get("algo", "ppo"), data.get("env", "")), {})
+            if data.get("preset", "auto") != "none":
+                data.update({name: value for name, value in before.items() if data.get(name) is None})
         return cls(**data)
 
     def save(self, path: str | Path) -> None:

@@ -119,3 +119,23 @@ def test_code_grids_and_small_range_images_match_torch(tmp_path: Path) -> None:
     with torch.no_grad():
         expected, _ = policy.actor(obs)
     _assert_close(logits, expected)
+
+
+def test_running_observation_statistics_are_exported_and_saved(tmp_path: Path) -> None:
+    """``obs_norm``: the statistics are part of the ONNX graph and of a saved policy (float16/32/64 leaves)."""
+    torch.manual_seed(3)
+    space = SPACE_ZOO["mixed_dtypes"]
+    policy = Policy(compile_layout(space), action_layout("discrete"), obs_norm=True, hidden_size=32)
+    policy.update_observation_stats(policy.observation_moments(sample_rows(space, 50, seed=4)))
+    obs = sample_rows(space, 6, seed=5)
+    path = export_onnx(policy, tmp_path / "actor.onnx")
+    (logits,) = run_onnx(path, {"obs": obs})
+    with torch.no_grad():
+        expected, _ = policy.actor(obs)
+        _assert_close(logits, expected)
+        loaded = load_policy(save_policy(policy, tmp_path / "policy.pt"), obs_layout=policy.obs_layout,
+                             action_layout=policy.action_layout)
+        assert loaded.config["obs_norm"] is True
+        assert torch.equal(loaded.actor(obs)[0], expected)
+        assert not torch.equal(Policy(compile_layout(space), action_layout("discrete"), obs_norm=True,
+                                      hidden_size=32).actor(obs)[0], expected)

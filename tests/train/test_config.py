@@ -188,40 +188,56 @@ def test_the_command_line_prints_the_preset_it_applies(tmp_path: Path, capsys: p
 
 def test_the_command_line_says_which_preset_settings_a_flag_replaces(tmp_path: Path,
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    # a --wrappers of one's own drops MountainCar-v0's observation scaling: the preset line says so
-    code = main(["train", "MountainCar-v0", "--total-steps", "256", "--wrappers", "dtype_v0(dtype='float32')",
+    # --no-obs-norm drops MountainCar-v0's observation normalization: the preset line says so
+    code = main(["train", "MountainCar-v0", "--total-steps", "256", "--no-obs-norm",
                  "--run-dir", str(tmp_path / "run"), "--no-dashboard"])
     assert code == 0
     out = capsys.readouterr()
     line = (out.out + out.err).split("preset for MountainCar-v0 (ppo): ")[1].split("\n")[0]
-    assert line.endswith("; your settings replace its wrappers normalize_obs_v0(env_min=-1.0, env_max=1.0)"), line
+    assert line.endswith("; your settings replace its obs_norm True"), line
     assert "activation tanh" in line
+    assert TrainConfig.load(tmp_path / "run" / "config.json").obs_norm is False
 
 
-def test_the_mountaincar_preset_trains_a_tanh_network_on_bound_scaled_observations() -> None:
+def test_the_mountaincar_preset_trains_a_tanh_network_on_normalized_observations() -> None:
     from torch import nn
 
     from shoal.train import Trainer
 
-    trainer = Trainer(TrainConfig(env="MountainCar-v0", total_steps=256, seed=1, trace_actor=False))
+    trainer = Trainer(TrainConfig(env="MountainCar-v0", total_steps=512, seed=1, trace_actor=False))
     try:
         assert trainer.preset["activation"] == "tanh" and trainer.reward_norm is not None
         assert trainer.policy.config["activation"] == "tanh" and isinstance(trainer.policy.trunk[1], nn.Tanh)
+        assert trainer.policy.config["obs_norm"] is True and trainer.config.wrappers is None
         trainer.collect()
         data = trainer.buffer.data()
         assert data.rewards.shape == (16, 16)  # 16 envs of 16 steps
-        obs = data.obs.reshape(-1, 2)
-        # MountainCar's position (-1.2..0.6) and velocity (+-0.07) arrive scaled into [-1, 1] by their bounds
-        assert np.abs(obs).max() <= 1.0 and np.abs(obs[:, 1]).max() > 0.02
+        obs = data.obs.reshape(-1, 2).astype(np.float64)
+        assert np.abs(obs[:, 0]).max() > 0.3  # raw positions (-1.2..0.6) in the buffer: the policy normalizes
         assert (data.rewards < 0).all() and (data.rewards != -1.0).any()  # normalized, not the raw -1
+        stats = trainer.policy.encoder.leaf_encoders[0].obs_stats
+        assert int(stats.count) == 0  # the first rollout is acted on raw values
+        trainer.learn()
+        assert int(stats.count) == 256
+        np.testing.assert_allclose(stats.mean.numpy(), obs.mean(0), rtol=1e-6)
+        np.testing.assert_allclose(stats.var.numpy(), obs.var(0), rtol=1e-5)
     finally:
         trainer.close()
     plain = TrainConfig(env="MountainCar-v0", preset="none").resolved()
-    assert (plain.activation, plain.reward_norm, plain.wrappers) == ("relu", False, None)
+    assert (plain.activation, plain.reward_norm, plain.wrappers, plain.obs_norm) == ("relu", False, None, False)
     # a run saved before the preset (and its fields) existed keeps what it trained with: no wrappers, ReLU
-    old = {k: v for k, v in plain.replace(preset="auto").to_dict().items() if k not in ("activation", "reward_norm")}
+    old = {k: v for k, v in plain.replace(preset="auto").to_dict().items()
+           if k not in ("activation", "reward_norm", "obs_norm")}
     loaded = TrainConfig.from_dict(old).resolved()
     assert (loaded.activation, loaded.reward_norm, loaded.wrappers, loaded.num_envs) == ("relu", False, None, 8)
+    assert loaded.obs_norm is False
+    # one saved with the preset before obs_norm existed scaled observations by a wrapper: it resumes with it
+    before = {k: v for k, v in TrainConfig(env="MountainCar-v0").to_dict().items() if k != "obs_norm"}
+    loaded = TrainConfig.from_dict(before).resolved()
+    assert (loaded.obs_norm, loaded.wrappers) == (False, "normalize_obs_v0(env_min=-1.0, env_max=1.0)")
+    assert (loaded.activation, loaded.num_envs) == ("tanh", 16)
+    mine = {k: v for k, v in TrainConfig(env="MountainCar-v0", wrappers="").to_dict().items() if k != "obs_norm"}
+    assert TrainConfig.from_dict(mine).resolved().wrappers == ""  # its own wrappers stay its own
 
 
 def test_connect_four_takes_its_preset_by_its_pettingzoo_module_name() -> None:

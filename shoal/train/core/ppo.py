@@ -14,6 +14,8 @@ An update (:func:`ppo_update`), in phases:
 4. **Step**: backward, gradient reduction, global gradient-norm clipping, Adam step; early stop on
    ``target_kl``.
 5. **Statistics**: losses, approximate KL, clip fraction, explained variance.
+6. **Observation statistics**: a policy that normalizes its observations by running statistics (``obs_norm``)
+   folds the rollout's observations into them, for the next rollout.
 
 Speed and scale plug in behind three seams whose defaults are the plain computation: ``loss_fn`` (a
 :data:`LossFn`; :class:`~shoal.train.speed.traced_loss.LossTracer` replays verified traces of the same loss),
@@ -400,4 +402,12 @@ def ppo_update(
     stats["advantage_mean"] = adv_sum / n if n else 0.0
     stats["epochs"] = float(epochs)
     stats["minibatches"] = float(len(history))
+
+    # Phase 6: running observation statistics (obs_norm) take in this rollout, after the update, so that the
+    # next rollout and the update on it see the same normalization (every learner's rows: moments add up).
+    moments_of = getattr(policy, "observation_moments", None)
+    if moments_of is not None:
+        moments = moments_of(data.obs[valid])
+        if moments.numel():
+            policy.update_observation_stats(reducer.gather(moments).reshape(-1, moments.numel()).sum(0))
     return stats

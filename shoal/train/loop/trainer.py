@@ -179,6 +179,11 @@ class Trainer(CheckpointMixin):
                     f"the policy was built for observations {layout} but the env gives "
                     f"{vec.obs_layout}; build it with Policy.from_env(vecenv)"
                 )
+        if cfg.obs_norm and not getattr(getattr(policy, "encoder", None), "normalizes", False):
+            raise APIUsageError(
+                f"obs_norm=True, but the policy normalizes no observation leaf: the observations of {cfg.env} "
+                f"({vec.obs_layout}) have no float Box leaf, or the given policy was built without it; drop "
+                "--obs-norm, or build the policy with Policy.from_env(vecenv, obs_norm=True)")
         if getattr(policy, "is_sequence", False) and not self.trains_sequences:
             raise APIUsageError(f"algo={cfg.algo!r} trains policies that act from one step; a "
                                 f"{type(policy).__name__} acts from a window of past steps towards a target return "
@@ -282,6 +287,7 @@ class Trainer(CheckpointMixin):
             recurrent=cfg.recurrent,
             lstm_size=cfg.lstm_size,
             num_agent_ids=self.vecenv.agents_per_env if cfg.agent_ids else 0,
+            **({"obs_norm": True} if cfg.obs_norm else {}),  # (only PPO's and MAPPO's policies take it)
             **{**self._resumed_network(policy_cls), **extra},
         )
 

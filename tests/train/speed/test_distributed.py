@@ -83,7 +83,8 @@ def _exit_quietly() -> None:
 
 
 def _params(module: torch.nn.Module) -> list[torch.Tensor]:
-    return [p.detach().clone() for p in module.parameters()]
+    """Parameters and buffers (running observation statistics among them)."""
+    return [p.detach().clone() for p in [*module.parameters(), *module.buffers()]]
 
 
 def _collect(**overrides: Any) -> tuple[TrainConfig, tuple[torch.nn.Module, Any], RolloutTensors]:
@@ -201,13 +202,15 @@ def test_two_gloo_learners_take_the_mean_gradient(tmp_path: Path) -> None:
       minibatch per epoch and no advantage normalization: the mean of the parts' gradients weighted by their
       transitions is the whole batch's gradient, so the result equals one learner on the whole batch (up to
       float summation order).
+    * ``obs_norm``: as ``unequal``, and the running observation statistics take in both learners' rows.
     * ``mappo``: uneven live transitions of a game with dying agents, value normalization over both learners'
       targets: both learners end with the same weights and statistics.
     """
     cases: dict[str, Any] = {}
     references: dict[str, Any] = {}
     for name, cut, overrides in [("halves", 2, {}), ("unequal", 1, {}),
-                                 ("lstm", 2, {"env": "memory", "recurrent": True})]:
+                                 ("lstm", 2, {"env": "memory", "recurrent": True}),
+                                 ("obs_norm", 1, {"obs_norm": True})]:
         cfg, start, data = _collect(minibatch_size=64, norm_adv=False, **overrides)
         parts = [_segments(data, slice(0, cut)), _segments(data, slice(cut, None))]
         whole = cfg.replace(minibatch_size=10_000)
@@ -246,7 +249,7 @@ def test_two_gloo_learners_take_the_mean_gradient(tmp_path: Path) -> None:
         assert got["stats"]["minibatches"] == reference["stats"]["minibatches"], name
         # the learners' losses are averaged unweighted, so the loss statistics match only for equal parts
         keys = ("grad_norm", "explained_variance", "advantage_mean") + (
-            ("policy_loss", "value_loss", "entropy") if name != "unequal" else ())
+            ("policy_loss", "value_loss", "entropy") if name not in ("unequal", "obs_norm") else ())
         for key in keys:
             assert got["stats"][key] == pytest.approx(reference["stats"][key], rel=1e-3, abs=1e-6), (name, key)
 

@@ -72,12 +72,12 @@ def test_acting_lags_one_update_behind_an_in_process_reference() -> None:
 @pytest.mark.parametrize(
     "overrides",
     [{}, {"env": "memory", "recurrent": True}, {"env": "squad", "algo": "mappo"},
-     {"env": "squad", "value_norm": "popart"}],
-    ids=["cartpole", "memory-lstm", "squad-mappo", "squad-ippo-popart"],
+     {"env": "squad", "value_norm": "popart"}, {"obs_norm": True}],
+    ids=["cartpole", "memory-lstm", "squad-mappo", "squad-ippo-popart", "cartpole-obs-norm"],
 )
 def test_handover_at_the_start_is_the_one_process_computation(overrides: dict[str, Any]) -> None:
     """Handover 0: no overlap, so the learner process computes exactly the one-process run (MAPPO included: the
-    value normalizer's statistics travel with the weights)."""
+    value normalizer's statistics travel with the weights, and so do running observation statistics)."""
     one_process = make_trainer(small(**overrides))  # each seeds the global RNGs: build and run in turn
     one_process.train()
     handover_first = make_trainer(small(async_learner=True, async_handover=0.0, **overrides))
@@ -87,6 +87,8 @@ def test_handover_at_the_start_is_the_one_process_computation(overrides: dict[st
     if one_process.value_norm is not None:
         assert same_weights(one_process.value_norm.state_dict(), handover_first.value_norm.state_dict())
         assert float(one_process.value_norm.debias) > 0  # the statistics were updated
+    if overrides.get("obs_norm"):
+        assert int(handover_first.policy.encoder.leaf_encoders[0].obs_stats.count) > 0
 
 
 def test_async_runs_are_deterministic_and_end_with_the_learners_weights() -> None:
