@@ -387,8 +387,9 @@ class TrainConfig:
     """PPO and MAPPO: the default policy normalizes its float ``Box`` observation leaves by the running mean and
     variance of the observations it trained on (clipped to +-10), as Stable-Baselines3's ``VecNormalize`` does;
     the statistics are part of the policy (checkpoints, ``shoal eval``, exports) and change only between rollouts
-    (:mod:`shoal.policies.obs_stats`). Integer, bool and image leaves keep their fixed scaling. None: the env
-    preset's choice (on for PPO on MountainCar-v0), else off."""
+    (:mod:`shoal.policies.obs_stats`). Integer, bool and image leaves keep their fixed scaling, and so does a
+    centralized critic's input (``critic_input``). None: the env preset's choice (on for PPO on MountainCar-v0),
+    else off."""
 
     # ---- off-policy (SAC) -----------------------------------------------------------------------------------
     replay_size: int = 1_000_000
