@@ -59,7 +59,7 @@ from torch import Tensor, nn
 
 from shoal.emulation.layout import Layout, Leaf, format_path
 from shoal.errors import APIUsageError, SpaceError
-from shoal.policies.obs_stats import RunningObsStats
+from shoal.policies.obs_stats import RunningObsStats, check_moments
 from shoal.policies.unflatten import RowReader
 
 __all__ = [
@@ -477,11 +477,13 @@ class ObservationEncoder(nn.Module):
     def update_observation_stats(self, moments: Tensor) -> None:
         """Fold :meth:`observation_moments` (summed over batches or learners) into every normalized leaf's
         statistics."""
+        expected = sum(1 + 2 * stats.size for _, stats in self._stats)
+        if moments.numel() != expected:
+            raise APIUsageError(f"observation moments have {moments.numel()} values; this encoder's normalized "
+                                f"leaves take {expected} (pass the sum of observation_moments of the same policy)")
+        check_moments(moments)  # before any leaf takes them: all or nothing
         start = 0
         for _, stats in self._stats:
             width = 1 + 2 * stats.size
             stats.merge(moments[start : start + width])
             start += width
-        if start != moments.numel():
-            raise APIUsageError(f"observation moments have {moments.numel()} values; this encoder's normalized "
-                                f"leaves take {start}")

@@ -5,10 +5,16 @@ statistics are buffers of the network, so a checkpoint, a league snapshot, ``sho
 normalize exactly as training did, and rollout buffers keep the raw observations.
 
 When they change
-    Only between rollouts: a trainer collects a rollout with fixed statistics, updates the policy on it (the
-    minibatches see the same normalization as acting did, so PPO's importance ratios start at exactly 1), then
-    folds the rollout's valid observations into the statistics (:func:`shoal.train.core.ppo.ppo_update`). The
-    first rollout therefore sees the raw values (clipped to ``+-clip``).
+    With the policy's weights, after an update: :func:`shoal.train.core.ppo.ppo_update` folds the rollout's valid
+    observations into them after its minibatches, so the update saw the normalization the rollout was acted with
+    (PPO's importance ratios start at exactly 1 in the one-process trainer). Wherever acting runs on weights one
+    update old (the learner process's handover, overlapped env backends), it runs on that update's statistics
+    too, and PPO's clipping corrects for both alike. The first rollout sees the raw values (clipped to ``+-clip``).
+
+Precision
+    The buffers stay float64 whatever the policy is cast to (``policy.float()``, ``.half()``): a float16 row count
+    overflows at 65,504. Devices without float64 (Apple's MPS) cannot hold them, as for
+    :class:`~shoal.train.core.normalize.ValueNormalizer`.
 
 The merge is exact (Chan et al.'s parallel update): after batches ``B1, B2, ...`` the mean and (population)
 variance are those of all their rows together, whatever the batch sizes; data-parallel learners merge the
@@ -17,10 +23,27 @@ moments of every learner's batch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
-__all__ = ["RunningObsStats"]
+from shoal.errors import NonFiniteError
+
+__all__ = ["RunningObsStats", "check_moments"]
+
+_CHUNK_ELEMENTS = 2**22  # moments are summed over blocks of rows: the float64 copy stays small (32 MiB)
+
+
+def check_moments(moments: Tensor) -> None:
+    """Raise :class:`~shoal.errors.NonFiniteError` when summed :meth:`RunningObsStats.moments` hold NaN or
+    infinity (an observation was, or its square overflowed float64): folded in, they would turn every later
+    normalized input into NaN."""
+    if not bool(torch.isfinite(moments).all()):
+        raise NonFiniteError(
+            "obs_norm: the observations of this rollout hold NaN or infinity (or values whose square overflows "
+            "float64); the running observation statistics would be NaN from here on. Find the env emitting them "
+            "(check_finite=True, the default, names it), or train without obs_norm", "observation")
 
 
 class RunningObsStats(nn.Module):
@@ -53,13 +76,25 @@ class RunningObsStats(nn.Module):
     def moments(self, x: Tensor) -> Tensor:
         """float64 ``[1 + 2 * size]``: the row count, per-element sums and sums of squares of ``x [N, size]``
         (moments of several batches add up; :meth:`merge` takes their sum)."""
-        x = x.reshape(-1, self.size).to(torch.float64)
-        return torch.cat([x.new_tensor([float(x.shape[0])]), x.sum(0), (x * x).sum(0)])
+        x = x.reshape(-1, self.size)
+        out = torch.zeros(1 + 2 * self.size, dtype=torch.float64, device=x.device)
+        out[0] = float(x.shape[0])
+        step = max(1, _CHUNK_ELEMENTS // self.size)
+        for start in range(0, x.shape[0], step):
+            block = x[start : start + step].to(torch.float64)
+            out[1 : 1 + self.size] += block.sum(0)
+            out[1 + self.size :] += (block * block).sum(0)
+        return out
 
     @torch.no_grad()
     def merge(self, moments: Tensor) -> None:
-        """Fold a batch's :meth:`moments` into the statistics (no rows: nothing changes)."""
+        """Fold a batch's :meth:`moments` into the statistics (no rows: nothing changes).
+
+        Raises:
+            NonFiniteError: the moments hold NaN or infinity (:func:`check_moments`); nothing changes.
+        """
         moments = moments.to(device=self.mean.device, dtype=torch.float64)
+        check_moments(moments)
         n = moments[0]
         if float(n) <= 0:
             return
@@ -71,6 +106,16 @@ class RunningObsStats(nn.Module):
         self.mean.add_(delta * (n / total))
         self.var.copy_(m2 / total)
         self.count.copy_(total)
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> RunningObsStats:
+        # A move applies; a cast (policy.float(), .half()) does not: the statistics keep float64 precision.
+        originals = {name: self._buffers[name] for name in ("count", "mean", "var")}
+        super()._apply(fn, recurse)
+        for name, original in originals.items():
+            moved = self._buffers[name]
+            if moved is not None and moved.dtype != torch.float64:
+                self._buffers[name] = original.to(device=moved.device, dtype=torch.float64)
+        return self
 
     def extra_repr(self) -> str:
         return f"size={self.size}, clip={self.clip}, count={int(self.count)}"

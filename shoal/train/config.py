@@ -114,7 +114,7 @@ ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
 #: steps, 4 epochs of minibatches of 64 at a constant 3e-4, gae_lambda 0.98, no entropy bonus, observations and
 #: rewards normalized as VecNormalize does) and SB3's tanh network: its velocity spans +-0.07; with ReLU, or with
 #: tanh over the raw observations, PPO never reached the goal in 100k steps, and over observations scaled to
-#: [-1, 1] by their bounds it trailed SB3 (final -140 against -128 at 100k steps, seeds 1-3).
+#: [-1, 1] by their bounds it trailed SB3 (final -141 against -126 at 100k steps, seeds 1-3).
 ENV_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "ppo": {
         "Pendulum-v1": {"num_envs": 4, "horizon": 1024, "learning_rate": 1e-3, "gamma": 0.9, "update_epochs": 10,

@@ -10,6 +10,7 @@ import pytest
 import torch
 from gymnasium import spaces
 
+from shoal.errors import APIUsageError, NonFiniteError
 from shoal.policies import Policy
 from shoal.policies.obs_stats import RunningObsStats
 from shoal.train import TrainConfig
@@ -114,10 +115,50 @@ def test_a_ppo_update_folds_in_the_valid_observations_after_its_minibatches() ->
 
 
 def test_obs_norm_is_refused_where_it_cannot_apply() -> None:
-    from shoal.errors import APIUsageError
-    from shoal.train import Trainer
+    from shoal.train import Trainer, train
+    from tests.train.offline.recorded import cartpole_expert, record
 
     with pytest.raises(APIUsageError, match=r"obs_norm.*algo='sac'"):
         TrainConfig(env="Pendulum-v1", algo="sac", obs_norm=True).validate()
-    with pytest.raises(APIUsageError, match=r"normalizes no observation leaf.*connect_four"):
+    with pytest.raises(APIUsageError, match=r"normalizes no observation leaf.*connect_four.*drop --obs-norm"):
         Trainer(TrainConfig(env="pettingzoo.classic.connect_four_v3", obs_norm=True, total_steps=64))
+    # MountainCar's preset turns it on: a policy of one's own without it is told how to turn it off
+    plain = Policy(spaces.Box(-2.0, 2.0, (2,), np.float32), spaces.Discrete(3))
+    with pytest.raises(APIUsageError, match=r"preset for MountainCar-v0 turns it on.*--no-obs-norm"):
+        Trainer(TrainConfig(env="MountainCar-v0", total_steps=64), policy=plain)
+    # behaviour cloning never updates running statistics: a policy that normalizes by them is refused
+    normalizing = Policy(spaces.Box(-np.inf, np.inf, (4,), np.float32), spaces.Discrete(2), obs_norm=True)
+    with pytest.raises(APIUsageError, match=r"algo='bc' never updates"):
+        train(TrainConfig(env="CartPole-v1", algo="bc", total_steps=10, horizon=10, num_envs=1),
+              policy=normalizing, dataset=record("CartPole-v1", cartpole_expert, 1))
+
+
+def test_bad_moments_change_nothing_and_say_why() -> None:
+    policy = Policy(MIXED, spaces.Discrete(4), obs_norm=True)
+    rows = sample_rows(MIXED, 16, seed=3)
+    policy.update_observation_stats(policy.observation_moments(rows))
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    moments = policy.observation_moments(rows)
+    poisoned = moments.clone()
+    poisoned[-1] = float("inf")  # the last leaf's: the leaves before it must not take theirs either
+    with pytest.raises(NonFiniteError, match=r"obs_norm.*NaN or infinity"):
+        policy.update_observation_stats(poisoned)
+    with pytest.raises(APIUsageError, match=f"have {moments.numel() - 1} values.*take {moments.numel()}"):
+        policy.update_observation_stats(moments[:-1])
+    assert all(torch.equal(before[k], v) for k, v in policy.state_dict().items())
+
+
+def test_the_statistics_keep_float64_through_casts_and_moments_add_up_over_blocks(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from shoal.policies import obs_stats
+
+    stats = RunningObsStats(3)
+    rows = torch.randn(70_000, 3, dtype=torch.float64) * 1e3 + 5.0
+    stats.merge(stats.moments(rows))
+    stats.half()  # a float16 count would overflow (70,000 > 65,504)
+    stats.float()
+    assert {b.dtype for b in stats.buffers()} == {torch.float64} and int(stats.count) == 70_000
+    torch.testing.assert_close(stats.mean, rows.mean(0), rtol=0, atol=1e-9)
+    monkeypatch.setattr(obs_stats, "_CHUNK_ELEMENTS", 3 * 1000)  # blocks of 1,000 rows
+    torch.testing.assert_close(stats.moments(rows), torch.cat([torch.tensor([70_000.0], dtype=torch.float64),
+                                                               rows.sum(0), (rows * rows).sum(0)]))

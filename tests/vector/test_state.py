@@ -59,8 +59,8 @@ def short_cartpole() -> gym.Env:
 
 
 def normalized_mountain_car() -> Any:
-    """MountainCar (8-step episodes) under SuperSuit's normalize_obs_v0, as its preset runs it: the wrapper holds
-    a closure, which plain pickle refuses."""
+    """MountainCar (8-step episodes) under SuperSuit's normalize_obs_v0, as its preset ran it before obs_norm (runs
+    saved then still resume with it): the wrapper holds a closure, which plain pickle refuses."""
     from shoal.wrappers import apply_wrappers
 
     env = gym.make("MountainCar-v0", max_episode_steps=8)

@@ -211,10 +211,16 @@ class CheckpointMixin:
             hint = "Resume with the run's own settings (omit those flags), or start a new run directory."
             preset = {} if cfg.preset == "none" else ENV_PRESETS.get(cfg.algo, {}).get(cfg.env, {})
             from_preset = [f for f in differing if f in preset and cfg.to_dict()[f] == preset[f]]
-            if from_preset:
+            if from_preset and saved.preset == "none":
                 # the run predates this env's preset: the new values came from it, not from the caller
                 hint = (f"{', '.join(from_preset)} now come from this version's preset for {cfg.env}, which the run "
                         "predates: resume with --preset none (preset='none') or with the run's values. " + hint)
+            elif from_preset:
+                # the run took an earlier version of the preset (MountainCar-v0 scaled its observations by a
+                # wrapper before obs_norm): only the run's own values resume it
+                values = ", ".join(f"{f}={saved.to_dict()[f]!r}" for f in differing)
+                hint = (f"{', '.join(from_preset)} now come from this version's preset for {cfg.env}, which has "
+                        f"changed since the run started: resume with the run's values ({values}). " + hint)
             raise CheckpointError(f"cannot resume {source}: the run was started with {detail}. {hint}")
         mine = dict(getattr(self.policy, "config", {}))
         if mine and isinstance(self.policy, Policy):

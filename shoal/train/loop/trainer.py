@@ -105,6 +105,9 @@ class Trainer(CheckpointMixin):
     #: Whether this trainer trains sequence policies (``is_sequence``: the Decision Transformer), which act from a
     #: window of past steps conditioned on a target return; the online algorithms train one-step policies.
     trains_sequences: bool = False
+    #: Whether this trainer's updates fold rollouts into a policy's running observation statistics (``obs_norm``;
+    #: :func:`~shoal.train.core.ppo.ppo_update` does): others refuse a policy that normalizes by them.
+    updates_observation_stats: bool = True
 
     #: Statistics of an update logged as ``losses/<name>``.
     loss_names: tuple[str, ...] = ("policy_loss", "value_loss", "entropy", "approx_kl", "old_approx_kl", "clipfrac",
@@ -179,11 +182,19 @@ class Trainer(CheckpointMixin):
                     f"the policy was built for observations {layout} but the env gives "
                     f"{vec.obs_layout}; build it with Policy.from_env(vecenv)"
                 )
-        if cfg.obs_norm and not getattr(getattr(policy, "encoder", None), "normalizes", False):
+        normalizes = getattr(getattr(policy, "encoder", None), "normalizes", False)
+        if cfg.obs_norm and not (normalizes and callable(getattr(policy, "update_observation_stats", None))):
+            source = (f"the preset for {cfg.env} turns it on; pass obs_norm=False (--no-obs-norm) or preset='none'"
+                      if "obs_norm" in self.preset else "drop --obs-norm")
             raise APIUsageError(
                 f"obs_norm=True, but the policy normalizes no observation leaf: the observations of {cfg.env} "
-                f"({vec.obs_layout}) have no float Box leaf, or the given policy was built without it; drop "
-                "--obs-norm, or build the policy with Policy.from_env(vecenv, obs_norm=True)")
+                f"({vec.obs_layout}) have no float Box leaf, or the given policy was built without it (or has no "
+                f"update_observation_stats); {source}, or build the policy with Policy.from_env(vecenv, "
+                "obs_norm=True)")
+        if normalizes and not self.updates_observation_stats:
+            raise APIUsageError(
+                f"the policy normalizes observations by running statistics (obs_norm), which algo={cfg.algo!r} never "
+                "updates (only PPO and MAPPO updates do); build the policy without obs_norm")
         if getattr(policy, "is_sequence", False) and not self.trains_sequences:
             raise APIUsageError(f"algo={cfg.algo!r} trains policies that act from one step; a "
                                 f"{type(policy).__name__} acts from a window of past steps towards a target return "
@@ -262,8 +273,8 @@ class Trainer(CheckpointMixin):
 
     def describe(self) -> list[str]:
         """Lines about the run's setup worth printing before it starts (the command line prints them): the env
-        preset's settings this run takes, and those its own settings replace (a ``--wrappers`` of one's own drops
-        the preset's wrappers, e.g. MountainCar-v0's observation scaling)."""
+        preset's settings this run takes, and those its own settings replace (e.g. ``--no-obs-norm`` replaces
+        MountainCar-v0's observation normalization)."""
         cfg = self.config
         entry = {} if cfg.preset == "none" else ENV_PRESETS.get(cfg.algo, {}).get(cfg.env, {})
         replaced = {name: value for name, value in entry.items()

@@ -74,6 +74,8 @@ class OfflineTrainer(Trainer):
             the difference).
     """
 
+    updates_observation_stats = False  # no PPO update: running observation statistics would stay empty
+
     #: The ``algo`` values this trainer runs.
     algos: tuple[str, ...] = OFFLINE_ALGOS
     loss_names = ("policy_loss", "entropy")

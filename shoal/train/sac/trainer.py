@@ -94,6 +94,8 @@ class SACTrainer(Trainer):
             to centralize over), or ``"state"`` for an env without a usable ``state()``.
     """
 
+    updates_observation_stats = False  # no PPO update: running observation statistics would stay empty
+
     loss_names = ("q_loss", "actor_loss", "alpha", "entropy", "q_mean", "gradient_steps")
 
     def __init__(self, config: TrainConfig, env_fn: Callable[[], Any] | None = None,

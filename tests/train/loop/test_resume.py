@@ -63,12 +63,14 @@ def weights(result: Any) -> dict[str, torch.Tensor]:
         {"async_learner": True},
         {"env": "memory", "recurrent": True, "async_learner": True},
         {"env": "squad", "algo": "mappo", "async_learner": True},
-        # the preset's reward normalization and SuperSuit normalize_obs_v0 wrapper (which holds a closure)
+        # the preset's reward normalization and running observation statistics (buffers of the policy)
         {"env": "MountainCar-v0"},
+        # as the preset ran before obs_norm: SuperSuit's normalize_obs_v0 wrapper, which holds a closure
+        {"env": "MountainCar-v0", "obs_norm": False, "wrappers": "normalize_obs_v0(env_min=-1.0, env_max=1.0)"},
         {"reward_norm": True, "async_learner": True},
     ],
     ids=["cartpole", "memory-lstm", "squad-vtrace-prio", "cartpole-async", "memory-lstm-async", "squad-mappo-async",
-         "mountaincar-preset", "cartpole-reward-norm-async"],
+         "mountaincar-preset", "mountaincar-wrapper", "cartpole-reward-norm-async"],
 )
 def test_resume_equals_uninterrupted_training(tmp_path: Path, overrides: dict[str, Any]) -> None:
     whole = train(config(tmp_path / "whole", **overrides))
@@ -214,6 +216,25 @@ def test_resuming_a_run_that_predates_its_envs_preset_names_the_preset(tmp_path:
         train(TrainConfig(resume=True, **{**small, "total_steps": 512}))
     result = train(TrainConfig(resume=True, preset="none", **{**small, "total_steps": 512}))
     assert result.global_step == 512
+
+
+def test_resuming_a_run_an_earlier_preset_trained_names_the_runs_own_values(tmp_path: Path) -> None:
+    # a MountainCar run as its preset trained before obs_norm (its wrapper scaled the observations), resumed with
+    # this version's preset: --preset none would drop the rest of the preset it trained with, so the refusal names
+    # the run's own values, and they resume it
+    from shoal.errors import CheckpointError
+
+    wrapper = "normalize_obs_v0(env_min=-1.0, env_max=1.0)"
+    small = {"env": "MountainCar-v0", "total_steps": 512, "tensorboard": False, "log_interval": 0.0,
+             "run_dir": str(tmp_path / "run"), "eval_episodes": 0}
+    train(TrainConfig(obs_norm=False, wrappers=wrapper, **small))
+    with pytest.raises(CheckpointError, match=r"obs_norm now come from this version's preset for MountainCar-v0, "
+                                              r"which has changed since the run started: resume with the run's "
+                                              r"values \(wrappers='normalize_obs_v0\(env_min=-1.0, env_max=1.0\)', "
+                                              r"obs_norm=False\)"):
+        train(TrainConfig(resume=True, **{**small, "total_steps": 1024}))
+    result = train(TrainConfig(resume=True, obs_norm=False, wrappers=wrapper, **{**small, "total_steps": 1024}))
+    assert result.global_step == 1024
 
 
 @pytest.mark.parametrize("league", [False, True], ids=["ppo", "league"])
