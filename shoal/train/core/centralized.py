@@ -32,6 +32,7 @@ from pettingzoo import ParallelEnv
 from torch import Tensor
 
 from shoal.emulation.layout import Layout
+from shoal.emulation.parallel_step import direct_parallel_step
 from shoal.emulation.pettingzoo import group_of
 from shoal.errors import APIUsageError
 from shoal.policies.encoders import scale_leaf
@@ -130,11 +131,17 @@ class GlobalStateEnv(ParallelEnv):
     After ``reset`` and after every ``step``, each agent with an observation, reward or info gets
     ``infos[agent]["global_state"]``: a float32 copy of ``env.state()`` (flattened), shared by the agents of that
     call. Everything else is forwarded unchanged.
+
+    An AEC env behind PettingZoo's ``aec_to_parallel`` (MPE, butterfly, SISL) is stepped as the emulator steps it
+    without this wrapper (:func:`~shoal.emulation.parallel_step.direct_parallel_step`: the same results without
+    the observations the conversion computes and discards), with the action-bounds checks kept.
     """
 
     def __init__(self, env: ParallelEnv) -> None:
         self.env = env
         self.metadata = getattr(env, "metadata", {})
+        # hidden behind this wrapper, the inner env would lose the emulator's fast step (3x slower on simple_spread)
+        self._step = direct_parallel_step(env, actions_checked=False) or env.step
 
     @property
     def agents(self) -> list[str]:  # type: ignore[override]
@@ -192,7 +199,7 @@ class GlobalStateEnv(ParallelEnv):
         return obs, self._with_state(infos, obs)
 
     def step(self, actions: dict[str, Any]) -> tuple[dict, dict, dict, dict, dict]:
-        obs, rewards, terminations, truncations, infos = self.env.step(actions)
+        obs, rewards, terminations, truncations, infos = self._step(actions)
         return obs, rewards, terminations, truncations, self._with_state(infos, obs, rewards)
 
     def render(self) -> Any:

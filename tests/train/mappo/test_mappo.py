@@ -451,6 +451,30 @@ def test_global_state_env_reports_the_state_after_reset_and_every_step() -> None
     assert env.agents == [] and env.possible_agents == ["agent_0", "agent_1"]
 
 
+def test_global_state_env_steps_an_aec_converted_env_fast_with_the_same_results() -> None:
+    # simple_spread is an AEC env behind aec_to_parallel: behind GlobalStateEnv it keeps the direct step, which
+    # returns what the conversion's own step does (observations, rewards, ends, infos and the state) for the
+    # same seeds and actions, and still refuses an action out of bounds
+    from mpe2 import simple_spread_v3
+
+    from shoal.emulation.parallel_step import direct_parallel_step
+
+    fast, plain = GlobalStateEnv(simple_spread_v3.parallel_env()), GlobalStateEnv(simple_spread_v3.parallel_env())
+    plain._step = plain.env.step  # the conversion's own step
+    assert type(fast._step) is type(direct_parallel_step(simple_spread_v3.parallel_env(), actions_checked=False))
+    rng = np.random.default_rng(0)
+    for seed in (1, 2):
+        a, b = fast.reset(seed=seed), plain.reset(seed=seed)
+        np.testing.assert_equal(a, b)
+        while fast.agents:
+            actions = {agent: int(rng.integers(5)) for agent in fast.agents}
+            np.testing.assert_equal(fast.step(actions), plain.step(dict(actions)))
+        assert not plain.agents
+    fast.reset(seed=3)
+    with pytest.raises(AssertionError):
+        fast.step(dict.fromkeys(fast.agents, 7))  # Discrete(5): the bounds check is kept
+
+
 def test_mappo_resume_equals_uninterrupted_training(tmp_path: Path) -> None:
     def config(run_dir: Path, **overrides: Any) -> TrainConfig:
         return TrainConfig(algo="mappo",
