@@ -8,7 +8,8 @@
 
 PYTHON ?= python3
 VENV ?= .venv
-# pytest-xdist workers of `make test` (the suite runs in about 7.5 min on two cores, 13 min on one)
+# pytest-xdist workers of `make test` (the suite runs in about 7.5 min on two cores, 13 min in one process:
+# TEST_WORKERS=0); the Ray modules share one worker (--dist loadgroup)
 TEST_WORKERS ?= 2
 CONSTRAINTS ?= constraints.txt
 BIN := $(VENV)/bin
@@ -28,7 +29,7 @@ demo: install
 
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 bench: install
 	for script in benchmarks/*.py; do \

@@ -138,8 +138,10 @@ def test_json_flag_prints_only_the_json_line(tmp_path: Path, capsys: pytest.Capt
     ],
 )
 def test_bad_input_gives_a_clear_error_and_a_json_line(
-    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, argv: list[str],
+    message: str
 ) -> None:
+    monkeypatch.chdir(tmp_path)  # a run that gets as far as its default run directory makes it here
     code = main(argv)
     out = capsys.readouterr()
     payload = json.loads(out.out.strip().splitlines()[-1])

@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.vector.procs import child_pids, shm_files, workers_only
+from tests.vector.procs import child_pids, shm_files, shm_of, workers_only
 
 ROOT = Path(__file__).resolve().parents[2]
 
 #: Seconds within which a fault must be reported (loose: a loaded 2-core machine).
 REPORT_S = 10.0
-
-
-def shm_of(pids: set[int], names: set[str]) -> set[str]:
-    """The ``/dev/shm`` entries among ``names`` that carry one of ``pids`` in their name (multiprocessing's
-    ``pym-PID-*``, torch's ``torch_PID_*``): other programs on the machine may add files of their own."""
-    wanted = {str(pid) for pid in pids}
-    return {name for name in names if wanted & set(re.findall(r"\d+", name))}
 
 
 def leftover_workers(before: set[int], seconds: float = 5.0) -> set[int]:

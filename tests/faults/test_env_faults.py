@@ -23,7 +23,8 @@ from tests.faults import envs
 from tests.faults.conftest import REPORT_S, ROOT
 from tests.vector import envs_for_tests as vector_envs
 
-pytestmark = pytest.mark.timeout(60)
+# its Ray cases share a worker with the Ray modules (--dist loadgroup)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.xdist_group("ray")]
 
 BACKENDS = ["serial", "multiprocessing", "ray"]
 #: Backends whose envs run in other processes: the only ones that survive an env's os._exit or native crash.

@@ -26,8 +26,8 @@ from shoal.cli import main
 from shoal.interrupts import Terminated, deferred_signals, terminate_as_interrupt
 from shoal.train import TrainConfig, Trainer
 from shoal.train.runs.checkpoint import checkpoint_path, find_checkpoint, list_checkpoints, load_checkpoint
-from tests.faults.conftest import REPORT_S, ROOT, shm_of
-from tests.vector.procs import shm_files, wait_gone
+from tests.faults.conftest import REPORT_S, ROOT
+from tests.vector.procs import shm_files, shm_of, wait_gone
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_leftovers")]
 

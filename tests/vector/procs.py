@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 
-__all__ = ["child_pids", "open_fds", "shm_files", "wait_gone", "workers_only"]
+__all__ = ["child_pids", "new_shm", "open_fds", "shm_files", "shm_of", "wait_gone", "workers_only"]
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -61,6 +62,19 @@ def wait_gone(pids: set[int] | list[int], seconds: float = 5.0) -> set[int]:
 def shm_files() -> set[str]:
     """Entries of /dev/shm (named shared memory)."""
     return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+
+
+def shm_of(pids: set[int], names: set[str]) -> set[str]:
+    """The ``/dev/shm`` entries among ``names`` that carry one of ``pids`` in their name (multiprocessing's
+    ``pym-PID-*``, torch's ``torch_PID_*``): other programs on the machine (another test worker) may add and
+    remove files of their own."""
+    wanted = {str(pid) for pid in pids}
+    return {name for name in names if wanted & set(re.findall(r"\d+", name))}
+
+
+def new_shm(before: set[str]) -> set[str]:
+    """``/dev/shm`` entries of this process or its children that were not in ``before`` (:func:`shm_files`)."""
+    return shm_of({os.getpid(), *child_pids()}, shm_files() - before)
 
 
 def open_fds() -> int:

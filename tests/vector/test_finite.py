@@ -12,7 +12,7 @@ import pytest
 import shoal.vector
 from shoal.errors import APIUsageError, NonFiniteError
 from tests.vector import envs_for_tests as envs
-from tests.vector.procs import child_pids, shm_files, wait_gone, workers_only
+from tests.vector.procs import child_pids, new_shm, shm_files, wait_gone, workers_only
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.skipif(sys.platform != "linux", reason="uses /proc")]
 
@@ -37,7 +37,7 @@ def leaves_nothing_behind():
     gc.collect()
     new = workers_only(child_pids() - children)
     assert not wait_gone(new, 5.0) and not workers_only(child_pids() - children), f"leftover workers: {new}"
-    assert shm_files() == shm
+    assert not new_shm(shm), f"leftover shared memory: {new_shm(shm)}"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

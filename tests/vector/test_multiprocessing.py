@@ -18,7 +18,7 @@ from shoal.vector import multiprocessing as mp_backend
 from shoal.vector.multiprocessing import default_spin_us, default_worker_spin_us
 from tests.vector import envs_for_tests as envs
 from tests.vector.helpers import assert_same_rollout, sync_rollout
-from tests.vector.procs import child_pids, open_fds, shm_files, wait_gone, workers_only
+from tests.vector.procs import child_pids, new_shm, open_fds, shm_files, wait_gone, workers_only
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.skipif(sys.platform != "linux", reason="uses /proc")]
 
@@ -133,7 +133,7 @@ def test_repeated_make_close_leaves_nothing_behind() -> None:
     gc.collect()
     new = workers_only(child_pids() - children)
     assert not new, f"leftover worker processes: {new}"
-    assert shm_files() == shm
+    assert not new_shm(shm), f"leftover shared memory: {new_shm(shm)}"
     assert open_fds() <= fds
 
 

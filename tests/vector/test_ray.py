@@ -16,7 +16,8 @@ from tests.vector.helpers import CASES, assert_same_rollout, async_rollout, sync
 
 ray = pytest.importorskip("ray")
 
-pytestmark = pytest.mark.timeout(120)
+# one worker runs every Ray module (--dist loadgroup): two clusters at once on two cores crowd their timing bounds
+pytestmark = [pytest.mark.timeout(120), pytest.mark.xdist_group("ray")]
 
 ROOT = Path(__file__).resolve().parents[2]
 

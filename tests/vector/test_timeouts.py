@@ -19,7 +19,7 @@ import shoal.vector
 from shoal.errors import APIUsageError, WorkerError, WorkerTimeoutError
 from shoal.vector.base import DEFAULT_TIMEOUT_S
 from tests.vector import envs_for_tests as envs
-from tests.vector.procs import child_pids, shm_files, wait_gone, workers_only
+from tests.vector.procs import child_pids, new_shm, shm_files, wait_gone, workers_only
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.skipif(sys.platform != "linux", reason="uses /proc")]
 
@@ -36,7 +36,7 @@ def leaves_nothing_behind():
     new = workers_only(child_pids() - children)
     assert not wait_gone(new, 5.0), f"leftover worker processes: {new}"
     assert not workers_only(child_pids() - children), "unreaped worker processes"
-    assert shm_files() == shm
+    assert not new_shm(shm), f"leftover shared memory: {new_shm(shm)}"
 
 
 @pytest.mark.parametrize("backend", ["serial", "multiprocessing"])

@@ -137,11 +137,15 @@ class GlobalStateEnv(ParallelEnv):
     the observations the conversion computes and discards), with the action-bounds checks kept.
     """
 
+    #: the inner env's step; None (an env snapshot saved before it existed): ``env.step``
+    _step: Callable[[dict[str, Any]], tuple[dict, dict, dict, dict, dict]] | None = None
+
     def __init__(self, env: ParallelEnv) -> None:
         self.env = env
         self.metadata = getattr(env, "metadata", {})
-        # hidden behind this wrapper, the inner env would lose the emulator's fast step (3x slower on simple_spread)
-        self._step = direct_parallel_step(env, actions_checked=False) or env.step
+        # hidden behind this wrapper, the inner env would lose the emulator's direct step (simple_spread MAPPO
+        # trained 15% slower)
+        self._step = direct_parallel_step(env, actions_checked=False)
 
     @property
     def agents(self) -> list[str]:  # type: ignore[override]
@@ -199,7 +203,7 @@ class GlobalStateEnv(ParallelEnv):
         return obs, self._with_state(infos, obs)
 
     def step(self, actions: dict[str, Any]) -> tuple[dict, dict, dict, dict, dict]:
-        obs, rewards, terminations, truncations, infos = self._step(actions)
+        obs, rewards, terminations, truncations, infos = (self._step or self.env.step)(actions)
         return obs, rewards, terminations, truncations, self._with_state(infos, obs, rewards)
 
     def render(self) -> Any:

@@ -17,7 +17,8 @@ from shoal.vector.ray import connect_ray
 
 ray = pytest.importorskip("ray")
 
-pytestmark = pytest.mark.timeout(120)
+# one worker runs every Ray module (--dist loadgroup): two clusters at once on two cores crowd their timing bounds
+pytestmark = [pytest.mark.timeout(120), pytest.mark.xdist_group("ray")]
 
 ROOT = Path(__file__).resolve().parents[3]
 FAST = ["--num-envs", "4", "--num-workers", "2", "--horizon", "16", "--minibatch-size", "32", "--update-epochs", "2",

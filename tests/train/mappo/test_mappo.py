@@ -451,28 +451,36 @@ def test_global_state_env_reports_the_state_after_reset_and_every_step() -> None
     assert env.agents == [] and env.possible_agents == ["agent_0", "agent_1"]
 
 
-def test_global_state_env_steps_an_aec_converted_env_fast_with_the_same_results() -> None:
-    # simple_spread is an AEC env behind aec_to_parallel: behind GlobalStateEnv it keeps the direct step, which
-    # returns what the conversion's own step does (observations, rewards, ends, infos and the state) for the
-    # same seeds and actions, and still refuses an action out of bounds
-    from mpe2 import simple_spread_v3
-
+@pytest.mark.parametrize("env_id", ["mpe2.simple_spread_v3", "pettingzoo.butterfly.knights_archers_zombies_v11"])
+def test_global_state_env_steps_an_aec_converted_env_fast_with_the_same_results(env_id: str) -> None:
+    # AEC envs behind aec_to_parallel: behind GlobalStateEnv they keep the direct step, which returns what the
+    # conversion's own step does (observations, rewards, ends, infos, agents and the state) for the same seeds and
+    # actions, with agents dying mid-episode (knights_archers_zombies), and still refuses an action out of bounds
     from shoal.emulation.parallel_step import direct_parallel_step
+    from shoal.train.runs.resolve import resolve_env
 
-    fast, plain = GlobalStateEnv(simple_spread_v3.parallel_env()), GlobalStateEnv(simple_spread_v3.parallel_env())
-    plain._step = plain.env.step  # the conversion's own step
-    assert type(fast._step) is type(direct_parallel_step(simple_spread_v3.parallel_env(), actions_checked=False))
+    kwargs = {"line_death": True, "max_cycles": 300} if "knights" in env_id else {}
+    make = resolve_env(env_id, kwargs)
+    fast, plain = GlobalStateEnv(make()), GlobalStateEnv(make())
+    plain._step = None  # the conversion's own step (as an env snapshot saved before the direct step runs)
+    assert type(fast._step) is type(direct_parallel_step(make(), actions_checked=False))
     rng = np.random.default_rng(0)
+    partial_ends = 0
     for seed in (1, 2):
         a, b = fast.reset(seed=seed), plain.reset(seed=seed)
         np.testing.assert_equal(a, b)
         while fast.agents:
-            actions = {agent: int(rng.integers(5)) for agent in fast.agents}
-            np.testing.assert_equal(fast.step(actions), plain.step(dict(actions)))
+            actions = {agent: int(rng.integers(fast.action_space(agent).n)) for agent in fast.agents}
+            got, expected = fast.step(actions), plain.step(dict(actions))
+            np.testing.assert_equal(got, expected)
+            assert [list(d) for d in got] == [list(d) for d in expected]  # the same agents, in the same order
+            assert fast.agents == plain.agents
+            partial_ends += bool(fast.agents) and len(fast.agents) < len(actions)
         assert not plain.agents
+    assert partial_ends > 0 or "knights" not in env_id  # agents died while others played on
     fast.reset(seed=3)
     with pytest.raises(AssertionError):
-        fast.step(dict.fromkeys(fast.agents, 7))  # Discrete(5): the bounds check is kept
+        fast.step({agent: 99 for agent in fast.agents})  # out of bounds: the check is kept
 
 
 def test_mappo_resume_equals_uninterrupted_training(tmp_path: Path) -> None:
