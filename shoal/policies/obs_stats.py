@@ -23,12 +23,13 @@ moments of every learner's batch.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
-from shoal.errors import NonFiniteError
+from shoal.errors import APIUsageError, NonFiniteError
 
 __all__ = ["RunningObsStats", "check_moments"]
 
@@ -60,6 +61,11 @@ class RunningObsStats(nn.Module):
 
     def __init__(self, size: int, clip: float = 10.0, epsilon: float = 1e-8) -> None:
         super().__init__()
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise APIUsageError(f"RunningObsStats size must be a positive int (elements per row), got {size!r}")
+        for name, value in (("clip", clip), ("epsilon", epsilon)):
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise APIUsageError(f"RunningObsStats {name} must be a positive finite number, got {value!r}")
         self.size = int(size)
         self.clip = float(clip)
         self.epsilon = float(epsilon)

@@ -162,3 +162,10 @@ def test_the_statistics_keep_float64_through_casts_and_moments_add_up_over_block
     monkeypatch.setattr(obs_stats, "_CHUNK_ELEMENTS", 3 * 1000)  # blocks of 1,000 rows
     torch.testing.assert_close(stats.moments(rows), torch.cat([torch.tensor([70_000.0], dtype=torch.float64),
                                                                rows.sum(0), (rows * rows).sum(0)]))
+
+
+@pytest.mark.parametrize(("kwargs", "name"), [({"size": 0}, "size"), ({"size": 2, "clip": 0.0}, "clip"),
+                                              ({"size": 2, "epsilon": float("nan")}, "epsilon")])
+def test_bad_statistics_arguments_are_named(kwargs: dict[str, Any], name: str) -> None:
+    with pytest.raises(APIUsageError, match=f"RunningObsStats {name} must be"):
+        RunningObsStats(**kwargs)
