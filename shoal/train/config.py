@@ -5,9 +5,9 @@ Fields whose best value depends on the algorithm default to None and are filled 
 numbers, and the run directory's ``config.json`` records them. ``batch_size`` is derived there too, once the
 number of agent slots per env is known.
 
-The PPO defaults train CartPole-v1 to a deterministic evaluation return of 500 within 150k steps (about 10 s on
-two CPU cores). Other envs usually want a longer ``total_steps`` and often a smaller ``learning_rate`` (e.g.
-2.5e-4 to 1e-3).
+The PPO defaults, with CartPole-v1's preset (:data:`ENV_PRESETS`), train CartPole-v1 to a deterministic evaluation
+return of 500 within 100k steps (about 20 s on two CPU cores). Other envs usually want a longer ``total_steps`` and
+often a smaller ``learning_rate`` (e.g. 2.5e-4 to 1e-3).
 
 Off by default and opt-in: reward scaling/clipping/normalization (``reward_scale``, ``reward_clip``,
 ``reward_norm``), prioritized segment sampling (``prio_alpha > 0``), V-trace-clipped advantages
@@ -117,6 +117,10 @@ ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
 #: [-1, 1] by their bounds it trailed SB3 (final -141 against -126 at 100k steps, seeds 1-3).
 ENV_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "ppo": {
+        # CartPole-v1 (benchmarks/learning.py, 100k steps, 20 deterministic eval episodes): the general defaults
+        # evaluate to 500 on 9 of seeds 1-10 (seed 5: 305); without the entropy bonus and with a fourth epoch, as
+        # the zoo's CartPole settings also drop the bonus, 500 on all of seeds 0-20
+        "CartPole-v1": {"ent_coef": 0.0, "update_epochs": 4},
         "Pendulum-v1": {"num_envs": 4, "horizon": 1024, "learning_rate": 1e-3, "gamma": 0.9, "update_epochs": 10,
                         "minibatch_size": 64, "ent_coef": 0.0, "value_norm": "running"},
         "Acrobot-v1": {"value_norm": "running"},

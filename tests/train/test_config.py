@@ -257,6 +257,29 @@ def test_connect_four_takes_its_preset_by_its_pettingzoo_module_name() -> None:
     assert TrainConfig.from_dict(old).resolved().hidden_size == ALGO_DEFAULTS["ppo"]["hidden_size"]
 
 
+def test_cartpole_takes_its_preset_and_a_run_from_before_it_resumes_only_with_its_own_values(tmp_path: Path) -> None:
+    from shoal.errors import CheckpointError
+    from shoal.train.config import ENV_PRESETS
+
+    preset = ENV_PRESETS["ppo"]["CartPole-v1"]
+    resolved = TrainConfig(env="CartPole-v1").resolved()
+    assert (resolved.ent_coef, resolved.update_epochs) == (0.0, 4) == (preset["ent_coef"], preset["update_epochs"])
+    assert resolved.learning_rate == ALGO_DEFAULTS["ppo"]["learning_rate"]  # the rest: the general defaults
+    for algo, preset_name in (("ppo", "none"), ("sac", "auto")):  # PPO's preset only
+        plain = TrainConfig(env="CartPole-v1", algo=algo, preset=preset_name).resolved()
+        defaults = ALGO_DEFAULTS[algo]
+        assert (plain.ent_coef, plain.update_epochs) == (defaults["ent_coef"], defaults["update_epochs"]), algo
+    # a run trained with the defaults of before the preset is not resumed with other values in silence
+    small = {"env": "CartPole-v1", "total_steps": 512, "tensorboard": False, "log_interval": 0.0,
+             "run_dir": str(tmp_path / "run"), "eval_episodes": 0}
+    train(TrainConfig(ent_coef=0.01, update_epochs=3, **small))
+    with pytest.raises(CheckpointError, match=r"update_epochs=3 \(now 4\), ent_coef=0.01 \(now 0.0\).*"
+                                              r"resume with the run's values \(update_epochs=3, ent_coef=0.01\)"):
+        train(TrainConfig(resume=True, **{**small, "total_steps": 1024}))
+    assert train(TrainConfig(resume=True, ent_coef=0.01, update_epochs=3,
+                             **{**small, "total_steps": 1024})).global_step == 1024
+
+
 def test_a_config_saved_before_presets_resumes_without_one(tmp_path: Path) -> None:
     config = TrainConfig(env="Acrobot-v1", gamma=0.99, gae_lambda=0.95)
     data = config.to_dict()
