@@ -61,8 +61,9 @@ def _learner(rank: int, world: int, port: int, steps: int, num_envs: int, out: s
     """One learner process, with the environment torchrun would give it; rank 0 writes the result."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
-    result = train(TrainConfig(env=ENV_ID, num_envs=num_envs, total_steps=steps, seed=1, log_interval=3600,
-                               tensorboard=False))
+    # preset="none": the general defaults (3 epochs of 4 minibatches), whose all-reduces docs/scaling.md counts
+    result = train(TrainConfig(env=ENV_ID, preset="none", num_envs=num_envs, total_steps=steps, seed=1,
+                               log_interval=3600, tensorboard=False))
     if rank == 0:
         Path(out).write_text(json.dumps({"sps": result.sps, "steps": result.global_step,
                                          "seconds": result.seconds, "return": result.episode_return}))
@@ -102,8 +103,8 @@ def vector_rate(backend: str, num_envs: int, seconds: float, repeats: int) -> fl
 
 def train_sps(backend: str, num_envs: int, steps: int) -> dict[str, Any]:
     """End-to-end PPO training with ``num_envs`` envs on 2 workers of ``backend``; the learner is here."""
-    result = train(TrainConfig(env=ENV_ID, num_envs=num_envs, num_workers=2, backend=backend, horizon=32,
-                               total_steps=steps, seed=1, log_interval=3600, tensorboard=False))
+    result = train(TrainConfig(env=ENV_ID, preset="none", num_envs=num_envs, num_workers=2, backend=backend,
+                               horizon=32, total_steps=steps, seed=1, log_interval=3600, tensorboard=False))
     return {"sps": result.sps, "steps": result.global_step, "return": result.episode_return}
 
 

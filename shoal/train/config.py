@@ -6,8 +6,8 @@ numbers, and the run directory's ``config.json`` records them. ``batch_size`` is
 number of agent slots per env is known.
 
 The PPO defaults, with CartPole-v1's preset (:data:`ENV_PRESETS`), train CartPole-v1 to a deterministic evaluation
-return of 500 within 100k steps (about 20 s on two CPU cores). Other envs usually want a longer ``total_steps`` and
-often a smaller ``learning_rate`` (e.g. 2.5e-4 to 1e-3).
+return of 500 within 100k steps (17-26 s a run in ``benchmarks/learning.py`` on a busy 2-core CPU). Other envs
+usually want a longer ``total_steps`` and often a smaller ``learning_rate`` (e.g. 2.5e-4 to 1e-3).
 
 Off by default and opt-in: reward scaling/clipping/normalization (``reward_scale``, ``reward_clip``,
 ``reward_norm``), prioritized segment sampling (``prio_alpha > 0``), V-trace-clipped advantages
@@ -117,9 +117,9 @@ ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
 #: [-1, 1] by their bounds it trailed SB3 (final -141 against -126 at 100k steps, seeds 1-3).
 ENV_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "ppo": {
-        # CartPole-v1 (benchmarks/learning.py, 100k steps, 20 deterministic eval episodes): the general defaults
-        # evaluate to 500 on 9 of seeds 1-10 (seed 5: 305); without the entropy bonus and with a fourth epoch, as
-        # the zoo's CartPole settings also drop the bonus, 500 on all of seeds 0-20
+        # CartPole-v1 (shoal.train.train, 100k steps, 20 deterministic evaluation episodes): the general defaults
+        # evaluate to 500 on 9 of seeds 1-10 (seed 5: 305); without the entropy bonus and with a fourth epoch (the
+        # zoo's CartPole settings drop the bonus too), 500 on all of seeds 0-20, at a third more gradient steps
         "CartPole-v1": {"ent_coef": 0.0, "update_epochs": 4},
         "Pendulum-v1": {"num_envs": 4, "horizon": 1024, "learning_rate": 1e-3, "gamma": 0.9, "update_epochs": 10,
                         "minibatch_size": 64, "ent_coef": 0.0, "value_norm": "running"},
@@ -148,7 +148,8 @@ ENV_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 #: config saved before those fields (:meth:`TrainConfig.from_dict`) that leaves one of these entries' fields unset
 #: loads without its preset, as it trained; every other entry is the one such a config was trained with.
 _PRESETS_SINCE_ACTIVATION: frozenset[tuple[str, str]] = frozenset({("ppo", "MountainCar-v0"),
-                                                                  ("ppo", "pettingzoo.classic.connect_four_v3")})
+                                                                  ("ppo", "pettingzoo.classic.connect_four_v3"),
+                                                                  ("ppo", "CartPole-v1")})
 
 #: What the ``(algo, env)`` entries of :data:`ENV_PRESETS` changed to ``obs_norm`` held before: a config saved
 #: before the field (:meth:`TrainConfig.from_dict`) resumes with the settings it trained with.

@@ -274,10 +274,16 @@ def test_cartpole_takes_its_preset_and_a_run_from_before_it_resumes_only_with_it
              "run_dir": str(tmp_path / "run"), "eval_episodes": 0}
     train(TrainConfig(ent_coef=0.01, update_epochs=3, **small))
     with pytest.raises(CheckpointError, match=r"update_epochs=3 \(now 4\), ent_coef=0.01 \(now 0.0\).*"
+                                              r"which differs from what the run started with: "
                                               r"resume with the run's values \(update_epochs=3, ent_coef=0.01\)"):
         train(TrainConfig(resume=True, **{**small, "total_steps": 1024}))
     assert train(TrainConfig(resume=True, ent_coef=0.01, update_epochs=3,
                              **{**small, "total_steps": 1024})).global_step == 1024
+    # saved unresolved before activation/reward_norm existed, so before this preset: it loads as it trained
+    old = {k: v for k, v in TrainConfig().to_dict().items() if k not in ("activation", "reward_norm")}
+    loaded = TrainConfig.from_dict(old).resolved()
+    assert (loaded.ent_coef, loaded.update_epochs) == (ALGO_DEFAULTS["ppo"]["ent_coef"],
+                                                       ALGO_DEFAULTS["ppo"]["update_epochs"])
 
 
 def test_a_config_saved_before_presets_resumes_without_one(tmp_path: Path) -> None:

@@ -217,10 +217,11 @@ class CheckpointMixin:
                         "predates: resume with --preset none (preset='none') or with the run's values. " + hint)
             elif from_preset:
                 # the run took an earlier version of the preset (MountainCar-v0 scaled its observations by a
-                # wrapper before obs_norm): only the run's own values resume it
+                # wrapper before obs_norm), or a preset="auto" run started before the env had one (CartPole-v1):
+                # only the run's own values resume it
                 values = ", ".join(f"{f}={saved.to_dict()[f]!r}" for f in differing)
-                hint = (f"{', '.join(from_preset)} now come from this version's preset for {cfg.env}, which has "
-                        f"changed since the run started: resume with the run's values ({values}). " + hint)
+                hint = (f"{', '.join(from_preset)} now come from this version's preset for {cfg.env}, which differs "
+                        f"from what the run started with: resume with the run's values ({values}). " + hint)
             raise CheckpointError(f"cannot resume {source}: the run was started with {detail}. {hint}")
         mine = dict(getattr(self.policy, "config", {}))
         if mine and isinstance(self.policy, Policy):

@@ -229,7 +229,7 @@ def test_resuming_a_run_an_earlier_preset_trained_names_the_runs_own_values(tmp_
              "run_dir": str(tmp_path / "run"), "eval_episodes": 0}
     train(TrainConfig(obs_norm=False, wrappers=wrapper, **small))
     with pytest.raises(CheckpointError, match=r"obs_norm now come from this version's preset for MountainCar-v0, "
-                                              r"which has changed since the run started: resume with the run's "
+                                              r"which differs from what the run started with: resume with the run's "
                                               r"values \(wrappers='normalize_obs_v0\(env_min=-1.0, env_max=1.0\)', "
                                               r"obs_norm=False\)"):
         train(TrainConfig(resume=True, **{**small, "total_steps": 1024}))
