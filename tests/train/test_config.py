@@ -257,7 +257,8 @@ def test_connect_four_takes_its_preset_by_its_pettingzoo_module_name() -> None:
     assert TrainConfig.from_dict(old).resolved().hidden_size == ALGO_DEFAULTS["ppo"]["hidden_size"]
 
 
-def test_cartpole_takes_its_preset_and_a_run_from_before_it_resumes_only_with_its_own_values(tmp_path: Path) -> None:
+def test_cartpole_takes_its_preset_and_a_run_from_before_it_resumes_only_with_its_own_values(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from shoal.errors import CheckpointError
     from shoal.train.config import ENV_PRESETS
 
@@ -279,6 +280,13 @@ def test_cartpole_takes_its_preset_and_a_run_from_before_it_resumes_only_with_it
         train(TrainConfig(resume=True, **{**small, "total_steps": 1024}))
     assert train(TrainConfig(resume=True, ent_coef=0.01, update_epochs=3,
                              **{**small, "total_steps": 1024})).global_step == 1024
+    # the command line resumes with the run's config.json, and says whose settings replace the preset's
+    capsys.readouterr()
+    assert main(["train", "CartPole-v1", "--run-dir", small["run_dir"], "--resume", "--total-steps", "1536",
+                 "--no-dashboard"]) == 0
+    out = capsys.readouterr()
+    assert "the resumed run's settings replace its ent_coef 0.0, update_epochs 4" in out.out + out.err
+    assert TrainConfig.load(tmp_path / "run" / "config.json").update_epochs == 3
     # saved unresolved before activation/reward_norm existed, so before this preset: it loads as it trained
     old = {k: v for k, v in TrainConfig().to_dict().items() if k not in ("activation", "reward_norm")}
     loaded = TrainConfig.from_dict(old).resolved()
