@@ -43,7 +43,7 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shoal.train import TrainConfig, evaluate, train
-from shoal.train.config import ALGO_DEFAULTS
+from shoal.train.config import ALGO_DEFAULTS, ENV_PRESETS
 from shoal.train.runs.logger import LogRecord
 from shoal.train.runs.resolve import resolve_env
 
@@ -152,20 +152,21 @@ def run(config: TrainConfig) -> tuple[Any, Curve, float]:
 
 
 def spread_config(algo: str, steps: int, seed: int) -> TrainConfig:
-    """IPPO (``"ppo"``) or MAPPO on simple_spread: MAPPO's defaults, value normalization, ``gamma=0.95`` (the
-    episodes last 25 steps; with 0.99 both learn to spread much later)."""
+    """IPPO (``"ppo"``) or MAPPO on simple_spread. MAPPO: its defaults and its simple_spread preset (``gamma=0.95``:
+    the episodes last 25 steps; with 0.99 both learn to spread much later), as ``shoal train
+    mpe2.simple_spread_v3 --algo mappo`` trains. IPPO: the same settings, value normalization, a local critic."""
     common = dict(
         env=SPREAD,
         env_kwargs={"max_cycles": 25},
         total_steps=steps,
         seed=seed,
-        gamma=0.95,
         log_interval=5.0,
         stats_window=300,
     )
     if algo == "mappo":
         return TrainConfig(algo="mappo", **common)
-    return TrainConfig(**{**ALGO_DEFAULTS["mappo"], "algo": "ppo", "value_norm": "running", **common})
+    return TrainConfig(**{**ALGO_DEFAULTS["mappo"], **ENV_PRESETS["mappo"][SPREAD], "algo": "ppo",
+                          "value_norm": "running", **common})
 
 
 def spread_evaluation(policy: nn.Module, args: dict[str, Any], deterministic: bool) -> float:

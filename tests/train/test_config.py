@@ -294,6 +294,20 @@ def test_cartpole_takes_its_preset_and_a_run_from_before_it_resumes_only_with_it
                                                        ALGO_DEFAULTS["ppo"]["update_epochs"])
 
 
+def test_mappo_on_simple_spread_takes_its_preset_and_ippo_does_not() -> None:
+    from shoal.train.config import ENV_PRESETS
+
+    env = "mpe2.simple_spread_v3"
+    assert TrainConfig(env=env, algo="mappo").resolved(3).gamma == 0.95 == ENV_PRESETS["mappo"][env]["gamma"]
+    assert TrainConfig(env=env, algo="mappo", gamma=0.99).resolved().gamma == 0.99  # a flag replaces it
+    assert TrainConfig(env=env, algo="mappo", preset="none").resolved().gamma == ALGO_DEFAULTS["mappo"]["gamma"]
+    assert TrainConfig(env=env).resolved().gamma == ALGO_DEFAULTS["ppo"]["gamma"]  # IPPO: PPO's own defaults
+    # saved unresolved before activation/reward_norm existed, so before this preset: it loads as it trained
+    old = {k: v for k, v in TrainConfig(env=env, algo="mappo").to_dict().items()
+           if k not in ("activation", "reward_norm")}
+    assert TrainConfig.from_dict(old).resolved().gamma == ALGO_DEFAULTS["mappo"]["gamma"]
+
+
 def test_a_config_saved_before_presets_resumes_without_one(tmp_path: Path) -> None:
     config = TrainConfig(env="Acrobot-v1", gamma=0.99, gae_lambda=0.95)
     data = config.to_dict()
