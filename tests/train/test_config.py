@@ -180,7 +180,7 @@ def test_the_command_line_prints_the_preset_it_applies(tmp_path: Path, capsys: p
     err = capsys.readouterr()
     text = err.out + err.err
     assert "preset for Pendulum-v1 (ppo): num_envs 4, learning_rate 0.001, gamma 0.9" in text
-    taken, replaced = text.split("preset for")[1].split("\n")[0].split("; your settings replace its ")
+    taken, replaced = text.split("preset for")[1].split("\n")[0].split("; this run's settings replace its ")
     assert "horizon" not in taken and replaced == "horizon 1024, update_epochs 10"  # given by flags
     saved = TrainConfig.load(tmp_path / "run" / "config.json")
     assert (saved.gamma, saved.horizon, saved.value_norm) == (0.9, 64, "running")
@@ -194,7 +194,7 @@ def test_the_command_line_says_which_preset_settings_a_flag_replaces(tmp_path: P
     assert code == 0
     out = capsys.readouterr()
     line = (out.out + out.err).split("preset for MountainCar-v0 (ppo): ")[1].split("\n")[0]
-    assert line.endswith("; your settings replace its obs_norm True"), line
+    assert line.endswith("; this run's settings replace its obs_norm True"), line
     assert "activation tanh" in line
     assert TrainConfig.load(tmp_path / "run" / "config.json").obs_norm is False
 
@@ -285,10 +285,10 @@ def test_cartpole_takes_its_preset_and_a_run_from_before_it_resumes_only_with_it
     assert main(["train", "CartPole-v1", "--run-dir", small["run_dir"], "--resume", "--total-steps", "1536",
                  "--no-dashboard"]) == 0
     out = capsys.readouterr()
-    assert "the resumed run's settings replace its ent_coef 0.0, update_epochs 4" in out.out + out.err
+    assert "this run's settings replace its ent_coef 0.0, update_epochs 4" in out.out + out.err
     assert TrainConfig.load(tmp_path / "run" / "config.json").update_epochs == 3
     # saved unresolved before activation/reward_norm existed, so before this preset: it loads as it trained
-    old = {k: v for k, v in TrainConfig().to_dict().items() if k not in ("activation", "reward_norm")}
+    old = {k: v for k, v in TrainConfig(env="CartPole-v1").to_dict().items() if k not in ("activation", "reward_norm")}
     loaded = TrainConfig.from_dict(old).resolved()
     assert (loaded.ent_coef, loaded.update_epochs) == (ALGO_DEFAULTS["ppo"]["ent_coef"],
                                                        ALGO_DEFAULTS["ppo"]["update_epochs"])

@@ -284,8 +284,7 @@ class Trainer(CheckpointMixin):
         settings = ", ".join(f"{name} {value}" for name, value in self.preset.items()) or "nothing"
         line = f"preset for {cfg.env} ({cfg.algo}): {settings} (flags override; --preset none for the plain defaults)"
         if replaced:
-            whose = "the resumed run's settings" if cfg.resume else "your settings"  # (a resume loads the run's)
-            line += f"; {whose} replace its " + ", ".join(f"{name} {value}" for name, value in replaced.items())
+            line += "; this run's settings replace its " + ", ".join(f"{k} {v}" for k, v in replaced.items())
         return [line]
 
     def _default_policy(self, policy_cls: Any, **extra: Any) -> nn.Module:
