@@ -28,8 +28,9 @@ one per core), every job with one torch thread, an env's shoal and reference job
 machine shared with other work they meet about the same load.
 
 Targets (the issue's, checked at the full budgets and printed as met/MISSED/not checked): CartPole-v1 eval >= 475
-at 100k steps on every seed, each under 10 s; Acrobot-v1 eval >= -100 by 300k steps on every seed; LunarLander-v3
-eval >= 200 by 1M steps; on every env shoal's final return >= each reference's at equal steps (or within one
+at 100k steps on every seed, each under 10 s (the bound was set where SB3 took 15 s, so it also prints as the
+slowest run's wall time over SB3's in the same run, <= 0.67x); Acrobot-v1 eval >= -100 by 300k steps on every
+seed; LunarLander-v3 eval >= 200 by 1M steps; on every env shoal's final return >= each reference's at equal steps (or within one
 standard deviation of its seeds) at >= 2x its steps/s; simple_spread_v3 MAPPO eval >= the heuristic by 2M steps and
 MAPPO >= IPPO at equal steps over 3 seeds; knights_archers_zombies team return above random.
 
@@ -80,6 +81,9 @@ WINDOW = 20
 """Episodes in every running mean of the curves (and so in ``final`` and ``best``)."""
 EVAL_EPISODES = 10
 SPREAD = "mpe2.simple_spread_v3"
+#: Wall time of SB3 with the zoo's hyperparameters on the machine where an env's per-run time bound was set
+#: (CartPole-v1: 10 s, where SB3 took 15 s), so the bound also prints as a ratio to SB3 in the same run.
+BOUND_REFERENCE_SECONDS = {"CartPole-v1": 15.0}
 KAZ = "pettingzoo.butterfly.knights_archers_zombies_v11"
 REFERENCE_DIR = ROOT / "benchmarks" / "reference"
 REFS = ("cleanrl", "sb3")
@@ -548,6 +552,16 @@ def targets(runs: Sequence[Run]) -> list[str]:
         times = f", {' '.join(f'{r.seconds:.1f}' for r in shoal)} s" if seconds is not None else ""
         lines.append(f"{env}: shoal PPO eval >= {threshold:g} at {_short(at)} steps on every seed{extra}: "
                      f"{' '.join(f'{v:.1f}' for v in evals)}{times} -> {_verdict(ok)}")
+        sb3 = groups.get((env, "SB3 PPO"))
+        if seconds is not None and sb3 and env in BOUND_REFERENCE_SECONDS:
+            # The bound was set where SB3 took BOUND_REFERENCE_SECONDS; on a shared machine of another speed the
+            # wall-time ratio to SB3 in the same run is the comparable figure.
+            ref_seconds = _mean([r.seconds for r in sb3])
+            ratio, bound = max(r.seconds for r in shoal) / ref_seconds, seconds / BOUND_REFERENCE_SECONDS[env]
+            ok_ratio = None if ok is None else all(v >= threshold for v in evals) and ratio <= bound
+            lines.append(f"{env}: slowest shoal PPO run {max(r.seconds for r in shoal):.1f} s = {ratio:.2f}x SB3 PPO's "
+                         f"{ref_seconds:.1f} s in this run (the {seconds:g} s bound was set where SB3 PPO took "
+                         f"{BOUND_REFERENCE_SECONDS[env]:g} s: <= {bound:.2f}x) -> {_verdict(ok_ratio)}")
 
     absolute("CartPole-v1", 475, 100_000, " (each run under 10 s)", seconds=10.0)
     absolute("Acrobot-v1", -100, 300_000)

@@ -79,3 +79,21 @@ def test_a_failing_job_comes_back_with_its_error_instead_of_ending_the_suite() -
     run = learning.run_job(learning.Job("CartPole-v1", "SB3 SAC", 1, 1000))
     assert run.error is not None and "no rl-baselines3-zoo hyperparameters for SB3 SAC on CartPole-v1" in run.error
     assert run.curve == [] and math.isnan(run.final)
+
+
+def test_the_cartpole_time_bound_is_also_judged_as_a_ratio_to_sb3_in_the_same_run() -> None:
+    def run(impl: str, seed: int, seconds: float, value: float) -> learning.Run:
+        job = learning.Job("CartPole-v1", impl, seed, 100_000)
+        return learning.Run(job, 100_352, seconds, 5000.0, [(100_352, value)], value)
+
+    shoal = [run("shoal PPO", 1, 20.0, 500.0), run("shoal PPO", 2, 24.0, 500.0)]
+    lines = learning.targets([*shoal, run("SB3 PPO", 1, 60.0, 500.0), run("SB3 PPO", 2, 64.0, 500.0)])
+    # over 10 s: the absolute bound is missed; 24 s is 0.39x SB3's 62 s, within 10 s / 15 s = 0.67x
+    assert any(line.startswith("CartPole-v1: shoal PPO eval >= 475") and line.endswith("MISSED") for line in lines)
+    ratio = next(line for line in lines if line.startswith("CartPole-v1: slowest shoal PPO run"))
+    assert "24.0 s = 0.39x SB3 PPO's 62.0 s" in ratio and "<= 0.67x" in ratio and ratio.endswith("-> met")
+
+    slow = learning.targets([run("shoal PPO", 1, 50.0, 500.0), run("SB3 PPO", 1, 60.0, 500.0)])
+    assert next(line for line in slow if "slowest" in line).endswith("MISSED")  # 0.83x
+    weak = learning.targets([run("shoal PPO", 1, 5.0, 400.0), run("SB3 PPO", 1, 60.0, 500.0)])
+    assert next(line for line in weak if "slowest" in line).endswith("MISSED")  # fast but below 475
