@@ -66,6 +66,18 @@ class ValueNormalizer(nn.Module):
         var = (self.running_mean_sq / self.debias - mean**2).clamp(min=self.epsilon)
         return mean, var.sqrt()
 
+    def affine(self) -> tuple[float, float]:
+        """``(mean, std)`` as Python floats (the values of :meth:`stats`), for transforming numpy arrays on the
+        acting path: read once per call from the three buffers, recomputed only when they changed (a tensor
+        expression per env step cost about as much as the rest of recording the step)."""
+        key = (float(self.running_mean), float(self.running_mean_sq), float(self.debias))
+        cached = getattr(self, "_affine", None)
+        if cached is None or cached[0] != key:
+            mean, std = self.stats()
+            cached = (key, (float(mean), float(std)))
+            self._affine = cached
+        return cached[1]
+
     @property
     def mean(self) -> float:
         """Current mean of the targets (0 before the first update)."""

@@ -174,7 +174,8 @@ class CriticBuffer(RolloutBuffer):
         """Critic outputs float32 ``[B]`` -> return units (unchanged without a normalizer)."""
         if self.value_norm is None:
             return values
-        return self.value_norm.denormalize(torch.from_numpy(np.asarray(values, np.float32))).numpy()
+        mean, std = self.value_norm.affine()  # float32 arithmetic, as ValueNormalizer.denormalize does
+        return np.asarray(values, np.float32) * np.float32(std) + np.float32(mean)
 
     def act(
         self,

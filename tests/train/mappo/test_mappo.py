@@ -28,6 +28,7 @@ from shoal.train.core.ppo import ppo_update
 from shoal.train.core.rollout import RolloutTensors
 from shoal.train.mappo.trainer import (
     GLOBAL_STATE_KEY,
+    CriticBuffer,
     GlobalStateEnv,
     MAPPOTrainer,
     critic_input,
@@ -390,6 +391,26 @@ def test_value_normalizer_tracks_debiased_statistics() -> None:
     for _ in range(200):
         norm.update(torch.full((8,), 100.0))
     assert norm.mean == pytest.approx(100.0, rel=1e-6) and norm.std == pytest.approx(0.01)  # floor: epsilon
+
+
+def test_the_acting_path_denormalizes_exactly_as_the_tensor_transform_and_follows_every_change() -> None:
+    norm = ValueNormalizer(beta=0.9)
+    buffer = CriticBuffer(4, 8, 32, (3,), np.float32, (), np.int64, value_norm=norm)
+    values = np.random.default_rng(0).normal(size=64).astype(np.float32) * 3
+
+    def tensor_transform() -> np.ndarray:
+        return norm.denormalize(torch.from_numpy(values)).numpy()
+
+    assert np.array_equal(buffer.denormalize(values), values)  # (0, 1) before the first update
+    for batch in ([1.0, 3.0, 5.0, 7.0], [-40.0, 2.5], [1e4, -1e4, 3.0]):
+        norm.update(torch.tensor(batch))  # each update changes the statistics the acting path reads
+        assert norm.affine() == (norm.mean, norm.std)
+        assert np.array_equal(buffer.denormalize(values), tensor_transform())
+    other = ValueNormalizer(beta=0.9)
+    other.update(torch.tensor([100.0, 200.0]))
+    norm.load_state_dict(other.state_dict())  # a checkpoint restored in place
+    assert norm.affine() == (other.mean, other.std)
+    assert np.array_equal(buffer.denormalize(values), tensor_transform())
 
 
 def test_popart_preserves_the_denormalized_outputs() -> None:
