@@ -29,7 +29,7 @@ machine shared with other work they meet about the same load.
 
 Targets (the issue's, checked at the full budgets and printed as met/MISSED/not checked): CartPole-v1 eval >= 475
 at 100k steps on every seed, each under 10 s (the bound was set where SB3 took 15 s, so it also prints as the
-slowest run's wall time over SB3's in the same run, <= 0.67x); Acrobot-v1 eval >= -100 by 300k steps on every
+slowest run's wall time over SB3's mean in the same run, under 0.67x); Acrobot-v1 eval >= -100 by 300k steps on every
 seed; LunarLander-v3 eval >= 200 by 1M steps; on every env shoal's final return >= each reference's at equal
 steps (or within one standard deviation of its seeds) at >= 2x its steps/s; simple_spread_v3 MAPPO eval >= the
 heuristic by 2M steps and MAPPO >= IPPO at equal steps over 3 seeds; knights_archers_zombies team return above
@@ -553,16 +553,22 @@ def targets(runs: Sequence[Run]) -> list[str]:
         times = f", {' '.join(f'{r.seconds:.1f}' for r in shoal)} s" if seconds is not None else ""
         lines.append(f"{env}: shoal PPO eval >= {threshold:g} at {_short(at)} steps on every seed{extra}: "
                      f"{' '.join(f'{v:.1f}' for v in evals)}{times} -> {_verdict(ok)}")
-        sb3 = groups.get((env, "SB3 PPO"))
-        if seconds is not None and sb3 and env in BOUND_REFERENCE_SECONDS:
-            # The bound was set where SB3 took BOUND_REFERENCE_SECONDS; on a shared machine of another speed the
-            # wall-time ratio to SB3 in the same run is the comparable figure.
-            ref_seconds = _mean([r.seconds for r in sb3])
-            ratio, bound = max(r.seconds for r in shoal) / ref_seconds, seconds / BOUND_REFERENCE_SECONDS[env]
-            ok_ratio = None if ok is None else all(v >= threshold for v in evals) and ratio <= bound
-            lines.append(f"{env}: slowest shoal PPO run {max(r.seconds for r in shoal):.1f} s = {ratio:.2f}x SB3 PPO's "
-                         f"{ref_seconds:.1f} s in this run (the {seconds:g} s bound was set where SB3 PPO took "
-                         f"{BOUND_REFERENCE_SECONDS[env]:g} s: <= {bound:.2f}x) -> {_verdict(ok_ratio)}")
+        # The bound was set where SB3 took BOUND_REFERENCE_SECONDS; on a shared machine of another speed the
+        # wall-time ratio to SB3's runs at the same budget in the same run is the comparable figure.
+        sb3 = [r for r in groups.get((env, "SB3 PPO"), []) if r.error is None and r.steps >= at]
+        if seconds is not None and env in BOUND_REFERENCE_SECONDS and groups.get((env, "SB3 PPO")):
+            bound = seconds / BOUND_REFERENCE_SECONDS[env]
+            slowest = max(r.seconds for r in shoal)
+            what = (f"{env}: eval >= {threshold:g} on every seed and the slowest shoal PPO run under {bound:.2f}x "
+                    f"SB3 PPO's mean wall time in this run (the {seconds:g} s bound was set where SB3 PPO took "
+                    f"{BOUND_REFERENCE_SECONDS[env]:g} s)")
+            if ok is None or not sb3:
+                lines.append(f"{what} -> {_verdict(None)}")
+            else:
+                ref_seconds = _mean([r.seconds for r in sb3])
+                ratio = slowest / ref_seconds
+                ok_ratio = all(v >= threshold for v in evals) and ratio < bound
+                lines.append(f"{what}: {slowest:.1f} s = {ratio:.2f}x of {ref_seconds:.1f} s -> {_verdict(ok_ratio)}")
 
     absolute("CartPole-v1", 475, 100_000, " (each run under 10 s)", seconds=10.0)
     absolute("Acrobot-v1", -100, 300_000)

@@ -21,6 +21,8 @@ Both are ``nn.Module``s whose statistics are buffers (float64): checkpoint them 
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -57,36 +59,35 @@ class ValueNormalizer(nn.Module):
 
     # ---- statistics ----------------------------------------------------------------------------------------
 
-    def stats(self) -> tuple[Tensor, Tensor]:
-        """``(mean, std)`` as float64 scalars; ``(0, 1)`` before the first update."""
-        if float(self.debias) <= 0.0:
-            one = torch.ones((), dtype=torch.float64, device=self.debias.device)
-            return one * 0.0, one
-        mean = self.running_mean / self.debias
-        var = (self.running_mean_sq / self.debias - mean**2).clamp(min=self.epsilon)
-        return mean, var.sqrt()
-
     def affine(self) -> tuple[float, float]:
-        """``(mean, std)`` as Python floats (the values of :meth:`stats`), for transforming numpy arrays on the
-        acting path: read once per call from the three buffers, recomputed only when they changed (a tensor
-        expression per env step cost about as much as the rest of recording the step)."""
-        key = (float(self.running_mean), float(self.running_mean_sq), float(self.debias))
-        cached = getattr(self, "_affine", None)
-        if cached is None or cached[0] != key:
-            mean, std = self.stats()
-            cached = (key, (float(mean), float(std)))
-            self._affine = cached
-        return cached[1]
+        """``(mean, std)`` as Python floats (float64 arithmetic); ``(0.0, 1.0)`` before the first update.
+
+        The one computation of the statistics (:meth:`stats` wraps it): the acting path transforms numpy arrays with
+        these floats, where a chain of scalar tensor ops per env step cost more than the transform. Reads the three
+        buffers at once (one device sync)."""
+        running_mean, running_mean_sq, debias = torch.stack(
+            [self.running_mean, self.running_mean_sq, self.debias]).tolist()
+        if debias <= 0.0:
+            return 0.0, 1.0
+        mean = running_mean / debias
+        return mean, math.sqrt(max(running_mean_sq / debias - mean * mean, self.epsilon))
+
+    def stats(self) -> tuple[Tensor, Tensor]:
+        """``(mean, std)`` as float64 scalars on the buffers' device (:meth:`affine`'s values)."""
+        mean, std = self.affine()
+        device = self.debias.device
+        return (torch.tensor(mean, dtype=torch.float64, device=device),
+                torch.tensor(std, dtype=torch.float64, device=device))
 
     @property
     def mean(self) -> float:
         """Current mean of the targets (0 before the first update)."""
-        return float(self.stats()[0])
+        return self.affine()[0]
 
     @property
     def std(self) -> float:
         """Current standard deviation of the targets (1 before the first update)."""
-        return float(self.stats()[1])
+        return self.affine()[1]
 
     @torch.no_grad()
     def update(self, targets: Tensor) -> None:

@@ -411,6 +411,11 @@ def test_the_acting_path_denormalizes_exactly_as_the_tensor_transform_and_follow
     norm.load_state_dict(other.state_dict())  # a checkpoint restored in place
     assert norm.affine() == (other.mean, other.std)
     assert np.array_equal(buffer.denormalize(values), tensor_transform())
+    norm.epsilon = 1e6  # the variance floor is read on every call too
+    assert norm.affine()[1] == 1000.0 and np.array_equal(buffer.denormalize(values), tensor_transform())
+    popart = PopArt(torch.nn.Linear(4, 1))
+    popart.update(torch.tensor([2.0, 4.0, 9.0]))
+    assert popart.affine() == (popart.mean, popart.std) and popart.mean == pytest.approx(5.0)
 
 
 def test_popart_preserves_the_denormalized_outputs() -> None:
