@@ -477,19 +477,25 @@ def test_global_state_env_reports_the_state_after_reset_and_every_step() -> None
     assert env.agents == [] and env.possible_agents == ["agent_0", "agent_1"]
 
 
-@pytest.mark.parametrize("env_id", ["mpe2.simple_spread_v3", "pettingzoo.butterfly.knights_archers_zombies_v11"])
+@pytest.mark.parametrize("env_id", ["mpe2.simple_spread_v3", "mpe2.simple_tag_v3",
+                                    "pettingzoo.butterfly.knights_archers_zombies_v11"])
 def test_global_state_env_steps_an_aec_converted_env_fast_with_the_same_results(env_id: str) -> None:
     # AEC envs behind aec_to_parallel: behind GlobalStateEnv they keep the direct step, which returns what the
     # conversion's own step does (observations, rewards, ends, infos, agents and the state) for the same seeds and
-    # actions, with agents dying mid-episode (knights_archers_zombies), and still refuses an action out of bounds
+    # actions, with agents dying mid-episode (knights_archers_zombies), and still refuses an action out of bounds.
+    # MPE's state is built from the observations (simple_tag: predators and prey observe different sizes); it
+    # equals what state() returns exactly.
     from shoal.emulation.parallel_step import direct_parallel_step
+    from shoal.train.core.centralized import state_is_joint_observation
     from shoal.train.runs.resolve import resolve_env
 
     kwargs = {"line_death": True, "max_cycles": 300} if "knights" in env_id else {}
     make = resolve_env(env_id, kwargs)
     fast, plain = GlobalStateEnv(make()), GlobalStateEnv(make())
     plain._step = None  # the conversion's own step (as an env snapshot saved before the direct step runs)
+    plain._joint = False  # and state() itself
     assert type(fast._step) is type(direct_parallel_step(make(), actions_checked=False))
+    assert fast._joint == state_is_joint_observation(fast.unwrapped) == env_id.startswith("mpe2.")
     rng = np.random.default_rng(0)
     partial_ends = 0
     for seed in (1, 2):
