@@ -17,6 +17,10 @@ every action against its Discrete/MultiDiscrete space (``actions_checked``) and 
 two wrappers, the sub-steps go to the unwrapped env directly: the wrappers would only repeat the reset-order and
 action-bounds checks the emulator makes itself.
 
+A parallel env *wrapper* of the caller's own (MAPPO's ``GlobalStateEnv``) can take part: when it defines
+``step_checked(actions)``, the same as its ``step`` for actions already checked against Discrete/MultiDiscrete spaces,
+:func:`direct_parallel_step` offers that method to a caller that checked its actions.
+
 One assumption: ``observe()`` has no side effects, so not calling it for a discarded result changes nothing.
 PettingZoo's envs satisfy it; pass ``direct_parallel_step=False`` to the emulator for an env that does not.
 """
@@ -55,8 +59,11 @@ def direct_parallel_step(env: Any, actions_checked: bool) -> ParallelStep | None
 
     Returns:
         ``step(actions) -> (observations, rewards, terminations, truncations, infos)``, the dicts the wrapper's own
-        ``step`` would return, or None when the env is not a recognised wrapper chain.
+        ``step`` would return, or None when the env is not a recognised wrapper chain. With ``actions_checked``, an
+        env that defines ``step_checked`` gets that method.
     """
+    if actions_checked and callable(getattr(type(env), "step_checked", None)):
+        return env.step_checked
     try:
         parallel_type, base_wrapper, checks_only, pass_through = _wrapper_types()
     except ImportError:  # a PettingZoo without these names: keep the env's own step

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
 from shoal.cli import main
+from shoal.emulation import PettingZooEmulator
 from shoal.emulation.layout import compile_layout
 from shoal.envs.squad import SquadEnv
 from shoal.errors import APIUsageError
@@ -491,22 +493,29 @@ def test_global_state_env_steps_an_aec_converted_env_fast_with_the_same_results(
 
     kwargs = {"line_death": True, "max_cycles": 300} if "knights" in env_id else {}
     make = resolve_env(env_id, kwargs)
-    fast, plain = GlobalStateEnv(make()), GlobalStateEnv(make())
-    plain._step = None  # the conversion's own step (as an env snapshot saved before the direct step runs)
-    plain._joint = False  # and state() itself
+    fast, plain, checked = GlobalStateEnv(make()), GlobalStateEnv(make()), GlobalStateEnv(make())
+    plain._step = plain._checked_step = None  # the conversion's own step (as an env snapshot saved before the
+    plain._joint = False  # direct step existed), and state() itself
     assert type(fast._step) is type(direct_parallel_step(make(), actions_checked=False))
     assert fast._joint == state_is_joint_observation(fast.unwrapped) == env_id.startswith("mpe2.")
+    # the emulator checks every action itself, so it steps the wrapper without PettingZoo's checking wrappers
+    emulator = PettingZooEmulator(GlobalStateEnv(make()))
+    assert emulator._parallel_step.__func__ is GlobalStateEnv.step_checked
+    assert pickle.loads(pickle.dumps(emulator))._parallel_step.__func__ is GlobalStateEnv.step_checked
     rng = np.random.default_rng(0)
     partial_ends = 0
     for seed in (1, 2):
-        a, b = fast.reset(seed=seed), plain.reset(seed=seed)
+        a, b, c = fast.reset(seed=seed), plain.reset(seed=seed), checked.reset(seed=seed)
         np.testing.assert_equal(a, b)
+        np.testing.assert_equal(c, b)
         while fast.agents:
             actions = {agent: int(rng.integers(fast.action_space(agent).n)) for agent in fast.agents}
-            got, expected = fast.step(actions), plain.step(dict(actions))
+            got, expected, got_checked = fast.step(actions), plain.step(dict(actions)), checked.step_checked(actions)
             np.testing.assert_equal(got, expected)
+            np.testing.assert_equal(got_checked, expected)
             assert [list(d) for d in got] == [list(d) for d in expected]  # the same agents, in the same order
-            assert fast.agents == plain.agents
+            assert [list(d) for d in got_checked] == [list(d) for d in expected]
+            assert fast.agents == plain.agents == checked.agents
             partial_ends += bool(fast.agents) and len(fast.agents) < len(actions)
         assert not plain.agents
     assert partial_ends > 0 or "knights" not in env_id  # agents died while others played on
