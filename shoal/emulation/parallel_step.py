@@ -17,9 +17,10 @@ every action against its Discrete/MultiDiscrete space (``actions_checked``) and 
 two wrappers, the sub-steps go to the unwrapped env directly: the wrappers would only repeat the reset-order and
 action-bounds checks the emulator makes itself.
 
-A parallel env *wrapper* of the caller's own (MAPPO's ``GlobalStateEnv``) can take part: when it defines
-``step_checked(actions)``, the same as its ``step`` for actions already checked against Discrete/MultiDiscrete spaces,
-:func:`direct_parallel_step` offers that method to a caller that checked its actions.
+A parallel env *wrapper* of shoal's own (MAPPO's ``GlobalStateEnv``) can take part: when the class that defines its
+``step`` also defines ``step_checked(actions)`` (the same as ``step`` for actions already checked against
+Discrete/MultiDiscrete spaces), :func:`direct_parallel_step` offers that method to a caller that checked its
+actions. A subclass that overrides ``step`` alone keeps its own ``step``.
 
 One assumption: ``observe()`` has no side effects, so not calling it for a discarded result changes nothing.
 PettingZoo's envs satisfy it; pass ``direct_parallel_step=False`` to the emulator for an env that does not.
@@ -49,6 +50,14 @@ def _wrapper_types() -> tuple[type, type, tuple[type, ...], tuple[type, ...]]:
     return aec_to_parallel_wrapper, BaseWrapper, checks_only, (*checks_only, ClipOutOfBoundsWrapper)
 
 
+def _defines_step_checked(kind: type) -> bool:
+    """``kind`` has a ``step_checked`` defined beside the ``step`` it uses (not inherited past an override)."""
+    for klass in kind.__mro__:
+        if "step" in vars(klass):
+            return callable(vars(klass).get("step_checked"))
+    return False
+
+
 def direct_parallel_step(env: Any, actions_checked: bool) -> ParallelStep | None:
     """A drop-in for ``env.step`` when ``env`` is a plain ``aec_to_parallel_wrapper``; None otherwise.
 
@@ -62,7 +71,7 @@ def direct_parallel_step(env: Any, actions_checked: bool) -> ParallelStep | None
         ``step`` would return, or None when the env is not a recognised wrapper chain. With ``actions_checked``, an
         env that defines ``step_checked`` gets that method.
     """
-    if actions_checked and callable(getattr(type(env), "step_checked", None)):
+    if actions_checked and _defines_step_checked(type(env)):
         return env.step_checked
     try:
         parallel_type, base_wrapper, checks_only, pass_through = _wrapper_types()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -137,7 +138,8 @@ class GlobalStateEnv(ParallelEnv):
 
     An AEC env behind PettingZoo's ``aec_to_parallel`` (MPE, butterfly, SISL) is stepped as the emulator steps it
     without this wrapper (:func:`~shoal.emulation.parallel_step.direct_parallel_step`: the same results without
-    the observations the conversion computes and discards), with the action-bounds checks kept.
+    the observations the conversion computes and discards), with the action-bounds checks kept in :meth:`step`;
+    :meth:`step_checked`, which the emulator uses (it checks every action itself), skips them.
     """
 
     #: the inner env's step; None (an env snapshot saved before it existed): ``env.step``
@@ -194,7 +196,7 @@ class GlobalStateEnv(ParallelEnv):
         state before that step when the env cannot answer (multiwalker destroys its walkers). ``obs``: the
         observations of the reset or step just taken."""
         last = getattr(self, "_last_state", None)
-        if self._joint and len(obs) == len(self.env.possible_agents):
+        if self._joint and obs.keys() == set(self.env.possible_agents):
             # what the env's state() computes, from the observations it already computed
             self._last_state = np.concatenate([obs[agent] for agent in self.env.possible_agents], axis=None)
             return self._last_state
@@ -223,7 +225,10 @@ class GlobalStateEnv(ParallelEnv):
 
     def step_checked(self, actions: dict[str, Any]) -> tuple[dict, dict, dict, dict, dict]:
         """:meth:`step` for actions the caller has checked against their Discrete/MultiDiscrete spaces (the
-        emulator checks every action): PettingZoo's reset-order and bounds-checking wrappers are skipped."""
+        emulator checks every action): PettingZoo's reset-order and bounds-checking wrappers are skipped.
+
+        Nothing here checks the actions: an action out of its space's range is not refused (MPE would apply it
+        modulo the number of moves). Call :meth:`step` with unchecked actions."""
         inner = self._checked_step or self._step or self.env.step
         obs, rewards, terminations, truncations, infos = inner(actions)
         return obs, rewards, terminations, truncations, self._with_state(infos, obs, rewards)
@@ -244,12 +249,12 @@ def state_is_joint_observation(env: Any) -> bool:
     """True when ``env`` (an unwrapped PettingZoo env) defines ``state()`` as the float32 observations of its
     ``possible_agents`` concatenated, with its own ``observe`` (MPE's ``SimpleEnv`` without overrides: the state is
     then exactly what ``observe`` returned for every agent, in that order)."""
-    try:
-        from mpe2._mpe_utils.simple_env import SimpleEnv
-    except ImportError:
+    module = sys.modules.get("mpe2._mpe_utils.simple_env")  # loaded by every MPE env; not imported for others
+    base = getattr(module, "SimpleEnv", None)
+    if base is None:
         return False
     kind = type(env)
-    return issubclass(kind, SimpleEnv) and kind.state is SimpleEnv.state and kind.observe is SimpleEnv.observe
+    return issubclass(kind, base) and kind.state is base.state and kind.observe is base.observe
 
 
 @dataclass(frozen=True)

@@ -494,14 +494,20 @@ def test_global_state_env_steps_an_aec_converted_env_fast_with_the_same_results(
     kwargs = {"line_death": True, "max_cycles": 300} if "knights" in env_id else {}
     make = resolve_env(env_id, kwargs)
     fast, plain, checked = GlobalStateEnv(make()), GlobalStateEnv(make()), GlobalStateEnv(make())
-    plain._step = plain._checked_step = None  # the conversion's own step (as an env snapshot saved before the
-    plain._joint = False  # direct step existed), and state() itself
+    # plain: the conversion's own step and state() itself (as an env snapshot saved before the direct step)
+    plain._step = plain._checked_step = None
+    plain._joint = False
     assert type(fast._step) is type(direct_parallel_step(make(), actions_checked=False))
+    assert checked._checked_step.sub_step == checked.unwrapped.step  # no checking wrapper left
     assert fast._joint == state_is_joint_observation(fast.unwrapped) == env_id.startswith("mpe2.")
-    # the emulator checks every action itself, so it steps the wrapper without PettingZoo's checking wrappers
+    # the emulator checks every action itself, so it steps the wrapper without PettingZoo's checking wrappers, and
+    # still refuses an action out of range
     emulator = PettingZooEmulator(GlobalStateEnv(make()))
     assert emulator._parallel_step.__func__ is GlobalStateEnv.step_checked
     assert pickle.loads(pickle.dumps(emulator))._parallel_step.__func__ is GlobalStateEnv.step_checked
+    emulator.reset(seed=0)
+    with pytest.raises(APIUsageError):
+        emulator.step(np.full(emulator.num_agents, 99))
     rng = np.random.default_rng(0)
     partial_ends = 0
     for seed in (1, 2):
@@ -522,6 +528,24 @@ def test_global_state_env_steps_an_aec_converted_env_fast_with_the_same_results(
     fast.reset(seed=3)
     with pytest.raises(AssertionError):
         fast.step({agent: 99 for agent in fast.agents})  # out of bounds: the check is kept
+
+
+def test_the_emulator_keeps_the_checked_step_of_continuous_actions_and_of_a_subclass_that_overrides_step() -> None:
+    from mpe2 import simple_spread_v3
+
+    continuous = PettingZooEmulator(GlobalStateEnv(simple_spread_v3.parallel_env(continuous_actions=True)))
+    assert continuous._parallel_step.__func__ is GlobalStateEnv.step  # Box actions: the wrappers' checks stay
+
+    class Shaped(GlobalStateEnv):
+        def step(self, actions: dict[str, Any]) -> tuple[dict, dict, dict, dict, dict]:
+            obs, rewards, terminations, truncations, infos = super().step(actions)
+            return obs, {agent: r + 100.0 for agent, r in rewards.items()}, terminations, truncations, infos
+
+    emulator = PettingZooEmulator(Shaped(simple_spread_v3.parallel_env()))
+    assert emulator._parallel_step.__func__ is Shaped.step
+    emulator.reset(seed=0)
+    _, rewards, *_ = emulator.step(np.zeros(emulator.num_agents, np.int64))
+    assert (rewards > 50).all()  # the subclass's step ran
 
 
 def test_mappo_resume_equals_uninterrupted_training(tmp_path: Path) -> None:
