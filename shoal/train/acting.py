@@ -117,8 +117,8 @@ class RowActor:
         masks = None if action_masks is None or action_masks.all() else self._tensor(action_masks)
         ids = self._tensor(rows % self.agents_per_env) if self.use_ids else None
         obs_t = self._tensor(obs)
-        if critic_obs is None and not self.deterministic:
-            action, log_prob, value, new_state = self.forward(obs_t, state, done, masks, ids)
+        if not self.deterministic:
+            action, log_prob, value, new_state = self.forward(obs_t, state, done, masks, ids, critic_obs)
         else:
             with torch.inference_mode():
                 out = self.policy(obs_t, state, done=done, action_masks=masks, agent_ids=ids,

@@ -28,10 +28,10 @@ Output = tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor] | None]
 class _Acting(nn.Module):
     """The acting call as a module with positional tensor inputs (what ``torch.jit.trace`` needs)."""
 
-    def __init__(self, policy: nn.Module, flags: tuple[bool, bool, bool, bool]) -> None:
+    def __init__(self, policy: nn.Module, flags: tuple[bool, bool, bool, bool, bool]) -> None:
         super().__init__()
         self.policy = policy
-        self.has_state, self.has_done, self.has_masks, self.has_ids = flags
+        self.has_state, self.has_done, self.has_masks, self.has_ids, self.has_critic = flags
 
     def forward(self, obs: Tensor, *extra: Tensor) -> tuple[Tensor, ...]:
         items = list(extra)
@@ -39,7 +39,9 @@ class _Acting(nn.Module):
         done = items.pop(0) if self.has_done else None
         masks = items.pop(0) if self.has_masks else None
         ids = items.pop(0) if self.has_ids else None
-        out = self.policy(obs, state, done=done, action_masks=masks, agent_ids=ids)
+        critic = items.pop(0) if self.has_critic else None
+        extra = {"critic_obs": critic} if critic is not None else {}  # only policies with a centralized critic take it
+        out = self.policy(obs, state, done=done, action_masks=masks, agent_ids=ids, **extra)
         tail = (out.state[0], out.state[1]) if out.state is not None else ()
         # a policy without a state-value head (SAC) returns value None: an empty tensor stands for it in the trace
         value = out.value if out.value is not None else obs.new_zeros(0, dtype=torch.float32)
@@ -52,7 +54,8 @@ def _value(traced_value: Tensor) -> Tensor | None:
 
 
 class Actor:
-    """Calls ``policy(obs, state, done=..., action_masks=..., agent_ids=...)`` for rollouts.
+    """Calls ``policy(obs, state, done=..., action_masks=..., agent_ids=...)`` for rollouts (and ``critic_obs=``
+    when a centralized critic input is given).
 
     Args:
         policy: the policy (the :class:`~shoal.policies.Policy` forward contract).
@@ -83,22 +86,26 @@ class Actor:
         done: Tensor | None = None,
         action_masks: Tensor | None = None,
         agent_ids: Tensor | None = None,
+        critic_obs: Tensor | None = None,
     ) -> Output:
-        """Sample actions: ``(action, log_prob, value, state)`` for a batch ``[B]`` (no gradients)."""
+        """Sample actions: ``(action, log_prob, value, state)`` for a batch ``[B]`` (no gradients).
+
+        ``critic_obs``: float32 ``[B, C]`` centralized critic inputs (MAPPO), or None."""
         with torch.inference_mode():
             if not self.trace:
-                return self._eager(obs, state, done, action_masks, agent_ids)
-            flags = (state is not None, done is not None, action_masks is not None, agent_ids is not None)
+                return self._eager(obs, state, done, action_masks, agent_ids, critic_obs)
+            flags = (state is not None, done is not None, action_masks is not None, agent_ids is not None,
+                     critic_obs is not None)
             inputs = [obs]
             if state is not None:
                 inputs += [state[0], state[1]]
-            inputs += [x for x in (done, action_masks, agent_ids) if x is not None]
+            inputs += [x for x in (done, action_masks, agent_ids, critic_obs) if x is not None]
             key = (flags, *((tuple(x.shape), x.dtype, x.device) for x in inputs))
             traced = self._traces.get(key, False)
             if traced is False:
-                traced = self._build(key, flags, inputs, state, done, action_masks, agent_ids)
+                traced = self._build(key, flags, inputs, state, done, action_masks, agent_ids, critic_obs)
             if traced is None:
-                return self._eager(obs, state, done, action_masks, agent_ids)
+                return self._eager(obs, state, done, action_masks, agent_ids, critic_obs)
             out = traced(*inputs)
             return out[0], out[1], _value(out[2]), (out[3], out[4]) if len(out) == 5 else None
 
@@ -109,8 +116,10 @@ class Actor:
         done: Tensor | None,
         action_masks: Tensor | None,
         agent_ids: Tensor | None,
+        critic_obs: Tensor | None = None,
     ) -> Output:
-        out = self.policy(obs, state, done=done, action_masks=action_masks, agent_ids=agent_ids)
+        extra = {"critic_obs": critic_obs} if critic_obs is not None else {}
+        out = self.policy(obs, state, done=done, action_masks=action_masks, agent_ids=agent_ids, **extra)
         return out.action, out.log_prob, out.value, out.state
 
     def _build(self, key: tuple, flags: tuple[bool, ...], inputs: list[Tensor], *args: Any) -> Any:

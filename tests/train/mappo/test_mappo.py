@@ -346,6 +346,7 @@ def test_simple_tag_trains_heterogeneous_agents_with_team_statistics(tmp_path: P
     assert {"teams/adversary/episode_return", "teams/agent/episode_return", "charts/team_return"} <= names
     assert {f"agents/adversary_{i}/episode_return" for i in range(3)} | {"agents/agent_0/episode_return"} <= names
     assert result.global_step >= 1_600
+    assert trainer.acting.forward.num_traces >= 1  # acting with the centralized critic's input replays a trace
 
 
 def test_knights_archers_zombies_agents_die_mid_episode() -> None:

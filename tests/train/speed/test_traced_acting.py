@@ -16,11 +16,13 @@ from shoal.train.speed.traced_acting import Actor
 OBS = gym.spaces.Box(-1.0, 1.0, (6,))
 
 
-@pytest.mark.parametrize("recurrent, masks, ids", [(False, False, False), (True, True, True)])
-def test_traced_acting_equals_eager_on_every_call(recurrent: bool, masks: bool, ids: bool) -> None:
+@pytest.mark.parametrize("recurrent, masks, ids, critic", [(False, False, False, False), (True, True, True, False),
+                                                          (False, True, True, True)])
+def test_traced_acting_equals_eager_on_every_call(recurrent: bool, masks: bool, ids: bool, critic: bool) -> None:
+    # critic: MAPPO's centralized critic input (critic_obs) is a traced input too
     torch.manual_seed(0)
     policy = Policy(compile_layout(OBS), ActionLayout(gym.spaces.Discrete(3)), hidden_size=16, recurrent=recurrent,
-                    lstm_size=8, num_agent_ids=4 if ids else 0)
+                    lstm_size=8, num_agent_ids=4 if ids else 0, critic_input_size=10 if critic else None)
     traced, eager = Actor(policy, trace=True), Actor(policy, trace=False)
     gen = torch.Generator().manual_seed(1)
     n = 12
@@ -33,11 +35,12 @@ def test_traced_acting_equals_eager_on_every_call(recurrent: bool, masks: bool, 
             action_masks = torch.rand(n, 3, generator=gen) > 0.4
             action_masks[:, step % 3] = True  # at least one legal action per row
         agent_ids = torch.randint(0, 4, (n,), generator=gen) if ids else None
+        critic_obs = torch.randn(n, 10, generator=gen) if critic else None
         rng = torch.get_rng_state()
-        expected = eager(obs, state, done, action_masks, agent_ids)
+        expected = eager(obs, state, done, action_masks, agent_ids, critic_obs)
         after_eager = torch.get_rng_state()
         torch.set_rng_state(rng)
-        got = traced(obs, state, done, action_masks, agent_ids)
+        got = traced(obs, state, done, action_masks, agent_ids, critic_obs)
         assert torch.equal(torch.get_rng_state(), after_eager)  # the same random numbers drawn
         for a, b in zip(got[:3], expected[:3], strict=True):
             assert torch.equal(a, b)
@@ -45,6 +48,8 @@ def test_traced_acting_equals_eager_on_every_call(recurrent: bool, masks: bool, 
             assert torch.equal(got[3][0], expected[3][0]) and torch.equal(got[3][1], expected[3][1])
             state = got[3]
     assert traced.num_traces == 1 and eager.num_traces == 0  # the trace was used, not an eager fallback
+    if critic:  # the values come from the centralized critic's input
+        assert not torch.equal(traced(obs, None, None, action_masks, agent_ids, critic_obs + 1.0)[2], got[2])
 
 
 def test_row_actor_keeps_each_rows_lstm_state_whatever_the_order_of_rows() -> None:
