@@ -8,8 +8,8 @@ env), legal-action masks (dropped when every action is legal, so the policy skip
 continuous actions to the action space (the unclipped action is kept for the learner).
 
 The forward pass itself is :class:`~shoal.train.speed.traced_acting.Actor`'s: replayed through verified
-TorchScript traces when asked, else eager; a centralized critic input (MAPPO) or deterministic actions always
-run eagerly.
+TorchScript traces when asked, else eager (a centralized critic input, MAPPO's, is one more traced input);
+deterministic actions always run eagerly.
 """
 
 from __future__ import annotations

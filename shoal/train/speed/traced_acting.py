@@ -40,8 +40,9 @@ class _Acting(nn.Module):
         masks = items.pop(0) if self.has_masks else None
         ids = items.pop(0) if self.has_ids else None
         critic = items.pop(0) if self.has_critic else None
-        extra = {"critic_obs": critic} if critic is not None else {}  # only policies with a centralized critic take it
-        out = self.policy(obs, state, done=done, action_masks=masks, agent_ids=ids, **extra)
+        # absent: exactly the call policies got before critic_obs existed (a custom policy need not take it)
+        kwargs = {"critic_obs": critic} if critic is not None else {}
+        out = self.policy(obs, state, done=done, action_masks=masks, agent_ids=ids, **kwargs)
         tail = (out.state[0], out.state[1]) if out.state is not None else ()
         # a policy without a state-value head (SAC) returns value None: an empty tensor stands for it in the trace
         value = out.value if out.value is not None else obs.new_zeros(0, dtype=torch.float32)
@@ -118,8 +119,8 @@ class Actor:
         agent_ids: Tensor | None,
         critic_obs: Tensor | None = None,
     ) -> Output:
-        extra = {"critic_obs": critic_obs} if critic_obs is not None else {}
-        out = self.policy(obs, state, done=done, action_masks=action_masks, agent_ids=agent_ids, **extra)
+        kwargs = {"critic_obs": critic_obs} if critic_obs is not None else {}
+        out = self.policy(obs, state, done=done, action_masks=action_masks, agent_ids=agent_ids, **kwargs)
         return out.action, out.log_prob, out.value, out.state
 
     def _build(self, key: tuple, flags: tuple[bool, ...], inputs: list[Tensor], *args: Any) -> Any:

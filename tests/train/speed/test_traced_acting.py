@@ -17,7 +17,7 @@ OBS = gym.spaces.Box(-1.0, 1.0, (6,))
 
 
 @pytest.mark.parametrize("recurrent, masks, ids, critic", [(False, False, False, False), (True, True, True, False),
-                                                          (False, True, True, True)])
+                                                          (False, True, True, True), (True, True, True, True)])
 def test_traced_acting_equals_eager_on_every_call(recurrent: bool, masks: bool, ids: bool, critic: bool) -> None:
     # critic: MAPPO's centralized critic input (critic_obs) is a traced input too
     torch.manual_seed(0)
@@ -50,6 +50,23 @@ def test_traced_acting_equals_eager_on_every_call(recurrent: bool, masks: bool, 
     assert traced.num_traces == 1 and eager.num_traces == 0  # the trace was used, not an eager fallback
     if critic:  # the values come from the centralized critic's input
         assert not torch.equal(traced(obs, None, None, action_masks, agent_ids, critic_obs + 1.0)[2], got[2])
+
+
+def test_row_actor_acts_with_a_centralized_critic_input_through_one_trace() -> None:
+    torch.manual_seed(3)
+    policy = Policy(compile_layout(OBS), ActionLayout(gym.spaces.Discrete(3)), hidden_size=16, num_agent_ids=2,
+                    critic_input_size=5)
+    actor = RowActor(policy, 6, 2, "cpu", continuous=False, trace=True)
+    rows = np.arange(6)
+    gen = torch.Generator().manual_seed(4)
+    for _ in range(3):
+        obs = (torch.rand(6, 6, generator=gen) * 2 - 1).numpy()
+        critic_obs = torch.randn(6, 5, generator=gen)
+        acted = actor.act(obs, rows, critic_obs=critic_obs)
+        with torch.no_grad():
+            expected = policy.value(None, critic_obs=critic_obs, agent_ids=torch.from_numpy(rows % 2))
+        np.testing.assert_array_equal(acted.values, expected.numpy())
+    assert actor.forward.num_traces == 1
 
 
 def test_row_actor_keeps_each_rows_lstm_state_whatever_the_order_of_rows() -> None:
