@@ -166,7 +166,7 @@ def spread_config(algo: str, steps: int, seed: int) -> TrainConfig:
     if algo == "mappo":
         return TrainConfig(algo="mappo", **common)
     return TrainConfig(**{**ALGO_DEFAULTS["mappo"], **ENV_PRESETS["mappo"][SPREAD], "algo": "ppo",
-                          "value_norm": "running", **common})
+                          "value_norm": "running", "critic_residual": False, **common})
 
 
 def spread_evaluation(policy: nn.Module, args: dict[str, Any], deterministic: bool) -> float:

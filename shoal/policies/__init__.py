@@ -16,6 +16,7 @@ from shoal.policies.export import export_onnx, load_policy, load_state_dict, run
 from shoal.policies.policy import (
     Policy,
     PolicyOutput,
+    ResidualCritic,
     centralized_input,
     centralized_input_size,
     float_features,
@@ -31,6 +32,7 @@ __all__ = [
     # observations
     "unflatten_tensor",
     "float_features",
+    "ResidualCritic",
     "centralized_input",
     "centralized_input_size",
     # distributions

@@ -34,7 +34,9 @@ Multi-agent options
     negative ids, e.g. the ``-1`` of empty slots, are clamped to 0) to the actor's and critic's inputs.
     ``critic_input_size=C`` gives the critic its own MLP over a centralized input ``critic_obs`` float ``[B, C]``
     (e.g. :func:`centralized_input`: all slots of the env, dead slots zeroed, plus the slot mask), separate from
-    the actor's local observation.
+    the actor's local observation. ``critic_local_size=L`` makes it a :class:`ResidualCritic`: a local critic over
+    the last ``L`` columns of ``critic_obs`` (the slot's own features and one-hots) plus the centralized MLP as a
+    residual that starts at zero.
 """
 
 from __future__ import annotations
@@ -230,6 +232,43 @@ class LSTM(nn.Module):
         return torch.stack(outs), (h.unsqueeze(0), c.unsqueeze(0))
 
 
+class ResidualCritic(nn.Module):
+    """A local critic plus a centralized residual: ``value = w . [local(x[:, -L:]), central(x)] + b``.
+
+    The local MLP reads the last ``local_size`` columns of the critic input (a slot's own features and one-hots in
+    :func:`~shoal.train.core.centralized.critic_input`); the central MLP reads the whole row (plus the agent-id
+    embedding). One output layer reads both hidden vectors, and its weights over the central one start at zero:
+    training starts from a local critic and the global input joins as it pays off. On mpe2's simple_spread, whose
+    local observations already hold every relative position, a centralized critic alone fit worse early and trailed
+    a local one (README, MAPPO section). One output layer keeps PopArt exact (it rescales :attr:`output`).
+
+    Args:
+        input_size: width of the full input row ``x`` (``critic_input_size`` + the agent-id embedding, if any).
+        local_size: width of the local part: the ``local_size`` columns just before the appended embedding,
+            ``x[:, input_size - embedding - local_size : input_size - embedding]``.
+        hidden_size: width of both MLPs (two layers each).
+        embedding: width of the appended agent-id embedding (0: none); the local MLP does not read it.
+        act: the activation module class.
+    """
+
+    def __init__(self, input_size: int, local_size: int, hidden_size: int, embedding: int,
+                 act: type[nn.Module]) -> None:
+        super().__init__()
+        self._local_end = input_size - embedding
+        self._local_start = self._local_end - local_size
+        self.local = nn.Sequential(_linear(local_size, hidden_size), act(), _linear(hidden_size, hidden_size), act())
+        self.central = nn.Sequential(_linear(input_size, hidden_size), act(), _linear(hidden_size, hidden_size),
+                                     act())
+        self.output = _linear(2 * hidden_size, 1, gain=1.0)
+        with torch.no_grad():
+            self.output.weight[:, hidden_size:] = 0.0
+
+    def forward(self, x: Tensor) -> Tensor:
+        """float32 ``x [N, input_size]`` -> values ``[N, 1]``."""
+        local = self.local(x[:, self._local_start:self._local_end])
+        return self.output(torch.cat([local, self.central(x)], -1))
+
+
 class Policy(nn.Module):
     """The default actor-critic policy for any emulated env (see the module docstring for the design).
 
@@ -244,6 +283,8 @@ class Policy(nn.Module):
         num_agent_ids: number of distinct agent ids (slots or agent types) to embed; 0 disables.
         agent_id_embedding: width of the agent-id embedding.
         critic_input_size: width of a centralized critic input; None: the value head reads the shared features.
+        critic_local_size: with ``critic_input_size``, the critic is a :class:`ResidualCritic` whose local part
+            reads the last ``critic_local_size`` columns of ``critic_obs``; None: one MLP over the whole row.
         separate_critic: give the critic its own encoder and trunk (feed-forward policies without
             ``critic_input_size``). Shared features must grow with the scale of the returns to fit them, which
             scales the actor's logits too (entropy collapses without any policy gradient); False shares them.
@@ -273,7 +314,8 @@ class Policy(nn.Module):
     def __init__(self, obs_layout: Layout | Any, action_layout: ActionLayout | Any, *, hidden_size: int = 128,
                  num_layers: int = 1, embedding_dim: int = 16, recurrent: bool = False, lstm_size: int = 128,
                  num_agent_ids: int = 0, agent_id_embedding: int = 16, critic_input_size: int | None = None,
-                 continuous_std: str = "state_independent", separate_critic: bool | None = None,
+                 critic_local_size: int | None = None, continuous_std: str = "state_independent",
+                 separate_critic: bool | None = None,
                  encoding: int = ENCODING, board_encoder: bool = True, activation: str = "relu",
                  obs_norm: bool = False, device: torch.device | str | None = None) -> None:
         super().__init__()
@@ -286,6 +328,10 @@ class Policy(nn.Module):
                                 f"embedding_dim={embedding_dim} must be >= 1 and num_agent_ids={num_agent_ids} >= 0")
         if critic_input_size is not None and critic_input_size < 1:
             raise APIUsageError(f"critic_input_size={critic_input_size} must be >= 1 or None")
+        if critic_local_size is not None and (critic_input_size is None
+                                              or not 1 <= critic_local_size <= critic_input_size):
+            raise APIUsageError(f"critic_local_size={critic_local_size} needs a critic_input_size (got "
+                                f"{critic_input_size}) and must be between 1 and it")
         self.obs_layout = compile_layout(obs_layout)
         self.action_layout = action_layout if isinstance(action_layout, ActionLayout) else ActionLayout(action_layout)
         # plain copies of what forward() reads, so compiled graphs never touch the layouts' cached properties
@@ -308,6 +354,8 @@ class Policy(nn.Module):
             self.config["activation"] = activation
         if obs_norm:  # likewise: configs saved before the option rebuild without statistics
             self.config["obs_norm"] = True
+        if critic_local_size is not None:  # likewise: they rebuild a single critic MLP
+            self.config["critic_local_size"] = critic_local_size
         act = nn.Tanh if activation == "tanh" else nn.ReLU
         self.encoder = ObservationEncoder(self.obs_layout, hidden_size=hidden_size, embedding_dim=embedding_dim,
                                           boards=board_encoder, activation=activation, obs_norm=obs_norm)
@@ -340,6 +388,9 @@ class Policy(nn.Module):
             self.critic_trunk = nn.Sequential(*layers)
         if critic_input_size is None:
             self.value_head = _linear(width, 1, gain=1.0)
+        elif critic_local_size is not None:
+            extra = agent_id_embedding if num_agent_ids else 0
+            self.critic = ResidualCritic(critic_input_size + extra, critic_local_size, hidden_size, extra, act)
         else:
             extra = agent_id_embedding if num_agent_ids else 0
             self.critic = nn.Sequential(

@@ -72,18 +72,18 @@ ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
     "ppo": {"num_envs": 8, "horizon": 64, "learning_rate": 4e-3, "update_epochs": 3, "minibatch_size": 128,
             "ent_coef": 0.01, "hidden_size": 64, "agent_ids": False, "anneal_lr": True, "gamma": 0.99,
             "gae_lambda": 0.95, "critic_input": "auto", "reward_norm": False, "activation": "relu",
-            "obs_norm": False},
+            "obs_norm": False, "critic_residual": False},
     "mappo": {"num_envs": 16, "horizon": 50, "learning_rate": 2.5e-3, "update_epochs": 10, "minibatch_size": 1200,
               "ent_coef": 0.01, "hidden_size": 128, "agent_ids": True, "anneal_lr": True, "gamma": 0.99,
               "gae_lambda": 0.95, "critic_input": "auto", "reward_norm": False, "activation": "relu",
-              "obs_norm": False},
+              "obs_norm": False, "critic_residual": True},
     # SAC: an update is `horizon` vector steps, each followed by its gradient steps; minibatch_size is the
     # sampled batch; a constant learning rate (as SB3 and CleanRL use); ent_coef and update_epochs are unused;
     # critic_input None: each critic reads the slot's own observation (decentralized) unless one is asked for.
     "sac": {"num_envs": 4, "horizon": 50, "learning_rate": 1e-3, "update_epochs": 1, "minibatch_size": 256,
             "ent_coef": 0.0, "hidden_size": 256, "agent_ids": False, "anneal_lr": False, "gamma": 0.99,
             "gae_lambda": 0.95, "critic_input": None, "reward_norm": False, "activation": "relu",
-            "obs_norm": False},
+            "obs_norm": False, "critic_residual": False},
     # Offline (BC, IQL; shoal.train.offline): total_steps counts gradient steps, as CORL does; an update is
     # `horizon` gradient steps (the unit of logging, checkpoint_interval and eval_interval) on sampled minibatches
     # of minibatch_size transitions; num_envs envs play the online evaluations; a constant learning rate (CORL's
@@ -91,18 +91,18 @@ ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
     "bc": {"num_envs": 8, "horizon": 500, "learning_rate": 1e-3, "update_epochs": 1, "minibatch_size": 256,
            "ent_coef": 0.0, "hidden_size": 256, "agent_ids": False, "anneal_lr": False, "gamma": 0.99,
            "gae_lambda": 0.95, "critic_input": None, "reward_norm": False, "activation": "relu",
-           "obs_norm": False},
+           "obs_norm": False, "critic_residual": False},
     "iql": {"num_envs": 8, "horizon": 500, "learning_rate": 3e-4, "update_epochs": 1, "minibatch_size": 256,
             "ent_coef": 0.0, "hidden_size": 256, "agent_ids": False, "anneal_lr": False, "gamma": 0.99,
             "gae_lambda": 0.95, "critic_input": None, "reward_norm": False, "activation": "relu",
-            "obs_norm": False},
+            "obs_norm": False, "critic_residual": False},
     # The Decision Transformer: minibatch_size counts windows of context_length steps; hidden_size is the width
     # of its tokens. A transformer step costs far more than an MLP's (0.1 to 0.3 s on one CPU core with these),
     # so an update is 100 of them; gamma and gae_lambda are unused (returns-to-go are undiscounted).
     "dt": {"num_envs": 8, "horizon": 100, "learning_rate": 1e-3, "update_epochs": 1, "minibatch_size": 64,
            "ent_coef": 0.0, "hidden_size": 64, "agent_ids": False, "anneal_lr": False, "gamma": 0.99,
            "gae_lambda": 0.95, "critic_input": None, "reward_norm": False, "activation": "relu",
-           "obs_norm": False},
+           "obs_norm": False, "critic_residual": False},
 }
 
 #: Per algorithm and env id, settings for the fields a config leaves unset, applied before :data:`ALGO_DEFAULTS`
@@ -484,6 +484,11 @@ class TrainConfig:
     256 numbers, such as images, average-pooled down to at most 256) or ``"auto"`` (``state()`` when the env has a
     flat one of at most 4096 numbers, else ``"concat"``). None: the algorithm's default (:data:`ALGO_DEFAULTS`):
     ``"auto"`` for MAPPO; for SAC None keeps the critics decentralized (each reads its slot's observation)."""
+    critic_residual: bool | None = None
+    """MAPPO: the centralized critic is a local critic (the slot's own observation features and one-hots) plus an
+    MLP over the whole critic input as a residual whose output weights start at zero
+    (:class:`~shoal.policies.policy.ResidualCritic`); False: one MLP over the whole input. None: the algorithm's
+    default (:data:`ALGO_DEFAULTS`)."""
     critic_memory_limit: float = 4.0
     """MAPPO and SAC with ``critic_input``: largest size in GiB of the stored critic inputs (float32; MAPPO: one
     row per transition of a rollout, SAC: two per replay transition, its input and the next one); more is refused
@@ -668,6 +673,9 @@ class TrainConfig:
         if self.obs_norm and self.algo not in ("ppo", "mappo"):
             raise APIUsageError(f"obs_norm keeps running observation statistics updated between PPO and MAPPO "
                                 f"rollouts; algo={self.algo!r} does not support it (drop --obs-norm)")
+        if self.critic_residual and self.algo != "mappo":
+            raise APIUsageError(f"critic_residual shapes MAPPO's centralized critic; algo={self.algo!r} has none "
+                                "(drop --critic-residual, or use --algo mappo)")
         if self.target_kl is not None and not self.target_kl > 0:
             raise APIUsageError(f"target_kl must be > 0 (or None to disable), got {self.target_kl}")
         if self.algo == "sac":
@@ -828,6 +836,8 @@ class TrainConfig:
             before = _PRESETS_BEFORE_OBS_NORM.get((data.get("algo", "ppo"), data.get("env", "")), {})
             if data.get("preset", "auto") != "none":
                 data.update({name: value for name, value in before.items() if data.get(name) is None})
+        if "critic_residual" not in data:  # written before the residual critic: one MLP over the whole input
+            data = {**data, "critic_residual": False}
         return cls(**data)
 
     def save(self, path: str | Path) -> None:

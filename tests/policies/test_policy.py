@@ -12,7 +12,14 @@ from torch.distributions import Categorical, Normal
 
 from shoal.emulation import ActionLayout, compile_layout, emulate
 from shoal.errors import APIUsageError, SpaceError
-from shoal.policies import Policy, PolicyOutput, centralized_input, centralized_input_size, encoder_kind
+from shoal.policies import (
+    Policy,
+    PolicyOutput,
+    ResidualCritic,
+    centralized_input,
+    centralized_input_size,
+    encoder_kind,
+)
 from tests.policies.helpers import ACTION_SPACES, action_layout, block_masks, random_masks, sample_rows
 from tests.strategies import nested_spaces
 from tests.zoo import SPACE_ZOO
@@ -211,6 +218,51 @@ def test_centralized_critic_reads_its_own_input() -> None:
     assert same_actor.value is None  # acting without critic_obs
     with pytest.raises(APIUsageError, match="critic_obs"):
         policy.value(obs.reshape(envs * slots, -1), agent_ids=ids.reshape(-1))
+
+
+def test_residual_critic_starts_local_and_learns_to_read_the_global_columns() -> None:
+    torch.manual_seed(0)
+    layout = compile_layout(spaces.Box(-1.0, 1.0, (3,), np.float32))
+    width, local = 10, 4  # columns 0-5 global, 6-9 the slot's own
+    policy = Policy(layout, action_layout("discrete"), critic_input_size=width, critic_local_size=local,
+                    num_agent_ids=2, **SMALL)
+    assert isinstance(policy.critic, ResidualCritic) and policy.config["critic_local_size"] == local
+    x = torch.randn(256, width)
+    ids = torch.arange(256) % 2
+    shifted = x.clone()
+    shifted[:, :width - local] = torch.randn(256, width - local)
+    value = policy.value(None, agent_ids=ids, critic_obs=x)
+    # at the start the value reads the local columns only: not the global ones, not the agent-id embedding
+    torch.testing.assert_close(policy.value(None, agent_ids=ids, critic_obs=shifted), value, rtol=0, atol=0)
+    torch.testing.assert_close(policy.value(None, agent_ids=1 - ids, critic_obs=x), value, rtol=0, atol=0)
+    local_shift = x.clone()
+    local_shift[:, -local:] += 1.0
+    assert not torch.allclose(policy.value(None, agent_ids=ids, critic_obs=local_shift), value)
+    # a target only the global columns explain: the residual learns it
+    target = 3.0 * x[:, 0]
+    optimizer = torch.optim.Adam(policy.parameters(), lr=3e-3)
+    first = None
+    for _ in range(300):
+        loss = (policy.value(None, agent_ids=ids, critic_obs=x) - target).pow(2).mean()
+        first = loss.item() if first is None else first
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.05 * first
+    assert not torch.allclose(policy.value(None, agent_ids=ids, critic_obs=shifted),
+                              policy.value(None, agent_ids=ids, critic_obs=x), atol=1e-2)
+    # the config rebuilds the same network
+    copy = Policy(layout, action_layout("discrete"), **policy.config)
+    copy.load_state_dict(policy.state_dict())
+    torch.testing.assert_close(copy.value(None, agent_ids=ids, critic_obs=x),
+                               policy.value(None, agent_ids=ids, critic_obs=x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kwargs", [dict(critic_local_size=2), dict(critic_input_size=4, critic_local_size=5),
+                                    dict(critic_input_size=4, critic_local_size=0)])
+def test_residual_critic_needs_local_columns_within_the_critic_input(kwargs: dict) -> None:
+    with pytest.raises(APIUsageError, match="critic_local_size"):
+        Policy(compile_layout(spaces.Box(-1.0, 1.0, (3,))), action_layout("discrete"), **kwargs, **SMALL)
 
 
 def test_device_argument_and_state_dict_round_trip() -> None:

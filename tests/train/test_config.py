@@ -240,6 +240,16 @@ def test_the_mountaincar_preset_trains_a_tanh_network_on_normalized_observations
     assert TrainConfig.from_dict(mine).resolved().wrappers == ""  # its own wrappers stay its own
 
 
+def test_mappo_defaults_to_the_residual_critic_and_older_runs_keep_a_single_critic() -> None:
+    assert TrainConfig(algo="mappo").resolved().critic_residual is True
+    assert TrainConfig(algo="mappo", critic_residual=False).resolved().critic_residual is False
+    assert TrainConfig().resolved().critic_residual is False
+    with pytest.raises(APIUsageError, match="critic_residual"):
+        TrainConfig(algo="ppo", critic_residual=True).validate()
+    old = {k: v for k, v in TrainConfig(algo="mappo").to_dict().items() if k != "critic_residual"}
+    assert TrainConfig.from_dict(old).resolved().critic_residual is False
+
+
 def test_connect_four_takes_its_preset_by_its_pettingzoo_module_name() -> None:
     from shoal.train.config import ENV_PRESETS
 

@@ -451,6 +451,7 @@ class CentralizedInputs:
 
     Attributes:
         size: width ``C`` of an input row (:func:`critic_input_size`).
+        local_size: width of its last part, the slot's own features and one-hots (``F + A + T``).
         state_size: elements of the global state (None for ``"concat"``).
     """
 
@@ -467,6 +468,8 @@ class CentralizedInputs:
         self.state_size = None if state_space is None else int(np.prod(state_space.shape))
         self._scaling = None if state_space is None else _state_scaling(state_space)
         self.size = critic_input_size(obs_layout, agents_per_env, self.num_types, self.state_size)
+        #: the last columns of a row that describe its own slot: its features and its slot and type one-hots
+        self.local_size = summary_size(obs_layout) + agents_per_env + self.num_types
         size = self.state_size or 0
         self.states = np.zeros((num_envs, size), np.float32)  # latest scaled state() of each env
         self.final_states = np.zeros((num_envs, size), np.float32)  # state after an episode's last step

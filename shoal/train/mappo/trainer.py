@@ -236,7 +236,7 @@ def _critic_output(policy: nn.Module, centralized: bool) -> nn.Linear | None:
     """The last linear layer of ``policy``'s critic (for PopArt), or None."""
     if centralized:
         critic = getattr(policy, "critic", None)
-        layer = critic[-1] if isinstance(critic, nn.Sequential) else None
+        layer = critic[-1] if isinstance(critic, nn.Sequential) else getattr(critic, "output", None)
     else:
         layer = getattr(policy, "value_head", None)
     return layer if isinstance(layer, nn.Linear) else None
@@ -300,7 +300,8 @@ class MAPPOTrainer(Trainer):
             self.critic_size = self.central.size
             self._check_memory(self.config.resolved(agents))
             if policy is None:
-                policy = self._default_policy(policy_cls, critic_input_size=self.critic_size)
+                local = {"critic_local_size": self.central.local_size} if self.config.critic_residual else {}
+                policy = self._default_policy(policy_cls, critic_input_size=self.critic_size, **local)
             elif getattr(policy, "critic_input_size", None) != self.critic_size:
                 raise APIUsageError(
                     f"MAPPO feeds the critic rows of {self.critic_size} floats ({self.critic_mode} input for "

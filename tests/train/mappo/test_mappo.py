@@ -21,7 +21,7 @@ from shoal.emulation import PettingZooEmulator
 from shoal.emulation.layout import compile_layout
 from shoal.envs.squad import SquadEnv
 from shoal.errors import APIUsageError
-from shoal.policies import Policy
+from shoal.policies import Policy, ResidualCritic
 from shoal.train import TrainConfig, Trainer, train
 from shoal.train.api import trainer_class
 from shoal.train.config import ALGO_DEFAULTS
@@ -433,6 +433,21 @@ def test_popart_preserves_the_denormalized_outputs() -> None:
     assert set(norm.state_dict()) == {"running_mean", "running_mean_sq", "debias"}
 
 
+def test_popart_rescales_the_residual_critic_output_exactly() -> None:
+    torch.manual_seed(1)
+    layout = compile_layout(spaces.Box(-1.0, 1.0, (3,), np.float32))
+    policy = Policy(layout, spaces.Discrete(2), critic_input_size=8, critic_local_size=3, hidden_size=16)
+    with torch.no_grad():  # the central half of the output layer away from its zero start
+        policy.critic.output.weight.normal_()
+    norm = PopArt(policy.critic.output)
+    x = torch.randn(16, 8)
+    for batch in (torch.randn(32) * 10 + 50, torch.randn(32) * 100):
+        before = norm.denormalize(policy.value(None, critic_obs=x)).detach()
+        norm.update(batch)
+        torch.testing.assert_close(norm.denormalize(policy.value(None, critic_obs=x)).detach(), before,
+                                   rtol=1e-4, atol=1e-3)
+
+
 @pytest.mark.parametrize("kind", ["running", "popart"])
 def test_ippo_with_value_normalization_and_mappo_with_popart(kind: str) -> None:
     ippo = train(
@@ -614,6 +629,29 @@ def test_cli_trains_mappo_with_its_defaults(tmp_path: Path, capsys: pytest.Captu
     assert {"agents/agent_0/episode_return", "teams/agent/episode_return", "charts/value_norm_std"} <= names
     code = main(["eval", str(run_dir), "--episodes", "4", "--json"])  # the actor alone evaluates
     assert code == 0 and json.loads(capsys.readouterr().out.strip().splitlines()[-1])["ok"]
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_mappo_critic_starts_from_the_slots_own_columns_unless_asked_for_one_mlp(residual: bool) -> None:
+    cfg = TrainConfig(algo="mappo", env="tagged", total_steps=64, num_envs=2, minibatch_size=16, critic_input="state",
+                      critic_residual=None if residual else False, **FAST)
+    trainer = MAPPOTrainer(cfg, env_fn=TaggedEnv)
+    try:
+        policy = trainer.policy
+        assert isinstance(policy.critic, ResidualCritic) is residual
+        assert trainer.critic_size == 2 + 3 + 2 + 1  # [state | own obs | slot one-hot | type one-hot]
+        assert trainer.central is not None and trainer.central.local_size == 3 + 2 + 1
+        x = torch.randn(8, trainer.critic_size)
+        ids = torch.arange(8) % 2
+        moved = x.clone()
+        moved[:, :2] += 5.0  # the global state only
+        same = torch.equal(policy.value(None, agent_ids=ids, critic_obs=moved),
+                           policy.value(None, agent_ids=ids, critic_obs=x))
+        assert same is residual  # the residual's output starts at zero; one MLP reads the state from the start
+        trainer.train()
+        assert trainer.global_step >= 64
+    finally:
+        trainer.close()
 
 
 def test_state_critic_input_needs_a_state() -> None:

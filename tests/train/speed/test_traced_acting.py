@@ -17,12 +17,17 @@ OBS = gym.spaces.Box(-1.0, 1.0, (6,))
 
 
 @pytest.mark.parametrize("recurrent, masks, ids, critic", [(False, False, False, False), (True, True, True, False),
-                                                          (False, True, True, True), (True, True, True, True)])
-def test_traced_acting_equals_eager_on_every_call(recurrent: bool, masks: bool, ids: bool, critic: bool) -> None:
-    # critic: MAPPO's centralized critic input (critic_obs) is a traced input too
+                                                          (False, True, True, True), (True, True, True, True),
+                                                          (False, True, True, "residual")])
+def test_traced_acting_equals_eager_on_every_call(recurrent: bool, masks: bool, ids: bool, critic: bool | str) -> None:
+    # critic: MAPPO's centralized critic input (critic_obs) is a traced input too ("residual": MAPPO's default critic)
     torch.manual_seed(0)
     policy = Policy(compile_layout(OBS), ActionLayout(gym.spaces.Discrete(3)), hidden_size=16, recurrent=recurrent,
-                    lstm_size=8, num_agent_ids=4 if ids else 0, critic_input_size=10 if critic else None)
+                    lstm_size=8, num_agent_ids=4 if ids else 0, critic_input_size=10 if critic else None,
+                    critic_local_size=4 if critic == "residual" else None)
+    if critic == "residual":
+        with torch.no_grad():  # away from the zero start, so the values read the global columns too
+            policy.critic.output.weight.normal_()
     traced, eager = Actor(policy, trace=True), Actor(policy, trace=False)
     gen = torch.Generator().manual_seed(1)
     n = 12
