@@ -17,10 +17,10 @@ seeds) beside that script's scripted heuristic and a random policy; ``knights_ar
 beside random actions (the team return: every agent's reward of an env episode summed).
 
 Columns: ``final`` is the mean return of the last 20 training episodes at the end of the run (sampled actions;
-simple_spread: the per-agent return of the last 300 agent-episodes, ``benchmarks/mappo.py``'s window, logged every
+simple_spread: the per-agent return of the last 300 env episodes, ``benchmarks/mappo.py``'s window, logged every
 5 s; knights_archers_zombies: the team return of the last 20 env episodes), ``best`` the best such mean during the
 run, ``eval`` the mean return of 10 episodes with the most likely actions after training (shoal, SB3,
-simple_spread baselines on 100 env episodes; CleanRL's scripts do not evaluate), ``published`` the
+simple_spread baselines on 300 env episodes; CleanRL's scripts do not evaluate), ``published`` the
 rl-baselines3-zoo's ``benchmark.md`` figure for that algorithm and its budget (LunarLander: the zoo's ``-v2``
 entries, same dynamics). Figures over several seeds are ``mean ± std``. ``wall s`` is the job's wall time (process
 start and evaluation included) and ``steps/s`` the training throughput; jobs run ``--workers`` at a time (default 2,
@@ -82,6 +82,8 @@ WINDOW = 20
 """Episodes in every running mean of the curves (and so in ``final`` and ``best``)."""
 EVAL_EPISODES = 10
 SPREAD = "mpe2.simple_spread_v3"
+#: env episodes (games) of every simple_spread evaluation, trained or scripted, on the same seeds
+SPREAD_EVAL_GAMES = 300
 #: Wall time of SB3 with the zoo's hyperparameters on the machine where an env's per-run time bound was set
 #: (CartPole-v1: 10 s, where SB3 took 15 s), so the bound also prints as a ratio to SB3 in the same run.
 BOUND_REFERENCE_SECONDS = {"CartPole-v1": 15.0}
@@ -247,7 +249,7 @@ def run_shoal(job: Job) -> Run:
 
         config = spread_config("mappo" if job.impl == "shoal MAPPO" else "ppo", job.steps, job.seed)
         result = train(config, callbacks=[_curve_callback("charts/episode_return", curve)])
-        value = spread_evaluation(result.policy, {"eval_episodes": 100, "eval_seed": 10_000}, True)
+        value = spread_evaluation(result.policy, {"eval_episodes": SPREAD_EVAL_GAMES, "eval_seed": 10_000}, True)
     else:
         algo = {"shoal PPO": "ppo", "shoal SAC": "sac"}[job.impl]
         kaz = job.env == KAZ
@@ -377,7 +379,8 @@ def run_scripted(job: Job) -> Run:
         from benchmarks.mappo import ScriptedPolicy, heuristic_rule, random_rule, spread_evaluation
 
         rule = heuristic_rule if job.impl == "heuristic" else random_rule
-        value = spread_evaluation(ScriptedPolicy(rule, 3, job.seed), {"eval_episodes": 100, "eval_seed": 10_000},
+        games = {"eval_episodes": SPREAD_EVAL_GAMES, "eval_seed": 10_000}
+        value = spread_evaluation(ScriptedPolicy(rule, 3, job.seed), games,
                                   True)
     else:
         value = random_team_return(EVAL_EPISODES, job.seed)
@@ -634,7 +637,7 @@ def plot(runs: Sequence[Run], out_dir: Path) -> list[Path]:
             elif run.eval is not None:
                 ax.axhline(run.eval, color=colour, linestyle="--", linewidth=1.0, label=label)
         name = SHORT_NAMES.get(env, env)
-        window = "300 agent-episodes" if env == SPREAD else f"{WINDOW} episodes"
+        window = "300 env episodes" if env == SPREAD else f"{WINDOW} episodes"
         ax.set_title(f"{name}: mean training return of the last {window}")
         ax.set_xlabel("agent steps" if env in (SPREAD, KAZ) else "env steps")
         ax.set_ylabel("team return" if env == KAZ else "return")

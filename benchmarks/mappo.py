@@ -172,10 +172,8 @@ def spread_config(algo: str, steps: int, seed: int) -> TrainConfig:
 def spread_evaluation(policy: nn.Module, args: dict[str, Any], deterministic: bool) -> float:
     """Mean per-agent return over ``eval_episodes`` env episodes on the evaluation seeds."""
     env_fn = resolve_env(SPREAD, {"max_cycles": 25})
-    episodes = args["eval_episodes"] * 3  # evaluate() counts agent-episodes
-    return evaluate(policy, env_fn, episodes, seed=args["eval_seed"], num_envs=8, deterministic=deterministic)[
-        "mean_return"
-    ]
+    return evaluate(policy, env_fn, args["eval_episodes"], seed=args["eval_seed"], num_envs=8,
+                    deterministic=deterministic)["mean_return"]
 
 
 def job(name: str, args: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ carries what an agent cannot see:
 
 Every run trains ``shoal train ENV --algo mappo`` as a user would (its defaults and presets, ``max_cycles=25``),
 with the critic chosen here; IPPO is the same configuration with ``algo="ppo"``, value normalization and a local
-critic. Columns: ``final`` is the mean per-agent return of the last 300 agent-episodes of training (sampled
+critic. Columns: ``final`` is the mean per-agent return of the last 300 env episodes of training (sampled
 actions), ``eval`` the mean per-agent return of ``--eval-episodes`` env episodes with the most likely actions on
 fixed evaluation seeds; ``mean ± std`` over the seeds. The verdict compares the residual critic's final return
 with each other design's: met when it is at least as high or within one standard deviation of that design's seeds.
@@ -65,11 +65,8 @@ def job(env: str, design: str, steps: int, seed: int, eval_episodes: int) -> dic
     start = time.perf_counter()
     result = train(config(env, design, steps, seed))
     seconds = time.perf_counter() - start
-    env_fn = resolve_env(f"mpe2.{env}", ENV_KWARGS)
-    agents = len(env_fn().possible_agents)
-    # evaluate() counts agent-episodes: eval_episodes env episodes of `agents` agents each
-    evaluation = evaluate(result.policy, env_fn, eval_episodes * agents, seed=10_000, num_envs=8,
-                          deterministic=True)["mean_return"]
+    evaluation = evaluate(result.policy, resolve_env(f"mpe2.{env}", ENV_KWARGS), eval_episodes, seed=10_000,
+                          num_envs=8, deterministic=True)["mean_return"]
     return {"env": env, "design": design, "seed": seed, "final": result.episode_return, "eval": evaluation,
             "seconds": seconds, "steps": result.global_step}
 
@@ -102,7 +99,11 @@ def main() -> None:
                    for env in envs for seed in seeds for design in designs]
         results = []
         for future in futures:
-            r = future.result()
+            try:
+                r = future.result()
+            except Exception as error:  # one failed run must not lose the others
+                print(f"  a run failed: {type(error).__name__}: {error}", flush=True)
+                continue
             results.append(r)
             print(f"  {r['env']:<28} {r['design']:<9} seed {r['seed']}: final {r['final']:.2f}, eval "
                   f"{r['eval']:.2f} ({r['steps']:,} steps, {r['seconds']:.0f} s)", flush=True)

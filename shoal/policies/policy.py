@@ -233,7 +233,7 @@ class LSTM(nn.Module):
 
 
 class ResidualCritic(nn.Module):
-    """A local critic plus a centralized residual: ``value = w . [local(x[:, -L:]), central(x)] + b``.
+    """A local critic plus a centralized residual: ``value = w . [local(x_local), central(x)] + b``.
 
     The local MLP reads the last ``local_size`` columns of the critic input (a slot's own features and one-hots in
     :func:`~shoal.train.core.centralized.critic_input`); the central MLP reads the whole row (plus the agent-id
@@ -249,11 +249,17 @@ class ResidualCritic(nn.Module):
         hidden_size: width of both MLPs (two layers each).
         embedding: width of the appended agent-id embedding (0: none); the local MLP does not read it.
         act: the activation module class.
+
+    Raises:
+        APIUsageError: the local columns do not fit before the embedding.
     """
 
     def __init__(self, input_size: int, local_size: int, hidden_size: int, embedding: int,
                  act: type[nn.Module]) -> None:
         super().__init__()
+        if embedding < 0 or not 1 <= local_size <= input_size - embedding:
+            raise APIUsageError(f"ResidualCritic: local_size={local_size} must be between 1 and input_size - "
+                                f"embedding = {input_size} - {embedding}")
         self._local_end = input_size - embedding
         self._local_start = self._local_end - local_size
         self.local = nn.Sequential(_linear(local_size, hidden_size), act(), _linear(hidden_size, hidden_size), act())

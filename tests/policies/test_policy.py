@@ -263,6 +263,8 @@ def test_residual_critic_starts_local_and_learns_to_read_the_global_columns() ->
 def test_residual_critic_needs_local_columns_within_the_critic_input(kwargs: dict) -> None:
     with pytest.raises(APIUsageError, match="critic_local_size"):
         Policy(compile_layout(spaces.Box(-1.0, 1.0, (3,))), action_layout("discrete"), **kwargs, **SMALL)
+    with pytest.raises(APIUsageError, match="local_size=5"):  # its columns must end before the embedding
+        ResidualCritic(8, 5, 16, 4, torch.nn.ReLU)
 
 
 def test_device_argument_and_state_dict_round_trip() -> None:

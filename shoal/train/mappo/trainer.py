@@ -21,6 +21,11 @@ What MAPPO changes (Yu et al., "The Surprising Effectiveness of PPO in Cooperati
       (:func:`critic_buffer_bytes`) and refuses, before allocating anything, one larger than
       ``critic_memory_limit`` GiB (``--critic-memory-limit``). With MAPPO's default minibatch, envs with large
       observations get minibatches of at most :data:`MINIBATCH_OBS_BYTES` of float32 observations.
+    * **How the critic reads it** (``critic_residual``, on by default): a
+      :class:`~shoal.policies.policy.ResidualCritic`, a local critic over the row's ``own`` part and one-hots plus
+      an MLP over the whole row whose output weights start at zero, so training starts from a local critic and
+      the global part joins as it helps (on simple_spread one MLP over the whole row trailed IPPO by 1.7 per
+      agent at 2M steps, the residual critic by 0.2: README); ``critic_residual=False``: one MLP over the row.
     * **How values are normalized** (:mod:`shoal.train.core.normalize`): the critic predicts normalized values
       (running mean/std by default, or PopArt); the buffer stores them in return units.
     * **Defaults** (``ALGO_DEFAULTS["mappo"]`` in :mod:`shoal.train.config`, for the API and the command line
@@ -57,6 +62,7 @@ import torch
 from torch import Tensor, nn
 
 from shoal.errors import APIUsageError
+from shoal.policies.policy import ResidualCritic
 from shoal.train.config import TrainConfig
 from shoal.train.core.centralized import (
     GLOBAL_STATE_KEY,
@@ -75,6 +81,7 @@ from shoal.train.core.centralized import (
 from shoal.train.core.normalize import ValueNormalizer, make_value_normalizer
 from shoal.train.core.rollout import RolloutBuffer, RolloutData
 from shoal.train.loop.trainer import Trainer
+from shoal.train.runs.checkpoint import load_checkpoint
 from shoal.train.runs.resolve import resolve_env
 
 __all__ = [
@@ -270,6 +277,7 @@ class MAPPOTrainer(Trainer):
         callbacks: Sequence[Callable[..., None]] = (),
     ) -> None:
         self._default_minibatch = config.minibatch_size is None
+        self._default_critic = config.critic_residual is None  # a resumed run then keeps its own design
         preset = config.preset_fields()
         config = config.resolved()
         self.centralized = config.algo == "mappo"
@@ -300,19 +308,47 @@ class MAPPOTrainer(Trainer):
             self.critic_size = self.central.size
             self._check_memory(self.config.resolved(agents))
             if policy is None:
+                self._keep_resumed_critic()
                 local = {"critic_local_size": self.central.local_size} if self.config.critic_residual else {}
                 policy = self._default_policy(policy_cls, critic_input_size=self.critic_size, **local)
-            elif getattr(policy, "critic_input_size", None) != self.critic_size:
-                raise APIUsageError(
-                    f"MAPPO feeds the critic rows of {self.critic_size} floats ({self.critic_mode} input for "
-                    f"{agents} slots); build the policy with Policy.from_env(vecenv, critic_input_size="
-                    f"{self.critic_size}) (it has critic_input_size={getattr(policy, 'critic_input_size', None)})"
-                )
+            else:
+                self._check_given_critic(policy)
         super()._setup(policy, policy_cls)
         norm = make_value_normalizer(self._value_norm_kind, _critic_output(self.policy, self.centralized))
         self.value_norm = None if norm is None else norm.to(self.device)
         self.buffer = CriticBuffer.like(self.buffer, self.critic_size, self.value_norm)
         self.all_rows = self.buffer.all_rows
+
+    def _keep_resumed_critic(self) -> None:
+        """A resumed run whose caller left ``critic_residual`` unset keeps the critic it was saved with (runs saved
+        before the residual critic existed, or by another default, rebuild one MLP instead of being refused)."""
+        if not self._default_critic or self._resume_from is None:
+            return
+        saved = TrainConfig.from_dict(load_checkpoint(self._resume_from, map_location="cpu")["config"])
+        if saved.critic_residual is not None and saved.critic_residual != self.config.critic_residual:
+            log.info("resuming with critic_residual=%s, as the run was saved", saved.critic_residual)
+            self.config = dataclasses.replace(self.config, critic_residual=saved.critic_residual)
+
+    def _check_given_critic(self, policy: nn.Module) -> None:
+        """Check a given policy's critic against the input this trainer builds; the config then records its
+        design (``critic_residual``), so the run resumes with the same network."""
+        assert self.central is not None
+        residual = isinstance(getattr(policy, "critic", None), ResidualCritic)
+        local = getattr(policy, "config", {}).get("critic_local_size") if residual else None
+        hint = (f"build the policy with Policy.from_env(vecenv, critic_input_size={self.critic_size}, "
+                f"critic_local_size={self.central.local_size}) (a residual critic; leave critic_local_size out "
+                "for one MLP over the whole input)")
+        if getattr(policy, "critic_input_size", None) != self.critic_size or local not in (None,
+                                                                                            self.central.local_size):
+            raise APIUsageError(
+                f"MAPPO feeds the critic rows of {self.critic_size} floats ({self.critic_mode} input for "
+                f"{self.vecenv.agents_per_env} slots, the last {self.central.local_size} the slot's own); {hint} "
+                f"(it has critic_input_size={getattr(policy, 'critic_input_size', None)}, critic_local_size="
+                f"{local})")
+        if not self._default_critic and self.config.critic_residual != residual:
+            raise APIUsageError(f"critic_residual={self.config.critic_residual}, but the given policy's critic is "
+                                f"{'a ResidualCritic' if residual else 'one MLP'}; drop critic_residual or {hint}")
+        self.config = dataclasses.replace(self.config, critic_residual=residual)
 
     def _bound_minibatch(self) -> None:
         """Shrink MAPPO's default minibatch so its float32 observations take at most :data:`MINIBATCH_OBS_BYTES`."""
@@ -329,7 +365,8 @@ class MAPPOTrainer(Trainer):
         need = critic_buffer_bytes(rows, cfg.horizon, cfg.batch_size, self.critic_size)  # type: ignore[arg-type]
         assert self.central is not None
         what = (
-            f"MAPPO critic input ({self.central.describe()}) is {self.critic_size:,} floats per row; its buffer "
+            f"MAPPO critic input ({self.central.describe()}) is {self.critic_size:,} floats per row (the last "
+            f"{self.central.local_size} the slot's own; critic_residual={cfg.critic_residual}); its buffer "
             f"({rows} rows, horizon {cfg.horizon}, batch {cfg.batch_size:,}) takes {need / _GIB:.3f} GiB"
         )
         if need > cfg.critic_memory_limit * _GIB:

@@ -20,7 +20,7 @@ from shoal.cli import main
 from shoal.emulation import PettingZooEmulator
 from shoal.emulation.layout import compile_layout
 from shoal.envs.squad import SquadEnv
-from shoal.errors import APIUsageError
+from shoal.errors import APIUsageError, CheckpointError
 from shoal.policies import Policy, ResidualCritic
 from shoal.train import TrainConfig, Trainer, train
 from shoal.train.api import trainer_class
@@ -598,6 +598,53 @@ def test_mappo_resume_equals_uninterrupted_training(tmp_path: Path) -> None:
     assert resumed.exact_resume and resumed.updates == whole.updates
     for name, value in whole.policy.state_dict().items():
         assert torch.equal(value, resumed.policy.state_dict()[name]), name
+
+
+def test_a_run_saved_before_the_residual_critic_resumes_with_its_single_mlp(tmp_path: Path) -> None:
+    from shoal.train.runs.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+
+    def config(**overrides: Any) -> TrainConfig:
+        fields: dict[str, Any] = dict(algo="mappo", env="squad", env_kwargs={"max_steps": 6}, total_steps=64,
+                                      num_envs=2, horizon=8, minibatch_size=32, seed=1, run_dir=str(tmp_path),
+                                      checkpoint_interval=1, log_interval=0.0, tensorboard=False)
+        return TrainConfig(**{**fields, **overrides})
+
+    train(config(critic_residual=False), state_squad)
+    # what a run saved before the option holds: no critic_residual in its config, no critic_local_size
+    for path in list_checkpoints(tmp_path):
+        payload = load_checkpoint(path)
+        assert "critic_local_size" not in payload["policy_config"]
+        payload["config"] = {k: v for k, v in payload["config"].items() if k != "critic_residual"}
+        save_checkpoint(path, payload)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["critic_residual"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    resumed = train(config(total_steps=128, resume=True), state_squad)  # the caller leaves critic_residual unset
+    assert resumed.global_step >= 128 and not isinstance(resumed.policy.critic, ResidualCritic)
+    assert resumed.config.critic_residual is False
+    with pytest.raises(CheckpointError, match="critic_residual"):  # asked for explicitly: refused, as any change
+        train(config(total_steps=192, resume=True, critic_residual=True), state_squad)
+
+
+def test_a_given_policy_sets_the_critic_design_the_run_records() -> None:
+    cfg = TrainConfig(algo="mappo", env="tagged", total_steps=32, num_envs=2, minibatch_size=16, critic_input="state",
+                      **FAST)
+    probe = MAPPOTrainer(cfg, env_fn=TaggedEnv)
+    try:
+        size, local = probe.critic_size, probe.central.local_size
+        one_mlp = Policy.from_env(probe.vecenv, critic_input_size=size, num_agent_ids=2)
+        residual = Policy.from_env(probe.vecenv, critic_input_size=size, critic_local_size=local, num_agent_ids=2)
+        wrong = Policy.from_env(probe.vecenv, critic_input_size=size, critic_local_size=local - 1, num_agent_ids=2)
+    finally:
+        probe.close()
+    for policy, design in ((one_mlp, False), (residual, True)):
+        trainer = MAPPOTrainer(cfg, env_fn=TaggedEnv, policy=policy)
+        assert trainer.config.critic_residual is design  # what the run's config.json and checkpoints record
+        trainer.close()
+    with pytest.raises(APIUsageError, match=f"critic_local_size={local}"):
+        MAPPOTrainer(cfg, env_fn=TaggedEnv, policy=wrong)
+    with pytest.raises(APIUsageError, match="critic_residual=True"):
+        MAPPOTrainer(cfg.replace(critic_residual=True), env_fn=TaggedEnv, policy=one_mlp)
 
 
 def test_cli_trains_mappo_with_its_defaults(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
