@@ -228,7 +228,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=4_000_000, help="agent steps for IPPO and for MAPPO each")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--eval-episodes", type=int, default=200, help="env episodes per evaluation")
+    parser.add_argument("--eval-episodes", type=int, default=600, help="env episodes (games) per evaluation")
     parser.add_argument("--eval-seed", type=int, default=10_000)
     parser.add_argument("--kaz-steps", type=int, default=600_000, help="0 skips knights_archers_zombies")
     parser.add_argument("--tag-steps", type=int, default=300_000, help="0 skips simple_tag")
@@ -288,7 +288,7 @@ def main() -> None:
             f"{row['method']:<10} {row['steps']:>12,} {row['minutes']:>8.1f} {fmt(row['greedy']):>12} "
             f"{fmt(row['sampled']):>13} {fmt(row['train']):>17}   {when}"
         )
-    print("training return (sampled actions, last 300 agent-episodes) at equal steps:")
+    print("training return (sampled actions, last 300 env episodes) at equal steps:")
     print(f"{'steps':>12} " + " ".join(f"{name:>8}" for name in curves))
     for fraction in (0.25, 0.5, 0.75, 1.0):
         mark = args.steps * fraction
@@ -307,7 +307,7 @@ def main() -> None:
         quarters = [curve.value_at(args.kaz_steps * f, "charts/team_return") for f in (0.25, 0.5, 0.75, 1.0)]
         print(
             f"{KAZ}: MAPPO, {kaz['steps']:,} agent steps in {kaz['minutes']:.1f} min, {kaz['episodes']:,} "
-            "agent-episodes; mean team return (last 50 env episodes): first logged "
+            "env episodes; mean team return (last 50 env episodes): first logged "
             f"{fmt(team[0] if team else None)}, at 25/50/75/100% of the steps " + " / ".join(fmt(q) for q in quarters)
         )
         out["kaz"] = {**kaz, "team_return_first": team[0] if team else None, "team_return_quarters": quarters}

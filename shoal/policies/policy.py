@@ -260,6 +260,7 @@ class ResidualCritic(nn.Module):
         if embedding < 0 or not 1 <= local_size <= input_size - embedding:
             raise APIUsageError(f"ResidualCritic: local_size={local_size} must be between 1 and input_size - "
                                 f"embedding = {input_size} - {embedding}")
+        self.local_size = local_size
         self._local_end = input_size - embedding
         self._local_start = self._local_end - local_size
         self.local = nn.Sequential(_linear(local_size, hidden_size), act(), _linear(hidden_size, hidden_size), act())

@@ -73,6 +73,7 @@ class DistributedTrainer(Trainer):
         *,
         timeout: float | None = None,
     ) -> None:
+        given = config  # passed on unresolved: a subclass tells the fields its caller left unset from the defaults
         config = config.resolved()
         if getattr(config, "league", False):
             raise APIUsageError("self-play leagues are not supported with several learners yet; train the league "
@@ -88,7 +89,7 @@ class DistributedTrainer(Trainer):
         if differing:
             raise APIUsageError(f"the learners were started with different settings of {differing}; give every "
                                 "rank the same command line")
-        config = config.replace(run_dir=configs[0]["run_dir"])
+        config = given.replace(run_dir=configs[0]["run_dir"])
         error: BaseException | None = None
         try:
             super().__init__(config, env_fn=env_fn, policy=policy, callbacks=callbacks if self.is_main else ())

@@ -306,13 +306,14 @@ class MAPPOTrainer(Trainer):
             self.central = CentralizedInputs(self.critic_mode, self.env_info, vec.obs_layout, vec.num_envs, agents,
                                              self.device)
             self.critic_size = self.central.size
-            self._check_memory(self.config.resolved(agents))
             if policy is None:
                 self._keep_resumed_critic()
-                local = {"critic_local_size": self.central.local_size} if self.config.critic_residual else {}
-                policy = self._default_policy(policy_cls, critic_input_size=self.critic_size, **local)
             else:
                 self._check_given_critic(policy)
+            self._check_memory(self.config.resolved(agents))  # (its log line names the design settled above)
+            if policy is None:
+                local = {"critic_local_size": self.central.local_size} if self.config.critic_residual else {}
+                policy = self._default_policy(policy_cls, critic_input_size=self.critic_size, **local)
         super()._setup(policy, policy_cls)
         norm = make_value_normalizer(self._value_norm_kind, _critic_output(self.policy, self.centralized))
         self.value_norm = None if norm is None else norm.to(self.device)
@@ -325,7 +326,8 @@ class MAPPOTrainer(Trainer):
         if not self._default_critic or self._resume_from is None:
             return
         saved = TrainConfig.from_dict(load_checkpoint(self._resume_from, map_location="cpu")["config"])
-        if saved.critic_residual is not None and saved.critic_residual != self.config.critic_residual:
+        if saved.algo == "mappo" and saved.critic_residual is not None \
+                and saved.critic_residual != self.config.critic_residual:
             log.info("resuming with critic_residual=%s, as the run was saved", saved.critic_residual)
             self.config = dataclasses.replace(self.config, critic_residual=saved.critic_residual)
 
@@ -333,8 +335,9 @@ class MAPPOTrainer(Trainer):
         """Check a given policy's critic against the input this trainer builds; the config then records its
         design (``critic_residual``), so the run resumes with the same network."""
         assert self.central is not None
-        residual = isinstance(getattr(policy, "critic", None), ResidualCritic)
-        local = getattr(policy, "config", {}).get("critic_local_size") if residual else None
+        critic = getattr(policy, "critic", None)
+        residual = isinstance(critic, ResidualCritic)
+        local = critic.local_size if isinstance(critic, ResidualCritic) else None
         hint = (f"build the policy with Policy.from_env(vecenv, critic_input_size={self.critic_size}, "
                 f"critic_local_size={self.central.local_size}) (a residual critic; leave critic_local_size out "
                 "for one MLP over the whole input)")

@@ -359,3 +359,35 @@ def test_two_learners_train_identically_and_resume_exactly(tmp_path: Path) -> No
     assert part["world_size"] == 2 and part["env_seeds"] == [7, 9] and len(part["ranks"]) == 2
     assert not torch.equal(part["ranks"][0]["rng"]["torch"], part["ranks"][1]["rng"]["torch"])
     assert payload["rng"]["python"] == part["ranks"][0]["rng"]["python"]
+
+
+def _mappo_defaults_worker(rank: int, world: int, port: int, root: str) -> None:
+    """Learner ``rank``: a MAPPO run saved with one critic MLP resumes when the caller leaves critic_residual
+    unset."""
+    _as_torchrun(rank, world, port)
+    base = Path(root)
+
+    def config(**overrides: Any) -> TrainConfig:
+        fields: dict[str, Any] = dict(algo="mappo", env="squad", env_kwargs={"max_steps": 6}, total_steps=48,
+                                      num_envs=2, horizon=8, minibatch_size=24, seed=1, run_dir=str(base),
+                                      checkpoint_interval=1, log_interval=0.0, tensorboard=False)
+        return TrainConfig(**{**fields, **overrides})
+
+    first = make_trainer(config(critic_residual=False))
+    assert isinstance(first, DistributedTrainer)
+    first.train()
+    resumed = make_trainer(config(total_steps=96, resume=True))
+    out = {"critic_residual": resumed.config.critic_residual, "global_step": resumed.train().global_step}
+    torch.save(out, base / f"out{rank}.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+    _exit_quietly()
+
+
+def test_a_learner_group_keeps_the_critic_design_a_mappo_run_was_saved_with(tmp_path: Path) -> None:
+    # the group resolves the config to compare the ranks' settings, but trains with the one given, so MAPPO still
+    # sees that critic_residual was left unset (a resolved config would say True and refuse the saved run)
+    _spawn(_mappo_defaults_worker, 2, str(tmp_path))
+    for rank in range(2):
+        out = torch.load(tmp_path / f"out{rank}.pt", weights_only=False)
+        assert out["critic_residual"] is False and out["global_step"] >= 96
