@@ -76,6 +76,25 @@ def spread(values: list[float]) -> str:
     return f"{mean:.2f}" if len(values) < 2 else f"{mean:.2f}±{statistics.stdev(values):.2f}"
 
 
+def verdicts(by: dict[tuple[str, str], list[dict[str, Any]]], envs: list[str], designs: list[str]) -> list[str]:
+    """One line per env and other design: the residual critic's mean final return against that design's, met when
+    at least its mean minus one standard deviation of its seeds (``by``: the runs of each ``(env, design)``)."""
+    lines = []
+    for env in envs:
+        ours = by.get((env, "residual"))
+        for other in designs:
+            theirs = by.get((env, other))
+            if other == "residual" or not ours or not theirs:
+                continue
+            mine = statistics.fmean(r["final"] for r in ours)
+            values = [r["final"] for r in theirs]
+            bar = statistics.fmean(values) - (statistics.stdev(values) if len(values) > 1 else 0.0)
+            verdict = "met" if mine >= bar else "MISSED"
+            lines.append(f"{env}: residual final {mine:.2f} ({len(ours)} seed(s)) vs {other} "
+                         f"{statistics.fmean(values):.2f} ({len(values)} seed(s)) -> {verdict}")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--envs", default=",".join(ENVS), help=f"comma-separated, of {', '.join(ENVS)}")
@@ -115,18 +134,8 @@ def main() -> None:
         print(f"{env:<28} {design:<9} {len(rows):>5} {spread([r['final'] for r in rows]):>14} "
               f"{spread([r['eval'] for r in rows]):>14} {statistics.fmean(r['seconds'] for r in rows):>8.0f}")
     print()
-    for env in envs:
-        ours = by.get((env, "residual"))
-        for other in designs:
-            theirs = by.get((env, other))
-            if other == "residual" or not ours or not theirs:
-                continue
-            mine = statistics.fmean(r["final"] for r in ours)
-            values = [r["final"] for r in theirs]
-            bar = statistics.fmean(values) - (statistics.stdev(values) if len(values) > 1 else 0.0)
-            print(f"{env}: residual final {mine:.2f} vs {other} {statistics.fmean(values):.2f} over "
-                  f"{len(ours)} seed(s) -> {'met' if mine >= bar else 'MISSED'}")
-
+    for text in verdicts(by, envs, designs):
+        print(text)
 
 if __name__ == "__main__":
     main()
