@@ -56,6 +56,7 @@ class ValueNormalizer(nn.Module):
         self.register_buffer("running_mean", torch.zeros((), dtype=torch.float64))
         self.register_buffer("running_mean_sq", torch.zeros((), dtype=torch.float64))
         self.register_buffer("debias", torch.zeros((), dtype=torch.float64))
+        self._affine_cache: tuple[tuple[object, ...], tuple[float, float]] | None = None
 
     # ---- statistics ----------------------------------------------------------------------------------------
 
@@ -64,13 +65,25 @@ class ValueNormalizer(nn.Module):
 
         The one computation of the statistics (:meth:`stats` wraps it): the acting path transforms numpy arrays with
         these floats, where a chain of scalar tensor ops per env step cost more than the transform. Reads the three
-        buffers at once (one device sync)."""
-        running_mean, running_mean_sq, debias = torch.stack(
-            [self.running_mean, self.running_mean_sq, self.debias]).tolist()
+        buffers at once (one device sync), and only when they changed: the result is cached under each buffer's
+        identity, storage and version counter (which every in-place write, ``update`` and ``load_state_dict``
+        included, advances) and ``epsilon``, so acting between updates reads no tensor at all."""
+        held = self._buffers  # (a module's attribute lookup of a buffer costs more than the whole cache check)
+        a, b, c = buffers = (held["running_mean"], held["running_mean_sq"], held["debias"])
+        key = (self.epsilon, id(a), a.data_ptr(), a._version, id(b), b.data_ptr(), b._version, id(c), c.data_ptr(),
+               c._version)
+        cached = self._affine_cache
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        running_mean, running_mean_sq, debias = torch.stack(buffers).tolist()
         if debias <= 0.0:
-            return 0.0, 1.0
-        mean = running_mean / debias
-        return mean, math.sqrt(max(running_mean_sq / debias - mean * mean, self.epsilon))
+            result = (0.0, 1.0)
+        else:
+            mean = running_mean / debias
+            result = (mean, math.sqrt(max(running_mean_sq / debias - mean * mean, self.epsilon)))
+        # the key holds the buffers' ids while they are alive (the module holds them), so an id is not reused
+        self._affine_cache = (key, result)
+        return result
 
     def stats(self) -> tuple[Tensor, Tensor]:
         """``(mean, std)`` as float64 scalars on the buffers' device (:meth:`affine`'s values)."""

@@ -416,6 +416,16 @@ def test_the_acting_path_denormalizes_exactly_as_the_tensor_transform_and_follow
     assert np.array_equal(buffer.denormalize(values), tensor_transform())
     norm.epsilon = 1e6  # the variance floor is read on every call too
     assert norm.affine()[1] == 1000.0 and np.array_equal(buffer.denormalize(values), tensor_transform())
+    norm.epsilon = 1e-4
+    with torch.no_grad():
+        norm.running_mean.add_(3.0)  # a write in place between updates
+    assert norm.affine() == (norm.mean, norm.std) and np.array_equal(buffer.denormalize(values), tensor_transform())
+    expected = (norm.running_mean.item() / norm.debias.item(), norm.std)
+    assert norm.affine() == pytest.approx(expected)
+    norm.running_mean = torch.tensor(0.5, dtype=torch.float64) * norm.debias  # a buffer replaced: mean 0.5
+    assert norm.affine()[0] == pytest.approx(0.5) and np.array_equal(buffer.denormalize(values), tensor_transform())
+    moved = norm.to(torch.float64)  # new tensors for the buffers (as .to(device) makes)
+    assert moved.affine() == (moved.mean, moved.std)
     popart = PopArt(torch.nn.Linear(4, 1))
     popart.update(torch.tensor([2.0, 4.0, 9.0]))
     assert popart.affine() == (popart.mean, popart.std) and popart.mean == pytest.approx(5.0)
