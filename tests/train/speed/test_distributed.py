@@ -74,6 +74,14 @@ def _spawn(fn: Any, world: int, *args: Any, timeout: float = 100.0) -> None:
             pytest.fail(f"the {world} learners did not finish within {timeout} s")
 
 
+def _save_and_leave(out: dict[str, Any], path: Path) -> None:
+    """Save a learner's results to ``path``, wait for every learner, leave the group and exit quietly."""
+    torch.save(out, path)
+    dist.barrier()  # no rank tears its connections down while another still uses them
+    dist.destroy_process_group()
+    _exit_quietly()
+
+
 def _exit_quietly() -> None:
     """End a learner whose results are saved without the interpreter's teardown: torch's gloo threads can abort
     the process there ("terminate called without an active exception"), which would fail a run that passed."""
@@ -187,10 +195,7 @@ def _update_worker(rank: int, world: int, port: int, work: str) -> None:
         stats = ppo_update(policy, make_optimizer(policy, TrainConfig(learning_rate=1e-3)), case["parts"][rank],
                            case["config"], generator, value_norm=value_norm, reducer=ProcessGroupReducer())
         out[name] = {"params": _params(policy), "stats": stats}
-    torch.save(out, Path(work) / f"rank{rank}.pt")
-    dist.barrier()  # no rank tears its connections down while another still uses them
-    dist.destroy_process_group()
-    _exit_quietly()
+    _save_and_leave(out, Path(work) / f"rank{rank}.pt")
 
 
 def test_two_gloo_learners_take_the_mean_gradient(tmp_path: Path) -> None:
@@ -278,10 +283,7 @@ def _reduce_worker(rank: int, world: int, port: int, work: str) -> None:
         "weight": layer.weight.detach().clone(),
         "grads": grads,
     }
-    torch.save(out, Path(work) / f"reduce{rank}.pt")
-    dist.barrier()
-    dist.destroy_process_group()
-    _exit_quietly()
+    _save_and_leave(out, Path(work) / f"reduce{rank}.pt")
 
 
 def test_process_group_reducer_collectives(tmp_path: Path) -> None:
@@ -325,10 +327,7 @@ def _train_worker(rank: int, world: int, port: int, root: str) -> None:
         out[name] = {"params": _params(result.policy), "global_step": result.global_step, "updates": result.updates,
                      "episodes": result.episodes, "episode_return": result.episode_return,
                      "exact_resume": result.exact_resume, "checkpoint": str(result.checkpoint)}
-    torch.save(out, base / f"rank{rank}.pt")
-    dist.barrier()  # no rank tears its connections down while another still uses them
-    dist.destroy_process_group()
-    _exit_quietly()
+    _save_and_leave(out, base / f"rank{rank}.pt")
 
 
 def test_two_learners_train_identically_and_resume_exactly(tmp_path: Path) -> None:
@@ -378,10 +377,7 @@ def _mappo_defaults_worker(rank: int, world: int, port: int, root: str) -> None:
     first.train()
     resumed = make_trainer(config(total_steps=96, resume=True))
     out = {"critic_residual": resumed.config.critic_residual, "global_step": resumed.train().global_step}
-    torch.save(out, base / f"out{rank}.pt")
-    dist.barrier()
-    dist.destroy_process_group()
-    _exit_quietly()
+    _save_and_leave(out, base / f"out{rank}.pt")
 
 
 def test_a_learner_group_keeps_the_critic_design_a_mappo_run_was_saved_with(tmp_path: Path) -> None:
