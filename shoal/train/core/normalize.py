@@ -22,7 +22,9 @@ Both are ``nn.Module``s whose statistics are buffers (float64): checkpoint them 
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -32,6 +34,16 @@ __all__ = ["VALUE_NORMS", "PopArt", "ValueNormalizer", "make_value_normalizer"]
 
 #: Accepted values of ``TrainConfig.value_norm`` once ``"auto"`` is resolved.
 VALUE_NORMS = ("none", "running", "popart")
+
+
+def _host_views(*buffers: Tensor) -> tuple[np.ndarray, ...] | None:
+    """numpy views of CPU tensors' memory (None if any is elsewhere, or cannot be viewed)."""
+    if any(t.device.type != "cpu" for t in buffers):
+        return None
+    try:
+        return tuple(t.detach().numpy() for t in buffers)
+    except (RuntimeError, TypeError):
+        return None
 
 
 class ValueNormalizer(nn.Module):
@@ -45,6 +57,8 @@ class ValueNormalizer(nn.Module):
     Buffers (float64 scalars): ``running_mean``, ``running_mean_sq``, ``debias`` (``1 - beta ** updates``).
     """
 
+    _views: tuple[Any, ...] | None = None  # (a class default: instances pickled before it existed)
+
     def __init__(self, beta: float = 0.999, epsilon: float = 1e-4) -> None:
         super().__init__()
         if not 0.0 <= beta < 1.0:
@@ -56,7 +70,7 @@ class ValueNormalizer(nn.Module):
         self.register_buffer("running_mean", torch.zeros((), dtype=torch.float64))
         self.register_buffer("running_mean_sq", torch.zeros((), dtype=torch.float64))
         self.register_buffer("debias", torch.zeros((), dtype=torch.float64))
-        self._affine_cache: tuple[tuple[object, ...], tuple[float, float]] | None = None
+        self._views: tuple[Any, ...] | None = None  # the buffers, their storages and numpy views (affine)
 
     # ---- statistics ----------------------------------------------------------------------------------------
 
@@ -64,26 +78,29 @@ class ValueNormalizer(nn.Module):
         """``(mean, std)`` as Python floats (float64 arithmetic); ``(0.0, 1.0)`` before the first update.
 
         The one computation of the statistics (:meth:`stats` wraps it): the acting path transforms numpy arrays with
-        these floats, where a chain of scalar tensor ops per env step cost more than the transform. Reads the three
-        buffers at once (one device sync), and only when they changed: the result is cached under each buffer's
-        identity, storage and version counter (which every in-place write, ``update`` and ``load_state_dict``
-        included, advances) and ``epsilon``, so acting between updates reads no tensor at all."""
-        held = self._buffers  # (a module's attribute lookup of a buffer costs more than the whole cache check)
-        a, b, c = buffers = (held["running_mean"], held["running_mean_sq"], held["debias"])
-        key = (self.epsilon, id(a), a.data_ptr(), a._version, id(b), b.data_ptr(), b._version, id(c), c.data_ptr(),
-               c._version)
-        cached = self._affine_cache
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        running_mean, running_mean_sq, debias = torch.stack(buffers).tolist()
-        if debias <= 0.0:
-            result = (0.0, 1.0)
+        these floats, where a chain of scalar tensor ops per env step cost more than the transform. Buffers on the
+        CPU are read through numpy views of their memory (rebuilt when a buffer or its storage is replaced), so
+        every write is seen, however it was made, at a fraction of a tensor read's cost; elsewhere the three
+        buffers are read at once (one device sync)."""
+        held = self._buffers  # (a module's attribute lookup of a buffer costs more than the views' check)
+        a, b, c = held["running_mean"], held["running_mean_sq"], held["debias"]
+        views = self._views
+        if views is None or views[0] is not a or views[1] is not b or views[2] is not c \
+                or views[3] != (a.data_ptr(), b.data_ptr(), c.data_ptr()):
+            views = self._views = (a, b, c, (a.data_ptr(), b.data_ptr(), c.data_ptr()), _host_views(a, b, c))
+        host = views[4]
+        if host is not None:
+            running_mean, running_mean_sq, debias = float(host[0]), float(host[1]), float(host[2])
         else:
-            mean = running_mean / debias
-            result = (mean, math.sqrt(max(running_mean_sq / debias - mean * mean, self.epsilon)))
-        # the key holds the buffers' ids while they are alive (the module holds them), so an id is not reused
-        self._affine_cache = (key, result)
-        return result
+            running_mean, running_mean_sq, debias = torch.stack((a, b, c)).tolist()
+        if debias <= 0.0:
+            return 0.0, 1.0
+        mean = running_mean / debias
+        return mean, math.sqrt(max(running_mean_sq / debias - mean * mean, self.epsilon))
+
+    def __getstate__(self) -> dict:
+        # the numpy views alias this process's buffers: a copy (pickle, deepcopy) builds its own
+        return {**self.__dict__, "_views": None}
 
     def stats(self) -> tuple[Tensor, Tensor]:
         """``(mean, std)`` as float64 scalars on the buffers' device (:meth:`affine`'s values)."""

@@ -102,7 +102,7 @@ class DistributedTrainer(Trainer):
             self.generator.manual_seed(seed + 1)
         self._resume_from = broadcast(self._resume_from)
         self._synced_episodes = 0
-        broadcast_parameters(self.policy)  # rank 0's initial weights (and value normalizer) everywhere
+        broadcast_parameters(self.policy)  # rank 0's initial weights everywhere (value normalizers start empty)
         self.reducer = ProcessGroupReducer(self.device)
 
     @property

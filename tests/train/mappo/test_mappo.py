@@ -3,9 +3,11 @@ value normalization, heterogeneous and dying agents, per-agent/per-team statisti
 
 from __future__ import annotations
 
+import copy
 import functools
 import itertools
 import json
+import math
 import pickle
 from pathlib import Path
 from typing import Any
@@ -424,8 +426,15 @@ def test_the_acting_path_denormalizes_exactly_as_the_tensor_transform_and_follow
     assert norm.affine() == pytest.approx(expected)
     norm.running_mean = torch.tensor(0.5, dtype=torch.float64) * norm.debias  # a buffer replaced: mean 0.5
     assert norm.affine()[0] == pytest.approx(0.5) and np.array_equal(buffer.denormalize(values), tensor_transform())
-    moved = norm.to(torch.float64)  # new tensors for the buffers (as .to(device) makes)
-    assert moved.affine() == (moved.mean, moved.std)
+    norm.running_mean.data.mul_(2.0)  # writes that skip the version counter (as collectives make) are seen too
+    norm.running_mean_sq.numpy()[...] *= 3.0
+    assert norm.affine() == pytest.approx((1.0, math.sqrt(3 * other.running_mean_sq.item() / other.debias.item()
+                                                          - 1.0)))
+    assert np.array_equal(buffer.denormalize(values), tensor_transform())
+    copied = copy.deepcopy(norm)  # a copy reads its own buffers
+    with torch.no_grad():
+        copied.running_mean.zero_()
+    assert copied.affine()[0] == 0.0 and norm.affine()[0] == pytest.approx(1.0)
     popart = PopArt(torch.nn.Linear(4, 1))
     popart.update(torch.tensor([2.0, 4.0, 9.0]))
     assert popart.affine() == (popart.mean, popart.std) and popart.mean == pytest.approx(5.0)
