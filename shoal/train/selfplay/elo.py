@@ -73,6 +73,8 @@ class Player:
         parent: id of the snapshot this one was taken after (its initial rating), if any.
         path: checkpoint path of a snapshot (relative to the run directory), if any.
         record: ``{opponent_id: [wins, draws, losses]}``.
+        retired: a snapshot that left the opponent pool (its file is gone): it keeps its row in the table, but
+            rating-history entries written after it left omit it.
     """
 
     rating: float = DEFAULT_RATING
@@ -82,6 +84,7 @@ class Player:
     parent: str | None = None
     path: str | None = None
     record: dict[str, list[int]] = field(default_factory=dict)
+    retired: bool = False
 
 
 class LeagueTable:
@@ -176,7 +179,13 @@ class LeagueTable:
 
     def _snapshot(self) -> None:
         self.history.append({"games": self.total_games,
-                             "ratings": {pid: p.rating for pid, p in self.players.items()}})
+                             "ratings": {pid: p.rating for pid, p in self.players.items() if not p.retired}})
+
+    def retire(self, player_id: str) -> None:
+        """Mark ``player_id`` as out of the pool: its row stays, its path is cleared (the file is deleted) and
+        later history entries leave it out, so the history grows with the pool, not with every snapshot taken."""
+        player = self.players[player_id]
+        player.retired, player.path = True, None
 
     # ---- views and persistence --------------------------------------------------------------------------------
 

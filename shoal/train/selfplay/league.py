@@ -22,24 +22,30 @@ Seats (per env, per episode)
     their recurrent state is reset there (``starts``). Rows of slots with no agent are never learner rows.
 
 Ratings
-    The live learner is the player ``"learner"``. Every ``league_snapshot_interval`` updates (and once before
-    training) a frozen copy joins the pool as ``snapshot-<update>`` with its parent's (the learner's) current
-    rating, and plays ``league_rating_games`` games (seats alternating, sampling its actions) against the
-    previous snapshot, one older snapshot drawn at random and every anchor: these games among frozen players rate
-    the snapshots, so the table shows real progress. (The learner's own games move only its rating: it trains
-    against its opponents and beats them more often than their strength against anyone else predicts.) A
-    finished game is scored from the seats' episode returns (higher is better, equal is a draw): two distinct
-    players get the textbook ELO update with ``league_k``; games of more distinct players (or teams) are rated by
-    openskill's Plackett-Luce model on the ELO scale (:mod:`shoal.train.selfplay.elo`). Games the live learner
-    plays against itself (the ``self`` strategy) are not rated. Scripted baselines named in the mix are
-    fixed-rating anchors: ``random`` at 1000 (the rating every learner starts from: a fresh policy plays almost
-    uniformly), ``heuristic`` at 1000 plus the ELO difference implied by its score in :data:`CALIBRATION_GAMES`
-    games against ``random``, and the search players (``solver``, ``alphabeta[@depth]``) at the heuristic's
-    rating plus the difference implied by their score against it, all measured when the league starts.
+    The live learner is the player ``"learner"``. Every ``league_snapshot_interval`` updates (and once before training)
+    a frozen copy joins the pool as ``snapshot-<update>`` with its parent's (the learner's) current rating, and plays
+    ``league_rating_games`` games (seats alternating, sampling its actions) against the previous snapshot, one older
+    snapshot of the pool drawn at random and every anchor: these games among frozen players rate the snapshots, so the
+    table shows real progress. (The learner's own games move only its rating: it trains against its opponents and beats
+    them more often than their strength against anyone else predicts.) A finished game is scored from the seats' episode
+    returns (higher is better, equal is a draw): two distinct players get the textbook ELO update with ``league_k``;
+    games of more distinct players (or teams) are rated by openskill's Plackett-Luce model on the ELO scale
+    (:mod:`shoal.train.selfplay.elo`). Games the live learner plays against itself (the ``self`` strategy) are not
+    rated. Scripted baselines named in the mix are fixed-rating anchors: ``random`` at 1000 (the rating every learner
+    starts from: a fresh policy plays almost uniformly), ``heuristic`` at 1000 plus the ELO difference implied by its
+    score in :data:`CALIBRATION_GAMES` games against ``random``, and the search players (``solver``,
+    ``alphabeta[@depth]``) at the heuristic's rating plus the difference implied by their score against it, all measured
+    when the league starts.
+
+Pool size
+    The pool holds at most ``league_pool_size`` snapshots (0: no limit): when a new one makes it larger, the oldest
+    leave it. A snapshot that left is no longer drawn or rated against; its weights are freed once no game seats it (a
+    game it plays when it leaves is finished) and its file is deleted, so a long run's memory and disk stay bounded. It
+    keeps its row in the table; rating-history entries written after it left omit it.
 
 Files in the run directory (written with every checkpoint, before it)
-    ``league.json``: the table (ratings, games, W/D/L against every opponent, rating history: one entry per
-    update); ``league/snapshot-00120.pt``: each snapshot, in the checkpoint format (``shoal eval`` loads it). The
+    ``league.json``: the table (ratings, games, W/D/L against every opponent, rating history: one entry per update);
+    ``league/snapshot-00120.pt``: each snapshot of the pool, in the checkpoint format (``shoal eval`` loads it). The
     checkpoint holds the league's full state (table, seats, opponents, their LSTM states, its RNG), so resuming
     continues exactly as an uninterrupted run on the serial backend.
 """
@@ -98,6 +104,21 @@ LEAGUE_FILE = "league.json"
 SNAPSHOT_DIR = "league"
 
 
+class _Released:
+    """What stays in :attr:`League.players` of a snapshot that left the pool once its weights are freed (indices
+    into the list stay valid); no game seats it, so it never acts."""
+
+    def __init__(self, player_id: str) -> None:
+        self.player_id = player_id
+
+    def bind(self, num_rows: int, agents_per_env: int) -> None:
+        pass
+
+    def act(self, obs: np.ndarray, action_masks: np.ndarray | None, rows: np.ndarray,
+            starts: np.ndarray) -> np.ndarray:
+        raise RuntimeError(f"internal error: {self.player_id} left the league's pool and was seated")
+
+
 def _reset_rows(infos: Sequence[dict[str, Any]]) -> list[int]:
     """Rows whose info says their env auto-reset in this result (the emulator's ``"reset_info"``)."""
     return [k for k, info in enumerate(infos) if info and "reset_info" in info]
@@ -118,7 +139,8 @@ class League:
 
     Attributes:
         table: the :class:`LeagueTable`.
-        snapshots: ids of the learner's snapshots in the pool, oldest first.
+        snapshots: ids of the learner's snapshots in the pool, oldest first (at most ``league_pool_size``).
+        leaving: ids of snapshots that left the pool whose weights a game still seating them keeps (freed after).
         learner: bool ``[num_rows]``: the row is the learner's seat in its env's current episode.
         opponent: int64 ``[num_rows]``: index into ``players`` of the opponent driving the row (-1: none).
     """
@@ -137,12 +159,14 @@ class League:
         self.num_rows = int(vec.num_agents)
         self.action_layout = vec.action_layout
         self.interval = int(cfg.league_snapshot_interval)
+        self.pool_size = int(cfg.league_pool_size)
         self.rng = np.random.default_rng([int(cfg.seed), 0x1EA6])
         self.table = LeagueTable(k=cfg.league_k)
         self.table.add(LEARNER)
         self.players: list[Player] = []
         self.index: dict[str, int] = {}
         self.snapshots: list[str] = []
+        self.leaving: list[str] = []
         self._meta: dict[str, dict[str, int]] = {}
         self._unsaved: list[str] = []
         self._counts = np.zeros(3, np.int64)  # learner wins/draws/losses since the last scalars()
@@ -204,8 +228,31 @@ class League:
         self.snapshots.append(pid)
         self._meta[pid] = {"update": int(trainer.update), "global_step": int(trainer.global_step)}
         self._unsaved.append(pid)
+        self._shrink_pool()
         self._rate_snapshot(pid)
         return pid
+
+    def _shrink_pool(self) -> None:
+        """Move the oldest snapshots beyond ``league_pool_size`` out of the pool (see the module docstring)."""
+        while self.pool_size and len(self.snapshots) > self.pool_size:
+            pid = self.snapshots.pop(0)
+            self.table.retire(pid)
+            self.leaving.append(pid)
+        self._release()
+
+    def _release(self) -> None:
+        """Free the weights of the snapshots that left the pool and that no game seats any more."""
+        if not self.leaving:
+            return
+        seated = set(self.opponent[self.opponent >= 0].tolist())
+        for pid in list(self.leaving):
+            i = self.index[pid]
+            if i not in seated:
+                self.leaving.remove(pid)
+                del self.index[pid], self._meta[pid]
+                if pid in self._unsaved:
+                    self._unsaved.remove(pid)
+                self.players[i] = _Released(pid)
 
     def _rate_snapshot(self, pid: str) -> None:
         """Play the new snapshot ``pid`` against the previous one, a random older one and every anchor
@@ -303,6 +350,7 @@ class League:
         trainer = self.trainer
         if trainer.update % self.interval == 0:
             self.snapshot()
+        self._release()
         history = self.table.history
         if len(history) > self._mark + 1:
             del history[self._mark : -1]
@@ -400,7 +448,7 @@ class League:
                 **self._meta[pid],
             })
         self._unsaved = []
-        keep = {f"{pid}.pt" for pid in self.snapshots}
+        keep = {f"{pid}.pt" for pid in (*self.snapshots, *self.leaving)}  # a seated one is needed to resume
         for stale in folder.glob("snapshot-*.pt"):
             if stale.name not in keep:
                 stale.unlink(missing_ok=True)
@@ -418,6 +466,7 @@ class League:
         return {
             "table": self.table.to_dict(),
             "snapshots": [{"id": pid, **self._meta[pid]} for pid in self.snapshots],
+            "leaving": [{"id": pid, **self._meta[pid]} for pid in self.leaving],
             "rng": self.rng.bit_generator.state,
             "learner": self.learner.copy(),
             "opponents": opponents,
@@ -470,14 +519,16 @@ class League:
                                       f"{anchors}): it played another opponent mix than {self.sampler.mix}; resume "
                                       "it with the shoal version that trained it")
             self._register(self._baseline(name, self.rng))
-        self.snapshots, self._meta, self._unsaved = [], {}, []
-        for entry in state["snapshots"]:
-            pid = entry["id"]
-            path = Path(run_dir) / SNAPSHOT_DIR / f"{pid}.pt"
-            payload = load_checkpoint(path, map_location=self.trainer.device)
-            self._register(PolicyPlayer(pid, frozen_copy(self.trainer.policy, payload["model"])))
-            self.snapshots.append(pid)
-            self._meta[pid] = {"update": int(entry["update"]), "global_step": int(entry["global_step"])}
+        self.snapshots, self.leaving, self._meta, self._unsaved = [], [], {}, []
+        # oldest first, as they were registered: opponents act in the order of their index (one RNG stream)
+        for pool, entries in ((self.leaving, state.get("leaving", [])), (self.snapshots, state["snapshots"])):
+            for entry in entries:
+                pid = entry["id"]
+                path = Path(run_dir) / SNAPSHOT_DIR / f"{pid}.pt"
+                payload = load_checkpoint(path, map_location=self.trainer.device)
+                self._register(PolicyPlayer(pid, frozen_copy(self.trainer.policy, payload["model"])))
+                pool.append(pid)
+                self._meta[pid] = {"update": int(entry["update"]), "global_step": int(entry["global_step"])}
         self.rng.bit_generator.state = state["rng"]
         self.learner = np.array(state["learner"], np.bool_)
         self.opponent = np.array([-1 if pid is None else self.index[pid] for pid in state["opponents"]], np.int64)

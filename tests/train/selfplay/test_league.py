@@ -422,6 +422,78 @@ def test_snapshots_stay_frozen_and_the_final_checkpoint_is_the_learners(tmp_path
     assert same(torch.load(newest, weights_only=False)["model"], final)
 
 
+def test_the_pool_keeps_the_newest_snapshots_and_resumes_exactly(tmp_path: Path) -> None:
+    def cfg(run_dir: Path, **kw: Any) -> TrainConfig:
+        return small(env=TICTACTOE, run_dir=str(run_dir), total_steps=8 * 8 * 8, checkpoint_interval=1,
+                     league_opponents="latest:0.3,uniform:0.6,random:0.1", league_pool_size=2, **kw)
+
+    whole = Trainer(cfg(tmp_path / "whole"))
+    whole_result = whole.train()
+    league = whole.league
+    taken = sorted(pid for pid in league.table.players if pid.startswith("snapshot-"))
+    assert len(taken) == whole_result.updates + 1  # one per update and one before training
+    assert league.snapshots == taken[-2:]  # the two newest, oldest first
+    kept = {*league.snapshots, *league.leaving}
+    for pid in taken:
+        player = league.table.players[pid]
+        assert player.retired == (pid not in league.snapshots), pid
+        assert (player.path is None) == player.retired, pid
+        assert (pid in league.index) == (pid in kept), pid  # weights freed once no game seats them
+    assert sum(isinstance(p, PolicyPlayer) for p in league.players) == len(kept)
+    assert {p.stem for p in (tmp_path / "whole" / "league").iterdir()} == kept
+    assert set(league.table.history[-1]["ratings"]) == {"learner", "random", *league.snapshots}
+
+    with pytest.raises(Crash):
+        train(cfg(tmp_path / "split"), callbacks=[crash_after(4)])
+    result = train(cfg(tmp_path / "split", resume=True))
+    assert result.exact_resume and result.updates == whole_result.updates
+    assert load_league(tmp_path / "split") == load_league(tmp_path / "whole") == league.table
+    for name, value in whole_result.policy.state_dict().items():
+        assert torch.equal(value, result.policy.state_dict()[name]), name
+
+
+def test_a_snapshot_that_leaves_the_pool_mid_game_finishes_it_and_survives_a_resume(tmp_path: Path) -> None:
+    config = small(env=TICTACTOE, run_dir=str(tmp_path), league_pool_size=2, league_rating_games=0,
+                   league_opponents="uniform:0.9,random:0.1")
+    trainer = Trainer(config)
+    league = trainer.league
+    oldest = league.snapshots[0]
+    league.opponent[1] = league.index[oldest]  # env 0's game against the oldest snapshot is still going on
+    for update in (1, 2):
+        trainer.update = update
+        league.snapshot()
+    assert league.snapshots == ["snapshot-00001", "snapshot-00002"] and league.leaving == [oldest]
+    assert isinstance(league.players[league.index[oldest]], PolicyPlayer)  # still seated: its weights stay
+    league.save(tmp_path)
+    assert (tmp_path / "league" / f"{oldest}.pt").exists()  # a resume needs it for the game in progress
+    state = league.state_dict()
+
+    resumed = Trainer(config.replace(resume=True))
+    resumed.league.load_state_dict(state)
+    assert resumed.league.snapshots == league.snapshots and resumed.league.leaving == [oldest]
+    assert resumed.league.opponent[1] == resumed.league.index[oldest]
+    resumed.league.opponent[1] = -1  # its game ended and the seat went to someone else
+    resumed.league.after_update()
+    assert resumed.league.leaving == [] and oldest not in resumed.league.index
+    assert sum(isinstance(p, PolicyPlayer) for p in resumed.league.players) == 2
+    resumed.league.save(tmp_path)
+    assert not (tmp_path / "league" / f"{oldest}.pt").exists()
+    assert resumed.league.table.players[oldest].retired
+    for t in (trainer, resumed):
+        t.vecenv.close()
+
+
+def test_league_pool_size_is_checked_and_older_configs_keep_an_unlimited_pool() -> None:
+    with pytest.raises(APIUsageError, match="league_pool_size"):
+        small(league_pool_size=-1).validate()
+    with pytest.raises(APIUsageError, match="league_pool_size"):
+        small(league_pool_size=True).validate()
+    saved = small().to_dict()
+    del saved["league_pool_size"]
+    assert TrainConfig.from_dict(saved).league_pool_size == 0
+    assert TrainConfig().league_pool_size == 500
+
+
 def test_resuming_a_run_without_league_is_refused(tmp_path: Path) -> None:
     train(small(env=TICTACTOE, run_dir=str(tmp_path), league=False, total_steps=64))
     with pytest.raises(CheckpointError, match="league=False"):
