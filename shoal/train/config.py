@@ -39,6 +39,7 @@ __all__ = [
     "ENV_PRESETS",
     "BASELINES",
     "DEFAULT_MIX",
+    "LEAGUE_POOL_SIZE",
     "LEAGUE_PRESETS",
     "LEAGUE_PRESETS_BEFORE_STORED_MIX",
     "OFFLINE_ALGOS",
@@ -166,6 +167,9 @@ _PRESETS_BEFORE_OBS_NORM: dict[tuple[str, str], dict[str, Any]] = {
 #: The algorithms that learn from a recorded dataset (``TrainConfig.dataset``) instead of collecting experience.
 OFFLINE_ALGOS: tuple[str, ...] = ("bc", "iql", "dt")
 
+
+#: ``league_pool_size`` when unset: 500 snapshots of the connect-four policy hold about 380 MB.
+LEAGUE_POOL_SIZE = 500
 
 #: Opponent strategies and scripted baselines of ``league_opponents`` (see :mod:`shoal.train.selfplay.opponents`).
 STRATEGIES: tuple[str, ...] = ("self", "latest", "uniform", "pfsp")
@@ -519,12 +523,12 @@ class TrainConfig:
     older snapshot drawn at random and every scripted anchor of the mix; these games among frozen players are what
     rates the snapshots (the learner's own games move only its rating). 0: no such games (snapshots keep the
     rating they entered with)."""
-    league_pool_size: int = 500
-    """Most snapshots in the opponent pool (0: no limit). When a new snapshot makes it larger, the oldest leave it:
-    they are no longer drawn as opponents or rating partners, their weights are freed (those seated in a game
-    still being played once it ends) and their files deleted, so memory and disk stay bounded in long runs; their
-    ratings stay in ``league.json``. 500 snapshots of the connect-four policy hold about 380 MB; a 30-minute
-    connect-four run on 2 cores takes about 250."""
+    league_pool_size: int | None = None
+    """Most snapshots in the opponent pool (0: no limit; None: :data:`LEAGUE_POOL_SIZE`, 500, or for a resumed run
+    the size it was saved with). When a new snapshot makes the pool larger, the oldest leave it: they are no longer
+    drawn as opponents or rating partners, their weights are freed (those seated in a game still being played once
+    it ends) and their files deleted once no kept checkpoint names them, so memory and disk stay bounded in long
+    runs; their ratings stay in ``league.json``. A 30-minute connect-four run on 2 cores takes about 250."""
 
     # ---- logging, checkpoints, evaluation ------------------------------------------------------------------
     log_interval: float = 1.0
@@ -571,6 +575,8 @@ class TrainConfig:
         out = dataclasses.replace(self, **self.preset_fields())
         out = dataclasses.replace(out, **{name: value for name, value in ALGO_DEFAULTS[self.algo].items()
                                           if getattr(out, name) is None})
+        if out.league_pool_size is None:
+            out.league_pool_size = LEAGUE_POOL_SIZE
         if agents_per_env is not None and isinstance(out.num_envs, int) and isinstance(out.horizon, int):
             rows = out.num_envs * agents_per_env
             if out.batch_size is None:

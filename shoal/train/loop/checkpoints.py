@@ -61,6 +61,7 @@ RESUMABLE_CHANGES = {
     "ray_address",
     "dataset",  # offline runs: the checkpoint's dataset fingerprint says whether it is the same data
     "eval_interval",
+    "league_pool_size",  # the next snapshot trims the pool to the new size
 }
 
 
@@ -167,6 +168,8 @@ class CheckpointMixin:
             self.checkpoint_payload(),
             keep=self.config.keep_checkpoints,
         )
+        if self.league is not None:  # then the files of snapshots no kept checkpoint names
+            self.league.prune(self.run_dir)
         self.last_checkpoint = path
         log.debug("checkpoint %s", path)
         return path

@@ -135,6 +135,9 @@ class Trainer(CheckpointMixin):
             if self.run_dir is None:
                 raise APIUsageError("resume=True needs run_dir (the run to continue); give --run-dir")
             self._resume_from = self._find_resume_checkpoint()
+            if cfg.league and config.league_pool_size is None and self._resume_from is not None:
+                saved = TrainConfig.from_dict(load_checkpoint(self._resume_from, map_location="cpu")["config"])
+                self.config = cfg = cfg.replace(league_pool_size=saved.resolved().league_pool_size)
 
         emulate_kwargs = {"max_agents": cfg.max_agents} if cfg.max_agents is not None else None
         self.vecenv = vector.make(

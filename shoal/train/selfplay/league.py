@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,6 +168,8 @@ class League:
         self.index: dict[str, int] = {}
         self.snapshots: list[str] = []
         self.leaving: list[str] = []
+        # the snapshots (pool and leaving) each kept checkpoint names, newest last: their files stay
+        self._checkpoint_pools: deque[list[str]] = deque(maxlen=int(cfg.keep_checkpoints))
         self._meta: dict[str, dict[str, int]] = {}
         self._unsaved: list[str] = []
         self._counts = np.zeros(3, np.int64)  # learner wins/draws/losses since the last scalars()
@@ -228,8 +231,8 @@ class League:
         self.snapshots.append(pid)
         self._meta[pid] = {"update": int(trainer.update), "global_step": int(trainer.global_step)}
         self._unsaved.append(pid)
+        self._rate_snapshot(pid)  # against the previous snapshot even when it leaves the pool now
         self._shrink_pool()
-        self._rate_snapshot(pid)
         return pid
 
     def _shrink_pool(self) -> None:
@@ -427,8 +430,8 @@ class League:
     # ---- persistence -----------------------------------------------------------------------------------------
 
     def save(self, run_dir: str | Path) -> None:
-        """Write new snapshots to ``run_dir/league/`` (checkpoint format), drop files of snapshots no longer in
-        the pool, and write ``run_dir/league.json``. Called before each checkpoint is written."""
+        """Write new snapshots to ``run_dir/league/`` (checkpoint format) and ``run_dir/league.json``. Called
+        before each checkpoint is written; :meth:`prune` deletes files after it."""
 
         run_dir = Path(run_dir)
         folder = run_dir / SNAPSHOT_DIR
@@ -448,11 +451,17 @@ class League:
                 **self._meta[pid],
             })
         self._unsaved = []
-        keep = {f"{pid}.pt" for pid in (*self.snapshots, *self.leaving)}  # a seated one is needed to resume
-        for stale in folder.glob("snapshot-*.pt"):
+        self.table.save(run_dir / LEAGUE_FILE)
+
+    def prune(self, run_dir: str | Path) -> None:
+        """After a checkpoint is written: delete the files of snapshots that neither it nor the older checkpoints
+        kept beside it (``keep_checkpoints``) name, so any kept checkpoint resumes (a snapshot that left the pool
+        while seated is named by the checkpoints written while its game went on)."""
+        self._checkpoint_pools.append([*self.leaving, *self.snapshots])
+        keep = {f"{pid}.pt" for pool in self._checkpoint_pools for pid in pool}
+        for stale in (Path(run_dir) / SNAPSHOT_DIR).glob("snapshot-*.pt"):
             if stale.name not in keep:
                 stale.unlink(missing_ok=True)
-        self.table.save(run_dir / LEAGUE_FILE)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue the league exactly (stored in the trainer's checkpoints)."""
@@ -467,6 +476,7 @@ class League:
             "table": self.table.to_dict(),
             "snapshots": [{"id": pid, **self._meta[pid]} for pid in self.snapshots],
             "leaving": [{"id": pid, **self._meta[pid]} for pid in self.leaving],
+            "checkpoint_pools": [list(pool) for pool in self._checkpoint_pools],
             "rng": self.rng.bit_generator.state,
             "learner": self.learner.copy(),
             "opponents": opponents,
@@ -529,6 +539,9 @@ class League:
                 self._register(PolicyPlayer(pid, frozen_copy(self.trainer.policy, payload["model"])))
                 pool.append(pid)
                 self._meta[pid] = {"update": int(entry["update"]), "global_step": int(entry["global_step"])}
+        self._checkpoint_pools.clear()
+        self._checkpoint_pools.extend(list(pool) for pool in state.get("checkpoint_pools", []))
+        self._checkpoint_pools.append([*self.leaving, *self.snapshots])  # the checkpoint being loaded
         self.rng.bit_generator.state = state["rng"]
         self.learner = np.array(state["learner"], np.bool_)
         self.opponent = np.array([-1 if pid is None else self.index[pid] for pid in state["opponents"]], np.int64)

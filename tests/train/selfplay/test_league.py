@@ -18,6 +18,7 @@ from pettingzoo.utils import AgentSelector
 from shoal.cli import main
 from shoal.errors import APIUsageError, CheckpointError
 from shoal.train import TrainConfig, Trainer, train
+from shoal.train.runs.checkpoint import load_checkpoint, save_checkpoint
 from shoal.train.selfplay.elo import LeagueTable
 from shoal.train.selfplay.heuristics import connect_four_heuristic, random_policy, tictactoe_heuristic
 from shoal.train.selfplay.league import (
@@ -422,6 +423,15 @@ def test_snapshots_stay_frozen_and_the_final_checkpoint_is_the_learners(tmp_path
     assert same(torch.load(newest, weights_only=False)["model"], final)
 
 
+def _named_by_checkpoints(run_dir: Path) -> set[str]:
+    """The snapshots (pool and leaving) the checkpoints kept in ``run_dir`` name."""
+    names = set()
+    for path in (run_dir / "checkpoints").iterdir():
+        state = load_checkpoint(path, map_location="cpu")["league"]
+        names |= {entry["id"] for entry in (*state["snapshots"], *state["leaving"])}
+    return names
+
+
 def test_the_pool_keeps_the_newest_snapshots_and_resumes_exactly(tmp_path: Path) -> None:
     def cfg(run_dir: Path, **kw: Any) -> TrainConfig:
         return small(env=TICTACTOE, run_dir=str(run_dir), total_steps=8 * 8 * 8, checkpoint_interval=1,
@@ -440,8 +450,14 @@ def test_the_pool_keeps_the_newest_snapshots_and_resumes_exactly(tmp_path: Path)
         assert (player.path is None) == player.retired, pid
         assert (pid in league.index) == (pid in kept), pid  # weights freed once no game seats them
     assert sum(isinstance(p, PolicyPlayer) for p in league.players) == len(kept)
-    assert {p.stem for p in (tmp_path / "whole" / "league").iterdir()} == kept
-    assert set(league.table.history[-1]["ratings"]) == {"learner", "random", *league.snapshots}
+    ratings = set(league.table.history[-1]["ratings"])  # written by the newest snapshot's rating games
+    assert {"learner", "random", *league.snapshots} <= ratings and not ratings & set(taken[:-3])
+    # the files on disk: exactly those some kept checkpoint (keep_checkpoints=3) names, so each of them resumes
+    named = _named_by_checkpoints(tmp_path / "whole")
+    assert kept <= named and len(named) < len(taken)
+    assert {p.stem for p in (tmp_path / "whole" / "league").iterdir()} == named
+    # a new snapshot is rated against the previous one, which the pool of 2 then drops
+    assert league.table.players[taken[-1]].record.get(taken[-2]) is not None
 
     with pytest.raises(Crash):
         train(cfg(tmp_path / "split"), callbacks=[crash_after(4)])
@@ -450,11 +466,27 @@ def test_the_pool_keeps_the_newest_snapshots_and_resumes_exactly(tmp_path: Path)
     assert load_league(tmp_path / "split") == load_league(tmp_path / "whole") == league.table
     for name, value in whole_result.policy.state_dict().items():
         assert torch.equal(value, result.policy.state_dict()[name]), name
+    assert {p.name for p in (tmp_path / "split" / "league").iterdir()} == \
+        {p.name for p in (tmp_path / "whole" / "league").iterdir()}
+
+
+def test_every_kept_checkpoint_of_a_bounded_pool_resumes(tmp_path: Path) -> None:
+    config = small(env=TICTACTOE, run_dir=str(tmp_path), total_steps=8 * 8 * 6, checkpoint_interval=1,
+                   league_opponents="latest:0.5,uniform:0.5", league_pool_size=1)
+    train(config)
+    checkpoints = sorted((tmp_path / "checkpoints").iterdir())
+    assert len(checkpoints) == 3
+    for path in checkpoints:  # as find_checkpoint falls back to an older one when the newest is unreadable
+        trainer = Trainer(config.replace(resume=True))
+        trainer.restore(path)
+        state = load_checkpoint(path, map_location="cpu")["league"]
+        assert trainer.league.snapshots == [entry["id"] for entry in state["snapshots"]]
+        trainer.vecenv.close()
 
 
 def test_a_snapshot_that_leaves_the_pool_mid_game_finishes_it_and_survives_a_resume(tmp_path: Path) -> None:
     config = small(env=TICTACTOE, run_dir=str(tmp_path), league_pool_size=2, league_rating_games=0,
-                   league_opponents="uniform:0.9,random:0.1")
+                   league_opponents="uniform:0.9,random:0.1", keep_checkpoints=1)
     trainer = Trainer(config)
     league = trainer.league
     oldest = league.snapshots[0]
@@ -464,34 +496,48 @@ def test_a_snapshot_that_leaves_the_pool_mid_game_finishes_it_and_survives_a_res
         league.snapshot()
     assert league.snapshots == ["snapshot-00001", "snapshot-00002"] and league.leaving == [oldest]
     assert isinstance(league.players[league.index[oldest]], PolicyPlayer)  # still seated: its weights stay
-    league.save(tmp_path)
+    trainer.save()
     assert (tmp_path / "league" / f"{oldest}.pt").exists()  # a resume needs it for the game in progress
-    state = league.state_dict()
 
     resumed = Trainer(config.replace(resume=True))
-    resumed.league.load_state_dict(state)
+    resumed.league.load_state_dict(load_checkpoint(resumed._resume_from, map_location="cpu")["league"])
     assert resumed.league.snapshots == league.snapshots and resumed.league.leaving == [oldest]
     assert resumed.league.opponent[1] == resumed.league.index[oldest]
     resumed.league.opponent[1] = -1  # its game ended and the seat went to someone else
     resumed.league.after_update()
     assert resumed.league.leaving == [] and oldest not in resumed.league.index
     assert sum(isinstance(p, PolicyPlayer) for p in resumed.league.players) == 2
-    resumed.league.save(tmp_path)
+    resumed.update = 3
+    resumed.save()  # the only kept checkpoint no longer names it
     assert not (tmp_path / "league" / f"{oldest}.pt").exists()
     assert resumed.league.table.players[oldest].retired
     for t in (trainer, resumed):
         t.vecenv.close()
 
 
-def test_league_pool_size_is_checked_and_older_configs_keep_an_unlimited_pool() -> None:
+def test_league_pool_size_is_checked_and_runs_saved_before_it_resume_unbounded(tmp_path: Path) -> None:
     with pytest.raises(APIUsageError, match="league_pool_size"):
         small(league_pool_size=-1).validate()
     with pytest.raises(APIUsageError, match="league_pool_size"):
         small(league_pool_size=True).validate()
-    saved = small().to_dict()
-    del saved["league_pool_size"]
-    assert TrainConfig.from_dict(saved).league_pool_size == 0
-    assert TrainConfig().league_pool_size == 500
+    assert TrainConfig().league_pool_size is None and TrainConfig().resolved().league_pool_size == 500
+    # a league run saved before the option (its config without the field): resumed from Python with the option
+    # left unset, it keeps the unlimited pool it trained with; any run may be resumed with another size
+    config = small(env=TICTACTOE, run_dir=str(tmp_path), total_steps=8 * 8 * 3)
+    train(config)
+    newest = sorted((tmp_path / "checkpoints").iterdir())[-1]
+    payload = load_checkpoint(newest, map_location="cpu")
+    del payload["config"]["league_pool_size"]
+    save_checkpoint(newest, payload)
+    resumed = Trainer(config.replace(resume=True, total_steps=8 * 8 * 4))
+    assert resumed.config.league_pool_size == 0
+    resumed.vecenv.close()
+    resized = Trainer(config.replace(resume=True, total_steps=8 * 8 * 4, league_pool_size=2))
+    resized.restore(resized._resume_from)
+    resized.update += 1
+    resized.league.snapshot()
+    assert len(resized.league.snapshots) == 2
+    resized.vecenv.close()
 
 
 def test_resuming_a_run_without_league_is_refused(tmp_path: Path) -> None:
