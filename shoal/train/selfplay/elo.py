@@ -190,19 +190,19 @@ class LeagueTable:
     # ---- views and persistence --------------------------------------------------------------------------------
 
     def rows(self) -> list[dict[str, Any]]:
-        """One dict per player, best rating first: id, rating, games, wins, draws, losses."""
+        """One dict per player, best rating first: id, rating, games, wins, draws, losses, fixed, retired."""
         out = []
         for pid, p in sorted(self.players.items(), key=lambda item: -item[1].rating):
             wins, draws, losses = (sum(r[i] for r in p.record.values()) for i in range(3))
             out.append({"id": pid, "rating": round(p.rating, 1), "games": p.games, "wins": wins, "draws": draws,
-                        "losses": losses, "fixed": p.fixed})
+                        "losses": losses, "fixed": p.fixed, "retired": p.retired})
         return out
 
     def format(self) -> str:
         """The table as aligned text."""
         lines = [f"{'player':<24}{'rating':>9}{'games':>8}{'W':>7}{'D':>7}{'L':>7}"]
         for row in self.rows():
-            name = row["id"] + (" *" if row["fixed"] else "")
+            name = row["id"] + (" *" if row["fixed"] else " -" if row["retired"] else "")
             lines.append(f"{name:<24}{row['rating']:>9.1f}{row['games']:>8}{row['wins']:>7}{row['draws']:>7}"
                          f"{row['losses']:>7}")
         return "\n".join(lines)

@@ -796,7 +796,8 @@ def load_league(run_dir: str | Path) -> LeagueTable:
 
 
 def format_league(table: LeagueTable) -> str:
-    """The table (best rating first; ``*`` marks fixed anchors) and every player's W-D-L against each opponent."""
+    """The table (best rating first; ``*`` marks fixed anchors, ``-`` snapshots that left the pool) and every
+    player's W-D-L against each opponent."""
     lines = [table.format(), "", "records (W-D-L against each opponent):"]
     for row in table.rows():
         record = table.players[row["id"]].record

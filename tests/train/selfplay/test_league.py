@@ -23,6 +23,7 @@ from shoal.train.selfplay.elo import LeagueTable
 from shoal.train.selfplay.heuristics import connect_four_heuristic, random_policy, tictactoe_heuristic
 from shoal.train.selfplay.league import (
     LEARNER,
+    format_league,
     load_league,
     make_scripted,
     play_match,
@@ -456,6 +457,7 @@ def test_the_pool_keeps_the_newest_snapshots_and_resumes_exactly(tmp_path: Path)
     named = _named_by_checkpoints(tmp_path / "whole")
     assert kept <= named and len(named) < len(taken)
     assert {p.stem for p in (tmp_path / "whole" / "league").iterdir()} == named
+    assert f"{taken[0]} -" in format_league(league.table) and f"{taken[-1]} -" not in format_league(league.table)
     # a new snapshot is rated against the previous one, which the pool of 2 then drops
     assert league.table.players[taken[-1]].record.get(taken[-2]) is not None
 
