@@ -213,7 +213,8 @@ def _train_config(args: argparse.Namespace) -> Any:
             raise APIUsageError(
                 f"--resume: the run in {overrides['run_dir']} trains {saved.env!r}, not {args.env!r}"
             )
-        config = saved.replace(**overrides, resume=True)
+        # the league's pool size: the checkpoint's (an API resume may have changed it), unless given
+        config = saved.replace(**{"league_pool_size": None, **overrides}, resume=True)
     else:
         if overrides.get("run_dir") is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")

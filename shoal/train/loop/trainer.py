@@ -49,7 +49,7 @@ from shoal.interrupts import deferred_signals
 from shoal.policies import Policy
 from shoal.policies.policy import check_saved_config
 from shoal.train.acting import RowActor
-from shoal.train.config import ENV_PRESETS, TrainConfig
+from shoal.train.config import ENV_PRESETS, LEAGUE_POOL_SIZE, TrainConfig
 from shoal.train.core.device import resolve_device
 from shoal.train.core.learner import InProcessLearner, Learner
 from shoal.train.core.ppo import SINGLE_LEARNER, Reducer, make_optimizer
@@ -137,7 +137,8 @@ class Trainer(CheckpointMixin):
             self._resume_from = self._find_resume_checkpoint()
             if cfg.league and config.league_pool_size is None and self._resume_from is not None:
                 saved = TrainConfig.from_dict(load_checkpoint(self._resume_from, map_location="cpu")["config"])
-                self.config = cfg = cfg.replace(league_pool_size=saved.resolved().league_pool_size)
+                size = LEAGUE_POOL_SIZE if saved.league_pool_size is None else saved.league_pool_size
+                self.config = cfg = cfg.replace(league_pool_size=size)
 
         emulate_kwargs = {"max_agents": cfg.max_agents} if cfg.max_agents is not None else None
         self.vecenv = vector.make(

@@ -279,7 +279,10 @@ class MAPPOTrainer(Trainer):
         self._default_minibatch = config.minibatch_size is None
         self._default_critic = config.critic_residual is None  # a resumed run then keeps its own design
         preset = config.preset_fields()
+        pool_unset = config.league_pool_size is None  # Trainer then takes a resumed league's own size
         config = config.resolved()
+        if pool_unset:
+            config = dataclasses.replace(config, league_pool_size=None)
         self.centralized = config.algo == "mappo"
         base_fn = env_fn if env_fn is not None else resolve_env(config.env, config.env_kwargs,
                                                                  wrappers=config.wrappers)

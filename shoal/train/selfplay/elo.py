@@ -182,8 +182,9 @@ class LeagueTable:
                              "ratings": {pid: p.rating for pid, p in self.players.items() if not p.retired}})
 
     def retire(self, player_id: str) -> None:
-        """Mark ``player_id`` as out of the pool: its row stays, its path is cleared (the file is deleted) and
-        later history entries leave it out, so the history grows with the pool, not with every snapshot taken."""
+        """Mark ``player_id`` as out of the pool: its row stays, its path is cleared (the league deletes the file
+        once no kept checkpoint names it) and later history entries leave it out, so the history grows with the
+        pool, not with every snapshot taken."""
         player = self.players[player_id]
         player.retired, player.path = True, None
 

@@ -40,13 +40,14 @@ Ratings
 Pool size
     The pool holds at most ``league_pool_size`` snapshots (0: no limit): when a new one makes it larger, the oldest
     leave it. A snapshot that left is no longer drawn or rated against; its weights are freed once no game seats it (a
-    game it plays when it leaves is finished) and its file is deleted, so a long run's memory and disk stay bounded. It
-    keeps its row in the table; rating-history entries written after it left omit it.
+    game it plays when it leaves is finished) and its file is deleted once no kept checkpoint names it, so a long run's
+    memory and disk stay bounded. It keeps its row in the table; rating-history entries written after it left omit it. A
+    larger limit on resume lets the pool grow again but does not bring back snapshots that left.
 
 Files in the run directory (written with every checkpoint, before it)
     ``league.json``: the table (ratings, games, W/D/L against every opponent, rating history: one entry per update);
-    ``league/snapshot-00120.pt``: each snapshot of the pool, in the checkpoint format (``shoal eval`` loads it). The
-    checkpoint holds the league's full state (table, seats, opponents, their LSTM states, its RNG), so resuming
+    ``league/snapshot-00120.pt``: each snapshot a kept checkpoint names, in the checkpoint format (``shoal eval`` loads
+    it). The checkpoint holds the league's full state (table, seats, opponents, their LSTM states, its RNG), so resuming
     continues exactly as an uninterrupted run on the serial backend.
 """
 

@@ -18,6 +18,8 @@ from pettingzoo.utils import AgentSelector
 from shoal.cli import main
 from shoal.errors import APIUsageError, CheckpointError
 from shoal.train import TrainConfig, Trainer, train
+from shoal.train.api import trainer_class
+from shoal.train.mappo.trainer import MAPPOTrainer
 from shoal.train.runs.checkpoint import load_checkpoint, save_checkpoint
 from shoal.train.selfplay.elo import LeagueTable
 from shoal.train.selfplay.heuristics import connect_four_heuristic, random_policy, tictactoe_heuristic
@@ -540,6 +542,25 @@ def test_league_pool_size_is_checked_and_runs_saved_before_it_resume_unbounded(t
     resized.league.snapshot()
     assert len(resized.league.snapshots) == 2
     resized.vecenv.close()
+
+
+def test_a_resumed_league_keeps_its_checkpoints_pool_size_through_mappo_and_the_cli(tmp_path: Path) -> None:
+    # value normalization runs the league on the MAPPO trainer, which resolves the config before the base trainer
+    config = small(env=TICTACTOE, run_dir=str(tmp_path), total_steps=8 * 8 * 2, value_norm="running",
+                   league_pool_size=2)
+    train(config)
+    cls = trainer_class(config)
+    assert cls is MAPPOTrainer
+    resumed = cls(config.replace(resume=True, league_pool_size=None, total_steps=8 * 8 * 3))
+    assert resumed.config.league_pool_size == 2
+    resumed.vecenv.close()
+    train(config.replace(resume=True, league_pool_size=3, total_steps=8 * 8 * 3))  # an API resume changes it
+    assert TrainConfig.load(tmp_path / "config.json").league_pool_size == 2  # the run's original config file
+    # the command line resumes with the checkpoint's size (3), not the config file's, unless the flag is given
+    assert main(["train", TICTACTOE, "--run-dir", str(tmp_path), "--resume", "--total-steps", str(8 * 8 * 4),
+                 "--json"]) == 0
+    newest = sorted((tmp_path / "checkpoints").iterdir())[-1]
+    assert load_checkpoint(newest, map_location="cpu")["config"]["league_pool_size"] == 3
 
 
 def test_resuming_a_run_without_league_is_refused(tmp_path: Path) -> None:
