@@ -153,8 +153,9 @@ def run(config: TrainConfig) -> tuple[Any, Curve, float]:
 
 def spread_config(algo: str, steps: int, seed: int) -> TrainConfig:
     """IPPO (``"ppo"``) or MAPPO on simple_spread. MAPPO: its defaults and its simple_spread preset (``gamma=0.95``:
-    the episodes last 25 steps; with 0.99 both learn to spread much later), as ``shoal train
-    mpe2.simple_spread_v3 --algo mappo`` trains. IPPO: the same settings, value normalization, a local critic."""
+    the episodes last 25 steps, with 0.99 both learn to spread much later; rollouts of 100 steps per env), as
+    ``shoal train mpe2.simple_spread_v3 --algo mappo`` trains. IPPO: the same settings, value normalization, a local
+    critic."""
     common = dict(
         env=SPREAD,
         env_kwargs={"max_cycles": 25},

@@ -309,6 +309,8 @@ def test_mappo_on_simple_spread_takes_its_preset_and_ippo_does_not() -> None:
 
     env = "mpe2.simple_spread_v3"
     assert TrainConfig(env=env, algo="mappo").resolved(3).gamma == 0.95 == ENV_PRESETS["mappo"][env]["gamma"]
+    resolved = TrainConfig(env=env, algo="mappo").resolved(3)
+    assert (resolved.horizon, resolved.batch_size) == (100, 16 * 3 * 100)  # four minibatches of 1,200
     assert TrainConfig(env=env, algo="mappo", gamma=0.99).resolved().gamma == 0.99  # a flag replaces it
     assert TrainConfig(env=env, algo="mappo", preset="none").resolved().gamma == ALGO_DEFAULTS["mappo"]["gamma"]
     assert TrainConfig(env=env).resolved().gamma == ALGO_DEFAULTS["ppo"]["gamma"]  # IPPO: PPO's own defaults
