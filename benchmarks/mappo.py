@@ -10,12 +10,13 @@ simple_spread_v3 (3 agents, 3 landmarks, ``max_cycles=25``): every method is eva
 * ``IPPO``: parameter-shared PPO (agent ids, value normalization, MAPPO's defaults), local critic;
 * ``MAPPO``: the same plus the centralized critic (the env's ``state()``, agent-specific).
 
-Both use ``gamma=0.95`` (25-step episodes). IPPO and MAPPO train with the same seed and the same budget of agent
-steps, side by side in two worker processes (one core each on a 2-core machine; ``--workers 1`` runs them one after
-the other), while the main process evaluates the scripted baselines. For each the table gives the steps and minutes
-it took, its evaluation return with greedy and with sampled actions, the return of its last training episodes
-(sampled), its training curve at equal steps, and when its training return first reached the heuristic's. Targets:
-MAPPO reaches the heuristic's return within 30 minutes, and is no worse than IPPO at equal steps.
+Both use ``gamma=0.95`` (25-step episodes) and rollouts of 100 steps per env (MAPPO's simple_spread preset). IPPO and
+MAPPO train with the same seed and the same budget of agent steps, side by side in two worker processes (one core each
+on a 2-core machine; ``--workers 1`` runs them one after the other), while the main process evaluates the scripted
+baselines. For each the table gives the steps and minutes it took, its evaluation return with greedy and with sampled
+actions, the return of its last training episodes (sampled), its training curve at equal steps, and when its training
+return first reached the heuristic's. Targets: MAPPO reaches the heuristic's return within 30 minutes, and is no worse
+than IPPO at equal steps.
 
 Then MAPPO on knights_archers_zombies_v11 (archers and knights die mid-episode): the mean team return (all agents
 of an env episode together) over the run; and on simple_tag_v3 (3 predators with 16-dim observations, 1 prey with

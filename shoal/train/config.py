@@ -138,10 +138,10 @@ ENV_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                                                "update_epochs": 4, "minibatch_size": 256, "ent_coef": 0.005},
     },
     # MAPPO on simple_spread (episodes of 25 steps): gamma 0.95, with which benchmarks/mappo.py's MAPPO passed the
-    # scripted heuristic (-11.14 against -11.73 at 4M steps); with 0.99 it learned to spread much later. Rollouts
-    # of 100 steps (4,800 transitions, four minibatches: the same gradient steps per transition): at 2M steps,
-    # seeds 1-3 (benchmarks/learning.py), final -13.21 and eval -12.86 against -13.56 / -13.30 with 50 steps;
-    # with 25 steps, seeds 1-2, -14.77 / -14.60
+    # scripted heuristic (-11.14 against -11.73 at 4M steps, one-MLP critic, 50-step rollouts); with 0.99 it learned
+    # to spread much later. Rollouts of 100 steps (4,800 transitions, four minibatches: the same gradient steps per
+    # transition): at 2M steps, seeds 1-3 (benchmarks/learning.py), final -13.21 and eval -12.86 against -13.56 /
+    # -13.30 with 50 steps; with 25 steps, seeds 1-2, -14.77 / -14.60
     "mappo": {
         "mpe2.simple_spread_v3": {"gamma": 0.95, "horizon": 100},
     },

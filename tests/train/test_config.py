@@ -304,6 +304,18 @@ def test_cartpole_takes_its_preset_and_a_run_from_before_it_resumes_only_with_it
                                                        ALGO_DEFAULTS["ppo"]["update_epochs"])
 
 
+def test_a_mappo_spread_run_saved_with_50_step_rollouts_resumes_from_python_only_with_them(tmp_path: Path) -> None:
+    from shoal.errors import CheckpointError
+
+    small = {"env": "mpe2.simple_spread_v3", "algo": "mappo", "env_kwargs": {"max_cycles": 25}, "num_envs": 2,
+             "update_epochs": 1, "minibatch_size": 100, "tensorboard": False, "log_interval": 0.0, "eval_episodes": 0,
+             "run_dir": str(tmp_path / "run")}
+    train(TrainConfig(horizon=50, total_steps=300, **small))  # as MAPPO's default trained it before the preset
+    with pytest.raises(CheckpointError, match=r"horizon=50 \(now 100\).*resume with the run's values"):
+        train(TrainConfig(resume=True, total_steps=600, **small))
+    assert train(TrainConfig(resume=True, horizon=50, total_steps=600, **small)).global_step >= 600
+
+
 def test_mappo_on_simple_spread_takes_its_preset_and_ippo_does_not() -> None:
     from shoal.train.config import ENV_PRESETS
 
