@@ -73,8 +73,8 @@ class Player:
         parent: id of the snapshot this one was taken after (its initial rating), if any.
         path: checkpoint path of a snapshot (relative to the run directory), if any.
         record: ``{opponent_id: [wins, draws, losses]}``.
-        retired: a snapshot that left the opponent pool (its file is gone): it keeps its row in the table, but
-            rating-history entries written after it left omit it.
+        retired: a snapshot that left the opponent pool (its path cleared; its file goes once no kept checkpoint
+            names it): it keeps its row in the table, but rating-history entries written after it left omit it.
     """
 
     rating: float = DEFAULT_RATING
